@@ -1,0 +1,362 @@
+//! The tantivy schema, turning records into documents, and queries into tantivy queries.
+//!
+//! Term layouts (all raw, untokenized):
+//!
+//! | field | term | used for |
+//! | --- | --- | --- |
+//! | `tenant`, `service`, `namespace`, `pod`, `cluster`, `trace_id`, `span_id` | the value | exact match, prefix |
+//! | `level` | canonical name (`warn`) | level filter, `level:` |
+//! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level) | `name:value`, label values API |
+//! | `label_names` | `tenant \0 name` | label names API |
+//! | `attrs` | `key \0 value` | `key:value` |
+//!
+//! Label terms carry the tenant so that the label APIs, which read term dictionaries
+//! directly, never show one tenant another's names.
+
+use std::ops::Bound;
+
+use prost::Message;
+use tantivy::query::{
+    AllQuery, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhrasePrefixQuery, PhraseQuery,
+    Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
+};
+use tantivy::schema::{
+    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, FAST, STORED, STRING, TEXT,
+};
+use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
+use tantivy::{TantivyDocument, Term};
+use weir_proto::v1::StoredRecord;
+use weir_proto::Level;
+
+use crate::query::{Match, Pattern, Query, BODY_FIELD};
+
+/// How many terms a prefix may expand to. Past this the prefix matches the first terms
+/// only (in byte order); a prefix this unselective is not a useful query anyway.
+pub(crate) const MAX_PREFIX_EXPANSIONS: u32 = 100_000;
+/// How many terms the last word of a multi-word phrase prefix may expand to.
+pub(crate) const MAX_PHRASE_PREFIX_EXPANSIONS: u32 = 1_000;
+
+pub(crate) const F_TIMESTAMP: &str = "timestamp_ns";
+pub(crate) const F_LOG_INDEX: &str = "log_index";
+pub(crate) const F_OFFSET: &str = "offset";
+
+/// Handles to every field of the schema.
+#[derive(Clone, Debug)]
+pub(crate) struct Fields {
+    pub schema: Schema,
+    pub timestamp: Field,
+    pub level: Field,
+    pub tenant: Field,
+    pub service: Field,
+    pub namespace: Field,
+    pub pod: Field,
+    pub cluster: Field,
+    pub trace_id: Field,
+    pub span_id: Field,
+    pub labels: Field,
+    pub label_names: Field,
+    pub attrs: Field,
+    pub body: Field,
+    pub log_index: Field,
+    pub offset: Field,
+    pub record: Field,
+}
+
+impl Fields {
+    pub fn new() -> Fields {
+        let mut b = Schema::builder();
+        let num_indexed_fast = NumericOptions::default().set_indexed().set_fast();
+        let timestamp = b.add_i64_field(F_TIMESTAMP, num_indexed_fast.clone());
+        let level = b.add_text_field("level", STRING);
+        let tenant = b.add_text_field("tenant", STRING);
+        let service = b.add_text_field("service", STRING);
+        let namespace = b.add_text_field("namespace", STRING);
+        let pod = b.add_text_field("pod", STRING);
+        let cluster = b.add_text_field("cluster", STRING);
+        let trace_id = b.add_text_field("trace_id", STRING);
+        let span_id = b.add_text_field("span_id", STRING);
+        let labels = b.add_text_field("labels", STRING);
+        let label_names = b.add_text_field("label_names", STRING);
+        let attrs = b.add_text_field("attrs", STRING);
+        let body = b.add_text_field(BODY_FIELD, TEXT);
+        let log_index = b.add_u64_field(F_LOG_INDEX, num_indexed_fast);
+        let offset = b.add_u64_field(F_OFFSET, FAST);
+        let record = b.add_bytes_field("record", BytesOptions::from(STORED));
+        Fields {
+            schema: b.build(),
+            timestamp,
+            level,
+            tenant,
+            service,
+            namespace,
+            pod,
+            cluster,
+            trace_id,
+            span_id,
+            labels,
+            label_names,
+            attrs,
+            body,
+            log_index,
+            offset,
+            record,
+        }
+    }
+
+    /// The exact field behind a standard field name, if it is one.
+    fn exact(&self, name: &str) -> Option<Field> {
+        Some(match name {
+            "level" => self.level,
+            "service" => self.service,
+            "namespace" => self.namespace,
+            "pod" => self.pod,
+            "cluster" => self.cluster,
+            "trace_id" => self.trace_id,
+            "span_id" => self.span_id,
+            _ => return None,
+        })
+    }
+
+    /// The document for one record of entry `log_index` at position `offset` in its batch.
+    pub fn document(
+        &self,
+        tenant: &str,
+        log_index: u64,
+        offset: u32,
+        r: &StoredRecord,
+    ) -> TantivyDocument {
+        let mut d = TantivyDocument::new();
+        d.add_i64(self.timestamp, r.timestamp_ns);
+        d.add_text(self.tenant, tenant);
+        let level = Level::from_u32(r.level).map(Level::as_str);
+        let standard = [
+            ("service", self.service, r.service.as_str()),
+            ("namespace", self.namespace, r.namespace.as_str()),
+            ("pod", self.pod, r.pod.as_str()),
+            ("cluster", self.cluster, r.cluster.as_str()),
+            ("level", self.level, level.unwrap_or("")),
+        ];
+        for (name, field, value) in standard {
+            if !value.is_empty() {
+                d.add_text(field, value);
+                d.add_text(self.labels, label_term(tenant, name, value));
+                d.add_text(self.label_names, label_name_term(tenant, name));
+            }
+        }
+        if !r.trace_id.is_empty() {
+            d.add_text(self.trace_id, &r.trace_id);
+        }
+        if !r.span_id.is_empty() {
+            d.add_text(self.span_id, &r.span_id);
+        }
+        for (k, v) in &r.labels {
+            d.add_text(self.labels, label_term(tenant, k, v));
+            d.add_text(self.label_names, label_name_term(tenant, k));
+        }
+        for (k, v) in &r.attributes {
+            d.add_text(self.attrs, attr_term(k, v));
+        }
+        d.add_text(self.body, &r.body);
+        d.add_u64(self.log_index, log_index);
+        d.add_u64(self.offset, u64::from(offset));
+        d.add_bytes(self.record, &r.encode_to_vec());
+        d
+    }
+
+    /// The tantivy query for a parsed query, within `tenant` (label terms carry it).
+    pub fn translate(&self, q: &Query, tenant: &str) -> Box<dyn TQuery> {
+        match q {
+            Query::All => Box::new(AllQuery),
+            Query::Match(m) => self.translate_match(m, tenant),
+            Query::And(children) => {
+                let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
+                for c in children {
+                    match c {
+                        Query::Not(inner) => {
+                            clauses.push((Occur::MustNot, self.translate(inner, tenant)))
+                        }
+                        Query::All => {}
+                        other => clauses.push((Occur::Must, self.translate(other, tenant))),
+                    }
+                }
+                if !clauses.iter().any(|(o, _)| *o == Occur::Must) {
+                    // tantivy matches nothing with only negative clauses.
+                    clauses.push((Occur::Must, Box::new(AllQuery)));
+                }
+                Box::new(BooleanQuery::new(clauses))
+            }
+            Query::Or(children) => Box::new(BooleanQuery::new(
+                children
+                    .iter()
+                    .map(|c| (Occur::Should, self.translate(c, tenant)))
+                    .collect(),
+            )),
+            Query::Not(inner) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
+                (Occur::MustNot, self.translate(inner, tenant)),
+            ])),
+        }
+    }
+
+    fn translate_match(&self, m: &Match, tenant: &str) -> Box<dyn TQuery> {
+        let field = m.field.as_deref().filter(|f| *f != BODY_FIELD);
+        let Some(name) = field else {
+            return self.body_query(&m.pattern);
+        };
+        if let Some(f) = self.exact(name) {
+            return exact_query(f, "", &m.pattern);
+        }
+        // A stream label or an attribute.
+        let label = exact_query(self.labels, &label_prefix(tenant, name), &m.pattern);
+        let attr = exact_query(self.attrs, &attr_prefix(name), &m.pattern);
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Should, label),
+            (Occur::Should, attr),
+        ]))
+    }
+
+    fn body_query(&self, p: &Pattern) -> Box<dyn TQuery> {
+        let (text, slop, prefix) = match p {
+            Pattern::Word(w) => (w.as_str(), 0, false),
+            Pattern::Phrase { text, slop } => (text.as_str(), *slop, false),
+            Pattern::Prefix(t) | Pattern::PhrasePrefix(t) => (t.as_str(), 0, true),
+        };
+        let mut terms = body_tokens(text)
+            .into_iter()
+            .map(|(pos, t)| (pos, Term::from_field_text(self.body, &t)))
+            .collect::<Vec<_>>();
+        match (terms.len(), prefix) {
+            (0, _) => Box::new(EmptyQuery),
+            (1, false) => Box::new(TermQuery::new(
+                terms.remove(0).1,
+                IndexRecordOption::WithFreqs,
+            )),
+            (1, true) => {
+                let mut q = PhrasePrefixQuery::new_with_offset(terms);
+                q.set_max_expansions(MAX_PREFIX_EXPANSIONS);
+                Box::new(q)
+            }
+            (_, false) => Box::new(PhraseQuery::new_with_offset_and_slop(terms, slop)),
+            (_, true) => {
+                let mut q = PhrasePrefixQuery::new_with_offset(terms);
+                q.set_max_expansions(MAX_PHRASE_PREFIX_EXPANSIONS);
+                Box::new(q)
+            }
+        }
+    }
+
+    /// `tenant AND levels AND time range` around `user`, the filters scoring nothing.
+    pub fn filtered(
+        &self,
+        user: Box<dyn TQuery>,
+        tenant: &str,
+        levels: &[Level],
+        range: Option<(i64, i64)>,
+    ) -> Box<dyn TQuery> {
+        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = vec![
+            (Occur::Must, user),
+            (
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(self.tenant, tenant),
+                        IndexRecordOption::Basic,
+                    )),
+                    0.0,
+                )),
+            ),
+        ];
+        if !levels.is_empty() {
+            let terms = levels
+                .iter()
+                .map(|l| Term::from_field_text(self.level, l.as_str()));
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(Box::new(TermSetQuery::new(terms)), 0.0)),
+            ));
+        }
+        if let Some((start, end)) = range {
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(RangeQuery::new(
+                        Bound::Included(Term::from_field_i64(self.timestamp, start)),
+                        Bound::Excluded(Term::from_field_i64(self.timestamp, end)),
+                    )),
+                    0.0,
+                )),
+            ));
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+}
+
+/// An exact (or prefix) match on a raw field whose terms are `prefix ++ value`.
+fn exact_query(field: Field, prefix: &str, p: &Pattern) -> Box<dyn TQuery> {
+    match p {
+        Pattern::Word(v) | Pattern::Phrase { text: v, .. } => Box::new(TermQuery::new(
+            Term::from_field_text(field, &format!("{prefix}{v}")),
+            IndexRecordOption::Basic,
+        )),
+        Pattern::Prefix(v) | Pattern::PhrasePrefix(v) => {
+            let mut q =
+                PhrasePrefixQuery::new(vec![Term::from_field_text(field, &format!("{prefix}{v}"))]);
+            q.set_max_expansions(MAX_PREFIX_EXPANSIONS);
+            Box::new(q)
+        }
+    }
+}
+
+/// The body analyzer: tantivy's `default` (split on non-alphanumerics, drop tokens over 40
+/// bytes, lower-case). Queries are tokenized the same way as documents.
+pub(crate) fn body_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .build()
+}
+
+/// The body tokens of `text` with their positions.
+fn body_tokens(text: &str) -> Vec<(usize, String)> {
+    let mut analyzer = body_analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut out = Vec::new();
+    while let Some(t) = stream.next() {
+        out.push((t.position, t.text.clone()));
+    }
+    out
+}
+
+pub(crate) fn label_term(tenant: &str, name: &str, value: &str) -> String {
+    format!("{tenant}\0{name}\0{value}")
+}
+
+pub(crate) fn label_prefix(tenant: &str, name: &str) -> String {
+    format!("{tenant}\0{name}\0")
+}
+
+pub(crate) fn label_name_term(tenant: &str, name: &str) -> String {
+    format!("{tenant}\0{name}")
+}
+
+fn attr_term(key: &str, value: &str) -> String {
+    format!("{key}\0{value}")
+}
+
+fn attr_prefix(key: &str) -> String {
+    format!("{key}\0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_tokens_split_on_non_alphanumerics_and_lower_case() {
+        let toks: Vec<String> = body_tokens("Connection-RESET by_peer")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(toks, ["connection", "reset", "by", "peer"]);
+    }
+}

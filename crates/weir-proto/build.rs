@@ -1,0 +1,38 @@
+//! Generates Rust for every `.proto` under `../../proto`. Uses `protoc` from PATH when there
+//! is one, and the vendored binary from `protoc-bin-vendored` otherwise, so a fresh machine
+//! needs nothing but the Rust toolchain.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    if std::env::var_os("PROTOC").is_none() && which("protoc").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
+        unsafe { std::env::set_var("PROTOC", protoc) };
+    }
+    let files = [
+        "weir/v1/ingest.proto",
+        "weir/v1/storage.proto",
+        "opentelemetry/proto/common/v1/common.proto",
+        "opentelemetry/proto/resource/v1/resource.proto",
+        "opentelemetry/proto/logs/v1/logs.proto",
+        "opentelemetry/proto/collector/logs/v1/logs_service.proto",
+    ];
+    let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
+    for p in &paths {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&paths, &[root])?;
+    Ok(())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(bin))
+        .find(|p| p.is_file())
+}

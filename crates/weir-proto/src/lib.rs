@@ -1,0 +1,145 @@
+//! Weir's wire and storage messages, generated from `proto/` at build time.
+//!
+//! - [`v1`]: Weir's own ingest API and the storage messages written into the log.
+//! - [`otlp`]: the OpenTelemetry logs collector service and the messages it uses
+//!   (`otlp::collector::logs::v1::ExportLogsServiceRequest`, `otlp::common::v1::AnyValue`, ...).
+
+/// `weir.v1`: the ingest API and the log's payload messages.
+pub mod v1 {
+    tonic::include_proto!("weir.v1");
+}
+
+/// OpenTelemetry protocol messages (vendored `opentelemetry-proto`), nested as their
+/// packages are so that generated cross-references resolve: `otlp::common::v1::KeyValue`,
+/// `otlp::logs::v1::LogRecord`, `otlp::collector::logs::v1::ExportLogsServiceRequest`.
+pub mod opentelemetry {
+    /// `opentelemetry.proto`
+    pub mod proto {
+        /// `opentelemetry.proto.common`
+        pub mod common {
+            /// `opentelemetry.proto.common.v1`
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.common.v1");
+            }
+        }
+        /// `opentelemetry.proto.resource`
+        pub mod resource {
+            /// `opentelemetry.proto.resource.v1`
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.resource.v1");
+            }
+        }
+        /// `opentelemetry.proto.logs`
+        pub mod logs {
+            /// `opentelemetry.proto.logs.v1`
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.logs.v1");
+            }
+        }
+        /// `opentelemetry.proto.collector`
+        pub mod collector {
+            /// `opentelemetry.proto.collector.logs`
+            pub mod logs {
+                /// `opentelemetry.proto.collector.logs.v1`
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.collector.logs.v1");
+                }
+            }
+        }
+    }
+}
+
+pub use opentelemetry::proto as otlp;
+
+mod error;
+pub use error::{ApiError, ErrorKind};
+
+use std::fmt;
+
+/// Severity of a record. Stored as its number in [`v1::StoredRecord::level`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum Level {
+    /// `trace`
+    Trace = 1,
+    /// `debug`
+    Debug = 2,
+    /// `info`
+    Info = 3,
+    /// `warn`
+    Warn = 4,
+    /// `error`
+    Error = 5,
+    /// `fatal`
+    Fatal = 6,
+}
+
+impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 6] = [
+        Level::Trace,
+        Level::Debug,
+        Level::Info,
+        Level::Warn,
+        Level::Error,
+        Level::Fatal,
+    ];
+
+    /// The canonical lower-case name (`"warn"`, ...), as indexed and returned by search.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Fatal => "fatal",
+        }
+    }
+
+    /// The level stored as `n` in a [`v1::StoredRecord`], if `n` is one.
+    pub fn from_u32(n: u32) -> Option<Level> {
+        Level::ALL.get((n as usize).wrapping_sub(1)).copied()
+    }
+
+    /// The canonical name parsed back (exact, lower case). Aliases such as `warning` are the
+    /// ingest layer's business, not this.
+    pub fn from_canonical(s: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Index of a shard, `0..shard_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shard-{}", self.0)
+    }
+}
+
+/// The tenant used when a request names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_numbers_round_trip_and_reject_out_of_range() {
+        for l in Level::ALL {
+            assert_eq!(Level::from_u32(l as u32), Some(l));
+            assert_eq!(Level::from_canonical(l.as_str()), Some(l));
+        }
+        assert_eq!(Level::from_u32(0), None);
+        assert_eq!(Level::from_u32(7), None);
+        assert_eq!(Level::from_canonical("WARN"), None);
+    }
+}

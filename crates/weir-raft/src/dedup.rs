@@ -1,0 +1,127 @@
+//! The idempotency table: which (producer, sequence) pairs a shard has already stored.
+//!
+//! Built only from the committed log, in log order, so every replica holds the same table
+//! at the same applied index. Sequences of one producer are expected to increase; up to
+//! [`WINDOW`] of them may arrive out of order (several batches in flight). A sequence below
+//! the window of its producer counts as already stored.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::DedupKey;
+
+/// How many recent sequence numbers are remembered exactly per producer.
+pub const WINDOW: usize = 1024;
+
+#[derive(Default)]
+struct Producer {
+    /// Every sequence `<= floor` counts as seen.
+    floor: Option<u64>,
+    seen: BTreeSet<u64>,
+    last_used_index: u64,
+}
+
+/// Per-shard table of recently stored producer sequences. Bounded: at most `max_producers`
+/// producers; past that the least recently used tenth is forgotten (their retries older
+/// than that would be stored again — documented in docs/ingest.md).
+pub struct DedupTable {
+    producers: HashMap<String, Producer>,
+    max_producers: usize,
+}
+
+impl DedupTable {
+    /// An empty table that remembers at most `max_producers` producers.
+    pub fn new(max_producers: usize) -> Self {
+        DedupTable {
+            producers: HashMap::new(),
+            max_producers: max_producers.max(1),
+        }
+    }
+
+    /// Whether `key` was already recorded.
+    pub fn contains(&self, key: &DedupKey) -> bool {
+        match self.producers.get(&key.producer) {
+            None => false,
+            Some(p) => p.floor.is_some_and(|f| key.sequence <= f) || p.seen.contains(&key.sequence),
+        }
+    }
+
+    /// Records `key` as stored by the entry at `log_index`.
+    pub fn insert(&mut self, key: &DedupKey, log_index: u64) {
+        if !self.producers.contains_key(&key.producer) && self.producers.len() >= self.max_producers {
+            self.evict();
+        }
+        let p = self.producers.entry(key.producer.clone()).or_default();
+        p.last_used_index = log_index;
+        if p.floor.is_some_and(|f| key.sequence <= f) {
+            return;
+        }
+        p.seen.insert(key.sequence);
+        while p.seen.len() > WINDOW {
+            let oldest = p.seen.pop_first().expect("len > WINDOW > 0");
+            p.floor = Some(p.floor.map_or(oldest, |f| f.max(oldest)));
+        }
+    }
+
+    /// Number of producers remembered.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Whether no producer is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    fn evict(&mut self) {
+        let mut by_age: Vec<(u64, String)> = self
+            .producers
+            .iter()
+            .map(|(k, p)| (p.last_used_index, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let n = (self.max_producers / 10).max(1);
+        for (_, k) in by_age.into_iter().take(n) {
+            self.producers.remove(&k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(p: &str, s: u64) -> DedupKey {
+        DedupKey { producer: p.into(), sequence: s }
+    }
+
+    #[test]
+    fn remembers_sequences_per_producer() {
+        let mut t = DedupTable::new(10);
+        t.insert(&k("a", 5), 1);
+        assert!(t.contains(&k("a", 5)));
+        assert!(!t.contains(&k("a", 4)), "out-of-order sequences within the window are new");
+        assert!(!t.contains(&k("b", 5)), "producers are independent");
+    }
+
+    #[test]
+    fn sequences_that_fell_out_of_the_window_count_as_stored() {
+        let mut t = DedupTable::new(10);
+        for s in 0..(WINDOW as u64 + 10) {
+            t.insert(&k("a", s), s + 1);
+        }
+        assert!(t.contains(&k("a", 3)));
+        assert!(t.contains(&k("a", WINDOW as u64 + 9)));
+        assert!(!t.contains(&k("a", WINDOW as u64 + 10)));
+    }
+
+    #[test]
+    fn bounded_number_of_producers_evicts_least_recently_used() {
+        let mut t = DedupTable::new(10);
+        for i in 0..25u64 {
+            t.insert(&k(&format!("p{i}"), 1), i + 1);
+        }
+        assert!(t.len() <= 10);
+        assert!(t.contains(&k("p24", 1)), "the newest producer is kept");
+        assert!(!t.contains(&k("p0", 1)), "the oldest producer was forgotten");
+    }
+}

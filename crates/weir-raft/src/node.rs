@@ -1,0 +1,606 @@
+//! The node: every shard's `RawNode`, driven by one thread that runs the Ready loop.
+//!
+//! One round of the loop:
+//! 1. take inputs (proposals, shutdown) from the bounded queue, waiting at most until the
+//!    next tick; tick every shard when a tick is due;
+//! 2. for every shard with a Ready: apply the committed entries it carries, stage its new
+//!    entries and hard state in the shard's WAL, and start the flush (all shards' flushes
+//!    are in flight at once: that is the group commit, one fdatasync per shard per round
+//!    covering every proposal that arrived during the previous round);
+//! 3. wait for every flush; only then make the entries visible to raft, send persisted
+//!    messages, `advance`, apply what became committed and answer its proposers.
+//!
+//! Architecture invariant: nothing is acknowledged before the flush covering it completed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{Entry, EntryType};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+use weir_wal::{IoBackend, IoBackendChoice, IoThread, Wal, WalOptions, WalReader};
+
+use crate::codec::{self, DedupKey};
+use crate::dedup::DedupTable;
+use crate::storage::WalStorage;
+use crate::{CommittedLog, Error, LogEntry, Result};
+
+/// Configuration of the raft layer of one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's raft id (non-zero).
+    pub node_id: u64,
+    /// Every voter's id; `[node_id]` for a single node.
+    pub voters: Vec<u64>,
+    /// Where the shards' WAL directories live (`<dir>/shard-<n>/wal`).
+    pub data_dir: PathBuf,
+    /// Number of shards (raft groups).
+    pub shard_count: u32,
+    /// WAL segment options.
+    pub wal: WalOptions,
+    /// Which I/O backend the WAL thread uses.
+    pub io_backend: IoBackendChoice,
+    /// Raft tick.
+    pub tick_interval_ms: u64,
+    /// Capacity of the proposal queue into the raft thread. When it is full, `propose`
+    /// fails at once with [`Error::Overloaded`] (the client is told to retry).
+    pub proposal_queue_len: usize,
+    /// Producers remembered per shard for idempotent retries.
+    pub dedup_producers_max: usize,
+}
+
+impl NodeConfig {
+    /// A single-node configuration with defaults, storing under `data_dir`.
+    pub fn single(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            node_id: 1,
+            voters: vec![1],
+            data_dir: data_dir.into(),
+            shard_count: 4,
+            wal: WalOptions::default(),
+            io_backend: IoBackendChoice::Auto,
+            tick_interval_ms: 100,
+            proposal_queue_len: 4096,
+            dedup_producers_max: 100_000,
+        }
+    }
+}
+
+/// What a committed proposal reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The log index of the entry (0 for a duplicate found already applied).
+    pub index: u64,
+    /// True when the dedup key had already been stored: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A proposal in flight: resolves once it is committed (durable) or failed.
+pub type Proposal = oneshot::Receiver<Result<Committed>>;
+
+/// Status of one shard, for `/api/v1/cluster` and the CLI.
+#[derive(Clone, Debug)]
+pub struct ShardStatus {
+    /// Shard number.
+    pub shard: u32,
+    /// Whether this node leads it.
+    pub leader: bool,
+    /// Leader's node id (0 = unknown).
+    pub leader_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index (the [`CommittedLog`] watermark).
+    pub applied: u64,
+    /// First index still held in the WAL.
+    pub first_index: u64,
+    /// Last durable index.
+    pub last_index: u64,
+    /// Bytes of WAL segments on disk.
+    pub wal_bytes: u64,
+}
+
+enum Input {
+    Propose { shard: u32, key: Option<DedupKey>, data: Vec<u8>, reply: oneshot::Sender<Result<Committed>> },
+    Compact { shard: u32, below: u64 },
+    Status { reply: oneshot::Sender<Vec<ShardStatus>> },
+    Shutdown,
+}
+
+/// The raft layer of one node: every shard's raft group and the thread that drives them.
+pub struct RaftNode {
+    tx: SyncSender<Input>,
+    logs: Vec<Arc<ShardLog>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    health: Arc<Health>,
+    backend: IoBackend,
+}
+
+/// Conditions the driver thread reports to the rest of the node.
+#[derive(Default)]
+pub struct Health {
+    /// The last flush failed because the disk is full; appends are refused until it is not.
+    pub disk_full: AtomicBool,
+    /// The driver hit an unrecoverable error and stopped: the node must be restarted.
+    pub failed: AtomicBool,
+    /// The error that stopped it.
+    pub failure: Mutex<Option<String>>,
+}
+
+impl RaftNode {
+    /// Opens (recovering) every shard and starts the driver thread.
+    ///
+    /// # Errors
+    /// Any WAL error on open, including [`weir_wal::Error::Corrupt`] for a hole in a log:
+    /// the node refuses to start rather than serve it.
+    pub fn start(cfg: NodeConfig) -> Result<RaftNode> {
+        assert!(cfg.node_id != 0, "raft node ids start at 1");
+        assert!(cfg.shard_count > 0, "at least one shard");
+        let io = IoThread::start(cfg.io_backend)?;
+        let backend = io.backend();
+        let logger = slog::Logger::root(crate::TracingDrain, slog::o!());
+        let mut shards = Vec::with_capacity(cfg.shard_count as usize);
+        let mut logs = Vec::with_capacity(cfg.shard_count as usize);
+        for shard in 0..cfg.shard_count {
+            let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
+            let wal = Wal::open(&dir, cfg.wal.clone(), io.clone())?;
+            let storage = WalStorage::open(shard, wal, &cfg.voters)?;
+            let log = Arc::new(ShardLog::new(shard, storage.reader()));
+            let raft_cfg = raft::Config {
+                id: cfg.node_id,
+                election_tick: 10,
+                heartbeat_tick: 2,
+                max_size_per_msg: 1 << 20,
+                max_inflight_msgs: 256,
+                // 0: raft hands every committed entry to apply again after a restart, which
+                // is how the dedup table and the watermark are rebuilt.
+                applied: 0,
+                check_quorum: cfg.voters.len() > 1,
+                pre_vote: true,
+                ..Default::default()
+            };
+            raft_cfg.validate().map_err(|e| Error::Raft(e.to_string()))?;
+            let mut raw = RawNode::new(&raft_cfg, storage, &logger).map_err(|e| Error::Raft(e.to_string()))?;
+            if cfg.voters == [cfg.node_id] {
+                raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
+            }
+            shards.push(Shard {
+                id: shard,
+                raw,
+                log: log.clone(),
+                dedup: DedupTable::new(cfg.dedup_producers_max),
+                pending_keys: HashMap::new(),
+                waiters: BTreeMap::new(),
+            });
+            logs.push(log);
+        }
+        let (tx, rx) = mpsc::sync_channel(cfg.proposal_queue_len.max(1));
+        let health = Arc::new(Health::default());
+        let driver = Driver { shards, rx, tick: Duration::from_millis(cfg.tick_interval_ms.max(1)), health: health.clone() };
+        let thread = std::thread::Builder::new()
+            .name("weir-raft".into())
+            .spawn(move || driver.run())
+            .map_err(|e| Error::Raft(format!("cannot start the raft thread: {e}")))?;
+        tracing::info!(shards = cfg.shard_count, node_id = cfg.node_id, backend = %backend, "raft node started");
+        Ok(RaftNode { tx, logs, thread: Mutex::new(Some(thread)), health, backend })
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.logs.len() as u32
+    }
+
+    /// The WAL I/O backend in use.
+    pub fn io_backend(&self) -> IoBackend {
+        self.backend
+    }
+
+    /// Health flags set by the driver thread.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The committed log of `shard`.
+    ///
+    /// # Panics
+    /// If `shard >= shard_count()`.
+    pub fn committed_log(&self, shard: u32) -> Arc<ShardLog> {
+        self.logs[shard as usize].clone()
+    }
+
+    /// Proposes `data` to `shard`. The returned [`Proposal`] resolves once the entry is
+    /// committed (durable), or at once as a duplicate when `key` was already stored or is
+    /// in flight (then it resolves when the original does).
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when the proposal queue is full, [`Error::DiskFull`] while the
+    /// disk is full, [`Error::Stopped`] after shutdown or failure.
+    pub fn propose(&self, shard: u32, key: Option<DedupKey>, data: Vec<u8>) -> Result<Proposal> {
+        assert!(shard < self.shard_count(), "shard {shard} out of range");
+        if self.health.failed.load(Ordering::Acquire) {
+            return Err(Error::Stopped(shard));
+        }
+        if self.health.disk_full.load(Ordering::Acquire) {
+            return Err(Error::DiskFull);
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Input::Propose { shard, key, data, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Stopped(shard)),
+        }
+    }
+
+    /// Allows the WAL segments wholly below `below` to be deleted (the caller has
+    /// everything before it elsewhere: the index checkpoint, mirror cursors).
+    pub fn compact(&self, shard: u32, below: u64) {
+        let _ = self.tx.try_send(Input::Compact { shard, below });
+    }
+
+    /// Every shard's status.
+    pub async fn status(&self) -> Result<Vec<ShardStatus>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Input::Status { reply }).map_err(|_| Error::Overloaded)?;
+        rx.await.map_err(|_| Error::Stopped(0))
+    }
+
+    /// Stops the driver after it has handled every input queued before this call (queued
+    /// proposals are committed and answered), and waits for it.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Input::Shutdown);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RaftNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Shard {
+    id: u32,
+    raw: RawNode<WalStorage>,
+    log: Arc<ShardLog>,
+    dedup: DedupTable,
+    /// Keys proposed and not yet applied, with the index they were proposed at.
+    pending_keys: HashMap<DedupKey, u64>,
+    /// Proposers waiting for an index: (term proposed in, duplicate?, reply).
+    waiters: BTreeMap<u64, Vec<Waiter>>,
+}
+
+struct Waiter {
+    term: u64,
+    duplicate: bool,
+    reply: oneshot::Sender<Result<Committed>>,
+}
+
+struct Driver {
+    shards: Vec<Shard>,
+    rx: Receiver<Input>,
+    tick: Duration,
+    health: Arc<Health>,
+}
+
+const MAX_INPUTS_PER_ROUND: usize = 8192;
+
+impl Driver {
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        let mut stopping = false;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = if stopping {
+                None
+            } else {
+                match self.rx.recv_timeout(wait) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        stopping = true;
+                        None
+                    }
+                }
+            };
+            if let Some(m) = first {
+                stopping |= self.handle(m);
+                let mut n = 1;
+                while n < MAX_INPUTS_PER_ROUND && !stopping {
+                    match self.rx.try_recv() {
+                        Ok(m) => stopping |= self.handle(m),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+            }
+            if Instant::now() >= next_tick {
+                for s in &mut self.shards {
+                    s.raw.tick();
+                }
+                next_tick = Instant::now() + self.tick;
+            }
+            if let Err(e) = self.round() {
+                tracing::error!(error = %e, "raft driver stopped on an unrecoverable error");
+                *self.health.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                self.health.failed.store(true, Ordering::Release);
+                self.fail_all(&e);
+                return;
+            }
+            if stopping && !self.shards.iter().any(|s| s.raw.has_ready()) {
+                // Proposals that were queued before the shutdown were handled above.
+                let e = Error::Stopped(0);
+                self.fail_all(&e);
+                tracing::info!("raft driver stopped");
+                return;
+            }
+        }
+    }
+
+    /// Handles one input; returns true on shutdown.
+    fn handle(&mut self, m: Input) -> bool {
+        match m {
+            Input::Propose { shard, key, data, reply } => {
+                let s = &mut self.shards[shard as usize];
+                s.propose(key, data, reply);
+                false
+            }
+            Input::Compact { shard, below } => {
+                let s = &mut self.shards[shard as usize];
+                let applied = s.log.watermark();
+                match s.raw.mut_store().compact(below.min(applied + 1)) {
+                    Ok(freed) if freed > 0 => tracing::debug!(shard, below, freed, "wal segments removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(shard, error = %e, "wal compaction failed"),
+                }
+                false
+            }
+            Input::Status { reply } => {
+                let st = self.shards.iter().map(Shard::status).collect();
+                let _ = reply.send(st);
+                false
+            }
+            Input::Shutdown => true,
+        }
+    }
+
+    fn round(&mut self) -> Result<()> {
+        let mut readies = Vec::new();
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            if !s.raw.has_ready() {
+                continue;
+            }
+            let mut rd = s.raw.ready();
+            // Messages to peers arrive with the cluster transport; a single voter has none.
+            let _ = rd.take_messages();
+            if !rd.snapshot().is_empty() {
+                return Err(Error::Raft(format!("shard {} received a snapshot; snapshots are not supported yet", s.id)));
+            }
+            s.apply(rd.take_committed_entries())?;
+            let store = s.raw.mut_store();
+            store.stage_entries(rd.entries())?;
+            if let Some(hs) = rd.hs() {
+                store.set_hard_state(hs);
+            }
+            let ticket = if store.needs_flush() { Some(store.flush()?) } else { None };
+            readies.push((i, rd, ticket));
+        }
+        for (i, rd, ticket) in readies {
+            if let Some(t) = ticket {
+                self.wait_durable(i, t)?;
+            }
+            let s = &mut self.shards[i];
+            s.raw.mut_store().commit_staged();
+            let mut light = s.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                s.raw.mut_store().set_commit(commit);
+            }
+            let _ = light.take_messages();
+            s.apply(light.take_committed_entries())?;
+            s.raw.advance_apply();
+        }
+        Ok(())
+    }
+
+    /// Waits for a flush. A full disk is not fatal: the flush is retried every second until
+    /// space returns (appends are refused meanwhile); any other error is.
+    fn wait_durable(&mut self, shard: usize, ticket: weir_wal::SyncTicket) -> Result<()> {
+        let mut result = ticket.wait();
+        loop {
+            match result {
+                Ok(()) => {
+                    if self.health.disk_full.swap(false, Ordering::AcqRel) {
+                        tracing::info!("disk has space again, appends resume");
+                    }
+                    return Ok(());
+                }
+                Err(weir_wal::Error::DiskFull { .. }) => {
+                    if !self.health.disk_full.swap(true, Ordering::AcqRel) {
+                        tracing::error!(shard, "disk full: appends are refused until space is freed; nothing acknowledged is lost");
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    let store = self.shards[shard].raw.mut_store();
+                    result = store.flush().map_err(|e| match e {
+                        Error::Wal(w) => w,
+                        other => weir_wal::Error::Closed(other.to_string()),
+                    }).and_then(|t| t.wait());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn fail_all(&mut self, e: &Error) {
+        for s in &mut self.shards {
+            for (_, ws) in std::mem::take(&mut s.waiters) {
+                for w in ws {
+                    let _ = w.reply.send(Err(match e {
+                        Error::Stopped(_) => Error::Stopped(s.id),
+                        other => Error::Raft(other.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Shard {
+    fn propose(&mut self, key: Option<DedupKey>, data: Vec<u8>, reply: oneshot::Sender<Result<Committed>>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(Error::NotLeader { shard: self.id, leader: self.raw.raft.leader_id }));
+            return;
+        }
+        if let Some(k) = &key {
+            if self.dedup.contains(k) {
+                let _ = reply.send(Ok(Committed { index: 0, duplicate: true }));
+                return;
+            }
+            if let Some(&index) = self.pending_keys.get(k) {
+                let term = self.raw.raft.term;
+                self.waiters.entry(index).or_default().push(Waiter { term, duplicate: true, reply });
+                return;
+            }
+        }
+        let ctx = codec::encode_dedup(key.as_ref());
+        if let Err(e) = self.raw.propose(ctx, data) {
+            let _ = reply.send(Err(Error::Raft(e.to_string())));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        if let Some(k) = key {
+            self.pending_keys.insert(k, index);
+        }
+        self.waiters.entry(index).or_default().push(Waiter { term, duplicate: false, reply });
+    }
+
+    /// Applies committed entries in order: the dedup table, the watermark, the proposers.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        for e in &entries {
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                let key = codec::decode_dedup(&e.context).map_err(|reason| Error::Corrupt { shard: self.id, index: e.index, reason })?;
+                if let Some(k) = key {
+                    self.dedup.insert(&k, e.index);
+                    self.pending_keys.remove(&k);
+                }
+            }
+            // Answer everyone who waited for this index: committed if the entry is the one
+            // they proposed (same term), dropped otherwise (a new leader overwrote it).
+            if let Some(ws) = self.waiters.remove(&e.index) {
+                for w in ws {
+                    let r = if w.duplicate || w.term == e.term {
+                        Ok(Committed { index: e.index, duplicate: w.duplicate })
+                    } else {
+                        Err(Error::Dropped { shard: self.id, index: e.index })
+                    };
+                    let _ = w.reply.send(r);
+                }
+            }
+        }
+        self.log.advance(last);
+        Ok(())
+    }
+
+    fn status(&self) -> ShardStatus {
+        let st = self.raw.store();
+        ShardStatus {
+            shard: self.id,
+            leader: self.raw.raft.state == StateRole::Leader,
+            leader_id: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.log.watermark(),
+            first_index: raft::Storage::first_index(st).unwrap_or(0),
+            last_index: st.last(),
+            wal_bytes: st.disk_bytes(),
+        }
+    }
+}
+
+/// One shard's committed log, shared with the indexer (and later the mirrors).
+pub struct ShardLog {
+    shard: u32,
+    reader: WalReader,
+    watermark: AtomicU64,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl ShardLog {
+    fn new(shard: u32, reader: WalReader) -> Self {
+        ShardLog { shard, reader, watermark: AtomicU64::new(0), lock: Mutex::new(()), cond: Condvar::new() }
+    }
+
+    fn advance(&self, to: u64) {
+        if to > self.watermark.load(Ordering::Acquire) {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.watermark.store(to, Ordering::Release);
+            self.cond.notify_all();
+        }
+    }
+
+    /// First index still held in the WAL.
+    pub fn first_index(&self) -> u64 {
+        self.reader.first_index().unwrap_or(1)
+    }
+}
+
+impl CommittedLog for ShardLog {
+    fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    fn watermark(&self) -> u64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
+    fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<LogEntry>> {
+        let watermark = self.watermark();
+        if hi > watermark {
+            return Err(Error::NotCommitted { shard: self.shard, index: hi, watermark });
+        }
+        let first = self.first_index();
+        if lo < first {
+            return Err(Error::Compacted { shard: self.shard, index: lo, first });
+        }
+        let mut raw = Vec::new();
+        let mut out = Vec::new();
+        let mut next = lo;
+        // Skip over entries without payload (no-ops) until some payload is found or the
+        // range ends, so a caller always makes progress.
+        while next <= hi && out.is_empty() {
+            raw.clear();
+            self.reader.read_range(next, hi, max_bytes, &mut raw)?;
+            let Some(last) = raw.last().map(|(i, _)| *i) else { break };
+            for (index, payload) in raw.drain(..) {
+                let v = codec::decode_entry(&payload).map_err(|reason| Error::Corrupt { shard: self.shard, index, reason })?;
+                if v.entry_type == EntryType::EntryNormal && !v.data.is_empty() {
+                    out.push(LogEntry { index, data: v.data.to_vec() });
+                }
+            }
+            next = last + 1;
+        }
+        Ok(out)
+    }
+
+    fn wait_for(&self, after: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let w = self.watermark();
+            let now = Instant::now();
+            if w > after || now >= deadline {
+                return w;
+            }
+            g = self.cond.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! `raft::Storage` over one shard's weir-wal [`Wal`].
+//!
+//! Owned by the shard's `RawNode` (so no locks): the driver thread mutates it through
+//! `RawNode::mut_store()`. It only ever reflects what is durable: entries are staged in the
+//! WAL, flushed, and only after the flush completes does [`WalStorage::commit_staged`] make
+//! them visible to raft through `entries()`/`term()`/`last_index()`.
+
+use std::collections::VecDeque;
+
+use raft::eraftpb::{Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use weir_wal::{SyncTicket, Wal, WalReader};
+
+use crate::codec::{self, Meta};
+use crate::{Error, Result};
+
+pub(crate) struct WalStorage {
+    shard: u32,
+    wal: Wal,
+    reader: WalReader,
+    meta: Meta,
+    meta_dirty: bool,
+    /// `terms[i]` is the term of index `first + i`, for every durable entry.
+    terms: VecDeque<u64>,
+    first: u64,
+    /// Entries staged in the WAL but not yet durable: (index, term), in order.
+    staged: Vec<(u64, u64)>,
+    buf: Vec<u8>,
+}
+
+impl WalStorage {
+    /// Opens the storage over `wal`, rebuilding the term of every entry by reading it (the
+    /// one full scan of the log at start), and bootstraps `voters` on a fresh log.
+    pub(crate) fn open(shard: u32, wal: Wal, voters: &[u64]) -> Result<Self> {
+        let reader = wal.reader();
+        let mut meta = match wal.meta() {
+            Some(b) => codec::decode_meta(&b).map_err(|reason| Error::Corrupt { shard, index: 0, reason })?,
+            None => Meta::default(),
+        };
+        let fresh = meta.conf_state.voters.is_empty() && meta.conf_state.learners.is_empty();
+        if fresh {
+            meta.conf_state.voters = voters.to_vec();
+        }
+        let first = wal.first_index().unwrap_or(meta.compacted_index + 1);
+        let mut terms = VecDeque::new();
+        if let Some(last) = wal.last_index() {
+            let mut out = Vec::new();
+            let mut lo = first;
+            while lo <= last {
+                out.clear();
+                reader.read_range(lo, last, 64 << 20, &mut out)?;
+                for (index, payload) in &out {
+                    let v = codec::decode_entry(payload).map_err(|reason| Error::Corrupt { shard, index: *index, reason })?;
+                    if let Some(prev) = terms.back() {
+                        if v.term < *prev {
+                            return Err(Error::Corrupt { shard, index: *index, reason: format!("term {} after term {prev}", v.term) });
+                        }
+                    }
+                    terms.push_back(v.term);
+                    lo = index + 1;
+                }
+            }
+        }
+        let last = first + terms.len() as u64 - 1;
+        // A commit index past the durable log can only come from a torn tail: what was not
+        // durable was never acknowledged, so raft learns the commit again from its leader.
+        if meta.hard_state.commit > last {
+            tracing::warn!(shard, commit = meta.hard_state.commit, last, "commit index past the durable log, lowered");
+            meta.hard_state.commit = last;
+        }
+        if meta.compacted_index + 1 != first && wal.first_index().is_some() {
+            // The WAL dropped segments below its first index after the meta was written.
+            meta.compacted_index = first - 1;
+        }
+        let mut s = WalStorage { shard, wal, reader, meta, meta_dirty: fresh, terms, first, staged: Vec::new(), buf: Vec::new() };
+        if fresh {
+            s.wal.set_meta(&codec::encode_meta(&s.meta))?;
+            s.wal.flush()?.wait()?;
+            s.meta_dirty = false;
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn reader(&self) -> WalReader {
+        self.reader.clone()
+    }
+
+    pub(crate) fn last(&self) -> u64 {
+        self.first + self.terms.len() as u64 - 1
+    }
+
+    pub(crate) fn hard_state(&self) -> &HardState {
+        &self.meta.hard_state
+    }
+
+    /// Stages entries from a Ready; a conflicting suffix is replaced (the WAL truncates).
+    pub(crate) fn stage_entries(&mut self, entries: &[Entry]) -> Result<()> {
+        for e in entries {
+            codec::encode_entry(e, &mut self.buf);
+            self.wal.append(e.index, &self.buf)?;
+            self.staged.retain(|(i, _)| *i < e.index);
+            self.staged.push((e.index, e.term));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_hard_state(&mut self, hs: &HardState) {
+        if self.meta.hard_state != *hs {
+            self.meta.hard_state = hs.clone();
+            self.meta_dirty = true;
+        }
+    }
+
+    pub(crate) fn set_commit(&mut self, commit: u64) {
+        if self.meta.hard_state.commit != commit {
+            self.meta.hard_state.commit = commit;
+            self.meta_dirty = true;
+        }
+    }
+
+    /// Whether a flush has anything to write.
+    pub(crate) fn needs_flush(&self) -> bool {
+        !self.staged.is_empty() || self.meta_dirty
+    }
+
+    /// Hands staged entries and meta to the I/O thread.
+    pub(crate) fn flush(&mut self) -> Result<SyncTicket> {
+        if self.meta_dirty {
+            self.wal.set_meta(&codec::encode_meta(&self.meta))?;
+            self.meta_dirty = false;
+        }
+        Ok(self.wal.flush()?)
+    }
+
+    /// After the flush is durable: makes the staged entries visible to raft.
+    pub(crate) fn commit_staged(&mut self) {
+        for (index, term) in std::mem::take(&mut self.staged) {
+            if self.terms.is_empty() {
+                self.first = index;
+            }
+            let keep = index.saturating_sub(self.first) as usize;
+            self.terms.truncate(keep);
+            debug_assert_eq!(self.first + self.terms.len() as u64, index, "entries are contiguous");
+            self.terms.push_back(term);
+        }
+    }
+
+    /// Drops whole WAL segments below `index` (never past the applied index: the caller
+    /// ensures it). Returns bytes freed.
+    pub(crate) fn compact(&mut self, index: u64) -> Result<u64> {
+        let index = index.min(self.last());
+        if index <= self.first {
+            return Ok(0);
+        }
+        let freed = self.wal.remove_segments_below(index)?;
+        let new_first = self.wal.first_index().unwrap_or(self.first);
+        while self.first < new_first {
+            let t = self.terms.pop_front().expect("first <= last");
+            self.meta.compacted_index = self.first;
+            self.meta.compacted_term = t;
+            self.first += 1;
+        }
+        self.meta_dirty = true;
+        Ok(freed)
+    }
+
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.wal.disk_bytes()
+    }
+
+    fn term_of(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.meta.compacted_index && idx + 1 == self.first {
+            return Ok(self.meta.compacted_term);
+        }
+        if idx < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.terms.get((idx - self.first) as usize) {
+            Some(t) => Ok(*t),
+            None if idx == 0 => Ok(0),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+}
+
+impl raft::Storage for WalStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.meta.hard_state.clone(), self.meta.conf_state.clone()))
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+        if low < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let max = max_size.into().unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+        let mut out = Vec::new();
+        self.reader
+            .read_range(low, high - 1, max, &mut out)
+            .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        out.into_iter()
+            .map(|(i, b)| {
+                codec::to_entry(i, &b).map_err(|reason| {
+                    raft::Error::Store(StorageError::Other(Box::new(Error::Corrupt { shard: self.shard, index: i, reason })))
+                })
+            })
+            .collect()
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.term_of(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Snapshots (catch-up of a follower behind the compacted log) arrive with the
+        // three-node cluster; a single voter never asks for one.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}

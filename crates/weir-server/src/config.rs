@@ -1,0 +1,227 @@
+//! Node configuration: TOML file, embedded defaults, command-line overrides.
+//!
+//! Every field has a default, so an empty file (or none at all) is a working single node:
+//! data in `./weir-data`, gRPC on 4317, HTTP on 4318.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where WAL segments and indexes live.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (Append, OTLP Export).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (search API, health).
+    pub http_addr: SocketAddr,
+    /// Raft and WAL settings.
+    pub storage: StorageConfig,
+    /// Ingest limits.
+    pub limits: LimitsConfig,
+    /// Index settings.
+    pub index: IndexConfig,
+    /// Search settings.
+    pub search: SearchConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("weir-data"),
+            grpc_addr: "0.0.0.0:4317".parse().expect("literal address"),
+            http_addr: "0.0.0.0:4318".parse().expect("literal address"),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            index: IndexConfig::default(),
+            search: SearchConfig::default(),
+        }
+    }
+}
+
+/// Raft, shards and WAL.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Number of shards (raft groups). Fixed for the life of a data directory.
+    pub shards: u32,
+    /// WAL segment size; segments are preallocated and rolled when full.
+    pub segment_size_bytes: u64,
+    /// WAL write backend: "auto" (probe io_uring, fall back to pwrite), "uring", "std".
+    pub io_backend: String,
+    /// Proposals queued into the raft thread at most; past that appends get
+    /// RESOURCE_EXHAUSTED and should be retried.
+    pub proposal_queue_len: usize,
+    /// How long an append waits for its commit before answering UNAVAILABLE.
+    pub commit_timeout_ms: u64,
+    /// Producers remembered per shard for idempotent retries.
+    pub dedup_producers_max: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            shards: 4,
+            segment_size_bytes: 64 << 20,
+            io_backend: "auto".into(),
+            proposal_queue_len: 4096,
+            commit_timeout_ms: 10_000,
+            dedup_producers_max: 100_000,
+        }
+    }
+}
+
+/// Ingest limits (see `weir_ingest::Limits`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Encoded request size at most.
+    pub max_batch_bytes: usize,
+    /// Records per request at most.
+    pub max_batch_records: usize,
+    /// Bytes of one record (body, labels, attributes) at most.
+    pub max_record_bytes: usize,
+    /// Stream labels per record at most.
+    pub max_labels_per_record: usize,
+    /// Attributes per record at most.
+    pub max_attributes_per_record: usize,
+    /// Label name length at most.
+    pub max_label_name_bytes: usize,
+    /// Label value length at most.
+    pub max_label_value_bytes: usize,
+    /// How far in the past a timestamp may be.
+    pub max_timestamp_age_secs: u64,
+    /// How far in the future a timestamp may be.
+    pub max_timestamp_future_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = weir_ingest::Limits::default();
+        LimitsConfig {
+            max_batch_bytes: d.max_batch_bytes,
+            max_batch_records: d.max_batch_records,
+            max_record_bytes: d.max_record_bytes,
+            max_labels_per_record: d.max_labels_per_record,
+            max_attributes_per_record: d.max_attributes_per_record,
+            max_label_name_bytes: d.max_label_name_bytes,
+            max_label_value_bytes: d.max_label_value_bytes,
+            max_timestamp_age_secs: (d.max_timestamp_age_ns / 1_000_000_000) as u64,
+            max_timestamp_future_secs: (d.max_timestamp_future_ns / 1_000_000_000) as u64,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The ingest layer's view of these limits.
+    pub fn to_limits(&self) -> weir_ingest::Limits {
+        weir_ingest::Limits {
+            max_batch_bytes: self.max_batch_bytes,
+            max_batch_records: self.max_batch_records,
+            max_record_bytes: self.max_record_bytes,
+            max_labels_per_record: self.max_labels_per_record,
+            max_attributes_per_record: self.max_attributes_per_record,
+            max_label_name_bytes: self.max_label_name_bytes,
+            max_label_value_bytes: self.max_label_value_bytes,
+            max_timestamp_age_ns: (self.max_timestamp_age_secs as i64).saturating_mul(1_000_000_000),
+            max_timestamp_future_ns: (self.max_timestamp_future_secs as i64).saturating_mul(1_000_000_000),
+            ..weir_ingest::Limits::default()
+        }
+    }
+}
+
+/// Indexing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Time span of one index partition (retention drops whole partitions).
+    pub partition_span_secs: u64,
+    /// How often the indexer commits (records become searchable).
+    pub commit_interval_ms: u64,
+    /// Memory per partition writer.
+    pub writer_memory_bytes: usize,
+    /// Records older than this are dropped with their partition; 0 keeps everything.
+    pub retention_secs: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { partition_span_secs: 3600, commit_interval_ms: 250, writer_memory_bytes: 64 << 20, retention_secs: 7 * 24 * 3600 }
+    }
+}
+
+/// Search API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// `limit` when none is given.
+    pub default_limit: usize,
+    /// Largest `limit` accepted; larger values are capped to it.
+    pub max_limit: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig { default_limit: 100, max_limit: 1000 }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors naming the key.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not valid configuration.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but cannot work.
+    ///
+    /// # Errors
+    /// Names the key and why.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((1..=1024).contains(&self.storage.shards), "storage.shards must be between 1 and 1024, not {}", self.storage.shards);
+        anyhow::ensure!(self.storage.segment_size_bytes >= 1 << 20, "storage.segment_size_bytes must be at least 1 MiB");
+        self.storage.io_backend.parse::<weir_wal::IoBackendChoice>().map_err(|_| {
+            anyhow::anyhow!("storage.io_backend must be \"auto\", \"uring\" or \"std\", not {:?}", self.storage.io_backend)
+        })?;
+        anyhow::ensure!(self.storage.proposal_queue_len > 0, "storage.proposal_queue_len must be positive");
+        anyhow::ensure!(self.index.partition_span_secs >= 60, "index.partition_span_secs must be at least 60");
+        anyhow::ensure!(self.index.commit_interval_ms > 0 && self.index.commit_interval_ms <= 1000, "index.commit_interval_ms must be between 1 and 1000 (records must be searchable within a second)");
+        anyhow::ensure!(self.search.max_limit > 0 && self.search.default_limit > 0, "search limits must be positive");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_single_node() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.grpc_addr.port(), 4317);
+        assert_eq!(cfg.http_addr.port(), 4318);
+        assert_eq!(cfg.data_dir, PathBuf::from("weir-data"));
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = toml::from_str::<Config>("[storage]\nshardz = 3\n").unwrap_err().to_string();
+        assert!(e.contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn bad_backend_is_named() {
+        let cfg: Config = toml::from_str("[storage]\nio_backend = \"mmap\"\n").unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.io_backend"), "{e}");
+    }
+}

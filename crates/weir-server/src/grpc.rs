@@ -1,0 +1,87 @@
+//! gRPC front end (port 4317): `weir.v1.Ingest/Append` and OTLP `LogsService/Export`.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+use weir_proto::otlp::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use weir_proto::otlp::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use weir_proto::v1::ingest_server::{Ingest, IngestServer};
+use weir_proto::v1::{AppendRequest, AppendResponse};
+use weir_proto::{ApiError, DEFAULT_TENANT};
+
+use crate::append::Appender;
+
+/// Metadata key naming the tenant when the message itself does not.
+pub const TENANT_HEADER: &str = "x-weir-tenant";
+
+/// Implements both gRPC services over one [`Appender`].
+#[derive(Clone)]
+pub struct GrpcIngest {
+    appender: Arc<Appender>,
+}
+
+impl GrpcIngest {
+    /// The services, ready to add to a tonic router. Messages up to twice
+    /// `limits.max_batch_bytes` are decoded so that the handler can refuse the ones over
+    /// the limit with a message naming it; larger ones are refused by tonic itself.
+    pub fn services(appender: Arc<Appender>) -> (IngestServer<GrpcIngest>, LogsServiceServer<GrpcIngest>) {
+        let max = appender.limits().max_batch_bytes.saturating_mul(2).max(1 << 20);
+        let s = GrpcIngest { appender };
+        (
+            IngestServer::new(s.clone()).max_decoding_message_size(max),
+            LogsServiceServer::new(s).max_decoding_message_size(max),
+        )
+    }
+
+    fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        let limit = self.appender.limits().max_batch_bytes;
+        if encoded_len > limit {
+            return Err(ApiError::invalid(format!(
+                "request is {encoded_len} bytes, over the batch limit of {limit} bytes (limits.max_batch_bytes); split it into smaller batches"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+fn tenant_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+#[tonic::async_trait]
+impl Ingest for GrpcIngest {
+    async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
+        let header_tenant = tenant_of(&request);
+        let mut req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        if req.tenant.is_empty() {
+            req.tenant = header_tenant.unwrap_or_default();
+        }
+        let resp = self.appender.append(req).await?;
+        Ok(Response::new(resp))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for GrpcIngest {
+    async fn export(&self, request: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let tenant = tenant_of(&request).unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        let (append, mut rejected) = weir_ingest::otlp_to_append(req, &tenant);
+        if !append.records.is_empty() {
+            let resp = self.appender.append(append).await?;
+            rejected.extend(resp.rejected);
+        }
+        let partial_success = (!rejected.is_empty()).then(|| {
+            let mut msg = rejected.iter().take(5).map(|r| r.reason.as_str()).collect::<Vec<_>>().join("; ");
+            if rejected.len() > 5 {
+                msg.push_str(&format!("; and {} more", rejected.len() - 5));
+            }
+            ExportLogsPartialSuccess { rejected_log_records: rejected.len() as i64, error_message: msg }
+        });
+        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
+    }
+}

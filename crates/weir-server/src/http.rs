@@ -1,0 +1,254 @@
+//! HTTP front end (port 4318): search, labels, health, metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use weir_index::{Cursor, Hit, SearchRequest, Sort};
+use weir_proto::{ApiError, Level, DEFAULT_TENANT};
+
+use crate::state::NodeState;
+
+/// Header naming the tenant a search sees.
+pub const TENANT_HEADER: &str = "x-weir-tenant";
+
+/// The HTTP routes.
+pub fn router(state: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/api/v1/search", get(search))
+        .route("/api/v1/labels", get(labels))
+        .route("/api/v1/labels/{name}/values", get(label_values))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// An [`ApiError`] as an HTTP response: status from the one mapping, JSON body.
+struct HttpError(ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(serde_json::json!({ "error": self.0.message }))).into_response()
+    }
+}
+
+fn tenant(headers: &HeaderMap) -> String {
+    headers
+        .get(TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_TENANT)
+        .to_owned()
+}
+
+/// A hit as returned by the search API.
+#[derive(Serialize)]
+pub struct HitJson {
+    /// RFC 3339 with nanoseconds.
+    pub timestamp: String,
+    /// Nanoseconds since the epoch.
+    pub timestamp_ns: i64,
+    /// Canonical level name.
+    pub level: &'static str,
+    /// The line.
+    pub body: String,
+    /// service
+    pub service: String,
+    /// namespace
+    pub namespace: String,
+    /// pod
+    pub pod: String,
+    /// cluster
+    pub cluster: String,
+    /// Stream labels.
+    pub labels: HashMap<String, String>,
+    /// Attributes.
+    pub attributes: HashMap<String, String>,
+    /// trace id (hex)
+    pub trace_id: String,
+    /// span id (hex)
+    pub span_id: String,
+    /// Relevance, with `sort=score`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+}
+
+impl HitJson {
+    fn from_hit(h: Hit, with_score: bool) -> Self {
+        let r = h.record;
+        HitJson {
+            timestamp: rfc3339(r.timestamp_ns),
+            timestamp_ns: r.timestamp_ns,
+            level: Level::from_u32(r.level).unwrap_or(Level::Info).as_str(),
+            body: r.body,
+            service: r.service,
+            namespace: r.namespace,
+            pod: r.pod,
+            cluster: r.cluster,
+            labels: r.labels.into_iter().collect(),
+            attributes: r.attributes.into_iter().collect(),
+            trace_id: r.trace_id,
+            span_id: r.span_id,
+            score: with_score.then_some(h.score),
+        }
+    }
+}
+
+/// The answer of `GET /api/v1/search`.
+#[derive(Serialize)]
+pub struct SearchResponse {
+    /// The page of hits.
+    pub hits: Vec<HitJson>,
+    /// Every match in the time range.
+    pub total: u64,
+    /// Time taken on this node.
+    pub took_ms: u64,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// The limit actually applied (after capping).
+    pub limit: usize,
+}
+
+async fn search(State(st): State<Arc<NodeState>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Result<Json<SearchResponse>, HttpError> {
+    let started = Instant::now();
+    let req = parse_search(&params, tenant(&headers), &st.config.search)?;
+    let limit = req.limit;
+    let with_score = matches!(req.sort, Sort::Score);
+    let page = st.searcher.search(req).await?;
+    st.metrics.searches.inc_by(1);
+    st.metrics.search_latency.observe(started.elapsed());
+    Ok(Json(SearchResponse {
+        hits: page.hits.into_iter().map(|h| HitJson::from_hit(h, with_score)).collect(),
+        total: page.total,
+        took_ms: started.elapsed().as_millis() as u64,
+        next_cursor: page.next.map(|c| c.encode()),
+        limit,
+    }))
+}
+
+/// Parses the search API's query parameters.
+///
+/// # Errors
+/// InvalidArgument naming the parameter and what was wrong with it.
+pub fn parse_search(params: &HashMap<String, String>, tenant: String, cfg: &crate::config::SearchConfig) -> Result<SearchRequest, ApiError> {
+    let known = ["q", "start", "end", "level", "limit", "sort", "cursor"];
+    if let Some(k) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::invalid(format!("unknown parameter {k:?}; accepted: {}", known.join(", "))));
+    }
+    let q = params.get("q").map(String::as_str).unwrap_or("");
+    let query = weir_index::parse_query(q).map_err(|e| ApiError::invalid(format!("bad query q={q:?}: {e}")))?;
+    let (start_ns, end_ns) = time_range(params)?;
+    let levels = match params.get("level") {
+        None => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| weir_ingest::parse_level(p.trim()).map_err(|e| ApiError::invalid(format!("bad level: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let limit = match params.get("limit") {
+        None => cfg.default_limit,
+        Some(s) => s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| ApiError::invalid(format!("limit must be a positive integer, not {s:?}")))?,
+    }
+    .min(cfg.max_limit);
+    let sort = match params.get("sort").map(String::as_str) {
+        None | Some("time_desc") => Sort::TimeDesc,
+        Some("time_asc") => Sort::TimeAsc,
+        Some("score") => Sort::Score,
+        Some(other) => return Err(ApiError::invalid(format!("sort must be time_desc, time_asc or score, not {other:?}"))),
+    };
+    let after = match params.get("cursor") {
+        None => None,
+        Some(c) => Some(Cursor::decode(c).map_err(|e| ApiError::invalid(format!("bad cursor: {e}")))?),
+    };
+    Ok(SearchRequest { query, tenant, start_ns, end_ns, levels, limit, sort, after })
+}
+
+const HOUR_NS: i64 = 3600 * 1_000_000_000;
+
+fn time_range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let now = crate::append::now_ns();
+    // Accepted records may be up to the future-skew limit ahead of now: include them.
+    let end = match params.get("end") {
+        Some(s) => parse_time("end", s)?,
+        None => now + 10 * 60 * 1_000_000_000,
+    };
+    let start = match params.get("start") {
+        Some(s) => parse_time("start", s)?,
+        None => now - HOUR_NS,
+    };
+    if start >= end {
+        return Err(ApiError::invalid(format!("start ({start}) must be before end ({end})")));
+    }
+    Ok((start, end))
+}
+
+/// Parses RFC 3339 or unix nanoseconds.
+fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
+    if let Ok(ns) = s.parse::<i64>() {
+        return Ok(ns);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp_nanos() as i64)
+        .map_err(|e| ApiError::invalid(format!("{name} must be RFC 3339 (2026-11-21T10:00:00Z) or unix nanoseconds, not {s:?}: {e}")))
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 with nanoseconds.
+pub fn rfc3339(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ns.to_string())
+}
+
+async fn labels(State(st): State<Arc<NodeState>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Result<Json<serde_json::Value>, HttpError> {
+    let (start, end) = time_range(&params)?;
+    let names = st.searcher.label_names(tenant(&headers), start, end).await?;
+    Ok(Json(serde_json::json!({ "labels": names })))
+}
+
+async fn label_values(
+    State(st): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let (start, end) = time_range(&params)?;
+    let values = st.searcher.label_values(tenant(&headers), name.clone(), start, end).await?;
+    Ok(Json(serde_json::json!({ "label": name, "values": values })))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<Arc<NodeState>>) -> Response {
+    let h = st.raft.health();
+    if h.failed.load(std::sync::atomic::Ordering::Acquire) {
+        let why = h.failure.lock().map(|f| f.clone().unwrap_or_default()).unwrap_or_default();
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")).into_response();
+    }
+    if h.disk_full.load(std::sync::atomic::Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "disk full: appends are refused\n").into_response();
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], st.metrics.render())
+}

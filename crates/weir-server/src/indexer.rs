@@ -1,0 +1,85 @@
+//! One indexer thread per shard: reads the committed log from the index checkpoint and
+//! feeds the shard's index, committing at most every `commit_interval_ms` so records are
+//! searchable within a second of their acknowledgement.
+//!
+//! Architecture invariant: the indexer sees the log only through `CommittedLog`; the WAL
+//! below the index checkpoint may then be removed (`RaftNode::compact`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use weir_index::ShardIndex;
+use weir_proto::v1::StoredBatch;
+use weir_raft::{CommittedLog, RaftNode, ShardLog};
+
+use crate::metrics::Metrics;
+
+/// Bytes of log read per step.
+const READ_BYTES_MAX: usize = 8 << 20;
+
+/// A running indexer thread.
+pub struct Indexer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Indexer {
+    /// Starts indexing `log` into `index` from the index's checkpoint.
+    pub fn start(log: Arc<ShardLog>, index: Arc<ShardIndex>, raft: Arc<RaftNode>, commit_interval: Duration, metrics: Arc<Metrics>) -> Indexer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let shard = log.shard();
+        let thread = std::thread::Builder::new()
+            .name(format!("weir-index-{shard}"))
+            .spawn(move || {
+                if let Err(e) = run(&log, &index, &raft, commit_interval, &metrics, &s) {
+                    tracing::error!(shard, error = %e, "indexer stopped; searches of this shard will lag until restart");
+                }
+            })
+            .expect("spawning a thread only fails when the process is out of resources");
+        Indexer { stop, thread: Some(thread) }
+    }
+
+    /// Stops after a final commit, and waits.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(log: &ShardLog, index: &ShardIndex, raft: &RaftNode, commit_interval: Duration, metrics: &Metrics, stop: &AtomicBool) -> anyhow::Result<()> {
+    let shard = log.shard();
+    let mut next = index.checkpoint() + 1;
+    let mut dirty = false;
+    let mut last_commit = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let watermark = log.wait_for(next - 1, if dirty { Duration::from_millis(20) } else { Duration::from_millis(100) });
+        if watermark >= next {
+            let entries = log.read(next, watermark, READ_BYTES_MAX)?;
+            // An empty read means the whole range held no payload (raft no-ops).
+            let scanned_to = entries.last().map_or(watermark, |e| e.index);
+            for e in &entries {
+                let batch = StoredBatch::decode(e.data.as_slice()).map_err(|err| anyhow::anyhow!("shard {shard}: entry {} is not a StoredBatch: {err}", e.index))?;
+                metrics.records_indexed.inc_by(batch.records.len() as u64);
+                index.add_batch(e.index, &batch)?;
+            }
+            next = scanned_to + 1;
+            dirty = true;
+        }
+        if dirty && (last_commit.elapsed() >= commit_interval || stopping) {
+            index.commit()?;
+            raft.compact(shard, index.checkpoint() + 1);
+            last_commit = Instant::now();
+            dirty = false;
+        }
+        if stopping && log.watermark() < next {
+            return Ok(());
+        }
+    }
+}

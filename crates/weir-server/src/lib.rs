@@ -1,0 +1,181 @@
+//! Weir's server: configuration, the gRPC and HTTP front ends, and the wiring of the raft
+//! layer, the indexers and the searcher into one node.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let mut config = weir_server::Config::default();
+//! config.grpc_addr = "127.0.0.1:0".parse()?; // port 0: tests ask the node which port it got
+//! config.http_addr = "127.0.0.1:0".parse()?;
+//! let node = weir_server::Node::start(config).await?;
+//! println!("grpc on {}, http on {}", node.grpc_addr(), node.http_addr());
+//! node.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod append;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod indexer;
+pub mod metrics;
+pub mod search;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weir_index::{IndexOptions, ShardIndex};
+use weir_proto::ShardId;
+use weir_raft::{NodeConfig, RaftNode};
+
+pub use config::Config;
+
+use crate::append::Appender;
+use crate::indexer::Indexer;
+use crate::metrics::Metrics;
+use crate::search::Searcher;
+use crate::state::NodeState;
+
+/// A running node.
+pub struct Node {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: JoinHandle<std::io::Result<()>>,
+    raft: Arc<RaftNode>,
+    indexers: Vec<Indexer>,
+    state: Arc<NodeState>,
+}
+
+impl Node {
+    /// Opens the data directory (recovering WAL and indexes), starts raft, the indexers and
+    /// both servers. Returns once they listen.
+    ///
+    /// # Errors
+    /// Bad configuration, a corrupt log, ports in use.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let metrics = Arc::new(Metrics::default());
+        let raft_cfg = NodeConfig {
+            shard_count: config.storage.shards,
+            wal: weir_raft::WalOptions { segment_size_bytes: config.storage.segment_size_bytes, ..Default::default() },
+            io_backend: config.storage.io_backend.parse().map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
+            proposal_queue_len: config.storage.proposal_queue_len,
+            dedup_producers_max: config.storage.dedup_producers_max,
+            ..NodeConfig::single(&config.data_dir)
+        };
+        let data_dir = config.data_dir.clone();
+        let raft = Arc::new(tokio::task::spawn_blocking(move || RaftNode::start(raft_cfg)).await?.with_context(|| format!("cannot open the log in {}", data_dir.display()))?);
+        let mut indexes = Vec::new();
+        let mut indexers = Vec::new();
+        for shard in 0..raft.shard_count() {
+            let dir = config.data_dir.join(format!("shard-{shard}")).join("index");
+            let opts = IndexOptions {
+                partition_span_secs: config.index.partition_span_secs,
+                writer_memory_bytes: config.index.writer_memory_bytes,
+                ..Default::default()
+            };
+            let index = Arc::new(ShardIndex::open(&dir, ShardId(shard), opts).with_context(|| format!("cannot open index {}", dir.display()))?);
+            indexers.push(Indexer::start(
+                raft.committed_log(shard),
+                index.clone(),
+                raft.clone(),
+                Duration::from_millis(config.index.commit_interval_ms),
+                metrics.clone(),
+            ));
+            indexes.push(index);
+        }
+        let appender = Arc::new(Appender::new(raft.clone(), config.limits.to_limits(), Duration::from_millis(config.storage.commit_timeout_ms), metrics.clone()));
+        let state = Arc::new(NodeState { config: config.clone(), raft: raft.clone(), appender: appender.clone(), searcher: Searcher::new(indexes), metrics });
+
+        let (stop, stop_rx) = watch::channel(false);
+        let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("cannot listen on http_addr {}", config.http_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let (ingest, otlp) = grpc::GrpcIngest::services(appender);
+        let mut rx = stop_rx.clone();
+        let grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ingest)
+                .add_service(otlp)
+                .serve_with_incoming_shutdown(tokio_stream_incoming(grpc_listener), async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }),
+        );
+        let mut rx = stop_rx;
+        let app = http::router(state.clone());
+        let http_task = tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), backend = %raft.io_backend(), "weir node listening");
+        Ok(Node { grpc_addr, http_addr, stop, grpc_task, http_task, raft, indexers, state })
+    }
+
+    /// Where gRPC listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where HTTP listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Shared state (for tests and embedding).
+    pub fn state(&self) -> &Arc<NodeState> {
+        &self.state
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests finish (their appends are
+    /// committed and answered), stop raft after its queue drained, commit the indexes.
+    ///
+    /// # Errors
+    /// A server task failed.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let grpc = self.grpc_task.await;
+        let http = self.http_task.await;
+        let raft = self.raft.clone();
+        let indexers = self.indexers;
+        tokio::task::spawn_blocking(move || {
+            raft.shutdown();
+            for i in indexers {
+                i.stop();
+            }
+        })
+        .await?;
+        grpc?.context("grpc server")?;
+        http?.context("http server")?;
+        tracing::info!("weir node stopped");
+        Ok(())
+    }
+}
+
+fn tokio_stream_incoming(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(l)
+}
+
+/// Runs a node until `shutdown` resolves, then shuts it down gracefully.
+///
+/// # Errors
+/// Start-up failed, or a server failed.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    node.shutdown().await
+}

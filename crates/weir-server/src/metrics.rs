@@ -1,0 +1,115 @@
+//! The node's counters and histograms, rendered in the Prometheus text format at
+//! `GET /metrics`. Lock-free: atomics only, so the hot paths pay one relaxed add.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A monotonically increasing counter.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn inc_by(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the latency histogram buckets, seconds.
+const BUCKETS_S: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS_S.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS_S.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every metric of the node.
+#[derive(Default)]
+pub struct Metrics {
+    /// Records stored (duplicates not counted).
+    pub records_accepted: Counter,
+    /// Records refused by validation.
+    pub records_rejected: Counter,
+    /// Append requests refused whole, by reason.
+    pub appends_refused_invalid: Counter,
+    /// Append requests refused as retryable (queue or disk full, timeout).
+    pub appends_refused_retryable: Counter,
+    /// Time from receiving an append to answering it.
+    pub append_latency: Histogram,
+    /// Searches answered.
+    pub searches: Counter,
+    /// Time to answer a search.
+    pub search_latency: Histogram,
+    /// Records indexed.
+    pub records_indexed: Counter,
+}
+
+impl Metrics {
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(&mut out, "weir_ingest_records_accepted_total", "records stored", self.records_accepted.get());
+        counter(&mut out, "weir_ingest_records_rejected_total", "records refused by validation", self.records_rejected.get());
+        let _ = writeln!(out, "# TYPE weir_ingest_requests_refused_total counter");
+        let _ = writeln!(out, "weir_ingest_requests_refused_total{{reason=\"invalid\"}} {}", self.appends_refused_invalid.get());
+        let _ = writeln!(out, "weir_ingest_requests_refused_total{{reason=\"retryable\"}} {}", self.appends_refused_retryable.get());
+        self.append_latency.render("weir_append_latency_seconds", &mut out);
+        counter(&mut out, "weir_search_requests_total", "searches answered", self.searches.get());
+        self.search_latency.render("weir_search_latency_seconds", &mut out);
+        counter(&mut out, "weir_index_records_total", "records indexed", self.records_indexed.get());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        let mut out = String::new();
+        h.render("x", &mut out);
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2"), "{out}");
+        assert!(out.contains("x_count 2"), "{out}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Scatter/gather over this node's shard indexes. Index work runs on the blocking pool:
+//! a search never blocks the async runtime.
+
+use std::sync::Arc;
+
+use weir_index::{Cursor, Hit, SearchRequest, ShardIndex};
+use weir_proto::{ApiError, ErrorKind};
+
+/// One page of merged results.
+pub struct Page {
+    /// Hits in the requested order.
+    pub hits: Vec<Hit>,
+    /// Every match in range, over all shards.
+    pub total: u64,
+    /// Cursor for the next page.
+    pub next: Option<Cursor>,
+}
+
+/// Searches every shard of this node and merges.
+pub struct Searcher {
+    indexes: Vec<Arc<ShardIndex>>,
+}
+
+fn index_error(e: weir_index::Error) -> ApiError {
+    match e {
+        weir_index::Error::Query(q) => ApiError::invalid(format!("bad query: {q}")),
+        weir_index::Error::BadCursor(c) => ApiError::invalid(format!("bad cursor: {c}")),
+        other => ApiError::new(ErrorKind::Internal, format!("search failed: {other}")),
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(ErrorKind::Internal, format!("search task failed: {e}"))
+}
+
+impl Searcher {
+    /// A searcher over `indexes` (one per shard).
+    pub fn new(indexes: Vec<Arc<ShardIndex>>) -> Self {
+        Searcher { indexes }
+    }
+
+    /// Runs `req` on every shard and merges into one page.
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad query or cursor; Internal when an index fails.
+    pub async fn search(&self, req: SearchRequest) -> Result<Page, ApiError> {
+        let req = Arc::new(req);
+        let mut tasks = Vec::with_capacity(self.indexes.len());
+        for ix in &self.indexes {
+            let (ix, req) = (ix.clone(), req.clone());
+            tasks.push(tokio::task::spawn_blocking(move || ix.search(&req)));
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            results.push(t.await.map_err(join_error)?.map_err(index_error)?);
+        }
+        let (hits, total, next) = weir_index::merge(results, req.sort, req.limit, req.after.as_ref());
+        Ok(Page { hits, total, next })
+    }
+
+    /// Label names used by `tenant` in the range, over all shards.
+    ///
+    /// # Errors
+    /// Internal when an index fails.
+    pub async fn label_names(&self, tenant: String, start: i64, end: i64) -> Result<Vec<String>, ApiError> {
+        let indexes = self.indexes.clone();
+        let names = tokio::task::spawn_blocking(move || {
+            let mut all = std::collections::BTreeSet::new();
+            for ix in &indexes {
+                all.extend(ix.label_names(&tenant, start, end)?);
+            }
+            Ok::<_, weir_index::Error>(all.into_iter().collect::<Vec<_>>())
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(index_error)?;
+        Ok(names)
+    }
+
+    /// Values of label `name` used by `tenant` in the range, over all shards.
+    ///
+    /// # Errors
+    /// Internal when an index fails.
+    pub async fn label_values(&self, tenant: String, name: String, start: i64, end: i64) -> Result<Vec<String>, ApiError> {
+        let indexes = self.indexes.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = std::collections::BTreeSet::new();
+            for ix in &indexes {
+                all.extend(ix.label_values(&tenant, &name, start, end)?);
+            }
+            Ok::<_, weir_index::Error>(all.into_iter().collect::<Vec<_>>())
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(index_error)
+    }
+}

@@ -1,0 +1,24 @@
+//! What the front ends share.
+
+use std::sync::Arc;
+
+use weir_raft::RaftNode;
+
+use crate::append::Appender;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::search::Searcher;
+
+/// The node's shared state, handed to every handler.
+pub struct NodeState {
+    /// The configuration the node started with.
+    pub config: Config,
+    /// The raft layer.
+    pub raft: Arc<RaftNode>,
+    /// The append path.
+    pub appender: Arc<Appender>,
+    /// The search path.
+    pub searcher: Searcher,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
