@@ -21,6 +21,8 @@ pub(crate) struct Candidate {
     pub key: HitKey,
     pub score: f32,
     pub doc: DocAddress,
+    /// Which of the searched partitions it came from (set by the shard search).
+    pub part: usize,
 }
 
 /// What one collection yields: the match count and the best candidates, best first.
@@ -177,6 +179,7 @@ impl SegmentCollector for TopSegmentCollector {
             key,
             score,
             doc: DocAddress::new(self.segment, doc),
+            part: 0,
         });
     }
 

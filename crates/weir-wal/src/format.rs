@@ -360,51 +360,45 @@ pub struct TailScan {
 /// round (see [`FLAG_BATCH_START`]). Runs of zeros are skipped quickly, so a
 /// preallocated tail costs little.
 pub fn scan_tail(buf: &[u8], from: usize) -> TailScan {
-    let mut scan = TailScan::default();
-    let mut pos = from;
-    while pos < buf.len() {
-        // Skip zeros eight bytes at a time: no frame starts with a zero length
-        // prefix, and a frame whose length is non-zero has a non-zero byte in
-        // its first four bytes.
-        if buf[pos] == 0 {
-            if pos % 8 == 0 && pos + 8 <= buf.len() && u64_at(buf, pos) == 0 {
-                pos += 8;
-                continue;
-            }
-            // A frame can start at a zero byte (length < 2^24 little endian
-            // has a zero top byte, not the first), so only skip when the
-            // 4-byte length is zero.
-            if pos + 4 <= buf.len() && u32_at(buf, pos) == 0 {
-                pos += 1;
-                continue;
-            }
-            if pos + 4 > buf.len() {
-                pos += 1;
-                continue;
-            }
+    let mut scan = TailScan { first_nonzero: first_nonzero(buf, from), batch_start: None };
+    let Some(mut pos) = scan.first_nonzero else {
+        return scan;
+    };
+    while pos + FRAME_PREFIX_LEN + SHORT_BODY_PREFIX <= buf.len() {
+        // No frame starts with a zero length: skip zero runs quickly (eight
+        // zero bytes at `pos` rule out frames starting at pos..=pos+4).
+        if u64_at(buf, pos) == 0 {
+            pos += 5;
+            continue;
         }
-        if scan.first_nonzero.is_none() {
-            scan.first_nonzero = buf[pos..].iter().position(|&b| b != 0).map(|p| pos + p);
-        }
-        // Cheap prefilter before the crc: kind, flags with BATCH_START.
-        if pos + FRAME_PREFIX_LEN + SHORT_BODY_PREFIX <= buf.len() {
-            let kind = buf[pos + 8];
-            let flags = buf[pos + 9];
-            if (KIND_ENTRY..=KIND_SEAL).contains(&kind)
-                && flags & FLAG_BATCH_START != 0
-                && flags & !KNOWN_FLAGS == 0
-            {
-                if let Ok((f, _)) = decode_frame(&buf[pos..]) {
-                    if f.batch_start() {
-                        scan.batch_start = Some(pos);
-                        return scan;
-                    }
+        // Cheap prefilter before the crc: known kind, BATCH_START set.
+        let kind = buf[pos + 8];
+        let flags = buf[pos + 9];
+        if (KIND_ENTRY..=KIND_SEAL).contains(&kind) && flags & FLAG_BATCH_START != 0 && flags & !KNOWN_FLAGS == 0 {
+            if let Ok((f, _)) = decode_frame(&buf[pos..]) {
+                if f.batch_start() {
+                    scan.batch_start = Some(pos);
+                    return scan;
                 }
             }
         }
         pos += 1;
     }
     scan
+}
+
+fn first_nonzero(buf: &[u8], from: usize) -> Option<usize> {
+    let mut pos = from;
+    while pos < buf.len() && pos % 8 != 0 {
+        if buf[pos] != 0 {
+            return Some(pos);
+        }
+        pos += 1;
+    }
+    while pos + 64 <= buf.len() && buf[pos..pos + 64].chunks_exact(8).all(|c| c == [0u8; 8]) {
+        pos += 64;
+    }
+    buf[pos..].iter().position(|&b| b != 0).map(|p| pos + p)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

@@ -1,0 +1,843 @@
+//! One shard's index: time partitions, the checkpoint, writes, and searches.
+//!
+//! On disk, in the shard's directory:
+//!
+//! ```text
+//! checkpoint.json            {"format":"weir-index-checkpoint","version":1,"shard":N,
+//!                             "checkpoint":L,"dropped_before_ns":T}
+//! part_<start_secs>_<span>/  one tantivy index per time partition; its commit payload is
+//!                            the log index it is complete up to
+//! part_..._<span>.tmp/       a partition being created (deleted on open)
+//! ```
+//!
+//! Architecture invariant: a partition whose commit payload is `p` holds every record,
+//! destined to it, of every entry `<= p`, and none of any entry `> p` (commits happen
+//! only between entries, or in `add_batch` for partitions already complete for the entry
+//! being added). The shard checkpoint `c` is `<=` every payload written since; replaying
+//! entries `> c` and skipping, per partition, entries `<= payload` is therefore exact.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tantivy::schema::Value;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
+use weir_proto::v1::{StoredBatch, StoredRecord};
+use weir_proto::{Level, ShardId, DEFAULT_TENANT};
+
+use crate::collect::{Candidate, TopCollector, TopN};
+use crate::durable::{fsync_dir, write_atomic};
+use crate::page::{Cursor, Hit, ShardHits, Sort};
+use crate::query::Query;
+use crate::schema::{label_name_term, label_prefix, Fields};
+use crate::{Error, Result};
+
+const NS_PER_SEC: i64 = 1_000_000_000;
+const CHECKPOINT_FILE: &str = "checkpoint.json";
+const CHECKPOINT_FORMAT: &str = "weir-index-checkpoint";
+const CHECKPOINT_VERSION: u32 = 1;
+const PART_PREFIX: &str = "part_";
+
+/// Largest page a search returns; bigger limits are an argument error.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Tuning of a [`ShardIndex`].
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// Width of a time partition. Records fall into `[k * span, (k + 1) * span)` by their
+    /// timestamp; retention drops whole partitions, and a search opens only those its
+    /// range overlaps. Default 3600. Changing it later is allowed: existing partitions
+    /// keep their span, new ones use the new one.
+    pub partition_span_secs: u64,
+    /// Indexing memory of one partition writer; default 64 MiB. tantivy needs at least
+    /// 15 MB per writer thread.
+    pub writer_memory_bytes: usize,
+    /// At most this many partition writers are open at once; opening another commits and
+    /// closes the least recently used. Bounds indexing memory to
+    /// `max_open_writers * writer_memory_bytes`. Default 2 (the current hour, and the
+    /// previous one for late records).
+    pub max_open_writers: usize,
+    /// Indexing threads per partition writer. Default 1.
+    pub writer_threads: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            partition_span_secs: 3600,
+            writer_memory_bytes: 64 << 20,
+            max_open_writers: 2,
+            writer_threads: 1,
+        }
+    }
+}
+
+/// A search of one shard.
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    /// The parsed query ([`crate::parse_query`]).
+    pub query: Query,
+    /// Only records of this tenant are seen. Empty means [`DEFAULT_TENANT`].
+    pub tenant: String,
+    /// Start of the time range, inclusive, ns.
+    pub start_ns: i64,
+    /// End of the time range, exclusive, ns.
+    pub end_ns: i64,
+    /// Only these levels; empty means all.
+    pub levels: Vec<Level>,
+    /// Page size, at most [`MAX_LIMIT`]. 0 counts only.
+    pub limit: usize,
+    /// Result order.
+    pub sort: Sort,
+    /// Continue after this cursor (from [`crate::merge`]); must be of the same sort.
+    pub after: Option<Cursor>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct PartKey {
+    start_secs: i64,
+    span_secs: u64,
+}
+
+impl PartKey {
+    fn for_timestamp(ts_ns: i64, span_secs: u64) -> PartKey {
+        let span = i64::try_from(span_secs).unwrap_or(i64::MAX).max(1);
+        let secs = ts_ns.div_euclid(NS_PER_SEC);
+        PartKey {
+            start_secs: secs.div_euclid(span) * span,
+            span_secs: span as u64,
+        }
+    }
+
+    fn start_ns(&self) -> i64 {
+        clamp_ns(i128::from(self.start_secs) * i128::from(NS_PER_SEC))
+    }
+
+    fn end_ns(&self) -> i64 {
+        clamp_ns(
+            (i128::from(self.start_secs) + i128::from(self.span_secs)) * i128::from(NS_PER_SEC),
+        )
+    }
+
+    fn overlaps(&self, start_ns: i64, end_ns: i64) -> bool {
+        self.start_ns() < end_ns && start_ns < self.end_ns()
+    }
+
+    fn within(&self, start_ns: i64, end_ns: i64) -> bool {
+        start_ns <= self.start_ns() && self.end_ns() <= end_ns
+    }
+
+    fn dir_name(&self) -> String {
+        format!("{PART_PREFIX}{}_{}", self.start_secs, self.span_secs)
+    }
+
+    fn parse(name: &str) -> Option<PartKey> {
+        let rest = name.strip_prefix(PART_PREFIX)?;
+        let (start, span) = rest.rsplit_once('_')?;
+        let key = PartKey {
+            start_secs: start.parse().ok()?,
+            span_secs: span.parse().ok().filter(|s| *s > 0)?,
+        };
+        (key.dir_name() == name).then_some(key)
+    }
+}
+
+fn clamp_ns(v: i128) -> i64 {
+    v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// One time partition as the read side sees it.
+struct Partition {
+    key: PartKey,
+    dir: PathBuf,
+    index: Index,
+    reader: IndexReader,
+}
+
+struct OpenWriter {
+    writer: IndexWriter<TantivyDocument>,
+    pending: bool,
+    last_used: u64,
+}
+
+/// Write-side state, behind one mutex: writes are serialised, searches never take it.
+struct WriteState {
+    /// The last log index passed to `add_batch` (or the checkpoint after open).
+    last_added: u64,
+    /// Records older than this were dropped by retention and are not indexed again.
+    dropped_before_ns: i64,
+    /// Each partition's committed payload.
+    committed: HashMap<PartKey, u64>,
+    writers: HashMap<PartKey, OpenWriter>,
+    tick: u64,
+    poisoned: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointFile {
+    format: String,
+    version: u32,
+    shard: u32,
+    checkpoint: u64,
+    dropped_before_ns: i64,
+}
+
+/// The index of one shard. `Send + Sync`: share it in an `Arc`; every method takes
+/// `&self`. Writes (`add_batch`, `commit`, `drop_partitions_before`) serialise on an
+/// internal mutex; searches and label queries never wait for them.
+pub struct ShardIndex {
+    dir: PathBuf,
+    shard: ShardId,
+    opts: IndexOptions,
+    fields: Fields,
+    parts: RwLock<BTreeMap<PartKey, Arc<Partition>>>,
+    write: Mutex<WriteState>,
+    checkpoint: AtomicU64,
+    partitions_searched: AtomicU64,
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ShardIndex>();
+};
+
+impl ShardIndex {
+    /// Opens the index of `shard` in `dir` (the shard's own directory), creating it if
+    /// needed. Partitions being created when the process stopped are deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongShard`] if `dir` holds another shard's index; [`Error::Corrupt`] if
+    /// the checkpoint file or a partition's commit payload does not parse, or a partition
+    /// has another schema; I/O and tantivy errors.
+    pub fn open(dir: &Path, shard: ShardId, opts: IndexOptions) -> Result<ShardIndex> {
+        if opts.partition_span_secs == 0 || opts.max_open_writers == 0 || opts.writer_threads == 0
+        {
+            return Err(Error::InvalidArgument(
+                "partition_span_secs, max_open_writers and writer_threads must be positive"
+                    .into(),
+            ));
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let fields = Fields::new();
+        let ckpt_path = dir.join(CHECKPOINT_FILE);
+        let ckpt = match fs::read(&ckpt_path) {
+            Ok(bytes) => {
+                let c: CheckpointFile =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                        path: ckpt_path.clone(),
+                        reason: format!("not a checkpoint file: {e}"),
+                    })?;
+                if c.format != CHECKPOINT_FORMAT || c.version != CHECKPOINT_VERSION {
+                    return Err(Error::Corrupt {
+                        path: ckpt_path,
+                        reason: format!("unknown format {} version {}", c.format, c.version),
+                    });
+                }
+                if c.shard != shard.0 {
+                    return Err(Error::WrongShard {
+                        path: dir.to_path_buf(),
+                        expected: shard.0,
+                        found: c.shard,
+                    });
+                }
+                c
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let c = CheckpointFile {
+                    format: CHECKPOINT_FORMAT.into(),
+                    version: CHECKPOINT_VERSION,
+                    shard: shard.0,
+                    checkpoint: 0,
+                    dropped_before_ns: i64::MIN,
+                };
+                write_ckpt(&ckpt_path, &c)?;
+                c
+            }
+            Err(e) => return Err(Error::io(&ckpt_path, e)),
+        };
+
+        let mut parts = BTreeMap::new();
+        let mut committed = HashMap::new();
+        let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with(PART_PREFIX) && name.ends_with(".tmp") {
+                tracing::info!(path = %path.display(), "removing partition left half-created");
+                fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                continue;
+            }
+            let Some(key) = PartKey::parse(&name) else {
+                continue;
+            };
+            let part = open_partition(key, path, &fields)?;
+            let payload = partition_payload(&part)?;
+            committed.insert(key, payload);
+            parts.insert(key, Arc::new(part));
+        }
+        fsync_dir(dir)?;
+        tracing::info!(
+            shard = shard.0,
+            checkpoint = ckpt.checkpoint,
+            partitions = parts.len(),
+            "opened shard index"
+        );
+        Ok(ShardIndex {
+            dir: dir.to_path_buf(),
+            shard,
+            opts,
+            fields,
+            parts: RwLock::new(parts),
+            write: Mutex::new(WriteState {
+                last_added: ckpt.checkpoint,
+                dropped_before_ns: ckpt.dropped_before_ns,
+                committed,
+                writers: HashMap::new(),
+                tick: 0,
+                poisoned: false,
+            }),
+            checkpoint: AtomicU64::new(ckpt.checkpoint),
+            partitions_searched: AtomicU64::new(0),
+        })
+    }
+
+    /// The shard this index belongs to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Raft log index up to which everything is durably indexed (0 = nothing). After a
+    /// restart the indexer replays from `checkpoint() + 1`.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    fn lock_write(&self) -> Result<MutexGuard<'_, WriteState>> {
+        // A panic while holding the lock leaves the writers in an unknown state: refuse.
+        let ws = self.write.lock().map_err(|_| Error::Poisoned { shard: self.shard })?;
+        if ws.poisoned {
+            return Err(Error::Poisoned { shard: self.shard });
+        }
+        Ok(ws)
+    }
+
+    /// Indexes the records of committed entry `log_index` (strictly increasing across
+    /// calls). Entries at or below the durable checkpoint are skipped, and so are the
+    /// records of a partition whose committed payload is `>= log_index` (replay after a
+    /// crash between partition commits), so replaying never duplicates. Records older than
+    /// what retention dropped are skipped. Not searchable before [`ShardIndex::commit`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfOrder`] if `log_index` is not after the previous call's; tantivy and
+    /// I/O errors, after which the index refuses writes ([`Error::Poisoned`]) until
+    /// reopened.
+    pub fn add_batch(&self, log_index: u64, batch: &StoredBatch) -> Result<()> {
+        let mut ws = self.lock_write()?;
+        if log_index <= self.checkpoint() {
+            tracing::debug!(log_index, "entry already indexed; skipped");
+            return Ok(());
+        }
+        if log_index <= ws.last_added {
+            return Err(Error::OutOfOrder {
+                log_index,
+                last: ws.last_added,
+            });
+        }
+        let tenant = tenant_or_default(&batch.tenant);
+        // Group by partition so that each partition takes all of this entry's records in
+        // one go: a writer evicted meanwhile is then complete up to `log_index`.
+        let mut by_part: BTreeMap<PartKey, Vec<(u32, &StoredRecord)>> = BTreeMap::new();
+        for (offset, r) in batch.records.iter().enumerate() {
+            if r.timestamp_ns < ws.dropped_before_ns {
+                continue;
+            }
+            let key = PartKey::for_timestamp(r.timestamp_ns, self.opts.partition_span_secs);
+            let offset = u32::try_from(offset).map_err(|_| {
+                Error::InvalidArgument(format!("batch {log_index} has over 2^32 records"))
+            })?;
+            by_part.entry(key).or_default().push((offset, r));
+        }
+        let result = (|| {
+            for (key, records) in by_part {
+                if ws.committed.get(&key).is_some_and(|p| *p >= log_index) {
+                    continue;
+                }
+                let w = self.writer_for(&mut ws, key, log_index)?;
+                for (offset, r) in records {
+                    w.writer
+                        .add_document(self.fields.document(tenant, log_index, offset, r))?;
+                }
+                w.pending = true;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            ws.poisoned = true;
+        } else {
+            ws.last_added = log_index;
+        }
+        result
+    }
+
+    /// The open writer of `key`, creating the partition and evicting the least recently
+    /// used writer as needed. `complete_up_to`: the entry being added, which every other
+    /// partition is complete for.
+    fn writer_for<'w>(
+        &self,
+        ws: &'w mut WriteState,
+        key: PartKey,
+        complete_up_to: u64,
+    ) -> Result<&'w mut OpenWriter> {
+        ws.tick += 1;
+        let tick = ws.tick;
+        if !ws.writers.contains_key(&key) {
+            while ws.writers.len() >= self.opts.max_open_writers {
+                let Some(lru) = ws
+                    .writers
+                    .iter()
+                    .min_by_key(|(_, w)| w.last_used)
+                    .map(|(k, _)| *k)
+                else {
+                    break;
+                };
+                if let Some(mut w) = ws.writers.remove(&lru) {
+                    if w.pending {
+                        commit_writer(&mut w.writer, complete_up_to)?;
+                        ws.committed.insert(lru, complete_up_to);
+                        self.reload(lru)?;
+                    }
+                    w.writer.wait_merging_threads()?;
+                    tracing::debug!(partition = %lru.dir_name(), "closed partition writer");
+                }
+            }
+            let part = self.partition_or_create(key)?;
+            ws.committed.entry(key).or_insert(0);
+            let writer = part.index.writer_with_num_threads(
+                self.opts.writer_threads,
+                self.opts.writer_memory_bytes,
+            )?;
+            ws.writers.insert(
+                key,
+                OpenWriter {
+                    writer,
+                    pending: false,
+                    last_used: tick,
+                },
+            );
+        }
+        let w = ws
+            .writers
+            .get_mut(&key)
+            .ok_or_else(|| Error::InvalidArgument("writer vanished".into()))?;
+        w.last_used = tick;
+        Ok(w)
+    }
+
+    fn partition_or_create(&self, key: PartKey) -> Result<Arc<Partition>> {
+        if let Some(p) = self.read_parts().get(&key) {
+            return Ok(p.clone());
+        }
+        let dir = self.dir.join(key.dir_name());
+        let tmp = self.dir.join(format!("{}.tmp", key.dir_name()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        drop(Index::create_in_dir(&tmp, self.fields.schema.clone())?);
+        fsync_dir(&tmp)?;
+        fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+        fsync_dir(&self.dir)?;
+        let part = Arc::new(open_partition(key, dir, &self.fields)?);
+        self.parts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, part.clone());
+        tracing::debug!(partition = %key.dir_name(), "created partition");
+        Ok(part)
+    }
+
+    fn read_parts(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<PartKey, Arc<Partition>>> {
+        // The map is only ever replaced entry by entry; a panic elsewhere cannot leave it
+        // half-updated, so a poisoned lock is still consistent.
+        self.parts.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reload(&self, key: PartKey) -> Result<()> {
+        if let Some(p) = self.read_parts().get(&key) {
+            p.reader.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Commits every partition with pending records (payload: the last log index added),
+    /// then durably writes the shard checkpoint, then makes the records searchable.
+    ///
+    /// # Errors
+    ///
+    /// tantivy and I/O errors, after which the index refuses writes ([`Error::Poisoned`])
+    /// until reopened.
+    pub fn commit(&self) -> Result<()> {
+        let mut ws = self.lock_write()?;
+        let started = Instant::now();
+        let result = self.commit_locked(&mut ws);
+        if result.is_err() {
+            ws.poisoned = true;
+        }
+        tracing::debug!(
+            shard = self.shard.0,
+            checkpoint = self.checkpoint(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "index commit"
+        );
+        result
+    }
+
+    fn commit_locked(&self, ws: &mut WriteState) -> Result<()> {
+        let up_to = ws.last_added;
+        let mut committed = Vec::new();
+        for (key, w) in ws.writers.iter_mut() {
+            if w.pending {
+                commit_writer(&mut w.writer, up_to)?;
+                w.pending = false;
+                committed.push(*key);
+            }
+        }
+        for key in &committed {
+            ws.committed.insert(*key, up_to);
+        }
+        if up_to > self.checkpoint() {
+            self.write_checkpoint(up_to, ws.dropped_before_ns)?;
+            self.checkpoint.store(up_to, Ordering::Release);
+        }
+        for key in committed {
+            self.reload(key)?;
+        }
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, checkpoint: u64, dropped_before_ns: i64) -> Result<()> {
+        write_ckpt(
+            &self.dir.join(CHECKPOINT_FILE),
+            &CheckpointFile {
+                format: CHECKPOINT_FORMAT.into(),
+                version: CHECKPOINT_VERSION,
+                shard: self.shard.0,
+                checkpoint,
+                dropped_before_ns,
+            },
+        )
+    }
+
+    /// Searches the partitions overlapping `[start_ns, end_ns)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadCursor`] for a cursor of another sort; [`Error::InvalidArgument`] for
+    /// an empty range or a limit over [`MAX_LIMIT`]; tantivy errors.
+    pub fn search(&self, req: &SearchRequest) -> Result<ShardHits> {
+        if let Some(c) = &req.after {
+            c.check_sort(req.sort)?;
+        }
+        if req.limit > MAX_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "limit {} is over the maximum {MAX_LIMIT}",
+                req.limit
+            )));
+        }
+        if req.start_ns >= req.end_ns {
+            return Ok(ShardHits::default());
+        }
+        let tenant = tenant_or_default(&req.tenant);
+        let n = match (&req.after, req.sort) {
+            (Some(c), Sort::Score) => usize::try_from(c.skip())
+                .unwrap_or(usize::MAX)
+                .saturating_add(req.limit),
+            _ => req.limit,
+        };
+        let parts = self.overlapping(req.start_ns, req.end_ns);
+        self.partitions_searched
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        let user = self.fields.translate(&req.query, tenant);
+        let collector = TopCollector {
+            sort: req.sort,
+            n,
+            after: req.after,
+            shard: self.shard.0,
+        };
+        let mut searchers: Vec<Searcher> = Vec::with_capacity(parts.len());
+        let mut top = TopN::new(req.sort, n);
+        let mut total = 0;
+        for (i, p) in parts.iter().enumerate() {
+            let range = (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
+            let q = self
+                .fields
+                .filtered(user.box_clone(), tenant, &req.levels, range);
+            let searcher = p.reader.searcher();
+            let found = searcher.search(q.as_ref(), &collector)?;
+            total += found.total;
+            for c in found.top {
+                top.push(Candidate { part: i, ..c });
+            }
+            searchers.push(searcher);
+        }
+        let mut hits = Vec::new();
+        for c in top.into_sorted() {
+            let record = self.fetch(&searchers[c.part], c.doc, &parts[c.part].dir)?;
+            hits.push(Hit {
+                key: c.key,
+                score: if req.sort == Sort::Score { c.score } else { 0.0 },
+                tenant: tenant.to_string(),
+                record,
+            });
+        }
+        Ok(ShardHits { hits, total })
+    }
+
+    fn fetch(
+        &self,
+        searcher: &Searcher,
+        doc: tantivy::DocAddress,
+        dir: &Path,
+    ) -> Result<StoredRecord> {
+        let d: TantivyDocument = searcher.doc(doc)?;
+        let bytes = d
+            .get_first(self.fields.record)
+            .and_then(|v| v.as_bytes())
+            .ok_or_else(|| Error::Corrupt {
+                path: dir.to_path_buf(),
+                reason: format!("document {doc:?} has no stored record"),
+            })?;
+        StoredRecord::decode(bytes).map_err(|e| Error::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!("document {doc:?}: stored record does not decode: {e}"),
+        })
+    }
+
+    fn overlapping(&self, start_ns: i64, end_ns: i64) -> Vec<Arc<Partition>> {
+        self.read_parts()
+            .values()
+            .filter(|p| p.key.overlaps(start_ns, end_ns))
+            .cloned()
+            .collect()
+    }
+
+    /// Stream label names of `tenant`, plus those of `service`, `namespace`, `pod`,
+    /// `cluster` and `level` that have a value, in records of partitions overlapping
+    /// `[start_ns, end_ns)`: sorted, deduplicated. The range is honoured at partition
+    /// granularity (names from up to one partition span around it may appear), as Loki
+    /// does with its index periods.
+    ///
+    /// # Errors
+    ///
+    /// tantivy and I/O errors.
+    pub fn label_names(&self, tenant: &str, start_ns: i64, end_ns: i64) -> Result<Vec<String>> {
+        let prefix = label_name_term(tenant_or_default(tenant), "");
+        let names = self.terms_with_prefix(self.fields.label_names, &prefix, start_ns, end_ns)?;
+        Ok(names.into_iter().collect())
+    }
+
+    /// Values of label `name` (a stream label, or one of `service`, `namespace`, `pod`,
+    /// `cluster`, `level`) for `tenant`, sorted and deduplicated; the range is honoured
+    /// at partition granularity, as in [`ShardIndex::label_names`].
+    ///
+    /// # Errors
+    ///
+    /// tantivy and I/O errors.
+    pub fn label_values(
+        &self,
+        tenant: &str,
+        name: &str,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<Vec<String>> {
+        let prefix = label_prefix(tenant_or_default(tenant), name);
+        let values = self.terms_with_prefix(self.fields.labels, &prefix, start_ns, end_ns)?;
+        Ok(values.into_iter().collect())
+    }
+
+    /// The suffixes of the terms of `field` starting with `prefix`, over the partitions
+    /// overlapping the range.
+    fn terms_with_prefix(
+        &self,
+        field: tantivy::schema::Field,
+        prefix: &str,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        if start_ns >= end_ns {
+            return Ok(out);
+        }
+        // Terms are `prefix ++ suffix`; the suffix never holds '\0' right after the
+        // prefix's last byte... but may be anything else, so bound the range by the
+        // prefix with its trailing '\0' bumped to '\x01'.
+        let lo = prefix.as_bytes().to_vec();
+        let mut hi = lo.clone();
+        if let Some(last) = hi.last_mut() {
+            *last += 1;
+        }
+        for p in self.overlapping(start_ns, end_ns) {
+            let searcher = p.reader.searcher();
+            for seg in searcher.segment_readers() {
+                let inv = seg.inverted_index(field)?;
+                let mut stream = inv
+                    .terms()
+                    .range()
+                    .ge(&lo)
+                    .lt(&hi)
+                    .into_stream()
+                    .map_err(|e| Error::io(&p.dir, e))?;
+                while stream.advance() {
+                    let suffix = &stream.key()[lo.len()..];
+                    if let Ok(s) = std::str::from_utf8(suffix) {
+                        if !out.contains(s) {
+                            out.insert(s.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Retention: deletes every partition whose time range ends at or before `cutoff_ns`,
+    /// with any records it had pending, and from then on skips records older than
+    /// `cutoff_ns` (so a replay does not bring them back). Returns how many partitions
+    /// were deleted.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, after which the index refuses writes ([`Error::Poisoned`]) until
+    /// reopened.
+    pub fn drop_partitions_before(&self, cutoff_ns: i64) -> Result<usize> {
+        let mut ws = self.lock_write()?;
+        let doomed: Vec<PartKey> = self
+            .read_parts()
+            .keys()
+            .filter(|k| k.end_ns() <= cutoff_ns)
+            .copied()
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let result = (|| {
+            // First make the watermark durable: a crash after deleting must not let a
+            // replay recreate what was deleted.
+            let watermark = ws.dropped_before_ns.max(cutoff_ns);
+            self.write_checkpoint(self.checkpoint(), watermark)?;
+            ws.dropped_before_ns = watermark;
+            for key in &doomed {
+                if let Some(w) = ws.writers.remove(key) {
+                    // Pending records are expired anyway; drop them uncommitted.
+                    drop(w);
+                }
+                ws.committed.remove(key);
+                let part = self
+                    .parts
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(key);
+                if let Some(part) = part {
+                    // Searches holding the partition keep reading their mmaps; the files
+                    // go when they finish.
+                    fs::remove_dir_all(&part.dir).map_err(|e| Error::io(&part.dir, e))?;
+                    tracing::info!(partition = %key.dir_name(), "retention dropped partition");
+                }
+            }
+            fsync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            ws.poisoned = true;
+        }
+        result.map(|()| doomed.len())
+    }
+
+    /// Number of searchable (committed) records.
+    pub fn doc_count(&self) -> u64 {
+        self.read_parts()
+            .values()
+            .map(|p| p.reader.searcher().num_docs())
+            .sum()
+    }
+
+    /// Number of time partitions.
+    pub fn partition_count(&self) -> usize {
+        self.read_parts().len()
+    }
+
+    /// The `[start_ns, end_ns)` range of each partition, oldest first.
+    pub fn partition_ranges(&self) -> Vec<(i64, i64)> {
+        self.read_parts()
+            .keys()
+            .map(|k| (k.start_ns(), k.end_ns()))
+            .collect()
+    }
+
+    /// How many partitions searches have opened since this index was opened (a search
+    /// opens those its time range overlaps). For metrics and tests.
+    pub fn partitions_searched(&self) -> u64 {
+        self.partitions_searched.load(Ordering::Relaxed)
+    }
+}
+
+fn tenant_or_default(t: &str) -> &str {
+    if t.is_empty() {
+        DEFAULT_TENANT
+    } else {
+        t
+    }
+}
+
+fn write_ckpt(path: &Path, c: &CheckpointFile) -> Result<()> {
+    let bytes = serde_json::to_vec(c).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialise checkpoint: {e}"),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+fn commit_writer(w: &mut IndexWriter<TantivyDocument>, payload: u64) -> Result<()> {
+    let mut prepared = w.prepare_commit()?;
+    prepared.set_payload(&payload.to_string());
+    prepared.commit()?;
+    Ok(())
+}
+
+fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partition> {
+    let index = Index::open_in_dir(&dir)?;
+    if index.schema() != fields.schema {
+        return Err(Error::Corrupt {
+            path: dir,
+            reason: "partition was written with another schema".into(),
+        });
+    }
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    Ok(Partition {
+        key,
+        dir,
+        index,
+        reader,
+    })
+}
+
+fn partition_payload(p: &Partition) -> Result<u64> {
+    let meta = p.index.load_metas()?;
+    match meta.payload {
+        None => Ok(0),
+        Some(s) => s.parse().map_err(|_| Error::Corrupt {
+            path: p.dir.join("meta.json"),
+            reason: format!("commit payload {s:?} is not a log index"),
+        }),
+    }
+}
