@@ -58,7 +58,13 @@ impl PartialOrd for Ranked {
 }
 impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Ordering {
-        compare(self.sort, &self.c.key, self.c.score, &other.c.key, other.c.score)
+        compare(
+            self.sort,
+            &self.c.key,
+            self.c.score,
+            &other.c.key,
+            other.c.score,
+        )
     }
 }
 
@@ -92,9 +98,27 @@ impl TopN {
         }
     }
 
+    /// Whether, with a time sort, no candidate with this timestamp can enter any more
+    /// (the heap is full of strictly better ones); saves reading the other columns.
+    #[inline]
+    pub fn cannot_take_timestamp(&self, ts: i64) -> bool {
+        if self.heap.len() < self.n {
+            return false;
+        }
+        match (self.sort, self.heap.peek()) {
+            (Sort::TimeDesc, Some(worst)) => ts < worst.c.key.timestamp_ns,
+            (Sort::TimeAsc, Some(worst)) => ts > worst.c.key.timestamp_ns,
+            _ => false,
+        }
+    }
+
     /// Best first.
     pub fn into_sorted(self) -> Vec<Candidate> {
-        self.heap.into_sorted_vec().into_iter().map(|r| r.c).collect()
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.c)
+            .collect()
     }
 }
 
@@ -160,8 +184,12 @@ impl SegmentCollector for TopSegmentCollector {
             return;
         }
         // Every document has all three columns (see `Fields::document`).
+        let timestamp_ns = self.timestamp.first(doc).unwrap_or(i64::MIN);
+        if self.top.cannot_take_timestamp(timestamp_ns) {
+            return;
+        }
         let key = HitKey {
-            timestamp_ns: self.timestamp.first(doc).unwrap_or(i64::MIN),
+            timestamp_ns,
             shard: self.shard,
             log_index: self.log_index.first(doc).unwrap_or(0),
             offset: self

@@ -66,7 +66,7 @@ pub use page::{merge, Cursor, Hit, HitKey, ShardHits, Sort};
 pub use query::{
     parse_query, Match, Pattern, Query, QueryError, BODY_FIELD, EXACT_FIELDS, MAX_NESTING,
 };
-pub use shard::{IndexOptions, SearchRequest, ShardIndex};
+pub use shard::{IndexOptions, SearchRequest, ShardIndex, MAX_LIMIT};
 pub use weir_proto::v1::{StoredBatch, StoredRecord};
 
 /// Everything that can go wrong in this crate.

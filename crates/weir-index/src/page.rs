@@ -119,7 +119,13 @@ pub struct ShardHits {
 }
 
 /// `Less` when `a` comes before `b` in `sort` order.
-pub(crate) fn compare(sort: Sort, a_key: &HitKey, a_score: f32, b_key: &HitKey, b_score: f32) -> Ordering {
+pub(crate) fn compare(
+    sort: Sort,
+    a_key: &HitKey,
+    a_score: f32,
+    b_key: &HitKey,
+    b_score: f32,
+) -> Ordering {
     match sort {
         Sort::TimeDesc => b_key.cmp(a_key),
         Sort::TimeAsc => a_key.cmp(b_key),
@@ -228,7 +234,7 @@ impl Cursor {
     /// [`Error::BadCursor`] if `s` is not a cursor of this version.
     pub fn decode(s: &str) -> Result<Cursor> {
         let bad = |why: &str| Error::BadCursor(format!("'{s}' is not a valid cursor: {why}"));
-        if s.len() % 2 != 0 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        if !s.len().is_multiple_of(2) || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(bad("expected hex digits"));
         }
         let b: Vec<u8> = (0..s.len())
@@ -317,7 +323,8 @@ pub fn merge(
                 .take(limit)
                 .collect();
             let end = skip.saturating_add(hits.len() as u64);
-            let next = (limit > 0 && hits.len() == limit && end < total).then(|| Cursor::offset(end));
+            let next =
+                (limit > 0 && hits.len() == limit && end < total).then(|| Cursor::offset(end));
             (hits, total, next)
         }
     }
@@ -360,7 +367,15 @@ mod tests {
 
     #[test]
     fn cursor_rejects_garbage_and_other_sorts() {
-        for s in ["", "zz", "0", "02", "0101", "01ff0000000000000000", "01030000"] {
+        for s in [
+            "",
+            "zz",
+            "0",
+            "02",
+            "0101",
+            "01ff0000000000000000",
+            "01030000",
+        ] {
             assert!(matches!(Cursor::decode(s), Err(Error::BadCursor(_))), "{s}");
         }
         let c = Cursor::offset(3);

@@ -120,7 +120,11 @@ impl std::error::Error for QueryError {}
 /// assert_eq!(err.to_string(), "at position 14: expected ')' to close the '(' at position 0");
 /// ```
 pub fn parse_query(q: &str) -> Result<Query, QueryError> {
-    let mut p = Parser { src: q, pos: 0, depth: 0 };
+    let mut p = Parser {
+        src: q,
+        pos: 0,
+        depth: 0,
+    };
     p.skip_ws();
     if p.at_end() {
         return Ok(Query::All);
@@ -402,7 +406,9 @@ impl<'a> Parser<'a> {
             match c {
                 '\\' => match self.bump() {
                     Some(e) => text.push(e),
-                    None => return Err(self.err_at(at, "'\\' at the end of the query escapes nothing")),
+                    None => {
+                        return Err(self.err_at(at, "'\\' at the end of the query escapes nothing"))
+                    }
                 },
                 '*' => star = true,
                 _ => text.push(c),
@@ -463,9 +469,7 @@ impl<'a> Parser<'a> {
                 if value.text.is_empty() {
                     return Err(self.err_at(
                         value_at,
-                        format!(
-                            "'{field}:*' is not supported; give a prefix such as {field}:a*"
-                        ),
+                        format!("'{field}:*' is not supported; give a prefix such as {field}:a*"),
                     ));
                 }
                 if value.star {
@@ -521,19 +525,22 @@ impl<'a> Parser<'a> {
                 }
                 let digits = &self.src[digits_at..self.pos];
                 if digits.is_empty() {
-                    return Err(self.err_at(digits_at, "expected a number after '~' (a slop such as ~2)"));
+                    return Err(
+                        self.err_at(digits_at, "expected a number after '~' (a slop such as ~2)")
+                    );
                 }
                 let slop: u32 = digits
                     .parse()
                     .map_err(|_| self.err_at(digits_at, "slop after '~' is too large"))?;
                 if self.peek() == Some('*') {
-                    return Err(self.err_at(self.pos, "a phrase prefix (\"...\"*) cannot have a slop"));
+                    return Err(
+                        self.err_at(self.pos, "a phrase prefix (\"...\"*) cannot have a slop")
+                    );
                 }
                 if field.is_some_and(|f| f != BODY_FIELD) {
-                    return Err(self.err_at(
-                        tilde,
-                        "a slop (~N) only applies to phrases in the body",
-                    ));
+                    return Err(
+                        self.err_at(tilde, "a slop (~N) only applies to phrases in the body")
+                    );
                 }
                 Ok(Pattern::Phrase { text, slop })
             }
@@ -769,7 +776,10 @@ mod tests {
             parse_query("url:http://x/y").unwrap(),
             field("url", Pattern::Word("http://x/y".into()))
         );
-        assert_eq!(parse_query("level:WARN").unwrap(), field("level", Pattern::Word("warn".into())));
+        assert_eq!(
+            parse_query("level:WARN").unwrap(),
+            field("level", Pattern::Word("warn".into()))
+        );
         assert_eq!(
             parse_query(r#"msg:"say \"hi\"""#).unwrap(),
             field(
@@ -809,7 +819,9 @@ mod tests {
         assert_eq!(err(":x").position, 0);
         assert_eq!(err("a\"b\"").position, 1);
         assert!(err(&"(".repeat(100)).message.contains("nests deeper"));
-        assert!(err(&format!("{}x", "NOT ".repeat(100))).message.contains("nests deeper"));
+        assert!(err(&format!("{}x", "NOT ".repeat(100)))
+            .message
+            .contains("nests deeper"));
     }
 
     #[test]
@@ -817,7 +829,8 @@ mod tests {
         for q in [
             "a b OR c",
             "NOT (a OR b)",
-            "x:\"a \\\" b\"~3",
+            "body:\"a \\\" b\"~3",
+            "x:\"a \\\" b\"",
             "\\AND",
             "\\-a",
             "a\\:b",

@@ -272,7 +272,10 @@ impl Fields {
                 .map(|l| Term::from_field_text(self.level, l.as_str()));
             clauses.push((
                 Occur::Must,
-                Box::new(ConstScoreQuery::new(Box::new(TermSetQuery::new(terms)), 0.0)),
+                Box::new(ConstScoreQuery::new(
+                    Box::new(TermSetQuery::new(terms)),
+                    0.0,
+                )),
             ));
         }
         if let Some((start, end)) = range {

@@ -12,8 +12,9 @@
 //!
 //! Architecture invariant: a partition whose commit payload is `p` holds every record,
 //! destined to it, of every entry `<= p`, and none of any entry `> p` (commits happen
-//! only between entries, or in `add_batch` for partitions already complete for the entry
-//! being added). The shard checkpoint `c` is `<=` every payload written since; replaying
+//! between entries, or when `add_batch` evicts a writer: then `p` is the entry being
+//! added if the partition already took all its records of it or has none, else the
+//! entry before). The shard checkpoint `c` is `<=` every payload written since; replaying
 //! entries `> c` and skipping, per partition, entries `<= payload` is therefore exact.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -42,6 +43,10 @@ const CHECKPOINT_FILE: &str = "checkpoint.json";
 const CHECKPOINT_FORMAT: &str = "weir-index-checkpoint";
 const CHECKPOINT_VERSION: u32 = 1;
 const PART_PREFIX: &str = "part_";
+
+/// tantivy's minimum indexing memory per writer thread (its
+/// `MEMORY_BUDGET_NUM_BYTES_MIN`, not exported).
+const MIN_WRITER_MEMORY_PER_THREAD: usize = 15_000_000;
 
 /// Largest page a search returns; bigger limits are an argument error.
 pub const MAX_LIMIT: usize = 10_000;
@@ -216,12 +221,17 @@ impl ShardIndex {
     /// the checkpoint file or a partition's commit payload does not parse, or a partition
     /// has another schema; I/O and tantivy errors.
     pub fn open(dir: &Path, shard: ShardId, opts: IndexOptions) -> Result<ShardIndex> {
-        if opts.partition_span_secs == 0 || opts.max_open_writers == 0 || opts.writer_threads == 0
-        {
+        if opts.partition_span_secs == 0 || opts.max_open_writers == 0 || opts.writer_threads == 0 {
             return Err(Error::InvalidArgument(
-                "partition_span_secs, max_open_writers and writer_threads must be positive"
-                    .into(),
+                "partition_span_secs, max_open_writers and writer_threads must be positive".into(),
             ));
+        }
+        if opts.writer_memory_bytes / opts.writer_threads < MIN_WRITER_MEMORY_PER_THREAD {
+            return Err(Error::InvalidArgument(format!(
+                "writer_memory_bytes {} is under the {MIN_WRITER_MEMORY_PER_THREAD} bytes per \
+                 writer thread tantivy needs",
+                opts.writer_memory_bytes
+            )));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let fields = Fields::new();
@@ -321,7 +331,10 @@ impl ShardIndex {
 
     fn lock_write(&self) -> Result<MutexGuard<'_, WriteState>> {
         // A panic while holding the lock leaves the writers in an unknown state: refuse.
-        let ws = self.write.lock().map_err(|_| Error::Poisoned { shard: self.shard })?;
+        let ws = self
+            .write
+            .lock()
+            .map_err(|_| Error::Poisoned { shard: self.shard })?;
         if ws.poisoned {
             return Err(Error::Poisoned { shard: self.shard });
         }
@@ -365,17 +378,20 @@ impl ShardIndex {
             })?;
             by_part.entry(key).or_default().push((offset, r));
         }
+        let mut remaining: BTreeSet<PartKey> = by_part.keys().copied().collect();
         let result = (|| {
             for (key, records) in by_part {
                 if ws.committed.get(&key).is_some_and(|p| *p >= log_index) {
+                    remaining.remove(&key);
                     continue;
                 }
-                let w = self.writer_for(&mut ws, key, log_index)?;
+                let w = self.writer_for(&mut ws, key, log_index, &remaining)?;
                 for (offset, r) in records {
                     w.writer
                         .add_document(self.fields.document(tenant, log_index, offset, r))?;
                 }
                 w.pending = true;
+                remaining.remove(&key);
             }
             Ok(())
         })();
@@ -388,13 +404,15 @@ impl ShardIndex {
     }
 
     /// The open writer of `key`, creating the partition and evicting the least recently
-    /// used writer as needed. `complete_up_to`: the entry being added, which every other
-    /// partition is complete for.
+    /// used writer as needed. `adding` is the entry being added and `remaining` the
+    /// partitions still to take records of it: an evicted partition is committed as
+    /// complete up to `adding` unless it is among them (then up to the entry before).
     fn writer_for<'w>(
         &self,
         ws: &'w mut WriteState,
         key: PartKey,
-        complete_up_to: u64,
+        adding: u64,
+        remaining: &BTreeSet<PartKey>,
     ) -> Result<&'w mut OpenWriter> {
         ws.tick += 1;
         let tick = ws.tick;
@@ -410,6 +428,11 @@ impl ShardIndex {
                 };
                 if let Some(mut w) = ws.writers.remove(&lru) {
                     if w.pending {
+                        let complete_up_to = if remaining.contains(&lru) {
+                            ws.last_added
+                        } else {
+                            adding
+                        };
                         commit_writer(&mut w.writer, complete_up_to)?;
                         ws.committed.insert(lru, complete_up_to);
                         self.reload(lru)?;
@@ -420,10 +443,9 @@ impl ShardIndex {
             }
             let part = self.partition_or_create(key)?;
             ws.committed.entry(key).or_insert(0);
-            let writer = part.index.writer_with_num_threads(
-                self.opts.writer_threads,
-                self.opts.writer_memory_bytes,
-            )?;
+            let writer = part
+                .index
+                .writer_with_num_threads(self.opts.writer_threads, self.opts.writer_memory_bytes)?;
             ws.writers.insert(
                 key,
                 OpenWriter {
@@ -576,7 +598,8 @@ impl ShardIndex {
         let mut top = TopN::new(req.sort, n);
         let mut total = 0;
         for (i, p) in parts.iter().enumerate() {
-            let range = (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
+            let range =
+                (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
             let q = self
                 .fields
                 .filtered(user.box_clone(), tenant, &req.levels, range);
@@ -593,7 +616,11 @@ impl ShardIndex {
             let record = self.fetch(&searchers[c.part], c.doc, &parts[c.part].dir)?;
             hits.push(Hit {
                 key: c.key,
-                score: if req.sort == Sort::Score { c.score } else { 0.0 },
+                score: if req.sort == Sort::Score {
+                    c.score
+                } else {
+                    0.0
+                },
                 tenant: tenant.to_string(),
                 record,
             });
@@ -676,9 +703,12 @@ impl ShardIndex {
         if start_ns >= end_ns {
             return Ok(out);
         }
-        // Terms are `prefix ++ suffix`; the suffix never holds '\0' right after the
-        // prefix's last byte... but may be anything else, so bound the range by the
-        // prefix with its trailing '\0' bumped to '\x01'.
+        // Every prefix ends in the '\0' separator, so the terms starting with it are
+        // exactly those in [prefix, prefix with its last byte bumped to '\x01').
+        debug_assert!(
+            prefix.ends_with('\0'),
+            "label prefixes end in the separator"
+        );
         let lo = prefix.as_bytes().to_vec();
         let mut hi = lo.clone();
         if let Some(last) = hi.last_mut() {

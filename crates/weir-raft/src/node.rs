@@ -426,11 +426,12 @@ impl Driver {
                         tracing::error!(shard, "disk full: appends are refused until space is freed; nothing acknowledged is lost");
                     }
                     std::thread::sleep(Duration::from_secs(1));
-                    let store = self.shards[shard].raw.mut_store();
-                    result = store.flush().map_err(|e| match e {
-                        Error::Wal(w) => w,
-                        other => weir_wal::Error::Closed(other.to_string()),
-                    }).and_then(|t| t.wait());
+                    // The WAL keeps what it could not write staged; flushing again retries it.
+                    result = match self.shards[shard].raw.mut_store().flush() {
+                        Ok(t) => t.wait(),
+                        Err(Error::Wal(e)) => Err(e),
+                        Err(other) => return Err(other),
+                    };
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -481,7 +482,8 @@ impl Shard {
         self.waiters.entry(index).or_default().push(Waiter { term, duplicate: false, reply });
     }
 
-    /// Applies committed entries in order: the dedup table, the watermark, the proposers.
+    /// Applies committed entries in order: the dedup table, then the watermark, then the
+    /// proposers (so that whoever is answered can already read what it proposed).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
         let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
         for e in &entries {
@@ -492,8 +494,11 @@ impl Shard {
                     self.pending_keys.remove(&k);
                 }
             }
-            // Answer everyone who waited for this index: committed if the entry is the one
-            // they proposed (same term), dropped otherwise (a new leader overwrote it).
+        }
+        self.log.advance(last);
+        for e in &entries {
+            // Committed if the entry is the one they proposed (same term), dropped
+            // otherwise (a new leader overwrote it).
             if let Some(ws) = self.waiters.remove(&e.index) {
                 for w in ws {
                     let r = if w.duplicate || w.term == e.term {
@@ -505,7 +510,6 @@ impl Shard {
                 }
             }
         }
-        self.log.advance(last);
         Ok(())
     }
 

@@ -89,10 +89,6 @@ impl WalStorage {
         self.first + self.terms.len() as u64 - 1
     }
 
-    pub(crate) fn hard_state(&self) -> &HardState {
-        &self.meta.hard_state
-    }
-
     /// Stages entries from a Ready; a conflicting suffix is replaced (the WAL truncates).
     pub(crate) fn stage_entries(&mut self, entries: &[Entry]) -> Result<()> {
         for e in entries {

@@ -20,6 +20,18 @@ use crate::metrics::Metrics;
 /// Bytes of log read per step.
 const READ_BYTES_MAX: usize = 8 << 20;
 
+/// How an indexer commits and expires.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexerSettings {
+    /// Commit (make searchable) at most this often.
+    pub commit_interval: Duration,
+    /// Drop index partitions whose records are all older than this; `None` keeps all.
+    pub retention: Option<Duration>,
+}
+
+/// How often retention is checked.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
+
 /// A running indexer thread.
 pub struct Indexer {
     stop: Arc<AtomicBool>,
@@ -28,14 +40,14 @@ pub struct Indexer {
 
 impl Indexer {
     /// Starts indexing `log` into `index` from the index's checkpoint.
-    pub fn start(log: Arc<ShardLog>, index: Arc<ShardIndex>, raft: Arc<RaftNode>, commit_interval: Duration, metrics: Arc<Metrics>) -> Indexer {
+    pub fn start(log: Arc<ShardLog>, index: Arc<ShardIndex>, raft: Arc<RaftNode>, settings: IndexerSettings, metrics: Arc<Metrics>) -> Indexer {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let shard = log.shard();
         let thread = std::thread::Builder::new()
             .name(format!("weir-index-{shard}"))
             .spawn(move || {
-                if let Err(e) = run(&log, &index, &raft, commit_interval, &metrics, &s) {
+                if let Err(e) = run(&log, &index, &raft, &settings, &metrics, &s) {
                     tracing::error!(shard, error = %e, "indexer stopped; searches of this shard will lag until restart");
                 }
             })
@@ -52,11 +64,12 @@ impl Indexer {
     }
 }
 
-fn run(log: &ShardLog, index: &ShardIndex, raft: &RaftNode, commit_interval: Duration, metrics: &Metrics, stop: &AtomicBool) -> anyhow::Result<()> {
+fn run(log: &ShardLog, index: &ShardIndex, raft: &RaftNode, settings: &IndexerSettings, metrics: &Metrics, stop: &AtomicBool) -> anyhow::Result<()> {
     let shard = log.shard();
     let mut next = index.checkpoint() + 1;
     let mut dirty = false;
     let mut last_commit = Instant::now();
+    let mut last_retention: Option<Instant> = None;
     loop {
         let stopping = stop.load(Ordering::Acquire);
         let watermark = log.wait_for(next - 1, if dirty { Duration::from_millis(20) } else { Duration::from_millis(100) });
@@ -72,11 +85,21 @@ fn run(log: &ShardLog, index: &ShardIndex, raft: &RaftNode, commit_interval: Dur
             next = scanned_to + 1;
             dirty = true;
         }
-        if dirty && (last_commit.elapsed() >= commit_interval || stopping) {
+        if dirty && (last_commit.elapsed() >= settings.commit_interval || stopping) {
             index.commit()?;
             raft.compact(shard, index.checkpoint() + 1);
             last_commit = Instant::now();
             dirty = false;
+        }
+        if let Some(keep) = settings.retention {
+            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_CHECK) {
+                last_retention = Some(Instant::now());
+                let cutoff = crate::append::now_ns().saturating_sub(keep.as_nanos().min(i64::MAX as u128) as i64);
+                let dropped = index.drop_partitions_before(cutoff)?;
+                if dropped > 0 {
+                    tracing::info!(shard, dropped, "index partitions past retention dropped");
+                }
+            }
         }
         if stopping && log.watermark() < next {
             return Ok(());

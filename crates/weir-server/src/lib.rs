@@ -88,7 +88,10 @@ impl Node {
                 raft.committed_log(shard),
                 index.clone(),
                 raft.clone(),
-                Duration::from_millis(config.index.commit_interval_ms),
+                indexer::IndexerSettings {
+                    commit_interval: Duration::from_millis(config.index.commit_interval_ms),
+                    retention: (config.index.retention_secs > 0).then(|| Duration::from_secs(config.index.retention_secs)),
+                },
                 metrics.clone(),
             ));
             indexes.push(index);

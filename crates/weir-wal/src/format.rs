@@ -67,7 +67,7 @@ pub const MAX_META_BYTES: usize = 64 << 10;
 pub const MAX_BODY_BYTES: usize = MAX_PAYLOAD_BYTES + ENTRY_BODY_PREFIX + 4;
 
 const _: () = assert!(HEADER_LEN == 8 + 4 + 4 + 8 + 8 + 4 + 4);
-const _: () = assert!(HEADER_LEN % 8 == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(FRAME_PREFIX_LEN == 4 + 4);
 const _: () = assert!(ENTRY_BODY_PREFIX == 1 + 1 + 8);
 const _: () = assert!(SHORT_BODY_PREFIX == 1 + 1);
@@ -197,11 +197,23 @@ pub fn encode_entry(
     compress_min_bytes: usize,
     batch_start: bool,
 ) -> usize {
-    encode_frame(out, KIND_ENTRY, Some(index), payload, compress_min_bytes, batch_start)
+    encode_frame(
+        out,
+        KIND_ENTRY,
+        Some(index),
+        payload,
+        compress_min_bytes,
+        batch_start,
+    )
 }
 
 /// Encodes a meta frame at the end of `out`; returns the frame length.
-pub fn encode_meta(out: &mut Vec<u8>, meta: &[u8], compress_min_bytes: usize, batch_start: bool) -> usize {
+pub fn encode_meta(
+    out: &mut Vec<u8>,
+    meta: &[u8],
+    compress_min_bytes: usize,
+    batch_start: bool,
+) -> usize {
     encode_frame(out, KIND_META, None, meta, compress_min_bytes, batch_start)
 }
 
@@ -233,7 +245,8 @@ fn encode_frame(
     if payload.len() >= compress_min_bytes {
         let max = lz4_flex::block::get_maximum_output_size(payload.len());
         out.resize(payload_start + 4 + max, 0);
-        out[payload_start..payload_start + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        out[payload_start..payload_start + 4]
+            .copy_from_slice(&(payload.len() as u32).to_le_bytes());
         match lz4_flex::block::compress_into(payload, &mut out[payload_start + 4..]) {
             Ok(n) if 4 + n < payload.len() => {
                 out.truncate(payload_start + 4 + n);
@@ -258,7 +271,9 @@ fn encode_frame(
         Ok((f, n)) => {
             assert_eq!(n, frame_len, "frame length after encode");
             match (kind, f) {
-                (KIND_ENTRY, Frame::Entry { index: i, .. }) => assert_eq!(Some(i), index, "frame index"),
+                (KIND_ENTRY, Frame::Entry { index: i, .. }) => {
+                    assert_eq!(Some(i), index, "frame index")
+                }
                 (KIND_META, Frame::Meta { .. }) | (KIND_SEAL, Frame::Seal { .. }) => {}
                 (k, f) => panic!("frame kind {k} encoded as {f:?}"),
             }
@@ -286,7 +301,9 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
         return Err(DecodeError::End);
     }
     if len > MAX_BODY_BYTES || len > buf.len() - FRAME_PREFIX_LEN {
-        return Err(DecodeError::Bad(format!("frame length {len} runs past the end of the segment")));
+        return Err(DecodeError::Bad(format!(
+            "frame length {len} runs past the end of the segment"
+        )));
     }
     let body = &buf[FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + len];
     if len < SHORT_BODY_PREFIX {
@@ -295,23 +312,38 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
     let crc = u32_at(buf, 4);
     let actual = crc32fast::hash(body);
     if crc != actual {
-        return Err(DecodeError::Bad(format!("frame crc mismatch (stored {crc:#010x}, computed {actual:#010x})")));
+        return Err(DecodeError::Bad(format!(
+            "frame crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
+        )));
     }
     let kind = body[0];
     let flags = body[1];
     if flags & !KNOWN_FLAGS != 0 {
-        return Err(DecodeError::Bad(format!("unknown frame flags {flags:#04x}")));
+        return Err(DecodeError::Bad(format!(
+            "unknown frame flags {flags:#04x}"
+        )));
     }
     let lz4 = flags & FLAG_LZ4 != 0;
     let batch_start = flags & FLAG_BATCH_START != 0;
     let frame = match kind {
         KIND_ENTRY => {
             if len < ENTRY_BODY_PREFIX {
-                return Err(DecodeError::Bad(format!("entry frame length {len} too short")));
+                return Err(DecodeError::Bad(format!(
+                    "entry frame length {len} too short"
+                )));
             }
-            Frame::Entry { index: u64_at(body, 2), payload: &body[ENTRY_BODY_PREFIX..], lz4, batch_start }
+            Frame::Entry {
+                index: u64_at(body, 2),
+                payload: &body[ENTRY_BODY_PREFIX..],
+                lz4,
+                batch_start,
+            }
         }
-        KIND_META => Frame::Meta { payload: &body[SHORT_BODY_PREFIX..], lz4, batch_start },
+        KIND_META => Frame::Meta {
+            payload: &body[SHORT_BODY_PREFIX..],
+            lz4,
+            batch_start,
+        },
         KIND_SEAL => {
             if len != SHORT_BODY_PREFIX || lz4 {
                 return Err(DecodeError::Bad("malformed seal frame".into()));
@@ -337,12 +369,16 @@ pub fn decode_payload(stored: &[u8], lz4: bool) -> Result<Vec<u8>, String> {
     }
     let n = u32_at(stored, 0) as usize;
     if n > MAX_PAYLOAD_BYTES {
-        return Err(format!("lz4 payload claims {n} bytes, more than the maximum"));
+        return Err(format!(
+            "lz4 payload claims {n} bytes, more than the maximum"
+        ));
     }
     let mut out = vec![0u8; n];
     match lz4_flex::block::decompress_into(&stored[4..], &mut out) {
         Ok(got) if got == n => Ok(out),
-        Ok(got) => Err(format!("lz4 payload decompressed to {got} bytes, expected {n}")),
+        Ok(got) => Err(format!(
+            "lz4 payload decompressed to {got} bytes, expected {n}"
+        )),
         Err(e) => Err(format!("lz4 payload invalid: {e}")),
     }
 }
@@ -360,7 +396,10 @@ pub struct TailScan {
 /// round (see [`FLAG_BATCH_START`]). Runs of zeros are skipped quickly, so a
 /// preallocated tail costs little.
 pub fn scan_tail(buf: &[u8], from: usize) -> TailScan {
-    let mut scan = TailScan { first_nonzero: first_nonzero(buf, from), batch_start: None };
+    let mut scan = TailScan {
+        first_nonzero: first_nonzero(buf, from),
+        batch_start: None,
+    };
     let Some(mut pos) = scan.first_nonzero else {
         return scan;
     };
@@ -374,7 +413,10 @@ pub fn scan_tail(buf: &[u8], from: usize) -> TailScan {
         // Cheap prefilter before the crc: known kind, BATCH_START set.
         let kind = buf[pos + 8];
         let flags = buf[pos + 9];
-        if (KIND_ENTRY..=KIND_SEAL).contains(&kind) && flags & FLAG_BATCH_START != 0 && flags & !KNOWN_FLAGS == 0 {
+        if (KIND_ENTRY..=KIND_SEAL).contains(&kind)
+            && flags & FLAG_BATCH_START != 0
+            && flags & !KNOWN_FLAGS == 0
+        {
             if let Ok((f, _)) = decode_frame(&buf[pos..]) {
                 if f.batch_start() {
                     scan.batch_start = Some(pos);
@@ -389,7 +431,7 @@ pub fn scan_tail(buf: &[u8], from: usize) -> TailScan {
 
 fn first_nonzero(buf: &[u8], from: usize) -> Option<usize> {
     let mut pos = from;
-    while pos < buf.len() && pos % 8 != 0 {
+    while pos < buf.len() && !pos.is_multiple_of(8) {
         if buf[pos] != 0 {
             return Some(pos);
         }
@@ -420,13 +462,20 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_corruption() {
-        let h = SegmentHeader { flags: HEADER_FLAG_RESET, seq: 7, base_index: 42 };
+        let h = SegmentHeader {
+            flags: HEADER_FLAG_RESET,
+            seq: 7,
+            base_index: 42,
+        };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         for i in 0..36 {
             let mut c = b;
             c[i] ^= 0x10;
-            assert!(SegmentHeader::decode(&c).is_err(), "flip in byte {i} undetected");
+            assert!(
+                SegmentHeader::decode(&c).is_err(),
+                "flip in byte {i} undetected"
+            );
         }
     }
 
@@ -434,7 +483,10 @@ mod tests {
     fn zero_length_is_end() {
         assert_eq!(decode_frame(&[0u8; 64]), Err(DecodeError::End));
         assert_eq!(decode_frame(&[0u8; 3]), Err(DecodeError::End));
-        assert!(matches!(decode_frame(&[1u8, 0, 0]), Err(DecodeError::Bad(_))));
+        assert!(matches!(
+            decode_frame(&[1u8, 0, 0]),
+            Err(DecodeError::Bad(_))
+        ));
     }
 
     #[test]

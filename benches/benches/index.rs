@@ -1,0 +1,243 @@
+//! weir-index micro-benchmarks: indexing throughput of realistic ~200-byte lines in
+//! batches of 1000, and search latency (trace_id lookup, term, phrase, time range) over a
+//! shard holding `WEIR_BENCH_INDEX_DOCS` records (default 500 000) spread over 24 hourly
+//! partitions.
+//!
+//! Run: `cargo bench -p weir-bench --bench index`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use weir_index::{parse_query, IndexOptions, SearchRequest, ShardIndex, Sort};
+use weir_proto::v1::{StoredBatch, StoredRecord};
+use weir_proto::ShardId;
+
+const HOUR: i64 = 3_600_000_000_000;
+const T0: i64 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR;
+const BATCH: usize = 1000;
+
+/// A deterministic generator of realistic log records (xorshift, no dependencies).
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+
+    /// Record `i` of `n`, timestamps spread evenly over 24 hours.
+    fn record(&mut self, i: u64, n: u64) -> StoredRecord {
+        let services = ["api", "checkout", "payments", "search", "auth", "inventory"];
+        let paths = [
+            "/api/v1/orders",
+            "/api/v1/users/me",
+            "/api/v1/cart/items",
+            "/healthz",
+            "/api/v2/search",
+        ];
+        let msgs = [
+            "request completed",
+            "connection reset by peer while reading response body",
+            "upstream timeout after retries exhausted",
+            "cache miss for key, fetching from primary store",
+            "slow query detected in orders repository",
+            "user session refreshed successfully",
+        ];
+        let service = self.pick(&services);
+        let status = [200, 200, 200, 201, 404, 500, 503][(self.next() % 7) as usize];
+        let level = match status {
+            500 | 503 => 5,
+            404 => 4,
+            _ => 3,
+        };
+        let trace = format!("{:016x}{:016x}", self.next(), i);
+        let body = format!(
+            "{} {} status={} duration_ms={} user_id=u{} order_id=o{} bytes={} \
+             client=10.{}.{}.{} ua=\"{}\" {}",
+            self.pick(&["GET", "POST", "PUT", "DELETE"]),
+            self.pick(&paths),
+            status,
+            self.next() % 2000,
+            self.next() % 100_000,
+            self.next() % 10_000_000,
+            self.next() % 65536,
+            self.next() % 256,
+            self.next() % 256,
+            self.next() % 256,
+            self.pick(&[
+                "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
+                "okhttp/4.12.0",
+                "Go-http-client/1.1",
+                "curl/8.5.0",
+            ]),
+            self.pick(&msgs),
+        );
+        let mut r = StoredRecord {
+            timestamp_ns: T0 + (i as i128 * 24 * HOUR as i128 / n as i128) as i64,
+            level,
+            body,
+            service: service.into(),
+            namespace: "prod".into(),
+            pod: format!("{service}-{:x}", self.next() % 16),
+            cluster: "eu-west-1".into(),
+            trace_id: trace,
+            span_id: format!("{:016x}", self.next()),
+            ..Default::default()
+        };
+        r.labels.insert("app".into(), service.into());
+        r.labels.insert("env".into(), "production".into());
+        r.attributes
+            .insert("http.status".into(), status.to_string());
+        r
+    }
+}
+
+fn batch(records: Vec<StoredRecord>) -> StoredBatch {
+    StoredBatch {
+        tenant: "default".into(),
+        records,
+        received_ns: 0,
+    }
+}
+
+fn bench_indexing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("index/ingest");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(15))
+        .warm_up_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let mut gen = Gen(0x9e37_79b9_7f4a_7c15);
+    let n = 10_000_000;
+    let mut i = 0u64;
+    let mut next_batch = move || {
+        let records = (0..BATCH)
+            .map(|_| {
+                i += 1;
+                gen.record(i, n)
+            })
+            .collect();
+        batch(records)
+    };
+    let avg_len = {
+        let b = next_batch();
+        b.records.iter().map(|r| r.body.len()).sum::<usize>() / b.records.len()
+    };
+    eprintln!("average body length: {avg_len} bytes (a record: body + service, pod, labels, ids)");
+    // One index for the whole run, committed every 10 batches (10 000 records), as the
+    // indexer does every 250 ms at ~40k records/s.
+    let dir = tempfile::tempdir().unwrap();
+    let ix = ShardIndex::open(dir.path(), ShardId(0), IndexOptions::default()).unwrap();
+    let mut log_index = 0u64;
+    g.bench_function("batch_1000_commit_every_10", |b| {
+        b.iter_batched(
+            &mut next_batch,
+            |bt| {
+                log_index += 1;
+                ix.add_batch(log_index, &bt).unwrap();
+                if log_index % 10 == 0 {
+                    ix.commit().unwrap();
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn loaded_index(dir: &std::path::Path, n: u64) -> (ShardIndex, String) {
+    let ix = ShardIndex::open(dir, ShardId(0), IndexOptions::default()).unwrap();
+    let mut gen = Gen(0x2545_f491_4f6c_dd1d);
+    let started = Instant::now();
+    let mut trace = String::new();
+    let mut i = 0u64;
+    let mut log_index = 0u64;
+    while i < n {
+        let records: Vec<StoredRecord> = (0..BATCH as u64)
+            .map(|_| {
+                i += 1;
+                gen.record(i, n)
+            })
+            .collect();
+        if trace.is_empty() && i >= n / 2 {
+            trace = records[BATCH / 2].trace_id.clone();
+        }
+        log_index += 1;
+        ix.add_batch(log_index, &batch(records)).unwrap();
+        if log_index % 10 == 0 {
+            ix.commit().unwrap();
+        }
+    }
+    ix.commit().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "loaded {n} records in {secs:.1} s ({:.0} records/s), {} partitions",
+        n as f64 / secs,
+        ix.partition_count()
+    );
+    (ix, trace)
+}
+
+fn bench_search(c: &mut Criterion) {
+    let n: u64 = std::env::var("WEIR_BENCH_INDEX_DOCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (ix, trace) = loaded_index(dir.path(), n);
+    let whole_day = |q: &str, sort: Sort| SearchRequest {
+        query: parse_query(q).unwrap(),
+        tenant: "default".into(),
+        start_ns: T0,
+        end_ns: T0 + 24 * HOUR,
+        levels: vec![],
+        limit: 100,
+        sort,
+        after: None,
+    };
+    let cases = vec![
+        (
+            "trace_id",
+            whole_day(&format!("trace_id:{trace}"), Sort::TimeDesc),
+        ),
+        ("term_timeout", whole_day("timeout", Sort::TimeDesc)),
+        ("term_timeout_by_score", whole_day("timeout", Sort::Score)),
+        (
+            "phrase_connection_reset",
+            whole_day("\"connection reset\"", Sort::TimeDesc),
+        ),
+        (
+            "field_and_term",
+            whole_day("service:payments level:error timeout", Sort::TimeDesc),
+        ),
+        (
+            "time_range_1h_all",
+            SearchRequest {
+                start_ns: T0 + 12 * HOUR + HOUR / 2,
+                end_ns: T0 + 13 * HOUR + HOUR / 2,
+                ..whole_day("", Sort::TimeDesc)
+            },
+        ),
+    ];
+    for (name, r) in &cases {
+        let h = ix.search(r).unwrap();
+        eprintln!("{name}: {} matches", h.total);
+        assert!(h.total > 0, "{name} matches nothing");
+    }
+    let mut g = c.benchmark_group("index/search");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    for (name, r) in &cases {
+        g.bench_function(*name, |b| b.iter(|| ix.search(r).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_indexing, bench_search);
+criterion_main!(benches);

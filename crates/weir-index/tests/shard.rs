@@ -1,0 +1,753 @@
+//! End-to-end tests of a shard index: real temp directories, real tantivy.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use weir_index::{
+    merge, parse_query, Cursor, Error, Hit, IndexOptions, SearchRequest, ShardHits, ShardIndex,
+    Sort,
+};
+use weir_proto::v1::{StoredBatch, StoredRecord};
+use weir_proto::{Level, ShardId};
+
+const HOUR: i64 = 3_600_000_000_000;
+/// 2023-11-14T22:00:00Z, on an hour boundary.
+const T0: i64 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR;
+
+fn rec(ts: i64, level: Level, service: &str, body: &str) -> StoredRecord {
+    StoredRecord {
+        timestamp_ns: ts,
+        level: level as u32,
+        body: body.into(),
+        service: service.into(),
+        namespace: "prod".into(),
+        pod: format!("{service}-7f9c"),
+        cluster: "eu-1".into(),
+        ..Default::default()
+    }
+}
+
+fn batch(tenant: &str, records: Vec<StoredRecord>) -> StoredBatch {
+    StoredBatch {
+        tenant: tenant.into(),
+        records,
+        received_ns: 0,
+    }
+}
+
+fn open(dir: &Path, shard: u32) -> ShardIndex {
+    ShardIndex::open(dir, ShardId(shard), IndexOptions::default()).unwrap()
+}
+
+fn req(q: &str) -> SearchRequest {
+    SearchRequest {
+        query: parse_query(q).unwrap(),
+        tenant: "acme".into(),
+        start_ns: i64::MIN,
+        end_ns: i64::MAX,
+        levels: vec![],
+        limit: 100,
+        sort: Sort::TimeDesc,
+        after: None,
+    }
+}
+
+fn bodies(h: &ShardHits) -> Vec<String> {
+    h.hits.iter().map(|h| h.record.body.clone()).collect()
+}
+
+fn search(ix: &ShardIndex, q: &str) -> Vec<String> {
+    let mut b = bodies(&ix.search(&req(q)).unwrap());
+    b.sort();
+    b
+}
+
+/// A small corpus over three hours in one index, tenant "acme", plus one record of
+/// tenant "other".
+fn corpus(dir: &Path) -> ShardIndex {
+    let ix = open(dir, 0);
+    let mut r1 = rec(T0 + 10, Level::Error, "api", "connection reset by peer");
+    r1.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
+    r1.span_id = "00f067aa0ba902b7".into();
+    r1.labels.insert("app".into(), "checkout".into());
+    r1.attributes.insert("order_id".into(), "A-1001".into());
+    let mut r2 = rec(T0 + 20, Level::Info, "api", "connection established to db");
+    r2.labels.insert("app".into(), "checkout".into());
+    r2.attributes.insert("order_id".into(), "A-1002".into());
+    let r3 = rec(
+        T0 + HOUR + 5,
+        Level::Warn,
+        "web",
+        "the quick brown fox jumps",
+    );
+    let mut r4 = rec(
+        T0 + HOUR + 6,
+        Level::Info,
+        "web",
+        "the quick red fox sleeps",
+    );
+    r4.labels.insert("app".into(), "storefront".into());
+    let r5 = rec(
+        T0 + 2 * HOUR + 1,
+        Level::Debug,
+        "worker",
+        "quick job done in 5ms",
+    );
+    let r6 = rec(T0 + 2 * HOUR + 2, Level::Error, "worker", "reset counters");
+    ix.add_batch(1, &batch("acme", vec![r1, r2])).unwrap();
+    ix.add_batch(2, &batch("acme", vec![r3, r4, r5])).unwrap();
+    ix.add_batch(3, &batch("acme", vec![r6])).unwrap();
+    ix.add_batch(
+        4,
+        &batch(
+            "other",
+            vec![rec(
+                T0 + 30,
+                Level::Error,
+                "api",
+                "connection reset by peer (other tenant)",
+            )],
+        ),
+    )
+    .unwrap();
+    ix.commit().unwrap();
+    ix
+}
+
+#[test]
+fn every_query_kind_finds_what_it_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    assert_eq!(ix.doc_count(), 7);
+    assert_eq!(ix.partition_count(), 3);
+
+    let cases: &[(&str, &[&str])] = &[
+        // words (body, case-insensitive)
+        ("RESET", &["connection reset by peer", "reset counters"]),
+        (
+            "body:fox",
+            &["the quick brown fox jumps", "the quick red fox sleeps"],
+        ),
+        // standard exact fields
+        (
+            "service:web",
+            &["the quick brown fox jumps", "the quick red fox sleeps"],
+        ),
+        (
+            "level:error",
+            &["connection reset by peer", "reset counters"],
+        ),
+        (
+            "pod:worker-7f9c",
+            &["quick job done in 5ms", "reset counters"],
+        ),
+        (
+            "namespace:prod cluster:eu-1 service:worker level:debug",
+            &["quick job done in 5ms"],
+        ),
+        // stream label and attribute, through the same field:value syntax
+        ("app:storefront", &["the quick red fox sleeps"]),
+        (
+            "app:checkout",
+            &["connection established to db", "connection reset by peer"],
+        ),
+        ("order_id:A-1002", &["connection established to db"]),
+        ("order_id:\"A-1001\"", &["connection reset by peer"]),
+        // phrase, slop
+        ("\"quick brown\"", &["the quick brown fox jumps"]),
+        ("\"quick fox\"", &[]),
+        (
+            "\"quick fox\"~1",
+            &["the quick brown fox jumps", "the quick red fox sleeps"],
+        ),
+        // a word that tokenizes to several is a phrase
+        ("reset-by", &["connection reset by peer"]),
+        ("peer-reset", &[]),
+        ("connection-reset", &["connection reset by peer"]),
+        // prefixes: body word, exact field, label, attribute
+        (
+            "connect*",
+            &["connection established to db", "connection reset by peer"],
+        ),
+        ("service:wor*", &["quick job done in 5ms", "reset counters"]),
+        ("app:store*", &["the quick red fox sleeps"]),
+        (
+            "order_id:A-100*",
+            &["connection established to db", "connection reset by peer"],
+        ),
+        // phrase prefix
+        ("\"quick bro\"*", &["the quick brown fox jumps"]),
+        ("\"the quick r\"*", &["the quick red fox sleeps"]),
+        // booleans
+        ("fox AND sleeps", &["the quick red fox sleeps"]),
+        ("fox sleeps", &["the quick red fox sleeps"]),
+        (
+            "sleeps OR counters",
+            &["reset counters", "the quick red fox sleeps"],
+        ),
+        ("fox NOT sleeps", &["the quick brown fox jumps"]),
+        ("quick -fox", &["quick job done in 5ms"]),
+        ("+quick +job", &["quick job done in 5ms"]),
+        ("-quick -connection", &["reset counters"]),
+        (
+            "NOT level:info",
+            &[
+                "connection reset by peer",
+                "quick job done in 5ms",
+                "reset counters",
+                "the quick brown fox jumps",
+            ],
+        ),
+        (
+            "(reset OR fox) service:web",
+            &["the quick brown fox jumps", "the quick red fox sleeps"],
+        ),
+        (
+            "reset OR fox service:web",
+            &[
+                "connection reset by peer",
+                "reset counters",
+                "the quick brown fox jumps",
+                "the quick red fox sleeps",
+            ],
+        ),
+        (
+            "(service:api OR service:worker) -(reset OR db)",
+            &["quick job done in 5ms"],
+        ),
+        // match all (of this tenant)
+        (
+            "*",
+            &[
+                "connection established to db",
+                "connection reset by peer",
+                "quick job done in 5ms",
+                "reset counters",
+                "the quick brown fox jumps",
+                "the quick red fox sleeps",
+            ],
+        ),
+        // punctuation only: nothing to search
+        ("!!!", &[]),
+    ];
+    for (q, want) in cases {
+        assert_eq!(search(&ix, q), *want, "query {q}");
+    }
+}
+
+#[test]
+fn trace_id_and_span_id_are_exact_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    let h = ix
+        .search(&req("trace_id:4bf92f3577b34da6a3ce929d0e0e4736"))
+        .unwrap();
+    assert_eq!(h.total, 1);
+    assert_eq!(h.hits[0].record.span_id, "00f067aa0ba902b7");
+    assert_eq!(h.hits[0].tenant, "acme");
+    assert_eq!(h.hits[0].key.log_index, 1);
+    assert_eq!(h.hits[0].key.offset, 0);
+    assert_eq!(
+        search(&ix, "trace_id:4bf92f3577b34da6"),
+        Vec::<String>::new()
+    );
+    assert_eq!(search(&ix, "trace_id:4bf92f35*").len(), 1);
+    assert_eq!(search(&ix, "span_id:00f067aa0ba902b7").len(), 1);
+}
+
+#[test]
+fn hits_return_the_stored_record_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = open(dir.path(), 0);
+    let mut r = rec(T0, Level::Fatal, "api", "boom");
+    r.labels.insert("a".into(), "b".into());
+    r.attributes.insert("k".into(), "v".into());
+    r.trace_id = "t".into();
+    ix.add_batch(7, &batch("acme", vec![r.clone()])).unwrap();
+    ix.commit().unwrap();
+    let h = ix.search(&req("boom")).unwrap();
+    assert_eq!(h.hits[0].record, r);
+}
+
+#[test]
+fn time_range_opens_only_overlapping_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    let before = ix.partitions_searched();
+    let mut r = req("quick");
+    r.start_ns = T0 + HOUR;
+    r.end_ns = T0 + 2 * HOUR;
+    let h = ix.search(&r).unwrap();
+    assert_eq!(ix.partitions_searched() - before, 1);
+    assert_eq!(h.total, 2);
+
+    // A range inside a partition filters by timestamp too.
+    let before = ix.partitions_searched();
+    r.start_ns = T0 + HOUR + 6;
+    r.end_ns = T0 + 2 * HOUR + 2;
+    let h = ix.search(&r).unwrap();
+    assert_eq!(ix.partitions_searched() - before, 2);
+    assert_eq!(
+        bodies(&h),
+        ["quick job done in 5ms", "the quick red fox sleeps"]
+    );
+
+    // Outside everything: no partition opened.
+    let before = ix.partitions_searched();
+    r.start_ns = T0 + 10 * HOUR;
+    r.end_ns = T0 + 11 * HOUR;
+    assert_eq!(ix.search(&r).unwrap().total, 0);
+    assert_eq!(ix.partitions_searched(), before);
+}
+
+#[test]
+fn level_filter_keeps_only_the_given_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    let mut r = req("");
+    r.levels = vec![Level::Warn, Level::Debug];
+    let mut b = bodies(&ix.search(&r).unwrap());
+    b.sort();
+    assert_eq!(b, ["quick job done in 5ms", "the quick brown fox jumps"]);
+}
+
+#[test]
+fn tenants_never_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    let mut r = req("reset");
+    r.tenant = "other".into();
+    let h = ix.search(&r).unwrap();
+    assert_eq!(h.total, 1);
+    assert_eq!(h.hits[0].tenant, "other");
+    r.tenant = "nobody".into();
+    assert_eq!(ix.search(&r).unwrap().total, 0);
+    // Labels too.
+    assert_eq!(
+        ix.label_values("other", "service", i64::MIN, i64::MAX)
+            .unwrap(),
+        ["api"]
+    );
+    assert!(ix
+        .label_names("nobody", i64::MIN, i64::MAX)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn sort_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    let ts = |sort: Sort| {
+        let mut r = req("");
+        r.sort = sort;
+        ix.search(&r)
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.key.timestamp_ns - T0)
+            .collect::<Vec<_>>()
+    };
+    let desc = vec![2 * HOUR + 2, 2 * HOUR + 1, HOUR + 6, HOUR + 5, 20, 10];
+    assert_eq!(ts(Sort::TimeDesc), desc);
+    assert_eq!(
+        ts(Sort::TimeAsc),
+        desc.iter().rev().copied().collect::<Vec<_>>()
+    );
+
+    // Score: the record with the query word twice and in a short body ranks first.
+    let ix2dir = tempfile::tempdir().unwrap();
+    let ix2 = open(ix2dir.path(), 0);
+    ix2.add_batch(
+        1,
+        &batch(
+            "acme",
+            vec![
+                rec(
+                    T0,
+                    Level::Info,
+                    "a",
+                    "timeout while waiting for the upstream service to answer",
+                ),
+                rec(T0 + 1, Level::Info, "a", "timeout timeout"),
+                rec(T0 + 2, Level::Info, "a", "nothing here"),
+            ],
+        ),
+    )
+    .unwrap();
+    ix2.commit().unwrap();
+    let mut r = req("timeout");
+    r.sort = Sort::Score;
+    let h = ix2.search(&r).unwrap();
+    assert_eq!(bodies(&h)[0], "timeout timeout");
+    assert!(h.hits[0].score > h.hits[1].score && h.hits[1].score > 0.0);
+}
+
+/// Writes `n` records over 5 hours into shard `shard`'s index, several per batch, with
+/// clashing timestamps so that the tie-breaks matter.
+fn many(dir: &Path, shard: u32, n: usize) -> ShardIndex {
+    let ix = open(dir, shard);
+    let mut records = Vec::new();
+    for i in 0..n {
+        let ts = T0 + ((i * 7919) % (5 * 3600)) as i64 * 1_000_000_000 / 4 * 4;
+        let ts = ts - ts % 3_000_000_000; // many equal timestamps
+        let level = if i % 3 == 0 {
+            Level::Error
+        } else {
+            Level::Info
+        };
+        records.push(rec(
+            ts,
+            level,
+            "svc",
+            &format!("event number {i} shard {shard}"),
+        ));
+    }
+    for (li, chunk) in records.chunks(37).enumerate() {
+        ix.add_batch(li as u64 + 1, &batch("acme", chunk.to_vec()))
+            .unwrap();
+    }
+    ix.commit().unwrap();
+    ix
+}
+
+fn page_through(shards: &[&ShardIndex], base: &SearchRequest) -> (Vec<Hit>, u64, usize) {
+    let mut all = Vec::new();
+    let mut after: Option<Cursor> = None;
+    let mut pages = 0;
+    let mut total_seen = None;
+    loop {
+        // The cursor goes through its string form, as over HTTP.
+        let after_rt = after.map(|c| Cursor::decode(&c.encode()).unwrap());
+        let mut r = base.clone();
+        r.after = after_rt;
+        let per_shard = shards.iter().map(|s| s.search(&r).unwrap()).collect();
+        let (hits, total, next) = merge(per_shard, r.sort, r.limit, r.after.as_ref());
+        assert!(hits.len() <= r.limit);
+        if let Some(t) = total_seen {
+            assert_eq!(t, total, "total ignores the cursor");
+        }
+        total_seen = Some(total);
+        pages += 1;
+        all.extend(hits);
+        match next {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+        assert!(pages < 1000, "paging does not terminate");
+    }
+    (all, total_seen.unwrap_or(0), pages)
+}
+
+fn assert_each_once(hits: &[Hit], total: u64) {
+    let keys: BTreeSet<_> = hits.iter().map(|h| h.key).collect();
+    assert_eq!(keys.len(), hits.len(), "a hit was returned twice");
+    assert_eq!(hits.len() as u64, total, "a hit was missed");
+}
+
+#[test]
+fn cursor_paging_returns_every_hit_exactly_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = many(dir.path(), 0, 500);
+    for sort in [Sort::TimeDesc, Sort::TimeAsc, Sort::Score] {
+        let mut base = req("event");
+        base.sort = sort;
+        base.limit = 37;
+        base.levels = vec![Level::Error];
+        let (hits, total, pages) = page_through(&[&ix], &base);
+        assert_eq!(total, 167);
+        assert_each_once(&hits, total);
+        assert!(pages >= 5);
+        let keys: Vec<_> = hits.iter().map(|h| h.key).collect();
+        match sort {
+            Sort::TimeDesc => assert!(keys.windows(2).all(|w| w[0] > w[1])),
+            Sort::TimeAsc => assert!(keys.windows(2).all(|w| w[0] < w[1])),
+            Sort::Score => {}
+        }
+    }
+}
+
+#[test]
+fn merge_of_several_shards_pages_through_all_of_them() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let shards: Vec<ShardIndex> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| many(d.path(), i as u32, 200 + 50 * i))
+        .collect();
+    let refs: Vec<&ShardIndex> = shards.iter().collect();
+    for sort in [Sort::TimeDesc, Sort::TimeAsc, Sort::Score] {
+        let mut base = req("number");
+        base.sort = sort;
+        base.limit = 64;
+        base.start_ns = T0 + HOUR;
+        base.end_ns = T0 + 4 * HOUR;
+        let (hits, total, _) = page_through(&refs, &base);
+        assert!(total > 300, "{total}");
+        assert_each_once(&hits, total);
+        let per_shard: HashMap<u32, usize> = hits.iter().fold(HashMap::new(), |mut m, h| {
+            *m.entry(h.key.shard).or_default() += 1;
+            m
+        });
+        assert_eq!(per_shard.len(), 3);
+        assert!(hits
+            .iter()
+            .all(|h| h.key.timestamp_ns >= base.start_ns && h.key.timestamp_ns < base.end_ns));
+    }
+}
+
+#[test]
+fn a_cursor_of_another_sort_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    let mut r = req("");
+    r.after = Some(Cursor::offset(2));
+    let e = ix.search(&r).unwrap_err();
+    assert!(matches!(e, Error::BadCursor(_)), "{e}");
+    assert!(e.is_client_error());
+}
+
+#[test]
+fn checkpoint_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ix = corpus(dir.path());
+        assert_eq!(ix.checkpoint(), 4);
+        // Added but not committed: not durable.
+        ix.add_batch(5, &batch("acme", vec![rec(T0, Level::Info, "a", "lost")]))
+            .unwrap();
+    }
+    let ix = open(dir.path(), 0);
+    assert_eq!(ix.checkpoint(), 4);
+    assert_eq!(ix.doc_count(), 7);
+    assert!(search(&ix, "lost").is_empty());
+    // The indexer replays from checkpoint + 1.
+    ix.add_batch(5, &batch("acme", vec![rec(T0, Level::Info, "a", "lost")]))
+        .unwrap();
+    ix.commit().unwrap();
+    assert_eq!(search(&ix, "lost"), ["lost"]);
+}
+
+#[test]
+fn replay_after_a_crash_between_partition_commits_adds_no_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = IndexOptions {
+        max_open_writers: 1,
+        writer_memory_bytes: 15_000_000,
+        ..IndexOptions::default()
+    };
+    // Entry i has records in hour 0 and hour 1. With one writer open, every switch of
+    // partition commits the other: partitions get committed past the shard checkpoint.
+    let entry = |i: u64| {
+        batch(
+            "acme",
+            vec![
+                rec(T0 + i as i64, Level::Info, "a", &format!("early {i}")),
+                rec(T0 + HOUR + i as i64, Level::Info, "a", &format!("late {i}")),
+            ],
+        )
+    };
+    {
+        let ix = ShardIndex::open(dir.path(), ShardId(0), opts.clone()).unwrap();
+        for i in 1..=3 {
+            ix.add_batch(i, &entry(i)).unwrap();
+        }
+        ix.commit().unwrap();
+        for i in 4..=6 {
+            ix.add_batch(i, &entry(i)).unwrap();
+        }
+        // Crash: no commit. Some of 4..=6 were committed by writer eviction.
+    }
+    let ix = ShardIndex::open(dir.path(), ShardId(0), opts).unwrap();
+    assert_eq!(ix.checkpoint(), 3);
+    let partial = ix.doc_count();
+    assert!(
+        partial > 6,
+        "eviction should have committed some: {partial}"
+    );
+    // Replay, including entries at or below the checkpoint.
+    for i in 1..=6 {
+        ix.add_batch(i, &entry(i)).unwrap();
+    }
+    ix.commit().unwrap();
+    assert_eq!(ix.checkpoint(), 6);
+    assert_eq!(ix.doc_count(), 12);
+    let mut r = req("");
+    r.limit = 100;
+    let h = ix.search(&r).unwrap();
+    let keys: BTreeSet<_> = h
+        .hits
+        .iter()
+        .map(|h| (h.key.log_index, h.key.offset))
+        .collect();
+    assert_eq!(keys.len(), 12);
+}
+
+#[test]
+fn out_of_order_entries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = open(dir.path(), 0);
+    ix.add_batch(5, &batch("acme", vec![rec(T0, Level::Info, "a", "x")]))
+        .unwrap();
+    let e = ix
+        .add_batch(5, &batch("acme", vec![rec(T0, Level::Info, "a", "x")]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::OutOfOrder {
+                log_index: 5,
+                last: 5
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_directory_belongs_to_one_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), 1));
+    let e = ShardIndex::open(dir.path(), ShardId(2), IndexOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            Error::WrongShard {
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_corrupt_checkpoint_file_is_reported_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), 0));
+    std::fs::write(dir.path().join("checkpoint.json"), b"{\"garbage").unwrap();
+    let e = ShardIndex::open(dir.path(), ShardId(0), IndexOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+}
+
+#[test]
+fn retention_drops_whole_partitions_and_replay_does_not_revive_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ix = corpus(dir.path());
+        // Cutoff inside hour 1: only hour 0 ends at or before it.
+        assert_eq!(ix.drop_partitions_before(T0 + HOUR + 30).unwrap(), 1);
+        assert_eq!(ix.partition_count(), 2);
+        assert_eq!(ix.doc_count(), 4);
+        assert!(search(&ix, "connection").is_empty());
+        assert_eq!(ix.drop_partitions_before(T0 + HOUR + 30).unwrap(), 0);
+        assert_eq!(
+            ix.partition_ranges(),
+            [(T0 + HOUR, T0 + 2 * HOUR), (T0 + 2 * HOUR, T0 + 3 * HOUR)]
+        );
+    }
+    let ix = open(dir.path(), 0);
+    assert_eq!(ix.partition_count(), 2);
+    // A late record older than the cutoff is not indexed again.
+    ix.add_batch(
+        5,
+        &batch("acme", vec![rec(T0 + 1, Level::Info, "a", "ancient")]),
+    )
+    .unwrap();
+    ix.commit().unwrap();
+    assert_eq!(ix.partition_count(), 2);
+    assert!(search(&ix, "ancient").is_empty());
+}
+
+#[test]
+fn label_names_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    assert_eq!(
+        ix.label_names("acme", i64::MIN, i64::MAX).unwrap(),
+        ["app", "cluster", "level", "namespace", "pod", "service"]
+    );
+    assert_eq!(
+        ix.label_values("acme", "service", i64::MIN, i64::MAX)
+            .unwrap(),
+        ["api", "web", "worker"]
+    );
+    assert_eq!(
+        ix.label_values("acme", "app", i64::MIN, i64::MAX).unwrap(),
+        ["checkout", "storefront"]
+    );
+    assert_eq!(
+        ix.label_values("acme", "level", i64::MIN, i64::MAX)
+            .unwrap(),
+        ["debug", "error", "info", "warn"]
+    );
+    // Partition granularity: hour 1 only.
+    assert_eq!(
+        ix.label_values("acme", "app", T0 + HOUR, T0 + HOUR + 1)
+            .unwrap(),
+        ["storefront"]
+    );
+    assert_eq!(
+        ix.label_names("acme", T0 + 2 * HOUR, T0 + 3 * HOUR)
+            .unwrap(),
+        ["cluster", "level", "namespace", "pod", "service"]
+    );
+    // Attributes are not labels.
+    assert!(ix
+        .label_values("acme", "order_id", i64::MIN, i64::MAX)
+        .unwrap()
+        .is_empty());
+    // A label name that is a prefix of another does not see its values.
+    assert!(ix
+        .label_values("acme", "ap", i64::MIN, i64::MAX)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn searches_run_while_the_indexer_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = Arc::new(open(dir.path(), 0));
+    let writer = {
+        let ix = ix.clone();
+        std::thread::spawn(move || {
+            for i in 1..=40u64 {
+                let records = (0..25)
+                    .map(|j| rec(T0 + (i * 100 + j) as i64, Level::Info, "a", "tick"))
+                    .collect();
+                ix.add_batch(i, &batch("acme", records)).unwrap();
+                if i % 5 == 0 {
+                    ix.commit().unwrap();
+                }
+            }
+        })
+    };
+    let mut last = 0;
+    while !writer.is_finished() {
+        let n = ix.search(&req("tick")).unwrap().total;
+        assert!(n >= last, "searchable count went backwards");
+        assert_eq!(n % 125, 0, "a commit was seen half-done: {n}");
+        last = n;
+    }
+    writer.join().unwrap();
+    assert_eq!(ix.search(&req("tick")).unwrap().total, 1000);
+    assert_eq!(ix.checkpoint(), 40);
+}
+
+#[test]
+fn a_limit_of_zero_counts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = corpus(dir.path());
+    let mut r = req("quick");
+    r.limit = 0;
+    let h = ix.search(&r).unwrap();
+    assert_eq!((h.hits.len(), h.total), (0, 3));
+    let (hits, total, next) = merge(vec![h], Sort::TimeDesc, 0, None);
+    assert_eq!((hits.len(), total, next), (0, 3, None));
+}
