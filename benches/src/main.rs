@@ -67,8 +67,22 @@ enum Cmd {
 }
 
 const SERVICES: [&str; 16] = [
-    "checkout", "payments", "cart", "search", "auth", "users", "orders", "inventory", "shipping", "email", "gateway", "pricing", "reviews", "ads",
-    "recommend", "billing",
+    "checkout",
+    "payments",
+    "cart",
+    "search",
+    "auth",
+    "users",
+    "orders",
+    "inventory",
+    "shipping",
+    "email",
+    "gateway",
+    "pricing",
+    "reviews",
+    "ads",
+    "recommend",
+    "billing",
 ];
 const NAMESPACES: [&str; 4] = ["prod", "staging", "batch", "infra"];
 
@@ -78,7 +92,12 @@ fn make_record(rng: &mut SmallRng, now_ns: i64) -> Record {
     let ms = rng.random_range(1..2500);
     let id = rng.random_range(100_000..999_999);
     let user = rng.random_range(1..50_000);
-    let ip = format!("10.{}.{}.{}", rng.random_range(0..255), rng.random_range(0..255), rng.random_range(1..255));
+    let ip = format!(
+        "10.{}.{}.{}",
+        rng.random_range(0..255),
+        rng.random_range(0..255),
+        rng.random_range(1..255)
+    );
     let (level, text) = match rng.random_range(0..100) {
         0..=34 => ("info", format!("GET /api/v1/orders/{id} 200 {ms}ms user={user} bytes={} ua=\"Mozilla/5.0 (X11; Linux x86_64)\"", rng.random_range(200..90_000))),
         35..=49 => ("debug", format!("cache miss for key session:{:016x} after {ms}ms, falling back to primary store shard={}", rng.random::<u64>(), id % 64)),
@@ -97,26 +116,64 @@ fn make_record(rng: &mut SmallRng, now_ns: i64) -> Record {
         namespace: NAMESPACES[id as usize % NAMESPACES.len()].into(),
         pod: format!("{svc}-{:x}", id % 7),
         cluster: "bench".into(),
-        labels: [("app".to_string(), svc.to_string()), ("env".to_string(), "bench".to_string())].into(),
-        attributes: [("request_id".to_string(), format!("{:016x}", rng.random::<u64>()))].into(),
+        labels: [
+            ("app".to_string(), svc.to_string()),
+            ("env".to_string(), "bench".to_string()),
+        ]
+        .into(),
+        attributes: [(
+            "request_id".to_string(),
+            format!("{:016x}", rng.random::<u64>()),
+        )]
+        .into(),
         trace_id: format!("{:032x}", rng.random::<u128>()),
         span_id: format!("{:016x}", rng.random::<u64>()),
     }
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Ingest { addr, concurrency, batch, duration_secs, rate, fsync_dir, seed } => ingest(addr, concurrency, batch, duration_secs, rate, fsync_dir, seed).await,
+        Cmd::Ingest {
+            addr,
+            concurrency,
+            batch,
+            duration_secs,
+            rate,
+            fsync_dir,
+            seed,
+        } => {
+            ingest(
+                addr,
+                concurrency,
+                batch,
+                duration_secs,
+                rate,
+                fsync_dir,
+                seed,
+            )
+            .await
+        }
         Cmd::Query { addr, iterations } => query(addr, iterations).await,
     }
 }
 
-async fn ingest(addr: String, concurrency: usize, batch: usize, duration_secs: u64, rate: u64, fsync_dir: Option<PathBuf>, seed: u64) -> anyhow::Result<()> {
+async fn ingest(
+    addr: String,
+    concurrency: usize,
+    batch: usize,
+    duration_secs: u64,
+    rate: u64,
+    fsync_dir: Option<PathBuf>,
+    seed: u64,
+) -> anyhow::Result<()> {
     let lines = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -126,8 +183,17 @@ async fn ingest(addr: String, concurrency: usize, batch: usize, duration_secs: u
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let mut client = IngestClient::connect(addr.clone()).await.with_context(|| format!("cannot connect to {addr}"))?.max_decoding_message_size(64 << 20);
-        let (lines, bytes, errors, stop, hist) = (lines.clone(), bytes.clone(), errors.clone(), stop.clone(), hist.clone());
+        let mut client = IngestClient::connect(addr.clone())
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?
+            .max_decoding_message_size(64 << 20);
+        let (lines, bytes, errors, stop, hist) = (
+            lines.clone(),
+            bytes.clone(),
+            errors.clone(),
+            stop.clone(),
+            hist.clone(),
+        );
         let per_worker_rate = rate as f64 / concurrency as f64;
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(w as u64));
@@ -144,7 +210,13 @@ async fn ingest(addr: String, concurrency: usize, batch: usize, duration_secs: u
                 let records: Vec<Record> = (0..batch).map(|_| make_record(&mut rng, now)).collect();
                 let n_bytes: usize = records.iter().map(|r| r.body.len()).sum();
                 let t = Instant::now();
-                match client.append(AppendRequest { records, ..Default::default() }).await {
+                match client
+                    .append(AppendRequest {
+                        records,
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(_) => {
                         let us = t.elapsed().as_micros() as u64;
                         hist.lock().unwrap().record(us.max(1)).ok();
@@ -172,16 +244,33 @@ async fn ingest(addr: String, concurrency: usize, batch: usize, duration_secs: u
     let h = hist.lock().unwrap();
     let (l, b) = (lines.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let mb_s = b as f64 / secs / 1e6;
-    println!("ingest: concurrency={concurrency} batch={batch} rate_target={} duration={secs:.1}s", if rate == 0 { "max".into() } else { rate.to_string() });
+    println!(
+        "ingest: concurrency={concurrency} batch={batch} rate_target={} duration={secs:.1}s",
+        if rate == 0 {
+            "max".into()
+        } else {
+            rate.to_string()
+        }
+    );
     println!("  lines/s      {:.0}", l as f64 / secs);
     println!("  MB/s (body)  {mb_s:.1}");
     println!("  avg line     {:.0} bytes", b as f64 / l.max(1) as f64);
-    println!("  ack latency  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3, h.max() as f64 / 1e3);
+    println!(
+        "  ack latency  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.max() as f64 / 1e3
+    );
     println!("  errors       {}", errors.load(Ordering::Relaxed));
     if let Some(dir) = fsync_dir {
         let chunk = (b / l.max(1)) as usize * batch;
         let raw = raw_fsync_bandwidth(&dir, chunk.max(4096), Duration::from_secs(5))?;
-        println!("  raw fsync    {:.1} MB/s at {} KiB per write+fdatasync (same disk: {})", raw / 1e6, chunk / 1024, dir.display());
+        println!(
+            "  raw fsync    {:.1} MB/s at {} KiB per write+fdatasync (same disk: {})",
+            raw / 1e6,
+            chunk / 1024,
+            dir.display()
+        );
         println!("  ratio        {:.0}% of raw fsync'd bandwidth (body bytes; the WAL also writes labels, attributes and framing)", 100.0 * mb_s * 1e6 / raw);
     }
     Ok(())
@@ -192,7 +281,11 @@ async fn ingest(addr: String, concurrency: usize, batch: usize, duration_secs: u
 fn raw_fsync_bandwidth(dir: &std::path::Path, chunk: usize, dur: Duration) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(".weir-bench-fsync");
-    let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
     let buf = vec![0x5au8; chunk];
     let (mut off, t) = (0u64, Instant::now());
     while t.elapsed() < dur {
@@ -212,29 +305,64 @@ fn raw_fsync_bandwidth(dir: &std::path::Path, chunk: usize, dur: Duration) -> an
 async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
-    let sample: serde_json::Value = client.get(&url).query(&[("limit", "1"), ("start", "0")]).send().await?.json().await?;
-    let trace = sample["hits"][0]["trace_id"].as_str().context("the node holds no records: run `weir-bench ingest` first")?.to_owned();
+    let sample: serde_json::Value = client
+        .get(&url)
+        .query(&[("limit", "1"), ("start", "0")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let trace = sample["hits"][0]["trace_id"]
+        .as_str()
+        .context("the node holds no records: run `weir-bench ingest` first")?
+        .to_owned();
     println!("query: {} records in the node", sample["total"]);
     let now = now_ns();
     let five_min_ago = (now - 300_000_000_000).to_string();
     let day_ago = (now - 86_400_000_000_000).to_string();
     let trace_q = format!("trace_id:{trace}");
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
-        ("trace_id lookup", vec![("q", trace_q.as_str()), ("start", day_ago.as_str())]),
-        ("term", vec![("q", "declined"), ("limit", "100"), ("start", day_ago.as_str())]),
-        ("phrase", vec![("q", "\"connection reset by peer\""), ("limit", "100"), ("start", day_ago.as_str())]),
-        ("time range (5 min)", vec![("start", five_min_ago.as_str()), ("limit", "100")]),
+        (
+            "trace_id lookup",
+            vec![("q", trace_q.as_str()), ("start", day_ago.as_str())],
+        ),
+        (
+            "term",
+            vec![
+                ("q", "declined"),
+                ("limit", "100"),
+                ("start", day_ago.as_str()),
+            ],
+        ),
+        (
+            "phrase",
+            vec![
+                ("q", "\"connection reset by peer\""),
+                ("limit", "100"),
+                ("start", day_ago.as_str()),
+            ],
+        ),
+        (
+            "time range (5 min)",
+            vec![("start", five_min_ago.as_str()), ("limit", "100")],
+        ),
     ];
     for (name, params) in cases {
         let mut h = Histogram::<u64>::new(3)?;
         let mut total = 0;
         for _ in 0..iterations {
             let t = Instant::now();
-            let body: serde_json::Value = client.get(&url).query(&params).send().await?.json().await?;
+            let body: serde_json::Value =
+                client.get(&url).query(&params).send().await?.json().await?;
             h.record(t.elapsed().as_micros() as u64)?;
             total = body["total"].as_u64().unwrap_or(0);
         }
-        println!("  {name:20} p50 {:7.2} ms  p99 {:7.2} ms  max {:7.2} ms  ({total} matches)", h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3, h.max() as f64 / 1e3);
+        println!(
+            "  {name:20} p50 {:7.2} ms  p99 {:7.2} ms  max {:7.2} ms  ({total} matches)",
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            h.max() as f64 / 1e3
+        );
     }
     Ok(())
 }

@@ -33,7 +33,10 @@ pub struct ApiError {
 impl ApiError {
     /// A new error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { kind, message: message.into() }
+        ApiError {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`ErrorKind::InvalidArgument`].
@@ -65,7 +68,10 @@ impl ApiError {
 
     /// Whether a client should retry the same request later.
     pub fn retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::ResourceExhausted | ErrorKind::Unavailable)
+        matches!(
+            self.kind,
+            ErrorKind::ResourceExhausted | ErrorKind::Unavailable
+        )
     }
 }
 
@@ -94,7 +100,10 @@ mod tests {
         assert_eq!(e.http_status(), 429);
         assert!(e.retryable());
         let e = ApiError::invalid("bad");
-        assert_eq!(tonic::Status::from(e.clone()).code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            tonic::Status::from(e.clone()).code(),
+            tonic::Code::InvalidArgument
+        );
         assert_eq!(e.http_status(), 400);
         assert!(!e.retryable());
     }

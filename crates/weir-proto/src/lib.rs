@@ -51,6 +51,7 @@ pub mod opentelemetry {
 
 pub use opentelemetry::proto as otlp;
 
+pub mod codec;
 mod error;
 pub use error::{ApiError, ErrorKind};
 

@@ -43,7 +43,10 @@ pub(crate) struct EntryView<'a> {
 /// Decodes an entry payload written by [`encode_entry`].
 pub(crate) fn decode_entry(buf: &[u8]) -> Result<EntryView<'_>, String> {
     if buf.len() < ENTRY_HEADER_BYTES {
-        return Err(format!("entry payload is {} bytes, shorter than its header", buf.len()));
+        return Err(format!(
+            "entry payload is {} bytes, shorter than its header",
+            buf.len()
+        ));
     }
     if buf[0] != ENTRY_VERSION {
         return Err(format!("unknown entry format version {}", buf[0]));
@@ -165,10 +168,14 @@ impl Reader<'_> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 

@@ -47,7 +47,8 @@ impl DedupTable {
 
     /// Records `key` as stored by the entry at `log_index`.
     pub fn insert(&mut self, key: &DedupKey, log_index: u64) {
-        if !self.producers.contains_key(&key.producer) && self.producers.len() >= self.max_producers {
+        if !self.producers.contains_key(&key.producer) && self.producers.len() >= self.max_producers
+        {
             self.evict();
         }
         let p = self.producers.entry(key.producer.clone()).or_default();
@@ -91,7 +92,10 @@ mod tests {
     use super::*;
 
     fn k(p: &str, s: u64) -> DedupKey {
-        DedupKey { producer: p.into(), sequence: s }
+        DedupKey {
+            producer: p.into(),
+            sequence: s,
+        }
     }
 
     #[test]
@@ -99,7 +103,10 @@ mod tests {
         let mut t = DedupTable::new(10);
         t.insert(&k("a", 5), 1);
         assert!(t.contains(&k("a", 5)));
-        assert!(!t.contains(&k("a", 4)), "out-of-order sequences within the window are new");
+        assert!(
+            !t.contains(&k("a", 4)),
+            "out-of-order sequences within the window are new"
+        );
         assert!(!t.contains(&k("b", 5)), "producers are independent");
     }
 
@@ -122,6 +129,9 @@ mod tests {
         }
         assert!(t.len() <= 10);
         assert!(t.contains(&k("p24", 1)), "the newest producer is kept");
-        assert!(!t.contains(&k("p0", 1)), "the oldest producer was forgotten");
+        assert!(
+            !t.contains(&k("p0", 1)),
+            "the oldest producer was forgotten"
+        );
     }
 }

@@ -90,7 +90,9 @@ pub enum Error {
     #[error("the proposal queue is full; retry later")]
     Overloaded,
     /// The disk is full: appends are refused until space is freed.
-    #[error("the disk is full; appends are refused until space is freed (nothing acknowledged is lost)")]
+    #[error(
+        "the disk is full; appends are refused until space is freed (nothing acknowledged is lost)"
+    )]
     DiskFull,
     /// raft-rs refused something.
     #[error("raft: {0}")]
@@ -142,9 +144,15 @@ impl slog::Drain for TracingDrain {
     type Ok = ();
     type Err = slog::Never;
 
-    fn log(&self, record: &slog::Record<'_>, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
             slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
             slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
             _ => tracing::trace!(target: "raft", "{}", record.msg()),

@@ -107,9 +107,19 @@ pub struct ShardStatus {
 }
 
 enum Input {
-    Propose { shard: u32, key: Option<DedupKey>, data: Vec<u8>, reply: oneshot::Sender<Result<Committed>> },
-    Compact { shard: u32, below: u64 },
-    Status { reply: oneshot::Sender<Vec<ShardStatus>> },
+    Propose {
+        shard: u32,
+        key: Option<DedupKey>,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Committed>>,
+    },
+    Compact {
+        shard: u32,
+        below: u64,
+    },
+    Status {
+        reply: oneshot::Sender<Vec<ShardStatus>>,
+    },
     Shutdown,
 }
 
@@ -165,8 +175,11 @@ impl RaftNode {
                 pre_vote: true,
                 ..Default::default()
             };
-            raft_cfg.validate().map_err(|e| Error::Raft(e.to_string()))?;
-            let mut raw = RawNode::new(&raft_cfg, storage, &logger).map_err(|e| Error::Raft(e.to_string()))?;
+            raft_cfg
+                .validate()
+                .map_err(|e| Error::Raft(e.to_string()))?;
+            let mut raw = RawNode::new(&raft_cfg, storage, &logger)
+                .map_err(|e| Error::Raft(e.to_string()))?;
             if cfg.voters == [cfg.node_id] {
                 raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
             }
@@ -177,18 +190,31 @@ impl RaftNode {
                 dedup: DedupTable::new(cfg.dedup_producers_max),
                 pending_keys: HashMap::new(),
                 waiters: BTreeMap::new(),
+                deferred: Vec::new(),
+                deferred_max: cfg.proposal_queue_len.max(1),
             });
             logs.push(log);
         }
         let (tx, rx) = mpsc::sync_channel(cfg.proposal_queue_len.max(1));
         let health = Arc::new(Health::default());
-        let driver = Driver { shards, rx, tick: Duration::from_millis(cfg.tick_interval_ms.max(1)), health: health.clone() };
+        let driver = Driver {
+            shards,
+            rx,
+            tick: Duration::from_millis(cfg.tick_interval_ms.max(1)),
+            health: health.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("weir-raft".into())
             .spawn(move || driver.run())
             .map_err(|e| Error::Raft(format!("cannot start the raft thread: {e}")))?;
         tracing::info!(shards = cfg.shard_count, node_id = cfg.node_id, backend = %backend, "raft node started");
-        Ok(RaftNode { tx, logs, thread: Mutex::new(Some(thread)), health, backend })
+        Ok(RaftNode {
+            tx,
+            logs,
+            thread: Mutex::new(Some(thread)),
+            health,
+            backend,
+        })
     }
 
     /// Number of shards.
@@ -230,7 +256,12 @@ impl RaftNode {
             return Err(Error::DiskFull);
         }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Input::Propose { shard, key, data, reply }) {
+        match self.tx.try_send(Input::Propose {
+            shard,
+            key,
+            data,
+            reply,
+        }) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(Error::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(Error::Stopped(shard)),
@@ -246,7 +277,9 @@ impl RaftNode {
     /// Every shard's status.
     pub async fn status(&self) -> Result<Vec<ShardStatus>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Input::Status { reply }).map_err(|_| Error::Overloaded)?;
+        self.tx
+            .try_send(Input::Status { reply })
+            .map_err(|_| Error::Overloaded)?;
         rx.await.map_err(|_| Error::Stopped(0))
     }
 
@@ -275,6 +308,14 @@ struct Shard {
     pending_keys: HashMap<DedupKey, u64>,
     /// Proposers waiting for an index: (term proposed in, duplicate?, reply).
     waiters: BTreeMap<u64, Vec<Waiter>>,
+    /// Proposals held back until this leader has applied every entry of earlier terms
+    /// (until then the dedup table may miss keys committed by a previous term).
+    deferred: Vec<(
+        Option<DedupKey>,
+        Vec<u8>,
+        oneshot::Sender<Result<Committed>>,
+    )>,
+    deferred_max: usize,
 }
 
 struct Waiter {
@@ -329,13 +370,26 @@ impl Driver {
             }
             if let Err(e) = self.round() {
                 tracing::error!(error = %e, "raft driver stopped on an unrecoverable error");
-                *self.health.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                *self
+                    .health
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 self.health.failed.store(true, Ordering::Release);
                 self.fail_all(&e);
                 return;
             }
             if stopping && !self.shards.iter().any(|s| s.raw.has_ready()) {
                 // Proposals that were queued before the shutdown were handled above.
+                // Persist the last commit index so a restart re-applies no more than needed.
+                for s in &mut self.shards {
+                    let store = s.raw.mut_store();
+                    if store.needs_flush() {
+                        if let Err(e) = store.flush().and_then(|t| t.wait().map_err(Error::from)) {
+                            tracing::warn!(shard = s.id, error = %e, "final flush failed");
+                        }
+                    }
+                }
                 let e = Error::Stopped(0);
                 self.fail_all(&e);
                 tracing::info!("raft driver stopped");
@@ -347,7 +401,12 @@ impl Driver {
     /// Handles one input; returns true on shutdown.
     fn handle(&mut self, m: Input) -> bool {
         match m {
-            Input::Propose { shard, key, data, reply } => {
+            Input::Propose {
+                shard,
+                key,
+                data,
+                reply,
+            } => {
                 let s = &mut self.shards[shard as usize];
                 s.propose(key, data, reply);
                 false
@@ -356,7 +415,9 @@ impl Driver {
                 let s = &mut self.shards[shard as usize];
                 let applied = s.log.watermark();
                 match s.raw.mut_store().compact(below.min(applied + 1)) {
-                    Ok(freed) if freed > 0 => tracing::debug!(shard, below, freed, "wal segments removed"),
+                    Ok(freed) if freed > 0 => {
+                        tracing::debug!(shard, below, freed, "wal segments removed")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(shard, error = %e, "wal compaction failed"),
                 }
@@ -381,7 +442,10 @@ impl Driver {
             // Messages to peers arrive with the cluster transport; a single voter has none.
             let _ = rd.take_messages();
             if !rd.snapshot().is_empty() {
-                return Err(Error::Raft(format!("shard {} received a snapshot; snapshots are not supported yet", s.id)));
+                return Err(Error::Raft(format!(
+                    "shard {} received a snapshot; snapshots are not supported yet",
+                    s.id
+                )));
             }
             s.apply(rd.take_committed_entries())?;
             let store = s.raw.mut_store();
@@ -389,7 +453,11 @@ impl Driver {
             if let Some(hs) = rd.hs() {
                 store.set_hard_state(hs);
             }
-            let ticket = if store.needs_flush() { Some(store.flush()?) } else { None };
+            let ticket = if store.needs_flush() {
+                Some(store.flush()?)
+            } else {
+                None
+            };
             readies.push((i, rd, ticket));
         }
         for (i, rd, ticket) in readies {
@@ -405,6 +473,7 @@ impl Driver {
             let _ = light.take_messages();
             s.apply(light.take_committed_entries())?;
             s.raw.advance_apply();
+            s.release_deferred();
         }
         Ok(())
     }
@@ -440,6 +509,9 @@ impl Driver {
 
     fn fail_all(&mut self, e: &Error) {
         for s in &mut self.shards {
+            for (_, _, reply) in std::mem::take(&mut s.deferred) {
+                let _ = reply.send(Err(Error::Stopped(s.id)));
+            }
             for (_, ws) in std::mem::take(&mut s.waiters) {
                 for w in ws {
                     let _ = w.reply.send(Err(match e {
@@ -453,19 +525,42 @@ impl Driver {
 }
 
 impl Shard {
-    fn propose(&mut self, key: Option<DedupKey>, data: Vec<u8>, reply: oneshot::Sender<Result<Committed>>) {
+    fn propose(
+        &mut self,
+        key: Option<DedupKey>,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Committed>>,
+    ) {
         if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(Error::NotLeader { shard: self.id, leader: self.raw.raft.leader_id }));
+            let _ = reply.send(Err(Error::NotLeader {
+                shard: self.id,
+                leader: self.raw.raft.leader_id,
+            }));
+            return;
+        }
+        if !self.caught_up() {
+            if self.deferred.len() >= self.deferred_max {
+                let _ = reply.send(Err(Error::Overloaded));
+            } else {
+                self.deferred.push((key, data, reply));
+            }
             return;
         }
         if let Some(k) = &key {
             if self.dedup.contains(k) {
-                let _ = reply.send(Ok(Committed { index: 0, duplicate: true }));
+                let _ = reply.send(Ok(Committed {
+                    index: 0,
+                    duplicate: true,
+                }));
                 return;
             }
             if let Some(&index) = self.pending_keys.get(k) {
                 let term = self.raw.raft.term;
-                self.waiters.entry(index).or_default().push(Waiter { term, duplicate: true, reply });
+                self.waiters.entry(index).or_default().push(Waiter {
+                    term,
+                    duplicate: true,
+                    reply,
+                });
                 return;
             }
         }
@@ -479,16 +574,51 @@ impl Shard {
         if let Some(k) = key {
             self.pending_keys.insert(k, index);
         }
-        self.waiters.entry(index).or_default().push(Waiter { term, duplicate: false, reply });
+        self.waiters.entry(index).or_default().push(Waiter {
+            term,
+            duplicate: false,
+            reply,
+        });
+    }
+
+    /// Whether this leader has applied an entry of its own term, and so every entry of
+    /// earlier terms (raft commits those only together with one of the current term).
+    fn caught_up(&self) -> bool {
+        let applied = self.log.watermark();
+        applied > 0
+            && self
+                .raw
+                .raft
+                .raft_log
+                .term(applied)
+                .is_ok_and(|t| t == self.raw.raft.term)
+    }
+
+    /// Proposes what was held back, once caught up (or fails it when no longer leader).
+    fn release_deferred(&mut self) {
+        if self.deferred.is_empty()
+            || (self.raw.raft.state == StateRole::Leader && !self.caught_up())
+        {
+            return;
+        }
+        for (key, data, reply) in std::mem::take(&mut self.deferred) {
+            self.propose(key, data, reply);
+        }
     }
 
     /// Applies committed entries in order: the dedup table, then the watermark, then the
     /// proposers (so that whoever is answered can already read what it proposed).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
-        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
         for e in &entries {
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                let key = codec::decode_dedup(&e.context).map_err(|reason| Error::Corrupt { shard: self.id, index: e.index, reason })?;
+                let key = codec::decode_dedup(&e.context).map_err(|reason| Error::Corrupt {
+                    shard: self.id,
+                    index: e.index,
+                    reason,
+                })?;
                 if let Some(k) = key {
                     self.dedup.insert(&k, e.index);
                     self.pending_keys.remove(&k);
@@ -502,9 +632,15 @@ impl Shard {
             if let Some(ws) = self.waiters.remove(&e.index) {
                 for w in ws {
                     let r = if w.duplicate || w.term == e.term {
-                        Ok(Committed { index: e.index, duplicate: w.duplicate })
+                        Ok(Committed {
+                            index: e.index,
+                            duplicate: w.duplicate,
+                        })
                     } else {
-                        Err(Error::Dropped { shard: self.id, index: e.index })
+                        Err(Error::Dropped {
+                            shard: self.id,
+                            index: e.index,
+                        })
                     };
                     let _ = w.reply.send(r);
                 }
@@ -540,7 +676,13 @@ pub struct ShardLog {
 
 impl ShardLog {
     fn new(shard: u32, reader: WalReader) -> Self {
-        ShardLog { shard, reader, watermark: AtomicU64::new(0), lock: Mutex::new(()), cond: Condvar::new() }
+        ShardLog {
+            shard,
+            reader,
+            watermark: AtomicU64::new(0),
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+        }
     }
 
     fn advance(&self, to: u64) {
@@ -569,11 +711,19 @@ impl CommittedLog for ShardLog {
     fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<LogEntry>> {
         let watermark = self.watermark();
         if hi > watermark {
-            return Err(Error::NotCommitted { shard: self.shard, index: hi, watermark });
+            return Err(Error::NotCommitted {
+                shard: self.shard,
+                index: hi,
+                watermark,
+            });
         }
         let first = self.first_index();
         if lo < first {
-            return Err(Error::Compacted { shard: self.shard, index: lo, first });
+            return Err(Error::Compacted {
+                shard: self.shard,
+                index: lo,
+                first,
+            });
         }
         let mut raw = Vec::new();
         let mut out = Vec::new();
@@ -583,11 +733,20 @@ impl CommittedLog for ShardLog {
         while next <= hi && out.is_empty() {
             raw.clear();
             self.reader.read_range(next, hi, max_bytes, &mut raw)?;
-            let Some(last) = raw.last().map(|(i, _)| *i) else { break };
+            let Some(last) = raw.last().map(|(i, _)| *i) else {
+                break;
+            };
             for (index, payload) in raw.drain(..) {
-                let v = codec::decode_entry(&payload).map_err(|reason| Error::Corrupt { shard: self.shard, index, reason })?;
+                let v = codec::decode_entry(&payload).map_err(|reason| Error::Corrupt {
+                    shard: self.shard,
+                    index,
+                    reason,
+                })?;
                 if v.entry_type == EntryType::EntryNormal && !v.data.is_empty() {
-                    out.push(LogEntry { index, data: v.data.to_vec() });
+                    out.push(LogEntry {
+                        index,
+                        data: v.data.to_vec(),
+                    });
                 }
             }
             next = last + 1;
@@ -604,7 +763,11 @@ impl CommittedLog for ShardLog {
             if w > after || now >= deadline {
                 return w;
             }
-            g = self.cond.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            g = self
+                .cond
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }

@@ -34,7 +34,11 @@ impl WalStorage {
     pub(crate) fn open(shard: u32, wal: Wal, voters: &[u64]) -> Result<Self> {
         let reader = wal.reader();
         let mut meta = match wal.meta() {
-            Some(b) => codec::decode_meta(&b).map_err(|reason| Error::Corrupt { shard, index: 0, reason })?,
+            Some(b) => codec::decode_meta(&b).map_err(|reason| Error::Corrupt {
+                shard,
+                index: 0,
+                reason,
+            })?,
             None => Meta::default(),
         };
         let fresh = meta.conf_state.voters.is_empty() && meta.conf_state.learners.is_empty();
@@ -50,10 +54,18 @@ impl WalStorage {
                 out.clear();
                 reader.read_range(lo, last, 64 << 20, &mut out)?;
                 for (index, payload) in &out {
-                    let v = codec::decode_entry(payload).map_err(|reason| Error::Corrupt { shard, index: *index, reason })?;
+                    let v = codec::decode_entry(payload).map_err(|reason| Error::Corrupt {
+                        shard,
+                        index: *index,
+                        reason,
+                    })?;
                     if let Some(prev) = terms.back() {
                         if v.term < *prev {
-                            return Err(Error::Corrupt { shard, index: *index, reason: format!("term {} after term {prev}", v.term) });
+                            return Err(Error::Corrupt {
+                                shard,
+                                index: *index,
+                                reason: format!("term {} after term {prev}", v.term),
+                            });
                         }
                     }
                     terms.push_back(v.term);
@@ -65,14 +77,29 @@ impl WalStorage {
         // A commit index past the durable log can only come from a torn tail: what was not
         // durable was never acknowledged, so raft learns the commit again from its leader.
         if meta.hard_state.commit > last {
-            tracing::warn!(shard, commit = meta.hard_state.commit, last, "commit index past the durable log, lowered");
+            tracing::warn!(
+                shard,
+                commit = meta.hard_state.commit,
+                last,
+                "commit index past the durable log, lowered"
+            );
             meta.hard_state.commit = last;
         }
         if meta.compacted_index + 1 != first && wal.first_index().is_some() {
             // The WAL dropped segments below its first index after the meta was written.
             meta.compacted_index = first - 1;
         }
-        let mut s = WalStorage { shard, wal, reader, meta, meta_dirty: fresh, terms, first, staged: Vec::new(), buf: Vec::new() };
+        let mut s = WalStorage {
+            shard,
+            wal,
+            reader,
+            meta,
+            meta_dirty: fresh,
+            terms,
+            first,
+            staged: Vec::new(),
+            buf: Vec::new(),
+        };
         if fresh {
             s.wal.set_meta(&codec::encode_meta(&s.meta))?;
             s.wal.flush()?.wait()?;
@@ -136,7 +163,11 @@ impl WalStorage {
             }
             let keep = index.saturating_sub(self.first) as usize;
             self.terms.truncate(keep);
-            debug_assert_eq!(self.first + self.terms.len() as u64, index, "entries are contiguous");
+            debug_assert_eq!(
+                self.first + self.terms.len() as u64,
+                index,
+                "entries are contiguous"
+            );
             self.terms.push_back(term);
         }
     }
@@ -181,10 +212,19 @@ impl WalStorage {
 
 impl raft::Storage for WalStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.meta.hard_state.clone(), self.meta.conf_state.clone()))
+        Ok(RaftState::new(
+            self.meta.hard_state.clone(),
+            self.meta.conf_state.clone(),
+        ))
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
         if low < self.first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -202,7 +242,11 @@ impl raft::Storage for WalStorage {
         out.into_iter()
             .map(|(i, b)| {
                 codec::to_entry(i, &b).map_err(|reason| {
-                    raft::Error::Store(StorageError::Other(Box::new(Error::Corrupt { shard: self.shard, index: i, reason })))
+                    raft::Error::Store(StorageError::Other(Box::new(Error::Corrupt {
+                        shard: self.shard,
+                        index: i,
+                        reason,
+                    })))
                 })
             })
             .collect()
@@ -223,6 +267,8 @@ impl raft::Storage for WalStorage {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Snapshots (catch-up of a follower behind the compacted log) arrive with the
         // three-node cluster; a single voter never asks for one.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }

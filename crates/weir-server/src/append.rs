@@ -21,8 +21,18 @@ pub struct Appender {
 
 impl Appender {
     /// An appender proposing into `raft`.
-    pub fn new(raft: Arc<RaftNode>, limits: weir_ingest::Limits, commit_timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Appender { raft, limits, commit_timeout, metrics }
+    pub fn new(
+        raft: Arc<RaftNode>,
+        limits: weir_ingest::Limits,
+        commit_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Appender {
+            raft,
+            limits,
+            commit_timeout,
+            metrics,
+        }
     }
 
     /// The limits requests are checked against.
@@ -40,29 +50,47 @@ impl Appender {
     /// avoid storing them twice.
     pub async fn append(&self, req: AppendRequest) -> Result<AppendResponse, ApiError> {
         let started = std::time::Instant::now();
-        let producer = (!req.producer_id.is_empty()).then(|| (req.producer_id.clone(), req.sequence));
+        let producer =
+            (!req.producer_id.is_empty()).then(|| (req.producer_id.clone(), req.sequence));
         let now = now_ns();
-        let mut normalized = weir_ingest::normalize(req, now, &self.limits).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let mut normalized = weir_ingest::normalize(req, now, &self.limits)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         let tenant = normalized.tenant.clone();
         let accepted = normalized.records.len() as u64;
         let rejected = std::mem::take(&mut normalized.rejected);
         let bodies_repaired = normalized.bodies_repaired;
         self.metrics.records_rejected.inc_by(rejected.len() as u64);
-        let mut response = AppendResponse { accepted, rejected, duplicate: false, bodies_repaired };
+        let mut response = AppendResponse {
+            accepted,
+            rejected,
+            duplicate: false,
+            bodies_repaired,
+        };
         if accepted == 0 {
             return Ok(response);
         }
         let pieces = weir_ingest::split_by_shard(normalized, self.raft.shard_count(), now);
         let mut proposals = Vec::with_capacity(pieces.len());
         for (shard, batch, _positions) in pieces {
-            let key = producer.as_ref().map(|(p, seq)| DedupKey { producer: format!("{tenant}\u{0}{p}"), sequence: *seq });
-            let proposal = self.raft.propose(shard.0, key, batch.encode_to_vec()).map_err(raft_error)?;
+            let key = producer.as_ref().map(|(p, seq)| DedupKey {
+                producer: format!("{tenant}\u{0}{p}"),
+                sequence: *seq,
+            });
+            let proposal = self
+                .raft
+                .propose(shard.0, key, batch.encode_to_vec())
+                .map_err(raft_error)?;
             proposals.push(proposal);
         }
         let wait_all = async {
             let mut duplicate = false;
             for p in proposals {
-                let committed = p.await.map_err(|_| ApiError::new(ErrorKind::Unavailable, "the node is shutting down; retry"))?.map_err(raft_error)?;
+                let committed = p
+                    .await
+                    .map_err(|_| {
+                        ApiError::new(ErrorKind::Unavailable, "the node is shutting down; retry")
+                    })?
+                    .map_err(raft_error)?;
                 duplicate |= committed.duplicate;
             }
             Ok::<bool, ApiError>(duplicate)
@@ -79,7 +107,9 @@ impl Appender {
                 ))
             }
         };
-        self.metrics.records_accepted.inc_by(if response.duplicate { 0 } else { accepted });
+        self.metrics
+            .records_accepted
+            .inc_by(if response.duplicate { 0 } else { accepted });
         self.metrics.append_latency.observe(started.elapsed());
         Ok(response)
     }
@@ -89,15 +119,29 @@ impl Appender {
 pub fn raft_error(e: weir_raft::Error) -> ApiError {
     use weir_raft::Error as E;
     match e {
-        E::Overloaded => ApiError::new(ErrorKind::ResourceExhausted, "the write queue is full (storage.proposal_queue_len); retry with backoff"),
-        E::DiskFull => ApiError::new(ErrorKind::ResourceExhausted, "the disk is full; appends resume when space is freed (nothing acknowledged is lost)"),
-        E::Stopped(_) => ApiError::new(ErrorKind::Unavailable, "the node is stopping or stopped; retry on another node or later"),
-        E::NotLeader { .. } | E::Dropped { .. } => ApiError::new(ErrorKind::Unavailable, e.to_string()),
+        E::Overloaded => ApiError::new(
+            ErrorKind::ResourceExhausted,
+            "the write queue is full (storage.proposal_queue_len); retry with backoff",
+        ),
+        E::DiskFull => ApiError::new(
+            ErrorKind::ResourceExhausted,
+            "the disk is full; appends resume when space is freed (nothing acknowledged is lost)",
+        ),
+        E::Stopped(_) => ApiError::new(
+            ErrorKind::Unavailable,
+            "the node is stopping or stopped; retry on another node or later",
+        ),
+        E::NotLeader { .. } | E::Dropped { .. } => {
+            ApiError::new(ErrorKind::Unavailable, e.to_string())
+        }
         other => ApiError::new(ErrorKind::Internal, other.to_string()),
     }
 }
 
 /// Nanoseconds since the unix epoch.
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }

@@ -126,8 +126,10 @@ impl LimitsConfig {
             max_attributes_per_record: self.max_attributes_per_record,
             max_label_name_bytes: self.max_label_name_bytes,
             max_label_value_bytes: self.max_label_value_bytes,
-            max_timestamp_age_ns: (self.max_timestamp_age_secs as i64).saturating_mul(1_000_000_000),
-            max_timestamp_future_ns: (self.max_timestamp_future_secs as i64).saturating_mul(1_000_000_000),
+            max_timestamp_age_ns: (self.max_timestamp_age_secs as i64)
+                .saturating_mul(1_000_000_000),
+            max_timestamp_future_ns: (self.max_timestamp_future_secs as i64)
+                .saturating_mul(1_000_000_000),
             ..weir_ingest::Limits::default()
         }
     }
@@ -149,7 +151,12 @@ pub struct IndexConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { partition_span_secs: 3600, commit_interval_ms: 250, writer_memory_bytes: 64 << 20, retention_secs: 7 * 24 * 3600 }
+        IndexConfig {
+            partition_span_secs: 3600,
+            commit_interval_ms: 250,
+            writer_memory_bytes: 64 << 20,
+            retention_secs: 7 * 24 * 3600,
+        }
     }
 }
 
@@ -165,7 +172,10 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        SearchConfig { default_limit: 100, max_limit: 1000 }
+        SearchConfig {
+            default_limit: 100,
+            max_limit: 1000,
+        }
     }
 }
 
@@ -175,8 +185,10 @@ impl Config {
     /// # Errors
     /// The file cannot be read or is not valid configuration.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -186,15 +198,37 @@ impl Config {
     /// # Errors
     /// Names the key and why.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!((1..=1024).contains(&self.storage.shards), "storage.shards must be between 1 and 1024, not {}", self.storage.shards);
-        anyhow::ensure!(self.storage.segment_size_bytes >= 1 << 20, "storage.segment_size_bytes must be at least 1 MiB");
-        self.storage.io_backend.parse::<weir_wal::IoBackendChoice>().map_err(|_| {
-            anyhow::anyhow!("storage.io_backend must be \"auto\", \"uring\" or \"std\", not {:?}", self.storage.io_backend)
-        })?;
-        anyhow::ensure!(self.storage.proposal_queue_len > 0, "storage.proposal_queue_len must be positive");
-        anyhow::ensure!(self.index.partition_span_secs >= 60, "index.partition_span_secs must be at least 60");
+        anyhow::ensure!(
+            (1..=1024).contains(&self.storage.shards),
+            "storage.shards must be between 1 and 1024, not {}",
+            self.storage.shards
+        );
+        anyhow::ensure!(
+            self.storage.segment_size_bytes >= 1 << 20,
+            "storage.segment_size_bytes must be at least 1 MiB"
+        );
+        self.storage
+            .io_backend
+            .parse::<weir_wal::IoBackendChoice>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "storage.io_backend must be \"auto\", \"uring\" or \"std\", not {:?}",
+                    self.storage.io_backend
+                )
+            })?;
+        anyhow::ensure!(
+            self.storage.proposal_queue_len > 0,
+            "storage.proposal_queue_len must be positive"
+        );
+        anyhow::ensure!(
+            self.index.partition_span_secs >= 60,
+            "index.partition_span_secs must be at least 60"
+        );
         anyhow::ensure!(self.index.commit_interval_ms > 0 && self.index.commit_interval_ms <= 1000, "index.commit_interval_ms must be between 1 and 1000 (records must be searchable within a second)");
-        anyhow::ensure!(self.search.max_limit > 0 && self.search.default_limit > 0, "search limits must be positive");
+        anyhow::ensure!(
+            self.search.max_limit > 0 && self.search.default_limit > 0,
+            "search limits must be positive"
+        );
         Ok(())
     }
 }
@@ -214,7 +248,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {
-        let e = toml::from_str::<Config>("[storage]\nshardz = 3\n").unwrap_err().to_string();
+        let e = toml::from_str::<Config>("[storage]\nshardz = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("shardz"), "{e}");
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 use weir_proto::otlp::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use weir_proto::otlp::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use weir_proto::otlp::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use weir_proto::v1::ingest_server::{Ingest, IngestServer};
 use weir_proto::v1::{AppendRequest, AppendResponse};
 use weir_proto::{ApiError, DEFAULT_TENANT};
@@ -25,8 +27,14 @@ impl GrpcIngest {
     /// The services, ready to add to a tonic router. Messages up to twice
     /// `limits.max_batch_bytes` are decoded so that the handler can refuse the ones over
     /// the limit with a message naming it; larger ones are refused by tonic itself.
-    pub fn services(appender: Arc<Appender>) -> (IngestServer<GrpcIngest>, LogsServiceServer<GrpcIngest>) {
-        let max = appender.limits().max_batch_bytes.saturating_mul(2).max(1 << 20);
+    pub fn services(
+        appender: Arc<Appender>,
+    ) -> (IngestServer<GrpcIngest>, LogsServiceServer<GrpcIngest>) {
+        let max = appender
+            .limits()
+            .max_batch_bytes
+            .saturating_mul(2)
+            .max(1 << 20);
         let s = GrpcIngest { appender };
         (
             IngestServer::new(s.clone()).max_decoding_message_size(max),
@@ -47,12 +55,18 @@ impl GrpcIngest {
 }
 
 fn tenant_of<T>(req: &Request<T>) -> Option<String> {
-    req.metadata().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    req.metadata()
+        .get(TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 #[tonic::async_trait]
 impl Ingest for GrpcIngest {
-    async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
         let header_tenant = tenant_of(&request);
         let mut req = request.into_inner();
         self.check_size(req.encoded_len())?;
@@ -66,7 +80,10 @@ impl Ingest for GrpcIngest {
 
 #[tonic::async_trait]
 impl LogsService for GrpcIngest {
-    async fn export(&self, request: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let tenant = tenant_of(&request).unwrap_or_else(|| DEFAULT_TENANT.to_owned());
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
@@ -76,11 +93,19 @@ impl LogsService for GrpcIngest {
             rejected.extend(resp.rejected);
         }
         let partial_success = (!rejected.is_empty()).then(|| {
-            let mut msg = rejected.iter().take(5).map(|r| r.reason.as_str()).collect::<Vec<_>>().join("; ");
+            let mut msg = rejected
+                .iter()
+                .take(5)
+                .map(|r| r.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
             if rejected.len() > 5 {
                 msg.push_str(&format!("; and {} more", rejected.len() - 5));
             }
-            ExportLogsPartialSuccess { rejected_log_records: rejected.len() as i64, error_message: msg }
+            ExportLogsPartialSuccess {
+                rejected_log_records: rejected.len() as i64,
+                error_message: msg,
+            }
         });
         Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }

@@ -41,7 +41,8 @@ impl From<ApiError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(serde_json::json!({ "error": self.0.message }))).into_response()
     }
 }
@@ -124,7 +125,11 @@ pub struct SearchResponse {
     pub limit: usize,
 }
 
-async fn search(State(st): State<Arc<NodeState>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Result<Json<SearchResponse>, HttpError> {
+async fn search(
+    State(st): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<SearchResponse>, HttpError> {
     let started = Instant::now();
     let req = parse_search(&params, tenant(&headers), &st.config.search)?;
     let limit = req.limit;
@@ -133,7 +138,11 @@ async fn search(State(st): State<Arc<NodeState>>, headers: HeaderMap, Query(para
     st.metrics.searches.inc_by(1);
     st.metrics.search_latency.observe(started.elapsed());
     Ok(Json(SearchResponse {
-        hits: page.hits.into_iter().map(|h| HitJson::from_hit(h, with_score)).collect(),
+        hits: page
+            .hits
+            .into_iter()
+            .map(|h| HitJson::from_hit(h, with_score))
+            .collect(),
         total: page.total,
         took_ms: started.elapsed().as_millis() as u64,
         next_cursor: page.next.map(|c| c.encode()),
@@ -145,38 +154,66 @@ async fn search(State(st): State<Arc<NodeState>>, headers: HeaderMap, Query(para
 ///
 /// # Errors
 /// InvalidArgument naming the parameter and what was wrong with it.
-pub fn parse_search(params: &HashMap<String, String>, tenant: String, cfg: &crate::config::SearchConfig) -> Result<SearchRequest, ApiError> {
+pub fn parse_search(
+    params: &HashMap<String, String>,
+    tenant: String,
+    cfg: &crate::config::SearchConfig,
+) -> Result<SearchRequest, ApiError> {
     let known = ["q", "start", "end", "level", "limit", "sort", "cursor"];
     if let Some(k) = params.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(ApiError::invalid(format!("unknown parameter {k:?}; accepted: {}", known.join(", "))));
+        return Err(ApiError::invalid(format!(
+            "unknown parameter {k:?}; accepted: {}",
+            known.join(", ")
+        )));
     }
     let q = params.get("q").map(String::as_str).unwrap_or("");
-    let query = weir_index::parse_query(q).map_err(|e| ApiError::invalid(format!("bad query q={q:?}: {e}")))?;
+    let query = weir_index::parse_query(q)
+        .map_err(|e| ApiError::invalid(format!("bad query q={q:?}: {e}")))?;
     let (start_ns, end_ns) = time_range(params)?;
     let levels = match params.get("level") {
         None => Vec::new(),
         Some(s) => s
             .split(',')
             .filter(|p| !p.trim().is_empty())
-            .map(|p| weir_ingest::parse_level(p.trim()).map_err(|e| ApiError::invalid(format!("bad level: {e}"))))
+            .map(|p| {
+                weir_ingest::parse_level(p.trim())
+                    .map_err(|e| ApiError::invalid(format!("bad level: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?,
     };
     let limit = match params.get("limit") {
         None => cfg.default_limit,
-        Some(s) => s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| ApiError::invalid(format!("limit must be a positive integer, not {s:?}")))?,
+        Some(s) => s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::invalid(format!("limit must be a positive integer, not {s:?}"))
+        })?,
     }
     .min(cfg.max_limit);
     let sort = match params.get("sort").map(String::as_str) {
         None | Some("time_desc") => Sort::TimeDesc,
         Some("time_asc") => Sort::TimeAsc,
         Some("score") => Sort::Score,
-        Some(other) => return Err(ApiError::invalid(format!("sort must be time_desc, time_asc or score, not {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "sort must be time_desc, time_asc or score, not {other:?}"
+            )))
+        }
     };
     let after = match params.get("cursor") {
         None => None,
-        Some(c) => Some(Cursor::decode(c).map_err(|e| ApiError::invalid(format!("bad cursor: {e}")))?),
+        Some(c) => {
+            Some(Cursor::decode(c).map_err(|e| ApiError::invalid(format!("bad cursor: {e}")))?)
+        }
     };
-    Ok(SearchRequest { query, tenant, start_ns, end_ns, levels, limit, sort, after })
+    Ok(SearchRequest {
+        query,
+        tenant,
+        start_ns,
+        end_ns,
+        levels,
+        limit,
+        sort,
+        after,
+    })
 }
 
 const HOUR_NS: i64 = 3600 * 1_000_000_000;
@@ -190,10 +227,13 @@ fn time_range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> 
     };
     let start = match params.get("start") {
         Some(s) => parse_time("start", s)?,
-        None => now - HOUR_NS,
+        // The hour before the given end, or the last hour.
+        None => params.get("end").map_or(now, |_| end) - HOUR_NS,
     };
     if start >= end {
-        return Err(ApiError::invalid(format!("start ({start}) must be before end ({end})")));
+        return Err(ApiError::invalid(format!(
+            "start ({start}) must be before end ({end})"
+        )));
     }
     Ok((start, end))
 }
@@ -212,13 +252,23 @@ fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
 pub fn rfc3339(ns: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ns.to_string())
 }
 
-async fn labels(State(st): State<Arc<NodeState>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Result<Json<serde_json::Value>, HttpError> {
+async fn labels(
+    State(st): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
     let (start, end) = time_range(&params)?;
-    let names = st.searcher.label_names(tenant(&headers), start, end).await?;
+    let names = st
+        .searcher
+        .label_names(tenant(&headers), start, end)
+        .await?;
     Ok(Json(serde_json::json!({ "labels": names })))
 }
 
@@ -229,7 +279,10 @@ async fn label_values(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let (start, end) = time_range(&params)?;
-    let values = st.searcher.label_values(tenant(&headers), name.clone(), start, end).await?;
+    let values = st
+        .searcher
+        .label_values(tenant(&headers), name.clone(), start, end)
+        .await?;
     Ok(Json(serde_json::json!({ "label": name, "values": values })))
 }
 
@@ -240,15 +293,26 @@ async fn healthz() -> &'static str {
 async fn readyz(State(st): State<Arc<NodeState>>) -> Response {
     let h = st.raft.health();
     if h.failed.load(std::sync::atomic::Ordering::Acquire) {
-        let why = h.failure.lock().map(|f| f.clone().unwrap_or_default()).unwrap_or_default();
+        let why = h
+            .failure
+            .lock()
+            .map(|f| f.clone().unwrap_or_default())
+            .unwrap_or_default();
         return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")).into_response();
     }
     if h.disk_full.load(std::sync::atomic::Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "disk full: appends are refused\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk full: appends are refused\n",
+        )
+            .into_response();
     }
     "ready\n".into_response()
 }
 
 async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], st.metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
 }

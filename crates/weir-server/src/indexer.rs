@@ -40,7 +40,13 @@ pub struct Indexer {
 
 impl Indexer {
     /// Starts indexing `log` into `index` from the index's checkpoint.
-    pub fn start(log: Arc<ShardLog>, index: Arc<ShardIndex>, raft: Arc<RaftNode>, settings: IndexerSettings, metrics: Arc<Metrics>) -> Indexer {
+    pub fn start(
+        log: Arc<ShardLog>,
+        index: Arc<ShardIndex>,
+        raft: Arc<RaftNode>,
+        settings: IndexerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Indexer {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let shard = log.shard();
@@ -52,7 +58,10 @@ impl Indexer {
                 }
             })
             .expect("spawning a thread only fails when the process is out of resources");
-        Indexer { stop, thread: Some(thread) }
+        Indexer {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Stops after a final commit, and waits.
@@ -64,7 +73,14 @@ impl Indexer {
     }
 }
 
-fn run(log: &ShardLog, index: &ShardIndex, raft: &RaftNode, settings: &IndexerSettings, metrics: &Metrics, stop: &AtomicBool) -> anyhow::Result<()> {
+fn run(
+    log: &ShardLog,
+    index: &ShardIndex,
+    raft: &RaftNode,
+    settings: &IndexerSettings,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     let shard = log.shard();
     let mut next = index.checkpoint() + 1;
     let mut dirty = false;
@@ -72,13 +88,25 @@ fn run(log: &ShardLog, index: &ShardIndex, raft: &RaftNode, settings: &IndexerSe
     let mut last_retention: Option<Instant> = None;
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        let watermark = log.wait_for(next - 1, if dirty { Duration::from_millis(20) } else { Duration::from_millis(100) });
+        let watermark = log.wait_for(
+            next - 1,
+            if dirty {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(100)
+            },
+        );
         if watermark >= next {
             let entries = log.read(next, watermark, READ_BYTES_MAX)?;
             // An empty read means the whole range held no payload (raft no-ops).
             let scanned_to = entries.last().map_or(watermark, |e| e.index);
             for e in &entries {
-                let batch = StoredBatch::decode(e.data.as_slice()).map_err(|err| anyhow::anyhow!("shard {shard}: entry {} is not a StoredBatch: {err}", e.index))?;
+                let batch = StoredBatch::decode(e.data.as_slice()).map_err(|err| {
+                    anyhow::anyhow!(
+                        "shard {shard}: entry {} is not a StoredBatch: {err}",
+                        e.index
+                    )
+                })?;
                 metrics.records_indexed.inc_by(batch.records.len() as u64);
                 index.add_batch(e.index, &batch)?;
             }
@@ -94,7 +122,8 @@ fn run(log: &ShardLog, index: &ShardIndex, raft: &RaftNode, settings: &IndexerSe
         if let Some(keep) = settings.retention {
             if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_CHECK) {
                 last_retention = Some(Instant::now());
-                let cutoff = crate::append::now_ns().saturating_sub(keep.as_nanos().min(i64::MAX as u128) as i64);
+                let cutoff = crate::append::now_ns()
+                    .saturating_sub(keep.as_nanos().min(i64::MAX as u128) as i64);
                 let dropped = index.drop_partitions_before(cutoff)?;
                 if dropped > 0 {
                     tracing::info!(shard, dropped, "index partitions past retention dropped");

@@ -62,18 +62,30 @@ impl Node {
     /// Bad configuration, a corrupt log, ports in use.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let metrics = Arc::new(Metrics::default());
         let raft_cfg = NodeConfig {
             shard_count: config.storage.shards,
-            wal: weir_raft::WalOptions { segment_size_bytes: config.storage.segment_size_bytes, ..Default::default() },
-            io_backend: config.storage.io_backend.parse().map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
+            wal: weir_raft::WalOptions {
+                segment_size_bytes: config.storage.segment_size_bytes,
+                ..Default::default()
+            },
+            io_backend: config
+                .storage
+                .io_backend
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
             proposal_queue_len: config.storage.proposal_queue_len,
             dedup_producers_max: config.storage.dedup_producers_max,
             ..NodeConfig::single(&config.data_dir)
         };
         let data_dir = config.data_dir.clone();
-        let raft = Arc::new(tokio::task::spawn_blocking(move || RaftNode::start(raft_cfg)).await?.with_context(|| format!("cannot open the log in {}", data_dir.display()))?);
+        let raft = Arc::new(
+            tokio::task::spawn_blocking(move || RaftNode::start(raft_cfg))
+                .await?
+                .with_context(|| format!("cannot open the log in {}", data_dir.display()))?,
+        );
         let mut indexes = Vec::new();
         let mut indexers = Vec::new();
         for shard in 0..raft.shard_count() {
@@ -83,25 +95,44 @@ impl Node {
                 writer_memory_bytes: config.index.writer_memory_bytes,
                 ..Default::default()
             };
-            let index = Arc::new(ShardIndex::open(&dir, ShardId(shard), opts).with_context(|| format!("cannot open index {}", dir.display()))?);
+            let index = Arc::new(
+                ShardIndex::open(&dir, ShardId(shard), opts)
+                    .with_context(|| format!("cannot open index {}", dir.display()))?,
+            );
             indexers.push(Indexer::start(
                 raft.committed_log(shard),
                 index.clone(),
                 raft.clone(),
                 indexer::IndexerSettings {
                     commit_interval: Duration::from_millis(config.index.commit_interval_ms),
-                    retention: (config.index.retention_secs > 0).then(|| Duration::from_secs(config.index.retention_secs)),
+                    retention: (config.index.retention_secs > 0)
+                        .then(|| Duration::from_secs(config.index.retention_secs)),
                 },
                 metrics.clone(),
             ));
             indexes.push(index);
         }
-        let appender = Arc::new(Appender::new(raft.clone(), config.limits.to_limits(), Duration::from_millis(config.storage.commit_timeout_ms), metrics.clone()));
-        let state = Arc::new(NodeState { config: config.clone(), raft: raft.clone(), appender: appender.clone(), searcher: Searcher::new(indexes), metrics });
+        let appender = Arc::new(Appender::new(
+            raft.clone(),
+            config.limits.to_limits(),
+            Duration::from_millis(config.storage.commit_timeout_ms),
+            metrics.clone(),
+        ));
+        let state = Arc::new(NodeState {
+            config: config.clone(),
+            raft: raft.clone(),
+            appender: appender.clone(),
+            searcher: Searcher::new(indexes),
+            metrics,
+        });
 
         let (stop, stop_rx) = watch::channel(false);
-        let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("cannot listen on http_addr {}", config.http_addr))?;
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on http_addr {}", config.http_addr))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
@@ -125,7 +156,16 @@ impl Node {
                 .await
         });
         tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), backend = %raft.io_backend(), "weir node listening");
-        Ok(Node { grpc_addr, http_addr, stop, grpc_task, http_task, raft, indexers, state })
+        Ok(Node {
+            grpc_addr,
+            http_addr,
+            stop,
+            grpc_task,
+            http_task,
+            raft,
+            indexers,
+            state,
+        })
     }
 
     /// Where gRPC listens.

@@ -10,7 +10,11 @@ use weir_proto::v1::{AppendRequest, Record};
 use weir_server::Config;
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "Weir: a durable, searchable log buffer in front of Elasticsearch and Loki")]
+#[command(
+    name = "weir",
+    version,
+    about = "Weir: a durable, searchable log buffer in front of Elasticsearch and Loki"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,19 +96,32 @@ enum Command {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,raft=warn,tantivy=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=warn,tantivy=warn".into()),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Server { config, data_dir, grpc_addr, http_addr } => {
+            Command::Server {
+                config,
+                data_dir,
+                grpc_addr,
+                http_addr,
+            } => {
                 let mut cfg = match config {
                     Some(p) => Config::from_file(&p)?,
                     None => Config::default(),
@@ -120,8 +137,39 @@ fn main() -> anyhow::Result<()> {
                 }
                 weir_server::run(cfg, shutdown_signal()).await
             }
-            Command::Push { addr, tenant, service, level, labels, batch, producer_id, file } => push(addr, tenant, service, level, labels, batch.max(1), producer_id, file).await,
-            Command::Query { addr, tenant, start, end, level, limit, sort, json, query } => {
+            Command::Push {
+                addr,
+                tenant,
+                service,
+                level,
+                labels,
+                batch,
+                producer_id,
+                file,
+            } => {
+                push(
+                    addr,
+                    tenant,
+                    service,
+                    level,
+                    labels,
+                    batch.max(1),
+                    producer_id,
+                    file,
+                )
+                .await
+            }
+            Command::Query {
+                addr,
+                tenant,
+                start,
+                end,
+                level,
+                limit,
+                sort,
+                json,
+                query,
+            } => {
                 let mut params = vec![("q", query), ("limit", limit.to_string()), ("sort", sort)];
                 params.extend(start.map(|s| ("start", s)));
                 params.extend(end.map(|s| ("end", s)));
@@ -136,7 +184,10 @@ fn main() -> anyhow::Result<()> {
                 let status = resp.status();
                 let body: serde_json::Value = resp.json().await.context("answer is not JSON")?;
                 if !status.is_success() {
-                    anyhow::bail!("{status}: {}", body["error"].as_str().unwrap_or("unknown error"));
+                    anyhow::bail!(
+                        "{status}: {}",
+                        body["error"].as_str().unwrap_or("unknown error")
+                    );
                 }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&body)?);
@@ -150,7 +201,12 @@ fn main() -> anyhow::Result<()> {
                             h["body"].as_str().unwrap_or("")
                         );
                     }
-                    eprintln!("{} of {} hits, {} ms", body["hits"].as_array().map_or(0, Vec::len), body["total"], body["took_ms"]);
+                    eprintln!(
+                        "{} of {} hits, {} ms",
+                        body["hits"].as_array().map_or(0, Vec::len),
+                        body["total"],
+                        body["took_ms"]
+                    );
                 }
                 Ok(())
             }
@@ -159,10 +215,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn push(addr: String, tenant: String, service: String, level: String, labels: Vec<(String, String)>, batch: usize, producer_id: Option<String>, file: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut client = IngestClient::connect(addr.clone()).await.with_context(|| format!("cannot connect to {addr}"))?;
+async fn push(
+    addr: String,
+    tenant: String,
+    service: String,
+    level: String,
+    labels: Vec<(String, String)>,
+    batch: usize,
+    producer_id: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut client = IngestClient::connect(addr.clone())
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
     let input: Box<dyn BufRead> = match &file {
-        Some(p) => Box::new(std::io::BufReader::new(std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?)),
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
+        )),
         None => Box::new(std::io::stdin().lock()),
     };
     let labels: std::collections::HashMap<String, String> = labels.into_iter().collect();
@@ -176,14 +245,29 @@ async fn push(addr: String, tenant: String, service: String, level: String, labe
                 if l.last() == Some(&b'\r') {
                     l.pop();
                 }
-                records.push(Record { body: l, level: level.clone(), service: service.clone(), labels: labels.clone(), ..Default::default() });
+                records.push(Record {
+                    body: l,
+                    level: level.clone(),
+                    service: service.clone(),
+                    labels: labels.clone(),
+                    ..Default::default()
+                });
             }
             None => eof = true,
         }
         if records.len() >= batch || (eof && !records.is_empty()) {
             seq += 1;
-            let req = AppendRequest { tenant: tenant.clone(), producer_id: producer_id.clone().unwrap_or_default(), sequence: seq, records: std::mem::take(&mut records) };
-            let resp = client.append(req).await.map_err(|s| anyhow::anyhow!("append failed ({:?}): {}", s.code(), s.message()))?.into_inner();
+            let req = AppendRequest {
+                tenant: tenant.clone(),
+                producer_id: producer_id.clone().unwrap_or_default(),
+                sequence: seq,
+                records: std::mem::take(&mut records),
+            };
+            let resp = client
+                .append(req)
+                .await
+                .map_err(|s| anyhow::anyhow!("append failed ({:?}): {}", s.code(), s.message()))?
+                .into_inner();
             sent += resp.accepted;
             rejected += resp.rejected.len() as u64;
             for r in &resp.rejected {

@@ -21,7 +21,9 @@ impl Counter {
 }
 
 /// Upper bounds of the latency histogram buckets, seconds.
-const BUCKETS_S: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// A latency histogram with fixed buckets.
 #[derive(Default)]
@@ -39,7 +41,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn render(&self, name: &str, out: &mut String) {
@@ -51,7 +54,11 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -82,17 +89,50 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter(&mut out, "weir_ingest_records_accepted_total", "records stored", self.records_accepted.get());
-        counter(&mut out, "weir_ingest_records_rejected_total", "records refused by validation", self.records_rejected.get());
+        counter(
+            &mut out,
+            "weir_ingest_records_accepted_total",
+            "records stored",
+            self.records_accepted.get(),
+        );
+        counter(
+            &mut out,
+            "weir_ingest_records_rejected_total",
+            "records refused by validation",
+            self.records_rejected.get(),
+        );
         let _ = writeln!(out, "# TYPE weir_ingest_requests_refused_total counter");
-        let _ = writeln!(out, "weir_ingest_requests_refused_total{{reason=\"invalid\"}} {}", self.appends_refused_invalid.get());
-        let _ = writeln!(out, "weir_ingest_requests_refused_total{{reason=\"retryable\"}} {}", self.appends_refused_retryable.get());
-        self.append_latency.render("weir_append_latency_seconds", &mut out);
-        counter(&mut out, "weir_search_requests_total", "searches answered", self.searches.get());
-        self.search_latency.render("weir_search_latency_seconds", &mut out);
-        counter(&mut out, "weir_index_records_total", "records indexed", self.records_indexed.get());
+        let _ = writeln!(
+            out,
+            "weir_ingest_requests_refused_total{{reason=\"invalid\"}} {}",
+            self.appends_refused_invalid.get()
+        );
+        let _ = writeln!(
+            out,
+            "weir_ingest_requests_refused_total{{reason=\"retryable\"}} {}",
+            self.appends_refused_retryable.get()
+        );
+        self.append_latency
+            .render("weir_append_latency_seconds", &mut out);
+        counter(
+            &mut out,
+            "weir_search_requests_total",
+            "searches answered",
+            self.searches.get(),
+        );
+        self.search_latency
+            .render("weir_search_latency_seconds", &mut out);
+        counter(
+            &mut out,
+            "weir_index_records_total",
+            "records indexed",
+            self.records_indexed.get(),
+        );
         out
     }
 }

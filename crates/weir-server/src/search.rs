@@ -22,10 +22,10 @@ pub struct Searcher {
 }
 
 fn index_error(e: weir_index::Error) -> ApiError {
-    match e {
-        weir_index::Error::Query(q) => ApiError::invalid(format!("bad query: {q}")),
-        weir_index::Error::BadCursor(c) => ApiError::invalid(format!("bad cursor: {c}")),
-        other => ApiError::new(ErrorKind::Internal, format!("search failed: {other}")),
+    if e.is_client_error() {
+        ApiError::invalid(e.to_string())
+    } else {
+        ApiError::new(ErrorKind::Internal, format!("search failed: {e}"))
     }
 }
 
@@ -54,7 +54,8 @@ impl Searcher {
         for t in tasks {
             results.push(t.await.map_err(join_error)?.map_err(index_error)?);
         }
-        let (hits, total, next) = weir_index::merge(results, req.sort, req.limit, req.after.as_ref());
+        let (hits, total, next) =
+            weir_index::merge(results, req.sort, req.limit, req.after.as_ref());
         Ok(Page { hits, total, next })
     }
 
@@ -62,7 +63,12 @@ impl Searcher {
     ///
     /// # Errors
     /// Internal when an index fails.
-    pub async fn label_names(&self, tenant: String, start: i64, end: i64) -> Result<Vec<String>, ApiError> {
+    pub async fn label_names(
+        &self,
+        tenant: String,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, ApiError> {
         let indexes = self.indexes.clone();
         let names = tokio::task::spawn_blocking(move || {
             let mut all = std::collections::BTreeSet::new();
@@ -81,7 +87,13 @@ impl Searcher {
     ///
     /// # Errors
     /// Internal when an index fails.
-    pub async fn label_values(&self, tenant: String, name: String, start: i64, end: i64) -> Result<Vec<String>, ApiError> {
+    pub async fn label_values(
+        &self,
+        tenant: String,
+        name: String,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, ApiError> {
         let indexes = self.indexes.clone();
         tokio::task::spawn_blocking(move || {
             let mut all = std::collections::BTreeSet::new();

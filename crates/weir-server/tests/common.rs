@@ -37,15 +37,26 @@ impl TestNode {
         let node = Node::start(cfg).await.expect("node starts");
         let http = format!("http://{}", node.http_addr());
         let grpc = format!("http://{}", node.grpc_addr());
-        TestNode { node: Some(node), dir, http, grpc }
+        TestNode {
+            node: Some(node),
+            dir,
+            http,
+            grpc,
+        }
     }
 
     pub async fn client(&self) -> IngestClient<tonic::transport::Channel> {
-        IngestClient::connect(self.grpc.clone()).await.expect("grpc connects")
+        IngestClient::connect(self.grpc.clone())
+            .await
+            .expect("grpc connects")
     }
 
     pub async fn append(&self, req: AppendRequest) -> Result<AppendResponse, tonic::Status> {
-        self.client().await.append(req).await.map(|r| r.into_inner())
+        self.client()
+            .await
+            .append(req)
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// GET /api/v1/search with these parameters, as JSON; panics on non-200.
@@ -55,8 +66,14 @@ impl TestNode {
         body
     }
 
-    pub async fn search_raw(&self, params: &[(&str, &str)], tenant: Option<&str>) -> (u16, serde_json::Value) {
-        let mut req = reqwest::Client::new().get(format!("{}/api/v1/search", self.http)).query(params);
+    pub async fn search_raw(
+        &self,
+        params: &[(&str, &str)],
+        tenant: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new()
+            .get(format!("{}/api/v1/search", self.http))
+            .query(params);
         if let Some(t) = tenant {
             req = req.header("x-weir-tenant", t);
         }
@@ -79,23 +96,44 @@ impl TestNode {
     }
 
     pub async fn stop(mut self) -> tempfile::TempDir {
-        self.node.take().unwrap().shutdown().await.expect("clean shutdown");
+        self.node
+            .take()
+            .unwrap()
+            .shutdown()
+            .await
+            .expect("clean shutdown");
         self.dir
     }
 }
 
 pub fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
 
 pub fn record(body: &str) -> Record {
-    Record { body: body.as_bytes().to_vec(), timestamp_ns: now_ns(), level: "info".into(), service: "checkout".into(), ..Default::default() }
+    Record {
+        body: body.as_bytes().to_vec(),
+        timestamp_ns: now_ns(),
+        level: "info".into(),
+        service: "checkout".into(),
+        ..Default::default()
+    }
 }
 
 pub fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 pub fn bodies(v: &serde_json::Value) -> Vec<String> {
-    v["hits"].as_array().unwrap().iter().map(|h| h["body"].as_str().unwrap().to_owned()).collect()
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["body"].as_str().unwrap().to_owned())
+        .collect()
 }

@@ -19,7 +19,14 @@ struct Proc {
 
 fn start(dir: &std::path::Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["server", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -32,7 +39,11 @@ fn start(dir: &std::path::Path) -> Proc {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if !sent && line.contains("weir node listening") {
-                let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_owned);
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .map(str::to_owned)
+                };
                 let _ = tx.send((field("grpc_addr="), field("http_addr=")));
                 sent = true;
             }
@@ -41,8 +52,14 @@ fn start(dir: &std::path::Path) -> Proc {
             }
         }
     });
-    let (grpc, http) = rx.recv_timeout(Duration::from_secs(60)).expect("node reports its addresses");
-    Proc { child, grpc: format!("http://{}", grpc.unwrap()), http: format!("http://{}", http.unwrap()) }
+    let (grpc, http) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("node reports its addresses");
+    Proc {
+        child,
+        grpc: format!("http://{}", grpc.unwrap()),
+        http: format!("http://{}", http.unwrap()),
+    }
 }
 
 fn kill(mut p: Proc) {
@@ -56,11 +73,23 @@ async fn all_bodies(http: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut q = vec![("limit", "1000".to_string()), ("sort", "time_asc".into()), ("start", "0".into())];
+        let mut q = vec![
+            ("limit", "1000".to_string()),
+            ("sort", "time_asc".into()),
+            ("start", "0".into()),
+        ];
         if let Some(c) = &cursor {
             q.push(("cursor", c.clone()));
         }
-        let body: serde_json::Value = client.get(format!("{http}/api/v1/search")).query(&q).send().await.unwrap().json().await.unwrap();
+        let body: serde_json::Value = client
+            .get(format!("{http}/api/v1/search"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         for h in body["hits"].as_array().expect("hits") {
             out.push(h["body"].as_str().unwrap().to_owned());
         }
@@ -83,7 +112,9 @@ async fn sigkill_while_ingesting_loses_no_acknowledged_record_and_duplicates_not
         let grpc = p.grpc.clone();
         let writer = tokio::spawn(async move {
             let mut acked = Vec::new();
-            let Ok(mut client) = IngestClient::connect(grpc).await else { return acked };
+            let Ok(mut client) = IngestClient::connect(grpc).await else {
+                return acked;
+            };
             for batch in 0.. {
                 let records: Vec<Record> = (0..50)
                     .map(|i| Record {
@@ -92,8 +123,17 @@ async fn sigkill_while_ingesting_loses_no_acknowledged_record_and_duplicates_not
                         ..Default::default()
                     })
                     .collect();
-                let bodies: Vec<String> = records.iter().map(|r| String::from_utf8(r.body.clone()).unwrap()).collect();
-                match client.append(AppendRequest { records, ..Default::default() }).await {
+                let bodies: Vec<String> = records
+                    .iter()
+                    .map(|r| String::from_utf8(r.body.clone()).unwrap())
+                    .collect();
+                match client
+                    .append(AppendRequest {
+                        records,
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(r) => {
                         assert_eq!(r.get_ref().accepted, 50);
                         acked.extend(bodies);
@@ -106,7 +146,10 @@ async fn sigkill_while_ingesting_loses_no_acknowledged_record_and_duplicates_not
         tokio::time::sleep(kill_after).await;
         kill(p);
         let got = writer.await.unwrap();
-        eprintln!("round {round}: {} records acknowledged before SIGKILL after {kill_after:?}", got.len());
+        eprintln!(
+            "round {round}: {} records acknowledged before SIGKILL after {kill_after:?}",
+            got.len()
+        );
         acked.extend(got);
     }
     assert!(!acked.is_empty(), "the writer got acknowledgements");
@@ -123,16 +166,32 @@ async fn sigkill_while_ingesting_loses_no_acknowledged_record_and_duplicates_not
     };
     // Let the indexer finish anything it still replays before checking for duplicates.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let bodies = if bodies.len() == all_bodies(&p.http).await.len() { bodies } else { all_bodies(&p.http).await };
+    let bodies = if bodies.len() == all_bodies(&p.http).await.len() {
+        bodies
+    } else {
+        all_bodies(&p.http).await
+    };
     kill(p);
 
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for b in &bodies {
         *counts.entry(b.as_str()).or_default() += 1;
     }
-    let missing: Vec<&String> = acked.iter().filter(|b| !counts.contains_key(b.as_str())).take(5).collect();
-    assert!(missing.is_empty(), "acknowledged records lost: {missing:?} (of {} acked)", acked.len());
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|b| !counts.contains_key(b.as_str()))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged records lost: {missing:?} (of {} acked)",
+        acked.len()
+    );
     let dupes: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(dupes.is_empty(), "records stored twice: {dupes:?}");
-    eprintln!("{} acknowledged, {} stored, none lost, none twice", acked.len(), bodies.len());
+    eprintln!(
+        "{} acknowledged, {} stored, none lost, none twice",
+        acked.len(),
+        bodies.len()
+    );
 }

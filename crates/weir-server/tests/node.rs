@@ -22,7 +22,13 @@ async fn appended_records_are_searchable_with_every_field() {
     r.attributes = labels(&[("order_id", "8812")]);
     r.trace_id = "0af7651916cd43dd8448eb211c80319c".into();
     r.span_id = "b7ad6b7169203331".into();
-    let resp = n.append(AppendRequest { records: vec![r, record("all good")], ..Default::default() }).await.unwrap();
+    let resp = n
+        .append(AppendRequest {
+            records: vec![r, record("all good")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(resp.accepted, 2);
     assert!(resp.rejected.is_empty());
 
@@ -62,23 +68,53 @@ async fn every_query_kind_finds_exactly_its_records() {
         r.trace_id = format!("{id:0>32}");
         recs.push(r);
     }
-    n.append(AppendRequest { records: recs, ..Default::default() }).await.unwrap();
+    n.append(AppendRequest {
+        records: recs,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     n.wait_total(&[], 5).await;
 
     let cases: &[(&str, &[&str])] = &[
         ("fox", &["quick brown fox jumps", "the quick red fox"]),
-        ("service:db", &["brown dog sleeps quietly", "connection refused by upstream"]),
+        (
+            "service:db",
+            &["brown dog sleeps quietly", "connection refused by upstream"],
+        ),
         ("app:api", &["connection reset by peer"]),
         ("req:a3", &["brown dog sleeps quietly"]),
-        ("trace_id:000000000000000000000000000000a4", &["connection refused by upstream"]),
+        (
+            "trace_id:000000000000000000000000000000a4",
+            &["connection refused by upstream"],
+        ),
         ("\"quick brown\"", &["quick brown fox jumps"]),
-        ("\"quick fox\"~1", &["quick brown fox jumps", "the quick red fox"]),
-        ("conn*", &["connection refused by upstream", "connection reset by peer"]),
-        ("\"connection re\"*", &["connection refused by upstream", "connection reset by peer"]),
+        (
+            "\"quick fox\"~1",
+            &["quick brown fox jumps", "the quick red fox"],
+        ),
+        (
+            "conn*",
+            &["connection refused by upstream", "connection reset by peer"],
+        ),
+        (
+            "\"connection re\"*",
+            &["connection refused by upstream", "connection reset by peer"],
+        ),
         ("fox AND NOT red", &["quick brown fox jumps"]),
-        ("fox OR dog", &["quick brown fox jumps", "the quick red fox", "brown dog sleeps quietly"]),
+        (
+            "fox OR dog",
+            &[
+                "quick brown fox jumps",
+                "the quick red fox",
+                "brown dog sleeps quietly",
+            ],
+        ),
         ("+brown -dog", &["quick brown fox jumps"]),
-        ("(fox OR dog) AND level:error", &["brown dog sleeps quietly"]),
+        (
+            "(fox OR dog) AND level:error",
+            &["brown dog sleeps quietly"],
+        ),
     ];
     for (q, want) in cases {
         let body = n.search(&[("q", q), ("limit", "100")]).await;
@@ -91,8 +127,13 @@ async fn every_query_kind_finds_exactly_its_records() {
     // The level filter and time range are parameters, not query syntax.
     let body = n.search(&[("level", "error")]).await;
     assert_eq!(body["total"], 2);
-    let body = n.search(&[("end", &(now_ns() - 3_600_000_000_000).to_string())]).await;
-    assert_eq!(body["total"], 0, "a range that ends an hour ago holds nothing");
+    let body = n
+        .search(&[("end", &(now_ns() - 3_600_000_000_000).to_string())])
+        .await;
+    assert_eq!(
+        body["total"], 0,
+        "a range that ends an hour ago holds nothing"
+    );
     n.stop().await;
 }
 
@@ -106,14 +147,28 @@ async fn bad_records_are_rejected_with_position_while_the_rest_is_stored() {
     let mut bad_utf8 = record("");
     bad_utf8.body = vec![b'o', b'k', 0xff, b'!'];
     let resp = n
-        .append(AppendRequest { records: vec![record("good one"), bad_level, bad_label, bad_utf8], ..Default::default() })
+        .append(AppendRequest {
+            records: vec![record("good one"), bad_level, bad_label, bad_utf8],
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(resp.accepted, 2, "the good record and the repaired one are stored");
+    assert_eq!(
+        resp.accepted, 2,
+        "the good record and the repaired one are stored"
+    );
     let positions: Vec<u32> = resp.rejected.iter().map(|r| r.index).collect();
     assert_eq!(positions, vec![1, 2]);
-    assert!(resp.rejected[0].reason.contains("level"), "{}", resp.rejected[0].reason);
-    assert!(resp.rejected[1].reason.contains("max_label_value_bytes"), "{}", resp.rejected[1].reason);
+    assert!(
+        resp.rejected[0].reason.contains("level"),
+        "{}",
+        resp.rejected[0].reason
+    );
+    assert!(
+        resp.rejected[1].reason.contains("max_label_value_bytes"),
+        "{}",
+        resp.rejected[1].reason
+    );
     assert_eq!(resp.bodies_repaired, 1);
     let body = n.wait_total(&[], 2).await;
     let mut got = bodies(&body);
@@ -128,10 +183,23 @@ async fn a_batch_over_the_limit_is_refused_naming_the_limit() {
     let mut cfg = test_config(dir.path());
     cfg.limits.max_batch_bytes = 64 * 1024;
     let n = TestNode::start_with(dir, cfg).await;
-    let big = Record { body: vec![b'x'; 100 * 1024], ..record("") };
-    let err = n.append(AppendRequest { records: vec![big], ..Default::default() }).await.unwrap_err();
+    let big = Record {
+        body: vec![b'x'; 100 * 1024],
+        ..record("")
+    };
+    let err = n
+        .append(AppendRequest {
+            records: vec![big],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("limits.max_batch_bytes"), "{}", err.message());
+    assert!(
+        err.message().contains("limits.max_batch_bytes"),
+        "{}",
+        err.message()
+    );
     n.stop().await;
 }
 
@@ -144,7 +212,10 @@ async fn malformed_protobuf_is_invalid_argument() {
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     frame.extend_from_slice(payload);
-    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let resp = client
         .post(format!("{}/weir.v1.Ingest/Append", n.grpc))
         .header("content-type", "application/grpc")
@@ -153,7 +224,10 @@ async fn malformed_protobuf_is_invalid_argument() {
         .send()
         .await
         .unwrap();
-    let status = resp.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
     // tonic puts the status in trailers for streaming answers, or headers for errors-only.
     let code = match status {
         Some(s) => s,
@@ -172,11 +246,13 @@ async fn a_retried_batch_with_the_same_producer_and_sequence_is_stored_once() {
     let batch = |seq: u64| AppendRequest {
         producer_id: "agent-7".into(),
         sequence: seq,
-        records: (0..20).map(|i| {
-            let mut r = record(&format!("line {seq}-{i}"));
-            r.labels = labels(&[("app", &format!("a{}", i % 5))]);
-            r
-        }).collect(),
+        records: (0..20)
+            .map(|i| {
+                let mut r = record(&format!("line {seq}-{i}"));
+                r.labels = labels(&[("app", &format!("a{}", i % 5))]);
+                r
+            })
+            .collect(),
         ..Default::default()
     };
     let first = n.append(batch(1)).await.unwrap();
@@ -204,20 +280,39 @@ async fn a_retried_batch_with_the_same_producer_and_sequence_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_export_from_a_client_is_mapped_and_reports_partial_success() {
     let n = TestNode::start().await;
-    let kv = |k: &str, v: &str| KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }) };
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+    };
     let rec = |body: &str, sev: i32, trace: Vec<u8>| LogRecord {
         time_unix_nano: now_ns() as u64,
         severity_number: sev,
-        body: Some(AnyValue { value: Some(any_value::Value::StringValue(body.into())) }),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(body.into())),
+        }),
         attributes: vec![kv("http.route", "/pay")],
         trace_id: trace,
         ..Default::default()
     };
     let req = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource { attributes: vec![kv("service.name", "payments"), kv("k8s.namespace.name", "prod"), kv("k8s.pod.name", "pay-1"), kv("k8s.cluster.name", "eu")], dropped_attributes_count: 0 }),
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "payments"),
+                    kv("k8s.namespace.name", "prod"),
+                    kv("k8s.pod.name", "pay-1"),
+                    kv("k8s.cluster.name", "eu"),
+                ],
+                dropped_attributes_count: 0,
+            }),
             scope_logs: vec![ScopeLogs {
-                log_records: vec![rec("card charged", 9, vec![1; 16]), rec("card refused", 17, vec![2; 16]), rec("broken trace id", 9, vec![3; 5])],
+                log_records: vec![
+                    rec("card charged", 9, vec![1; 16]),
+                    rec("card refused", 17, vec![2; 16]),
+                    rec("broken trace id", 9, vec![3; 5]),
+                ],
                 ..Default::default()
             }],
             ..Default::default()
@@ -227,10 +322,19 @@ async fn otlp_export_from_a_client_is_mapped_and_reports_partial_success() {
     let resp = client.export(req).await.unwrap().into_inner();
     let partial = resp.partial_success.expect("one record was rejected");
     assert_eq!(partial.rejected_log_records, 1);
-    assert!(partial.error_message.contains("trace"), "{}", partial.error_message);
+    assert!(
+        partial.error_message.contains("trace"),
+        "{}",
+        partial.error_message
+    );
 
     let body = n.wait_total(&[("q", "service:payments")], 2).await;
-    let refused = body["hits"].as_array().unwrap().iter().find(|h| h["body"] == "card refused").expect("stored");
+    let refused = body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["body"] == "card refused")
+        .expect("stored");
     assert_eq!(refused["level"], "error");
     assert_eq!(refused["namespace"], "prod");
     assert_eq!(refused["pod"], "pay-1");
@@ -243,10 +347,28 @@ async fn otlp_export_from_a_client_is_mapped_and_reports_partial_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_see_only_their_tenant() {
     let n = TestNode::start().await;
-    n.append(AppendRequest { tenant: "acme".into(), records: vec![record("acme secret")], ..Default::default() }).await.unwrap();
-    n.append(AppendRequest { records: vec![record("public line")], ..Default::default() }).await.unwrap();
+    n.append(AppendRequest {
+        tenant: "acme".into(),
+        records: vec![record("acme secret")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    n.append(AppendRequest {
+        records: vec![record("public line")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     n.wait_total(&[], 1).await;
-    let (_, acme) = n.search_raw(&[], Some("acme")).await;
+    let mut acme = serde_json::Value::Null;
+    for _ in 0..200 {
+        acme = n.search_raw(&[], Some("acme")).await.1;
+        if acme["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(bodies(&acme), vec!["acme secret"]);
     let default = n.search(&[]).await;
     assert_eq!(bodies(&default), vec!["public line"]);
@@ -265,7 +387,12 @@ async fn cursor_pages_through_every_hit_exactly_once_in_both_orders() {
             r
         })
         .collect();
-    n.append(AppendRequest { records: recs, ..Default::default() }).await.unwrap();
+    n.append(AppendRequest {
+        records: recs,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     n.wait_total(&[], 57).await;
     for sort in ["time_desc", "time_asc"] {
         let mut seen = Vec::new();
@@ -277,7 +404,12 @@ async fn cursor_pages_through_every_hit_exactly_once_in_both_orders() {
             }
             let p: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let body = n.search(&p).await;
-            let ts: Vec<i64> = body["hits"].as_array().unwrap().iter().map(|h| h["timestamp_ns"].as_i64().unwrap()).collect();
+            let ts: Vec<i64> = body["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["timestamp_ns"].as_i64().unwrap())
+                .collect();
             seen.extend(ts);
             match body["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_owned()),
@@ -320,12 +452,35 @@ async fn label_apis_list_names_and_values() {
     a.labels = labels(&[("app", "web"), ("team", "red")]);
     let mut b = record("two");
     b.labels = labels(&[("app", "db")]);
-    n.append(AppendRequest { records: vec![a, b], ..Default::default() }).await.unwrap();
+    n.append(AppendRequest {
+        records: vec![a, b],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     n.wait_total(&[], 2).await;
-    let names: serde_json::Value = reqwest::get(format!("{}/api/v1/labels", n.http)).await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = names["labels"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert!(names.contains(&"app") && names.contains(&"team"), "{names:?}");
-    let values: serde_json::Value = reqwest::get(format!("{}/api/v1/labels/app/values", n.http)).await.unwrap().json().await.unwrap();
+    let names: serde_json::Value = reqwest::get(format!("{}/api/v1/labels", n.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = names["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"app") && names.contains(&"team"),
+        "{names:?}"
+    );
+    let values: serde_json::Value = reqwest::get(format!("{}/api/v1/labels/app/values", n.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(values["values"], serde_json::json!(["db", "web"]));
     n.stop().await;
 }
@@ -333,10 +488,32 @@ async fn label_apis_list_names_and_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics_answer() {
     let n = TestNode::start().await;
-    assert_eq!(reqwest::get(format!("{}/healthz", n.http)).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(format!("{}/readyz", n.http)).await.unwrap().status(), 200);
-    n.append(AppendRequest { records: vec![record("counted")], ..Default::default() }).await.unwrap();
-    let m = reqwest::get(format!("{}/metrics", n.http)).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", n.http))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", n.http))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    n.append(AppendRequest {
+        records: vec![record("counted")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let m = reqwest::get(format!("{}/metrics", n.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("weir_ingest_records_accepted_total 1"), "{m}");
     n.stop().await;
 }
@@ -344,8 +521,15 @@ async fn health_ready_and_metrics_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_survive_a_graceful_restart_and_are_not_indexed_twice() {
     let n = TestNode::start().await;
-    let recs: Vec<Record> = (0..100).map(|i| record(&format!("persisted {i}"))).collect();
-    n.append(AppendRequest { records: recs, ..Default::default() }).await.unwrap();
+    let recs: Vec<Record> = (0..100)
+        .map(|i| record(&format!("persisted {i}")))
+        .collect();
+    n.append(AppendRequest {
+        records: recs,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     n.wait_total(&[], 100).await;
     let dir = n.stop().await;
     let cfg = test_config(dir.path());
