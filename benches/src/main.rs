@@ -108,6 +108,15 @@ fn make_record(rng: &mut SmallRng, now_ns: i64) -> Record {
         88..=95 => ("error", format!("connection reset by peer while reading response from upstream {ip}:{} (request {id}, {ms}ms)", rng.random_range(1024..65535))),
         _ => ("error", format!("payment {id} declined: insufficient funds (card ****{:04}), customer={user} amount={}.{:02} EUR", rng.random_range(0..10_000), rng.random_range(1..900), rng.random_range(0..100))),
     };
+    // Most services append structured context to the message; it brings lines to ~200 bytes.
+    let text = format!(
+        "{text} svc={svc} host=node-{:02} thread=worker-{} dur_ms={ms} version=2.{}.{} zone=eu-west-1{}",
+        id % 40,
+        rng.random_range(0..32),
+        id % 9,
+        id % 31,
+        ["a", "b", "c"][id as usize % 3]
+    );
     Record {
         timestamp_ns: now_ns,
         level: level.into(),

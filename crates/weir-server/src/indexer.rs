@@ -53,6 +53,7 @@ impl Indexer {
         let thread = std::thread::Builder::new()
             .name(format!("weir-index-{shard}"))
             .spawn(move || {
+                lower_priority();
                 if let Err(e) = run(&log, &index, &raft, &settings, &metrics, &s) {
                     tracing::error!(shard, error = %e, "indexer stopped; searches of this shard will lag until restart");
                 }
@@ -132,6 +133,21 @@ fn run(
         }
         if stopping && log.watermark() < next {
             return Ok(());
+        }
+    }
+}
+
+/// Indexing is the node's largest CPU consumer and can catch up later; acknowledgements
+/// cannot wait. The indexer thread lowers its own scheduling priority (nice 10), and the
+/// tantivy writer and merge threads it creates inherit it (Linux: nice is per thread and
+/// inherited on thread creation).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority with who = 0 changes only the calling thread's nice value.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the indexer's priority");
         }
     }
 }
