@@ -12,6 +12,20 @@ use crate::DedupKey;
 /// How many recent sequence numbers are remembered exactly per producer.
 pub const WINDOW: usize = 1024;
 
+/// What a [`DedupTable`] knows of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Never stored (as far as the window reaches).
+    New,
+    /// Stored: a retry.
+    Stored,
+    /// Below the producer's window: it cannot be told whether it was stored.
+    TooOld {
+        /// Every sequence at or below this one is outside the window.
+        floor: u64,
+    },
+}
+
 #[derive(Default)]
 struct Producer {
     /// Every sequence `<= floor` counts as seen.
@@ -37,12 +51,19 @@ impl DedupTable {
         }
     }
 
-    /// Whether `key` was already recorded.
-    pub fn contains(&self, key: &DedupKey) -> bool {
+    /// What the table knows of `key`.
+    pub fn check(&self, key: &DedupKey) -> Seen {
         match self.producers.get(&key.producer) {
-            None => false,
-            Some(p) => p.floor.is_some_and(|f| key.sequence <= f) || p.seen.contains(&key.sequence),
+            None => Seen::New,
+            Some(p) if p.seen.contains(&key.sequence) => Seen::Stored,
+            Some(p) if p.floor.is_some_and(|f| key.sequence <= f) => Seen::TooOld { floor: p.floor.unwrap_or(0) },
+            Some(_) => Seen::New,
         }
+    }
+
+    /// Whether `key` was recorded, or is too old to tell.
+    pub fn contains(&self, key: &DedupKey) -> bool {
+        self.check(key) != Seen::New
     }
 
     /// Records `key` as stored by the entry at `log_index`.
@@ -116,8 +137,8 @@ mod tests {
         for s in 0..(WINDOW as u64 + 10) {
             t.insert(&k("a", s), s + 1);
         }
-        assert!(t.contains(&k("a", 3)));
-        assert!(t.contains(&k("a", WINDOW as u64 + 9)));
+        assert!(matches!(t.check(&k("a", 3)), Seen::TooOld { .. }), "too old to tell, not silently a duplicate");
+        assert_eq!(t.check(&k("a", WINDOW as u64 + 9)), Seen::Stored);
         assert!(!t.contains(&k("a", WINDOW as u64 + 10)));
     }
 

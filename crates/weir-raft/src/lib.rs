@@ -27,7 +27,7 @@ mod node;
 mod storage;
 
 pub use codec::DedupKey;
-pub use dedup::{DedupTable, WINDOW as DEDUP_WINDOW};
+pub use dedup::{DedupTable, Seen, WINDOW as DEDUP_WINDOW};
 pub use node::{Committed, Health, NodeConfig, Proposal, RaftNode, ShardLog, ShardStatus};
 pub use weir_wal::{IoBackend, IoBackendChoice, WalOptions};
 
@@ -85,6 +85,19 @@ pub enum Error {
         shard: u32,
         /// index it had been proposed at
         index: u64,
+    },
+    /// The producer's sequence is older than the window of sequences remembered for it:
+    /// whether it was stored cannot be told.
+    #[error("sequence {sequence} of producer {producer:?} is older than the last {window} sequences remembered for it (all at or below {floor}); whether it was stored cannot be told: use increasing sequence numbers")]
+    SequenceTooOld {
+        /// producer (tenant-qualified)
+        producer: String,
+        /// the sequence
+        sequence: u64,
+        /// the window's floor
+        floor: u64,
+        /// the window size
+        window: usize,
     },
     /// The proposal queue is full: retry later.
     #[error("the proposal queue is full; retry later")]

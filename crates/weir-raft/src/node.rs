@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use weir_wal::{IoBackend, IoBackendChoice, IoThread, Wal, WalOptions, WalReader};
 
 use crate::codec::{self, DedupKey};
-use crate::dedup::DedupTable;
+use crate::dedup::{DedupTable, Seen};
 use crate::storage::WalStorage;
 use crate::{CommittedLog, Error, LogEntry, Result};
 
@@ -126,6 +126,7 @@ enum Input {
 /// The raft layer of one node: every shard's raft group and the thread that drives them.
 pub struct RaftNode {
     tx: SyncSender<Input>,
+    faults: Vec<weir_wal::FaultInjector>,
     logs: Vec<Arc<ShardLog>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     health: Arc<Health>,
@@ -141,6 +142,8 @@ pub struct Health {
     pub failed: AtomicBool,
     /// The error that stopped it.
     pub failure: Mutex<Option<String>>,
+    /// Shutdown was asked for: retry loops (disk full) give up.
+    pub stopping: AtomicBool,
 }
 
 impl RaftNode {
@@ -152,14 +155,22 @@ impl RaftNode {
     pub fn start(cfg: NodeConfig) -> Result<RaftNode> {
         assert!(cfg.node_id != 0, "raft node ids start at 1");
         assert!(cfg.shard_count > 0, "at least one shard");
+        if cfg.voters != [cfg.node_id] {
+            return Err(Error::Raft(format!(
+                "voters {:?}: only a single node (voters = [node_id]) is supported until the peer transport exists",
+                cfg.voters
+            )));
+        }
         let io = IoThread::start(cfg.io_backend)?;
         let backend = io.backend();
         let logger = slog::Logger::root(crate::TracingDrain, slog::o!());
         let mut shards = Vec::with_capacity(cfg.shard_count as usize);
         let mut logs = Vec::with_capacity(cfg.shard_count as usize);
+        let mut faults = Vec::with_capacity(cfg.shard_count as usize);
         for shard in 0..cfg.shard_count {
             let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
             let wal = Wal::open(&dir, cfg.wal.clone(), io.clone())?;
+            faults.push(wal.fault_injector());
             let storage = WalStorage::open(shard, wal, &cfg.voters)?;
             let log = Arc::new(ShardLog::new(shard, storage.reader()));
             let raft_cfg = raft::Config {
@@ -168,6 +179,8 @@ impl RaftNode {
                 heartbeat_tick: 2,
                 max_size_per_msg: 1 << 20,
                 max_inflight_msgs: 256,
+                // Bounds memory when a restart re-applies a large log (applied = 0 below).
+                max_committed_size_per_ready: 16 << 20,
                 // 0: raft hands every committed entry to apply again after a restart, which
                 // is how the dedup table and the watermark are rebuilt.
                 applied: 0,
@@ -192,6 +205,7 @@ impl RaftNode {
                 waiters: BTreeMap::new(),
                 deferred: Vec::new(),
                 deferred_max: cfg.proposal_queue_len.max(1),
+                last_compact: None,
             });
             logs.push(log);
         }
@@ -210,6 +224,7 @@ impl RaftNode {
         tracing::info!(shards = cfg.shard_count, node_id = cfg.node_id, backend = %backend, "raft node started");
         Ok(RaftNode {
             tx,
+            faults,
             logs,
             thread: Mutex::new(Some(thread)),
             health,
@@ -274,6 +289,12 @@ impl RaftNode {
         let _ = self.tx.try_send(Input::Compact { shard, below });
     }
 
+    /// Test hook: makes every later WAL write of `shard` fail with `errno` (`None` heals).
+    #[doc(hidden)]
+    pub fn inject_wal_write_error(&self, shard: u32, errno: Option<i32>) {
+        self.faults[shard as usize].set(errno);
+    }
+
     /// Every shard's status.
     pub async fn status(&self) -> Result<Vec<ShardStatus>> {
         let (reply, rx) = oneshot::channel();
@@ -286,6 +307,7 @@ impl RaftNode {
     /// Stops the driver after it has handled every input queued before this call (queued
     /// proposals are committed and answered), and waits for it.
     pub fn shutdown(&self) {
+        self.health.stopping.store(true, Ordering::Release);
         let _ = self.tx.send(Input::Shutdown);
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
@@ -316,6 +338,8 @@ struct Shard {
         oneshot::Sender<Result<Committed>>,
     )>,
     deferred_max: usize,
+    /// When the WAL was last compacted (each compaction costs a meta flush).
+    last_compact: Option<Instant>,
 }
 
 struct Waiter {
@@ -332,6 +356,9 @@ struct Driver {
 }
 
 const MAX_INPUTS_PER_ROUND: usize = 8192;
+
+/// A shard's WAL is compacted at most this often.
+const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Driver {
     fn run(mut self) {
@@ -413,6 +440,10 @@ impl Driver {
             }
             Input::Compact { shard, below } => {
                 let s = &mut self.shards[shard as usize];
+                if s.last_compact.is_some_and(|t| t.elapsed() < COMPACT_INTERVAL) {
+                    return false;
+                }
+                s.last_compact = Some(Instant::now());
                 let applied = s.log.watermark();
                 match s.raw.mut_store().compact(below.min(applied + 1)) {
                     Ok(freed) if freed > 0 => {
@@ -434,7 +465,8 @@ impl Driver {
 
     fn round(&mut self) -> Result<()> {
         let mut readies = Vec::new();
-        for (i, s) in self.shards.iter_mut().enumerate() {
+        for i in 0..self.shards.len() {
+            let s = &mut self.shards[i];
             if !s.raw.has_ready() {
                 continue;
             }
@@ -448,13 +480,22 @@ impl Driver {
                 )));
             }
             s.apply(rd.take_committed_entries())?;
-            let store = s.raw.mut_store();
-            store.stage_entries(rd.entries())?;
+            for e in rd.entries() {
+                let store = self.shards[i].raw.mut_store();
+                if let Err(err) = store.stage_entry(e) {
+                    // Nothing of this entry was staged: retry it while the disk is full.
+                    self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().stage_entry(e))?;
+                }
+            }
+            let store = self.shards[i].raw.mut_store();
             if let Some(hs) = rd.hs() {
                 store.set_hard_state(hs);
             }
             let ticket = if store.needs_flush() {
-                Some(store.flush()?)
+                match store.flush() {
+                    Ok(t) => Some(t),
+                    Err(err) => Some(self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().flush())?),
+                }
             } else {
                 None
             };
@@ -478,32 +519,49 @@ impl Driver {
         Ok(())
     }
 
-    /// Waits for a flush. A full disk is not fatal: the flush is retried every second until
-    /// space returns (appends are refused meanwhile); any other error is.
+    /// Waits for a flush; a full disk is retried (see [`Driver::retry_disk_full`]).
     fn wait_durable(&mut self, shard: usize, ticket: weir_wal::SyncTicket) -> Result<()> {
-        let mut result = ticket.wait();
-        loop {
-            match result {
-                Ok(()) => {
-                    if self.health.disk_full.swap(false, Ordering::AcqRel) {
-                        tracing::info!("disk has space again, appends resume");
-                    }
-                    return Ok(());
-                }
-                Err(weir_wal::Error::DiskFull { .. }) => {
-                    if !self.health.disk_full.swap(true, Ordering::AcqRel) {
-                        tracing::error!(shard, "disk full: appends are refused until space is freed; nothing acknowledged is lost");
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                    // The WAL keeps what it could not write staged; flushing again retries it.
-                    result = match self.shards[shard].raw.mut_store().flush() {
-                        Ok(t) => t.wait(),
-                        Err(Error::Wal(e)) => Err(e),
-                        Err(other) => return Err(other),
-                    };
-                }
-                Err(e) => return Err(e.into()),
+        match ticket.wait() {
+            Ok(()) => {
+                self.disk_has_space();
+                Ok(())
             }
+            Err(e) => self.retry_disk_full(shard, e.into(), |d| {
+                let t = d.shards[shard].raw.mut_store().flush()?;
+                t.wait().map_err(Error::from)
+            }),
+        }
+    }
+
+    /// A full disk is not fatal: `op` is retried every second until space returns
+    /// (appends are refused meanwhile, nothing acknowledged is lost) or shutdown is asked
+    /// for. Any other error is returned.
+    fn retry_disk_full<T>(&mut self, shard: usize, first: Error, mut op: impl FnMut(&mut Self) -> Result<T>) -> Result<T> {
+        let mut err = first;
+        loop {
+            if !matches!(err, Error::Wal(weir_wal::Error::DiskFull { .. })) {
+                return Err(err);
+            }
+            if !self.health.disk_full.swap(true, Ordering::AcqRel) {
+                tracing::error!(shard, error = %err, "disk full: appends are refused until space is freed; nothing acknowledged is lost");
+            }
+            if self.health.stopping.load(Ordering::Acquire) {
+                return Err(Error::Stopped(shard as u32));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            match op(self) {
+                Ok(v) => {
+                    self.disk_has_space();
+                    return Ok(v);
+                }
+                Err(e) => err = e,
+            }
+        }
+    }
+
+    fn disk_has_space(&self) {
+        if self.health.disk_full.swap(false, Ordering::AcqRel) {
+            tracing::info!("disk has space again, appends resume");
         }
     }
 
@@ -547,12 +605,21 @@ impl Shard {
             return;
         }
         if let Some(k) = &key {
-            if self.dedup.contains(k) {
-                let _ = reply.send(Ok(Committed {
-                    index: 0,
-                    duplicate: true,
-                }));
-                return;
+            match self.dedup.check(k) {
+                Seen::New => {}
+                Seen::Stored => {
+                    let _ = reply.send(Ok(Committed { index: 0, duplicate: true }));
+                    return;
+                }
+                Seen::TooOld { floor } => {
+                    let _ = reply.send(Err(Error::SequenceTooOld {
+                        producer: k.producer.clone(),
+                        sequence: k.sequence,
+                        floor,
+                        window: crate::DEDUP_WINDOW,
+                    }));
+                    return;
+                }
             }
             if let Some(&index) = self.pending_keys.get(k) {
                 let term = self.raw.raft.term;
@@ -755,7 +822,8 @@ impl CommittedLog for ShardLog {
     }
 
     fn wait_for(&self, after: u64, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let w = self.watermark();

@@ -86,9 +86,13 @@ impl WalStorage {
             meta.hard_state.commit = last;
         }
         if meta.compacted_index + 1 != first && wal.first_index().is_some() {
-            // The WAL dropped segments below its first index after the meta was written.
+            // The WAL dropped segments below its first index after the meta was written
+            // (compaction writes the meta first, then removes).
             meta.compacted_index = first - 1;
         }
+        // Compacted entries were applied, hence committed: raft-rs requires
+        // commit >= first_index - 1.
+        meta.hard_state.commit = meta.hard_state.commit.max(first - 1);
         let mut s = WalStorage {
             shard,
             wal,
@@ -116,14 +120,15 @@ impl WalStorage {
         self.first + self.terms.len() as u64 - 1
     }
 
-    /// Stages entries from a Ready; a conflicting suffix is replaced (the WAL truncates).
-    pub(crate) fn stage_entries(&mut self, entries: &[Entry]) -> Result<()> {
-        for e in entries {
-            codec::encode_entry(e, &mut self.buf);
-            self.wal.append(e.index, &self.buf)?;
+    /// Stages one entry from a Ready; a conflicting suffix is replaced (the WAL
+    /// truncates). On error nothing was staged, so the caller may retry the same entry.
+    pub(crate) fn stage_entry(&mut self, e: &Entry) -> Result<()> {
+        codec::encode_entry(e, &mut self.buf);
+        self.wal.append(e.index, &self.buf)?;
+        if self.staged.last().is_some_and(|(i, _)| *i >= e.index) {
             self.staged.retain(|(i, _)| *i < e.index);
-            self.staged.push((e.index, e.term));
         }
+        self.staged.push((e.index, e.term));
         Ok(())
     }
 
@@ -173,21 +178,27 @@ impl WalStorage {
     }
 
     /// Drops whole WAL segments below `index` (never past the applied index: the caller
-    /// ensures it). Returns bytes freed.
+    /// ensures it). The meta (with the current commit index) is made durable first, so a
+    /// crash right after the removal reopens with a commit index covering what is gone.
+    /// Returns bytes freed.
     pub(crate) fn compact(&mut self, index: u64) -> Result<u64> {
         let index = index.min(self.last());
         if index <= self.first {
             return Ok(0);
         }
+        self.meta_dirty = true;
+        self.flush()?.wait()?;
         let freed = self.wal.remove_segments_below(index)?;
         let new_first = self.wal.first_index().unwrap_or(self.first);
-        while self.first < new_first {
-            let t = self.terms.pop_front().expect("first <= last");
-            self.meta.compacted_index = self.first;
-            self.meta.compacted_term = t;
-            self.first += 1;
+        if new_first > self.first {
+            while self.first < new_first {
+                let t = self.terms.pop_front().expect("first <= last");
+                self.meta.compacted_index = self.first;
+                self.meta.compacted_term = t;
+                self.first += 1;
+            }
+            self.meta_dirty = true;
         }
-        self.meta_dirty = true;
         Ok(freed)
     }
 

@@ -56,7 +56,7 @@ mod recovery;
 mod wal;
 
 pub use io::{detect_backend, IoThread, SyncTicket};
-pub use wal::{Wal, WalReader};
+pub use wal::{FaultInjector, Wal, WalReader};
 
 /// Errors of the WAL. Messages are lowercase and name the file and offset
 /// when there is one.

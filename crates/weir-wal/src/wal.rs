@@ -476,6 +476,13 @@ impl Wal {
         self.wio.set_fail_errno(errno);
     }
 
+    /// Fault injection for tests, usable from another thread than the writer's (a writer
+    /// blocked retrying a full disk cannot be told to heal through its own queue).
+    #[doc(hidden)]
+    pub fn fault_injector(&self) -> FaultInjector {
+        FaultInjector(self.wio.clone())
+    }
+
     /// The active segment and the end of what is staged in it (after a
     /// waited flush with nothing staged since: the durable end). Tests.
     #[doc(hidden)]
@@ -767,5 +774,18 @@ impl WalReader {
     /// Last durable index; `None` when nothing is durable.
     pub fn durable_last_index(&self) -> Option<u64> {
         self.shared.read().index.last()
+    }
+}
+
+/// Test hook: fails (or heals) one log's writes from any thread. See
+/// [`Wal::fault_injector`].
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct FaultInjector(Arc<WalIo>);
+
+impl FaultInjector {
+    /// While `Some(errno)`, writes fail with that errno; `None` heals.
+    pub fn set(&self, errno: Option<i32>) {
+        self.0.set_fail_errno(errno);
     }
 }
