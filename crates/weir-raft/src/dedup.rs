@@ -56,7 +56,9 @@ impl DedupTable {
         match self.producers.get(&key.producer) {
             None => Seen::New,
             Some(p) if p.seen.contains(&key.sequence) => Seen::Stored,
-            Some(p) if p.floor.is_some_and(|f| key.sequence <= f) => Seen::TooOld { floor: p.floor.unwrap_or(0) },
+            Some(p) if p.floor.is_some_and(|f| key.sequence <= f) => Seen::TooOld {
+                floor: p.floor.unwrap_or(0),
+            },
             Some(_) => Seen::New,
         }
     }
@@ -137,7 +139,10 @@ mod tests {
         for s in 0..(WINDOW as u64 + 10) {
             t.insert(&k("a", s), s + 1);
         }
-        assert!(matches!(t.check(&k("a", 3)), Seen::TooOld { .. }), "too old to tell, not silently a duplicate");
+        assert!(
+            matches!(t.check(&k("a", 3)), Seen::TooOld { .. }),
+            "too old to tell, not silently a duplicate"
+        );
         assert_eq!(t.check(&k("a", WINDOW as u64 + 9)), Seen::Stored);
         assert!(!t.contains(&k("a", WINDOW as u64 + 10)));
     }

@@ -440,7 +440,9 @@ impl Driver {
             }
             Input::Compact { shard, below } => {
                 let s = &mut self.shards[shard as usize];
-                if s.last_compact.is_some_and(|t| t.elapsed() < COMPACT_INTERVAL) {
+                if s.last_compact
+                    .is_some_and(|t| t.elapsed() < COMPACT_INTERVAL)
+                {
                     return false;
                 }
                 s.last_compact = Some(Instant::now());
@@ -494,7 +496,9 @@ impl Driver {
             let ticket = if store.needs_flush() {
                 match store.flush() {
                     Ok(t) => Some(t),
-                    Err(err) => Some(self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().flush())?),
+                    Err(err) => {
+                        Some(self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().flush())?)
+                    }
                 }
             } else {
                 None
@@ -536,7 +540,12 @@ impl Driver {
     /// A full disk is not fatal: `op` is retried every second until space returns
     /// (appends are refused meanwhile, nothing acknowledged is lost) or shutdown is asked
     /// for. Any other error is returned.
-    fn retry_disk_full<T>(&mut self, shard: usize, first: Error, mut op: impl FnMut(&mut Self) -> Result<T>) -> Result<T> {
+    fn retry_disk_full<T>(
+        &mut self,
+        shard: usize,
+        first: Error,
+        mut op: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
         let mut err = first;
         loop {
             if !matches!(err, Error::Wal(weir_wal::Error::DiskFull { .. })) {
@@ -608,7 +617,10 @@ impl Shard {
             match self.dedup.check(k) {
                 Seen::New => {}
                 Seen::Stored => {
-                    let _ = reply.send(Ok(Committed { index: 0, duplicate: true }));
+                    let _ = reply.send(Ok(Committed {
+                        index: 0,
+                        duplicate: true,
+                    }));
                     return;
                 }
                 Seen::TooOld { floor } => {
@@ -823,7 +835,9 @@ impl CommittedLog for ShardLog {
 
     fn wait_for(&self, after: u64, timeout: Duration) -> u64 {
         let now = Instant::now();
-        let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let w = self.watermark();

@@ -196,13 +196,22 @@ fn a_full_disk_refuses_appends_loses_nothing_and_resumes_when_space_returns() {
     let rt = rt();
     let log = node.committed_log(0);
     log.wait_for(0, Duration::from_secs(5));
-    rt.block_on(node.propose(0, None, b"before".to_vec()).unwrap()).unwrap().unwrap();
+    rt.block_on(node.propose(0, None, b"before".to_vec()).unwrap())
+        .unwrap()
+        .unwrap();
 
     node.inject_wal_write_error(0, Some(28)); // ENOSPC
     let in_flight = node.propose(0, None, b"during".to_vec()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !node.health().disk_full.load(std::sync::atomic::Ordering::Acquire) {
-        assert!(std::time::Instant::now() < deadline, "disk_full never reported");
+    while !node
+        .health()
+        .disk_full
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "disk_full never reported"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     match node.propose(0, None, b"refused".to_vec()) {
@@ -211,9 +220,17 @@ fn a_full_disk_refuses_appends_loses_nothing_and_resumes_when_space_returns() {
     }
 
     node.inject_wal_write_error(0, None);
-    let c = rt.block_on(in_flight).unwrap().expect("the in-flight append commits once space returns");
-    assert!(!node.health().disk_full.load(std::sync::atomic::Ordering::Acquire));
-    rt.block_on(node.propose(0, None, b"after".to_vec()).unwrap()).unwrap().unwrap();
+    let c = rt
+        .block_on(in_flight)
+        .unwrap()
+        .expect("the in-flight append commits once space returns");
+    assert!(!node
+        .health()
+        .disk_full
+        .load(std::sync::atomic::Ordering::Acquire));
+    rt.block_on(node.propose(0, None, b"after".to_vec()).unwrap())
+        .unwrap()
+        .unwrap();
     log.wait_for(c.index, Duration::from_secs(5));
     node.shutdown();
 
@@ -221,7 +238,10 @@ fn a_full_disk_refuses_appends_loses_nothing_and_resumes_when_space_returns() {
     let node = RaftNode::start(config(dir.path())).unwrap();
     let log = node.committed_log(0);
     log.wait_for(c.index + 1, Duration::from_secs(5));
-    assert_eq!(payloads(log.as_ref()), vec![b"before".to_vec(), b"during".to_vec(), b"after".to_vec()]);
+    assert_eq!(
+        payloads(log.as_ref()),
+        vec![b"before".to_vec(), b"during".to_vec(), b"after".to_vec()]
+    );
     node.shutdown();
 }
 
@@ -231,13 +251,21 @@ fn a_producer_sequence_below_the_window_is_an_error_not_a_silent_duplicate() {
     let node = RaftNode::start(config(dir.path())).unwrap();
     let rt = rt();
     node.committed_log(0).wait_for(0, Duration::from_secs(5));
-    let key = |s| Some(DedupKey { producer: "t\u{0}p".into(), sequence: s });
+    let key = |s| {
+        Some(DedupKey {
+            producer: "t\u{0}p".into(),
+            sequence: s,
+        })
+    };
     let mut last = None;
     for s in 1..=(weir_raft::DEDUP_WINDOW as u64 + 5) {
         last = Some(node.propose(0, key(s), vec![1]).unwrap());
     }
     rt.block_on(last.unwrap()).unwrap().unwrap();
-    match rt.block_on(node.propose(0, key(2), vec![1]).unwrap()).unwrap() {
+    match rt
+        .block_on(node.propose(0, key(2), vec![1]).unwrap())
+        .unwrap()
+    {
         Err(Error::SequenceTooOld { sequence: 2, .. }) => {}
         other => panic!("expected SequenceTooOld, got {other:?}"),
     }

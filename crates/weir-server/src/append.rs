@@ -71,7 +71,7 @@ impl Appender {
         }
         let pieces = weir_ingest::split_by_shard(normalized, self.raft.shard_count(), now);
         let mut proposals = Vec::with_capacity(pieces.len());
-        for (shard, batch, _positions) in pieces {
+        for (shard, batch, positions) in pieces {
             let key = producer.as_ref().map(|(p, seq)| DedupKey {
                 producer: format!("{tenant}\u{0}{p}"),
                 sequence: *seq,
@@ -80,22 +80,29 @@ impl Appender {
                 .raft
                 .propose(shard.0, key, batch.encode_to_vec())
                 .map_err(raft_error)?;
-            proposals.push(proposal);
+            proposals.push((proposal, positions.len() as u64));
         }
         let wait_all = async {
-            let mut duplicate = false;
-            for p in proposals {
+            let (mut duplicate, mut stored) = (false, 0u64);
+            for (p, records) in proposals {
                 let committed = p
                     .await
                     .map_err(|_| {
-                        ApiError::new(ErrorKind::Unavailable, "the node is shutting down; retry")
+                        ApiError::new(
+                            ErrorKind::Unavailable,
+                            "the node stopped before the batch was committed; retry",
+                        )
                     })?
                     .map_err(raft_error)?;
                 duplicate |= committed.duplicate;
+                if !committed.duplicate {
+                    stored += records;
+                }
             }
-            Ok::<bool, ApiError>(duplicate)
+            Ok::<(bool, u64), ApiError>((duplicate, stored))
         };
-        response.duplicate = match tokio::time::timeout(self.commit_timeout, wait_all).await {
+        let stored;
+        (response.duplicate, stored) = match tokio::time::timeout(self.commit_timeout, wait_all).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(ApiError::new(
@@ -107,9 +114,7 @@ impl Appender {
                 ))
             }
         };
-        self.metrics
-            .records_accepted
-            .inc_by(if response.duplicate { 0 } else { accepted });
+        self.metrics.records_accepted.inc_by(stored);
         self.metrics.append_latency.observe(started.elapsed());
         Ok(response)
     }

@@ -223,12 +223,15 @@ fn time_range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> 
     // Accepted records may be up to the future-skew limit ahead of now: include them.
     let end = match params.get("end") {
         Some(s) => parse_time("end", s)?,
-        None => now + 10 * 60 * 1_000_000_000,
+        None => now.saturating_add(10 * 60 * 1_000_000_000),
     };
     let start = match params.get("start") {
         Some(s) => parse_time("start", s)?,
         // The hour before the given end, or the last hour.
-        None => params.get("end").map_or(now, |_| end) - HOUR_NS,
+        None => params
+            .get("end")
+            .map_or(now, |_| end)
+            .saturating_sub(HOUR_NS),
     };
     if start >= end {
         return Err(ApiError::invalid(format!(
@@ -299,6 +302,13 @@ async fn readyz(State(st): State<Arc<NodeState>>) -> Response {
             .map(|f| f.clone().unwrap_or_default())
             .unwrap_or_default();
         return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")).into_response();
+    }
+    if let Some(why) = st.indexer_failures().into_iter().next() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("indexer failed, searches lag: {why}\n"),
+        )
+            .into_response();
     }
     if h.disk_full.load(std::sync::atomic::Ordering::Acquire) {
         return (

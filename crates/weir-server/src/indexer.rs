@@ -35,6 +35,7 @@ const RETENTION_CHECK: Duration = Duration::from_secs(60);
 /// A running indexer thread.
 pub struct Indexer {
     stop: Arc<AtomicBool>,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -49,6 +50,8 @@ impl Indexer {
     ) -> Indexer {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let f = failed.clone();
         let shard = log.shard();
         let thread = std::thread::Builder::new()
             .name(format!("weir-index-{shard}"))
@@ -56,16 +59,24 @@ impl Indexer {
                 lower_priority();
                 if let Err(e) = run(&log, &index, &raft, &settings, &metrics, &s) {
                     tracing::error!(shard, error = %e, "indexer stopped; searches of this shard will lag until restart");
+                    *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("shard {shard}: {e:#}"));
                 }
             })
             .expect("spawning a thread only fails when the process is out of resources");
         Indexer {
             stop,
+            failed,
             thread: Some(thread),
         }
     }
 
-    /// Stops after a final commit, and waits.
+    /// The slot where the thread reports the error that stopped it.
+    pub fn failure_slot(&self) -> Arc<std::sync::Mutex<Option<String>>> {
+        self.failed.clone()
+    }
+
+    /// Stops after a final commit of what was indexed so far (the rest is replayed from
+    /// the log at the next start), and waits.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
@@ -131,7 +142,7 @@ fn run(
                 }
             }
         }
-        if stopping && log.watermark() < next {
+        if stopping {
             return Ok(());
         }
     }

@@ -64,6 +64,7 @@ impl Node {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        check_node_file(&config)?;
         let metrics = Arc::new(Metrics::default());
         let raft_cfg = NodeConfig {
             shard_count: config.storage.shards,
@@ -118,12 +119,14 @@ impl Node {
             Duration::from_millis(config.storage.commit_timeout_ms),
             metrics.clone(),
         ));
+        let indexer_failed = indexers.iter().map(Indexer::failure_slot).collect();
         let state = Arc::new(NodeState {
             config: config.clone(),
             raft: raft.clone(),
             appender: appender.clone(),
             searcher: Searcher::new(indexes),
             metrics,
+            indexer_failed,
         });
 
         let (stop, stop_rx) = watch::channel(false);
@@ -205,6 +208,34 @@ impl Node {
         http?.context("http server")?;
         tracing::info!("weir node stopped");
         Ok(())
+    }
+}
+
+/// The shard count is fixed for the life of a data directory (it decides where every
+/// stream lives): it is written on first start and checked on every later one.
+fn check_node_file(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join("weir-node.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let shards = v["shards"]
+                .as_u64()
+                .with_context(|| format!("{} has no \"shards\"", path.display()))?;
+            anyhow::ensure!(
+                shards == u64::from(config.storage.shards),
+                "{} was created with {shards} shards but storage.shards is {}; the shard count of a data directory cannot change",
+                config.data_dir.display(),
+                config.storage.shards
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let body = serde_json::json!({ "format": 1, "shards": config.storage.shards });
+            weir_wal::durable::atomic_write(&path, body.to_string().as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 

@@ -235,6 +235,9 @@ async fn push(
         None => Box::new(std::io::stdin().lock()),
     };
     let labels: std::collections::HashMap<String, String> = labels.into_iter().collect();
+    // Every run is its own producer: its batches are numbered from 1, so reusing the
+    // plain id across runs would make the second run's batches look like retries.
+    let producer_id = producer_id.map(|p| format!("{p}/{}", weir_server::append::now_ns()));
     let (mut sent, mut rejected, mut seq) = (0u64, 0u64, 0u64);
     let mut records = Vec::with_capacity(batch);
     let mut lines = input.split(b'\n');
@@ -263,11 +266,34 @@ async fn push(
                 sequence: seq,
                 records: std::mem::take(&mut records),
             };
-            let resp = client
-                .append(req)
-                .await
-                .map_err(|s| anyhow::anyhow!("append failed ({:?}): {}", s.code(), s.message()))?
-                .into_inner();
+            // Retryable refusals (queue or disk full, commit timeout) are retried with the
+            // same producer id and sequence, so a batch that did land is not stored twice.
+            let mut attempt = 0u32;
+            let resp = loop {
+                match client.append(req.clone()).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(s)
+                        if attempt < 5
+                            && producer_id.is_some()
+                            && matches!(
+                                s.code(),
+                                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                            ) =>
+                    {
+                        attempt += 1;
+                        eprintln!("batch {seq}: {} (retrying, attempt {attempt})", s.message());
+                        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    }
+                    Err(s) => anyhow::bail!(
+                        "batch {seq}: append failed ({:?}): {}",
+                        s.code(),
+                        s.message()
+                    ),
+                }
+            };
+            if resp.duplicate {
+                eprintln!("batch {seq}: already stored by an earlier attempt");
+            }
             sent += resp.accepted;
             rejected += resp.rejected.len() as u64;
             for r in &resp.rejected {

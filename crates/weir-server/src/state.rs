@@ -21,4 +21,16 @@ pub struct NodeState {
     pub searcher: Searcher,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// One slot per shard's indexer: the error that stopped it, if any.
+    pub indexer_failed: Vec<Arc<std::sync::Mutex<Option<String>>>>,
+}
+
+impl NodeState {
+    /// Errors of indexers that stopped.
+    pub fn indexer_failures(&self) -> Vec<String> {
+        self.indexer_failed
+            .iter()
+            .filter_map(|f| f.lock().ok().and_then(|g| g.clone()))
+            .collect()
+    }
 }

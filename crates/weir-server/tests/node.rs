@@ -538,3 +538,37 @@ async fn records_survive_a_graceful_restart_and_are_not_indexed_twice() {
     assert_eq!(n.search(&[("q", "persisted")]).await["total"], 100);
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_id_without_a_sequence_is_refused_instead_of_deduplicated() {
+    let n = TestNode::start().await;
+    let err = n
+        .append(AppendRequest {
+            producer_id: "agent".into(),
+            sequence: 0,
+            records: vec![record("x")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("sequence"), "{}", err.message());
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_refuses_to_start_with_another_shard_count() {
+    let n = TestNode::start().await;
+    let dir = n.stop().await;
+    let mut cfg = test_config(dir.path());
+    cfg.storage.shards = 2;
+    let err = weir_server::Node::start(cfg)
+        .await
+        .err()
+        .expect("start must fail")
+        .to_string();
+    assert!(
+        err.contains("4 shards") && err.contains("storage.shards"),
+        "{err}"
+    );
+}
