@@ -50,6 +50,12 @@ impl Appender {
     /// avoid storing them twice.
     pub async fn append(&self, req: AppendRequest) -> Result<AppendResponse, ApiError> {
         let started = std::time::Instant::now();
+        if !req.producer_id.is_empty() && req.sequence == 0 {
+            return Err(ApiError::invalid(format!(
+                "producer_id {:?} is set but sequence is 0: sequences start at 1 and increase with every new batch of the producer",
+                req.producer_id
+            )));
+        }
         let producer =
             (!req.producer_id.is_empty()).then(|| (req.producer_id.clone(), req.sequence));
         let now = now_ns();
