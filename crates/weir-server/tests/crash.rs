@@ -195,3 +195,55 @@ async fn sigkill_while_ingesting_loses_no_acknowledged_record_and_duplicates_not
         bodies.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully_with_exit_0_and_keeps_everything_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = start(dir.path());
+    let mut client = IngestClient::connect(p.grpc.clone()).await.unwrap();
+    let records: Vec<Record> = (0..100)
+        .map(|i| Record {
+            body: format!("graceful {i}").into_bytes(),
+            ..Default::default()
+        })
+        .collect();
+    let resp = client
+        .append(AppendRequest {
+            records,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.accepted, 100);
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weir did not exit within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+
+    let p = start(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bodies = loop {
+        let b = all_bodies(&p.http).await;
+        if b.len() >= 100 || Instant::now() > deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    kill(p);
+    let mut got: Vec<String> = bodies;
+    got.sort();
+    let mut want: Vec<String> = (0..100).map(|i| format!("graceful {i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
