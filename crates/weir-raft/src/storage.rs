@@ -12,6 +12,13 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use weir_wal::{SyncTicket, Wal, WalReader};
 
 use crate::codec::{self, Meta};
+
+/// Bytes of recently persisted entries kept in memory per shard.
+const TAIL_CACHE_BYTES: usize = 16 << 20;
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 32
+}
 use crate::{Error, Result};
 
 pub(crate) struct WalStorage {
@@ -23,8 +30,13 @@ pub(crate) struct WalStorage {
     /// `terms[i]` is the term of index `first + i`, for every durable entry.
     terms: VecDeque<u64>,
     first: u64,
-    /// Entries staged in the WAL but not yet durable: (index, term), in order.
-    staged: Vec<(u64, u64)>,
+    /// Entries staged in the WAL but not yet durable, in order.
+    staged: Vec<Entry>,
+    /// The most recently persisted entries (payloads are refcounted `Bytes`), so that
+    /// raft reading back what it just persisted, to apply it, does not go through the WAL
+    /// (mmap, crc, lz4, copy) on the raft thread. Bounded by [`TAIL_CACHE_BYTES`].
+    tail: VecDeque<Entry>,
+    tail_bytes: usize,
     buf: Vec<u8>,
 }
 
@@ -102,6 +114,8 @@ impl WalStorage {
             terms,
             first,
             staged: Vec::new(),
+            tail: VecDeque::new(),
+            tail_bytes: 0,
             buf: Vec::new(),
         };
         if fresh {
@@ -125,10 +139,10 @@ impl WalStorage {
     pub(crate) fn stage_entry(&mut self, e: &Entry) -> Result<()> {
         codec::encode_entry(e, &mut self.buf);
         self.wal.append(e.index, &self.buf)?;
-        if self.staged.last().is_some_and(|(i, _)| *i >= e.index) {
-            self.staged.retain(|(i, _)| *i < e.index);
+        if self.staged.last().is_some_and(|s| s.index >= e.index) {
+            self.staged.retain(|s| s.index < e.index);
         }
-        self.staged.push((e.index, e.term));
+        self.staged.push(e.clone());
         Ok(())
     }
 
@@ -162,7 +176,8 @@ impl WalStorage {
 
     /// After the flush is durable: makes the staged entries visible to raft.
     pub(crate) fn commit_staged(&mut self) {
-        for (index, term) in std::mem::take(&mut self.staged) {
+        for e in std::mem::take(&mut self.staged) {
+            let index = e.index;
             if self.terms.is_empty() {
                 self.first = index;
             }
@@ -173,7 +188,21 @@ impl WalStorage {
                 index,
                 "entries are contiguous"
             );
-            self.terms.push_back(term);
+            self.terms.push_back(e.term);
+            while self.tail.back().is_some_and(|t| t.index >= index) {
+                let t = self.tail.pop_back().expect("checked non-empty");
+                self.tail_bytes -= entry_bytes(&t);
+            }
+            if self.tail.back().is_some_and(|t| t.index + 1 != index) {
+                self.tail.clear();
+                self.tail_bytes = 0;
+            }
+            self.tail_bytes += entry_bytes(&e);
+            self.tail.push_back(e);
+            while self.tail_bytes > TAIL_CACHE_BYTES && self.tail.len() > 1 {
+                let t = self.tail.pop_front().expect("len > 1");
+                self.tail_bytes -= entry_bytes(&t);
+            }
         }
     }
 
@@ -191,6 +220,10 @@ impl WalStorage {
         let freed = self.wal.remove_segments_below(index)?;
         let new_first = self.wal.first_index().unwrap_or(self.first);
         if new_first > self.first {
+            while self.tail.front().is_some_and(|t| t.index < new_first) {
+                let t = self.tail.pop_front().expect("checked non-empty");
+                self.tail_bytes -= entry_bytes(&t);
+            }
             while self.first < new_first {
                 let t = self.terms.pop_front().expect("first <= last");
                 self.meta.compacted_index = self.first;
@@ -246,6 +279,23 @@ impl raft::Storage for WalStorage {
             return Ok(Vec::new());
         }
         let max = max_size.into().unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+        if let Some(front) = self.tail.front() {
+            // The tail always ends at the last durable index; anything else falls back to
+            // the WAL below.
+            if low >= front.index && high - front.index <= self.tail.len() as u64 {
+                let start = (low - front.index) as usize;
+                let mut out = Vec::with_capacity((high - low) as usize);
+                let mut size = 0usize;
+                for e in self.tail.range(start..(high - front.index) as usize) {
+                    size += entry_bytes(e);
+                    if !out.is_empty() && size > max {
+                        break;
+                    }
+                    out.push(e.clone());
+                }
+                return Ok(out);
+            }
+        }
         let mut out = Vec::new();
         self.reader
             .read_range(low, high - 1, max, &mut out)
