@@ -140,7 +140,7 @@ fn bench_indexing(c: &mut Criterion) {
             |bt| {
                 log_index += 1;
                 ix.add_batch(log_index, &bt).unwrap();
-                if log_index % 10 == 0 {
+                if log_index.is_multiple_of(10) {
                     ix.commit().unwrap();
                 }
             },
@@ -169,7 +169,7 @@ fn loaded_index(dir: &std::path::Path, n: u64) -> (ShardIndex, String) {
         }
         log_index += 1;
         ix.add_batch(log_index, &batch(records)).unwrap();
-        if log_index % 10 == 0 {
+        if log_index.is_multiple_of(10) {
             ix.commit().unwrap();
         }
     }

@@ -98,7 +98,7 @@ fn append_flush(c: &mut Criterion) {
                         i += 1;
                         wal.append(i, &data).unwrap();
                         wal.flush().unwrap().wait().unwrap();
-                        if i % 256 == 0 {
+                        if i.is_multiple_of(256) {
                             wal.remove_segments_below(i.saturating_sub(64)).unwrap();
                         }
                     });
@@ -139,7 +139,7 @@ fn group_commit(c: &mut Criterion) {
                     for t in tickets {
                         t.wait().unwrap();
                     }
-                    if i % 256 == 0 {
+                    if i.is_multiple_of(256) {
                         for w in &mut wals {
                             w.remove_segments_below(i.saturating_sub(64)).unwrap();
                         }
@@ -162,7 +162,7 @@ fn group_commit(c: &mut Criterion) {
                         w.append(i, &data).unwrap();
                         w.flush().unwrap().wait().unwrap();
                     }
-                    if i % 256 == 0 {
+                    if i.is_multiple_of(256) {
                         for w in &mut wals {
                             w.remove_segments_below(i.saturating_sub(64)).unwrap();
                         }

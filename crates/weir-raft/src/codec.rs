@@ -226,9 +226,7 @@ mod tests {
     proptest! {
         #[test]
         fn entry_round_trips(term in any::<u64>(), ty in 0u8..3, ctx in proptest::collection::vec(any::<u8>(), 0..64), data in proptest::collection::vec(any::<u8>(), 0..512), index in 1u64..u64::MAX) {
-            let mut e = Entry::default();
-            e.term = term;
-            e.index = index;
+            let mut e = Entry { term, index, ..Default::default() };
             e.set_entry_type(match ty { 0 => EntryType::EntryNormal, 1 => EntryType::EntryConfChange, _ => EntryType::EntryConfChangeV2 });
             e.context = ctx.into();
             e.data = data.into();

@@ -169,7 +169,7 @@ impl RaftNode {
         let mut faults = Vec::with_capacity(cfg.shard_count as usize);
         for shard in 0..cfg.shard_count {
             let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
-            let wal = Wal::open(&dir, cfg.wal.clone(), io.clone())?;
+            let wal = Wal::open(&dir, cfg.wal, io.clone())?;
             faults.push(wal.fault_injector());
             let storage = WalStorage::open(shard, wal, &cfg.voters)?;
             let log = Arc::new(ShardLog::new(shard, storage.reader()));
@@ -332,15 +332,18 @@ struct Shard {
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// Proposals held back until this leader has applied every entry of earlier terms
     /// (until then the dedup table may miss keys committed by a previous term).
-    deferred: Vec<(
-        Option<DedupKey>,
-        Vec<u8>,
-        oneshot::Sender<Result<Committed>>,
-    )>,
+    deferred: Vec<Deferred>,
     deferred_max: usize,
     /// When the WAL was last compacted (each compaction costs a meta flush).
     last_compact: Option<Instant>,
 }
+
+/// A proposal held back: its key, payload and proposer.
+type Deferred = (
+    Option<DedupKey>,
+    Vec<u8>,
+    oneshot::Sender<Result<Committed>>,
+);
 
 struct Waiter {
     term: u64,

@@ -17,10 +17,12 @@ pub struct TestNode {
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.data_dir = dir.to_path_buf();
-    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     cfg.storage.segment_size_bytes = 4 << 20;
     cfg.index.writer_memory_bytes = 16 << 20;
     cfg
