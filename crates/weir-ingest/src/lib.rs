@@ -94,6 +94,13 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// A `producer_id` without a sequence: every batch after the first would look like a
+    /// retry of it and be dropped as a duplicate.
+    #[error("producer_id {producer_id:?} is set but sequence is 0: sequences start at 1 and increase with every new batch of the producer")]
+    MissingSequence {
+        /// The producer id as sent, shortened to 64 characters.
+        producer_id: String,
+    },
     /// The tenant name is too long or has characters outside `[A-Za-z0-9_.-]`.
     #[error("tenant {tenant:?} is invalid: {reason}")]
     BadTenant {

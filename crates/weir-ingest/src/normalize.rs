@@ -105,6 +105,11 @@ pub fn normalize_tenant(tenant: &str, limits: &Limits) -> Result<String> {
 /// ([`Error::BatchTooLarge`]) is the caller's to check, with [`check_batch_bytes`].
 pub fn normalize(req: AppendRequest, now_ns: i64, limits: &Limits) -> Result<Normalized> {
     let tenant = normalize_tenant(&req.tenant, limits)?;
+    if !req.producer_id.is_empty() && req.sequence == 0 {
+        return Err(Error::MissingSequence {
+            producer_id: req.producer_id.chars().take(64).collect(),
+        });
+    }
     let count = req.records.len();
     // Positions are u32 on the wire, so the request may hold at most u32::MAX + 1 records
     // whatever the configured limit; past the check, `i as u32` below cannot truncate.
@@ -646,6 +651,31 @@ mod tests {
         let e = normalize_tenant("a/b", &l).unwrap_err().to_string();
         assert!(e.contains("'/'") && e.contains("A-Z a-z 0-9 _ . -"), "{e}");
         assert!(normalize_tenant("..", &l).is_err());
+    }
+
+    #[test]
+    fn a_producer_id_without_a_sequence_is_refused_whole() {
+        let req = AppendRequest {
+            producer_id: "agent-1".into(),
+            sequence: 0,
+            records: vec![Record::default()],
+            ..Default::default()
+        };
+        let e = normalize(req, NOW, &Limits::default()).unwrap_err();
+        assert_eq!(
+            e,
+            Error::MissingSequence {
+                producer_id: "agent-1".into()
+            }
+        );
+        assert!(e.to_string().contains("sequence"), "{e}");
+        let ok = AppendRequest {
+            producer_id: "agent-1".into(),
+            sequence: 1,
+            records: vec![Record::default()],
+            ..Default::default()
+        };
+        assert!(normalize(ok, NOW, &Limits::default()).is_ok());
     }
 
     #[test]

@@ -129,6 +129,10 @@ impl fmt::Display for ShardId {
 /// The tenant used when a request names none.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// Header (HTTP) and metadata key (gRPC) naming the tenant of a request whose message
+/// does not name one.
+pub const TENANT_HEADER: &str = "x-weir-tenant";
+
 #[cfg(test)]
 mod tests {
     use super::*;

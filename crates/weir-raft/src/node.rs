@@ -184,7 +184,6 @@ impl RaftNode {
                 // 0: raft hands every committed entry to apply again after a restart, which
                 // is how the dedup table and the watermark are rebuilt.
                 applied: 0,
-                check_quorum: cfg.voters.len() > 1,
                 pre_vote: true,
                 ..Default::default()
             };
@@ -193,9 +192,8 @@ impl RaftNode {
                 .map_err(|e| Error::Raft(e.to_string()))?;
             let mut raw = RawNode::new(&raft_cfg, storage, &logger)
                 .map_err(|e| Error::Raft(e.to_string()))?;
-            if cfg.voters == [cfg.node_id] {
-                raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
-            }
+            // The only voter: it elects itself at once (a cluster waits for election ticks).
+            raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
             shards.push(Shard {
                 id: shard,
                 raw,

@@ -12,14 +12,15 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use weir_wal::{SyncTicket, Wal, WalReader};
 
 use crate::codec::{self, Meta};
+use crate::{Error, Result};
 
 /// Bytes of recently persisted entries kept in memory per shard.
 const TAIL_CACHE_BYTES: usize = 16 << 20;
 
+/// What an entry costs in the tail cache (payload, context, fixed overhead).
 fn entry_bytes(e: &Entry) -> usize {
     e.data.len() + e.context.len() + 32
 }
-use crate::{Error, Result};
 
 pub(crate) struct WalStorage {
     shard: u32,

@@ -49,19 +49,27 @@ impl Appender {
     /// some pieces may be stored: retry with the same `producer_id` and `sequence` to
     /// avoid storing them twice.
     pub async fn append(&self, req: AppendRequest) -> Result<AppendResponse, ApiError> {
-        let started = std::time::Instant::now();
-        if !req.producer_id.is_empty() && req.sequence == 0 {
-            return Err(ApiError::invalid(format!(
-                "producer_id {:?} is set but sequence is 0: sequences start at 1 and increase with every new batch of the producer",
-                req.producer_id
-            )));
+        let result = self.append_inner(req).await;
+        if let Err(e) = &result {
+            let refused = if e.retryable() {
+                &self.metrics.appends_refused_retryable
+            } else {
+                &self.metrics.appends_refused_invalid
+            };
+            refused.inc_by(1);
         }
-        let producer =
-            (!req.producer_id.is_empty()).then(|| (req.producer_id.clone(), req.sequence));
+        result
+    }
+
+    async fn append_inner(&self, req: AppendRequest) -> Result<AppendResponse, ApiError> {
+        let started = std::time::Instant::now();
         let now = now_ns();
         let mut normalized = weir_ingest::normalize(req, now, &self.limits)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
         let tenant = normalized.tenant.clone();
+        let producer = (!normalized.producer_id.is_empty())
+            .then(|| format!("{tenant}\u{0}{}", normalized.producer_id));
+        let sequence = normalized.sequence;
         let accepted = normalized.records.len() as u64;
         let rejected = std::mem::take(&mut normalized.rejected);
         let bodies_repaired = normalized.bodies_repaired;
@@ -77,16 +85,16 @@ impl Appender {
         }
         let pieces = weir_ingest::split_by_shard(normalized, self.raft.shard_count(), now);
         let mut proposals = Vec::with_capacity(pieces.len());
-        for (shard, batch, positions) in pieces {
-            let key = producer.as_ref().map(|(p, seq)| DedupKey {
-                producer: format!("{tenant}\u{0}{p}"),
-                sequence: *seq,
-            });
+        for (shard, batch, _positions) in pieces {
+            let key = producer
+                .clone()
+                .map(|producer| DedupKey { producer, sequence });
+            let records = batch.records.len() as u64;
             let proposal = self
                 .raft
                 .propose(shard.0, key, batch.encode_to_vec())
                 .map_err(raft_error)?;
-            proposals.push((proposal, positions.len() as u64));
+            proposals.push((proposal, records));
         }
         let wait_all = async {
             let (mut duplicate, mut stored) = (false, 0u64);

@@ -10,12 +10,9 @@ use weir_proto::otlp::collector::logs::v1::{
 };
 use weir_proto::v1::ingest_server::{Ingest, IngestServer};
 use weir_proto::v1::{AppendRequest, AppendResponse};
-use weir_proto::{ApiError, DEFAULT_TENANT};
+use weir_proto::{ApiError, DEFAULT_TENANT, TENANT_HEADER};
 
 use crate::append::Appender;
-
-/// Metadata key naming the tenant when the message itself does not.
-pub const TENANT_HEADER: &str = "x-weir-tenant";
 
 /// Implements both gRPC services over one [`Appender`].
 #[derive(Clone)]
@@ -43,14 +40,8 @@ impl GrpcIngest {
     }
 
     fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
-        let limit = self.appender.limits().max_batch_bytes;
-        if encoded_len > limit {
-            return Err(ApiError::invalid(format!(
-                "request is {encoded_len} bytes, over the batch limit of {limit} bytes (limits.max_batch_bytes); split it into smaller batches"
-            ))
-            .into());
-        }
-        Ok(())
+        weir_ingest::check_batch_bytes(encoded_len, self.appender.limits())
+            .map_err(|e| ApiError::invalid(e.to_string()).into())
     }
 }
 

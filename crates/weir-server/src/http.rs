@@ -15,8 +15,7 @@ use weir_proto::{ApiError, Level, DEFAULT_TENANT};
 
 use crate::state::NodeState;
 
-/// Header naming the tenant a search sees.
-pub const TENANT_HEADER: &str = "x-weir-tenant";
+pub use weir_proto::TENANT_HEADER;
 
 /// The HTTP routes.
 pub fn router(state: Arc<NodeState>) -> Router {

@@ -47,7 +47,7 @@ impl Indexer {
         raft: Arc<RaftNode>,
         settings: IndexerSettings,
         metrics: Arc<Metrics>,
-    ) -> Indexer {
+    ) -> anyhow::Result<Indexer> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let failed = Arc::new(std::sync::Mutex::new(None));
@@ -62,12 +62,12 @@ impl Indexer {
                     *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("shard {shard}: {e:#}"));
                 }
             })
-            .expect("spawning a thread only fails when the process is out of resources");
-        Indexer {
+            .map_err(|e| anyhow::anyhow!("cannot start the indexer thread of shard {shard}: {e}"))?;
+        Ok(Indexer {
             stop,
             failed,
             thread: Some(thread),
-        }
+        })
     }
 
     /// The slot where the thread reports the error that stopped it.
@@ -123,7 +123,7 @@ fn run(
                 index.add_batch(e.index, &batch)?;
             }
             next = scanned_to + 1;
-            dirty = true;
+            dirty |= !entries.is_empty();
         }
         if dirty && (last_commit.elapsed() >= settings.commit_interval || stopping) {
             index.commit()?;

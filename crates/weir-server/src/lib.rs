@@ -110,7 +110,7 @@ impl Node {
                         .then(|| Duration::from_secs(config.index.retention_secs)),
                 },
                 metrics.clone(),
-            ));
+            )?);
             indexes.push(index);
         }
         let appender = Arc::new(Appender::new(
@@ -123,7 +123,6 @@ impl Node {
         let state = Arc::new(NodeState {
             config: config.clone(),
             raft: raft.clone(),
-            appender: appender.clone(),
             searcher: Searcher::new(indexes),
             metrics,
             indexer_failed,

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use weir_raft::RaftNode;
 
-use crate::append::Appender;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::search::Searcher;
@@ -15,8 +14,6 @@ pub struct NodeState {
     pub config: Config,
     /// The raft layer.
     pub raft: Arc<RaftNode>,
-    /// The append path.
-    pub appender: Arc<Appender>,
     /// The search path.
     pub searcher: Searcher,
     /// Counters.

@@ -97,6 +97,13 @@ impl TestNode {
         }
     }
 
+    /// Graceful shutdown, then a new node on the same data directory and config.
+    pub async fn restart(self) -> TestNode {
+        let dir = self.stop().await;
+        let cfg = test_config(dir.path());
+        TestNode::start_with(dir, cfg).await
+    }
+
     pub async fn stop(mut self) -> tempfile::TempDir {
         self.node
             .take()

@@ -267,9 +267,7 @@ async fn a_retried_batch_with_the_same_producer_and_sequence_is_stored_once() {
     assert_eq!(n.search(&[]).await["total"], 40);
 
     // The dedup table survives a restart (rebuilt from the log).
-    let dir = n.stop().await;
-    let cfg = test_config(dir.path());
-    let n = TestNode::start_with(dir, cfg).await;
+    let n = n.restart().await;
     let again = n.append(batch(2)).await.unwrap();
     assert!(again.duplicate, "the retry after a restart is recognised");
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
@@ -531,9 +529,7 @@ async fn records_survive_a_graceful_restart_and_are_not_indexed_twice() {
     .await
     .unwrap();
     n.wait_total(&[], 100).await;
-    let dir = n.stop().await;
-    let cfg = test_config(dir.path());
-    let n = TestNode::start_with(dir, cfg).await;
+    let n = n.restart().await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(n.search(&[("q", "persisted")]).await["total"], 100);
     n.stop().await;
@@ -553,6 +549,17 @@ async fn a_producer_id_without_a_sequence_is_refused_instead_of_deduplicated() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("sequence"), "{}", err.message());
+    // The refusal is counted (this metric read 0 forever before it was wired).
+    let m = reqwest::get(format!("{}/metrics", n.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("weir_ingest_requests_refused_total{reason=\"invalid\"} 1"),
+        "{m}"
+    );
     n.stop().await;
 }
 
