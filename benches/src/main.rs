@@ -32,29 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Push realistic lines and report throughput and ack latency.
-    Ingest {
-        /// gRPC endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:4317")]
-        addr: String,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Lines per Append.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// How long to push.
-        #[arg(long, default_value_t = 20)]
-        duration_secs: u64,
-        /// Target lines/s over all clients (0 = as fast as acknowledgements allow).
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Directory on the node's disk for the raw fsync baseline (skipped when absent).
-        #[arg(long)]
-        fsync_dir: Option<PathBuf>,
-        /// Seed of the line generator.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-    },
+    Ingest(IngestArgs),
     /// Measure query latencies on a loaded node.
     Query {
         /// HTTP endpoint.
@@ -64,6 +42,32 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         iterations: usize,
     },
+}
+
+/// Arguments of `weir-bench ingest`.
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    addr: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Lines per Append.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// How long to push.
+    #[arg(long, default_value_t = 20)]
+    duration_secs: u64,
+    /// Target lines/s over all clients (0 = as fast as acknowledgements allow).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Directory on the node's disk for the raw fsync baseline (skipped when absent).
+    #[arg(long)]
+    fsync_dir: Option<PathBuf>,
+    /// Seed of the line generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 const SERVICES: [&str; 16] = [
@@ -150,39 +154,21 @@ fn now_ns() -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Ingest {
-            addr,
-            concurrency,
-            batch,
-            duration_secs,
-            rate,
-            fsync_dir,
-            seed,
-        } => {
-            ingest(
-                addr,
-                concurrency,
-                batch,
-                duration_secs,
-                rate,
-                fsync_dir,
-                seed,
-            )
-            .await
-        }
+        Cmd::Ingest(args) => ingest(args).await,
         Cmd::Query { addr, iterations } => query(addr, iterations).await,
     }
 }
 
-async fn ingest(
-    addr: String,
-    concurrency: usize,
-    batch: usize,
-    duration_secs: u64,
-    rate: u64,
-    fsync_dir: Option<PathBuf>,
-    seed: u64,
-) -> anyhow::Result<()> {
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let IngestArgs {
+        addr,
+        concurrency,
+        batch,
+        duration_secs,
+        rate,
+        fsync_dir,
+        seed,
+    } = args;
     let lines = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

@@ -38,31 +38,7 @@ enum Command {
         http_addr: Option<std::net::SocketAddr>,
     },
     /// Send lines (from FILE or stdin) as log records, in batches.
-    Push {
-        /// gRPC endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:4317")]
-        addr: String,
-        /// Tenant.
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        /// service of every record.
-        #[arg(long, default_value = "")]
-        service: String,
-        /// level of every record.
-        #[arg(long, default_value = "info")]
-        level: String,
-        /// Stream label, NAME=VALUE (repeatable).
-        #[arg(long = "label", value_parser = parse_kv)]
-        labels: Vec<(String, String)>,
-        /// Lines per batch.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// Producer id for idempotent retries (batches are numbered from 1).
-        #[arg(long)]
-        producer_id: Option<String>,
-        /// File to read; stdin when absent.
-        file: Option<PathBuf>,
-    },
+    Push(PushArgs),
     /// Search and print hits.
     Query {
         /// HTTP endpoint.
@@ -93,6 +69,34 @@ enum Command {
         #[arg(default_value = "")]
         query: String,
     },
+}
+
+/// Arguments of `weir push`.
+#[derive(clap::Args)]
+struct PushArgs {
+    /// gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    addr: String,
+    /// Tenant.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// service of every record.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// level of every record.
+    #[arg(long, default_value = "info")]
+    level: String,
+    /// Stream label, NAME=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_kv)]
+    labels: Vec<(String, String)>,
+    /// Lines per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Producer id for idempotent retries (batches are numbered from 1).
+    #[arg(long)]
+    producer_id: Option<String>,
+    /// File to read; stdin when absent.
+    file: Option<PathBuf>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -137,28 +141,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 weir_server::run(cfg, shutdown_signal()).await
             }
-            Command::Push {
-                addr,
-                tenant,
-                service,
-                level,
-                labels,
-                batch,
-                producer_id,
-                file,
-            } => {
-                push(
-                    addr,
-                    tenant,
-                    service,
-                    level,
-                    labels,
-                    batch.max(1),
-                    producer_id,
-                    file,
-                )
-                .await
-            }
+            Command::Push(args) => push(args).await,
             Command::Query {
                 addr,
                 tenant,
@@ -214,17 +197,18 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn push(
-    addr: String,
-    tenant: String,
-    service: String,
-    level: String,
-    labels: Vec<(String, String)>,
-    batch: usize,
-    producer_id: Option<String>,
-    file: Option<PathBuf>,
-) -> anyhow::Result<()> {
+async fn push(args: PushArgs) -> anyhow::Result<()> {
+    let PushArgs {
+        addr,
+        tenant,
+        service,
+        level,
+        labels,
+        batch,
+        producer_id,
+        file,
+    } = args;
+    let batch = batch.max(1);
     let mut client = IngestClient::connect(addr.clone())
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;

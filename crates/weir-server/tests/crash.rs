@@ -247,3 +247,66 @@ async fn sigterm_stops_gracefully_with_exit_0_and_keeps_everything_acknowledged(
     want.sort();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_push_and_weir_query_work_against_a_real_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path());
+    let mut push = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "push",
+            "--addr",
+            &p.grpc,
+            "--service",
+            "checkout",
+            "--level",
+            "warn",
+            "--label",
+            "app=shop",
+            "--producer-id",
+            "cli",
+            "--batch",
+            "2",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = push.stdin.take().unwrap();
+        stdin
+            .write_all(b"payment declined for order 8812\r\nuser 42 logged in\nsecond batch line\n")
+            .unwrap();
+    }
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("pushed 3 records (0 rejected)"), "{stderr}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stdout = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["query", "--addr", &p.http, "declined"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        if !stdout.is_empty() || Instant::now() > deadline {
+            break stdout;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    kill(p);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    // "<timestamp> <level> <service> <body>", with the CR of the CRLF line stripped.
+    assert!(
+        lines[0].ends_with(" warn  checkout payment declined for order 8812"),
+        "{stdout}"
+    );
+}
