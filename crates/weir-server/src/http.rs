@@ -130,7 +130,7 @@ async fn search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<SearchResponse>, HttpError> {
     let started = Instant::now();
-    let req = parse_search(&params, tenant(&headers), &st.config.search)?;
+    let req = parse_search(&params, tenant(&headers), &st.config)?;
     let limit = req.limit;
     let with_score = matches!(req.sort, Sort::Score);
     let page = st.searcher.search(req).await?;
@@ -156,8 +156,9 @@ async fn search(
 pub fn parse_search(
     params: &HashMap<String, String>,
     tenant: String,
-    cfg: &crate::config::SearchConfig,
+    config: &crate::config::Config,
 ) -> Result<SearchRequest, ApiError> {
+    let cfg = &config.search;
     let known = ["q", "start", "end", "level", "limit", "sort", "cursor"];
     if let Some(k) = params.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::invalid(format!(
@@ -168,7 +169,7 @@ pub fn parse_search(
     let q = params.get("q").map(String::as_str).unwrap_or("");
     let query = weir_index::parse_query(q)
         .map_err(|e| ApiError::invalid(format!("bad query q={q:?}: {e}")))?;
-    let (start_ns, end_ns) = time_range(params)?;
+    let (start_ns, end_ns) = time_range(params, config)?;
     let levels = match params.get("level") {
         None => Vec::new(),
         Some(s) => s
@@ -217,12 +218,16 @@ pub fn parse_search(
 
 const HOUR_NS: i64 = 3600 * 1_000_000_000;
 
-fn time_range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+/// `start`/`end` as given, or the last hour. The default end includes records stamped up
+/// to `limits.max_timestamp_future_secs` ahead of now, since those were accepted.
+fn time_range(
+    params: &HashMap<String, String>,
+    config: &crate::config::Config,
+) -> Result<(i64, i64), ApiError> {
     let now = crate::append::now_ns();
-    // Accepted records may be up to the future-skew limit ahead of now: include them.
     let end = match params.get("end") {
         Some(s) => parse_time("end", s)?,
-        None => now.saturating_add(10 * 60 * 1_000_000_000),
+        None => now.saturating_add(config.limits.to_limits().max_timestamp_future_ns),
     };
     let start = match params.get("start") {
         Some(s) => parse_time("start", s)?,
@@ -266,7 +271,7 @@ async fn labels(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let (start, end) = time_range(&params)?;
+    let (start, end) = time_range(&params, &st.config)?;
     let names = st
         .searcher
         .label_names(tenant(&headers), start, end)
@@ -280,7 +285,7 @@ async fn label_values(
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let (start, end) = time_range(&params)?;
+    let (start, end) = time_range(&params, &st.config)?;
     let values = st
         .searcher
         .label_values(tenant(&headers), name.clone(), start, end)
