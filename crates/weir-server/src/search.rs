@@ -69,18 +69,8 @@ impl Searcher {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, ApiError> {
-        let indexes = self.indexes.clone();
-        let names = tokio::task::spawn_blocking(move || {
-            let mut all = std::collections::BTreeSet::new();
-            for ix in &indexes {
-                all.extend(ix.label_names(&tenant, start, end)?);
-            }
-            Ok::<_, weir_index::Error>(all.into_iter().collect::<Vec<_>>())
-        })
-        .await
-        .map_err(join_error)?
-        .map_err(index_error)?;
-        Ok(names)
+        self.union(move |ix| ix.label_names(&tenant, start, end))
+            .await
     }
 
     /// Values of label `name` used by `tenant` in the range, over all shards.
@@ -94,13 +84,22 @@ impl Searcher {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, ApiError> {
+        self.union(move |ix| ix.label_values(&tenant, &name, start, end))
+            .await
+    }
+
+    /// The sorted, deduplicated union of `f` over every shard, on the blocking pool.
+    async fn union<F>(&self, f: F) -> Result<Vec<String>, ApiError>
+    where
+        F: Fn(&ShardIndex) -> weir_index::Result<Vec<String>> + Send + 'static,
+    {
         let indexes = self.indexes.clone();
         tokio::task::spawn_blocking(move || {
             let mut all = std::collections::BTreeSet::new();
             for ix in &indexes {
-                all.extend(ix.label_values(&tenant, &name, start, end)?);
+                all.extend(f(ix)?);
             }
-            Ok::<_, weir_index::Error>(all.into_iter().collect::<Vec<_>>())
+            Ok(all.into_iter().collect())
         })
         .await
         .map_err(join_error)?
