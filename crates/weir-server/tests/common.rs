@@ -61,6 +61,16 @@ impl TestNode {
             .map(|r| r.into_inner())
     }
 
+    /// Appends `records` to the default tenant; panics unless the node accepts them.
+    pub async fn append_records(&self, records: Vec<Record>) -> AppendResponse {
+        self.append(AppendRequest {
+            records,
+            ..Default::default()
+        })
+        .await
+        .expect("append accepted")
+    }
+
     /// GET /api/v1/search with these parameters, as JSON; panics on non-200.
     pub async fn search(&self, params: &[(&str, &str)]) -> serde_json::Value {
         let (status, body) = self.search_raw(params, None).await;

@@ -68,12 +68,7 @@ async fn every_query_kind_finds_exactly_its_records() {
         r.trace_id = format!("{id:0>32}");
         recs.push(r);
     }
-    n.append(AppendRequest {
-        records: recs,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    n.append_records(recs).await;
     n.wait_total(&[], 5).await;
 
     let cases: &[(&str, &[&str])] = &[
@@ -352,12 +347,7 @@ async fn searches_see_only_their_tenant() {
     })
     .await
     .unwrap();
-    n.append(AppendRequest {
-        records: vec![record("public line")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    n.append_records(vec![record("public line")]).await;
     n.wait_total(&[], 1).await;
     let mut acme = serde_json::Value::Null;
     for _ in 0..200 {
@@ -385,12 +375,7 @@ async fn cursor_pages_through_every_hit_exactly_once_in_both_orders() {
             r
         })
         .collect();
-    n.append(AppendRequest {
-        records: recs,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    n.append_records(recs).await;
     n.wait_total(&[], 57).await;
     for sort in ["time_desc", "time_asc"] {
         let mut seen = Vec::new();
@@ -500,12 +485,7 @@ async fn health_ready_and_metrics_answer() {
             .status(),
         200
     );
-    n.append(AppendRequest {
-        records: vec![record("counted")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    n.append_records(vec![record("counted")]).await;
     let m = reqwest::get(format!("{}/metrics", n.http))
         .await
         .unwrap()
@@ -522,12 +502,7 @@ async fn records_survive_a_graceful_restart_and_are_not_indexed_twice() {
     let recs: Vec<Record> = (0..100)
         .map(|i| record(&format!("persisted {i}")))
         .collect();
-    n.append(AppendRequest {
-        records: recs,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    n.append_records(recs).await;
     n.wait_total(&[], 100).await;
     let n = n.restart().await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
