@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "opentelemetry/proto/resource/v1/resource.proto",
         "opentelemetry/proto/logs/v1/logs.proto",
         "opentelemetry/proto/collector/logs/v1/logs_service.proto",
+        "loki/push.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for p in &paths {
@@ -27,8 +28,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::StrictProstCodec")
-        .compile_protos(&paths, &[root])?;
+        .compile_protos(&paths, &[root, protoc_include()?])?;
     Ok(())
+}
+
+/// Where `google/protobuf/timestamp.proto` is: the vendored include directory (a protoc
+/// from PATH ships its own too, but may not say where).
+fn protoc_include() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    Ok(protoc_bin_vendored::include_path()?)
 }
 
 fn which(bin: &str) -> Option<PathBuf> {

@@ -51,6 +51,11 @@ pub mod opentelemetry {
 
 pub use opentelemetry::proto as otlp;
 
+/// Grafana Loki's push API messages (`logproto.PushRequest`), from Loki's `push.proto`.
+pub mod logproto {
+    tonic::include_proto!("logproto");
+}
+
 pub mod codec;
 mod error;
 pub use error::{ApiError, ErrorKind};
