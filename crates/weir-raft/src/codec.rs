@@ -12,6 +12,15 @@
 //! [version u8 = 1][term u64][vote u64][commit u64][compacted_index u64][compacted_term u64]
 //! [voters_len u32][voters u64 * n][learners_len u32][learners u64 * n]
 //! ```
+//! The context of a normal entry says what the entry is:
+//! ```text
+//! empty                                      a payload without idempotency key
+//! [1][producer_len u32][producer][seq u64]   a payload with its dedup key
+//! [0x10]                                     a consumer cursor; data is
+//!                                            [name_len u16][name][position u64]
+//! ```
+//! Payload entries are what consumers read through `CommittedLog::read`; cursor entries
+//! are the raft layer's own (see `ShardLog::cursor`) and are never handed to consumers.
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 
@@ -190,6 +199,40 @@ pub struct DedupKey {
 }
 
 const DEDUP_VERSION: u8 = 1;
+/// Context byte of a cursor entry. Distinct from every dedup context version.
+pub(crate) const CURSOR_CONTEXT: u8 = 0x10;
+
+/// Whether an entry context marks a cursor entry.
+pub(crate) fn is_cursor(ctx: &[u8]) -> bool {
+    ctx.first() == Some(&CURSOR_CONTEXT)
+}
+
+/// Longest cursor name accepted.
+pub const CURSOR_NAME_BYTES_MAX: usize = 256;
+
+/// Encodes a cursor entry's data.
+pub(crate) fn encode_cursor(name: &str, position: u64) -> Vec<u8> {
+    debug_assert!(name.len() <= CURSOR_NAME_BYTES_MAX);
+    let mut out = Vec::with_capacity(2 + name.len() + 8);
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&position.to_le_bytes());
+    out
+}
+
+/// Decodes a cursor entry's data written by [`encode_cursor`].
+pub(crate) fn decode_cursor(data: &[u8]) -> Result<(String, u64), String> {
+    let mut r = Reader { buf: data, pos: 0 };
+    let n = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
+    let name = std::str::from_utf8(r.take(n)?)
+        .map_err(|e| format!("cursor name is not utf-8: {e}"))?
+        .to_owned();
+    let position = r.u64()?;
+    if r.pos != data.len() {
+        return Err(format!("{} trailing bytes after cursor", data.len() - r.pos));
+    }
+    Ok((name, position))
+}
 
 pub(crate) fn encode_dedup(k: Option<&DedupKey>) -> Vec<u8> {
     let Some(k) = k else { return Vec::new() };
@@ -262,6 +305,25 @@ mod tests {
             let k = DedupKey { producer, sequence };
             prop_assert_eq!(decode_dedup(&encode_dedup(Some(&k))).unwrap(), Some(k));
         }
+    }
+
+    proptest! {
+        #[test]
+        fn cursor_round_trips(name in ".{0,40}", position in any::<u64>()) {
+            prop_assert_eq!(decode_cursor(&encode_cursor(&name, position)).unwrap(), (name, position));
+        }
+
+        #[test]
+        fn cursor_decoder_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_cursor(&buf);
+        }
+    }
+
+    #[test]
+    fn cursor_context_is_not_a_dedup_version() {
+        assert!(is_cursor(&[CURSOR_CONTEXT]));
+        assert!(!is_cursor(&encode_dedup(Some(&DedupKey { producer: "p".into(), sequence: 1 }))));
+        assert!(!is_cursor(&[]));
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod dedup;
 mod node;
 mod storage;
 
-pub use codec::DedupKey;
+pub use codec::{DedupKey, CURSOR_NAME_BYTES_MAX};
 pub use dedup::{DedupTable, Seen, WINDOW as DEDUP_WINDOW};
 pub use node::{Committed, Health, NodeConfig, Proposal, RaftNode, ShardLog, ShardStatus};
 pub use weir_wal::{IoBackend, IoBackendChoice, WalOptions};
@@ -125,8 +125,8 @@ pub struct LogEntry {
 }
 
 /// The committed part of one shard's log, for consumers (indexer, mirrors) that must not
-/// know about raft. Entries that carry no payload (raft no-ops, configuration changes) are
-/// never returned, so indexes may have gaps.
+/// know about raft. Entries that carry no payload (raft no-ops, configuration changes, the
+/// raft layer's own cursor entries) are never returned, so indexes may have gaps.
 pub trait CommittedLog: Send + Sync + 'static {
     /// The shard this log belongs to.
     fn shard(&self) -> u32;

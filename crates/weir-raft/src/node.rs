@@ -113,6 +113,12 @@ enum Input {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Committed>>,
     },
+    ProposeCursor {
+        shard: u32,
+        name: String,
+        position: u64,
+        reply: oneshot::Sender<Result<Committed>>,
+    },
     Compact {
         shard: u32,
         below: u64,
@@ -131,6 +137,7 @@ pub struct RaftNode {
     thread: Mutex<Option<JoinHandle<()>>>,
     health: Arc<Health>,
     backend: IoBackend,
+    required_cursors: Arc<Mutex<Vec<String>>>,
 }
 
 /// Conditions the driver thread reports to the rest of the node.
@@ -167,12 +174,13 @@ impl RaftNode {
         let mut shards = Vec::with_capacity(cfg.shard_count as usize);
         let mut logs = Vec::with_capacity(cfg.shard_count as usize);
         let mut faults = Vec::with_capacity(cfg.shard_count as usize);
+        let required_cursors = Arc::new(Mutex::new(Vec::new()));
         for shard in 0..cfg.shard_count {
             let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
             let wal = Wal::open(&dir, cfg.wal, io.clone())?;
             faults.push(wal.fault_injector());
             let storage = WalStorage::open(shard, wal, &cfg.voters)?;
-            let log = Arc::new(ShardLog::new(shard, storage.reader()));
+            let log = Arc::new(ShardLog::new(shard, storage.reader(), required_cursors.clone()));
             let raft_cfg = raft::Config {
                 id: cfg.node_id,
                 election_tick: 10,
@@ -227,6 +235,7 @@ impl RaftNode {
             thread: Mutex::new(Some(thread)),
             health,
             backend,
+            required_cursors,
         })
     }
 
@@ -279,6 +288,49 @@ impl RaftNode {
             Err(TrySendError::Full(_)) => Err(Error::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(Error::Stopped(shard)),
         }
+    }
+
+    /// Proposes that consumer cursor `name` of `shard` moves to `position` (a log index
+    /// the consumer has finished with). Once committed, every replica's
+    /// [`ShardLog::cursor`] reports it, so a new leader resumes where the old one stopped.
+    /// Cursors only move forward: a smaller position than the applied one is ignored.
+    ///
+    /// # Errors
+    /// As [`RaftNode::propose`]; [`Error::NotLeader`] from the returned proposal when this
+    /// node does not lead the shard.
+    ///
+    /// # Panics
+    /// If `name` is longer than [`crate::CURSOR_NAME_BYTES_MAX`] bytes.
+    pub fn propose_cursor(&self, shard: u32, name: &str, position: u64) -> Result<Proposal> {
+        assert!(shard < self.shard_count(), "shard {shard} out of range");
+        assert!(name.len() <= crate::CURSOR_NAME_BYTES_MAX, "cursor name too long");
+        if self.health.failed.load(Ordering::Acquire) {
+            return Err(Error::Stopped(shard));
+        }
+        if self.health.disk_full.load(Ordering::Acquire) {
+            return Err(Error::DiskFull);
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Input::ProposeCursor {
+            shard,
+            name: name.to_owned(),
+            position,
+            reply,
+        }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Stopped(shard)),
+        }
+    }
+
+    /// Names the cursors that hold back WAL compaction: no entry above a required cursor's
+    /// position is removed, and while a required cursor has never been set on a shard,
+    /// nothing of that shard is removed. Replaces the previous set.
+    pub fn require_cursors(&self, names: Vec<String>) {
+        *self
+            .required_cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = names;
     }
 
     /// Allows the WAL segments wholly below `below` to be deleted (the caller has
@@ -439,6 +491,16 @@ impl Driver {
                 s.propose(key, data, reply);
                 false
             }
+            Input::ProposeCursor {
+                shard,
+                name,
+                position,
+                reply,
+            } => {
+                let s = &mut self.shards[shard as usize];
+                s.propose_cursor(&name, position, reply);
+                false
+            }
             Input::Compact { shard, below } => {
                 let s = &mut self.shards[shard as usize];
                 if s.last_compact
@@ -448,7 +510,11 @@ impl Driver {
                 }
                 s.last_compact = Some(Instant::now());
                 let applied = s.log.watermark();
-                match s.raw.mut_store().compact(below.min(applied + 1)) {
+                let below = below.min(applied + 1).min(s.log.cursor_floor());
+                if below <= 1 {
+                    return false;
+                }
+                match s.raw.mut_store().compact(below) {
                     Ok(freed) if freed > 0 => {
                         tracing::debug!(shard, below, freed, "wal segments removed")
                     }
@@ -520,6 +586,10 @@ impl Driver {
             s.apply(light.take_committed_entries())?;
             s.raw.advance_apply();
             s.release_deferred();
+        }
+        for s in &self.shards {
+            let current = s.raw.raft.state == StateRole::Leader && s.caught_up();
+            s.log.leader.store(current, Ordering::Release);
         }
         Ok(())
     }
@@ -661,6 +731,34 @@ impl Shard {
         });
     }
 
+    /// Proposes a cursor entry (see [`RaftNode::propose_cursor`]).
+    fn propose_cursor(
+        &mut self,
+        name: &str,
+        position: u64,
+        reply: oneshot::Sender<Result<Committed>>,
+    ) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(Error::NotLeader {
+                shard: self.id,
+                leader: self.raw.raft.leader_id,
+            }));
+            return;
+        }
+        let data = codec::encode_cursor(name, position);
+        if let Err(e) = self.raw.propose(vec![codec::CURSOR_CONTEXT], data) {
+            let _ = reply.send(Err(Error::Raft(e.to_string())));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        self.waiters.entry(index).or_default().push(Waiter {
+            term,
+            duplicate: false,
+            reply,
+        });
+    }
+
     /// Whether this leader has applied an entry of its own term, and so every entry of
     /// earlier terms (raft commits those only together with one of the current term).
     fn caught_up(&self) -> bool {
@@ -693,7 +791,15 @@ impl Shard {
             return Ok(());
         };
         for e in &entries {
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+            if e.get_entry_type() == EntryType::EntryNormal && codec::is_cursor(&e.context) {
+                let (name, position) =
+                    codec::decode_cursor(&e.data).map_err(|reason| Error::Corrupt {
+                        shard: self.id,
+                        index: e.index,
+                        reason,
+                    })?;
+                self.log.set_cursor(name, position);
+            } else if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 let key = codec::decode_dedup(&e.context).map_err(|reason| Error::Corrupt {
                     shard: self.id,
                     index: e.index,
@@ -745,24 +851,73 @@ impl Shard {
     }
 }
 
-/// One shard's committed log, shared with the indexer (and later the mirrors).
+/// One shard's committed log, shared with the indexer and the mirrors.
 pub struct ShardLog {
     shard: u32,
     reader: WalReader,
     watermark: AtomicU64,
     lock: Mutex<()>,
     cond: Condvar,
+    /// Applied consumer cursors: name -> position.
+    cursors: Mutex<HashMap<String, u64>>,
+    /// Cursors that hold back compaction (shared by every shard of the node).
+    required: Arc<Mutex<Vec<String>>>,
+    /// Whether this node led the shard at the end of the driver's last round.
+    leader: AtomicBool,
 }
 
 impl ShardLog {
-    fn new(shard: u32, reader: WalReader) -> Self {
+    fn new(shard: u32, reader: WalReader, required: Arc<Mutex<Vec<String>>>) -> Self {
         ShardLog {
             shard,
             reader,
             watermark: AtomicU64::new(0),
             lock: Mutex::new(()),
             cond: Condvar::new(),
+            cursors: Mutex::new(HashMap::new()),
+            required,
+            leader: AtomicBool::new(false),
         }
+    }
+
+    /// The applied position of consumer cursor `name`, `None` when it was never set (or
+    /// its last entry was compacted away, which compaction prevents for required cursors).
+    pub fn cursor(&self, name: &str) -> Option<u64> {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    /// Whether this node leads the shard and has applied every entry committed before its
+    /// term (as of the raft thread's last round), so that [`ShardLog::cursor`] is current.
+    /// After a restart or an election this turns true only once the log is re-applied.
+    /// Consumers that must run once per shard (mirrors) run where this is true.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    fn set_cursor(&self, name: String, position: u64) {
+        let mut c = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let v = c.entry(name).or_insert(0);
+        *v = (*v).max(position);
+    }
+
+    /// The lowest index compaction may keep as first: one past the smallest required
+    /// cursor, 0 (nothing may go) while a required cursor is unset.
+    ///
+    /// A cursor entry is always proposed after the entries it covers, so the latest entry
+    /// of a cursor sits above its position and survives every compaction this allows:
+    /// cursors are rebuilt from the log on restart.
+    fn cursor_floor(&self) -> u64 {
+        let required = self.required.lock().unwrap_or_else(|p| p.into_inner());
+        let cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        required
+            .iter()
+            .map(|n| cursors.get(n).map_or(0, |p| p + 1))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn advance(&self, to: u64) {
@@ -822,7 +977,10 @@ impl CommittedLog for ShardLog {
                     index,
                     reason,
                 })?;
-                if v.entry_type == EntryType::EntryNormal && !v.data.is_empty() {
+                if v.entry_type == EntryType::EntryNormal
+                    && !v.data.is_empty()
+                    && !codec::is_cursor(v.context)
+                {
                     out.push(LogEntry {
                         index,
                         data: v.data.to_vec(),

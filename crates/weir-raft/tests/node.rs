@@ -271,3 +271,112 @@ fn a_producer_sequence_below_the_window_is_an_error_not_a_silent_duplicate() {
     }
     node.shutdown();
 }
+
+/// Waits until the node leads `log`'s shard and has re-applied its log (cursors current).
+fn wait_leader(log: &weir_raft::ShardLog) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log.is_leader() {
+        assert!(std::time::Instant::now() < deadline, "never became a current leader");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_consumer_cursor_is_committed_survives_restart_and_is_never_read_as_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let node = RaftNode::start(config(dir.path())).unwrap();
+        let log = node.committed_log(1);
+        wait_leader(&log);
+        assert_eq!(log.cursor("mirror/es"), None);
+        let mut last = 0;
+        for i in 0..5u8 {
+            last = rt
+                .block_on(node.propose(1, None, vec![i]).unwrap())
+                .unwrap()
+                .unwrap()
+                .index;
+        }
+        rt.block_on(node.propose_cursor(1, "mirror/es", last).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.cursor("mirror/es"), Some(last));
+        // Cursors only move forward.
+        rt.block_on(node.propose_cursor(1, "mirror/es", 2).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.cursor("mirror/es"), Some(last));
+        assert_eq!(
+            payloads(log.as_ref()),
+            (0..5u8).map(|i| vec![i]).collect::<Vec<_>>(),
+            "cursor entries are not payload"
+        );
+        node.shutdown();
+    }
+    let node = RaftNode::start(config(dir.path())).unwrap();
+    let log = node.committed_log(1);
+    wait_leader(&log);
+    assert_eq!(
+        log.cursor("mirror/es"),
+        Some(5 + 1),
+        "rebuilt from the log (index 1 is the election's empty entry)"
+    );
+    assert_eq!(log.cursor("mirror/loki"), None);
+    node.shutdown();
+}
+
+#[test]
+fn compaction_never_passes_a_required_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = config(dir.path());
+    c.wal.segment_size_bytes = 1 << 20;
+    let node = RaftNode::start(c).unwrap();
+    node.require_cursors(vec!["mirror/loki".into()]);
+    let mut indexes = Vec::new();
+    for _ in 0..40 {
+        // 100 KiB of noise each (lz4 cannot shrink it): 40 entries span several segments.
+        let noise: Vec<u8> = (0..100 << 10).map(|_| rand::random::<u8>()).collect();
+        let p = node.propose(0, None, noise).unwrap();
+        indexes.push(rt.block_on(p).unwrap().unwrap().index);
+    }
+    let log = node.committed_log(0);
+    // Unset required cursor: nothing may be removed.
+    node.compact(0, log.watermark() + 1);
+    let status = rt.block_on(node.status()).unwrap();
+    assert_eq!(status[0].first_index, 1, "no cursor yet, nothing removed");
+    // The cursor reached entry 20: compaction stops at or before 21.
+    rt.block_on(node.propose_cursor(0, "mirror/loki", indexes[20]).unwrap())
+        .unwrap()
+        .unwrap();
+    // Compaction is rate-limited per shard; restart so the next request is honoured.
+    node.shutdown();
+    drop(node);
+    let mut c = config(dir.path());
+    c.wal.segment_size_bytes = 1 << 20;
+    let node = RaftNode::start(c).unwrap();
+    node.require_cursors(vec!["mirror/loki".into()]);
+    let log = node.committed_log(0);
+    wait_leader(&log);
+    assert_eq!(log.cursor("mirror/loki"), Some(indexes[20]));
+    node.compact(0, log.watermark() + 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let s = rt.block_on(node.status()).unwrap();
+        if s[0].first_index > 1 {
+            break s[0].first_index;
+        }
+        assert!(std::time::Instant::now() < deadline, "compaction never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        first > 1 && first <= indexes[20] + 1,
+        "first index {first} must not pass the cursor {}",
+        indexes[20]
+    );
+    // Everything above the cursor is still readable.
+    let got = log.read(indexes[20] + 1, log.watermark(), 64 << 20).unwrap();
+    assert_eq!(got.len(), 19);
+    node.shutdown();
+}
