@@ -1,0 +1,497 @@
+//! Mirrors of the committed log to Elasticsearch and Loki.
+//!
+//! For every configured sink and every shard this node leads, a worker reads the shard's
+//! [`CommittedLog`](weir_raft::CommittedLog) from the sink's cursor, batches the records,
+//! sends them, and once every record of the batch is stored or dead-lettered commits the
+//! new cursor through raft ([`weir_raft::RaftNode::propose_cursor`]): a new leader resumes
+//! from the last committed cursor, and what it sends again is recognised by the backend
+//! (Elasticsearch `_id`s from the log position with `create`; Loki collapsing identical
+//! entries). The WAL is kept until every sink's cursor has passed it
+//! ([`weir_raft::RaftNode::require_cursors`]).
+//!
+//! Each sink has its own workers, retry state, circuit breaker, request limit and
+//! dead-letter log: a dead Loki never slows Elasticsearch, and neither slows appends
+//! (workers only read the committed log).
+//!
+//! ```no_run
+//! # async fn demo(raft: std::sync::Arc<weir_raft::RaftNode>, cfg: weir_mirror::SinkConfig) -> weir_mirror::Result<()> {
+//! let mirror = weir_mirror::Mirror::start(vec![cfg], raft, std::path::Path::new("/data"), "c0ffee00")?;
+//! for s in mirror.status() {
+//!     println!("{} {} breaker={}", s.name, s.backend, s.breaker);
+//! }
+//! mirror.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod breaker;
+pub mod config;
+mod dlq;
+pub mod es;
+pub mod item;
+pub mod loki;
+pub mod sink;
+mod stats;
+mod worker;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use weir_raft::RaftNode;
+
+pub use breaker::{Breaker, BreakerState};
+pub use config::{Backend, LokiFormat, SinkConfig};
+pub use dlq::{DeadLetter, DeadLetters};
+pub use item::Item;
+pub use sink::Sink;
+pub use stats::SinkStats;
+
+/// Errors of the mirror.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A sink's configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// A file of the mirror could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A dead-letter log holds a line that is not a dead letter, before its last line.
+    #[error("dead-letter log {path} is corrupt at line {line}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The dead-letter log reached `dlq_bytes_max`.
+    #[error("dead-letter log {path} is full ({max_bytes} bytes, dlq_bytes_max); replay or raise the limit")]
+    DlqFull {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// No sink has this name.
+    #[error("no mirror sink is named {0:?}")]
+    UnknownSink(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// `Result` of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The raft cursor name of sink `sink`.
+pub fn cursor_name(sink: &str) -> String {
+    format!("mirror/{sink}")
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Everything one sink's workers share.
+pub(crate) struct SinkRuntime {
+    pub(crate) config: SinkConfig,
+    pub(crate) sink: Sink,
+    pub(crate) breaker: Breaker,
+    pub(crate) stats: SinkStats,
+    pub(crate) dlq: DeadLetters,
+    /// Requests in flight to the backend, over every shard (`concurrency`).
+    pub(crate) limiter: Semaphore,
+}
+
+/// Status of one sink, for `GET /api/v1/cluster` and `weir cluster status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SinkStatus {
+    /// Sink name.
+    pub name: String,
+    /// `elasticsearch` or `loki`.
+    pub backend: &'static str,
+    /// Where it sends.
+    pub url: String,
+    /// `closed`, `open`, `half-open`.
+    pub breaker: &'static str,
+    /// Records stored by the backend (since this node started).
+    pub records_sent: u64,
+    /// Records dead-lettered (since start).
+    pub dead_lettered: u64,
+    /// Records held in the dead-letter log now.
+    pub dead_letters_held: usize,
+    /// Records this sink will never receive (released before delivery).
+    pub dropped: u64,
+    /// Entries committed but not yet delivered, over the shards this node leads.
+    pub lag_entries: u64,
+    /// Estimated records behind (entries behind times the mean records per entry).
+    pub lag_records: u64,
+    /// Age of the oldest record being delivered, seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Per shard.
+    pub shards: Vec<SinkShardStatus>,
+}
+
+/// One shard of a [`SinkStatus`].
+#[derive(Clone, Debug, Serialize)]
+pub struct SinkShardStatus {
+    /// Shard.
+    pub shard: u32,
+    /// Whether this node runs its worker (leads the shard).
+    pub active: bool,
+    /// Committed cursor.
+    pub cursor: u64,
+    /// Commit watermark seen.
+    pub watermark: u64,
+    /// Why it cannot advance, if it cannot.
+    pub stalled: Option<String>,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records delivered and removed from the dead-letter log.
+    pub delivered: usize,
+    /// Records refused again (kept, with the new reason).
+    pub rejected_again: usize,
+    /// Records not tried because the backend stayed unavailable (kept).
+    pub not_attempted: usize,
+    /// Why the backend was unavailable, when it was.
+    pub error: Option<String>,
+}
+
+/// The mirrors of one node.
+pub struct Mirror {
+    sinks: Vec<Arc<SinkRuntime>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Mirror {
+    /// Starts every sink: opens its dead-letter log under `<data_dir>/dlq/`, installs the
+    /// Elasticsearch template (in the background; a failure is logged), registers its
+    /// cursor with raft so that the WAL is kept until it passed, and spawns one worker per
+    /// shard on the current tokio runtime. `cluster` prefixes Elasticsearch ids.
+    ///
+    /// # Errors
+    /// A sink's configuration is invalid or names repeat; its dead-letter log cannot be
+    /// opened.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start(
+        configs: Vec<SinkConfig>,
+        raft: Arc<RaftNode>,
+        data_dir: &Path,
+        cluster: &str,
+    ) -> Result<Mirror> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut sinks = Vec::new();
+        for cfg in configs {
+            if !names.insert(cfg.name.clone()) {
+                return Err(Error::Config(format!(
+                    "two mirror sinks are named {:?}; names must be unique",
+                    cfg.name
+                )));
+            }
+            let sink = Sink::new(&cfg, cluster).map_err(Error::Config)?;
+            let dlq = DeadLetters::open(&data_dir.join("dlq"), &cfg.name, cfg.dlq_bytes_max)?;
+            sinks.push(Arc::new(SinkRuntime {
+                breaker: Breaker::new(
+                    cfg.breaker_failures,
+                    Duration::from_millis(cfg.breaker_open_ms),
+                ),
+                stats: SinkStats::new(raft.shard_count()),
+                limiter: Semaphore::new(cfg.concurrency),
+                dlq,
+                sink,
+                config: cfg,
+            }));
+        }
+        raft.require_cursors(sinks.iter().map(|s| cursor_name(&s.config.name)).collect());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for rt in &sinks {
+            if rt.config.backend == Backend::Elasticsearch && rt.config.install_template != Some(false) {
+                let rt = rt.clone();
+                tasks.push(tokio::spawn(async move {
+                    match rt.sink.install_template().await {
+                        Ok(()) => tracing::info!(sink = %rt.config.name, "index template installed"),
+                        Err(e) => tracing::warn!(sink = %rt.config.name, error = %e, "cannot install the index template; documents get dynamic mappings"),
+                    }
+                }));
+            }
+            for shard in 0..raft.shard_count() {
+                tasks.push(tokio::spawn(worker::run(
+                    rt.clone(),
+                    raft.clone(),
+                    raft.committed_log(shard),
+                    stop_rx.clone(),
+                )));
+            }
+            tracing::info!(sink = %rt.config.name, backend = rt.config.backend.as_str(), url = %rt.config.url, "mirror started");
+        }
+        Ok(Mirror {
+            sinks,
+            tasks: std::sync::Mutex::new(tasks),
+            stop,
+        })
+    }
+
+    fn runtime(&self, sink: &str) -> Result<&Arc<SinkRuntime>> {
+        self.sinks
+            .iter()
+            .find(|s| s.config.name == sink)
+            .ok_or_else(|| Error::UnknownSink(sink.to_owned()))
+    }
+
+    /// Every sink's status.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        let now = now_ns();
+        self.sinks
+            .iter()
+            .map(|rt| {
+                let st = &rt.stats;
+                let mut lag_entries = 0;
+                let mut lag_records = 0;
+                let mut oldest = i64::MAX;
+                let shards = st
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let active = p.active.load(Ordering::Relaxed);
+                        let cursor = p.cursor.load(Ordering::Relaxed);
+                        let watermark = p.watermark.load(Ordering::Relaxed);
+                        if active {
+                            let behind = watermark.saturating_sub(cursor);
+                            lag_entries += behind;
+                            lag_records += behind
+                                * p.records_per_entry_milli.load(Ordering::Relaxed)
+                                / 1000;
+                            let o = p.oldest_pending_ns.load(Ordering::Relaxed);
+                            if o > 0 {
+                                oldest = oldest.min(o);
+                            }
+                        }
+                        SinkShardStatus {
+                            shard: i as u32,
+                            active,
+                            cursor,
+                            watermark,
+                            stalled: p.stalled.lock().ok().and_then(|s| s.clone()),
+                        }
+                    })
+                    .collect();
+                SinkStatus {
+                    name: rt.config.name.clone(),
+                    backend: rt.config.backend.as_str(),
+                    url: rt.config.url.clone(),
+                    breaker: rt.breaker.state().as_str(),
+                    records_sent: st.records_sent.load(Ordering::Relaxed),
+                    dead_lettered: st.dead_lettered.load(Ordering::Relaxed),
+                    dead_letters_held: rt.dlq.size().0,
+                    dropped: st.dropped.load(Ordering::Relaxed),
+                    lag_entries,
+                    lag_records,
+                    lag_seconds: if oldest == i64::MAX {
+                        0.0
+                    } else {
+                        (now - oldest).max(0) as f64 / 1e9
+                    },
+                    last_error: st.last_error.lock().ok().and_then(|e| e.clone()),
+                    shards,
+                }
+            })
+            .collect()
+    }
+
+    /// Appends every sink's metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        let status = self.status();
+        let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in values {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        };
+        let l = |rt: &SinkRuntime| {
+            format!(
+                "backend=\"{}\",sink=\"{}\"",
+                rt.config.backend.as_str(),
+                rt.config.name
+            )
+        };
+        macro_rules! counter {
+            ($name:expr, $help:expr, $field:ident) => {
+                family(
+                    $name,
+                    "counter",
+                    $help,
+                    &mut self
+                        .sinks
+                        .iter()
+                        .map(|rt| (l(rt), rt.stats.$field.load(Ordering::Relaxed).to_string())),
+                );
+            };
+        }
+        counter!("weir_mirror_records_sent_total", "records the backend has stored", records_sent);
+        counter!("weir_mirror_bytes_sent_total", "request bytes sent (approximate, every attempt)", bytes_sent);
+        counter!("weir_mirror_requests_total", "requests sent", requests);
+        counter!("weir_mirror_retries_total", "requests or items sent again", retries);
+        counter!("weir_mirror_dead_lettered_records_total", "records the backend refused for good", dead_lettered);
+        counter!("weir_mirror_dropped_records_total", "records released before this sink received them", dropped);
+        family(
+            "weir_mirror_write_failed_total",
+            "counter",
+            "failed requests (or items) by reason",
+            &mut self.sinks.iter().flat_map(|rt| {
+                let f = rt.stats.failures.lock().map(|f| f.clone()).unwrap_or_default();
+                let base = l(rt);
+                f.into_iter()
+                    .map(move |(reason, n)| (format!("{base},reason=\"{reason}\""), n.to_string()))
+            }),
+        );
+        family(
+            "weir_mirror_breaker_state",
+            "gauge",
+            "circuit breaker: 0 closed, 1 open, 2 half-open",
+            &mut self
+                .sinks
+                .iter()
+                .map(|rt| (l(rt), rt.breaker.state().as_number().to_string())),
+        );
+        let by_name = |n: &str| status.iter().find(|s| s.name == n);
+        family(
+            "weir_mirror_lag_entries",
+            "gauge",
+            "committed log entries not yet delivered",
+            &mut self.sinks.iter().map(|rt| {
+                (l(rt), by_name(&rt.config.name).map_or(0, |s| s.lag_entries).to_string())
+            }),
+        );
+        family(
+            "weir_mirror_lag_records",
+            "gauge",
+            "records not yet delivered (estimated from the mean records per entry)",
+            &mut self.sinks.iter().map(|rt| {
+                (l(rt), by_name(&rt.config.name).map_or(0, |s| s.lag_records).to_string())
+            }),
+        );
+        family(
+            "weir_mirror_lag_seconds",
+            "gauge",
+            "age of the oldest record being delivered",
+            &mut self.sinks.iter().map(|rt| {
+                (l(rt), by_name(&rt.config.name).map_or(0.0, |s| s.lag_seconds).to_string())
+            }),
+        );
+        family(
+            "weir_mirror_dead_letters",
+            "gauge",
+            "records held in the dead-letter log",
+            &mut self
+                .sinks
+                .iter()
+                .map(|rt| (l(rt), rt.dlq.size().0.to_string())),
+        );
+    }
+
+    /// The dead letters of `sink`, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSink`].
+    pub fn dead_letters(&self, sink: &str) -> Result<Vec<DeadLetter>> {
+        Ok(self.runtime(sink)?.dlq.list())
+    }
+
+    /// Names of the configured sinks.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.iter().map(|s| s.config.name.clone()).collect()
+    }
+
+    /// Sends the dead letters of `sink` (all, or those with the given sequence numbers)
+    /// again. Delivered ones are removed; refused ones stay with the new reason; when the
+    /// backend stays unavailable for 5 attempts the rest stay untouched.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSink`]; I/O rewriting the dead-letter log.
+    pub async fn replay(&self, sink: &str, seqs: Option<Vec<u64>>) -> Result<ReplayReport> {
+        let rt = self.runtime(sink)?.clone();
+        let letters: Vec<DeadLetter> = rt
+            .dlq
+            .list()
+            .into_iter()
+            .filter(|l| seqs.as_ref().is_none_or(|s| s.contains(&l.seq)))
+            .collect();
+        let mut report = ReplayReport {
+            delivered: 0,
+            rejected_again: 0,
+            not_attempted: 0,
+            error: None,
+        };
+        let stop = self.stop.subscribe();
+        // Item identity -> sequence number, to match results back.
+        let key = |it: &Item| (it.shard, it.index, it.offset);
+        let by_key: std::collections::HashMap<(u32, u64, u32), u64> =
+            letters.iter().map(|l| (key(&l.item), l.seq)).collect();
+        let items: Vec<Item> = letters.iter().map(|l| l.item.clone()).collect();
+        match worker::deliver(&rt, items, &stop, Some(5)).await {
+            Ok(rejected) => {
+                let again: Vec<(u64, String)> = rejected
+                    .iter()
+                    .filter_map(|(it, r)| by_key.get(&key(it)).map(|s| (*s, r.clone())))
+                    .collect();
+                let delivered: Vec<u64> = letters
+                    .iter()
+                    .map(|l| l.seq)
+                    .filter(|s| !again.iter().any(|(a, _)| a == s))
+                    .collect();
+                rt.dlq.remove(&delivered)?;
+                rt.dlq.update_reasons(&again)?;
+                report.delivered = delivered.len();
+                report.rejected_again = again.len();
+            }
+            Err(worker::Unfinished::GaveUp(reason)) => {
+                report.not_attempted = letters.len();
+                report.error = Some(reason);
+            }
+            Err(worker::Unfinished::Stopped) => {
+                report.not_attempted = letters.len();
+                report.error = Some("the node is shutting down".into());
+            }
+        }
+        tracing::info!(sink, delivered = report.delivered, rejected_again = report.rejected_again, not_attempted = report.not_attempted, "dead letters replayed");
+        Ok(report)
+    }
+
+    /// Stops every worker (a batch in flight is sent again by the next leader or start).
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

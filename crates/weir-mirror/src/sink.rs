@@ -1,0 +1,285 @@
+//! One backend behind HTTP: turns items into requests and answers into per-item results.
+
+use std::time::Duration;
+
+use crate::config::{Backend, LokiFormat, SinkConfig};
+use crate::es::{self, IndexPattern};
+use crate::item::Item;
+use crate::loki::{self, LokiMapping};
+
+/// What became of one item of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ItemResult {
+    /// Stored (or found already stored).
+    Done,
+    /// Refused for now (overload): send this item again.
+    Retry(String),
+    /// Refused for good: dead-letter it with this reason.
+    Reject(String),
+}
+
+/// What became of one request.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The backend answered per item.
+    Items(Vec<ItemResult>),
+    /// Nothing was stored for sure: send the same request again later.
+    Retry {
+        /// For logs and status.
+        reason: String,
+        /// For metrics: `connect`, `timeout`, `http_429`, `http_5xx`, `http_4xx`, `bad_answer`.
+        metric: &'static str,
+        /// The backend's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// The request as a whole was refused as bad (Loki 400 for some entries, too large):
+    /// split it to find the items at fault; a single item is rejected with `reason`.
+    Split {
+        /// The backend's words.
+        reason: String,
+    },
+}
+
+enum Kind {
+    Elasticsearch {
+        pattern: IndexPattern,
+        auth: Option<String>,
+    },
+    Loki {
+        mapping: LokiMapping,
+        format: LokiFormat,
+        org_id: Option<String>,
+    },
+}
+
+/// A configured backend.
+pub struct Sink {
+    name: String,
+    url: String,
+    kind: Kind,
+    cluster: String,
+    client: reqwest::Client,
+}
+
+impl Sink {
+    /// Builds the sink. `cluster` prefixes Elasticsearch ids (see [`Item::id`]).
+    ///
+    /// # Errors
+    /// The configuration does not validate, or the HTTP client cannot be built.
+    pub fn new(cfg: &SinkConfig, cluster: &str) -> Result<Sink, String> {
+        cfg.validate()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.request_timeout_ms))
+            .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5000)))
+            .pool_max_idle_per_host(cfg.concurrency)
+            .build()
+            .map_err(|e| format!("mirror sink {}: cannot build http client: {e}", cfg.name))?;
+        let kind = match cfg.backend {
+            Backend::Elasticsearch => Kind::Elasticsearch {
+                pattern: IndexPattern::parse(cfg.index_pattern())?,
+                auth: match (&cfg.username, &cfg.password, &cfg.api_key) {
+                    (Some(u), Some(p), _) => Some(format!("Basic {}", base64(&format!("{u}:{p}")))),
+                    (_, _, Some(k)) => Some(format!("ApiKey {k}")),
+                    _ => None,
+                },
+            },
+            Backend::Loki => Kind::Loki {
+                mapping: LokiMapping {
+                    stream_labels: cfg.stream_labels(),
+                    structured_metadata: cfg.structured_metadata(),
+                },
+                format: cfg.format.unwrap_or_default(),
+                org_id: cfg.org_id.clone(),
+            },
+        };
+        Ok(Sink {
+            name: cfg.name.clone(),
+            url: cfg.url.trim_end_matches('/').to_owned(),
+            kind,
+            cluster: cluster.to_owned(),
+            client,
+        })
+    }
+
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Splits items into groups that can share a request (Loki: one tenant per request,
+    /// since the tenant is a header).
+    pub fn group(&self, items: Vec<Item>) -> Vec<Vec<Item>> {
+        match &self.kind {
+            Kind::Elasticsearch { .. } | Kind::Loki { org_id: Some(_), .. } => vec![items],
+            Kind::Loki { org_id: None, .. } => {
+                let mut by: std::collections::BTreeMap<String, Vec<Item>> = Default::default();
+                for it in items {
+                    by.entry(it.tenant.clone()).or_default().push(it);
+                }
+                by.into_values().collect()
+            }
+        }
+    }
+
+    /// Sends one request carrying `items` (one group of [`Sink::group`]).
+    pub async fn send(&self, items: &[Item]) -> Attempt {
+        match &self.kind {
+            Kind::Elasticsearch { pattern, auth } => {
+                let mut body = Vec::with_capacity(items.len() * 512);
+                for it in items {
+                    es::encode_item(&mut body, it, pattern, &self.cluster);
+                }
+                let mut req = self
+                    .client
+                    .post(format!("{}/_bulk", self.url))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body);
+                if let Some(a) = auth {
+                    req = req.header("authorization", a);
+                }
+                let (status, headers, bytes) = match exchange(req).await {
+                    Ok(r) => r,
+                    Err(a) => return a,
+                };
+                match status {
+                    200 => match es::parse_response(&bytes, items.len()) {
+                        Ok(r) => Attempt::Items(r),
+                        Err(e) => Attempt::Retry {
+                            reason: e,
+                            metric: "bad_answer",
+                            retry_after: None,
+                        },
+                    },
+                    400 | 413 => Attempt::Split {
+                        reason: format!("{status}: {}", excerpt(&bytes)),
+                    },
+                    _ => retry_status(status, &headers, &bytes),
+                }
+            }
+            Kind::Loki {
+                mapping,
+                format,
+                org_id,
+            } => {
+                let tenant = org_id
+                    .clone()
+                    .unwrap_or_else(|| items.first().map(|i| i.tenant.clone()).unwrap_or_default());
+                let (body, ct) = loki::encode(items, mapping, *format);
+                let req = self
+                    .client
+                    .post(format!("{}/loki/api/v1/push", self.url))
+                    .header("content-type", ct)
+                    .header("x-scope-orgid", tenant)
+                    .body(body);
+                let (status, headers, bytes) = match exchange(req).await {
+                    Ok(r) => r,
+                    Err(a) => return a,
+                };
+                match status {
+                    200 | 204 => Attempt::Items(vec![ItemResult::Done; items.len()]),
+                    400 | 413 => Attempt::Split {
+                        reason: format!("{status}: {}", excerpt(&bytes)),
+                    },
+                    _ => retry_status(status, &headers, &bytes),
+                }
+            }
+        }
+    }
+
+    /// Installs the Elasticsearch index template (no-op for Loki).
+    ///
+    /// # Errors
+    /// The backend refused or could not be reached; the caller logs it and goes on.
+    pub async fn install_template(&self) -> Result<(), String> {
+        let Kind::Elasticsearch { pattern, auth } = &self.kind else {
+            return Ok(());
+        };
+        let mut req = self
+            .client
+            .put(format!("{}/_index_template/weir-{}", self.url, self.name))
+            .json(&es::template(pattern));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        match exchange(req).await {
+            Ok((200, _, _)) => Ok(()),
+            Ok((s, _, b)) => Err(format!("{s}: {}", excerpt(&b))),
+            Err(Attempt::Retry { reason, .. }) => Err(reason),
+            Err(other) => Err(format!("{other:?}")),
+        }
+    }
+}
+
+async fn exchange(
+    req: reqwest::RequestBuilder,
+) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), Attempt> {
+    let resp = req.send().await.map_err(transport_error)?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(transport_error)?;
+    Ok((status, headers, body.to_vec()))
+}
+
+fn transport_error(e: reqwest::Error) -> Attempt {
+    let metric = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    };
+    Attempt::Retry {
+        reason: format!("{metric}: {e}"),
+        metric,
+        retry_after: None,
+    }
+}
+
+fn retry_status(status: u16, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Attempt {
+    let retry_after = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let metric = match status {
+        429 => "http_429",
+        500..=599 => "http_5xx",
+        _ => "http_4xx",
+    };
+    Attempt::Retry {
+        reason: format!("{status}: {}", excerpt(body)),
+        metric,
+        retry_after,
+    }
+}
+
+/// At most 300 bytes of a body, for error messages.
+fn excerpt(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(300)]);
+    s.trim().replace('\n', " ")
+}
+
+fn base64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn basic_auth_is_standard_base64() {
+        assert_eq!(super::base64("elastic:changeme"), "ZWxhc3RpYzpjaGFuZ2VtZQ==");
+        assert_eq!(super::base64("ab"), "YWI=");
+    }
+}

@@ -1,0 +1,350 @@
+//! The worker of one sink on one shard, and the delivery loop it shares with replay.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rand::Rng;
+use tokio::sync::watch;
+use weir_proto::v1::StoredBatch;
+use weir_raft::{CommittedLog, RaftNode, ShardLog};
+
+use crate::breaker::Admit;
+use crate::item::Item;
+use crate::sink::{Attempt, ItemResult};
+use crate::stats::SinkStats;
+use crate::SinkRuntime;
+
+/// Why a delivery ended without finishing.
+#[derive(Debug)]
+pub(crate) enum Unfinished {
+    /// Shutdown.
+    Stopped,
+    /// `max_attempts` retryable failures in a row (replay only); the reason of the last.
+    GaveUp(String),
+}
+
+/// Delivers `items`: every item ends up stored (or found already stored) or in the
+/// returned list of rejected items with the backend's reason. Retryable failures are
+/// retried with exponential backoff and full jitter, honouring `Retry-After`, until
+/// `stop` or, when given, `max_attempts` consecutive failures.
+pub(crate) async fn deliver(
+    rt: &SinkRuntime,
+    items: Vec<Item>,
+    stop: &watch::Receiver<bool>,
+    max_attempts: Option<u32>,
+) -> Result<Vec<(Item, String)>, Unfinished> {
+    let cfg = &rt.config;
+    let stats = &rt.stats;
+    let mut rejected = Vec::new();
+    let mut queue: VecDeque<Vec<Item>> = VecDeque::new();
+    for group in rt.sink.group(items) {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for it in group {
+            let b = it.approx_bytes();
+            if !chunk.is_empty()
+                && (chunk.len() >= cfg.batch_records_max || bytes + b > cfg.batch_bytes_max)
+            {
+                queue.push_back(std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += b;
+            chunk.push(it);
+        }
+        if !chunk.is_empty() {
+            queue.push_back(chunk);
+        }
+    }
+    while let Some(mut pending) = queue.pop_front() {
+        let mut attempt: u32 = 0;
+        loop {
+            if *stop.borrow() {
+                return Err(Unfinished::Stopped);
+            }
+            loop {
+                match rt.breaker.try_admit() {
+                    Admit::Yes => break,
+                    Admit::Wait(d) => {
+                        if sleep_or_stop(d, stop).await {
+                            return Err(Unfinished::Stopped);
+                        }
+                    }
+                }
+            }
+            let attempt_result = {
+                let _permit = rt.limiter.acquire().await;
+                SinkStats::add(&stats.requests, 1);
+                SinkStats::add(
+                    &stats.bytes_sent,
+                    pending.iter().map(Item::approx_bytes).sum::<usize>() as u64,
+                );
+                rt.sink.send(&pending).await
+            };
+            match attempt_result {
+                Attempt::Items(results) => {
+                    let mut retry = Vec::new();
+                    let n = pending.len();
+                    let mut last_retry_reason = String::new();
+                    for (it, r) in pending.into_iter().zip(results) {
+                        match r {
+                            ItemResult::Done => SinkStats::add(&stats.records_sent, 1),
+                            ItemResult::Retry(reason) => {
+                                last_retry_reason = reason;
+                                retry.push(it);
+                            }
+                            ItemResult::Reject(reason) => {
+                                stats.fail("rejected", 1, &reason);
+                                rejected.push((it, reason));
+                            }
+                        }
+                    }
+                    if retry.is_empty() {
+                        rt.breaker.success();
+                        break;
+                    }
+                    stats.fail("item_retry", retry.len() as u64, &last_retry_reason);
+                    if retry.len() == n {
+                        rt.breaker.failure();
+                    } else {
+                        rt.breaker.success();
+                    }
+                    pending = retry;
+                    attempt += 1;
+                    if max_attempts.is_some_and(|m| attempt >= m) {
+                        return Err(Unfinished::GaveUp(last_retry_reason));
+                    }
+                    SinkStats::add(&stats.retries, 1);
+                    if sleep_or_stop(backoff(rt, attempt, None), stop).await {
+                        return Err(Unfinished::Stopped);
+                    }
+                }
+                Attempt::Retry {
+                    reason,
+                    metric,
+                    retry_after,
+                } => {
+                    stats.fail(metric, 1, &reason);
+                    if rt.breaker.failure() {
+                        tracing::warn!(sink = %rt.config.name, %reason, "circuit breaker opened");
+                    } else {
+                        tracing::debug!(sink = %rt.config.name, %reason, "request failed; retrying");
+                    }
+                    attempt += 1;
+                    if max_attempts.is_some_and(|m| attempt >= m) {
+                        return Err(Unfinished::GaveUp(reason));
+                    }
+                    SinkStats::add(&stats.retries, 1);
+                    if sleep_or_stop(backoff(rt, attempt, retry_after), stop).await {
+                        return Err(Unfinished::Stopped);
+                    }
+                }
+                Attempt::Split { reason } => {
+                    // The backend is up and judged the content: not a breaker failure.
+                    rt.breaker.success();
+                    if pending.len() == 1 {
+                        stats.fail("rejected", 1, &reason);
+                        rejected.push((pending.remove(0), reason));
+                    } else {
+                        tracing::debug!(sink = %rt.config.name, n = pending.len(), %reason, "request refused as a whole; splitting it to find the records at fault");
+                        let second = pending.split_off(pending.len() / 2);
+                        queue.push_front(second);
+                        queue.push_front(pending);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    Ok(rejected)
+}
+
+/// Full jitter: uniform in [0, min(max, initial * 2^attempt)], at least `retry_after`.
+fn backoff(rt: &SinkRuntime, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let cfg = &rt.config;
+    let cap = cfg
+        .retry_backoff_initial_ms
+        .saturating_mul(1u64 << attempt.min(30))
+        .min(cfg.retry_backoff_max_ms);
+    let jitter = Duration::from_millis(rand::rng().random_range(0..=cap));
+    match retry_after {
+        Some(r) => jitter.max(r.min(Duration::from_millis(cfg.retry_backoff_max_ms.max(1000) * 10))),
+        None => jitter,
+    }
+}
+
+/// Sleeps `d`; true when stop was asked for meanwhile.
+async fn sleep_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
+    let mut rx = stop.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = rx.wait_for(|s| *s) => return true,
+    }
+    *stop.borrow()
+}
+
+/// Reads the committed log of one shard from the sink's cursor and delivers it, for as
+/// long as this node leads the shard, until `stop`.
+pub(crate) async fn run(
+    rt: Arc<SinkRuntime>,
+    raft: Arc<RaftNode>,
+    log: Arc<ShardLog>,
+    stop: watch::Receiver<bool>,
+) {
+    let shard = log.shard();
+    let name = crate::cursor_name(&rt.config.name);
+    let progress = &rt.stats.shards[shard as usize];
+    let flush = Duration::from_millis(rt.config.flush_interval_ms.max(1));
+    // Highest index known to hold nothing for this sink above the cursor (cursor and
+    // no-op entries), so they are not read again and again.
+    let mut scanned_to = 0u64;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if !log.is_leader() {
+            progress.active.store(false, Ordering::Relaxed);
+            if sleep_or_stop(Duration::from_millis(200), &stop).await {
+                return;
+            }
+            continue;
+        }
+        progress.active.store(true, Ordering::Relaxed);
+        let Some(cursor) = log.cursor(&name) else {
+            // A new sink starts with what the log still holds.
+            let start = log.first_index().saturating_sub(1);
+            tracing::info!(sink = %rt.config.name, shard, start, "new mirror cursor");
+            if let Err(e) = propose_cursor(&raft, shard, &name, start).await {
+                tracing::debug!(sink = %rt.config.name, shard, error = %e, "cannot set the first cursor; retrying");
+                if sleep_or_stop(Duration::from_millis(500), &stop).await {
+                    return;
+                }
+            }
+            continue;
+        };
+        progress.cursor.store(cursor, Ordering::Relaxed);
+        let watermark = log.watermark();
+        progress.watermark.store(watermark, Ordering::Relaxed);
+        let from = cursor.max(scanned_to) + 1;
+        if watermark < from {
+            progress.oldest_pending_ns.store(0, Ordering::Relaxed);
+            if sleep_or_stop(flush, &stop).await {
+                return;
+            }
+            continue;
+        }
+        let l = log.clone();
+        let max = rt.config.batch_bytes_max;
+        let read = tokio::task::spawn_blocking(move || l.read(from, watermark, max)).await;
+        let entries = match read {
+            Ok(Ok(e)) => e,
+            Ok(Err(weir_raft::Error::Compacted { first, .. })) => {
+                // Compaction never passes a required cursor, so this means entries were
+                // removed behind the raft layer's back (or the sink was renamed). What is
+                // gone cannot be counted per record; say so loudly and go on from what is left.
+                tracing::error!(sink = %rt.config.name, shard, cursor, first, "log entries were removed before this sink received them");
+                rt.stats.fail("released_unmirrored", 1, "log entries were removed before delivery");
+                let _ = propose_cursor(&raft, shard, &name, first - 1).await;
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(sink = %rt.config.name, shard, error = %e, "cannot read the committed log; retrying");
+                if sleep_or_stop(Duration::from_secs(1), &stop).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(sink = %rt.config.name, shard, error = %e, "log reader task failed");
+                continue;
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.index) else {
+            // Nothing but cursor and no-op entries: no need to move the durable cursor.
+            scanned_to = watermark;
+            continue;
+        };
+        let mut items = Vec::new();
+        let mut oldest = i64::MAX;
+        let mut records = 0usize;
+        for e in &entries {
+            match StoredBatch::decode(e.data.as_slice()) {
+                Ok(b) => {
+                    oldest = oldest.min(b.received_ns);
+                    records += b.records.len();
+                    let tenants = &rt.config.tenants;
+                    items.extend(Item::from_batch(shard, e.index, b, |t| {
+                        tenants.is_empty() || tenants.iter().any(|x| x == t)
+                    }));
+                }
+                Err(err) => {
+                    // The log is the source of truth; an entry that is not a batch means a
+                    // bug or corruption. Do not skip it silently: stall and say so.
+                    let msg = format!("entry {} of shard {shard} is not a StoredBatch: {err}", e.index);
+                    tracing::error!(sink = %rt.config.name, %msg, "mirror stalled");
+                    *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                    if sleep_or_stop(Duration::from_secs(5), &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let per_entry = (records as u64 * 1000) / entries.len() as u64;
+        let prev = progress.records_per_entry_milli.load(Ordering::Relaxed);
+        progress.records_per_entry_milli.store(
+            if prev == 0 { per_entry } else { (prev * 7 + per_entry) / 8 },
+            Ordering::Relaxed,
+        );
+        progress.oldest_pending_ns.store(oldest, Ordering::Relaxed);
+        let rejected = match deliver(&rt, items, &stop, None).await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let n = rejected.len() as u64;
+        if n > 0 {
+            if let Err(e) = rt.dlq.append(rejected, crate::now_ns()) {
+                // Not advancing is the only way not to lose them: stall loudly, then read
+                // and deliver again from the cursor (stored records answer as duplicates,
+                // the rejected ones are rejected again).
+                let msg = format!("cannot dead-letter {n} records: {e}");
+                tracing::error!(sink = %rt.config.name, shard, %msg, "mirror stalled");
+                *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                if sleep_or_stop(Duration::from_secs(5), &stop).await {
+                    return;
+                }
+                continue;
+            }
+            SinkStats::add(&rt.stats.dead_lettered, n);
+            tracing::warn!(sink = %rt.config.name, shard, records = n, "records dead-lettered");
+        }
+        *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        match propose_cursor(&raft, shard, &name, last).await {
+            Ok(()) => {
+                progress.cursor.store(last, Ordering::Relaxed);
+                progress.oldest_pending_ns.store(0, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Delivered but not recorded: the next leader (or this one, next round)
+                // sends it again, and the backend recognises the copies.
+                tracing::debug!(sink = %rt.config.name, shard, error = %e, "cursor not committed; will resend from the last committed cursor");
+                if sleep_or_stop(Duration::from_millis(200), &stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn propose_cursor(raft: &RaftNode, shard: u32, name: &str, position: u64) -> Result<(), String> {
+    let p = raft
+        .propose_cursor(shard, name, position)
+        .map_err(|e| e.to_string())?;
+    match p.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("raft stopped".into()),
+    }
+}
