@@ -142,7 +142,10 @@ mod tests {
         assert!(matches!(b.try_admit(), Admit::Wait(_)));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.try_admit(), Admit::Yes, "the probe");
-        assert!(matches!(b.try_admit(), Admit::Wait(_)), "one probe at a time");
+        assert!(
+            matches!(b.try_admit(), Admit::Wait(_)),
+            "one probe at a time"
+        );
         b.success();
         assert_eq!(b.state(), BreakerState::Closed);
     }

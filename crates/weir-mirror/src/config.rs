@@ -288,7 +288,10 @@ mod tests {
     fn a_key_of_the_other_backend_is_named() {
         let c = parse("name = \"l\"\ntype = \"loki\"\nurl = \"http://loki:3100\"\nindex = \"x\"\n");
         let e = c.validate().unwrap_err();
-        assert!(e.contains("mirror.sinks[name=l].index") && e.contains("elasticsearch"), "{e}");
+        assert!(
+            e.contains("mirror.sinks[name=l].index") && e.contains("elasticsearch"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -297,8 +297,11 @@ mod tests {
     fn letters_survive_reopen_and_removal_is_durable() {
         let dir = tempfile::tempdir().unwrap();
         let d = DeadLetters::open(dir.path(), "es", 1 << 20).unwrap();
-        d.append(vec![(item(1), "400 bad".into()), (item(2), "400 worse".into())], 5)
-            .unwrap();
+        d.append(
+            vec![(item(1), "400 bad".into()), (item(2), "400 worse".into())],
+            5,
+        )
+        .unwrap();
         drop(d);
         let d = DeadLetters::open(dir.path(), "es", 1 << 20).unwrap();
         let l = d.list();

@@ -29,7 +29,11 @@ enum Part {
     Lit(String),
     Tenant,
     /// The record's UTC date: separator, and whether month and day are shown.
-    Date { sep: char, month: bool, day: bool },
+    Date {
+        sep: char,
+        month: bool,
+        day: bool,
+    },
 }
 
 impl IndexPattern {
@@ -69,7 +73,9 @@ impl IndexPattern {
         }
         for p in &parts {
             if let Part::Lit(l) = p {
-                if l.chars().any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c)) {
+                if l.chars()
+                    .any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c))
+                {
                     return Err(format!(
                         "index pattern {s:?} has {l:?}: Elasticsearch index names are lower case without \\ / * ? \" < > | space , # :"
                     ));
@@ -171,8 +177,8 @@ pub fn encode_item(out: &mut Vec<u8>, item: &Item, pattern: &IndexPattern, clust
 /// The body is not a bulk answer for `n` items (then nothing can be trusted and the whole
 /// request is retried).
 pub fn parse_response(body: &[u8], n: usize) -> Result<Vec<ItemResult>, String> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("bulk answer is not JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("bulk answer is not JSON: {e}"))?;
     let items = v
         .get("items")
         .and_then(Value::as_array)
@@ -255,15 +261,22 @@ mod tests {
     #[test]
     fn patterns_render_tenant_and_utc_date() {
         let p = IndexPattern::parse("logs-{tenant}-{yyyy.MM.dd}").unwrap();
-        assert_eq!(p.render("Acme Corp", 1_700_000_000_000_000_000), "logs-acme_corp-2023.11.14");
+        assert_eq!(
+            p.render("Acme Corp", 1_700_000_000_000_000_000),
+            "logs-acme_corp-2023.11.14"
+        );
         assert_eq!(p.glob(), "logs-*-*");
         assert_eq!(IndexPattern::parse("weir").unwrap().glob(), "weir");
     }
 
     #[test]
     fn upper_case_pattern_text_is_refused() {
-        assert!(IndexPattern::parse("Logs-{tenant}").unwrap_err().contains("lower case"));
-        assert!(IndexPattern::parse("logs-{tenant").unwrap_err().contains("unclosed"));
+        assert!(IndexPattern::parse("Logs-{tenant}")
+            .unwrap_err()
+            .contains("lower case"));
+        assert!(IndexPattern::parse("logs-{tenant")
+            .unwrap_err()
+            .contains("unclosed"));
     }
 
     #[test]
@@ -276,7 +289,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "the newline in the body is escaped: {text}");
         let action: Value = serde_json::from_str(lines[0]).unwrap();
-        assert_eq!(action, json!({"create": {"_index": "logs-acme_corp", "_id": "c0-1-9-2"}}));
+        assert_eq!(
+            action,
+            json!({"create": {"_index": "logs-acme_corp", "_id": "c0-1-9-2"}})
+        );
         let doc: Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(doc["level"], "warn");
         assert_eq!(doc["@timestamp"], "2023-11-14T22:13:20Z");
@@ -296,13 +312,23 @@ mod tests {
         assert_eq!(r[0], ItemResult::Done);
         assert_eq!(r[1], ItemResult::Done, "409 on create: already there");
         assert!(matches!(&r[2], ItemResult::Retry(_)));
-        assert_eq!(r[3], ItemResult::Reject("400 document_parsing_exception: bad (caused by: not a date)".into()));
-        assert!(matches!(&r[4], ItemResult::Reject(_)), "409 on index is a real conflict");
+        assert_eq!(
+            r[3],
+            ItemResult::Reject(
+                "400 document_parsing_exception: bad (caused by: not a date)".into()
+            )
+        );
+        assert!(
+            matches!(&r[4], ItemResult::Reject(_)),
+            "409 on index is a real conflict"
+        );
     }
 
     #[test]
     fn an_answer_with_the_wrong_item_count_is_not_trusted() {
         let body = json!({"errors": false, "items": [{"create": {"status": 201}}]});
-        assert!(parse_response(body.to_string().as_bytes(), 2).unwrap_err().contains("1 items for 2"));
+        assert!(parse_response(body.to_string().as_bytes(), 2)
+            .unwrap_err()
+            .contains("1 items for 2"));
     }
 }

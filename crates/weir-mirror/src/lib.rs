@@ -233,7 +233,9 @@ impl Mirror {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for rt in &sinks {
-            if rt.config.backend == Backend::Elasticsearch && rt.config.install_template != Some(false) {
+            if rt.config.backend == Backend::Elasticsearch
+                && rt.config.install_template != Some(false)
+            {
                 let rt = rt.clone();
                 tasks.push(tokio::spawn(async move {
                     match rt.sink.install_template().await {
@@ -287,9 +289,8 @@ impl Mirror {
                         if active {
                             let behind = watermark.saturating_sub(cursor);
                             lag_entries += behind;
-                            lag_records += behind
-                                * p.records_per_entry_milli.load(Ordering::Relaxed)
-                                / 1000;
+                            lag_records +=
+                                behind * p.records_per_entry_milli.load(Ordering::Relaxed) / 1000;
                             let o = p.oldest_pending_ns.load(Ordering::Relaxed);
                             if o > 0 {
                                 oldest = oldest.min(o);
@@ -330,12 +331,16 @@ impl Mirror {
     /// Appends every sink's metrics in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         let status = self.status();
-        let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in values {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        };
+        let mut family =
+            |name: &str,
+             kind: &str,
+             help: &str,
+             values: &mut dyn Iterator<Item = (String, String)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, v) in values {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            };
         let l = |rt: &SinkRuntime| {
             format!(
                 "backend=\"{}\",sink=\"{}\"",
@@ -356,18 +361,43 @@ impl Mirror {
                 );
             };
         }
-        counter!("weir_mirror_records_sent_total", "records the backend has stored", records_sent);
-        counter!("weir_mirror_bytes_sent_total", "request bytes sent (approximate, every attempt)", bytes_sent);
+        counter!(
+            "weir_mirror_records_sent_total",
+            "records the backend has stored",
+            records_sent
+        );
+        counter!(
+            "weir_mirror_bytes_sent_total",
+            "request bytes sent (approximate, every attempt)",
+            bytes_sent
+        );
         counter!("weir_mirror_requests_total", "requests sent", requests);
-        counter!("weir_mirror_retries_total", "requests or items sent again", retries);
-        counter!("weir_mirror_dead_lettered_records_total", "records the backend refused for good", dead_lettered);
-        counter!("weir_mirror_dropped_records_total", "records released before this sink received them", dropped);
+        counter!(
+            "weir_mirror_retries_total",
+            "requests or items sent again",
+            retries
+        );
+        counter!(
+            "weir_mirror_dead_lettered_records_total",
+            "records the backend refused for good",
+            dead_lettered
+        );
+        counter!(
+            "weir_mirror_dropped_records_total",
+            "records released before this sink received them",
+            dropped
+        );
         family(
             "weir_mirror_write_failed_total",
             "counter",
             "failed requests (or items) by reason",
             &mut self.sinks.iter().flat_map(|rt| {
-                let f = rt.stats.failures.lock().map(|f| f.clone()).unwrap_or_default();
+                let f = rt
+                    .stats
+                    .failures
+                    .lock()
+                    .map(|f| f.clone())
+                    .unwrap_or_default();
                 let base = l(rt);
                 f.into_iter()
                     .map(move |(reason, n)| (format!("{base},reason=\"{reason}\""), n.to_string()))
@@ -388,7 +418,12 @@ impl Mirror {
             "gauge",
             "committed log entries not yet delivered",
             &mut self.sinks.iter().map(|rt| {
-                (l(rt), by_name(&rt.config.name).map_or(0, |s| s.lag_entries).to_string())
+                (
+                    l(rt),
+                    by_name(&rt.config.name)
+                        .map_or(0, |s| s.lag_entries)
+                        .to_string(),
+                )
             }),
         );
         family(
@@ -396,7 +431,12 @@ impl Mirror {
             "gauge",
             "records not yet delivered (estimated from the mean records per entry)",
             &mut self.sinks.iter().map(|rt| {
-                (l(rt), by_name(&rt.config.name).map_or(0, |s| s.lag_records).to_string())
+                (
+                    l(rt),
+                    by_name(&rt.config.name)
+                        .map_or(0, |s| s.lag_records)
+                        .to_string(),
+                )
             }),
         );
         family(
@@ -404,7 +444,12 @@ impl Mirror {
             "gauge",
             "age of the oldest record being delivered",
             &mut self.sinks.iter().map(|rt| {
-                (l(rt), by_name(&rt.config.name).map_or(0.0, |s| s.lag_seconds).to_string())
+                (
+                    l(rt),
+                    by_name(&rt.config.name)
+                        .map_or(0.0, |s| s.lag_seconds)
+                        .to_string(),
+                )
             }),
         );
         family(
@@ -482,7 +527,13 @@ impl Mirror {
                 report.error = Some("the node is shutting down".into());
             }
         }
-        tracing::info!(sink, delivered = report.delivered, rejected_again = report.rejected_again, not_attempted = report.not_attempted, "dead letters replayed");
+        tracing::info!(
+            sink,
+            delivered = report.delivered,
+            rejected_again = report.rejected_again,
+            not_attempted = report.not_attempted,
+            "dead letters replayed"
+        );
         Ok(report)
     }
 

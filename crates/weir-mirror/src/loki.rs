@@ -33,7 +33,13 @@ pub struct LokiMapping {
 pub fn label_name(k: &str) -> String {
     let mut out: String = k
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
@@ -119,7 +125,11 @@ pub fn streams<'a>(
 }
 
 /// The HTTP body and content type of a push of `items` (one tenant).
-pub fn encode(items: &[Item], mapping: &LokiMapping, format: LokiFormat) -> (Vec<u8>, &'static str) {
+pub fn encode(
+    items: &[Item],
+    mapping: &LokiMapping,
+    format: LokiFormat,
+) -> (Vec<u8>, &'static str) {
     let grouped = streams(items, mapping);
     match format {
         LokiFormat::Protobuf => {
@@ -133,8 +143,7 @@ pub fn encode(items: &[Item], mapping: &LokiMapping, format: LokiFormat) -> (Vec
                             .map(|it| EntryAdapter {
                                 timestamp: Some(prost_types::Timestamp {
                                     seconds: it.record.timestamp_ns.div_euclid(1_000_000_000),
-                                    nanos: it.record.timestamp_ns.rem_euclid(1_000_000_000)
-                                        as i32,
+                                    nanos: it.record.timestamp_ns.rem_euclid(1_000_000_000) as i32,
                                 }),
                                 line: it.record.body.clone(),
                                 structured_metadata: mapping
@@ -209,14 +218,19 @@ mod tests {
 
     fn mapping() -> LokiMapping {
         LokiMapping {
-            stream_labels: ["service", "namespace", "cluster", "level", "labels.*"].map(String::from).to_vec(),
+            stream_labels: ["service", "namespace", "cluster", "level", "labels.*"]
+                .map(String::from)
+                .to_vec(),
             structured_metadata: ["trace_id", "span_id", "pod"].map(String::from).to_vec(),
         }
     }
 
     #[test]
     fn label_names_are_made_valid() {
-        assert_eq!(label_name("app.kubernetes.io/name"), "app_kubernetes_io_name");
+        assert_eq!(
+            label_name("app.kubernetes.io/name"),
+            "app_kubernetes_io_name"
+        );
         assert_eq!(label_name("1x"), "_1x");
     }
 
@@ -235,10 +249,21 @@ mod tests {
         let req = PushRequest::decode(raw.as_slice()).unwrap();
         assert_eq!(req.streams.len(), 1, "pod is metadata, not a label");
         let s = &req.streams[0];
-        assert_eq!(s.labels, r#"{app_kubernetes_io_name="x", level="info", service="api"}"#);
-        let ts: Vec<i32> = s.entries.iter().map(|e| e.timestamp.unwrap().nanos).collect();
+        assert_eq!(
+            s.labels,
+            r#"{app_kubernetes_io_name="x", level="info", service="api"}"#
+        );
+        let ts: Vec<i32> = s
+            .entries
+            .iter()
+            .map(|e| e.timestamp.unwrap().nanos)
+            .collect();
         assert_eq!(ts, vec![10, 20, 30]);
-        assert_eq!(s.entries[0].structured_metadata.len(), 2, "trace_id and pod");
+        assert_eq!(
+            s.entries[0].structured_metadata.len(),
+            2,
+            "trace_id and pod"
+        );
         assert_eq!(s.entries[1].structured_metadata.len(), 1, "no empty pod");
     }
 
@@ -253,7 +278,10 @@ mod tests {
 
     #[test]
     fn a_record_without_labels_gets_a_placeholder_stream() {
-        let m = LokiMapping { stream_labels: vec!["namespace".into()], structured_metadata: vec![] };
+        let m = LokiMapping {
+            stream_labels: vec!["namespace".into()],
+            structured_metadata: vec![],
+        };
         let l = m.labels(&item(1, 0, ""));
         assert_eq!(l.get("service").map(String::as_str), Some("unknown"));
     }

@@ -110,7 +110,10 @@ impl Sink {
     /// since the tenant is a header).
     pub fn group(&self, items: Vec<Item>) -> Vec<Vec<Item>> {
         match &self.kind {
-            Kind::Elasticsearch { .. } | Kind::Loki { org_id: Some(_), .. } => vec![items],
+            Kind::Elasticsearch { .. }
+            | Kind::Loki {
+                org_id: Some(_), ..
+            } => vec![items],
             Kind::Loki { org_id: None, .. } => {
                 let mut by: std::collections::BTreeMap<String, Vec<Item>> = Default::default();
                 for it in items {
@@ -269,8 +272,16 @@ fn base64(s: &str) -> String {
             | u32::from(*c.get(2).unwrap_or(&0));
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -279,7 +290,10 @@ fn base64(s: &str) -> String {
 mod tests {
     #[test]
     fn basic_auth_is_standard_base64() {
-        assert_eq!(super::base64("elastic:changeme"), "ZWxhc3RpYzpjaGFuZ2VtZQ==");
+        assert_eq!(
+            super::base64("elastic:changeme"),
+            "ZWxhc3RpYzpjaGFuZ2VtZQ=="
+        );
         assert_eq!(super::base64("ab"), "YWI=");
     }
 }

@@ -170,7 +170,9 @@ fn backoff(rt: &SinkRuntime, attempt: u32, retry_after: Option<Duration>) -> Dur
         .min(cfg.retry_backoff_max_ms);
     let jitter = Duration::from_millis(rand::rng().random_range(0..=cap));
     match retry_after {
-        Some(r) => jitter.max(r.min(Duration::from_millis(cfg.retry_backoff_max_ms.max(1000) * 10))),
+        Some(r) => jitter.max(r.min(Duration::from_millis(
+            cfg.retry_backoff_max_ms.max(1000) * 10,
+        ))),
         None => jitter,
     }
 }
@@ -245,7 +247,11 @@ pub(crate) async fn run(
                 // removed behind the raft layer's back (or the sink was renamed). What is
                 // gone cannot be counted per record; say so loudly and go on from what is left.
                 tracing::error!(sink = %rt.config.name, shard, cursor, first, "log entries were removed before this sink received them");
-                rt.stats.fail("released_unmirrored", 1, "log entries were removed before delivery");
+                rt.stats.fail(
+                    "released_unmirrored",
+                    1,
+                    "log entries were removed before delivery",
+                );
                 let _ = propose_cursor(&raft, shard, &name, first - 1).await;
                 continue;
             }
@@ -282,7 +288,10 @@ pub(crate) async fn run(
                 Err(err) => {
                     // The log is the source of truth; an entry that is not a batch means a
                     // bug or corruption. Do not skip it silently: stall and say so.
-                    let msg = format!("entry {} of shard {shard} is not a StoredBatch: {err}", e.index);
+                    let msg = format!(
+                        "entry {} of shard {shard} is not a StoredBatch: {err}",
+                        e.index
+                    );
                     tracing::error!(sink = %rt.config.name, %msg, "mirror stalled");
                     *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
                     if sleep_or_stop(Duration::from_secs(5), &stop).await {
@@ -295,7 +304,11 @@ pub(crate) async fn run(
         let per_entry = (records as u64 * 1000) / entries.len() as u64;
         let prev = progress.records_per_entry_milli.load(Ordering::Relaxed);
         progress.records_per_entry_milli.store(
-            if prev == 0 { per_entry } else { (prev * 7 + per_entry) / 8 },
+            if prev == 0 {
+                per_entry
+            } else {
+                (prev * 7 + per_entry) / 8
+            },
             Ordering::Relaxed,
         );
         progress.oldest_pending_ns.store(oldest, Ordering::Relaxed);
@@ -338,7 +351,12 @@ pub(crate) async fn run(
     }
 }
 
-async fn propose_cursor(raft: &RaftNode, shard: u32, name: &str, position: u64) -> Result<(), String> {
+async fn propose_cursor(
+    raft: &RaftNode,
+    shard: u32,
+    name: &str,
+    position: u64,
+) -> Result<(), String> {
     let p = raft
         .propose_cursor(shard, name, position)
         .map_err(|e| e.to_string())?;

@@ -229,7 +229,10 @@ pub(crate) fn decode_cursor(data: &[u8]) -> Result<(String, u64), String> {
         .to_owned();
     let position = r.u64()?;
     if r.pos != data.len() {
-        return Err(format!("{} trailing bytes after cursor", data.len() - r.pos));
+        return Err(format!(
+            "{} trailing bytes after cursor",
+            data.len() - r.pos
+        ));
     }
     Ok((name, position))
 }
@@ -322,7 +325,10 @@ mod tests {
     #[test]
     fn cursor_context_is_not_a_dedup_version() {
         assert!(is_cursor(&[CURSOR_CONTEXT]));
-        assert!(!is_cursor(&encode_dedup(Some(&DedupKey { producer: "p".into(), sequence: 1 }))));
+        assert!(!is_cursor(&encode_dedup(Some(&DedupKey {
+            producer: "p".into(),
+            sequence: 1
+        }))));
         assert!(!is_cursor(&[]));
     }
 

@@ -180,7 +180,11 @@ impl RaftNode {
             let wal = Wal::open(&dir, cfg.wal, io.clone())?;
             faults.push(wal.fault_injector());
             let storage = WalStorage::open(shard, wal, &cfg.voters)?;
-            let log = Arc::new(ShardLog::new(shard, storage.reader(), required_cursors.clone()));
+            let log = Arc::new(ShardLog::new(
+                shard,
+                storage.reader(),
+                required_cursors.clone(),
+            ));
             let raft_cfg = raft::Config {
                 id: cfg.node_id,
                 election_tick: 10,
@@ -303,7 +307,10 @@ impl RaftNode {
     /// If `name` is longer than [`crate::CURSOR_NAME_BYTES_MAX`] bytes.
     pub fn propose_cursor(&self, shard: u32, name: &str, position: u64) -> Result<Proposal> {
         assert!(shard < self.shard_count(), "shard {shard} out of range");
-        assert!(name.len() <= crate::CURSOR_NAME_BYTES_MAX, "cursor name too long");
+        assert!(
+            name.len() <= crate::CURSOR_NAME_BYTES_MAX,
+            "cursor name too long"
+        );
         if self.health.failed.load(Ordering::Acquire) {
             return Err(Error::Stopped(shard));
         }

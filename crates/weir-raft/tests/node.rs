@@ -276,7 +276,10 @@ fn a_producer_sequence_below_the_window_is_an_error_not_a_silent_duplicate() {
 fn wait_leader(log: &weir_raft::ShardLog) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !log.is_leader() {
-        assert!(std::time::Instant::now() < deadline, "never became a current leader");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never became a current leader"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -367,7 +370,10 @@ fn compaction_never_passes_a_required_cursor() {
         if s[0].first_index > 1 {
             break s[0].first_index;
         }
-        assert!(std::time::Instant::now() < deadline, "compaction never happened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction never happened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(
@@ -376,7 +382,9 @@ fn compaction_never_passes_a_required_cursor() {
         indexes[20]
     );
     // Everything above the cursor is still readable.
-    let got = log.read(indexes[20] + 1, log.watermark(), 64 << 20).unwrap();
+    let got = log
+        .read(indexes[20] + 1, log.watermark(), 64 << 20)
+        .unwrap();
     assert_eq!(got.len(), 19);
     node.shutdown();
 }

@@ -26,6 +26,16 @@ pub struct Config {
     pub index: IndexConfig,
     /// Search settings.
     pub search: SearchConfig,
+    /// Mirrors to Elasticsearch and Loki.
+    pub mirror: MirrorConfig,
+}
+
+/// Mirrors: `[[mirror.sinks]]` tables (see `weir_mirror::SinkConfig` for every key).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The sinks; none by default.
+    pub sinks: Vec<weir_mirror::SinkConfig>,
 }
 
 impl Default for Config {
@@ -38,6 +48,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             index: IndexConfig::default(),
             search: SearchConfig::default(),
+            mirror: MirrorConfig::default(),
         }
     }
 }
@@ -229,6 +240,15 @@ impl Config {
             self.search.max_limit > 0 && self.search.default_limit > 0,
             "search limits must be positive"
         );
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.mirror.sinks {
+            s.validate().map_err(|e| anyhow::anyhow!(e))?;
+            anyhow::ensure!(
+                names.insert(&s.name),
+                "two mirror sinks are named {:?}; mirror.sinks names must be unique",
+                s.name
+            );
+        }
         Ok(())
     }
 }
@@ -252,6 +272,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn mirror_sinks_parse_and_a_misplaced_key_is_named() {
+        let cfg: Config = toml::from_str(
+            "[[mirror.sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\n\n[[mirror.sinks]]\nname = \"loki\"\ntype = \"loki\"\nurl = \"http://loki:3100\"\norg_id = \"ops\"\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.mirror.sinks.len(), 2);
+        let cfg: Config = toml::from_str(
+            "[[mirror.sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\norg_id = \"x\"\n",
+        )
+        .unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("mirror.sinks[name=es].org_id"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! HTTP front end (port 4318): search, labels, health, metrics.
+//! HTTP front end (port 4318): search, labels, cluster status, dead letters, health,
+//! metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use weir_index::{Cursor, Hit, SearchRequest, Sort};
@@ -23,6 +24,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/api/v1/search", get(search))
         .route("/api/v1/labels", get(labels))
         .route("/api/v1/labels/{name}/values", get(label_values))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/dlq", get(dlq_sinks))
+        .route("/api/v1/dlq/{sink}", get(dlq_list))
+        .route("/api/v1/dlq/{sink}/replay", post(dlq_replay))
+        .route("/api/v1/dlq/{sink}/{seq}", get(dlq_show))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -325,8 +331,166 @@ async fn readyz(State(st): State<Arc<NodeState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
+    let mut out = st.metrics.render();
+    st.mirror.render_metrics(&mut out);
+    ([("content-type", "text/plain; version=0.0.4")], out)
+}
+
+/// `GET /api/v1/cluster`: this node, every shard, every mirror, and one health word
+/// (`ok`, `degraded` when a mirror cannot deliver or an indexer stopped, `failed`).
+async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Value>, HttpError> {
+    let shards = st
+        .raft
+        .status()
+        .await
+        .map_err(|e| ApiError::new(weir_proto::ErrorKind::Unavailable, e.to_string()))?;
+    let mirrors = st.mirror.status();
+    let h = st.raft.health();
+    let failed = h.failed.load(std::sync::atomic::Ordering::Acquire);
+    let degraded = h.disk_full.load(std::sync::atomic::Ordering::Acquire)
+        || !st.indexer_failures().is_empty()
+        || mirrors
+            .iter()
+            .any(|m| m.breaker != "closed" || m.shards.iter().any(|s| s.stalled.is_some()));
+    let health = if failed {
+        "failed"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
+    Ok(Json(serde_json::json!({
+        "cluster_id": st.cluster_id,
+        "health": health,
+        "nodes": [{
+            "id": 1,
+            "up": !failed,
+            "version": env!("CARGO_PKG_VERSION"),
+            "grpc_addr": st.config.grpc_addr.to_string(),
+            "http_addr": st.config.http_addr.to_string(),
+            "io_backend": st.raft.io_backend().to_string(),
+        }],
+        "shards": shards.iter().map(|s| serde_json::json!({
+            "shard": s.shard,
+            "leader": s.leader_id,
+            "term": s.term,
+            "commit": s.commit,
+            "applied": s.applied,
+            "first_index": s.first_index,
+            "last_index": s.last_index,
+            "wal_bytes": s.wal_bytes,
+            "replicas": [{"node": 1, "lag": s.commit.saturating_sub(s.applied)}],
+        })).collect::<Vec<_>>(),
+        "mirrors": mirrors,
+    })))
+}
+
+fn mirror_error(e: weir_mirror::Error) -> HttpError {
+    let kind = match e {
+        weir_mirror::Error::UnknownSink(_) => weir_proto::ErrorKind::NotFound,
+        _ => weir_proto::ErrorKind::Internal,
+    };
+    HttpError(ApiError::new(kind, e.to_string()))
+}
+
+/// `GET /api/v1/dlq`: each sink and how many dead letters it holds.
+async fn dlq_sinks(State(st): State<Arc<NodeState>>) -> Json<serde_json::Value> {
+    let sinks: Vec<_> = st
+        .mirror
+        .status()
+        .into_iter()
+        .map(|s| serde_json::json!({"sink": s.name, "backend": s.backend, "dead_letters": s.dead_letters_held}))
+        .collect();
+    Json(serde_json::json!({ "sinks": sinks }))
+}
+
+/// `GET /api/v1/dlq/{sink}?limit=N&after=SEQ`: dead letters, oldest first.
+async fn dlq_list(
+    State(st): State<Arc<NodeState>>,
+    Path(sink): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let num = |k: &str, d: u64| -> Result<u64, HttpError> {
+        params.get(k).map_or(Ok(d), |v| {
+            v.parse().map_err(|_| {
+                HttpError(ApiError::invalid(format!(
+                    "{k} must be a non-negative integer, not {v:?}"
+                )))
+            })
+        })
+    };
+    let limit = num("limit", 100)? as usize;
+    let after = num("after", 0)?;
+    let all = st.mirror.dead_letters(&sink).map_err(mirror_error)?;
+    let total = all.len();
+    let letters: Vec<_> = all
+        .iter()
+        .filter(|l| l.seq > after)
+        .take(limit)
+        .map(|l| l.to_json())
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "sink": sink, "total": total, "dead_letters": letters }),
+    ))
+}
+
+/// `GET /api/v1/dlq/{sink}/{seq}`: one dead letter.
+async fn dlq_show(
+    State(st): State<Arc<NodeState>>,
+    Path((sink, seq)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let seq: u64 = seq.parse().map_err(|_| {
+        HttpError(ApiError::invalid(format!(
+            "dead letter number must be an integer, not {seq:?}"
+        )))
+    })?;
+    let all = st.mirror.dead_letters(&sink).map_err(mirror_error)?;
+    all.iter()
+        .find(|l| l.seq == seq)
+        .map(|l| Json(l.to_json()))
+        .ok_or_else(|| {
+            HttpError(ApiError::new(
+                weir_proto::ErrorKind::NotFound,
+                format!("sink {sink:?} holds no dead letter {seq}"),
+            ))
+        })
+}
+
+/// `POST /api/v1/dlq/{sink}/replay`, body optional `{"seqs":[1,2]}`: sends dead letters
+/// again; delivered ones are removed.
+async fn dlq_replay(
+    State(st): State<Arc<NodeState>>,
+    Path(sink): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<weir_mirror::ReplayReport>, HttpError> {
+    let seqs = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            HttpError(ApiError::invalid(format!(
+                "replay body must be JSON like {{\"seqs\":[1,2]}}: {e}"
+            )))
+        })?;
+        match v.get("seqs") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Array(a)) => Some(
+                a.iter()
+                    .map(|x| {
+                        x.as_u64().ok_or_else(|| {
+                            HttpError(ApiError::invalid(format!(
+                                "seqs must hold integers, not {x}"
+                            )))
+                        })
+                    })
+                    .collect::<Result<Vec<u64>, _>>()?,
+            ),
+            Some(other) => {
+                return Err(HttpError(ApiError::invalid(format!(
+                    "seqs must be an array of integers, not {other}"
+                ))))
+            }
+        }
+    };
+    let report = st.mirror.replay(&sink, seqs).await.map_err(mirror_error)?;
+    Ok(Json(report))
 }

@@ -51,6 +51,7 @@ pub struct Node {
     http_task: JoinHandle<std::io::Result<()>>,
     raft: Arc<RaftNode>,
     indexers: Vec<Indexer>,
+    mirror: Arc<weir_mirror::Mirror>,
     state: Arc<NodeState>,
 }
 
@@ -64,7 +65,7 @@ impl Node {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-        check_node_file(&config)?;
+        let cluster_id = check_node_file(&config)?;
         let metrics = Arc::new(Metrics::default());
         let raft_cfg = NodeConfig {
             shard_count: config.storage.shards,
@@ -119,12 +120,23 @@ impl Node {
             Duration::from_millis(config.storage.commit_timeout_ms),
             metrics.clone(),
         ));
+        let mirror = Arc::new(
+            weir_mirror::Mirror::start(
+                config.mirror.sinks.clone(),
+                raft.clone(),
+                &config.data_dir,
+                &cluster_id,
+            )
+            .context("cannot start the mirrors")?,
+        );
         let indexer_failed = indexers.iter().map(Indexer::failure_slot).collect();
         let state = Arc::new(NodeState {
             config: config.clone(),
             raft: raft.clone(),
             searcher: Searcher::new(indexes),
             metrics,
+            mirror: mirror.clone(),
+            cluster_id,
             indexer_failed,
         });
 
@@ -166,6 +178,7 @@ impl Node {
             http_task,
             raft,
             indexers,
+            mirror,
             state,
         })
     }
@@ -194,6 +207,8 @@ impl Node {
         let _ = self.stop.send(true);
         let grpc = self.grpc_task.await;
         let http = self.http_task.await;
+        // Mirrors stop first: a batch in flight is sent again from its cursor next time.
+        self.mirror.shutdown().await;
         let raft = self.raft.clone();
         let indexers = self.indexers;
         tokio::task::spawn_blocking(move || {
@@ -211,12 +226,14 @@ impl Node {
 }
 
 /// The shard count is fixed for the life of a data directory (it decides where every
-/// stream lives): it is written on first start and checked on every later one.
-fn check_node_file(config: &Config) -> anyhow::Result<()> {
+/// stream lives): it is written on first start and checked on every later one. The file
+/// also holds the cluster id, random at first start, which keeps the Elasticsearch ids of
+/// a new cluster from colliding with those an old one left in the same indexes. Returns it.
+fn check_node_file(config: &Config) -> anyhow::Result<String> {
     let path = config.data_dir.join("weir-node.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not valid JSON", path.display()))?;
             let shards = v["shards"]
                 .as_u64()
@@ -227,15 +244,30 @@ fn check_node_file(config: &Config) -> anyhow::Result<()> {
                 config.data_dir.display(),
                 config.storage.shards
             );
-            Ok(())
+            if let Some(id) = v["cluster_id"].as_str() {
+                return Ok(id.to_owned());
+            }
+            // Written by a version before cluster ids: add one.
+            let id = new_cluster_id();
+            v["cluster_id"] = serde_json::Value::String(id.clone());
+            weir_wal::durable::atomic_write(&path, v.to_string().as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let body = serde_json::json!({ "format": 1, "shards": config.storage.shards });
+            let id = new_cluster_id();
+            let body = serde_json::json!({ "format": 1, "shards": config.storage.shards, "cluster_id": id });
             weir_wal::durable::atomic_write(&path, body.to_string().as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Eight random hex digits.
+fn new_cluster_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
 }
 
 fn tokio_stream_incoming(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {

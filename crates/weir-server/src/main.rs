@@ -69,6 +69,223 @@ enum Command {
         #[arg(default_value = "")]
         query: String,
     },
+    /// Cluster state: nodes, shards, mirrors.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Dead-letter logs of the mirrors: records a backend refused for good.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print nodes, shards, mirrors and the health word.
+    Status {
+        /// HTTP endpoint of any node.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters of a sink (or, without a sink, how many each sink holds).
+    List {
+        /// HTTP endpoint of the node that dead-lettered them.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Sink name.
+        sink: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print one dead letter in full.
+    Show {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Sink name.
+        sink: String,
+        /// Its number (from `weir dlq list`).
+        seq: u64,
+    },
+    /// Send dead letters again (after the backend's problem is fixed); delivered ones are
+    /// removed, refused ones stay with the new reason.
+    Replay {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Sink name.
+        sink: String,
+        /// Only these numbers (repeatable); all when absent.
+        #[arg(long = "seq")]
+        seqs: Vec<u64>,
+    },
+}
+
+/// GETs or POSTs `path` on `addr` and returns the JSON answer, or the API's error.
+async fn api(
+    addr: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{path}", addr.trim_end_matches('/'));
+    let mut req = reqwest::Client::new().request(method, &url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {addr}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("answer of {url} is not JSON"))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("unknown error")
+        );
+    }
+    Ok(body)
+}
+
+async fn cluster_command(c: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterCommand::Status { addr, json } = c;
+    let v = api(&addr, reqwest::Method::GET, "/api/v1/cluster", None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "cluster {}  health: {}",
+        v["cluster_id"].as_str().unwrap_or("?"),
+        v["health"].as_str().unwrap_or("?")
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "node {}  {}  grpc {}  http {}  version {}",
+            n["id"],
+            if n["up"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "down"
+            },
+            n["grpc_addr"].as_str().unwrap_or(""),
+            n["http_addr"].as_str().unwrap_or(""),
+            n["version"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}",
+        "shard", "leader", "term", "commit", "applied", "wal bytes"
+    );
+    for s in v["shards"].as_array().into_iter().flatten() {
+        println!(
+            "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}",
+            s["shard"], s["leader"], s["term"], s["commit"], s["applied"], s["wal_bytes"]
+        );
+    }
+    for m in v["mirrors"].as_array().into_iter().flatten() {
+        println!(
+            "mirror {} ({})  breaker {}  sent {}  lag {} entries / ~{} records / {:.1} s  dead letters {}{}",
+            m["name"].as_str().unwrap_or(""),
+            m["backend"].as_str().unwrap_or(""),
+            m["breaker"].as_str().unwrap_or(""),
+            m["records_sent"],
+            m["lag_entries"],
+            m["lag_records"],
+            m["lag_seconds"].as_f64().unwrap_or(0.0),
+            m["dead_letters_held"],
+            m["last_error"].as_str().map(|e| format!("  last error: {e}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn dlq_command(c: DlqCommand) -> anyhow::Result<()> {
+    match c {
+        DlqCommand::List {
+            addr, sink: None, ..
+        } => {
+            let v = api(&addr, reqwest::Method::GET, "/api/v1/dlq", None).await?;
+            for s in v["sinks"].as_array().into_iter().flatten() {
+                println!(
+                    "{} ({}): {} dead letters",
+                    s["sink"].as_str().unwrap_or(""),
+                    s["backend"].as_str().unwrap_or(""),
+                    s["dead_letters"]
+                );
+            }
+        }
+        DlqCommand::List {
+            addr,
+            sink: Some(sink),
+            limit,
+        } => {
+            let v = api(
+                &addr,
+                reqwest::Method::GET,
+                &format!("/api/v1/dlq/{sink}?limit={limit}"),
+                None,
+            )
+            .await?;
+            for l in v["dead_letters"].as_array().into_iter().flatten() {
+                println!(
+                    "#{} shard {} index {} offset {} tenant {}: {}",
+                    l["seq"],
+                    l["shard"],
+                    l["index"],
+                    l["offset"],
+                    l["tenant"].as_str().unwrap_or(""),
+                    l["reason"].as_str().unwrap_or("")
+                );
+            }
+            eprintln!("{} dead letters in {sink}", v["total"]);
+        }
+        DlqCommand::Show { addr, sink, seq } => {
+            let v = api(
+                &addr,
+                reqwest::Method::GET,
+                &format!("/api/v1/dlq/{sink}/{seq}"),
+                None,
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        DlqCommand::Replay { addr, sink, seqs } => {
+            let body = (!seqs.is_empty()).then(|| serde_json::json!({ "seqs": seqs }));
+            let v = api(
+                &addr,
+                reqwest::Method::POST,
+                &format!("/api/v1/dlq/{sink}/replay"),
+                body,
+            )
+            .await?;
+            println!(
+                "delivered {}, refused again {}, not attempted {}{}",
+                v["delivered"],
+                v["rejected_again"],
+                v["not_attempted"],
+                v["error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Arguments of `weir push`.
@@ -142,6 +359,8 @@ fn main() -> anyhow::Result<()> {
                 weir_server::run(cfg, shutdown_signal()).await
             }
             Command::Push(args) => push(args).await,
+            Command::Cluster { command } => cluster_command(command).await,
+            Command::Dlq { command } => dlq_command(command).await,
             Command::Query {
                 addr,
                 tenant,

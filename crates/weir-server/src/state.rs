@@ -18,6 +18,10 @@ pub struct NodeState {
     pub searcher: Searcher,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The mirrors to Elasticsearch and Loki.
+    pub mirror: Arc<weir_mirror::Mirror>,
+    /// This cluster's id (from `weir-node.json`).
+    pub cluster_id: String,
     /// One slot per shard's indexer: the error that stopped it, if any.
     pub indexer_failed: Vec<Arc<std::sync::Mutex<Option<String>>>>,
 }
