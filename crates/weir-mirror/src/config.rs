@@ -82,11 +82,6 @@ pub struct SinkConfig {
     /// advancing (nothing is dropped) until `weir dlq replay` or an operator frees it.
     #[serde(default = "d_dlq_bytes")]
     pub dlq_bytes_max: u64,
-    /// Bytes of WAL per shard this sink may hold back from compaction before, and only
-    /// under disk pressure (`storage.disk_free_min_bytes`), its oldest unmirrored data is
-    /// released: counted per record in `weir_mirror_dropped_records_total` and logged.
-    #[serde(default = "d_unmirrored")]
-    pub unmirrored_bytes_max: u64,
 
     // Elasticsearch
     /// Index name pattern: `{tenant}` and the date tokens `{yyyy.MM.dd}`, `{yyyy-MM-dd}`,
@@ -143,9 +138,6 @@ fn d_breaker_open() -> u64 {
 }
 fn d_dlq_bytes() -> u64 {
     1 << 30
-}
-fn d_unmirrored() -> u64 {
-    10 << 30
 }
 
 /// Default Elasticsearch index pattern.

@@ -287,7 +287,8 @@ impl Mirror {
                         let cursor = p.cursor.load(Ordering::Relaxed);
                         let watermark = p.watermark.load(Ordering::Relaxed);
                         if active {
-                            let behind = watermark.saturating_sub(cursor);
+                            let behind = watermark
+                                .saturating_sub(p.delivered_to.load(Ordering::Relaxed).max(cursor));
                             lag_entries += behind;
                             lag_records +=
                                 behind * p.records_per_entry_milli.load(Ordering::Relaxed) / 1000;
@@ -537,12 +538,19 @@ impl Mirror {
         Ok(report)
     }
 
-    /// Stops every worker (a batch in flight is sent again by the next leader or start).
+    /// Stops every worker. Workers finish what they are doing for up to a second; then
+    /// requests still in flight are abandoned, as a crash would: their records are
+    /// after the committed cursor and are sent again by the next leader or start, which
+    /// the backends recognise as copies.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         for t in tasks {
-            let _ = t.await;
+            let abort = t.abort_handle();
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                abort.abort();
+            }
         }
     }
 }

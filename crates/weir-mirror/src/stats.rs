@@ -11,6 +11,9 @@ pub struct ShardProgress {
     pub active: AtomicBool,
     /// Applied cursor: every entry at or below it was delivered or dead-lettered.
     pub cursor: AtomicU64,
+    /// Every payload entry at or below this was delivered (the cursor, or past it when
+    /// only cursor and no-op entries follow).
+    pub delivered_to: AtomicU64,
     /// The shard's commit watermark when last looked at.
     pub watermark: AtomicU64,
     /// Receive time (Unix ns) of the oldest entry being delivered, 0 when none.

@@ -227,6 +227,9 @@ pub(crate) async fn run(
             continue;
         };
         progress.cursor.store(cursor, Ordering::Relaxed);
+        progress
+            .delivered_to
+            .fetch_max(cursor.max(scanned_to), Ordering::Relaxed);
         let watermark = log.watermark();
         progress.watermark.store(watermark, Ordering::Relaxed);
         let from = cursor.max(scanned_to) + 1;
@@ -270,6 +273,9 @@ pub(crate) async fn run(
         let Some(last) = entries.last().map(|e| e.index) else {
             // Nothing but cursor and no-op entries: no need to move the durable cursor.
             scanned_to = watermark;
+            progress
+                .delivered_to
+                .fetch_max(watermark, Ordering::Relaxed);
             continue;
         };
         let mut items = Vec::new();
