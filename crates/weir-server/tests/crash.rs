@@ -1,6 +1,7 @@
 //! Crash safety: a real `weir` process is SIGKILLed at random moments while a writer is
 //! appending, then restarted. Protects the acknowledgement contract: every acknowledged
-//! record is found exactly once afterwards, and nothing (acknowledged or not) appears twice.
+//! record is found exactly once afterwards, and nothing (acknowledged or not) appears twice
+//! — in search, and in the Elasticsearch and Loki test servers the node mirrors to.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -18,6 +19,10 @@ struct Proc {
 }
 
 fn start(dir: &std::path::Path) -> Proc {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
             "server",
@@ -28,6 +33,7 @@ fn start(dir: &std::path::Path) -> Proc {
             "--data-dir",
         ])
         .arg(dir)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -309,4 +315,117 @@ async fn weir_push_and_weir_query_work_against_a_real_node() {
         lines[0].ends_with(" warn  checkout payment declined for order 8812"),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_mirroring_loses_nothing_and_each_backend_sees_each_record_once() {
+    use weir_testkit::elasticsearch::FakeElasticsearch;
+    use weir_testkit::loki::FakeLoki;
+    let es = FakeElasticsearch::start().await.unwrap();
+    let loki = FakeLoki::start().await.unwrap();
+    // Slow backends keep requests in flight, so kills land between a delivery and the
+    // commit of its cursor.
+    es.set_latency(Duration::from_millis(150));
+    loki.set_latency(Duration::from_millis(150));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mirror.sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\nflush_interval_ms = 20\n\n[[mirror.sinks]]\nname = \"loki\"\ntype = \"loki\"\nurl = \"{}\"\nflush_interval_ms = 20\n",
+            es.url(),
+            loki.url()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    let mut acked: HashSet<String> = HashSet::new();
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        let p = start_with(&data, &args);
+        let grpc = p.grpc.clone();
+        let writer = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let Ok(mut client) = IngestClient::connect(grpc).await else {
+                return acked;
+            };
+            for batch in 0.. {
+                let records: Vec<Record> = (0..40)
+                    .map(|i| Record {
+                        body: format!("m{round}-b{batch}-i{i}").into_bytes(),
+                        service: format!("s{}", i % 4),
+                        ..Default::default()
+                    })
+                    .collect();
+                let bodies: Vec<String> = records
+                    .iter()
+                    .map(|r| String::from_utf8(r.body.clone()).unwrap())
+                    .collect();
+                let req = AppendRequest {
+                    records,
+                    ..Default::default()
+                };
+                match client.append(req).await {
+                    Ok(_) => acked.extend(bodies),
+                    Err(_) => return acked,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(400..1200))).await;
+        kill(p);
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+    // A last start delivers the rest.
+    let p = start_with(&data, &args);
+    es.set_latency(Duration::ZERO);
+    loki.set_latency(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let es_bodies: HashSet<String> = es
+            .docs()
+            .iter()
+            .map(|d| d.source["message"].as_str().unwrap().to_owned())
+            .collect();
+        let loki_lines: HashSet<String> = loki
+            .entries("default")
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        if acked.is_subset(&es_bodies) && acked.is_subset(&loki_lines) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged records missing: {} from elasticsearch, {} from loki",
+            acked.difference(&es_bodies).count(),
+            acked.difference(&loki_lines).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Exactly once as each backend sees it, acknowledged or not.
+    let mut seen = HashMap::new();
+    for d in es.docs() {
+        *seen
+            .entry(d.source["message"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice in elasticsearch: {twice:?}");
+    let mut seen = HashMap::new();
+    for e in loki.entries("default") {
+        *seen.entry(e.line).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice in loki: {twice:?}");
+    eprintln!(
+        "{} acknowledged; elasticsearch saw {} bulk requests for {} documents",
+        acked.len(),
+        es.bulk_requests(),
+        es.doc_count()
+    );
+    kill(p);
 }
