@@ -6,6 +6,10 @@
 //!   compared as a ratio from one run.
 //! - `weir-bench query`: latency of a trace_id lookup, a term, a phrase and a time-range
 //!   query against a loaded node.
+//! - `weir-bench mirror`: starts a node in this process with both mirrors pointed at the
+//!   in-repo Elasticsearch and Loki test servers, ingests at a fixed rate, and reports the
+//!   lines/s each backend received and the mirrors' lag; then takes both backends down for
+//!   a while and reports how fast the backlog drains once they are back.
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -33,6 +37,8 @@ struct Cli {
 enum Cmd {
     /// Push realistic lines and report throughput and ack latency.
     Ingest(IngestArgs),
+    /// Mirror throughput and lag, and backlog drain after an outage.
+    Mirror(MirrorArgs),
     /// Measure query latencies on a loaded node.
     Query {
         /// HTTP endpoint.
@@ -42,6 +48,26 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         iterations: usize,
     },
+}
+
+/// Arguments of `weir-bench mirror`.
+#[derive(clap::Args)]
+struct MirrorArgs {
+    /// Ingest rate, lines/s.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Healthy phase.
+    #[arg(long, default_value_t = 20)]
+    healthy_secs: u64,
+    /// Both backends down for this long (0 skips the outage and drain phases).
+    #[arg(long, default_value_t = 20)]
+    outage_secs: u64,
+    /// Give up waiting for the drain after this long.
+    #[arg(long, default_value_t = 120)]
+    drain_max_secs: u64,
+    /// Data directory of the node (a temporary one when absent).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// Arguments of `weir-bench ingest`.
@@ -155,6 +181,7 @@ fn now_ns() -> i64 {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Ingest(args) => ingest(args).await,
+        Cmd::Mirror(args) => mirror(args).await,
         Cmd::Query { addr, iterations } => query(addr, iterations).await,
     }
 }
@@ -359,5 +386,134 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
             h.max() as f64 / 1e3
         );
     }
+    Ok(())
+}
+
+/// One observation of the mirror bench.
+struct Sample {
+    t: f64,
+    accepted: u64,
+    es: u64,
+    loki: u64,
+    lag_es: f64,
+    lag_loki: f64,
+}
+
+async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
+    use weir_testkit::elasticsearch::FakeElasticsearch;
+    use weir_testkit::loki::FakeLoki;
+    let es = FakeElasticsearch::start().await?;
+    let loki = FakeLoki::start().await?;
+    let tmp = tempfile::tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut cfg: weir_server::Config = toml::from_str(&format!(
+        "data_dir = {:?}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
+         [[mirror.sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\n\
+         [[mirror.sinks]]\nname = \"loki\"\ntype = \"loki\"\nurl = \"{}\"\n",
+        dir.display().to_string(),
+        es.url(),
+        loki.url()
+    ))?;
+    cfg.validate()?;
+    cfg.index.writer_memory_bytes = 64 << 20;
+    let node = weir_server::Node::start(cfg).await?;
+    let state = node.state().clone();
+    let total = args.healthy_secs + args.outage_secs + args.drain_max_secs;
+    let ingest_task = tokio::spawn(ingest(IngestArgs {
+        addr: format!("http://{}", node.grpc_addr()),
+        concurrency: 4,
+        batch: 500,
+        duration_secs: total,
+        rate: args.rate,
+        fsync_dir: None,
+        seed: 7,
+    }));
+    let t0 = Instant::now();
+    let sample = || {
+        let status = state.mirror.status();
+        let lag = |n: &str| status.iter().find(|s| s.name == n).map_or(0.0, |s| s.lag_seconds);
+        Sample {
+            t: t0.elapsed().as_secs_f64(),
+            accepted: state.metrics.records_accepted.get(),
+            es: es.doc_count() as u64,
+            loki: loki.entry_count() as u64,
+            lag_es: lag("es"),
+            lag_loki: lag("loki"),
+        }
+    };
+    let mut healthy = Vec::new();
+    while t0.elapsed() < Duration::from_secs(args.healthy_secs) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        healthy.push(sample());
+    }
+    // Skip the first second (connections, template) when rating the healthy phase.
+    let first = healthy.iter().find(|s| s.t >= 1.0).unwrap_or(&healthy[0]);
+    let last = healthy.last().expect("samples");
+    let span = last.t - first.t;
+    let mut lags_es: Vec<f64> = healthy.iter().map(|s| s.lag_es).collect();
+    let mut lags_loki: Vec<f64> = healthy.iter().map(|s| s.lag_loki).collect();
+    lags_es.sort_by(f64::total_cmp);
+    lags_loki.sort_by(f64::total_cmp);
+    let p99 = |v: &[f64]| v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)];
+    println!("mirror: healthy phase {span:.1} s at a target of {} lines/s", args.rate);
+    println!("  accepted        {:.0} lines/s", (last.accepted - first.accepted) as f64 / span);
+    println!(
+        "  elasticsearch   {:.0} lines/s delivered, lag p99 {:.2} s max {:.2} s",
+        (last.es - first.es) as f64 / span,
+        p99(&lags_es),
+        lags_es.last().unwrap_or(&0.0)
+    );
+    println!(
+        "  loki            {:.0} lines/s delivered, lag p99 {:.2} s max {:.2} s",
+        (last.loki - first.loki) as f64 / span,
+        p99(&lags_loki),
+        lags_loki.last().unwrap_or(&0.0)
+    );
+    if args.outage_secs > 0 {
+        es.set_down(true);
+        loki.set_down(true);
+        let down_at = sample();
+        tokio::time::sleep(Duration::from_secs(args.outage_secs)).await;
+        es.set_down(false);
+        loki.set_down(false);
+        let up = sample();
+        println!(
+            "  outage          {} s, backlog at recovery: elasticsearch {} lines, loki {} lines (accepted during outage {})",
+            args.outage_secs,
+            up.accepted - up.es,
+            up.accepted - up.loki,
+            up.accepted - down_at.accepted
+        );
+        let mut done_es: Option<Sample> = None;
+        let mut done_loki: Option<Sample> = None;
+        let deadline = Instant::now() + Duration::from_secs(args.drain_max_secs);
+        while (done_es.is_none() || done_loki.is_none()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let s = sample();
+            // Caught up: within one second of ingest of what was accepted.
+            let slack = args.rate;
+            if done_es.is_none() && s.es + slack >= s.accepted {
+                done_es = Some(sample());
+            }
+            if done_loki.is_none() && s.loki + slack >= s.accepted {
+                done_loki = Some(sample());
+            }
+        }
+        for (name, done, at_up) in [("elasticsearch", &done_es, up.es), ("loki", &done_loki, up.loki)] {
+            match done {
+                Some(d) => {
+                    let secs = d.t - up.t;
+                    let rate = (if name == "loki" { d.loki } else { d.es } - at_up) as f64 / secs;
+                    println!(
+                        "  {name:<15} drained in {secs:.1} s at {rate:.0} lines/s = {:.1}x the ingest rate",
+                        rate / args.rate as f64
+                    );
+                }
+                None => println!("  {name:<15} did NOT drain within {} s", args.drain_max_secs),
+            }
+        }
+    }
+    ingest_task.abort();
+    node.shutdown().await?;
     Ok(())
 }
