@@ -405,7 +405,10 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     let es = FakeElasticsearch::start().await?;
     let loki = FakeLoki::start().await?;
     let tmp = tempfile::tempdir()?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let mut cfg: weir_server::Config = toml::from_str(&format!(
         "data_dir = {:?}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
          [[mirror.sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\n\
@@ -431,7 +434,12 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let sample = || {
         let status = state.mirror.status();
-        let lag = |n: &str| status.iter().find(|s| s.name == n).map_or(0.0, |s| s.lag_seconds);
+        let lag = |n: &str| {
+            status
+                .iter()
+                .find(|s| s.name == n)
+                .map_or(0.0, |s| s.lag_seconds)
+        };
         Sample {
             t: t0.elapsed().as_secs_f64(),
             accepted: state.metrics.records_accepted.get(),
@@ -455,8 +463,14 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     lags_es.sort_by(f64::total_cmp);
     lags_loki.sort_by(f64::total_cmp);
     let p99 = |v: &[f64]| v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)];
-    println!("mirror: healthy phase {span:.1} s at a target of {} lines/s", args.rate);
-    println!("  accepted        {:.0} lines/s", (last.accepted - first.accepted) as f64 / span);
+    println!(
+        "mirror: healthy phase {span:.1} s at a target of {} lines/s",
+        args.rate
+    );
+    println!(
+        "  accepted        {:.0} lines/s",
+        (last.accepted - first.accepted) as f64 / span
+    );
     println!(
         "  elasticsearch   {:.0} lines/s delivered, lag p99 {:.2} s max {:.2} s",
         (last.es - first.es) as f64 / span,
@@ -499,7 +513,10 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
                 done_loki = Some(sample());
             }
         }
-        for (name, done, at_up) in [("elasticsearch", &done_es, up.es), ("loki", &done_loki, up.loki)] {
+        for (name, done, at_up) in [
+            ("elasticsearch", &done_es, up.es),
+            ("loki", &done_loki, up.loki),
+        ] {
             match done {
                 Some(d) => {
                     let secs = d.t - up.t;
@@ -509,7 +526,10 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
                         rate / args.rate as f64
                     );
                 }
-                None => println!("  {name:<15} did NOT drain within {} s", args.drain_max_secs),
+                None => println!(
+                    "  {name:<15} did NOT drain within {} s",
+                    args.drain_max_secs
+                ),
             }
         }
     }

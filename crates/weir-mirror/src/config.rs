@@ -82,6 +82,12 @@ pub struct SinkConfig {
     /// advancing (nothing is dropped) until `weir dlq replay` or an operator frees it.
     #[serde(default = "d_dlq_bytes")]
     pub dlq_bytes_max: u64,
+    /// Bytes of WAL per shard this sink may hold back from compaction before, and only
+    /// while the node is under disk pressure (`storage.disk_free_min_bytes`), its oldest
+    /// undelivered records are released: counted in `weir_mirror_dropped_records_total`,
+    /// shown in status and logged. Estimated from the shard's WAL size and index span.
+    #[serde(default = "d_unmirrored")]
+    pub unmirrored_bytes_max: u64,
 
     // Elasticsearch
     /// Index name pattern: `{tenant}` and the date tokens `{yyyy.MM.dd}`, `{yyyy-MM-dd}`,
@@ -100,10 +106,13 @@ pub struct SinkConfig {
     /// `X-Scope-OrgID` for every request; by default the record's tenant.
     pub org_id: Option<String>,
     /// Record fields and label keys that become Loki stream labels; `labels.*` means every
-    /// record label. Default: service, namespace, cluster, level, labels.*.
+    /// record label. Default: service, namespace, pod, cluster, level, labels.* — every
+    /// part of a Weir stream's identity, so that each Loki stream is fed from one shard in
+    /// log order (leaving one out merges streams of several shards into one Loki stream,
+    /// whose entries then arrive from several workers out of time order).
     pub stream_labels: Option<Vec<String>>,
     /// Record fields, label and attribute keys sent as structured metadata.
-    /// Default: trace_id, span_id, pod.
+    /// Default: trace_id, span_id.
     pub structured_metadata: Option<Vec<String>>,
     /// `protobuf` (default) or `json`.
     pub format: Option<LokiFormat>,
@@ -139,6 +148,9 @@ fn d_breaker_open() -> u64 {
 fn d_dlq_bytes() -> u64 {
     1 << 30
 }
+fn d_unmirrored() -> u64 {
+    10 << 30
+}
 
 /// Default Elasticsearch index pattern.
 pub const DEFAULT_INDEX_PATTERN: &str = "logs-{tenant}-{yyyy.MM.dd}";
@@ -152,9 +164,16 @@ impl SinkConfig {
     /// Loki stream label sources in use.
     pub fn stream_labels(&self) -> Vec<String> {
         self.stream_labels.clone().unwrap_or_else(|| {
-            ["service", "namespace", "cluster", "level", "labels.*"]
-                .map(String::from)
-                .to_vec()
+            [
+                "service",
+                "namespace",
+                "pod",
+                "cluster",
+                "level",
+                "labels.*",
+            ]
+            .map(String::from)
+            .to_vec()
         })
     }
 
@@ -162,7 +181,7 @@ impl SinkConfig {
     pub fn structured_metadata(&self) -> Vec<String> {
         self.structured_metadata
             .clone()
-            .unwrap_or_else(|| ["trace_id", "span_id", "pod"].map(String::from).to_vec())
+            .unwrap_or_else(|| ["trace_id", "span_id"].map(String::from).to_vec())
     }
 
     /// Checks what parses but cannot work; every message names the sink and the key.

@@ -6,7 +6,10 @@
 //! before the sink's cursor moves past the records (so a record is either delivered, in
 //! the dead-letter log, or still ahead of the cursor: never nowhere). A torn last line (a
 //! crash while appending) is cut off at open; a bad line before the last is an error
-//! naming the file and line. Removing replayed records rewrites the file atomically.
+//! naming the file and line. Removing replayed records rewrites the file atomically,
+//! starting with a `{"next_seq":N}` line so that numbers are never handed out twice. A
+//! record already held (same shard, index, offset: it was sent again after a restart or
+//! a leader change and refused again) is not added a second time.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -81,6 +84,8 @@ impl DeadLetter {
 struct Inner {
     file: File,
     letters: Vec<DeadLetter>,
+    /// (shard, index, offset) of every letter held.
+    keys: std::collections::HashSet<(u32, u64, u32)>,
     bytes: u64,
     next_seq: u64,
 }
@@ -107,6 +112,7 @@ impl DeadLetters {
             Vec::new()
         };
         let mut letters = Vec::new();
+        let mut next_seq = 1;
         let mut good_len = 0usize;
         let mut pos = 0usize;
         let mut line_no = 0;
@@ -119,9 +125,16 @@ impl DeadLetters {
             };
             let parsed = serde_json::from_slice::<Value>(&text[pos..end])
                 .map_err(|e| e.to_string())
-                .and_then(|v| DeadLetter::from_json(&v));
+                .and_then(|v| match v.get("next_seq").and_then(Value::as_u64) {
+                    Some(n) if v.as_object().is_some_and(|o| o.len() == 1) => Ok(Err(n)),
+                    _ => DeadLetter::from_json(&v).map(Ok),
+                });
             match parsed {
-                Ok(l) => letters.push(l),
+                Ok(Ok(l)) => {
+                    next_seq = next_seq.max(l.seq + 1);
+                    letters.push(l);
+                }
+                Ok(Err(n)) => next_seq = next_seq.max(n),
                 Err(reason) if end + 1 >= text.len() => {
                     tracing::warn!(path = %path.display(), line = line_no, %reason, "torn last line of the dead-letter log cut off");
                     break;
@@ -150,13 +163,14 @@ impl DeadLetters {
         if !existed {
             weir_wal::durable::fsync_dir(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let next_seq = letters.last().map_or(1, |l| l.seq + 1);
+        let keys = letters.iter().map(|l| key(&l.item)).collect();
         Ok(DeadLetters {
             path,
             max_bytes,
             inner: Mutex::new(Inner {
                 file,
                 letters,
+                keys,
                 bytes: good_len as u64,
                 next_seq,
             }),
@@ -176,6 +190,13 @@ impl DeadLetters {
         let mut added = Vec::with_capacity(rejected.len());
         let mut seq = g.next_seq;
         for (item, reason) in rejected {
+            if g.keys.contains(&key(&item))
+                || added
+                    .iter()
+                    .any(|l: &DeadLetter| key(&l.item) == key(&item))
+            {
+                continue;
+            }
             let l = DeadLetter {
                 seq,
                 at_ns: now_ns,
@@ -203,6 +224,7 @@ impl DeadLetters {
         }
         g.bytes += buf.len() as u64;
         g.next_seq = seq;
+        g.keys.extend(added.iter().map(|l| key(&l.item)));
         g.letters.extend(added);
         Ok(())
     }
@@ -260,6 +282,8 @@ impl DeadLetters {
 
     fn rewrite(&self, g: &mut Inner, letters: Vec<DeadLetter>) -> Result<()> {
         let mut buf = Vec::new();
+        let _ = serde_json::to_writer(&mut buf, &json!({ "next_seq": g.next_seq }));
+        buf.push(b'\n');
         for l in &letters {
             let _ = serde_json::to_writer(&mut buf, &l.to_json());
             buf.push(b'\n');
@@ -270,9 +294,14 @@ impl DeadLetters {
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, e))?;
         g.bytes = buf.len() as u64;
+        g.keys = letters.iter().map(|l| key(&l.item)).collect();
         g.letters = letters;
         Ok(())
     }
+}
+
+fn key(it: &Item) -> (u32, u64, u32) {
+    (it.shard, it.index, it.offset)
 }
 
 #[cfg(test)]
@@ -314,6 +343,24 @@ mod tests {
         let seqs: Vec<u64> = d.list().iter().map(|l| l.seq).collect();
         assert_eq!(seqs, vec![2, 3], "sequence numbers are never reused");
         assert_eq!(d.list()[1].item, item(3));
+        // Emptied by a replay and reopened: numbering goes on.
+        d.remove(&[2, 3]).unwrap();
+        drop(d);
+        let d = DeadLetters::open(dir.path(), "es", 1 << 20).unwrap();
+        assert!(d.list().is_empty());
+        d.append(vec![(item(4), "x".into())], 7).unwrap();
+        assert_eq!(d.list()[0].seq, 4, "not 1 again");
+    }
+
+    #[test]
+    fn a_record_refused_again_after_a_resend_is_held_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DeadLetters::open(dir.path(), "es", 1 << 20).unwrap();
+        d.append(vec![(item(1), "r".into())], 1).unwrap();
+        d.append(vec![(item(1), "r".into()), (item(2), "r".into())], 2)
+            .unwrap();
+        let idx: Vec<u64> = d.list().iter().map(|l| l.item.index).collect();
+        assert_eq!(idx, vec![1, 2]);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!
 //! ```no_run
 //! # async fn demo(raft: std::sync::Arc<weir_raft::RaftNode>, cfg: weir_mirror::SinkConfig) -> weir_mirror::Result<()> {
-//! let mirror = weir_mirror::Mirror::start(vec![cfg], raft, std::path::Path::new("/data"), "c0ffee00")?;
+//! let disk_pressure = std::sync::Arc::new(|| false);
+//! let mirror = weir_mirror::Mirror::start(vec![cfg], raft, std::path::Path::new("/data"), "c0ffee00", disk_pressure)?;
 //! for s in mirror.status() {
 //!     println!("{} {} breaker={}", s.name, s.backend, s.breaker);
 //! }
@@ -100,6 +101,85 @@ impl Error {
 /// `Result` of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Installs the index template before the sink sends anything; retried with backoff while
+/// Elasticsearch is unreachable or overloaded; a refusal (no permission) is logged and the
+/// sink goes on without it.
+async fn install_template(rt: Arc<SinkRuntime>, mut stop: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(rt.config.retry_backoff_initial_ms);
+    loop {
+        match rt.sink.install_template().await {
+            Ok(()) => {
+                rt.breaker.success();
+                tracing::info!(sink = %rt.config.name, "index template installed");
+                break;
+            }
+            Err((false, e)) => {
+                tracing::warn!(sink = %rt.config.name, error = %e, "elasticsearch refused the index template; documents get its default mappings");
+                break;
+            }
+            Err((true, e)) => {
+                rt.breaker.failure();
+                tracing::debug!(sink = %rt.config.name, error = %e, "cannot install the index template yet; retrying");
+                rt.stats
+                    .fail("template", 1, &format!("index template: {e}"));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        delay = (delay * 2).min(Duration::from_millis(rt.config.retry_backoff_max_ms));
+    }
+    rt.ready.store(true, Ordering::Release);
+}
+
+/// Every second: under disk pressure, marks the shards where `rt` holds back more than its
+/// `unmirrored_bytes_max` of WAL (estimated as the WAL's bytes times the share of its
+/// index span above the cursor) for release; clears the marks otherwise.
+async fn pressure_monitor(
+    rt: Arc<SinkRuntime>,
+    raft: Arc<RaftNode>,
+    disk_pressure: Arc<dyn Fn() -> bool + Send + Sync>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let pressed = tokio::task::spawn_blocking({
+            let f = disk_pressure.clone();
+            move || f()
+        })
+        .await
+        .unwrap_or(false);
+        if !pressed {
+            for p in &rt.stats.shards {
+                p.release.store(false, Ordering::Relaxed);
+            }
+            continue;
+        }
+        let Ok(status) = raft.status().await else {
+            continue;
+        };
+        for s in status {
+            let p = &rt.stats.shards[s.shard as usize];
+            let cursor = p.cursor.load(Ordering::Relaxed);
+            let span = s.last_index.saturating_sub(s.first_index) + 1;
+            let above = s
+                .last_index
+                .saturating_sub(cursor.max(s.first_index.saturating_sub(1)));
+            let held = (u128::from(s.wal_bytes) * u128::from(above) / u128::from(span)) as u64;
+            let release = held > rt.config.unmirrored_bytes_max;
+            if release && !p.release.swap(true, Ordering::Relaxed) {
+                tracing::warn!(sink = %rt.config.name, shard = s.shard, held, max = rt.config.unmirrored_bytes_max, "disk pressure: this sink holds back too much of the WAL; undeliverable records will be released");
+            } else if !release {
+                p.release.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// The raft cursor name of sink `sink`.
 pub fn cursor_name(sink: &str) -> String {
     format!("mirror/{sink}")
@@ -120,6 +200,10 @@ pub(crate) struct SinkRuntime {
     pub(crate) dlq: DeadLetters,
     /// Requests in flight to the backend, over every shard (`concurrency`).
     pub(crate) limiter: Semaphore,
+    /// False until the Elasticsearch index template is installed (or refused for good):
+    /// documents sent before it would get the wrong mappings (or, with Elasticsearch 8's
+    /// built-in `logs-*-*` template, land in data streams).
+    pub(crate) ready: std::sync::atomic::AtomicBool,
 }
 
 /// Status of one sink, for `GET /api/v1/cluster` and `weir cluster status`.
@@ -193,6 +277,9 @@ impl Mirror {
     /// Elasticsearch template (in the background; a failure is logged), registers its
     /// cursor with raft so that the WAL is kept until it passed, and spawns one worker per
     /// shard on the current tokio runtime. `cluster` prefixes Elasticsearch ids.
+    /// `disk_pressure` says whether the node is short of disk; while it is, a sink that
+    /// holds back more than its `unmirrored_bytes_max` of a shard's WAL gives up the
+    /// records it cannot deliver (counted, logged, in status) so the WAL can shrink.
     ///
     /// # Errors
     /// A sink's configuration is invalid or names repeat; its dead-letter log cannot be
@@ -205,6 +292,7 @@ impl Mirror {
         raft: Arc<RaftNode>,
         data_dir: &Path,
         cluster: &str,
+        disk_pressure: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<Mirror> {
         let mut names = std::collections::BTreeSet::new();
         let mut sinks = Vec::new();
@@ -224,6 +312,9 @@ impl Mirror {
                 ),
                 stats: SinkStats::new(raft.shard_count()),
                 limiter: Semaphore::new(cfg.concurrency),
+                ready: std::sync::atomic::AtomicBool::new(
+                    cfg.backend != Backend::Elasticsearch || cfg.install_template == Some(false),
+                ),
                 dlq,
                 sink,
                 config: cfg,
@@ -233,16 +324,8 @@ impl Mirror {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for rt in &sinks {
-            if rt.config.backend == Backend::Elasticsearch
-                && rt.config.install_template != Some(false)
-            {
-                let rt = rt.clone();
-                tasks.push(tokio::spawn(async move {
-                    match rt.sink.install_template().await {
-                        Ok(()) => tracing::info!(sink = %rt.config.name, "index template installed"),
-                        Err(e) => tracing::warn!(sink = %rt.config.name, error = %e, "cannot install the index template; documents get dynamic mappings"),
-                    }
-                }));
+            if !rt.ready.load(Ordering::Acquire) {
+                tasks.push(tokio::spawn(install_template(rt.clone(), stop_rx.clone())));
             }
             for shard in 0..raft.shard_count() {
                 tasks.push(tokio::spawn(worker::run(
@@ -252,6 +335,12 @@ impl Mirror {
                     stop_rx.clone(),
                 )));
             }
+            tasks.push(tokio::spawn(pressure_monitor(
+                rt.clone(),
+                raft.clone(),
+                disk_pressure.clone(),
+                stop_rx.clone(),
+            )));
             tracing::info!(sink = %rt.config.name, backend = rt.config.backend.as_str(), url = %rt.config.url, "mirror started");
         }
         Ok(Mirror {
@@ -503,7 +592,7 @@ impl Mirror {
         let by_key: std::collections::HashMap<(u32, u64, u32), u64> =
             letters.iter().map(|l| (key(&l.item), l.seq)).collect();
         let items: Vec<Item> = letters.iter().map(|l| l.item.clone()).collect();
-        match worker::deliver(&rt, items, &stop, Some(5)).await {
+        match worker::deliver(&rt, items, &stop, Some(5), None).await {
             Ok(rejected) => {
                 let again: Vec<(u64, String)> = rejected
                     .iter()
@@ -523,7 +612,7 @@ impl Mirror {
                 report.not_attempted = letters.len();
                 report.error = Some(reason);
             }
-            Err(worker::Unfinished::Stopped) => {
+            Err(worker::Unfinished::Stopped | worker::Unfinished::Released { .. }) => {
                 report.not_attempted = letters.len();
                 report.error = Some("the node is shutting down".into());
             }
@@ -536,6 +625,11 @@ impl Mirror {
             "dead letters replayed"
         );
         Ok(report)
+    }
+
+    /// Tells every worker and replay to stop, without waiting (see [`Mirror::shutdown`]).
+    pub fn signal_stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Stops every worker. Workers finish what they are doing for up to a second; then

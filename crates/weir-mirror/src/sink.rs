@@ -192,8 +192,9 @@ impl Sink {
     /// Installs the Elasticsearch index template (no-op for Loki).
     ///
     /// # Errors
-    /// The backend refused or could not be reached; the caller logs it and goes on.
-    pub async fn install_template(&self) -> Result<(), String> {
+    /// `(retryable, why)`: retryable when the backend could not be reached or was
+    /// overloaded; otherwise it refused (no permission, ...).
+    pub async fn install_template(&self) -> Result<(), (bool, String)> {
         let Kind::Elasticsearch { pattern, auth } = &self.kind else {
             return Ok(());
         };
@@ -206,9 +207,12 @@ impl Sink {
         }
         match exchange(req).await {
             Ok((200, _, _)) => Ok(()),
-            Ok((s, _, b)) => Err(format!("{s}: {}", excerpt(&b))),
-            Err(Attempt::Retry { reason, .. }) => Err(reason),
-            Err(other) => Err(format!("{other:?}")),
+            Ok((s, _, b)) => Err((
+                s == 408 || s == 429 || s >= 500,
+                format!("{s}: {}", excerpt(&b)),
+            )),
+            Err(Attempt::Retry { reason, .. }) => Err((true, reason)),
+            Err(other) => Err((true, format!("{other:?}"))),
         }
     }
 }

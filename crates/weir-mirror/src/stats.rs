@@ -20,6 +20,10 @@ pub struct ShardProgress {
     pub oldest_pending_ns: AtomicI64,
     /// Mean records per entry seen, times 1000 (for the records-lag estimate).
     pub records_per_entry_milli: AtomicU64,
+    /// Set while the node is under disk pressure and this sink holds back more than
+    /// `unmirrored_bytes_max` of this shard's WAL: a delivery that is failing gives up
+    /// and its records are released (counted as dropped).
+    pub release: AtomicBool,
     /// Why the worker cannot advance (dead-letter log full, ...), if it cannot.
     pub stalled: Mutex<Option<String>>,
 }

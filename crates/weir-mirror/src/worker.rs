@@ -1,7 +1,7 @@
 //! The worker of one sink on one shard, and the delivery loop it shares with replay.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,12 @@ pub(crate) enum Unfinished {
     Stopped,
     /// `max_attempts` retryable failures in a row (replay only); the reason of the last.
     GaveUp(String),
+    /// Disk pressure: the records not yet stored were given up (`dropped` of them); those
+    /// rejected before are still to be dead-lettered.
+    Released {
+        dropped: usize,
+        rejected: Vec<(Item, String)>,
+    },
 }
 
 /// Delivers `items`: every item ends up stored (or found already stored) or in the
@@ -35,7 +41,13 @@ pub(crate) async fn deliver(
     items: Vec<Item>,
     stop: &watch::Receiver<bool>,
     max_attempts: Option<u32>,
+    release: Option<&AtomicBool>,
 ) -> Result<Vec<(Item, String)>, Unfinished> {
+    let released = |pending: &[Item], queue: &VecDeque<Vec<Item>>| {
+        release
+            .is_some_and(|r| r.load(Ordering::Relaxed))
+            .then(|| pending.len() + queue.iter().map(Vec::len).sum::<usize>())
+    };
     let cfg = &rt.config;
     let stats = &rt.stats;
     let mut rejected = Vec::new();
@@ -116,6 +128,9 @@ pub(crate) async fn deliver(
                     if max_attempts.is_some_and(|m| attempt >= m) {
                         return Err(Unfinished::GaveUp(last_retry_reason));
                     }
+                    if let Some(dropped) = released(&pending, &queue) {
+                        return Err(Unfinished::Released { dropped, rejected });
+                    }
                     SinkStats::add(&stats.retries, 1);
                     if sleep_or_stop(backoff(rt, attempt, None), stop).await {
                         return Err(Unfinished::Stopped);
@@ -135,6 +150,9 @@ pub(crate) async fn deliver(
                     attempt += 1;
                     if max_attempts.is_some_and(|m| attempt >= m) {
                         return Err(Unfinished::GaveUp(reason));
+                    }
+                    if let Some(dropped) = released(&pending, &queue) {
+                        return Err(Unfinished::Released { dropped, rejected });
                     }
                     SinkStats::add(&stats.retries, 1);
                     if sleep_or_stop(backoff(rt, attempt, retry_after), stop).await {
@@ -202,11 +220,16 @@ pub(crate) async fn run(
     // Highest index known to hold nothing for this sink above the cursor (cursor and
     // no-op entries), so they are not read again and again.
     let mut scanned_to = 0u64;
-    loop {
+    // Delivered (or dead-lettered) up to here, cursor not committed yet: commit it before
+    // reading again rather than sending the same records twice.
+    let mut uncommitted: Option<u64> = None;
+    'outer: loop {
         if *stop.borrow() {
             return;
         }
         if !log.is_leader() {
+            // Whoever leads now resends from the committed cursor.
+            uncommitted = None;
             progress.active.store(false, Ordering::Relaxed);
             if sleep_or_stop(Duration::from_millis(200), &stop).await {
                 return;
@@ -226,6 +249,19 @@ pub(crate) async fn run(
             }
             continue;
         };
+        if let Some(to) = uncommitted.filter(|to| *to > cursor) {
+            match propose_cursor(&raft, shard, &name, to).await {
+                Ok(()) => uncommitted = None,
+                Err(e) => {
+                    tracing::debug!(sink = %rt.config.name, shard, error = %e, "cursor not committed yet; retrying");
+                    if sleep_or_stop(Duration::from_millis(200), &stop).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
+        uncommitted = None;
         progress.cursor.store(cursor, Ordering::Relaxed);
         progress
             .delivered_to
@@ -236,6 +272,17 @@ pub(crate) async fn run(
         if watermark < from {
             progress.oldest_pending_ns.store(0, Ordering::Relaxed);
             if sleep_or_stop(flush, &stop).await {
+                return;
+            }
+            continue;
+        }
+        if !rt.ready.load(Ordering::Acquire) {
+            // The index template is not installed yet; show the wait as lag.
+            progress
+                .oldest_pending_ns
+                .compare_exchange(0, crate::now_ns(), Ordering::Relaxed, Ordering::Relaxed)
+                .ok();
+            if sleep_or_stop(Duration::from_millis(100), &stop).await {
                 return;
             }
             continue;
@@ -255,7 +302,13 @@ pub(crate) async fn run(
                     1,
                     "log entries were removed before delivery",
                 );
-                let _ = propose_cursor(&raft, shard, &name, first - 1).await;
+                if propose_cursor(&raft, shard, &name, first - 1)
+                    .await
+                    .is_err()
+                    && sleep_or_stop(Duration::from_secs(1), &stop).await
+                {
+                    return;
+                }
                 continue;
             }
             Ok(Err(e)) => {
@@ -267,6 +320,9 @@ pub(crate) async fn run(
             }
             Err(e) => {
                 tracing::error!(sink = %rt.config.name, shard, error = %e, "log reader task failed");
+                if sleep_or_stop(Duration::from_secs(1), &stop).await {
+                    return;
+                }
                 continue;
             }
         };
@@ -303,7 +359,7 @@ pub(crate) async fn run(
                     if sleep_or_stop(Duration::from_secs(5), &stop).await {
                         return;
                     }
-                    continue;
+                    continue 'outer;
                 }
             }
         }
@@ -318,8 +374,18 @@ pub(crate) async fn run(
             Ordering::Relaxed,
         );
         progress.oldest_pending_ns.store(oldest, Ordering::Relaxed);
-        let rejected = match deliver(&rt, items, &stop, None).await {
+        let rejected = match deliver(&rt, items, &stop, None, Some(&progress.release)).await {
             Ok(r) => r,
+            Err(Unfinished::Released { dropped, rejected }) => {
+                SinkStats::add(&rt.stats.dropped, dropped as u64);
+                rt.stats.fail(
+                    "released_unmirrored",
+                    dropped as u64,
+                    &format!("disk pressure: {dropped} records released before delivery"),
+                );
+                tracing::error!(sink = %rt.config.name, shard, records = dropped, up_to = last, "disk pressure: records released before this sink received them (unmirrored_bytes_max exceeded)");
+                rejected
+            }
             Err(_) => return,
         };
         let n = rejected.len() as u64;
@@ -340,15 +406,15 @@ pub(crate) async fn run(
             tracing::warn!(sink = %rt.config.name, shard, records = n, "records dead-lettered");
         }
         *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        progress.oldest_pending_ns.store(0, Ordering::Relaxed);
         match propose_cursor(&raft, shard, &name, last).await {
-            Ok(()) => {
-                progress.cursor.store(last, Ordering::Relaxed);
-                progress.oldest_pending_ns.store(0, Ordering::Relaxed);
-            }
+            Ok(()) => progress.cursor.store(last, Ordering::Relaxed),
             Err(e) => {
-                // Delivered but not recorded: the next leader (or this one, next round)
-                // sends it again, and the backend recognises the copies.
-                tracing::debug!(sink = %rt.config.name, shard, error = %e, "cursor not committed; will resend from the last committed cursor");
+                // Delivered but not recorded: retried first thing next round while this
+                // node leads; a new leader (or a restart) sends it again instead, and the
+                // backend recognises the copies.
+                tracing::debug!(sink = %rt.config.name, shard, error = %e, "cursor not committed; retrying it");
+                uncommitted = Some(last);
                 if sleep_or_stop(Duration::from_millis(200), &stop).await {
                     return;
                 }

@@ -654,6 +654,8 @@ impl Driver {
 
     fn fail_all(&mut self, e: &Error) {
         for s in &mut self.shards {
+            // Consumers that run on the leader (mirrors) must stop proposing.
+            s.log.leader.store(false, Ordering::Release);
             for (_, _, reply) in std::mem::take(&mut s.deferred) {
                 let _ = reply.send(Err(Error::Stopped(s.id)));
             }

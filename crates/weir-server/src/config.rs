@@ -70,6 +70,10 @@ pub struct StorageConfig {
     pub commit_timeout_ms: u64,
     /// Producers remembered per shard for idempotent retries.
     pub dedup_producers_max: usize,
+    /// Below this much free space on the data directory's file system the node is under
+    /// disk pressure: mirrors past their `unmirrored_bytes_max` release what they cannot
+    /// deliver, so the WAL can shrink.
+    pub disk_free_min_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -81,6 +85,7 @@ impl Default for StorageConfig {
             proposal_queue_len: 4096,
             commit_timeout_ms: 10_000,
             dedup_producers_max: 100_000,
+            disk_free_min_bytes: 1 << 30,
         }
     }
 }

@@ -491,6 +491,17 @@ async fn dlq_replay(
             }
         }
     };
-    let report = st.mirror.replay(&sink, seqs).await.map_err(mirror_error)?;
+    // On its own task: a client that hangs up must not cancel a replay halfway (it holds
+    // the sink's breaker probe and rewrites the dead-letter log).
+    let mirror = st.mirror.clone();
+    let report = tokio::spawn(async move { mirror.replay(&sink, seqs).await })
+        .await
+        .map_err(|e| {
+            HttpError(ApiError::new(
+                weir_proto::ErrorKind::Internal,
+                format!("replay failed: {e}"),
+            ))
+        })?
+        .map_err(mirror_error)?;
     Ok(Json(report))
 }

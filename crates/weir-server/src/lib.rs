@@ -88,6 +88,16 @@ impl Node {
                 .await?
                 .with_context(|| format!("cannot open the log in {}", data_dir.display()))?,
         );
+        // Before any indexer can ask for compaction: the WAL must keep what the mirrors
+        // have not delivered from the first moment.
+        raft.require_cursors(
+            config
+                .mirror
+                .sinks
+                .iter()
+                .map(|s| weir_mirror::cursor_name(&s.name))
+                .collect(),
+        );
         let mut indexes = Vec::new();
         let mut indexers = Vec::new();
         for shard in 0..raft.shard_count() {
@@ -126,6 +136,7 @@ impl Node {
                 raft.clone(),
                 &config.data_dir,
                 &cluster_id,
+                disk_pressure(config.data_dir.clone(), config.storage.disk_free_min_bytes),
             )
             .context("cannot start the mirrors")?,
         );
@@ -205,6 +216,9 @@ impl Node {
     /// A server task failed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        // Replays in HTTP handlers watch the mirror's stop signal; without it the HTTP
+        // server's graceful shutdown would wait for them.
+        self.mirror.signal_stop();
         let grpc = self.grpc_task.await;
         let http = self.http_task.await;
         // Mirrors stop first: a batch in flight is sent again from its cursor next time.
@@ -263,6 +277,37 @@ fn check_node_file(config: &Config) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Whether the file system of `dir` has less than `min_free` bytes available.
+fn disk_pressure(dir: std::path::PathBuf, min_free: u64) -> Arc<dyn Fn() -> bool + Send + Sync> {
+    Arc::new(move || match free_bytes(&dir) {
+        Ok(free) => free < min_free,
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot read free disk space");
+            false
+        }
+    })
+}
+
+/// Bytes available to unprivileged users on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the
+    // right type; statvfs fills it entirely when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: rc == 0, so statvfs initialised `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    let (avail, frsize) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(avail.saturating_mul(frsize))
 }
 
 /// Eight random hex digits.
