@@ -74,6 +74,9 @@ impl Appender {
         let rejected = std::mem::take(&mut normalized.rejected);
         let bodies_repaired = normalized.bodies_repaired;
         self.metrics.records_rejected.inc_by(rejected.len() as u64);
+        for r in &rejected {
+            self.metrics.record_rejected(&r.reason);
+        }
         let mut response = AppendResponse {
             accepted,
             rejected,

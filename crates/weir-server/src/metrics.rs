@@ -63,6 +63,46 @@ impl Histogram {
     }
 }
 
+/// The classes of [`reject_reason`], the `reason` label of
+/// `weir_ingest_records_rejected_total`.
+pub const REJECT_REASONS: [&str; 8] = [
+    "too_large",
+    "timestamp",
+    "level",
+    "id",
+    "label",
+    "attribute",
+    "field",
+    "other",
+];
+
+/// The class of a record's rejection reason (as written by `weir_ingest`), for metrics.
+/// The reasons are sentences meant for people; this reads the one thing each names
+/// first (the limit's config key, or the field).
+pub fn reject_reason(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("limits.max_record_bytes") {
+        "too_large"
+    } else if r.contains("timestamp") {
+        "timestamp"
+    } else if r.contains("level") {
+        "level"
+    } else if r.contains("trace_id") || r.contains("span_id") {
+        "id"
+    } else if ["service ", "namespace ", "pod ", "cluster "]
+        .iter()
+        .any(|f| r.starts_with(f))
+    {
+        "field"
+    } else if r.contains("label") {
+        "label"
+    } else if r.contains("attribute") {
+        "attribute"
+    } else {
+        "other"
+    }
+}
+
 /// Every metric of the node.
 #[derive(Default)]
 pub struct Metrics {
@@ -70,6 +110,8 @@ pub struct Metrics {
     pub records_accepted: Counter,
     /// Records refused by validation.
     pub records_rejected: Counter,
+    /// Records refused by validation, by [`reject_reason`] class (in `REJECT_REASONS` order).
+    pub records_rejected_by: [Counter; REJECT_REASONS.len()],
     /// Append requests refused whole, by reason.
     pub appends_refused_invalid: Counter,
     /// Append requests refused as retryable (queue or disk full, timeout).
@@ -85,6 +127,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one rejected record under its reason class.
+    pub fn record_rejected(&self, reason: &str) {
+        let class = reject_reason(reason);
+        let i = REJECT_REASONS
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(REJECT_REASONS.len() - 1);
+        self.records_rejected_by[i].inc_by(1);
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -100,12 +152,17 @@ impl Metrics {
             "records stored",
             self.records_accepted.get(),
         );
-        counter(
-            &mut out,
-            "weir_ingest_records_rejected_total",
-            "records refused by validation",
-            self.records_rejected.get(),
+        let _ = writeln!(
+            out,
+            "# HELP weir_ingest_records_rejected_total records refused by validation, by reason\n# TYPE weir_ingest_records_rejected_total counter"
         );
+        for (reason, c) in REJECT_REASONS.iter().zip(&self.records_rejected_by) {
+            let _ = writeln!(
+                out,
+                "weir_ingest_records_rejected_total{{reason=\"{reason}\"}} {}",
+                c.get()
+            );
+        }
         let _ = writeln!(out, "# TYPE weir_ingest_requests_refused_total counter");
         let _ = writeln!(
             out,
@@ -140,6 +197,69 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejection_reasons_of_the_ingest_layer_are_classified() {
+        use weir_proto::v1::Record;
+        let limits = weir_ingest::Limits::default();
+        let now = 1_800_000_000_000_000_000;
+        let reason = |r: Record| weir_ingest::normalize_record(r, now, &limits).unwrap_err();
+        let cases = [
+            (
+                Record {
+                    body: vec![b'x'; limits.max_record_bytes + 1],
+                    ..Default::default()
+                },
+                "too_large",
+            ),
+            (
+                Record {
+                    timestamp_ns: 1,
+                    ..Default::default()
+                },
+                "timestamp",
+            ),
+            (
+                Record {
+                    level: "loud".into(),
+                    ..Default::default()
+                },
+                "level",
+            ),
+            (
+                Record {
+                    trace_id: "zz".into(),
+                    ..Default::default()
+                },
+                "id",
+            ),
+            (
+                Record {
+                    labels: [("__x".to_string(), "v".to_string())].into(),
+                    ..Default::default()
+                },
+                "label",
+            ),
+            (
+                Record {
+                    attributes: [(String::new(), "v".to_string())].into(),
+                    ..Default::default()
+                },
+                "attribute",
+            ),
+            (
+                Record {
+                    service: "s".repeat(limits.max_label_value_bytes + 1),
+                    ..Default::default()
+                },
+                "field",
+            ),
+        ];
+        for (record, want) in cases {
+            let r = reason(record);
+            assert_eq!(reject_reason(&r), want, "{r}");
+        }
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

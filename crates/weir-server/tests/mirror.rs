@@ -475,9 +475,15 @@ async fn under_disk_pressure_a_sink_past_its_cap_releases_what_it_cannot_deliver
     };
     assert_eq!(loki_status["dropped"], 300, "{loki_status}");
     assert_eq!(loki_status["lag_entries"], 0, "{loki_status}");
-    wait_until("elasticsearch keeps everything", 10, || es.doc_count() >= 300).await;
+    wait_until("elasticsearch keeps everything", 10, || {
+        es.doc_count() >= 300
+    })
+    .await;
     let c = cluster(&node).await;
-    assert_eq!(c["mirrors"][0]["dropped"], 0, "a healthy sink drops nothing: {c}");
+    assert_eq!(
+        c["mirrors"][0]["dropped"], 0,
+        "a healthy sink drops nothing: {c}"
+    );
     let metrics = reqwest::get(format!("{}/metrics", node.http))
         .await
         .unwrap()

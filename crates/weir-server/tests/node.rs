@@ -169,6 +169,19 @@ async fn bad_records_are_rejected_with_position_while_the_rest_is_stored() {
     let mut got = bodies(&body);
     got.sort();
     assert_eq!(got, vec!["good one".to_string(), "ok\u{FFFD}!".to_string()]);
+    let m = reqwest::get(format!("{}/metrics", n.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "weir_ingest_records_rejected_total{reason=\"level\"} 1",
+        "weir_ingest_records_rejected_total{reason=\"label\"} 1",
+        "weir_ingest_records_accepted_total 2",
+    ] {
+        assert!(m.contains(line), "metrics lack {line:?}:\n{m}");
+    }
     n.stop().await;
 }
 
