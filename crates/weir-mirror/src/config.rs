@@ -78,7 +78,8 @@ pub struct SinkConfig {
     /// How long an open breaker waits before a half-open probe.
     #[serde(default = "d_breaker_open")]
     pub breaker_open_ms: u64,
-    /// Bytes the dead-letter log of this sink may hold; when full the sink stops
+    /// Bytes the dead-letter log of this sink may hold (it is also held in memory, to be
+    /// listed and replayed); when full the sink stops
     /// advancing (nothing is dropped) until `weir dlq replay` or an operator frees it.
     #[serde(default = "d_dlq_bytes")]
     pub dlq_bytes_max: u64,
@@ -146,7 +147,7 @@ fn d_breaker_open() -> u64 {
     5_000
 }
 fn d_dlq_bytes() -> u64 {
-    1 << 30
+    256 << 20
 }
 fn d_unmirrored() -> u64 {
     10 << 30

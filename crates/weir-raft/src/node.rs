@@ -274,6 +274,21 @@ impl RaftNode {
     /// [`Error::Overloaded`] when the proposal queue is full, [`Error::DiskFull`] while the
     /// disk is full, [`Error::Stopped`] after shutdown or failure.
     pub fn propose(&self, shard: u32, key: Option<DedupKey>, data: Vec<u8>) -> Result<Proposal> {
+        self.submit(shard, |reply| Input::Propose {
+            shard,
+            key,
+            data,
+            reply,
+        })
+    }
+
+    /// Queues a proposal for the driver unless the node failed, the disk is full or the
+    /// queue is full.
+    fn submit(
+        &self,
+        shard: u32,
+        input: impl FnOnce(oneshot::Sender<Result<Committed>>) -> Input,
+    ) -> Result<Proposal> {
         assert!(shard < self.shard_count(), "shard {shard} out of range");
         if self.health.failed.load(Ordering::Acquire) {
             return Err(Error::Stopped(shard));
@@ -282,12 +297,7 @@ impl RaftNode {
             return Err(Error::DiskFull);
         }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Input::Propose {
-            shard,
-            key,
-            data,
-            reply,
-        }) {
+        match self.tx.try_send(input(reply)) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(Error::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(Error::Stopped(shard)),
@@ -306,28 +316,16 @@ impl RaftNode {
     /// # Panics
     /// If `name` is longer than [`crate::CURSOR_NAME_BYTES_MAX`] bytes.
     pub fn propose_cursor(&self, shard: u32, name: &str, position: u64) -> Result<Proposal> {
-        assert!(shard < self.shard_count(), "shard {shard} out of range");
         assert!(
             name.len() <= crate::CURSOR_NAME_BYTES_MAX,
             "cursor name too long"
         );
-        if self.health.failed.load(Ordering::Acquire) {
-            return Err(Error::Stopped(shard));
-        }
-        if self.health.disk_full.load(Ordering::Acquire) {
-            return Err(Error::DiskFull);
-        }
-        let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Input::ProposeCursor {
+        self.submit(shard, |reply| Input::ProposeCursor {
             shard,
             name: name.to_owned(),
             position,
             reply,
-        }) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Stopped(shard)),
-        }
+        })
     }
 
     /// Names the cursors that hold back WAL compaction: no entry above a required cursor's

@@ -66,6 +66,23 @@ fn batch(tenant: &str, prefix: &str, n: usize) -> AppendRequest {
     }
 }
 
+/// The bodies of a request's records.
+fn body_set(req: &AppendRequest) -> HashSet<String> {
+    req.records
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect()
+}
+
+async fn metrics(node: &TestNode) -> String {
+    reqwest::get(format!("{}/metrics", node.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -181,12 +198,7 @@ async fn every_committed_record_reaches_both_backends_once_with_its_time_and_id(
         assert_eq!(m["lag_entries"], 0, "{m}");
         assert_eq!(m["breaker"], "closed");
     }
-    let metrics = reqwest::get(format!("{}/metrics", node.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&node).await;
     assert!(
         metrics
             .contains("weir_mirror_records_sent_total{backend=\"elasticsearch\",sink=\"es\"} 600"),
@@ -207,11 +219,7 @@ async fn both_backends_down_for_a_while_then_back_lose_nothing() {
     let mut want = HashSet::new();
     for i in 0..5 {
         let req = batch("default", &format!("down{i}"), 100);
-        want.extend(
-            req.records
-                .iter()
-                .map(|r| String::from_utf8(r.body.clone()).unwrap()),
-        );
+        want.extend(body_set(&req));
         // Appends are acknowledged while both backends are down.
         node.append(req).await.unwrap();
     }
@@ -247,11 +255,7 @@ async fn a_dead_loki_does_not_hold_back_elasticsearch_or_appends() {
     let mut want = HashSet::new();
     for i in 0..10 {
         let req = batch("default", &format!("l{i}"), 100);
-        want.extend(
-            req.records
-                .iter()
-                .map(|r| String::from_utf8(r.body.clone()).unwrap()),
-        );
+        want.extend(body_set(&req));
         node.append(req).await.unwrap();
         wait_until("elasticsearch to keep up while loki is down", 10, || {
             es.doc_count() >= (i + 1) * 100
@@ -391,12 +395,7 @@ async fn poison_records_are_dead_lettered_not_dropped_and_replay_after_the_fix()
         .await
         .unwrap();
     assert_eq!(report["rejected_again"], 1, "{report}");
-    let metrics = reqwest::get(format!("{}/metrics", node.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&node).await;
     assert!(
         metrics.contains(
             "weir_mirror_dead_lettered_records_total{backend=\"elasticsearch\",sink=\"es\"} 2"
@@ -419,11 +418,7 @@ async fn a_restart_in_the_middle_of_mirroring_sends_nothing_twice() {
     let mut want = HashSet::new();
     for i in 0..6 {
         let req = batch("default", &format!("r{i}"), 150);
-        want.extend(
-            req.records
-                .iter()
-                .map(|r| String::from_utf8(r.body.clone()).unwrap()),
-        );
+        want.extend(body_set(&req));
         node.append(req).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -484,12 +479,7 @@ async fn under_disk_pressure_a_sink_past_its_cap_releases_what_it_cannot_deliver
         c["mirrors"][0]["dropped"], 0,
         "a healthy sink drops nothing: {c}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", node.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&node).await;
     assert!(
         metrics.contains("weir_mirror_dropped_records_total{backend=\"loki\",sink=\"loki\"} 300"),
         "{metrics}"
@@ -497,11 +487,7 @@ async fn under_disk_pressure_a_sink_past_its_cap_releases_what_it_cannot_deliver
     // Loki is back: what comes next is delivered; the released records are not.
     loki.clear_faults();
     let second = batch("default", "q", 50);
-    let want: HashSet<String> = second
-        .records
-        .iter()
-        .map(|r| String::from_utf8(r.body.clone()).unwrap())
-        .collect();
+    let want = body_set(&second);
     node.append(second).await.unwrap();
     wait_until("loki gets the new records", 20, || loki.entry_count() >= 50).await;
     assert_loki_exactly(&loki, &want);
