@@ -13,9 +13,9 @@
 //! ```
 //! Empty fields are left out.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::item::{level_name, put_str, rfc3339, Item};
+use crate::item::{level_name, rfc3339, Item};
 use crate::sink::ItemResult;
 
 /// A parsed index name pattern.
@@ -132,39 +132,77 @@ impl IndexPattern {
     }
 }
 
-/// The document sent for `item`.
-pub fn document(item: &Item) -> Value {
-    let r = &item.record;
-    let mut m = Map::new();
-    m.insert("@timestamp".into(), Value::String(rfc3339(r.timestamp_ns)));
-    m.insert("level".into(), Value::String(level_name(r.level).into()));
-    m.insert("message".into(), Value::String(r.body.clone()));
-    put_str(&mut m, "service", &r.service);
-    put_str(&mut m, "namespace", &r.namespace);
-    put_str(&mut m, "pod", &r.pod);
-    put_str(&mut m, "cluster", &r.cluster);
-    put_str(&mut m, "trace_id", &r.trace_id);
-    put_str(&mut m, "span_id", &r.span_id);
-    put_str(&mut m, "tenant", &item.tenant);
-    if !r.labels.is_empty() {
-        m.insert("labels".into(), json!(r.labels));
-    }
-    if !r.attributes.is_empty() {
-        m.insert("attributes".into(), json!(r.attributes));
-    }
-    Value::Object(m)
-}
-
 /// Appends the `create` action and source lines of `item` to `out`.
+///
+/// Serialised from borrowed, typed structs (not through `serde_json::Value`): this runs
+/// for every record of every delivery (benches/benches/mirror.rs).
 pub fn encode_item(out: &mut Vec<u8>, item: &Item, pattern: &IndexPattern, cluster: &str) {
-    let action = json!({"create": {
-        "_index": pattern.render(&item.tenant, item.record.timestamp_ns),
-        "_id": item.id(cluster),
-    }});
-    // Serialising a `Value` to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &action);
+    #[derive(serde::Serialize)]
+    struct Action<'a> {
+        create: Meta<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Meta<'a> {
+        _index: &'a str,
+        _id: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        #[serde(rename = "@timestamp")]
+        timestamp: &'a str,
+        level: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        service: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        namespace: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        pod: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        cluster: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        trace_id: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        span_id: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        tenant: &'a str,
+        #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+        labels: &'a std::collections::HashMap<String, String>,
+        #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+        attributes: &'a std::collections::HashMap<String, String>,
+    }
+    let r = &item.record;
+    let index = pattern.render(&item.tenant, r.timestamp_ns);
+    let id = item.id(cluster);
+    // Serialising to a Vec cannot fail (no maps with non-string keys, no I/O).
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &Action {
+            create: Meta {
+                _index: &index,
+                _id: &id,
+            },
+        },
+    );
     out.push(b'\n');
-    let _ = serde_json::to_writer(&mut *out, &document(item));
+    let ts = rfc3339(r.timestamp_ns);
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &Doc {
+            timestamp: &ts,
+            level: level_name(r.level),
+            message: &r.body,
+            service: &r.service,
+            namespace: &r.namespace,
+            pod: &r.pod,
+            cluster: &r.cluster,
+            trace_id: &r.trace_id,
+            span_id: &r.span_id,
+            tenant: &item.tenant,
+            labels: &r.labels,
+            attributes: &r.attributes,
+        },
+    );
     out.push(b'\n');
 }
 
@@ -177,35 +215,48 @@ pub fn encode_item(out: &mut Vec<u8>, item: &Item, pattern: &IndexPattern, clust
 /// The body is not a bulk answer for `n` items (then nothing can be trusted and the whole
 /// request is retried).
 pub fn parse_response(body: &[u8], n: usize) -> Result<Vec<ItemResult>, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("bulk answer is not JSON: {e}"))?;
-    let items = v
-        .get("items")
-        .and_then(Value::as_array)
-        .ok_or("bulk answer has no \"items\" array")?;
-    if items.len() != n {
+    // Typed, so that only what is read is decoded (every other field is skipped).
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        items: Vec<std::collections::HashMap<String, ItemBody>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ItemBody {
+        status: u64,
+        #[serde(default)]
+        error: Option<ErrorBody>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        #[serde(rename = "type", default)]
+        ty: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        caused_by: Option<Box<ErrorBody>>,
+    }
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|e| format!("bulk answer is not one: {e}"))?;
+    if answer.items.len() != n {
         return Err(format!(
             "bulk answer has {} items for {n} actions",
-            items.len()
+            answer.items.len()
         ));
     }
-    items
-        .iter()
+    answer
+        .items
+        .into_iter()
         .map(|it| {
-            let (op, body) = it
-                .as_object()
-                .and_then(|o| o.iter().next())
-                .ok_or("bulk item is not an object")?;
-            let status = body
-                .get("status")
-                .and_then(Value::as_u64)
-                .ok_or("bulk item has no status")?;
+            let (op, body) = it.into_iter().next().ok_or("bulk item is empty")?;
+            let status = body.status;
             let reason = || {
-                let e = &body["error"];
-                let ty = e["type"].as_str().unwrap_or("unknown");
-                let why = e["reason"].as_str().unwrap_or("");
-                let caused = e["caused_by"]["reason"].as_str();
-                match caused {
+                let e = body.error.as_ref();
+                let ty = e.and_then(|e| e.ty.as_deref()).unwrap_or("unknown");
+                let why = e.and_then(|e| e.reason.as_deref()).unwrap_or("");
+                match e
+                    .and_then(|e| e.caused_by.as_ref())
+                    .and_then(|c| c.reason.as_deref())
+                {
                     Some(c) => format!("{status} {ty}: {why} (caused by: {c})"),
                     None => format!("{status} {ty}: {why}"),
                 }

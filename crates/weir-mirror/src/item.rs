@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use weir_proto::v1::{StoredBatch, StoredRecord};
 use weir_proto::Level;
 
@@ -178,13 +178,6 @@ pub fn rfc3339(ns: i64) -> String {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| ns.to_string()),
         Err(_) => ns.to_string(),
-    }
-}
-
-/// Inserts `k: v` into `m` unless `v` is empty.
-pub(crate) fn put_str(m: &mut Map<String, Value>, k: &str, v: &str) {
-    if !v.is_empty() {
-        m.insert(k.to_owned(), Value::String(v.to_owned()));
     }
 }
 
