@@ -493,3 +493,55 @@ async fn under_disk_pressure_a_sink_past_its_cap_releases_what_it_cannot_deliver
     assert_loki_exactly(&loki, &want);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_item_429_is_retried_alone_and_a_whole_request_429_waits_for_retry_after() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (es, loki) = start_pair().await;
+    // The first 3 times records ending in "-7" are seen, Elasticsearch rejects them
+    // (es_rejected_execution_exception, 429); the rest of each request is stored.
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let r = refusals.clone();
+    es.fail_items(move |source| {
+        let m = source["message"].as_str()?;
+        (m.ends_with("-7") && r.fetch_add(1, Ordering::SeqCst) < 3).then(ItemFault::rejected)
+    });
+    // Loki: the first two requests are refused whole with 429 and Retry-After: 1.
+    loki.fail_requests(2, 429, Some(1));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
+    let node = TestNode::start_with(dir, cfg).await;
+    let req = batch("default", "x", 20);
+    let want = body_set(&req);
+    let started = Instant::now();
+    node.append(req).await.unwrap();
+    wait_until("elasticsearch stores all 20", 20, || es.doc_count() >= 20).await;
+    wait_until("loki stores all 20", 20, || loki.entry_count() >= 20).await;
+    let loki_took = started.elapsed();
+    assert_es_exactly(&es, &want);
+    assert_loki_exactly(&loki, &want);
+    assert!(
+        refusals.load(Ordering::SeqCst) >= 3,
+        "the per-item 429s happened"
+    );
+    let m = metrics(&node).await;
+    assert!(
+        m.contains("weir_mirror_write_failed_total{backend=\"elasticsearch\",sink=\"es\",reason=\"item_retry\"} 3"),
+        "exactly the three refused items were retried: {m}"
+    );
+    assert!(
+        m.contains(
+            "weir_mirror_write_failed_total{backend=\"loki\",sink=\"loki\",reason=\"http_429\"} 2"
+        ),
+        "{m}"
+    );
+    // Behaviour, not speed: a request answered "Retry-After: 1" is not sent again for at
+    // least a second (the configured backoff alone is at most 200 ms). The two refused
+    // requests may come from two shards' workers at once, so the floor is 1 s, not 2.
+    assert!(
+        loki_took >= Duration::from_secs(1),
+        "Retry-After honoured: delivered after {loki_took:?}"
+    );
+    node.stop().await;
+}
