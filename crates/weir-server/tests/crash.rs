@@ -68,6 +68,40 @@ fn start_with(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Proc {
     }
 }
 
+/// Appends batches of 50 records made by `record(batch, i)` until the node stops
+/// answering (it was killed), pausing `pause` between batches; returns the bodies of
+/// every record acknowledged.
+async fn write_until_refused(
+    grpc: String,
+    pause: Duration,
+    record: impl Fn(u64, u64) -> Record,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    let Ok(mut client) = IngestClient::connect(grpc).await else {
+        return acked;
+    };
+    for batch in 0.. {
+        let records: Vec<Record> = (0..50).map(|i| record(batch, i)).collect();
+        let bodies: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8(r.body.clone()).unwrap())
+            .collect();
+        let req = AppendRequest {
+            records,
+            ..Default::default()
+        };
+        match client.append(req).await {
+            Ok(r) => {
+                assert_eq!(r.get_ref().accepted, 50);
+                acked.extend(bodies);
+            }
+            Err(_) => return acked,
+        }
+        tokio::time::sleep(pause).await;
+    }
+    acked
+}
+
 fn kill(mut p: Proc) {
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(p.child.id() as i32, libc::SIGKILL) };
@@ -115,40 +149,15 @@ async fn sigkill_while_ingesting_loses_no_acknowledged_record_and_duplicates_not
     for round in 0..rounds {
         let p = start(dir.path());
         let kill_after = Duration::from_millis(rng.random_range(300..1500));
-        let grpc = p.grpc.clone();
-        let writer = tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let Ok(mut client) = IngestClient::connect(grpc).await else {
-                return acked;
-            };
-            for batch in 0.. {
-                let records: Vec<Record> = (0..50)
-                    .map(|i| Record {
-                        body: format!("r{round}-b{batch}-i{i}").into_bytes(),
-                        labels: [("app".to_string(), format!("a{}", i % 8))].into(),
-                        ..Default::default()
-                    })
-                    .collect();
-                let bodies: Vec<String> = records
-                    .iter()
-                    .map(|r| String::from_utf8(r.body.clone()).unwrap())
-                    .collect();
-                match client
-                    .append(AppendRequest {
-                        records,
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(r) => {
-                        assert_eq!(r.get_ref().accepted, 50);
-                        acked.extend(bodies);
-                    }
-                    Err(_) => return acked,
-                }
-            }
-            acked
-        });
+        let writer = tokio::spawn(write_until_refused(
+            p.grpc.clone(),
+            Duration::ZERO,
+            move |batch, i| Record {
+                body: format!("r{round}-b{batch}-i{i}").into_bytes(),
+                labels: [("app".to_string(), format!("a{}", i % 8))].into(),
+                ..Default::default()
+            },
+        ));
         tokio::time::sleep(kill_after).await;
         kill(p);
         let got = writer.await.unwrap();
@@ -344,36 +353,15 @@ async fn sigkill_while_mirroring_loses_nothing_and_each_backend_sees_each_record
     let mut rng = rand::rng();
     for round in 0..4 {
         let p = start_with(&data, &args);
-        let grpc = p.grpc.clone();
-        let writer = tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let Ok(mut client) = IngestClient::connect(grpc).await else {
-                return acked;
-            };
-            for batch in 0.. {
-                let records: Vec<Record> = (0..40)
-                    .map(|i| Record {
-                        body: format!("m{round}-b{batch}-i{i}").into_bytes(),
-                        service: format!("s{}", i % 4),
-                        ..Default::default()
-                    })
-                    .collect();
-                let bodies: Vec<String> = records
-                    .iter()
-                    .map(|r| String::from_utf8(r.body.clone()).unwrap())
-                    .collect();
-                let req = AppendRequest {
-                    records,
-                    ..Default::default()
-                };
-                match client.append(req).await {
-                    Ok(_) => acked.extend(bodies),
-                    Err(_) => return acked,
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            acked
-        });
+        let writer = tokio::spawn(write_until_refused(
+            p.grpc.clone(),
+            Duration::from_millis(20),
+            move |batch, i| Record {
+                body: format!("m{round}-b{batch}-i{i}").into_bytes(),
+                service: format!("s{}", i % 4),
+                ..Default::default()
+            },
+        ));
         tokio::time::sleep(Duration::from_millis(rng.random_range(400..1200))).await;
         kill(p);
         acked.extend(writer.await.unwrap());
