@@ -44,6 +44,13 @@ breaker_open_ms = 200
     cfg
 }
 
+/// A node in a new directory mirroring to `es` and `loki` with the test settings.
+async fn start_node(es: &FakeElasticsearch, loki: &FakeLoki) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
+    TestNode::start_with(dir, cfg).await
+}
+
 async fn start_pair() -> (FakeElasticsearch, FakeLoki) {
     (
         FakeElasticsearch::start().await.unwrap(),
@@ -134,9 +141,7 @@ async fn cluster(node: &TestNode) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_committed_record_reaches_both_backends_once_with_its_time_and_id() {
     let (es, loki) = start_pair().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
-    let node = TestNode::start_with(dir, cfg).await;
+    let node = start_node(&es, &loki).await;
     let mut want = HashSet::new();
     let mut sent: BTreeMap<String, i64> = BTreeMap::new();
     for (tenant, prefix) in [("default", "a"), ("acme", "b"), ("default", "c")] {
@@ -213,9 +218,7 @@ async fn both_backends_down_for_a_while_then_back_lose_nothing() {
     let (es, loki) = start_pair().await;
     es.set_down(true);
     loki.set_down(true);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
-    let node = TestNode::start_with(dir, cfg).await;
+    let node = start_node(&es, &loki).await;
     let mut want = HashSet::new();
     for i in 0..5 {
         let req = batch("default", &format!("down{i}"), 100);
@@ -249,9 +252,7 @@ async fn both_backends_down_for_a_while_then_back_lose_nothing() {
 async fn a_dead_loki_does_not_hold_back_elasticsearch_or_appends() {
     let (es, loki) = start_pair().await;
     loki.fail_requests(usize::MAX, 503, None);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
-    let node = TestNode::start_with(dir, cfg).await;
+    let node = start_node(&es, &loki).await;
     let mut want = HashSet::new();
     for i in 0..10 {
         let req = batch("default", &format!("l{i}"), 100);
@@ -302,9 +303,7 @@ async fn poison_records_are_dead_lettered_not_dropped_and_replay_after_the_fix()
             .filter(|m| m.starts_with("poison"))
             .map(|_| ItemFault::mapper_parsing("failed to parse field [attributes.x]"))
     });
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
-    let node = TestNode::start_with(dir, cfg).await;
+    let node = start_node(&es, &loki).await;
     let mut req = batch("default", "ok", 50);
     req.records[10].body = b"poison-1".to_vec();
     req.records[30].body = format!("poison-long-{}", "x".repeat(2000)).into_bytes();
@@ -412,9 +411,7 @@ async fn a_restart_in_the_middle_of_mirroring_sends_nothing_twice() {
     // them after a second, as a crash would).
     es.set_latency(Duration::from_millis(2000));
     loki.set_latency(Duration::from_millis(2000));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
-    let node = TestNode::start_with(dir, cfg).await;
+    let node = start_node(&es, &loki).await;
     let mut want = HashSet::new();
     for i in 0..6 {
         let req = batch("default", &format!("r{i}"), 150);
@@ -509,9 +506,7 @@ async fn per_item_429_is_retried_alone_and_a_whole_request_429_waits_for_retry_a
     });
     // Loki: the first two requests are refused whole with 429 and Retry-After: 1.
     loki.fail_requests(2, 429, Some(1));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = sinks_config(dir.path(), &es.url(), &loki.url());
-    let node = TestNode::start_with(dir, cfg).await;
+    let node = start_node(&es, &loki).await;
     let req = batch("default", "x", 20);
     let want = body_set(&req);
     let started = Instant::now();
