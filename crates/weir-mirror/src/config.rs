@@ -51,6 +51,10 @@ pub struct SinkConfig {
     /// Tenants sent to this sink; empty sends every tenant.
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Tenants never sent to this sink (e.g. those that have a sink of their own); not
+    /// together with `tenants`.
+    #[serde(default)]
+    pub exclude_tenants: Vec<String>,
     /// Encoded bytes per request at most (a larger single record is sent alone).
     #[serde(default = "d_batch_bytes")]
     pub batch_bytes_max: usize,
@@ -185,6 +189,12 @@ impl SinkConfig {
             .unwrap_or_else(|| ["trace_id", "span_id"].map(String::from).to_vec())
     }
 
+    /// Whether records of `tenant` go to this sink.
+    pub fn wants_tenant(&self, tenant: &str) -> bool {
+        (self.tenants.is_empty() || self.tenants.iter().any(|t| t == tenant))
+            && !self.exclude_tenants.iter().any(|t| t == tenant)
+    }
+
     /// Checks what parses but cannot work; every message names the sink and the key.
     ///
     /// # Errors
@@ -255,6 +265,12 @@ impl SinkConfig {
                 self.backend.as_str()
             ));
         }
+        if !self.tenants.is_empty() && !self.exclude_tenants.is_empty() {
+            return Err(format!(
+                "{}: give either tenants (only these) or exclude_tenants (all but these), not both",
+                key("exclude_tenants")
+            ));
+        }
         if self.username.is_some() != self.password.is_some() {
             return Err(format!(
                 "{}: username and password go together",
@@ -304,6 +320,18 @@ mod tests {
             e.contains("mirror.sinks[name=l].index") && e.contains("elasticsearch"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_tenant_with_its_own_sink_can_be_left_out_of_the_shared_one() {
+        let shared = parse("name = \"es\"\ntype = \"elasticsearch\"\nurl = \"http://e:9200\"\nexclude_tenants = [\"acme\"]\n");
+        shared.validate().unwrap();
+        let own = parse("name = \"acme-es\"\ntype = \"elasticsearch\"\nurl = \"http://acme:9200\"\ntenants = [\"acme\"]\n");
+        own.validate().unwrap();
+        assert!(shared.wants_tenant("default") && !shared.wants_tenant("acme"));
+        assert!(own.wants_tenant("acme") && !own.wants_tenant("default"));
+        let both = parse("name = \"x\"\ntype = \"loki\"\nurl = \"http://l:3100\"\ntenants = [\"a\"]\nexclude_tenants = [\"b\"]\n");
+        assert!(both.validate().unwrap_err().contains("not both"));
     }
 
     #[test]

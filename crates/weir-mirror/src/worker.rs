@@ -342,10 +342,8 @@ pub(crate) async fn run(
                 Ok(b) => {
                     oldest = oldest.min(b.received_ns);
                     records += b.records.len();
-                    let tenants = &rt.config.tenants;
-                    items.extend(Item::from_batch(shard, e.index, b, |t| {
-                        tenants.is_empty() || tenants.iter().any(|x| x == t)
-                    }));
+                    let cfg = &rt.config;
+                    items.extend(Item::from_batch(shard, e.index, b, |t| cfg.wants_tenant(t)));
                 }
                 Err(err) => {
                     // The log is the source of truth; an entry that is not a batch means a

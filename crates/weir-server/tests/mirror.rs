@@ -540,3 +540,40 @@ async fn per_item_429_is_retried_alone_and_a_whole_request_429_waits_for_retry_a
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_goes_to_its_own_sink_and_is_left_out_of_the_shared_one() {
+    let (es, loki) = start_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sinks_config(dir.path(), &es.url(), &loki.url());
+    cfg.mirror.sinks[0].exclude_tenants = vec!["acme".into()];
+    cfg.mirror.sinks[1].tenants = vec!["acme".into()];
+    let node = TestNode::start_with(dir, cfg).await;
+    let shared = batch("default", "shared", 60);
+    let own = batch("acme", "own", 40);
+    let (want_es, want_loki) = (body_set(&shared), body_set(&own));
+    node.append(shared).await.unwrap();
+    node.append(own).await.unwrap();
+    wait_until("both sinks", 20, || {
+        es.doc_count() >= 60 && loki.entry_count() >= 40
+    })
+    .await;
+    // Both caught up, so whatever else they were to get has been sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = cluster(&node).await;
+        if c["mirrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["lag_entries"] == 0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sinks never caught up: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_es_exactly(&es, &want_es);
+    assert_loki_exactly(&loki, &want_loki);
+    node.stop().await;
+}
