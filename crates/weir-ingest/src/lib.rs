@@ -58,7 +58,10 @@ mod route;
 
 pub use level::{level_from_otlp, parse_level};
 pub use limits::Limits;
-pub use normalize::{check_batch_bytes, normalize, normalize_record, normalize_tenant, Normalized};
+pub use normalize::{
+    check_batch_bytes, normalize, normalize_record, normalize_tenant, Normalized, Rejection,
+    REJECTION_CODES,
+};
 pub use otlp::{flattened_position, otlp_to_append, render_any_value};
 pub use route::{shard_for, split_by_shard, stream_hash};
 

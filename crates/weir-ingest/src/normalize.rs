@@ -134,10 +134,43 @@ pub fn normalize(req: AppendRequest, now_ns: i64, limits: &Limits) -> Result<Nor
                 n.bodies_repaired += u64::from(repaired);
                 n.records.push((index, stored));
             }
-            Err(reason) => n.rejected.push(RecordError { index, reason }),
+            Err(r) => n.rejected.push(RecordError {
+                index,
+                reason: r.reason,
+                code: r.code.to_owned(),
+            }),
         }
     }
     Ok(n)
+}
+
+/// Why one record is refused: a sentence for people and a code for programs and metrics
+/// (`RecordError.code`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// One of [`REJECTION_CODES`].
+    pub code: &'static str,
+    /// Names the field, the size or value, and the limit with its config key.
+    pub reason: String,
+}
+
+/// Every [`Rejection::code`]: too large (`limits.max_record_bytes`), a timestamp out of
+/// range, an unknown level, a malformed trace or span id, a bad label or label count, a
+/// bad attribute name or count, an over-long service/namespace/pod/cluster.
+pub const REJECTION_CODES: [&str; 7] = [
+    "too_large",
+    "timestamp",
+    "level",
+    "id",
+    "label",
+    "attribute",
+    "field",
+];
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
 }
 
 /// Validates one record and turns it into what is stored; the `bool` says whether its body
@@ -156,39 +189,40 @@ pub fn normalize(req: AppendRequest, now_ns: i64, limits: &Limits) -> Result<Nor
 ///
 /// # Errors
 ///
-/// The reason the record is refused, naming the field, the size or value, and the limit
+/// A [`Rejection`]: its reason names the field, the size or value, and the limit
 /// with its config key, e.g. `label "app" value is 2048 bytes, limit 1024
 /// (limits.max_label_value_bytes)`.
 pub fn normalize_record(
     record: Record,
     now_ns: i64,
     limits: &Limits,
-) -> std::result::Result<(StoredRecord, bool), String> {
+) -> std::result::Result<(StoredRecord, bool), Rejection> {
+    let kind = |code: &'static str| move |reason: String| Rejection { code, reason };
     if record.labels.len() > limits.max_labels_per_record {
-        return Err(format!(
+        return Err(kind("label")(format!(
             "record has {} labels, limit {} (limits.max_labels_per_record)",
             record.labels.len(),
             limits.max_labels_per_record
-        ));
+        )));
     }
     if record.attributes.len() > limits.max_attributes_per_record {
-        return Err(format!(
+        return Err(kind("attribute")(format!(
             "record has {} attributes, limit {} (limits.max_attributes_per_record)",
             record.attributes.len(),
             limits.max_attributes_per_record
-        ));
+        )));
     }
     // Check in sorted order so that the reported failure does not depend on the map's
     // iteration order (the same bad record always gets the same reason).
     let mut labels: Vec<(&String, &String)> = record.labels.iter().collect();
     labels.sort_unstable();
     for (name, value) in labels {
-        check_label(name, value, limits)?;
+        check_label(name, value, limits).map_err(kind("label"))?;
     }
     let mut attribute_names: Vec<&String> = record.attributes.keys().collect();
     attribute_names.sort_unstable();
     for name in attribute_names {
-        check_attribute_name(name, limits)?;
+        check_attribute_name(name, limits).map_err(kind("attribute"))?;
     }
     for (field, value) in [
         ("service", &record.service),
@@ -197,17 +231,18 @@ pub fn normalize_record(
         ("cluster", &record.cluster),
     ] {
         if value.len() > limits.max_label_value_bytes {
-            return Err(format!(
+            return Err(kind("field")(format!(
                 "{field} is {} bytes, limit {} (limits.max_label_value_bytes)",
                 value.len(),
                 limits.max_label_value_bytes
-            ));
+            )));
         }
     }
-    let level = parse_level(&record.level)?;
-    let timestamp_ns = check_timestamp(record.timestamp_ns, now_ns, limits)?;
-    let trace_id = normalize_id("trace_id", &record.trace_id, 32)?;
-    let span_id = normalize_id("span_id", &record.span_id, 16)?;
+    let level = parse_level(&record.level).map_err(kind("level"))?;
+    let timestamp_ns =
+        check_timestamp(record.timestamp_ns, now_ns, limits).map_err(kind("timestamp"))?;
+    let trace_id = normalize_id("trace_id", &record.trace_id, 32).map_err(kind("id"))?;
+    let span_id = normalize_id("span_id", &record.span_id, 16).map_err(kind("id"))?;
 
     let names_and_values: usize = record
         .labels
@@ -217,13 +252,15 @@ pub fn normalize_record(
         .fold(0, usize::saturating_add);
     // Repair can only make the body longer, so checking the raw body first refuses an
     // oversized record without copying it.
-    check_record_bytes(record.body.len().saturating_add(names_and_values), limits)?;
+    check_record_bytes(record.body.len().saturating_add(names_and_values), limits)
+        .map_err(kind("too_large"))?;
     let (body, repaired) = match String::from_utf8(record.body) {
         Ok(body) => (body, false),
         Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
     };
     if repaired {
-        check_record_bytes(body.len().saturating_add(names_and_values), limits)?;
+        check_record_bytes(body.len().saturating_add(names_and_values), limits)
+            .map_err(kind("too_large"))?;
     }
 
     let stored = StoredRecord {
@@ -384,13 +421,76 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_kind_of_refusal_has_its_code() {
+        let limits = Limits::default();
+        let code = |r: Record| normalize_record(r, NOW, &limits).unwrap_err().code;
+        let cases = [
+            (
+                Record {
+                    body: vec![b'x'; limits.max_record_bytes + 1],
+                    ..Default::default()
+                },
+                "too_large",
+            ),
+            (
+                Record {
+                    timestamp_ns: 1,
+                    ..Default::default()
+                },
+                "timestamp",
+            ),
+            (
+                Record {
+                    level: "loud".into(),
+                    ..Default::default()
+                },
+                "level",
+            ),
+            (
+                Record {
+                    trace_id: "zz".into(),
+                    ..Default::default()
+                },
+                "id",
+            ),
+            (
+                Record {
+                    labels: [("__x".to_string(), "v".to_string())].into(),
+                    ..Default::default()
+                },
+                "label",
+            ),
+            (
+                Record {
+                    attributes: [(String::new(), "v".to_string())].into(),
+                    ..Default::default()
+                },
+                "attribute",
+            ),
+            (
+                Record {
+                    service: "s".repeat(limits.max_label_value_bytes + 1),
+                    ..Default::default()
+                },
+                "field",
+            ),
+        ];
+        for (record, want) in cases {
+            assert_eq!(code(record), want);
+            assert!(REJECTION_CODES.contains(&want));
+        }
+    }
+
     /// The reason `record` is refused with the default limits.
     fn reason(record: Record) -> String {
         reason_with(record, &Limits::default())
     }
 
     fn reason_with(record: Record, limits: &Limits) -> String {
-        normalize_record(record, NOW, limits).expect_err("record should be refused")
+        normalize_record(record, NOW, limits)
+            .expect_err("record should be refused")
+            .reason
     }
 
     #[test]

@@ -111,9 +111,10 @@ pub fn otlp_to_append(
             for log_record in scope_logs.log_records {
                 match map_record(log_record, &common) {
                     Ok(record) => out.records.push(record),
-                    Err(reason) => rejected.push(RecordError {
+                    Err(r) => rejected.push(RecordError {
                         index: position,
-                        reason,
+                        reason: r.reason,
+                        code: r.code.to_owned(),
                     }),
                 }
                 // An export holding 2^32 records is far past any request size limit;
@@ -134,7 +135,7 @@ pub fn otlp_to_append(
 /// use weir_ingest::flattened_position;
 /// use weir_proto::v1::RecordError;
 /// // Export records 1 and 3 were refused: request positions 0, 1, 2 are export 0, 2, 4.
-/// let refused = [1, 3].map(|index| RecordError { index, reason: String::new() });
+/// let refused = [1, 3].map(|index| RecordError { index, ..Default::default() });
 /// assert_eq!([0, 1, 2].map(|i| flattened_position(i, &refused)), [0, 2, 4]);
 /// ```
 pub fn flattened_position(append_index: u32, otlp_rejected: &[RecordError]) -> u32 {
@@ -149,19 +150,21 @@ pub fn flattened_position(append_index: u32, otlp_rejected: &[RecordError]) -> u
     position
 }
 
-fn map_record(lr: LogRecord, common: &Common) -> Result<Record, String> {
-    let trace_id = id_hex("trace_id", &lr.trace_id, 16)?;
-    let span_id = id_hex("span_id", &lr.span_id, 8)?;
+fn map_record(lr: LogRecord, common: &Common) -> Result<Record, crate::normalize::Rejection> {
+    let id = |reason| crate::normalize::Rejection { code: "id", reason };
+    let trace_id = id_hex("trace_id", &lr.trace_id, 16).map_err(id)?;
+    let span_id = id_hex("span_id", &lr.span_id, 8).map_err(id)?;
     let time = if lr.time_unix_nano != 0 {
         ("time_unix_nano", lr.time_unix_nano)
     } else {
         ("observed_time_unix_nano", lr.observed_time_unix_nano)
     };
-    let timestamp_ns = i64::try_from(time.1).map_err(|_| {
-        format!(
+    let timestamp_ns = i64::try_from(time.1).map_err(|_| crate::normalize::Rejection {
+        code: "timestamp",
+        reason: format!(
             "{} {} is out of range: past the year 2262 (i64 nanoseconds)",
             time.0, time.1
-        )
+        ),
     })?;
 
     let mut attributes = common.attributes.clone();
@@ -600,11 +603,13 @@ mod tests {
             vec![
                 RecordError {
                     index: 1,
-                    reason: "trace_id is 17 bytes, must be 16 (or empty)".into()
+                    reason: "trace_id is 17 bytes, must be 16 (or empty)".into(),
+                    code: "id".into(),
                 },
                 RecordError {
                     index: 3,
-                    reason: "span_id is 4 bytes, must be 8 (or empty)".into()
+                    reason: "span_id is 4 bytes, must be 8 (or empty)".into(),
+                    code: "id".into(),
                 },
             ]
         );

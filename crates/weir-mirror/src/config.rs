@@ -297,6 +297,29 @@ impl SinkConfig {
     }
 }
 
+/// Checks a whole set of sinks: each one, and that names are unique.
+///
+/// # Errors
+/// A description of the first problem found.
+pub fn validate_sinks(sinks: &[SinkConfig]) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    for s in sinks {
+        s.validate()?;
+        if !names.insert(&s.name) {
+            return Err(format!(
+                "two mirror sinks are named {:?}; mirror.sinks names must be unique",
+                s.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The raft cursor names of `sinks`: the cursors that hold back WAL compaction.
+pub fn cursor_names(sinks: &[SinkConfig]) -> Vec<String> {
+    sinks.iter().map(|s| crate::cursor_name(&s.name)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

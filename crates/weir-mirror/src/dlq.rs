@@ -244,40 +244,32 @@ impl DeadLetters {
         (g.letters.len(), g.bytes)
     }
 
-    /// Removes the letters with these sequence numbers (replayed), rewriting the file.
+    /// Records what a replay did, in one rewrite of the file: the letters numbered in
+    /// `delivered` are removed, those in `again` keep their place with the new reason.
     ///
     /// # Errors
     /// I/O; the log is unchanged then.
-    pub fn remove(&self, seqs: &[u64]) -> Result<()> {
-        if seqs.is_empty() {
+    pub fn settle(&self, delivered: &[u64], again: &[(u64, String)]) -> Result<()> {
+        if delivered.is_empty() && again.is_empty() {
             return Ok(());
         }
+        let delivered: std::collections::HashSet<u64> = delivered.iter().copied().collect();
+        let again: std::collections::HashMap<u64, &String> =
+            again.iter().map(|(s, r)| (*s, r)).collect();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let keep: Vec<DeadLetter> = g
             .letters
             .iter()
-            .filter(|l| !seqs.contains(&l.seq))
-            .cloned()
+            .filter(|l| !delivered.contains(&l.seq))
+            .map(|l| {
+                let mut l = l.clone();
+                if let Some(r) = again.get(&l.seq) {
+                    l.reason.clone_from(r);
+                }
+                l
+            })
             .collect();
         self.rewrite(&mut g, keep)
-    }
-
-    /// Replaces the reason of letters that failed again, rewriting the file.
-    ///
-    /// # Errors
-    /// I/O; the log is unchanged then.
-    pub fn update_reasons(&self, reasons: &[(u64, String)]) -> Result<()> {
-        if reasons.is_empty() {
-            return Ok(());
-        }
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut letters = g.letters.clone();
-        for (seq, r) in reasons {
-            if let Some(l) = letters.iter_mut().find(|l| l.seq == *seq) {
-                l.reason.clone_from(r);
-            }
-        }
-        self.rewrite(&mut g, letters)
     }
 
     fn rewrite(&self, g: &mut Inner, letters: Vec<DeadLetter>) -> Result<()> {
@@ -336,7 +328,7 @@ mod tests {
         let l = d.list();
         assert_eq!(l.len(), 2);
         assert_eq!((l[0].seq, l[1].reason.as_str()), (1, "400 worse"));
-        d.remove(&[1]).unwrap();
+        d.settle(&[1], &[]).unwrap();
         d.append(vec![(item(3), "x".into())], 6).unwrap();
         drop(d);
         let d = DeadLetters::open(dir.path(), "es", 1 << 20).unwrap();
@@ -344,7 +336,7 @@ mod tests {
         assert_eq!(seqs, vec![2, 3], "sequence numbers are never reused");
         assert_eq!(d.list()[1].item, item(3));
         // Emptied by a replay and reopened: numbering goes on.
-        d.remove(&[2, 3]).unwrap();
+        d.settle(&[2, 3], &[]).unwrap();
         drop(d);
         let d = DeadLetters::open(dir.path(), "es", 1 << 20).unwrap();
         assert!(d.list().is_empty());

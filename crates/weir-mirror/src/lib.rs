@@ -217,6 +217,9 @@ pub struct SinkStatus {
     pub url: String,
     /// `closed`, `open`, `half-open`.
     pub breaker: &'static str,
+    /// The same, as a state.
+    #[serde(skip)]
+    pub breaker_state: BreakerState,
     /// Records stored by the backend (since this node started).
     pub records_sent: u64,
     /// Records dead-lettered (since start).
@@ -294,15 +297,10 @@ impl Mirror {
         cluster: &str,
         disk_pressure: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<Mirror> {
-        let mut names = std::collections::BTreeSet::new();
+        config::validate_sinks(&configs).map_err(Error::Config)?;
+        raft.require_cursors(config::cursor_names(&configs));
         let mut sinks = Vec::new();
         for cfg in configs {
-            if !names.insert(cfg.name.clone()) {
-                return Err(Error::Config(format!(
-                    "two mirror sinks are named {:?}; names must be unique",
-                    cfg.name
-                )));
-            }
             let sink = Sink::new(&cfg, cluster).map_err(Error::Config)?;
             let dlq = DeadLetters::open(&data_dir.join("dlq"), &cfg.name, cfg.dlq_bytes_max)?;
             sinks.push(Arc::new(SinkRuntime {
@@ -320,7 +318,6 @@ impl Mirror {
                 config: cfg,
             }));
         }
-        raft.require_cursors(sinks.iter().map(|s| cursor_name(&s.config.name)).collect());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for rt in &sinks {
@@ -364,6 +361,7 @@ impl Mirror {
             .iter()
             .map(|rt| {
                 let st = &rt.stats;
+                let breaker = rt.breaker.state();
                 let mut lag_entries = 0;
                 let mut lag_records = 0;
                 let mut oldest = i64::MAX;
@@ -399,7 +397,8 @@ impl Mirror {
                     name: rt.config.name.clone(),
                     backend: rt.config.backend.as_str(),
                     url: rt.config.url.clone(),
-                    breaker: rt.breaker.state().as_str(),
+                    breaker: breaker.as_str(),
+                    breaker_state: breaker,
                     records_sent: st.records_sent.load(Ordering::Relaxed),
                     dead_lettered: st.dead_lettered.load(Ordering::Relaxed),
                     dead_letters_held: rt.dlq.size().0,
@@ -458,7 +457,7 @@ impl Mirror {
         );
         counter!(
             "weir_mirror_bytes_sent_total",
-            "request bytes sent (approximate, every attempt)",
+            "request body bytes sent, every attempt",
             bytes_sent
         );
         counter!("weir_mirror_requests_total", "requests sent", requests);
@@ -493,64 +492,48 @@ impl Mirror {
                     .map(move |(reason, n)| (format!("{base},reason=\"{reason}\""), n.to_string()))
             }),
         );
-        family(
-            "weir_mirror_breaker_state",
-            "gauge",
-            "circuit breaker: 0 closed, 1 open, 2 half-open",
-            &mut self
-                .sinks
-                .iter()
-                .map(|rt| (l(rt), rt.breaker.state().as_number().to_string())),
-        );
-        let by_name = |n: &str| status.iter().find(|s| s.name == n);
-        family(
-            "weir_mirror_lag_entries",
-            "gauge",
-            "committed log entries not yet delivered",
-            &mut self.sinks.iter().map(|rt| {
-                (
-                    l(rt),
-                    by_name(&rt.config.name)
-                        .map_or(0, |s| s.lag_entries)
-                        .to_string(),
-                )
-            }),
-        );
-        family(
-            "weir_mirror_lag_records",
-            "gauge",
-            "records not yet delivered (estimated from the mean records per entry)",
-            &mut self.sinks.iter().map(|rt| {
-                (
-                    l(rt),
-                    by_name(&rt.config.name)
-                        .map_or(0, |s| s.lag_records)
-                        .to_string(),
-                )
-            }),
-        );
-        family(
-            "weir_mirror_lag_seconds",
-            "gauge",
-            "age of the oldest record being delivered",
-            &mut self.sinks.iter().map(|rt| {
-                (
-                    l(rt),
-                    by_name(&rt.config.name)
-                        .map_or(0.0, |s| s.lag_seconds)
-                        .to_string(),
-                )
-            }),
-        );
-        family(
-            "weir_mirror_dead_letters",
-            "gauge",
-            "records held in the dead-letter log",
-            &mut self
-                .sinks
-                .iter()
-                .map(|rt| (l(rt), rt.dlq.size().0.to_string())),
-        );
+        // Gauges come from one status snapshot, which lists the sinks in the same order.
+        type Gauge = (&'static str, &'static str, fn(&SinkStatus) -> String);
+        let gauges: [Gauge; 5] = [
+            (
+                "weir_mirror_breaker_state",
+                "circuit breaker: 0 closed, 1 open, 2 half-open",
+                |s| s.breaker_state.as_number().to_string(),
+            ),
+            (
+                "weir_mirror_lag_entries",
+                "committed log entries not yet delivered",
+                |s| s.lag_entries.to_string(),
+            ),
+            (
+                "weir_mirror_lag_records",
+                "records not yet delivered (estimated from the mean records per entry)",
+                |s| s.lag_records.to_string(),
+            ),
+            (
+                "weir_mirror_lag_seconds",
+                "age of the oldest record being delivered",
+                |s| s.lag_seconds.to_string(),
+            ),
+            (
+                "weir_mirror_dead_letters",
+                "records held in the dead-letter log",
+                |s| s.dead_letters_held.to_string(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            family(
+                name,
+                "gauge",
+                help,
+                &mut status.iter().map(|s| {
+                    (
+                        format!("backend=\"{}\",sink=\"{}\"", s.backend, s.name),
+                        value(s),
+                    )
+                }),
+            );
+        }
     }
 
     /// The dead letters of `sink`, oldest first.
@@ -598,13 +581,14 @@ impl Mirror {
                     .iter()
                     .filter_map(|(it, r)| by_key.get(&key(it)).map(|s| (*s, r.clone())))
                     .collect();
+                let refused: std::collections::HashSet<u64> =
+                    again.iter().map(|(s, _)| *s).collect();
                 let delivered: Vec<u64> = letters
                     .iter()
                     .map(|l| l.seq)
-                    .filter(|s| !again.iter().any(|(a, _)| a == s))
+                    .filter(|s| !refused.contains(s))
                     .collect();
-                rt.dlq.remove(&delivered)?;
-                rt.dlq.update_reasons(&again)?;
+                rt.dlq.settle(&delivered, &again)?;
                 report.delivered = delivered.len();
                 report.rejected_again = again.len();
             }

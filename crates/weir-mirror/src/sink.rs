@@ -65,9 +65,9 @@ impl Sink {
     /// Builds the sink. `cluster` prefixes Elasticsearch ids (see [`Item::id`]).
     ///
     /// # Errors
-    /// The configuration does not validate, or the HTTP client cannot be built.
+    /// The index pattern does not parse (see [`SinkConfig::validate`], which callers run
+    /// first), or the HTTP client cannot be built.
     pub fn new(cfg: &SinkConfig, cluster: &str) -> Result<Sink, String> {
-        cfg.validate()?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5000)))
@@ -124,14 +124,16 @@ impl Sink {
         }
     }
 
-    /// Sends one request carrying `items` (one group of [`Sink::group`]).
-    pub async fn send(&self, items: &[Item]) -> Attempt {
+    /// Sends one request carrying `items` (one group of [`Sink::group`]); `body_bytes`
+    /// is told the size of the request body before it goes out.
+    pub async fn send(&self, items: &[Item], body_bytes: impl FnOnce(usize)) -> Attempt {
         match &self.kind {
             Kind::Elasticsearch { pattern, auth } => {
                 let mut body = Vec::with_capacity(items.len() * 512);
                 for it in items {
                     es::encode_item(&mut body, it, pattern, &self.cluster);
                 }
+                body_bytes(body.len());
                 let mut req = self
                     .client
                     .post(format!("{}/_bulk", self.url))
@@ -168,6 +170,7 @@ impl Sink {
                     .clone()
                     .unwrap_or_else(|| items.first().map(|i| i.tenant.clone()).unwrap_or_default());
                 let (body, ct) = loki::encode(items, mapping, *format);
+                body_bytes(body.len());
                 let req = self
                     .client
                     .post(format!("{}/loki/api/v1/push", self.url))

@@ -33,7 +33,7 @@ pub struct ShardProgress {
 pub struct SinkStats {
     /// Records the backend has (stored, or found already there).
     pub records_sent: AtomicU64,
-    /// Request body bytes sent (every attempt).
+    /// Request body bytes sent (every attempt; compressed for Loki protobuf).
     pub bytes_sent: AtomicU64,
     /// Requests sent.
     pub requests: AtomicU64,

@@ -89,11 +89,9 @@ pub(crate) async fn deliver(
             let attempt_result = {
                 let _permit = rt.limiter.acquire().await;
                 SinkStats::add(&stats.requests, 1);
-                SinkStats::add(
-                    &stats.bytes_sent,
-                    pending.iter().map(Item::approx_bytes).sum::<usize>() as u64,
-                );
-                rt.sink.send(&pending).await
+                rt.sink
+                    .send(&pending, |n| SinkStats::add(&stats.bytes_sent, n as u64))
+                    .await
             };
             match attempt_result {
                 Attempt::Items(results) => {

@@ -20,6 +20,11 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// An appender proposing into `raft`.
     pub fn new(
         raft: Arc<RaftNode>,
@@ -73,10 +78,7 @@ impl Appender {
         let accepted = normalized.records.len() as u64;
         let rejected = std::mem::take(&mut normalized.rejected);
         let bodies_repaired = normalized.bodies_repaired;
-        self.metrics.records_rejected.inc_by(rejected.len() as u64);
-        for r in &rejected {
-            self.metrics.record_rejected(&r.reason);
-        }
+        self.metrics.count_rejected(&rejected);
         let mut response = AppendResponse {
             accepted,
             rejected,

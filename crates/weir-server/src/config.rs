@@ -245,15 +245,7 @@ impl Config {
             self.search.max_limit > 0 && self.search.default_limit > 0,
             "search limits must be positive"
         );
-        let mut names = std::collections::BTreeSet::new();
-        for s in &self.mirror.sinks {
-            s.validate().map_err(|e| anyhow::anyhow!(e))?;
-            anyhow::ensure!(
-                names.insert(&s.name),
-                "two mirror sinks are named {:?}; mirror.sinks names must be unique",
-                s.name
-            );
-        }
+        weir_mirror::config::validate_sinks(&self.mirror.sinks).map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     }
 }

@@ -79,6 +79,8 @@ impl LogsService for GrpcIngest {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         let (append, mut rejected) = weir_ingest::otlp_to_append(req, &tenant);
+        // Refused while mapping (the rest are counted by the append path).
+        self.appender.metrics().count_rejected(&rejected);
         if !append.records.is_empty() {
             let resp = self.appender.append(append).await?;
             rejected.extend(resp.rejected);

@@ -90,14 +90,7 @@ impl Node {
         );
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
-        raft.require_cursors(
-            config
-                .mirror
-                .sinks
-                .iter()
-                .map(|s| weir_mirror::cursor_name(&s.name))
-                .collect(),
-        );
+        raft.require_cursors(weir_mirror::config::cursor_names(&config.mirror.sinks));
         let mut indexes = Vec::new();
         let mut indexers = Vec::new();
         for shard in 0..raft.shard_count() {

@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use weir_ingest::REJECTION_CODES;
+
 /// A monotonically increasing counter.
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -63,55 +65,13 @@ impl Histogram {
     }
 }
 
-/// The classes of [`reject_reason`], the `reason` label of
-/// `weir_ingest_records_rejected_total`.
-pub const REJECT_REASONS: [&str; 8] = [
-    "too_large",
-    "timestamp",
-    "level",
-    "id",
-    "label",
-    "attribute",
-    "field",
-    "other",
-];
-
-/// The class of a record's rejection reason (as written by `weir_ingest`), for metrics.
-/// The reasons are sentences meant for people; this reads the one thing each names
-/// first (the limit's config key, or the field).
-pub fn reject_reason(reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    if r.contains("limits.max_record_bytes") {
-        "too_large"
-    } else if r.contains("timestamp") {
-        "timestamp"
-    } else if r.contains("level") {
-        "level"
-    } else if r.contains("trace_id") || r.contains("span_id") {
-        "id"
-    } else if ["service ", "namespace ", "pod ", "cluster "]
-        .iter()
-        .any(|f| r.starts_with(f))
-    {
-        "field"
-    } else if r.contains("label") {
-        "label"
-    } else if r.contains("attribute") {
-        "attribute"
-    } else {
-        "other"
-    }
-}
-
 /// Every metric of the node.
 #[derive(Default)]
 pub struct Metrics {
     /// Records stored (duplicates not counted).
     pub records_accepted: Counter,
-    /// Records refused by validation.
-    pub records_rejected: Counter,
-    /// Records refused by validation, by [`reject_reason`] class (in `REJECT_REASONS` order).
-    pub records_rejected_by: [Counter; REJECT_REASONS.len()],
+    /// Records refused by validation, by code (in `weir_ingest::REJECTION_CODES` order).
+    pub records_rejected: [Counter; REJECTION_CODES.len()],
     /// Append requests refused whole, by reason.
     pub appends_refused_invalid: Counter,
     /// Append requests refused as retryable (queue or disk full, timeout).
@@ -127,14 +87,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts one rejected record under its reason class.
-    pub fn record_rejected(&self, reason: &str) {
-        let class = reject_reason(reason);
-        let i = REJECT_REASONS
-            .iter()
-            .position(|c| *c == class)
-            .unwrap_or(REJECT_REASONS.len() - 1);
-        self.records_rejected_by[i].inc_by(1);
+    /// Counts refused records by their code.
+    pub fn count_rejected(&self, rejected: &[weir_proto::v1::RecordError]) {
+        for r in rejected {
+            // An unknown code cannot come from weir_ingest; it would be counted nowhere
+            // rather than under a wrong code.
+            if let Some(i) = REJECTION_CODES.iter().position(|c| *c == r.code) {
+                self.records_rejected[i].inc_by(1);
+            }
+        }
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -156,7 +117,7 @@ impl Metrics {
             out,
             "# HELP weir_ingest_records_rejected_total records refused by validation, by reason\n# TYPE weir_ingest_records_rejected_total counter"
         );
-        for (reason, c) in REJECT_REASONS.iter().zip(&self.records_rejected_by) {
+        for (reason, c) in REJECTION_CODES.iter().zip(&self.records_rejected) {
             let _ = writeln!(
                 out,
                 "weir_ingest_records_rejected_total{{reason=\"{reason}\"}} {}",
@@ -197,69 +158,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rejection_reasons_of_the_ingest_layer_are_classified() {
-        use weir_proto::v1::Record;
-        let limits = weir_ingest::Limits::default();
-        let now = 1_800_000_000_000_000_000;
-        let reason = |r: Record| weir_ingest::normalize_record(r, now, &limits).unwrap_err();
-        let cases = [
-            (
-                Record {
-                    body: vec![b'x'; limits.max_record_bytes + 1],
-                    ..Default::default()
-                },
-                "too_large",
-            ),
-            (
-                Record {
-                    timestamp_ns: 1,
-                    ..Default::default()
-                },
-                "timestamp",
-            ),
-            (
-                Record {
-                    level: "loud".into(),
-                    ..Default::default()
-                },
-                "level",
-            ),
-            (
-                Record {
-                    trace_id: "zz".into(),
-                    ..Default::default()
-                },
-                "id",
-            ),
-            (
-                Record {
-                    labels: [("__x".to_string(), "v".to_string())].into(),
-                    ..Default::default()
-                },
-                "label",
-            ),
-            (
-                Record {
-                    attributes: [(String::new(), "v".to_string())].into(),
-                    ..Default::default()
-                },
-                "attribute",
-            ),
-            (
-                Record {
-                    service: "s".repeat(limits.max_label_value_bytes + 1),
-                    ..Default::default()
-                },
-                "field",
-            ),
-        ];
-        for (record, want) in cases {
-            let r = reason(record);
-            assert_eq!(reject_reason(&r), want, "{r}");
-        }
-    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

@@ -154,6 +154,12 @@ async fn bad_records_are_rejected_with_position_while_the_rest_is_stored() {
     );
     let positions: Vec<u32> = resp.rejected.iter().map(|r| r.index).collect();
     assert_eq!(positions, vec![1, 2]);
+    let codes: Vec<&str> = resp.rejected.iter().map(|r| r.code.as_str()).collect();
+    assert_eq!(
+        codes,
+        vec!["level", "label"],
+        "each refusal carries its code"
+    );
     assert!(
         resp.rejected[0].reason.contains("level"),
         "{}",

@@ -232,6 +232,8 @@ struct LokiApp {
     tenants: Mutex<BTreeMap<String, TenantState>>,
     faults: Arc<Faults>,
     push_requests: AtomicU64,
+    /// Exact copies dropped (same stream, timestamp and line as an entry already held).
+    duplicates_dropped: AtomicU64,
     opts: LokiOptions,
 }
 
@@ -276,6 +278,7 @@ impl FakeLoki {
             tenants: Mutex::new(BTreeMap::new()),
             faults: Arc::clone(&faults),
             push_requests: AtomicU64::new(0),
+            duplicates_dropped: AtomicU64::new(0),
             opts: opts.clone(),
         });
         let router = Router::new().fallback(handle).with_state(Arc::clone(&app));
@@ -313,6 +316,12 @@ impl FakeLoki {
             .values()
             .map(|t| t.entries.len())
             .sum()
+    }
+
+    /// Exact copies of held entries that were pushed again and dropped (a client that
+    /// never resends leaves this at 0).
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.app.duplicates_dropped.load(Ordering::SeqCst)
     }
 
     /// Push requests received, including refused and failed ones.
@@ -1084,6 +1093,7 @@ impl LokiApp {
             }
             if !stream.seen.insert(key) {
                 // An exact duplicate: Loki drops it and reports success.
+                self.duplicates_dropped.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
             state.entries.push(LokiEntry {
