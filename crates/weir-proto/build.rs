@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "weir/v1/ingest.proto",
         "weir/v1/storage.proto",
+        "weir/v1/peer.proto",
         "opentelemetry/proto/common/v1/common.proto",
         "opentelemetry/proto/resource/v1/resource.proto",
         "opentelemetry/proto/logs/v1/logs.proto",

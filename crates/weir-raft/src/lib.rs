@@ -28,7 +28,7 @@ mod storage;
 
 pub use codec::{DedupKey, CURSOR_NAME_BYTES_MAX};
 pub use dedup::{DedupTable, Seen, WINDOW as DEDUP_WINDOW};
-pub use node::{Committed, Health, NodeConfig, Proposal, RaftNode, ShardLog, ShardStatus};
+pub use node::{Committed, Health, NodeConfig, Outbox, Proposal, RaftNode, ShardLog, ShardStatus};
 pub use weir_wal::{IoBackend, IoBackendChoice, WalOptions};
 
 /// Errors of the raft layer.

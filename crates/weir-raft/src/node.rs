@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -29,6 +29,27 @@ use crate::codec::{self, DedupKey};
 use crate::dedup::{DedupTable, Seen};
 use crate::storage::WalStorage;
 use crate::{CommittedLog, Error, LogEntry, Result};
+
+/// Where the raft layer hands messages for other nodes: the peer transport (and, for
+/// tests, a simulated network). Called on the raft thread, so it must not block: when its
+/// queue toward `to` is full it drops the message (raft retransmits what matters).
+pub trait Outbox: Send + Sync + 'static {
+    /// Sends one encoded raft message of `shard` to node `to`.
+    fn send(&self, to: u64, shard: u32, message: Vec<u8>);
+}
+
+/// The outbox of a single node: there is nobody to send to.
+struct NoPeers;
+
+impl Outbox for NoPeers {
+    fn send(&self, to: u64, shard: u32, _message: Vec<u8>) {
+        tracing::warn!(
+            to,
+            shard,
+            "raft message for another node, but this node has no peers"
+        );
+    }
+}
 
 /// Configuration of the raft layer of one node.
 #[derive(Clone, Debug)]
@@ -104,6 +125,9 @@ pub struct ShardStatus {
     pub last_index: u64,
     /// Bytes of WAL segments on disk.
     pub wal_bytes: u64,
+    /// When this node leads the shard: each voter's id and the last index known to be on
+    /// its disk (`matched`); empty on a follower.
+    pub replicas: Vec<(u64, u64)>,
 }
 
 enum Input {
@@ -123,6 +147,10 @@ enum Input {
         shard: u32,
         below: u64,
     },
+    Step {
+        shard: u32,
+        message: raft::eraftpb::Message,
+    },
     Status {
         reply: oneshot::Sender<Vec<ShardStatus>>,
     },
@@ -138,7 +166,17 @@ pub struct RaftNode {
     health: Arc<Health>,
     backend: IoBackend,
     required_cursors: Arc<Mutex<Vec<String>>>,
+    /// Proposals queued toward the driver (bounded by `proposal_queue_len`).
+    queued_proposals: Arc<AtomicUsize>,
+    proposal_queue_len: usize,
+    /// Raft messages from peers queued toward the driver (bounded by [`STEP_QUEUE_LEN`]).
+    queued_steps: Arc<AtomicUsize>,
+    node_id: u64,
+    voters: Vec<u64>,
 }
+
+/// Raft messages from peers that may wait for the driver; past it they are dropped.
+const STEP_QUEUE_LEN: usize = 65_536;
 
 /// Conditions the driver thread reports to the rest of the node.
 #[derive(Default)]
@@ -160,14 +198,24 @@ impl RaftNode {
     /// Any WAL error on open, including [`weir_wal::Error::Corrupt`] for a hole in a log:
     /// the node refuses to start rather than serve it.
     pub fn start(cfg: NodeConfig) -> Result<RaftNode> {
+        Self::start_with(cfg, Arc::new(NoPeers))
+    }
+
+    /// Like [`RaftNode::start`], for a node of a cluster: messages for the other voters
+    /// go to `outbox`, and the transport hands what arrives to [`RaftNode::step`].
+    ///
+    /// # Errors
+    /// As [`RaftNode::start`]; also when `voters` does not contain `node_id`.
+    pub fn start_with(cfg: NodeConfig, outbox: Arc<dyn Outbox>) -> Result<RaftNode> {
         assert!(cfg.node_id != 0, "raft node ids start at 1");
         assert!(cfg.shard_count > 0, "at least one shard");
-        if cfg.voters != [cfg.node_id] {
+        if !cfg.voters.contains(&cfg.node_id) || cfg.voters.contains(&0) {
             return Err(Error::Raft(format!(
-                "voters {:?}: only a single node (voters = [node_id]) is supported until the peer transport exists",
-                cfg.voters
+                "voters {:?} must be non-zero and contain this node's id {}",
+                cfg.voters, cfg.node_id
             )));
         }
+        let single = cfg.voters == [cfg.node_id];
         let io = IoThread::start(cfg.io_backend)?;
         let backend = io.backend();
         let logger = slog::Logger::root(crate::TracingDrain, slog::o!());
@@ -197,6 +245,9 @@ impl RaftNode {
                 // is how the dedup table and the watermark are rebuilt.
                 applied: 0,
                 pre_vote: true,
+                // A leader cut off from its quorum steps down after an election timeout,
+                // so its clients are told to go elsewhere instead of waiting.
+                check_quorum: !single,
                 ..Default::default()
             };
             raft_cfg
@@ -204,14 +255,20 @@ impl RaftNode {
                 .map_err(|e| Error::Raft(e.to_string()))?;
             let mut raw = RawNode::new(&raft_cfg, storage, &logger)
                 .map_err(|e| Error::Raft(e.to_string()))?;
-            // The only voter: it elects itself at once (a cluster waits for election ticks).
-            raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
+            if single {
+                // The only voter: it elects itself at once (a cluster waits for election
+                // ticks).
+                raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
+            }
             shards.push(Shard {
                 id: shard,
                 raw,
                 log: log.clone(),
                 dedup: DedupTable::new(cfg.dedup_producers_max),
                 pending_keys: HashMap::new(),
+                pending_at: HashMap::new(),
+                preferred_leader: cfg.voters[shard as usize % cfg.voters.len()],
+                last_balance: Instant::now(),
                 waiters: BTreeMap::new(),
                 deferred: Vec::new(),
                 deferred_max: cfg.proposal_queue_len.max(1),
@@ -219,13 +276,20 @@ impl RaftNode {
             });
             logs.push(log);
         }
-        let (tx, rx) = mpsc::sync_channel(cfg.proposal_queue_len.max(1));
+        // Proposals and peer messages share the channel, each kind bounded by its counter.
+        let (tx, rx) = mpsc::sync_channel(cfg.proposal_queue_len.max(1) + STEP_QUEUE_LEN + 64);
         let health = Arc::new(Health::default());
+        let queued_proposals = Arc::new(AtomicUsize::new(0));
+        let queued_steps = Arc::new(AtomicUsize::new(0));
         let driver = Driver {
             shards,
             rx,
             tick: Duration::from_millis(cfg.tick_interval_ms.max(1)),
             health: health.clone(),
+            outbox,
+            queued_proposals: queued_proposals.clone(),
+            queued_steps: queued_steps.clone(),
+            node_id: cfg.node_id,
         };
         let thread = std::thread::Builder::new()
             .name("weir-raft".into())
@@ -240,7 +304,56 @@ impl RaftNode {
             health,
             backend,
             required_cursors,
+            queued_proposals,
+            proposal_queue_len: cfg.proposal_queue_len.max(1),
+            queued_steps,
+            node_id: cfg.node_id,
+            voters: cfg.voters.clone(),
         })
+    }
+
+    /// This node's raft id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Every voter's id.
+    pub fn voters(&self) -> &[u64] {
+        &self.voters
+    }
+
+    /// Hands a raft message from a peer (encoded by the peer's [`Outbox`]) to `shard`.
+    /// Never blocks: when the queue toward the raft thread holds [`STEP_QUEUE_LEN`]
+    /// messages the message is dropped, which raft tolerates (it retransmits).
+    ///
+    /// # Errors
+    /// A shard this node does not have, or bytes that are not a raft message.
+    pub fn step(&self, shard: u32, message: &[u8]) -> Result<()> {
+        if shard >= self.shard_count() {
+            return Err(Error::Raft(format!(
+                "raft message for shard {shard}, but this node has {} shards",
+                self.shard_count()
+            )));
+        }
+        let message: raft::eraftpb::Message = protobuf::Message::parse_from_bytes(message)
+            .map_err(|e| Error::Raft(format!("undecodable raft message for shard {shard}: {e}")))?;
+        if self.queued_steps.fetch_add(1, Ordering::AcqRel) >= STEP_QUEUE_LEN {
+            self.queued_steps.fetch_sub(1, Ordering::AcqRel);
+            return Ok(());
+        }
+        if self.tx.try_send(Input::Step { shard, message }).is_err() {
+            self.queued_steps.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Who leads `shard` as this node last saw it (its own id when it does), `None` when
+    /// no leader is known (an election is under way or this node is cut off).
+    pub fn leader_of(&self, shard: u32) -> Option<u64> {
+        match self.logs[shard as usize].leader_id.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(id),
+        }
     }
 
     /// Number of shards.
@@ -296,11 +409,20 @@ impl RaftNode {
         if self.health.disk_full.load(Ordering::Acquire) {
             return Err(Error::DiskFull);
         }
+        if self.queued_proposals.fetch_add(1, Ordering::AcqRel) >= self.proposal_queue_len {
+            self.queued_proposals.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Overloaded);
+        }
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(input(reply)) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Stopped(shard)),
+            Err(e) => {
+                self.queued_proposals.fetch_sub(1, Ordering::AcqRel);
+                match e {
+                    TrySendError::Full(_) => Err(Error::Overloaded),
+                    TrySendError::Disconnected(_) => Err(Error::Stopped(shard)),
+                }
+            }
         }
     }
 
@@ -381,8 +503,14 @@ struct Shard {
     raw: RawNode<WalStorage>,
     log: Arc<ShardLog>,
     dedup: DedupTable,
-    /// Keys proposed and not yet applied, with the index they were proposed at.
-    pending_keys: HashMap<DedupKey, u64>,
+    /// Keys proposed and not yet applied, with the index and term they were proposed at.
+    pending_keys: HashMap<DedupKey, (u64, u64)>,
+    /// The key proposed at an index, so that whatever entry lands there clears it.
+    pending_at: HashMap<u64, DedupKey>,
+    /// The voter that should lead this shard when it is healthy (spreads leaders evenly).
+    preferred_leader: u64,
+    /// When leadership was last handed to the preferred leader.
+    last_balance: Instant,
     /// Proposers waiting for an index: (term proposed in, duplicate?, reply).
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// Proposals held back until this leader has applied every entry of earlier terms
@@ -401,6 +529,8 @@ type Deferred = (
 );
 
 struct Waiter {
+    /// The term of the proposal being waited for: a different term at that index means it
+    /// was overwritten.
     term: u64,
     duplicate: bool,
     reply: oneshot::Sender<Result<Committed>>,
@@ -411,7 +541,14 @@ struct Driver {
     rx: Receiver<Input>,
     tick: Duration,
     health: Arc<Health>,
+    outbox: Arc<dyn Outbox>,
+    queued_proposals: Arc<AtomicUsize>,
+    queued_steps: Arc<AtomicUsize>,
+    node_id: u64,
 }
+
+/// A shard's leadership is handed to its preferred voter at most this often.
+const BALANCE_INTERVAL: Duration = Duration::from_secs(3);
 
 const MAX_INPUTS_PER_ROUND: usize = 8192;
 
@@ -450,6 +587,7 @@ impl Driver {
             if Instant::now() >= next_tick {
                 for s in &mut self.shards {
                     s.raw.tick();
+                    s.balance(self.node_id);
                 }
                 next_tick = Instant::now() + self.tick;
             }
@@ -492,6 +630,7 @@ impl Driver {
                 data,
                 reply,
             } => {
+                self.queued_proposals.fetch_sub(1, Ordering::AcqRel);
                 let s = &mut self.shards[shard as usize];
                 s.propose(key, data, reply);
                 false
@@ -502,6 +641,7 @@ impl Driver {
                 position,
                 reply,
             } => {
+                self.queued_proposals.fetch_sub(1, Ordering::AcqRel);
                 let s = &mut self.shards[shard as usize];
                 s.propose_cursor(&name, position, reply);
                 false
@@ -515,7 +655,24 @@ impl Driver {
                 }
                 s.last_compact = Some(Instant::now());
                 let applied = s.log.watermark();
-                let below = below.min(applied + 1).min(s.log.cursor_floor());
+                // A leader keeps what a follower has not got yet: without snapshots a
+                // follower behind the first index could never catch up.
+                let followers = if s.raw.raft.state == StateRole::Leader {
+                    s.raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .filter(|(id, _)| **id != self.node_id)
+                        .map(|(_, p)| p.matched + 1)
+                        .min()
+                        .unwrap_or(u64::MAX)
+                } else {
+                    u64::MAX
+                };
+                let below = below
+                    .min(applied + 1)
+                    .min(s.log.cursor_floor())
+                    .min(followers);
                 if below <= 1 {
                     return false;
                 }
@@ -533,7 +690,25 @@ impl Driver {
                 let _ = reply.send(st);
                 false
             }
+            Input::Step { shard, message } => {
+                self.queued_steps.fetch_sub(1, Ordering::AcqRel);
+                let s = &mut self.shards[shard as usize];
+                if let Err(e) = s.raw.step(message) {
+                    tracing::debug!(shard, error = %e, "raft message ignored");
+                }
+                false
+            }
             Input::Shutdown => true,
+        }
+    }
+
+    /// Hands encoded messages to the outbox.
+    fn send(&self, shard: u32, messages: Vec<raft::eraftpb::Message>) {
+        for m in messages {
+            match protobuf::Message::write_to_bytes(&m) {
+                Ok(bytes) => self.outbox.send(m.to, shard, bytes),
+                Err(e) => tracing::error!(shard, error = %e, "cannot encode a raft message"),
+            }
         }
     }
 
@@ -545,8 +720,12 @@ impl Driver {
                 continue;
             }
             let mut rd = s.raw.ready();
-            // Messages to peers arrive with the cluster transport; a single voter has none.
-            let _ = rd.take_messages();
+            // A leader's appends go out before its own write (raft allows it: an entry
+            // commits only once a quorum including the leader's matched index has it).
+            let id = s.id;
+            let out = rd.take_messages();
+            self.send(id, out);
+            let s = &mut self.shards[i];
             if !rd.snapshot().is_empty() {
                 return Err(Error::Raft(format!(
                     "shard {} received a snapshot; snapshots are not supported yet",
@@ -577,17 +756,23 @@ impl Driver {
             };
             readies.push((i, rd, ticket));
         }
-        for (i, rd, ticket) in readies {
+        for (i, mut rd, ticket) in readies {
             if let Some(t) = ticket {
                 self.wait_durable(i, t)?;
             }
+            // Votes and follower acks only once what they promise is on disk.
+            let persisted = rd.take_persisted_messages();
+            let id = self.shards[i].id;
+            self.send(id, persisted);
             let s = &mut self.shards[i];
             s.raw.mut_store().commit_staged();
             let mut light = s.raw.advance(rd);
             if let Some(commit) = light.commit_index() {
                 s.raw.mut_store().set_commit(commit);
             }
-            let _ = light.take_messages();
+            let out = light.take_messages();
+            self.send(id, out);
+            let s = &mut self.shards[i];
             s.apply(light.take_committed_entries())?;
             s.raw.advance_apply();
             s.release_deferred();
@@ -595,6 +780,9 @@ impl Driver {
         for s in &self.shards {
             let current = s.raw.raft.state == StateRole::Leader && s.caught_up();
             s.log.leader.store(current, Ordering::Release);
+            s.log
+                .leader_id
+                .store(s.raw.raft.leader_id, Ordering::Release);
         }
         Ok(())
     }
@@ -654,6 +842,7 @@ impl Driver {
         for s in &mut self.shards {
             // Consumers that run on the leader (mirrors) must stop proposing.
             s.log.leader.store(false, Ordering::Release);
+            s.log.leader_id.store(0, Ordering::Release);
             for (_, _, reply) in std::mem::take(&mut s.deferred) {
                 let _ = reply.send(Err(Error::Stopped(s.id)));
             }
@@ -711,8 +900,9 @@ impl Shard {
                     return;
                 }
             }
-            if let Some(&index) = self.pending_keys.get(k) {
-                let term = self.raw.raft.term;
+            if let Some(&(index, term)) = self.pending_keys.get(k) {
+                // Answered with the original: stored if it commits, retried if a new
+                // leader overwrote it.
                 self.waiters.entry(index).or_default().push(Waiter {
                     term,
                     duplicate: true,
@@ -729,7 +919,11 @@ impl Shard {
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
         if let Some(k) = key {
-            self.pending_keys.insert(k, index);
+            if let Some(old) = self.pending_at.insert(index, k.clone()) {
+                // An earlier term's proposal at this index was overwritten before applying.
+                self.pending_keys.remove(&old);
+            }
+            self.pending_keys.insert(k, (index, term));
         }
         self.waiters.entry(index).or_default().push(Waiter {
             term,
@@ -814,6 +1008,16 @@ impl Shard {
                 })?;
                 if let Some(k) = key {
                     self.dedup.insert(&k, e.index);
+                }
+            }
+            // Whatever landed at this index settles the key proposed there: stored now,
+            // or overwritten (the proposer is told to retry).
+            if let Some(k) = self.pending_at.remove(&e.index) {
+                if self
+                    .pending_keys
+                    .get(&k)
+                    .is_some_and(|&(i, _)| i == e.index)
+                {
                     self.pending_keys.remove(&k);
                 }
             }
@@ -824,7 +1028,7 @@ impl Shard {
             // otherwise (a new leader overwrote it).
             if let Some(ws) = self.waiters.remove(&e.index) {
                 for w in ws {
-                    let r = if w.duplicate || w.term == e.term {
+                    let r = if w.term == e.term {
                         Ok(Committed {
                             index: e.index,
                             duplicate: w.duplicate,
@@ -854,6 +1058,46 @@ impl Shard {
             first_index: raft::Storage::first_index(st).unwrap_or(0),
             last_index: st.last(),
             wal_bytes: st.disk_bytes(),
+            replicas: if self.raw.raft.state == StateRole::Leader {
+                let mut r: Vec<(u64, u64)> = self
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .map(|(id, p)| (*id, p.matched))
+                    .collect();
+                r.sort_unstable();
+                r
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Hands leadership to the preferred voter when it is healthy and has every entry, so
+    /// leaders spread evenly and come back after a failure heals.
+    fn balance(&mut self, me: u64) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || self.preferred_leader == me
+            || raft.lead_transferee.is_some()
+            || self.last_balance.elapsed() < BALANCE_INTERVAL
+        {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let ready = raft
+            .prs()
+            .get(self.preferred_leader)
+            .is_some_and(|p| p.recent_active && p.matched == last);
+        if ready && self.caught_up() {
+            self.last_balance = Instant::now();
+            tracing::info!(
+                shard = self.id,
+                to = self.preferred_leader,
+                "handing leadership to the preferred node"
+            );
+            self.raw.transfer_leader(self.preferred_leader);
         }
     }
 }
@@ -871,6 +1115,8 @@ pub struct ShardLog {
     required: Arc<Mutex<Vec<String>>>,
     /// Whether this node led the shard at the end of the driver's last round.
     leader: AtomicBool,
+    /// Who led the shard as of the driver's last round, 0 when unknown.
+    leader_id: AtomicU64,
 }
 
 impl ShardLog {
@@ -884,6 +1130,7 @@ impl ShardLog {
             cursors: Mutex::new(HashMap::new()),
             required,
             leader: AtomicBool::new(false),
+            leader_id: AtomicU64::new(0),
         }
     }
 

@@ -9,11 +9,14 @@ use weir_proto::v1::{AppendRequest, AppendResponse};
 use weir_proto::{ApiError, ErrorKind};
 use weir_raft::{DedupKey, RaftNode};
 
+use crate::cluster::PeerLinks;
 use crate::metrics::Metrics;
 
 /// Accepts batches on behalf of the gRPC and HTTP front ends.
 pub struct Appender {
     raft: Arc<RaftNode>,
+    /// The other members; `None` on a single node (every shard is led here).
+    links: Option<Arc<PeerLinks>>,
     limits: weir_ingest::Limits,
     commit_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -28,12 +31,14 @@ impl Appender {
     /// An appender proposing into `raft`.
     pub fn new(
         raft: Arc<RaftNode>,
+        links: Option<Arc<PeerLinks>>,
         limits: weir_ingest::Limits,
         commit_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Appender {
             raft,
+            links,
             limits,
             commit_timeout,
             metrics,
@@ -89,30 +94,47 @@ impl Appender {
             return Ok(response);
         }
         let pieces = weir_ingest::split_by_shard(normalized, self.raft.shard_count(), now);
-        let mut proposals = Vec::with_capacity(pieces.len());
+        let deadline = tokio::time::Instant::now() + self.commit_timeout;
+        let mut placed = Vec::with_capacity(pieces.len());
         for (shard, batch, _positions) in pieces {
             let key = producer
                 .clone()
                 .map(|producer| DedupKey { producer, sequence });
             let records = batch.records.len() as u64;
-            let proposal = self
-                .raft
-                .propose(shard.0, key, batch.encode_to_vec())
-                .map_err(raft_error)?;
-            proposals.push((proposal, records));
+            let data = batch.encode_to_vec();
+            let task = match &self.links {
+                None => {
+                    // A single node leads every shard: propose here.
+                    let proposal = self.raft.propose(shard.0, key, data).map_err(raft_error)?;
+                    tokio::spawn(async move {
+                        proposal
+                            .await
+                            .map_err(|_| {
+                                ApiError::new(
+                                    ErrorKind::Unavailable,
+                                    "the node stopped before the batch was committed; retry",
+                                )
+                            })?
+                            .map_err(raft_error)
+                    })
+                }
+                Some(links) => tokio::spawn(place(
+                    self.raft.clone(),
+                    links.clone(),
+                    shard.0,
+                    key,
+                    data,
+                    deadline,
+                )),
+            };
+            placed.push((task, records));
         }
         let wait_all = async {
             let (mut duplicate, mut stored) = (false, 0u64);
-            for (p, records) in proposals {
-                let committed = p
-                    .await
-                    .map_err(|_| {
-                        ApiError::new(
-                            ErrorKind::Unavailable,
-                            "the node stopped before the batch was committed; retry",
-                        )
-                    })?
-                    .map_err(raft_error)?;
+            for (task, records) in placed {
+                let committed = task.await.map_err(|e| {
+                    ApiError::new(ErrorKind::Internal, format!("append task failed: {e}"))
+                })??;
                 duplicate |= committed.duplicate;
                 if !committed.duplicate {
                     stored += records;
@@ -121,21 +143,140 @@ impl Appender {
             Ok::<(bool, u64), ApiError>((duplicate, stored))
         };
         let stored;
-        (response.duplicate, stored) = match tokio::time::timeout(self.commit_timeout, wait_all).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(ApiError::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "the batch was not committed within {} ms (storage.commit_timeout_ms); it may still be stored: retry with the same producer_id and sequence to avoid duplicates",
-                        self.commit_timeout.as_millis()
-                    ),
-                ))
-            }
-        };
+        (response.duplicate, stored) =
+            match tokio::time::timeout_at(deadline + Duration::from_millis(50), wait_all).await {
+                Ok(r) => r?,
+                Err(_) => return Err(not_committed(self.commit_timeout)),
+            };
         self.metrics.records_accepted.inc_by(stored);
         self.metrics.append_latency.observe(started.elapsed());
         Ok(response)
+    }
+}
+
+/// The answer when a batch was not committed in time.
+fn not_committed(timeout: Duration) -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "the batch was not committed within {} ms (storage.commit_timeout_ms); it may still be stored: retry with the same producer_id and sequence to avoid duplicates",
+            timeout.as_millis()
+        ),
+    )
+}
+
+/// How long to wait before asking again who leads a shard.
+const NO_LEADER_RETRY: Duration = Duration::from_millis(50);
+
+/// Commits one shard's piece on a cluster: proposed here when this node leads the shard,
+/// forwarded to the leader otherwise. A refusal that proves nothing was stored (not the
+/// leader, overwritten by a new leader) is retried against whoever leads now, until
+/// `deadline`; so is a lost forward when the piece carries a dedup key (the leader drops a
+/// second copy). Without a key a lost forward is not retried: it may have been stored.
+async fn place(
+    raft: Arc<RaftNode>,
+    links: Arc<PeerLinks>,
+    shard: u32,
+    key: Option<DedupKey>,
+    data: Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Result<weir_raft::Committed, ApiError> {
+    use weir_proto::v1::ForwardError as F;
+    let timeout = || {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            format!("shard {shard} has no reachable leader with a quorum (an election is under way or a majority of nodes is down); retry with the same producer_id and sequence"),
+        )
+    };
+    let mut hint: Option<u64> = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(timeout());
+        }
+        let leader = hint.take().or_else(|| raft.leader_of(shard));
+        match leader {
+            None => {}
+            Some(l) if l == links.me() => {
+                let proposal = raft
+                    .propose(shard, key.clone(), data.clone())
+                    .map_err(raft_error)?;
+                match tokio::time::timeout_at(deadline, proposal).await {
+                    Err(_) => return Err(timeout()),
+                    Ok(Err(_)) => {
+                        return Err(ApiError::new(
+                            ErrorKind::Unavailable,
+                            "the node stopped before the batch was committed; retry",
+                        ))
+                    }
+                    Ok(Ok(Ok(c))) => return Ok(c),
+                    Ok(Ok(Err(weir_raft::Error::NotLeader { leader, .. }))) => {
+                        hint = (leader != 0).then_some(leader);
+                    }
+                    Ok(Ok(Err(weir_raft::Error::Dropped { .. }))) => {}
+                    Ok(Ok(Err(e))) => return Err(raft_error(e)),
+                }
+            }
+            Some(l) => {
+                let Some(peer) = links.get(l) else {
+                    return Err(ApiError::new(
+                        ErrorKind::Internal,
+                        format!("shard {shard} is led by node {l}, which is not a member"),
+                    ));
+                };
+                let mut req = tonic::Request::new(weir_proto::v1::ForwardRequest {
+                    cluster_id: links.cluster_id(),
+                    shard,
+                    has_key: key.is_some(),
+                    producer: key.as_ref().map(|k| k.producer.clone()).unwrap_or_default(),
+                    sequence: key.as_ref().map_or(0, |k| k.sequence),
+                    batch: data.clone(),
+                });
+                req.set_timeout(deadline - now);
+                match peer.client.clone().forward(req).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        match F::try_from(r.error).unwrap_or(F::Other) {
+                            F::ForwardOk => {
+                                return Ok(weir_raft::Committed {
+                                    index: r.index,
+                                    duplicate: r.duplicate,
+                                })
+                            }
+                            F::NotLeader => hint = (r.leader_hint != 0).then_some(r.leader_hint),
+                            F::Dropped => {}
+                            F::Overloaded | F::DiskFull => {
+                                return Err(ApiError::new(
+                                    ErrorKind::ResourceExhausted,
+                                    format!("shard {shard}'s leader (node {l}): {}", r.message),
+                                ))
+                            }
+                            F::Stopped => {}
+                            F::SequenceTooOld => return Err(ApiError::invalid(r.message)),
+                            F::Other => {
+                                return Err(ApiError::new(
+                                    ErrorKind::Unavailable,
+                                    format!("shard {shard}'s leader (node {l}): {}", r.message),
+                                ))
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        peer.failed(status.message());
+                        if key.is_none() && status.code() != tonic::Code::Unavailable {
+                            return Err(ApiError::new(
+                                ErrorKind::Unavailable,
+                                format!("forwarding to shard {shard}'s leader (node {l}) failed: {}; the batch may be stored: send a producer_id and sequence so that retries are safe", status.message()),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(
+            NO_LEADER_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
     }
 }
 

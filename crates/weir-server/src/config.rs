@@ -28,6 +28,121 @@ pub struct Config {
     pub search: SearchConfig,
     /// Mirrors to Elasticsearch and Loki.
     pub mirror: MirrorConfig,
+    /// The cluster this node belongs to; none configured is a cluster of one.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: static membership. Every node of a cluster has the same `nodes` list and
+/// its own `node_id`.
+///
+/// ```toml
+/// [cluster]
+/// node_id = 1
+/// peer_addr = "0.0.0.0:4319"       # where this node listens for peers
+/// [[cluster.nodes]]
+/// id = 1
+/// peer = "10.0.0.1:4319"           # where the others reach it
+/// grpc = "10.0.0.1:4317"           # advertised to clients (status, CLI)
+/// http = "10.0.0.1:4318"
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, one of `nodes`.
+    pub node_id: u64,
+    /// Listen address of the peer service (raft, forwarded appends, fan-out searches).
+    pub peer_addr: SocketAddr,
+    /// Every member, this node included. Empty: a single node.
+    pub nodes: Vec<MemberConfig>,
+    /// Raft messages queued toward one peer at most (per lane); past it they are dropped
+    /// and raft retransmits.
+    pub peer_queue_len: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 1,
+            peer_addr: "0.0.0.0:4319".parse().expect("literal address"),
+            nodes: Vec::new(),
+            peer_queue_len: 4096,
+        }
+    }
+}
+
+/// One member of the cluster, as every node knows it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Raft id, non-zero, unique.
+    pub id: u64,
+    /// Peer address the other nodes connect to (host:port).
+    pub peer: String,
+    /// gRPC address clients use (shown by the status).
+    #[serde(default)]
+    pub grpc: String,
+    /// HTTP address clients use (shown by the status).
+    #[serde(default)]
+    pub http: String,
+}
+
+impl ClusterConfig {
+    /// Whether this node has peers.
+    pub fn is_clustered(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Every member's id (`[node_id]` for a single node).
+    pub fn voters(&self) -> Vec<u64> {
+        if self.nodes.is_empty() {
+            vec![self.node_id]
+        } else {
+            let mut v: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+            v.sort_unstable();
+            v
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.node_id != 0, "cluster.node_id must be positive");
+        anyhow::ensure!(
+            self.peer_queue_len > 0,
+            "cluster.peer_queue_len must be positive"
+        );
+        if self.nodes.is_empty() {
+            return Ok(());
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut peers = std::collections::HashSet::new();
+        for n in &self.nodes {
+            anyhow::ensure!(n.id != 0, "cluster.nodes: node ids must be positive, not 0");
+            anyhow::ensure!(
+                ids.insert(n.id),
+                "cluster.nodes: node id {} appears twice",
+                n.id
+            );
+            anyhow::ensure!(
+                n.peer
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)),
+                "cluster.nodes[id={}].peer must be host:port, not {:?}",
+                n.id,
+                n.peer
+            );
+            anyhow::ensure!(
+                peers.insert(n.peer.clone()),
+                "cluster.nodes: peer address {} appears twice",
+                n.peer
+            );
+        }
+        anyhow::ensure!(
+            ids.contains(&self.node_id),
+            "cluster.node_id {} is not one of cluster.nodes (ids {:?})",
+            self.node_id,
+            self.voters()
+        );
+        Ok(())
+    }
 }
 
 /// Mirrors: `[[mirror.sinks]]` tables (see `weir_mirror::SinkConfig` for every key).
@@ -49,6 +164,7 @@ impl Default for Config {
             index: IndexConfig::default(),
             search: SearchConfig::default(),
             mirror: MirrorConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -246,6 +362,7 @@ impl Config {
             "search limits must be positive"
         );
         weir_mirror::config::validate_sinks(&self.mirror.sinks).map_err(|e| anyhow::anyhow!(e))?;
+        self.cluster.validate()?;
         Ok(())
     }
 }
@@ -285,6 +402,36 @@ mod tests {
         .unwrap();
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("mirror.sinks[name=es].org_id"), "{e}");
+    }
+
+    #[test]
+    fn cluster_membership_is_checked_by_name() {
+        let three = "[cluster]\nnode_id = 2\n[[cluster.nodes]]\nid = 1\npeer = \"a:4319\"\n[[cluster.nodes]]\nid = 2\npeer = \"b:4319\"\n[[cluster.nodes]]\nid = 3\npeer = \"c:4319\"\n";
+        let cfg: Config = toml::from_str(three).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cluster.voters(), vec![1, 2, 3]);
+        assert!(cfg.cluster.is_clustered());
+        let e = toml::from_str::<Config>(&three.replace("node_id = 2", "node_id = 9"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.node_id 9"), "{e}");
+        let e = toml::from_str::<Config>(&three.replace("id = 3", "id = 2"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node id 2 appears twice"), "{e}");
+        let e = toml::from_str::<Config>(&three.replace("c:4319", "c"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.nodes[id=3].peer"), "{e}");
+        let single: Config = toml::from_str("").unwrap();
+        assert_eq!(single.cluster.voters(), vec![1]);
+        assert!(!single.cluster.is_clustered());
     }
 
     #[test]

@@ -128,6 +128,13 @@ pub struct SearchResponse {
     pub next_cursor: Option<String>,
     /// The limit actually applied (after capping).
     pub limit: usize,
+    /// True when some shard could not be searched (no live replica reachable): the page
+    /// lacks its hits. Present only then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// The shards missing from a partial page.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<u32>,
 }
 
 async fn search(
@@ -139,7 +146,14 @@ async fn search(
     let req = parse_search(&params, tenant(&headers), &st.config)?;
     let limit = req.limit;
     let with_score = matches!(req.sort, Sort::Score);
-    let page = st.searcher.search(req).await?;
+    let query = params.get("q").cloned().unwrap_or_default();
+    let page = st
+        .searcher
+        .search(crate::search::RemoteSearch {
+            request: req,
+            query,
+        })
+        .await?;
     st.metrics.searches.inc_by(1);
     st.metrics.search_latency.observe(started.elapsed());
     Ok(Json(SearchResponse {
@@ -152,6 +166,8 @@ async fn search(
         took_ms: started.elapsed().as_millis() as u64,
         next_cursor: page.next.map(|c| c.encode()),
         limit,
+        partial: !page.missing_shards.is_empty(),
+        missing_shards: page.missing_shards,
     }))
 }
 
@@ -336,24 +352,145 @@ async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 
-/// `GET /api/v1/cluster`: this node, every shard, every mirror, and one health word
-/// (`ok`, `degraded` when a mirror cannot deliver or an indexer stopped, `failed`).
+/// `GET /api/v1/cluster`: every node (up or down, addresses, version), every shard (leader,
+/// term, commit and applied index, each replica's lag behind the leader's commit), every
+/// mirror, and one health word: `ok`; `degraded` when a node is down, a replica lags, a
+/// mirror cannot deliver, an indexer stopped or the disk is full; `unavailable` when some
+/// shard has no leader (no quorum: appends to it fail); `failed` when this node's raft
+/// layer stopped.
 async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Value>, HttpError> {
-    let shards = st
+    let local = st
         .raft
         .status()
         .await
         .map_err(|e| ApiError::new(weir_proto::ErrorKind::Unavailable, e.to_string()))?;
+    let me = st.raft.node_id();
+    // Every node's view of every shard: (node, shard) -> (leader, term, commit, applied).
+    let mut views: Vec<(u64, Vec<weir_proto::v1::ShardStatusProto>)> = vec![(
+        me,
+        local
+            .iter()
+            .map(|s| weir_proto::v1::ShardStatusProto {
+                shard: s.shard,
+                leader_id: s.leader_id,
+                term: s.term,
+                commit: s.commit,
+                applied: s.applied,
+                indexed: 0,
+            })
+            .collect(),
+    )];
+    let mut nodes = vec![serde_json::json!({
+        "id": me,
+        "up": !st.raft.health().failed.load(std::sync::atomic::Ordering::Acquire),
+        "self": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "peer_addr": st.config.cluster.nodes.iter().find(|n| n.id == me).map(|n| n.peer.clone()),
+        "grpc_addr": st.config.cluster.nodes.iter().find(|n| n.id == me).map(|n| n.grpc.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| st.config.grpc_addr.to_string()),
+        "http_addr": st.config.cluster.nodes.iter().find(|n| n.id == me).map(|n| n.http.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| st.config.http_addr.to_string()),
+        "io_backend": st.raft.io_backend().to_string(),
+    })];
+    let mut nodes_down = 0;
+    if let Some(links) = &st.links {
+        let mut calls = tokio::task::JoinSet::new();
+        for p in links.all() {
+            let p = p.clone();
+            let cluster_id = st.cluster_id.clone();
+            calls.spawn(async move {
+                let mut r = tonic::Request::new(weir_proto::v1::ShardStatusRequest { cluster_id });
+                r.set_timeout(std::time::Duration::from_secs(2));
+                let res = p.client.clone().status(r).await;
+                (p, res)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(Ok(a)) = calls.join_next().await {
+            answers.push(a);
+        }
+        answers.sort_by_key(|(p, _)| p.id);
+        for (p, res) in answers {
+            let (up, version) = match res {
+                Ok(r) => {
+                    p.seen();
+                    let r = r.into_inner();
+                    views.push((p.id, r.shards));
+                    (true, Some(r.version))
+                }
+                Err(e) => {
+                    p.failed(e.message());
+                    (false, None)
+                }
+            };
+            nodes_down += usize::from(!up);
+            nodes.push(serde_json::json!({
+                "id": p.id,
+                "up": up,
+                "version": version,
+                "peer_addr": p.member.peer,
+                "grpc_addr": p.member.grpc,
+                "http_addr": p.member.http,
+                "last_seen_secs": p.last_seen_secs(),
+                "raft_messages_dropped": p.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            }));
+        }
+    }
+    let mut leaderless = Vec::new();
+    let mut lagging = false;
+    let shards: Vec<serde_json::Value> = local
+        .iter()
+        .map(|s| {
+            // The leader is the one the views agree on at the highest term.
+            let (leader, term) = views
+                .iter()
+                .filter_map(|(_, v)| v.iter().find(|x| x.shard == s.shard))
+                .filter(|x| x.leader_id != 0)
+                .map(|x| (x.leader_id, x.term))
+                .max_by_key(|(_, t)| *t)
+                .unwrap_or((0, s.term));
+            let commit = views
+                .iter()
+                .find(|(n, _)| *n == leader)
+                .and_then(|(_, v)| v.iter().find(|x| x.shard == s.shard))
+                .map_or(s.commit, |x| x.commit);
+            if leader == 0 {
+                leaderless.push(s.shard);
+            }
+            let replicas: Vec<serde_json::Value> = views
+                .iter()
+                .filter_map(|(n, v)| v.iter().find(|x| x.shard == s.shard).map(|x| (n, x)))
+                .map(|(n, x)| {
+                    let lag = commit.saturating_sub(x.applied);
+                    lagging |= lag > 10_000;
+                    serde_json::json!({"node": n, "applied": x.applied, "lag": lag})
+                })
+                .collect();
+            serde_json::json!({
+                "shard": s.shard,
+                "leader": leader,
+                "term": term,
+                "commit": commit,
+                "applied": s.applied,
+                "first_index": s.first_index,
+                "last_index": s.last_index,
+                "wal_bytes": s.wal_bytes,
+                "replicas": replicas,
+            })
+        })
+        .collect();
     let mirrors = st.mirror.status();
     let h = st.raft.health();
     let failed = h.failed.load(std::sync::atomic::Ordering::Acquire);
     let degraded = h.disk_full.load(std::sync::atomic::Ordering::Acquire)
+        || nodes_down > 0
+        || lagging
         || !st.indexer_failures().is_empty()
         || mirrors
             .iter()
             .any(|m| m.breaker != "closed" || m.shards.iter().any(|s| s.stalled.is_some()));
     let health = if failed {
         "failed"
+    } else if !leaderless.is_empty() {
+        "unavailable"
     } else if degraded {
         "degraded"
     } else {
@@ -361,26 +498,11 @@ async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Va
     };
     Ok(Json(serde_json::json!({
         "cluster_id": st.cluster_id,
+        "node_id": me,
         "health": health,
-        "nodes": [{
-            "id": 1,
-            "up": !failed,
-            "version": env!("CARGO_PKG_VERSION"),
-            "grpc_addr": st.config.grpc_addr.to_string(),
-            "http_addr": st.config.http_addr.to_string(),
-            "io_backend": st.raft.io_backend().to_string(),
-        }],
-        "shards": shards.iter().map(|s| serde_json::json!({
-            "shard": s.shard,
-            "leader": s.leader_id,
-            "term": s.term,
-            "commit": s.commit,
-            "applied": s.applied,
-            "first_index": s.first_index,
-            "last_index": s.last_index,
-            "wal_bytes": s.wal_bytes,
-            "replicas": [{"node": 1, "lag": s.commit.saturating_sub(s.applied)}],
-        })).collect::<Vec<_>>(),
+        "shards_without_leader": leaderless,
+        "nodes": nodes,
+        "shards": shards,
         "mirrors": mirrors,
     })))
 }

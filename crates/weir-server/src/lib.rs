@@ -13,11 +13,14 @@
 //! ```
 
 pub mod append;
+pub mod cluster;
 pub mod config;
+pub mod devcluster;
 pub mod grpc;
 pub mod http;
 pub mod indexer;
 pub mod metrics;
+pub mod peer;
 pub mod search;
 pub mod state;
 
@@ -48,6 +51,8 @@ pub struct Node {
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    peer_addr: Option<SocketAddr>,
     http_task: JoinHandle<std::io::Result<()>>,
     raft: Arc<RaftNode>,
     indexers: Vec<Indexer>,
@@ -65,9 +70,70 @@ impl Node {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-        let cluster_id = check_node_file(&config)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let local_id = read_node_file(&config)?;
         let metrics = Arc::new(Metrics::default());
+        // On a cluster the peer service starts first: the others ask it for the cluster
+        // id while this node agrees on it with them.
+        let mut peer = None;
+        let cluster_id = if config.cluster.is_clustered() {
+            let shared_id = Arc::new(std::sync::Mutex::new(local_id.clone().unwrap_or_default()));
+            let links = cluster::PeerLinks::new(&config.cluster, shared_id.clone())?;
+            let service = peer::PeerService::new(
+                config.cluster.node_id,
+                config.storage.shards,
+                shared_id.clone(),
+                links.clone(),
+            );
+            let listener = TcpListener::bind(config.cluster.peer_addr)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on cluster.peer_addr {}",
+                        config.cluster.peer_addr
+                    )
+                })?;
+            let addr = listener.local_addr()?;
+            let mut rx = stop_rx.clone();
+            let task = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(
+                        weir_proto::v1::peer_server::PeerServer::new(service.clone())
+                            .max_decoding_message_size(64 << 20)
+                            .max_encoding_message_size(64 << 20),
+                    )
+                    .serve_with_incoming_shutdown(tokio_stream_incoming(listener), async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    }),
+            );
+            let id = cluster::agree_cluster_id(
+                &links,
+                local_id.clone(),
+                config.storage.shards,
+                &stop_rx,
+            )
+            .await?;
+            if local_id.is_none() {
+                write_node_file(&config, &id)?;
+            }
+            *shared_id.lock().unwrap_or_else(|p| p.into_inner()) = id.clone();
+            peer = Some((links, service, task, addr));
+            id
+        } else {
+            match local_id {
+                Some(id) => id,
+                None => {
+                    let id = new_cluster_id();
+                    write_node_file(&config, &id)?;
+                    id
+                }
+            }
+        };
+        let links = peer.as_ref().map(|(l, ..)| l.clone());
         let raft_cfg = NodeConfig {
+            node_id: config.cluster.node_id,
+            voters: config.cluster.voters(),
             shard_count: config.storage.shards,
             wal: weir_raft::WalOptions {
                 segment_size_bytes: config.storage.segment_size_bytes,
@@ -82,11 +148,16 @@ impl Node {
             dedup_producers_max: config.storage.dedup_producers_max,
             ..NodeConfig::single(&config.data_dir)
         };
+        let outbox: Option<Arc<dyn weir_raft::Outbox>> =
+            links.clone().map(|l| l as Arc<dyn weir_raft::Outbox>);
         let data_dir = config.data_dir.clone();
         let raft = Arc::new(
-            tokio::task::spawn_blocking(move || RaftNode::start(raft_cfg))
-                .await?
-                .with_context(|| format!("cannot open the log in {}", data_dir.display()))?,
+            tokio::task::spawn_blocking(move || match outbox {
+                Some(o) => RaftNode::start_with(raft_cfg, o),
+                None => RaftNode::start(raft_cfg),
+            })
+            .await?
+            .with_context(|| format!("cannot open the log in {}", data_dir.display()))?,
         );
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
@@ -119,6 +190,7 @@ impl Node {
         }
         let appender = Arc::new(Appender::new(
             raft.clone(),
+            links.clone(),
             config.limits.to_limits(),
             Duration::from_millis(config.storage.commit_timeout_ms),
             metrics.clone(),
@@ -133,18 +205,43 @@ impl Node {
             )
             .context("cannot start the mirrors")?,
         );
-        let indexer_failed = indexers.iter().map(Indexer::failure_slot).collect();
+        let indexer_failed: Vec<_> = indexers.iter().map(Indexer::failure_slot).collect();
+        let checkpoints: Vec<Arc<ShardIndex>> = indexes.clone();
+        let searcher = Arc::new(Searcher::new(
+            indexes,
+            links.clone().map(|links| search::ClusterView {
+                raft: raft.clone(),
+                links,
+                indexer_failed: indexer_failed.clone(),
+            }),
+        ));
+        let (peer_task, peer_addr) = match peer {
+            Some((_, service, task, addr)) => {
+                service.ready(peer::PeerBackend {
+                    raft: raft.clone(),
+                    searcher: searcher.clone(),
+                    commit_timeout: Duration::from_millis(config.storage.commit_timeout_ms),
+                    indexed: Arc::new(move |shard| {
+                        checkpoints
+                            .get(shard as usize)
+                            .map_or(0, |ix| ix.checkpoint())
+                    }),
+                });
+                (Some(task), Some(addr))
+            }
+            None => (None, None),
+        };
         let state = Arc::new(NodeState {
             config: config.clone(),
             raft: raft.clone(),
-            searcher: Searcher::new(indexes),
+            searcher,
+            links,
             metrics,
             mirror: mirror.clone(),
             cluster_id,
             indexer_failed,
         });
 
-        let (stop, stop_rx) = watch::channel(false);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
@@ -179,6 +276,8 @@ impl Node {
             http_addr,
             stop,
             grpc_task,
+            peer_task,
+            peer_addr,
             http_task,
             raft,
             indexers,
@@ -195,6 +294,11 @@ impl Node {
     /// Where HTTP listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the peer service listens (a node of a cluster only).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 
     /// Shared state (for tests and embedding).
@@ -214,6 +318,12 @@ impl Node {
         self.mirror.signal_stop();
         let grpc = self.grpc_task.await;
         let http = self.http_task.await;
+        if let Some(t) = self.peer_task {
+            // Peers get UNAVAILABLE from now on and retry elsewhere.
+            if let Ok(Err(e)) = t.await {
+                tracing::warn!(error = %e, "peer server");
+            }
+        }
         // Mirrors stop first: a batch in flight is sent again from its cursor next time.
         self.mirror.shutdown().await;
         let raft = self.raft.clone();
@@ -234,13 +344,15 @@ impl Node {
 
 /// The shard count is fixed for the life of a data directory (it decides where every
 /// stream lives): it is written on first start and checked on every later one. The file
-/// also holds the cluster id, random at first start, which keeps the Elasticsearch ids of
-/// a new cluster from colliding with those an old one left in the same indexes. Returns it.
-fn check_node_file(config: &Config) -> anyhow::Result<String> {
+/// also holds the cluster id (random when a cluster is founded, learnt from the others by a
+/// node that joins), which keeps a node from joining another cluster with its data and the
+/// Elasticsearch ids of a new cluster from colliding with those an old one left. Returns the
+/// id, `None` when the directory has none yet.
+fn read_node_file(config: &Config) -> anyhow::Result<Option<String>> {
     let path = config.data_dir.join("weir-node.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let mut v: serde_json::Value = serde_json::from_slice(&bytes)
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not valid JSON", path.display()))?;
             let shards = v["shards"]
                 .as_u64()
@@ -251,25 +363,19 @@ fn check_node_file(config: &Config) -> anyhow::Result<String> {
                 config.data_dir.display(),
                 config.storage.shards
             );
-            if let Some(id) = v["cluster_id"].as_str() {
-                return Ok(id.to_owned());
-            }
-            // Written by a version before cluster ids: add one.
-            let id = new_cluster_id();
-            v["cluster_id"] = serde_json::Value::String(id.clone());
-            weir_wal::durable::atomic_write(&path, v.to_string().as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(id)
+            Ok(v["cluster_id"].as_str().map(str::to_owned))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = new_cluster_id();
-            let body = serde_json::json!({ "format": 1, "shards": config.storage.shards, "cluster_id": id });
-            weir_wal::durable::atomic_write(&path, body.to_string().as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(id)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Writes `weir-node.json` with the shard count and `cluster_id`.
+fn write_node_file(config: &Config, cluster_id: &str) -> anyhow::Result<()> {
+    let path = config.data_dir.join("weir-node.json");
+    let body = serde_json::json!({ "format": 1, "shards": config.storage.shards, "cluster_id": cluster_id });
+    weir_wal::durable::atomic_write(&path, body.to_string().as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Whether the file system of `dir` has less than `min_free` bytes available.

@@ -74,6 +74,22 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Start a local cluster of NODES processes on loopback ports, data under DIR; stops
+    /// them all on Ctrl-C. Node i listens on BASE+10*(i-1) (gRPC), +1 (HTTP), +2 (peers).
+    DevCluster {
+        /// Where each node's configuration and data go (`DIR/node<i>.toml`, `DIR/node<i>`).
+        #[arg(long, default_value = "weir-dev-cluster")]
+        dir: PathBuf,
+        /// The first port.
+        #[arg(long, default_value_t = 14317)]
+        base_port: u16,
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Shards (only used when the cluster is created).
+        #[arg(long, default_value_t = 4)]
+        shards: u32,
+    },
     /// Dead-letter logs of the mirrors: records a backend refused for good.
     Dlq {
         #[command(subcommand)]
@@ -188,13 +204,25 @@ async fn cluster_command(c: ClusterCommand) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}",
+        "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}  replica lag (node:entries)",
         "shard", "leader", "term", "commit", "applied", "wal bytes"
     );
     for s in v["shards"].as_array().into_iter().flatten() {
+        let lags: Vec<String> = s["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| format!("{}:{}", r["node"], r["lag"]))
+            .collect();
         println!(
-            "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}",
-            s["shard"], s["leader"], s["term"], s["commit"], s["applied"], s["wal_bytes"]
+            "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}  {}",
+            s["shard"],
+            s["leader"],
+            s["term"],
+            s["commit"],
+            s["applied"],
+            s["wal_bytes"],
+            lags.join(" ")
         );
     }
     for m in v["mirrors"].as_array().into_iter().flatten() {
@@ -361,6 +389,12 @@ fn main() -> anyhow::Result<()> {
             Command::Push(args) => push(args).await,
             Command::Cluster { command } => cluster_command(command).await,
             Command::Dlq { command } => dlq_command(command).await,
+            Command::DevCluster {
+                dir,
+                base_port,
+                nodes,
+                shards,
+            } => dev_cluster(dir, base_port, nodes, shards).await,
             Command::Query {
                 addr,
                 tenant,
@@ -403,6 +437,12 @@ fn main() -> anyhow::Result<()> {
                             h["body"].as_str().unwrap_or("")
                         );
                     }
+                    if body["partial"].as_bool() == Some(true) {
+                        eprintln!(
+                            "partial answer: no replica of shards {} could be searched",
+                            body["missing_shards"]
+                        );
+                    }
                     eprintln!(
                         "{} of {} hits, {} ms",
                         body["hits"].as_array().map_or(0, Vec::len),
@@ -414,6 +454,55 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Runs `nodes` child processes of this binary as a loopback cluster until Ctrl-C or
+/// SIGTERM, then stops them with SIGTERM (each shuts down gracefully).
+async fn dev_cluster(dir: PathBuf, base: u16, nodes: u64, shards: u32) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let exe = std::env::current_exe().context("cannot find the weir binary")?;
+    let mut children = Vec::new();
+    for id in 1..=nodes {
+        let path = dir.join(format!("node{id}.toml"));
+        std::fs::write(
+            &path,
+            weir_server::devcluster::config(&dir, base, nodes, id, shards, ""),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        let log = std::fs::File::create(dir.join(format!("node{id}.log")))?;
+        let child = tokio::process::Command::new(&exe)
+            .args(["server", "--config"])
+            .arg(&path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start node {id}"))?;
+        let (g, h, p) = weir_server::devcluster::ports(base, id);
+        println!(
+            "node {id}: grpc 127.0.0.1:{g}  http 127.0.0.1:{h}  peer 127.0.0.1:{p}  log {}",
+            dir.join(format!("node{id}.log")).display()
+        );
+        children.push(child);
+    }
+    println!(
+        "status: weir cluster status --addr http://127.0.0.1:{}",
+        base + 1
+    );
+    println!("Ctrl-C stops the cluster");
+    shutdown_signal().await;
+    for c in &children {
+        if let Some(pid) = c.id() {
+            // SAFETY: kill(2) with a pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for mut c in children {
+        let _ = c.wait().await;
+    }
+    Ok(())
 }
 
 async fn push(args: PushArgs) -> anyhow::Result<()> {

@@ -1,10 +1,22 @@
-//! Scatter/gather over this node's shard indexes. Index work runs on the blocking pool:
-//! a search never blocks the async runtime.
+//! Scatter/gather over the shards. Index work runs on the blocking pool: a search never
+//! blocks the async runtime.
+//!
+//! On a cluster every node holds a replica of every shard. A shard is searched here when
+//! this replica is live (its indexer runs and it knows the shard's leader, so it is not cut
+//! off); otherwise on another node that is up (the shard's leader first), through the peer
+//! service. Replicas hold the same log, so the paging cursor (a log position) works on any
+//! of them. A shard no node could answer for makes the page partial, naming the shard.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use weir_index::{Cursor, Hit, SearchRequest, ShardIndex};
+use weir_index::{Cursor, Hit, HitKey, SearchRequest, ShardHits, ShardIndex, Sort};
+use weir_proto::v1::{PeerHit, ShardHitsProto, ShardLabelsRequest, ShardSearchRequest};
 use weir_proto::{ApiError, ErrorKind};
+use weir_raft::RaftNode;
+
+use crate::cluster::PeerLinks;
 
 /// One page of merged results.
 pub struct Page {
@@ -14,12 +26,135 @@ pub struct Page {
     pub total: u64,
     /// Cursor for the next page.
     pub next: Option<Cursor>,
+    /// Shards no node could answer for: the page lacks their hits.
+    pub missing_shards: Vec<u32>,
 }
 
-/// Searches every shard of this node and merges.
+/// Searches every shard (here or on a peer) and merges.
 pub struct Searcher {
     indexes: Vec<Arc<ShardIndex>>,
+    cluster: Option<ClusterView>,
 }
+
+/// What the searcher needs to know of the cluster.
+pub struct ClusterView {
+    /// The raft layer (who leads each shard, as this node knows).
+    pub raft: Arc<RaftNode>,
+    /// The other nodes.
+    pub links: Arc<PeerLinks>,
+    /// One slot per shard's indexer: set when it stopped.
+    pub indexer_failed: Vec<Arc<std::sync::Mutex<Option<String>>>>,
+}
+
+/// A search as sent to a peer: the parsed request and the query text it came from.
+pub struct RemoteSearch {
+    /// The request.
+    pub request: SearchRequest,
+    /// The query text (`q`), which the peer parses again.
+    pub query: String,
+}
+
+impl RemoteSearch {
+    fn to_proto(&self, cluster_id: String, shards: Vec<u32>) -> ShardSearchRequest {
+        let r = &self.request;
+        ShardSearchRequest {
+            cluster_id,
+            shards,
+            tenant: r.tenant.clone(),
+            query: self.query.clone(),
+            start_ns: r.start_ns,
+            end_ns: r.end_ns,
+            levels: r.levels.iter().map(|l| l.as_str().to_owned()).collect(),
+            limit: r.limit as u32,
+            sort: r.sort.as_str().to_owned(),
+            cursor: r.after.map(|c| c.encode()).unwrap_or_default(),
+        }
+    }
+
+    /// Rebuilds the search a peer sent.
+    ///
+    /// # Errors
+    /// InvalidArgument when a part does not parse (a peer of another version).
+    pub fn from_proto(p: ShardSearchRequest) -> Result<RemoteSearch, ApiError> {
+        let query = weir_index::parse_query(&p.query)
+            .map_err(|e| ApiError::invalid(format!("bad query {:?}: {e}", p.query)))?;
+        let levels = p
+            .levels
+            .iter()
+            .map(|l| weir_ingest::parse_level(l).map_err(|e| ApiError::invalid(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sort: Sort = p
+            .sort
+            .parse()
+            .map_err(|e: weir_index::Error| ApiError::invalid(e.to_string()))?;
+        let after = if p.cursor.is_empty() {
+            None
+        } else {
+            Some(
+                Cursor::decode(&p.cursor)
+                    .map_err(|e| ApiError::invalid(format!("bad cursor: {e}")))?,
+            )
+        };
+        Ok(RemoteSearch {
+            request: SearchRequest {
+                query,
+                tenant: p.tenant,
+                start_ns: p.start_ns,
+                end_ns: p.end_ns,
+                levels,
+                limit: p.limit as usize,
+                sort,
+                after,
+            },
+            query: p.query,
+        })
+    }
+}
+
+/// One shard's hits as the peer service sends them.
+pub fn shard_hits_to_proto(shard: u32, h: ShardHits) -> ShardHitsProto {
+    ShardHitsProto {
+        shard,
+        total: h.total,
+        hits: h
+            .hits
+            .into_iter()
+            .map(|h| PeerHit {
+                timestamp_ns: h.key.timestamp_ns,
+                shard: h.key.shard,
+                log_index: h.key.log_index,
+                offset: h.key.offset,
+                score: h.score,
+                tenant: h.tenant,
+                record: Some(h.record),
+            })
+            .collect(),
+    }
+}
+
+fn shard_hits_from_proto(p: ShardHitsProto) -> ShardHits {
+    ShardHits {
+        total: p.total,
+        hits: p
+            .hits
+            .into_iter()
+            .map(|h| Hit {
+                key: HitKey {
+                    timestamp_ns: h.timestamp_ns,
+                    shard: h.shard,
+                    log_index: h.log_index,
+                    offset: h.offset,
+                },
+                score: h.score,
+                tenant: h.tenant,
+                record: h.record.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// A fan-out call to a peer that takes longer counts as failed.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn index_error(e: weir_index::Error) -> ApiError {
     if e.is_client_error() {
@@ -34,29 +169,164 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
 }
 
 impl Searcher {
-    /// A searcher over `indexes` (one per shard).
-    pub fn new(indexes: Vec<Arc<ShardIndex>>) -> Self {
-        Searcher { indexes }
+    /// A searcher over `indexes` (one per shard), and the cluster when there is one.
+    pub fn new(indexes: Vec<Arc<ShardIndex>>, cluster: Option<ClusterView>) -> Self {
+        Searcher { indexes, cluster }
     }
 
-    /// Runs `req` on every shard and merges into one page.
+    /// Whether this node's replica of `shard` can answer: its indexer runs and, on a
+    /// cluster, it knows the shard's leader (it is not cut off from the others).
+    fn live_here(&self, shard: u32) -> bool {
+        let Some(c) = &self.cluster else {
+            return true;
+        };
+        let failed = c.indexer_failed[shard as usize]
+            .lock()
+            .map(|g| g.is_some())
+            .unwrap_or(true);
+        !failed && c.raft.leader_of(shard).is_some()
+    }
+
+    /// For each shard not live here, the peers to ask, best first: the shard's leader,
+    /// then every other node that is up.
+    fn plan(&self) -> (Vec<u32>, Vec<(u32, Vec<u64>)>) {
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for shard in 0..self.indexes.len() as u32 {
+            if self.live_here(shard) {
+                local.push(shard);
+                continue;
+            }
+            let Some(c) = &self.cluster else { continue };
+            let leader = c.raft.leader_of(shard).filter(|l| *l != c.links.me());
+            let mut peers: Vec<u64> = leader.into_iter().collect();
+            peers.extend(
+                c.links
+                    .all()
+                    .filter(|p| p.is_up() && Some(p.id) != leader)
+                    .map(|p| p.id),
+            );
+            remote.push((shard, peers));
+        }
+        (local, remote)
+    }
+
+    /// Runs `search` on every shard (here or on peers) and merges into one page.
     ///
     /// # Errors
     /// InvalidArgument for a bad query or cursor; Internal when an index fails.
-    pub async fn search(&self, req: SearchRequest) -> Result<Page, ApiError> {
+    pub async fn search(&self, search: RemoteSearch) -> Result<Page, ApiError> {
+        let (local, remote) = self.plan();
+        let (sort, limit, after) = (
+            search.request.sort,
+            search.request.limit,
+            search.request.after,
+        );
+        let search = Arc::new(search);
+        let mut results: Vec<ShardHits> = Vec::with_capacity(self.indexes.len());
+        let mut missing = Vec::new();
+        let remote_task = self.fan_out(search.clone(), remote);
+        let local_task = self.search_shards(search.request.clone(), &local);
+        let (local_res, (remote_hits, remote_missing)) = tokio::join!(local_task, remote_task);
+        results.extend(local_res?.into_iter().map(|(_, h)| h));
+        results.extend(remote_hits);
+        missing.extend(remote_missing);
+        missing.sort_unstable();
+        let (hits, total, next) = weir_index::merge(results, sort, limit, after.as_ref());
+        Ok(Page {
+            hits,
+            total,
+            next,
+            missing_shards: missing,
+        })
+    }
+
+    /// Asks peers for the shards not live here; returns their hits and the shards nobody
+    /// answered for.
+    async fn fan_out(
+        &self,
+        search: Arc<RemoteSearch>,
+        mut remote: Vec<(u32, Vec<u64>)>,
+    ) -> (Vec<ShardHits>, Vec<u32>) {
+        let mut hits = Vec::new();
+        let mut missing = Vec::new();
+        let Some(c) = &self.cluster else {
+            return (hits, missing);
+        };
+        // Each round sends every unanswered shard to its next candidate, grouped by peer.
+        while !remote.is_empty() {
+            let mut by_peer: HashMap<u64, Vec<u32>> = HashMap::new();
+            let mut next_round = Vec::new();
+            for (shard, mut peers) in remote.drain(..) {
+                if peers.is_empty() {
+                    missing.push(shard);
+                    continue;
+                }
+                let p = peers.remove(0);
+                by_peer.entry(p).or_default().push(shard);
+                next_round.push((shard, peers));
+            }
+            let mut calls = tokio::task::JoinSet::new();
+            for (peer_id, shards) in by_peer {
+                let Some(peer) = c.links.get(peer_id).cloned() else {
+                    continue;
+                };
+                let req = search.to_proto(c.links.cluster_id(), shards.clone());
+                calls.spawn(async move {
+                    let mut r = tonic::Request::new(req);
+                    r.set_timeout(REMOTE_TIMEOUT);
+                    let res = peer.client.clone().search_shards(r).await;
+                    (peer_id, shards, res)
+                });
+            }
+            let mut answered = Vec::new();
+            while let Some(done) = calls.join_next().await {
+                let Ok((peer_id, shards, res)) = done else {
+                    continue;
+                };
+                match res {
+                    Ok(r) => {
+                        hits.extend(r.into_inner().shards.into_iter().map(shard_hits_from_proto));
+                        answered.extend(shards);
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = peer_id, ?shards, error = %e.message(), "fan-out search failed; trying another replica");
+                    }
+                }
+            }
+            remote = next_round
+                .into_iter()
+                .filter(|(s, _)| !answered.contains(s))
+                .collect();
+        }
+        (hits, missing)
+    }
+
+    /// Runs `req` on the given shards of this node, on the blocking pool.
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad query or cursor; Internal when an index fails.
+    pub async fn search_shards(
+        &self,
+        req: SearchRequest,
+        shards: &[u32],
+    ) -> Result<Vec<(u32, ShardHits)>, ApiError> {
         let req = Arc::new(req);
-        let mut tasks = Vec::with_capacity(self.indexes.len());
-        for ix in &self.indexes {
-            let (ix, req) = (ix.clone(), req.clone());
-            tasks.push(tokio::task::spawn_blocking(move || ix.search(&req)));
+        let mut tasks = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            let ix = self
+                .indexes
+                .get(shard as usize)
+                .ok_or_else(|| ApiError::invalid(format!("no shard {shard}")))?
+                .clone();
+            let req = req.clone();
+            tasks.push((shard, tokio::task::spawn_blocking(move || ix.search(&req))));
         }
         let mut results = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            results.push(t.await.map_err(join_error)?.map_err(index_error)?);
+        for (shard, t) in tasks {
+            results.push((shard, t.await.map_err(join_error)?.map_err(index_error)?));
         }
-        let (hits, total, next) =
-            weir_index::merge(results, req.sort, req.limit, req.after.as_ref());
-        Ok(Page { hits, total, next })
+        Ok(results)
     }
 
     /// Label names used by `tenant` in the range, over all shards.
@@ -69,8 +339,82 @@ impl Searcher {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, ApiError> {
-        self.union(move |ix| ix.label_names(&tenant, start, end))
+        self.labels(tenant, String::new(), start, end).await
+    }
+
+    /// Label names over the given shards of this node.
+    ///
+    /// # Errors
+    /// Internal when an index fails.
+    pub async fn label_names_of(
+        &self,
+        shards: &[u32],
+        tenant: String,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        self.union(shards, move |ix| ix.label_names(&tenant, start, end))
             .await
+    }
+
+    /// Values of label `name` over the given shards of this node.
+    ///
+    /// # Errors
+    /// Internal when an index fails.
+    pub async fn label_values_of(
+        &self,
+        shards: &[u32],
+        tenant: String,
+        name: String,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        self.union(shards, move |ix| {
+            ix.label_values(&tenant, &name, start, end)
+        })
+        .await
+    }
+
+    /// Label names (`name` empty) or values of `name`, over every shard: here where the
+    /// replica is live, on a peer otherwise. Shards nobody answers for are left out.
+    async fn labels(
+        &self,
+        tenant: String,
+        name: String,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        let (local, remote) = self.plan();
+        let mut all: std::collections::BTreeSet<String> = if name.is_empty() {
+            self.label_names_of(&local, tenant.clone(), start, end)
+                .await?
+        } else {
+            self.label_values_of(&local, tenant.clone(), name.clone(), start, end)
+                .await?
+        }
+        .into_iter()
+        .collect();
+        if let Some(c) = &self.cluster {
+            for (shard, peers) in remote {
+                for p in peers {
+                    let Some(peer) = c.links.get(p) else { continue };
+                    let mut r = tonic::Request::new(ShardLabelsRequest {
+                        cluster_id: c.links.cluster_id(),
+                        shards: vec![shard],
+                        tenant: tenant.clone(),
+                        name: name.clone(),
+                        start_ns: start,
+                        end_ns: end,
+                    });
+                    r.set_timeout(REMOTE_TIMEOUT);
+                    if let Ok(r) = peer.client.clone().label_shards(r).await {
+                        all.extend(r.into_inner().values);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
     }
 
     /// Values of label `name` used by `tenant` in the range, over all shards.
@@ -84,16 +428,19 @@ impl Searcher {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, ApiError> {
-        self.union(move |ix| ix.label_values(&tenant, &name, start, end))
-            .await
+        self.labels(tenant, name, start, end).await
     }
 
-    /// The sorted, deduplicated union of `f` over every shard, on the blocking pool.
-    async fn union<F>(&self, f: F) -> Result<Vec<String>, ApiError>
+    /// The sorted, deduplicated union of `f` over `shards` of this node, on the blocking
+    /// pool.
+    async fn union<F>(&self, shards: &[u32], f: F) -> Result<Vec<String>, ApiError>
     where
         F: Fn(&ShardIndex) -> weir_index::Result<Vec<String>> + Send + 'static,
     {
-        let indexes = self.indexes.clone();
+        let indexes: Vec<Arc<ShardIndex>> = shards
+            .iter()
+            .filter_map(|s| self.indexes.get(*s as usize).cloned())
+            .collect();
         tokio::task::spawn_blocking(move || {
             let mut all = std::collections::BTreeSet::new();
             for ix in &indexes {

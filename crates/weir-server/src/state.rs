@@ -15,7 +15,9 @@ pub struct NodeState {
     /// The raft layer.
     pub raft: Arc<RaftNode>,
     /// The search path.
-    pub searcher: Searcher,
+    pub searcher: Arc<Searcher>,
+    /// The other members of the cluster; `None` on a single node.
+    pub links: Option<Arc<crate::cluster::PeerLinks>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The mirrors to Elasticsearch and Loki.
