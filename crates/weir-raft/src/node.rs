@@ -73,6 +73,11 @@ pub struct NodeConfig {
     pub proposal_queue_len: usize,
     /// Producers remembered per shard for idempotent retries.
     pub dedup_producers_max: usize,
+    /// This node's data is new but the cluster has some (a wiped node coming back): until
+    /// a shard holds everything its leader had committed when they first spoke, this node
+    /// neither votes nor campaigns in it, because its old votes and acknowledgements are
+    /// lost and the others may still count on them.
+    pub rejoining: bool,
 }
 
 impl NodeConfig {
@@ -88,6 +93,7 @@ impl NodeConfig {
             tick_interval_ms: 100,
             proposal_queue_len: 4096,
             dedup_producers_max: 100_000,
+            rejoining: false,
         }
     }
 }
@@ -150,6 +156,9 @@ enum Input {
     Step {
         shard: u32,
         message: raft::eraftpb::Message,
+    },
+    ForgetPeer {
+        id: u64,
     },
     Status {
         reply: oneshot::Sender<Vec<ShardStatus>>,
@@ -268,6 +277,7 @@ impl RaftNode {
                 pending_keys: HashMap::new(),
                 pending_at: HashMap::new(),
                 preferred_leader: cfg.voters[shard as usize % cfg.voters.len()],
+                rejoin: (cfg.rejoining && !single).then_some(0),
                 last_balance: Instant::now(),
                 waiters: BTreeMap::new(),
                 deferred: Vec::new(),
@@ -291,9 +301,25 @@ impl RaftNode {
             queued_steps: queued_steps.clone(),
             node_id: cfg.node_id,
         };
+        let panic_health = health.clone();
         let thread = std::thread::Builder::new()
             .name("weir-raft".into())
-            .spawn(move || driver.run())
+            .spawn(move || {
+                // A panic (raft-rs asserts its invariants) must not leave a node that looks
+                // alive: the node reports itself failed, and its proposers are dropped
+                // (their appends answer UNAVAILABLE).
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run())) {
+                    let why = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(error = %why, "raft driver panicked; the node must be restarted");
+                    *panic_health.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("raft driver panicked: {why}"));
+                    panic_health.failed.store(true, Ordering::Release);
+                }
+            })
             .map_err(|e| Error::Raft(format!("cannot start the raft thread: {e}")))?;
         tracing::info!(shards = cfg.shard_count, node_id = cfg.node_id, backend = %backend, "raft node started");
         Ok(RaftNode {
@@ -345,6 +371,18 @@ impl RaftNode {
             self.queued_steps.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// Node `id` lost its data and is coming back empty: every shard led here forgets what
+    /// it knew of that node's log (its acknowledgements no longer hold) and probes it from
+    /// the start.
+    pub fn forget_peer(&self, id: u64) {
+        let _ = self.tx.try_send(Input::ForgetPeer { id });
+    }
+
+    /// Whether some shard has applied entries here.
+    pub fn has_data(&self) -> bool {
+        self.logs.iter().any(|l| l.watermark() > 0)
     }
 
     /// Who leads `shard` as this node last saw it (its own id when it does), `None` when
@@ -511,6 +549,9 @@ struct Shard {
     preferred_leader: u64,
     /// When leadership was last handed to the preferred leader.
     last_balance: Instant,
+    /// While rejoining with lost data: the highest commit index a leader has told this
+    /// node of (see [`NodeConfig::rejoining`]); `None` once caught up.
+    rejoin: Option<u64>,
     /// Proposers waiting for an index: (term proposed in, duplicate?, reply).
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// Proposals held back until this leader has applied every entry of earlier terms
@@ -586,7 +627,10 @@ impl Driver {
             }
             if Instant::now() >= next_tick {
                 for s in &mut self.shards {
-                    s.raw.tick();
+                    if s.rejoin.is_none() {
+                        // A rejoining shard never campaigns (its election timer is still).
+                        s.raw.tick();
+                    }
                     s.balance(self.node_id);
                 }
                 next_tick = Instant::now() + self.tick;
@@ -693,8 +737,51 @@ impl Driver {
             Input::Step { shard, message } => {
                 self.queued_steps.fetch_sub(1, Ordering::AcqRel);
                 let s = &mut self.shards[shard as usize];
+                let mut message = message;
+                use raft::eraftpb::MessageType as M;
+                if let Some(target) = s.rejoin.as_mut() {
+                    match message.get_msg_type() {
+                        // No vote while this node may lack what it once acknowledged.
+                        M::MsgRequestVote | M::MsgRequestPreVote => return false,
+                        M::MsgAppend | M::MsgHeartbeat => *target = (*target).max(message.commit),
+                        _ => {}
+                    }
+                }
+                let last = s.raw.raft.raft_log.last_index();
+                if message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+                    && message.commit > last
+                {
+                    // The leader believes this node holds more than it does: its data
+                    // directory was wiped. raft-rs would panic on a commit index past the
+                    // log; the entries arrive by the usual append probing instead.
+                    tracing::debug!(
+                        shard,
+                        commit = message.commit,
+                        last,
+                        "heartbeat commit past this node's log, clamped"
+                    );
+                    message.commit = last;
+                }
                 if let Err(e) = s.raw.step(message) {
                     tracing::debug!(shard, error = %e, "raft message ignored");
+                }
+                false
+            }
+            Input::ForgetPeer { id } => {
+                for s in &mut self.shards {
+                    if s.raw.raft.state != StateRole::Leader {
+                        continue;
+                    }
+                    if let Some(pr) = s.raw.raft.mut_prs().get_mut(id) {
+                        tracing::info!(
+                            shard = s.id,
+                            peer = id,
+                            matched = pr.matched,
+                            "peer lost its data: its log is probed from the start"
+                        );
+                        pr.matched = 0;
+                        pr.become_probe();
+                    }
                 }
                 false
             }
@@ -776,6 +863,18 @@ impl Driver {
             s.apply(light.take_committed_entries())?;
             s.raw.advance_apply();
             s.release_deferred();
+        }
+        for s in &mut self.shards {
+            if let Some(target) = s.rejoin {
+                if target > 0 && s.raw.raft.raft_log.committed >= target {
+                    tracing::info!(
+                        shard = s.id,
+                        commit = target,
+                        "caught up after rejoining: voting again"
+                    );
+                    s.rejoin = None;
+                }
+            }
         }
         for s in &self.shards {
             let current = s.raw.raft.state == StateRole::Leader && s.caught_up();

@@ -90,7 +90,10 @@ impl Cluster {
                     return *l;
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader for shard {shard}: {views:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader for shard {shard}: {views:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -116,7 +119,10 @@ fn propose(c: &Cluster, shard: u32, key: Option<DedupKey>, data: &[u8]) -> weir_
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let leader = c.leader(shard);
-        let p = c.node(leader).propose(shard, key.clone(), data.to_vec()).unwrap();
+        let p = c
+            .node(leader)
+            .propose(shard, key.clone(), data.to_vec())
+            .unwrap();
         match rt().block_on(async { tokio::time::timeout(Duration::from_secs(5), p).await }) {
             Ok(Ok(Ok(committed))) => return committed,
             Ok(Ok(Err(Error::NotLeader { .. } | Error::Dropped { .. }))) | Err(_) => {}
@@ -179,7 +185,12 @@ fn leaders_settle_on_the_preferred_node_of_each_shard() {
     // Shard s prefers voter s % 3 + 1: with two shards, nodes 1 and 2 lead one each.
     let deadline = Instant::now() + Duration::from_secs(15);
     while (c.leader(0), c.leader(1)) != (1, 2) {
-        assert!(Instant::now() < deadline, "leaders did not settle: {} {}", c.leader(0), c.leader(1));
+        assert!(
+            Instant::now() < deadline,
+            "leaders did not settle: {} {}",
+            c.leader(0),
+            c.leader(1)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -204,7 +215,10 @@ fn a_cut_off_leader_is_replaced_and_the_retried_batch_is_stored_once() {
     assert_ne!(new, old, "a new leader was elected among the other two");
     let first = propose(&c, 0, key(2), b"two");
     let again = propose(&c, 0, key(2), b"two");
-    assert!(again.duplicate, "the retry of an acknowledged batch is a duplicate");
+    assert!(
+        again.duplicate,
+        "the retry of an acknowledged batch is a duplicate"
+    );
     let _ = first;
     want.push(b"two".to_vec());
     propose(&c, 0, key(3), b"three");
@@ -225,7 +239,10 @@ fn a_shard_without_quorum_refuses_instead_of_acknowledging() {
     // Either refused at once (the leader stepped down) or never committed: never Ok.
     if let Ok(p) = p {
         let r = rt().block_on(async { tokio::time::timeout(Duration::from_secs(3), p).await });
-        assert!(!matches!(r, Ok(Ok(Ok(_)))), "committed without a quorum: {r:?}");
+        assert!(
+            !matches!(r, Ok(Ok(Ok(_)))),
+            "committed without a quorum: {r:?}"
+        );
     }
     // check_quorum: the isolated leader steps down and says it does not know a leader.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -236,7 +236,17 @@ async fn lane(
     }
 }
 
-/// Agrees on the cluster id before raft starts; returns it.
+/// What a starting node learnt from its peers.
+pub struct Agreement {
+    /// The cluster id.
+    pub cluster_id: String,
+    /// This node has no data but the cluster has some: it rejoins (see
+    /// `weir_raft::NodeConfig::rejoining`) and must tell the leaders to forget its old log
+    /// ([`announce_fresh`]).
+    pub rejoining: bool,
+}
+
+/// Agrees on the cluster id before raft starts.
 ///
 /// - `local`: the id in this node's data directory, if it has one.
 /// - A node with an id checks every reachable peer has the same (or none yet) and
@@ -253,7 +263,7 @@ pub async fn agree_cluster_id(
     local: Option<String>,
     shards: u32,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Agreement> {
     let lowest = links
         .all()
         .map(|p| p.id)
@@ -264,10 +274,12 @@ pub async fn agree_cluster_id(
     loop {
         let mut seen: Vec<(u64, String)> = Vec::new();
         let mut reached = 0usize;
+        let mut peers_have_data = false;
         for p in links.all() {
             let mut req = tonic::Request::new(HelloRequest {
                 cluster_id: local.clone().unwrap_or_default(),
                 from: links.me,
+                fresh: false,
             });
             req.set_timeout(Duration::from_secs(2));
             match p.client.clone().hello(req).await {
@@ -283,6 +295,7 @@ pub async fn agree_cluster_id(
                         p.member.peer,
                         r.shards
                     );
+                    peers_have_data |= r.has_data;
                     if !r.cluster_id.is_empty() {
                         seen.push((p.id, r.cluster_id));
                     }
@@ -296,7 +309,10 @@ pub async fn agree_cluster_id(
                     "this node's data belongs to cluster {mine}, but node {id} belongs to cluster {theirs}: this data directory is from another cluster (wipe it to join this one, or fix cluster.nodes)"
                 );
             }
-            return Ok(mine.clone());
+            return Ok(Agreement {
+                cluster_id: mine.clone(),
+                rejoining: false,
+            });
         }
         if let Some((id, first)) = seen.first() {
             if let Some((other, theirs)) = seen.iter().find(|(_, c)| c != first) {
@@ -304,13 +320,19 @@ pub async fn agree_cluster_id(
                     "nodes {id} and {other} belong to different clusters ({first} and {theirs}); fix cluster.nodes"
                 );
             }
-            tracing::info!(cluster_id = %first, "joining the cluster");
-            return Ok(first.clone());
+            tracing::info!(cluster_id = %first, rejoining = peers_have_data, "joining the cluster");
+            return Ok(Agreement {
+                cluster_id: first.clone(),
+                rejoining: peers_have_data,
+            });
         }
         if links.me == lowest && reached == links.peers.len() {
             let id = format!("{:08x}", rand::random::<u32>());
             tracing::info!(cluster_id = %id, "every member reached and none has data: bootstrapping a new cluster");
-            return Ok(id);
+            return Ok(Agreement {
+                cluster_id: id,
+                rejoining: false,
+            });
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
@@ -328,5 +350,36 @@ pub async fn agree_cluster_id(
             anyhow::bail!("stopped while waiting for the cluster to bootstrap");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Tells every peer, until each has heard it with its raft running, that this node is
+/// back without its data, so that the shards they lead stop counting on what it
+/// acknowledged before.
+pub async fn announce_fresh(links: Arc<PeerLinks>) {
+    let mut pending: Vec<Arc<Peer>> = links.all().cloned().collect();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for p in pending {
+            let mut req = tonic::Request::new(HelloRequest {
+                cluster_id: links.cluster_id(),
+                from: links.me,
+                fresh: true,
+            });
+            req.set_timeout(Duration::from_secs(2));
+            match p.client.clone().hello(req).await {
+                Ok(r) if r.get_ref().ready => {
+                    tracing::info!(
+                        peer = p.id,
+                        "peer told that this node rejoins without its old data"
+                    );
+                }
+                _ => still.push(p),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }

@@ -376,7 +376,7 @@ async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Va
                 term: s.term,
                 commit: s.commit,
                 applied: s.applied,
-                indexed: 0,
+                indexed: st.searcher.checkpoint(s.shard),
             })
             .collect(),
     )];
@@ -461,7 +461,7 @@ async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Va
                 .map(|(n, x)| {
                     let lag = commit.saturating_sub(x.applied);
                     lagging |= lag > 10_000;
-                    serde_json::json!({"node": n, "applied": x.applied, "lag": lag})
+                    serde_json::json!({"node": n, "applied": x.applied, "indexed": x.indexed, "lag": lag})
                 })
                 .collect();
             serde_json::json!({

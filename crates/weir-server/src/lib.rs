@@ -76,6 +76,7 @@ impl Node {
         // On a cluster the peer service starts first: the others ask it for the cluster
         // id while this node agrees on it with them.
         let mut peer = None;
+        let mut rejoining = false;
         let cluster_id = if config.cluster.is_clustered() {
             let shared_id = Arc::new(std::sync::Mutex::new(local_id.clone().unwrap_or_default()));
             let links = cluster::PeerLinks::new(&config.cluster, shared_id.clone())?;
@@ -107,13 +108,15 @@ impl Node {
                         let _ = rx.wait_for(|s| *s).await;
                     }),
             );
-            let id = cluster::agree_cluster_id(
+            let agreed = cluster::agree_cluster_id(
                 &links,
                 local_id.clone(),
                 config.storage.shards,
                 &stop_rx,
             )
             .await?;
+            rejoining = agreed.rejoining;
+            let id = agreed.cluster_id;
             if local_id.is_none() {
                 write_node_file(&config, &id)?;
             }
@@ -146,6 +149,7 @@ impl Node {
                 .map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
             proposal_queue_len: config.storage.proposal_queue_len,
             dedup_producers_max: config.storage.dedup_producers_max,
+            rejoining,
             ..NodeConfig::single(&config.data_dir)
         };
         let outbox: Option<Arc<dyn weir_raft::Outbox>> =
@@ -206,7 +210,6 @@ impl Node {
             .context("cannot start the mirrors")?,
         );
         let indexer_failed: Vec<_> = indexers.iter().map(Indexer::failure_slot).collect();
-        let checkpoints: Vec<Arc<ShardIndex>> = indexes.clone();
         let searcher = Arc::new(Searcher::new(
             indexes,
             links.clone().map(|links| search::ClusterView {
@@ -221,12 +224,12 @@ impl Node {
                     raft: raft.clone(),
                     searcher: searcher.clone(),
                     commit_timeout: Duration::from_millis(config.storage.commit_timeout_ms),
-                    indexed: Arc::new(move |shard| {
-                        checkpoints
-                            .get(shard as usize)
-                            .map_or(0, |ix| ix.checkpoint())
-                    }),
                 });
+                if rejoining {
+                    if let Some(l) = &links {
+                        tokio::spawn(cluster::announce_fresh(l.clone()));
+                    }
+                }
                 (Some(task), Some(addr))
             }
             None => (None, None),

@@ -28,8 +28,6 @@ pub struct PeerBackend {
     pub searcher: Arc<Searcher>,
     /// How long a forwarded append may wait for its commit.
     pub commit_timeout: Duration,
-    /// Last indexed log index per shard (for the status).
-    pub indexed: Arc<dyn Fn(u32) -> u64 + Send + Sync>,
 }
 
 /// The `weir.v1.Peer` service.
@@ -92,19 +90,28 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        let from = req.get_ref().from;
+        let (from, fresh) = (req.get_ref().from, req.get_ref().fresh);
         if let Some(p) = self.links.get(from) {
             p.seen();
         }
+        let ours = self
+            .cluster_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let backend = self.backend.get();
+        if let (Some(b), true) = (backend, fresh) {
+            if req.get_ref().cluster_id == ours {
+                b.raft.forget_peer(from);
+            }
+        }
         Ok(Response::new(HelloResponse {
-            cluster_id: self
-                .cluster_id
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            cluster_id: ours,
             node_id: self.node_id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             shards: self.shards,
+            has_data: backend.is_some_and(|b| b.raft.has_data()),
+            ready: backend.is_some(),
         }))
     }
 
@@ -217,7 +224,7 @@ impl Peer for PeerService {
                     term: s.term,
                     commit: s.commit,
                     applied: s.applied,
-                    indexed: (backend.indexed)(s.shard),
+                    indexed: backend.searcher.checkpoint(s.shard),
                 })
                 .collect(),
         }))

@@ -174,6 +174,13 @@ impl Searcher {
         Searcher { indexes, cluster }
     }
 
+    /// The last log index of `shard` this node has indexed (0 for an unknown shard).
+    pub fn checkpoint(&self, shard: u32) -> u64 {
+        self.indexes
+            .get(shard as usize)
+            .map_or(0, |ix| ix.checkpoint())
+    }
+
     /// Whether this node's replica of `shard` can answer: its indexer runs and, on a
     /// cluster, it knows the shard's leader (it is not cut off from the others).
     fn live_here(&self, shard: u32) -> bool {
