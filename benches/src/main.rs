@@ -73,7 +73,8 @@ struct MirrorArgs {
 /// Arguments of `weir-bench ingest`.
 #[derive(clap::Args)]
 struct IngestArgs {
-    /// gRPC endpoint.
+    /// gRPC endpoint; several, comma separated, for a cluster (clients are spread over
+    /// them, and a client whose node fails retries its batch on the next one).
     #[arg(long, default_value = "http://127.0.0.1:4317")]
     addr: String,
     /// Concurrent clients.
@@ -201,26 +202,37 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    // When each ack completed (µs since start), over all clients: the longest gap between
+    // two is how long acknowledgements stopped (a failover, a stall).
+    let acks: Arc<Mutex<Vec<u64>>> = Arc::default();
     let duration = Duration::from_secs(duration_secs);
     let started = Instant::now();
+    let addrs: Vec<String> = addr.split(',').map(|a| a.trim().to_owned()).collect();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let mut client = IngestClient::connect(addr.clone())
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?
-            .max_decoding_message_size(64 << 20);
-        let (lines, bytes, errors, stop, hist) = (
+        let mut clients = Vec::new();
+        for a in &addrs {
+            let ch = tonic::transport::Endpoint::from_shared(a.clone())?
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy();
+            clients.push(IngestClient::new(ch).max_decoding_message_size(64 << 20));
+        }
+        let mut current = w % clients.len();
+        let (lines, bytes, errors, stop, hist, acks) = (
             lines.clone(),
             bytes.clone(),
             errors.clone(),
             stop.clone(),
             hist.clone(),
+            acks.clone(),
         );
         let per_worker_rate = rate as f64 / concurrency as f64;
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(w as u64));
             let mut sent_lines = 0u64;
             let t0 = Instant::now();
+            let producer_id = format!("weir-bench-{seed}-{w}-{}", rand::random::<u32>());
+            let mut sequence = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if per_worker_rate > 0.0 {
                     let due = Duration::from_secs_f64(sent_lines as f64 / per_worker_rate);
@@ -231,26 +243,41 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 let now = now_ns();
                 let records: Vec<Record> = (0..batch).map(|_| make_record(&mut rng, now)).collect();
                 let n_bytes: usize = records.iter().map(|r| r.body.len()).sum();
+                sequence += 1;
+                let req = AppendRequest {
+                    records,
+                    producer_id: producer_id.clone(),
+                    sequence,
+                    ..Default::default()
+                };
                 let t = Instant::now();
-                match client
-                    .append(AppendRequest {
-                        records,
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(_) => {
-                        let us = t.elapsed().as_micros() as u64;
-                        hist.lock().unwrap().record(us.max(1)).ok();
-                        lines.fetch_add(batch as u64, Ordering::Relaxed);
-                        bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
-                    }
-                    Err(s) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        if errors.load(Ordering::Relaxed) < 5 {
-                            eprintln!("append failed: {:?} {}", s.code(), s.message());
+                // A batch is retried (same producer id and sequence, so never stored twice)
+                // on the next node until acknowledged; its latency includes the retries.
+                loop {
+                    let mut r = tonic::Request::new(req.clone());
+                    r.set_timeout(Duration::from_secs(15));
+                    match clients[current].append(r).await {
+                        Ok(_) => {
+                            let us = t.elapsed().as_micros() as u64;
+                            hist.lock().unwrap().record(us.max(1)).ok();
+                            acks.lock()
+                                .unwrap()
+                                .push(started.elapsed().as_micros() as u64);
+                            lines.fetch_add(batch as u64, Ordering::Relaxed);
+                            bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
+                            break;
                         }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(s) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            if errors.load(Ordering::Relaxed) < 5 {
+                                eprintln!("append failed: {:?} {}", s.code(), s.message());
+                            }
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            current = (current + 1) % clients.len();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                     }
                 }
                 sent_lines += batch as u64;
@@ -283,7 +310,22 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         h.value_at_quantile(0.99) as f64 / 1e3,
         h.max() as f64 / 1e3
     );
-    println!("  errors       {}", errors.load(Ordering::Relaxed));
+    println!(
+        "  errors       {} (each retried on the next node)",
+        errors.load(Ordering::Relaxed)
+    );
+    let mut times = acks.lock().unwrap().clone();
+    times.sort_unstable();
+    let (gap, at) = times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max()
+        .unwrap_or((0, 0));
+    println!(
+        "  longest time without any acknowledgement  {:.2} s (from {:.1} s into the run)",
+        gap as f64 / 1e6,
+        at as f64 / 1e6
+    );
     if let Some(dir) = fsync_dir {
         let chunk = (b / l.max(1)) as usize * batch;
         let raw = raw_fsync_bandwidth(&dir, chunk.max(4096), Duration::from_secs(5))?;

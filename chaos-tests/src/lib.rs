@@ -158,6 +158,12 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 impl Cluster {
     /// Starts `n` nodes with `shards` shards and waits until every shard has a leader.
     pub async fn start(n: u64, shards: u32) -> anyhow::Result<Cluster> {
+        Self::start_with(n, shards, "").await
+    }
+
+    /// Like [`Cluster::start`], with `extra` TOML tables appended to every node's config
+    /// (mirror sinks, for example).
+    pub async fn start_with(n: u64, shards: u32, extra: &str) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("weir-chaos-").tempdir()?;
         let bin = weir_bin()?;
         let mut nodes = Vec::new();
@@ -193,7 +199,7 @@ impl Cluster {
             faults: Vec::new(),
         };
         for id in 1..=n {
-            let text = c.config_text(id, shards);
+            let text = c.config_text(id, shards) + extra;
             std::fs::write(&c.nodes[id as usize - 1].config, text)?;
         }
         for id in 1..=n {
@@ -739,4 +745,43 @@ pub async fn fault_round(c: &mut Cluster, round: u64, hold: Duration) -> anyhow:
     c.restart(victim)?;
     c.wait_healthy(Duration::from_secs(60)).await?;
     Ok(())
+}
+
+/// Mirror sinks toward an Elasticsearch and a Loki test server, as config tables.
+pub fn mirror_sinks(es_url: &str, loki_url: &str) -> String {
+    format!(
+        "\n[[mirror.sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{es_url}\"\n\n[[mirror.sinks]]\nname = \"loki\"\ntype = \"loki\"\nurl = \"{loki_url}\"\n"
+    )
+}
+
+/// What a backend received, against the ledger: acknowledged records missing, records
+/// received more than once, and records no writer sent.
+#[derive(Debug, Default)]
+pub struct MirrorVerdict {
+    /// Backend name.
+    pub backend: &'static str,
+    /// Distinct records received.
+    pub received: usize,
+    /// Acknowledged records never received.
+    pub missing: Vec<String>,
+    /// Records received more than once (with Loki, allowed: at least once).
+    pub duplicated: Vec<String>,
+    /// Records received that no writer sent.
+    pub phantom: Vec<String>,
+}
+
+/// Judges the bodies a backend holds (`bodies`, one per stored copy).
+pub fn judge_mirror(backend: &'static str, bodies: Vec<String>, ledger: &Ledger) -> MirrorVerdict {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for b in bodies {
+        *counts.entry(b).or_default() += 1;
+    }
+    let v = judge(0, &counts, ledger);
+    MirrorVerdict {
+        backend,
+        received: counts.len(),
+        missing: v.lost,
+        duplicated: v.duplicated,
+        phantom: v.phantom,
+    }
 }

@@ -1,16 +1,29 @@
-//! The bounded chaos run of CI: a real three-process cluster, two writers, and one round
-//! of every fault (leader SIGKILL, SIGSTOP/SIGCONT, a partition isolating a node from its
-//! peers and its clients, a node wiped and restarted), then every node's copy is checked:
-//! every acknowledged record exactly once, nothing unacknowledged twice, nothing invented.
+//! The bounded chaos run of CI: a real three-process cluster mirroring to an
+//! Elasticsearch and a Loki test server, two writers, and one round of every fault (leader
+//! SIGKILL, SIGSTOP/SIGCONT, a partition isolating a node from its peers and its clients, a
+//! node wiped and restarted), then every node's copy is checked (every acknowledged record
+//! exactly once, nothing unacknowledged twice, nothing invented), and so is what each
+//! backend received: Elasticsearch every acknowledged record exactly once, Loki at least
+//! once.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_chaos::{check, fault_round, summary, Cluster, Ledger, Writer};
+use std::time::Instant;
+
+use weir_chaos::{
+    check, fault_round, judge_mirror, mirror_sinks, summary, Cluster, Ledger, MirrorVerdict, Writer,
+};
+use weir_testkit::elasticsearch::FakeElasticsearch;
+use weir_testkit::loki::FakeLoki;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_record_survives_every_fault_exactly_once_on_every_node() {
-    let mut cluster = Cluster::start(3, 4).await.expect("cluster starts");
+    let es = FakeElasticsearch::start().await.unwrap();
+    let loki = FakeLoki::start().await.unwrap();
+    let mut cluster = Cluster::start_with(3, 4, &mirror_sinks(&es.url(), &loki.url()))
+        .await
+        .expect("cluster starts");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let writers: Vec<Writer> = (0..2)
         .map(|id| Writer::start(id, cluster.client_addrs(), ledger.clone()))
@@ -37,6 +50,52 @@ async fn every_acknowledged_record_survives_every_fault_exactly_once_on_every_no
     let report = summary(&cluster, &ledger, &verdicts);
     println!("{report}");
     assert_eq!(verdicts.len(), 3, "every node was checked");
+    // The mirrors run on each shard's leader and resume from the cursor in raft after
+    // every failover; give them time to drain.
+    let (es_v, loki_v) = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let es_bodies: Vec<String> = es
+                .docs()
+                .iter()
+                .filter_map(|d| d.source["message"].as_str().map(str::to_owned))
+                .collect();
+            let loki_bodies: Vec<String> = loki
+                .all_entries()
+                .into_values()
+                .flatten()
+                .map(|e| e.line)
+                .collect();
+            let es_v = judge_mirror("elasticsearch", es_bodies, &ledger);
+            let loki_v = judge_mirror("loki", loki_bodies, &ledger);
+            if (es_v.missing.is_empty() && loki_v.missing.is_empty()) || Instant::now() > deadline {
+                break (es_v, loki_v);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let show = |v: &MirrorVerdict| {
+        format!(
+            "{}: received {}, missing {}, duplicated {}, phantom {} (first missing {:?}, duplicated {:?})",
+            v.backend,
+            v.received,
+            v.missing.len(),
+            v.duplicated.len(),
+            v.phantom.len(),
+            v.missing.iter().take(3).collect::<Vec<_>>(),
+            v.duplicated.iter().take(3).collect::<Vec<_>>()
+        )
+    };
+    println!("{}\n{}", show(&es_v), show(&loki_v));
+    let mirrors_ok = es_v.missing.is_empty()
+        && es_v.duplicated.is_empty()
+        && es_v.phantom.is_empty()
+        && loki_v.missing.is_empty()
+        && loki_v.phantom.is_empty();
+    if !mirrors_ok {
+        let dir = cluster.keep();
+        panic!("{}\n{}\nkept {}", show(&es_v), show(&loki_v), dir.display());
+    }
     if !verdicts.iter().all(|v| v.is_clean()) {
         for id in 1..=3 {
             if let Ok(s) = cluster.status(id).await {

@@ -159,7 +159,9 @@ enum Input {
     },
     ForgetPeer {
         id: u64,
+        done: oneshot::Sender<()>,
     },
+    RejoinConfirmed,
     Status {
         reply: oneshot::Sender<Vec<ShardStatus>>,
     },
@@ -277,7 +279,7 @@ impl RaftNode {
                 pending_keys: HashMap::new(),
                 pending_at: HashMap::new(),
                 preferred_leader: cfg.voters[shard as usize % cfg.voters.len()],
-                rejoin: (cfg.rejoining && !single).then_some(0),
+                rejoin: (cfg.rejoining && !single).then_some(Rejoin::default()),
                 last_balance: Instant::now(),
                 waiters: BTreeMap::new(),
                 deferred: Vec::new(),
@@ -376,8 +378,18 @@ impl RaftNode {
     /// Node `id` lost its data and is coming back empty: every shard led here forgets what
     /// it knew of that node's log (its acknowledgements no longer hold) and probes it from
     /// the start.
-    pub fn forget_peer(&self, id: u64) {
-        let _ = self.tx.try_send(Input::ForgetPeer { id });
+    ///
+    /// The returned receiver completes once every shard has done so.
+    pub fn forget_peer(&self, id: u64) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.try_send(Input::ForgetPeer { id, done });
+        rx
+    }
+
+    /// On a rejoining node: every peer has forgotten this node's old log. From now on a
+    /// shard that has committed what its leader reports as committed votes again.
+    pub fn rejoin_confirmed(&self) {
+        let _ = self.tx.try_send(Input::RejoinConfirmed);
     }
 
     /// Whether some shard has applied entries here.
@@ -549,9 +561,9 @@ struct Shard {
     preferred_leader: u64,
     /// When leadership was last handed to the preferred leader.
     last_balance: Instant,
-    /// While rejoining with lost data: the highest commit index a leader has told this
-    /// node of (see [`NodeConfig::rejoining`]); `None` once caught up.
-    rejoin: Option<u64>,
+    /// While rejoining with lost data (see [`NodeConfig::rejoining`]); `None` once caught
+    /// up.
+    rejoin: Option<Rejoin>,
     /// Proposers waiting for an index: (term proposed in, duplicate?, reply).
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// Proposals held back until this leader has applied every entry of earlier terms
@@ -568,6 +580,16 @@ type Deferred = (
     Vec<u8>,
     oneshot::Sender<Result<Committed>>,
 );
+
+/// A shard's state while its node rejoins without its old data.
+#[derive(Default)]
+struct Rejoin {
+    /// Every peer has forgotten this node's old log ([`RaftNode::rejoin_confirmed`]):
+    /// commits reported from now on counted only what this node really has.
+    armed: bool,
+    /// The highest commit index a current leader reported since then.
+    target: u64,
+}
 
 struct Waiter {
     /// The term of the proposal being waited for: a different term at that index means it
@@ -739,11 +761,15 @@ impl Driver {
                 let s = &mut self.shards[shard as usize];
                 let mut message = message;
                 use raft::eraftpb::MessageType as M;
-                if let Some(target) = s.rejoin.as_mut() {
+                let term = s.raw.raft.term;
+                if let Some(r) = s.rejoin.as_mut() {
                     match message.get_msg_type() {
                         // No vote while this node may lack what it once acknowledged.
                         M::MsgRequestVote | M::MsgRequestPreVote => return false,
-                        M::MsgAppend | M::MsgHeartbeat => *target = (*target).max(message.commit),
+                        // Only a current leader's word counts (an older one's is refused).
+                        M::MsgAppend | M::MsgHeartbeat if r.armed && message.term >= term => {
+                            r.target = r.target.max(message.commit)
+                        }
                         _ => {}
                     }
                 }
@@ -767,7 +793,15 @@ impl Driver {
                 }
                 false
             }
-            Input::ForgetPeer { id } => {
+            Input::RejoinConfirmed => {
+                for s in &mut self.shards {
+                    if let Some(r) = s.rejoin.as_mut() {
+                        r.armed = true;
+                    }
+                }
+                false
+            }
+            Input::ForgetPeer { id, done } => {
                 for s in &mut self.shards {
                     if s.raw.raft.state != StateRole::Leader {
                         continue;
@@ -783,6 +817,7 @@ impl Driver {
                         pr.become_probe();
                     }
                 }
+                let _ = done.send(());
                 false
             }
             Input::Shutdown => true,
@@ -865,7 +900,11 @@ impl Driver {
             s.release_deferred();
         }
         for s in &mut self.shards {
-            if let Some(target) = s.rejoin {
+            if let Some(Rejoin {
+                armed: true,
+                target,
+            }) = s.rejoin
+            {
                 if target > 0 && s.raw.raft.raft_log.committed >= target {
                     tracing::info!(
                         shard = s.id,
@@ -1012,7 +1051,7 @@ impl Shard {
         }
         let ctx = codec::encode_dedup(key.as_ref());
         if let Err(e) = self.raw.propose(ctx, data) {
-            let _ = reply.send(Err(Error::Raft(e.to_string())));
+            let _ = reply.send(Err(self.refused(e)));
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
@@ -1047,7 +1086,7 @@ impl Shard {
         }
         let data = codec::encode_cursor(name, position);
         if let Err(e) = self.raw.propose(vec![codec::CURSOR_CONTEXT], data) {
-            let _ = reply.send(Err(Error::Raft(e.to_string())));
+            let _ = reply.send(Err(self.refused(e)));
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
@@ -1057,6 +1096,19 @@ impl Shard {
             duplicate: false,
             reply,
         });
+    }
+
+    /// What a proposer is told when raft-rs refuses a proposal: while leadership is being
+    /// handed over (raft-rs drops proposals then) it is "not the leader", naming the node
+    /// taking over, so the proposer retries there.
+    fn refused(&self, e: raft::Error) -> Error {
+        match e {
+            raft::Error::ProposalDropped => Error::NotLeader {
+                shard: self.id,
+                leader: self.raw.raft.lead_transferee.unwrap_or(0),
+            },
+            other => Error::Raft(other.to_string()),
+        }
     }
 
     /// Whether this leader has applied an entry of its own term, and so every entry of

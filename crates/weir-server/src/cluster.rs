@@ -355,8 +355,9 @@ pub async fn agree_cluster_id(
 
 /// Tells every peer, until each has heard it with its raft running, that this node is
 /// back without its data, so that the shards they lead stop counting on what it
-/// acknowledged before.
-pub async fn announce_fresh(links: Arc<PeerLinks>) {
+/// acknowledged before; then lets the rejoining shards measure how far they must catch
+/// up before they vote again.
+pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode>) {
     let mut pending: Vec<Arc<Peer>> = links.all().cloned().collect();
     while !pending.is_empty() {
         let mut still = Vec::new();
@@ -382,4 +383,5 @@ pub async fn announce_fresh(links: Arc<PeerLinks>) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+    raft.rejoin_confirmed();
 }

@@ -227,7 +227,7 @@ impl Node {
                 });
                 if rejoining {
                     if let Some(l) = &links {
-                        tokio::spawn(cluster::announce_fresh(l.clone()));
+                        tokio::spawn(cluster::announce_fresh(l.clone(), raft.clone()));
                     }
                 }
                 (Some(task), Some(addr))

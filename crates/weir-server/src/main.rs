@@ -216,12 +216,12 @@ async fn cluster_command(c: ClusterCommand) -> anyhow::Result<()> {
             .collect();
         println!(
             "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}  {}",
-            s["shard"],
-            s["leader"],
-            s["term"],
-            s["commit"],
-            s["applied"],
-            s["wal_bytes"],
+            s["shard"].to_string(),
+            s["leader"].to_string(),
+            s["term"].to_string(),
+            s["commit"].to_string(),
+            s["applied"].to_string(),
+            s["wal_bytes"].to_string(),
             lags.join(" ")
         );
     }

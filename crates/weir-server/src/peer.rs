@@ -100,9 +100,13 @@ impl Peer for PeerService {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let backend = self.backend.get();
+        let mut forgotten = false;
         if let (Some(b), true) = (backend, fresh) {
             if req.get_ref().cluster_id == ours {
-                b.raft.forget_peer(from);
+                let done = b.raft.forget_peer(from);
+                forgotten = tokio::time::timeout(Duration::from_secs(2), done)
+                    .await
+                    .is_ok_and(|r| r.is_ok());
             }
         }
         Ok(Response::new(HelloResponse {
@@ -111,7 +115,7 @@ impl Peer for PeerService {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             shards: self.shards,
             has_data: backend.is_some_and(|b| b.raft.has_data()),
-            ready: backend.is_some(),
+            ready: backend.is_some() && (!fresh || forgotten),
         }))
     }
 

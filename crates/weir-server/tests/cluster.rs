@@ -1,0 +1,272 @@
+//! Three nodes in one process, each with its real gRPC, HTTP and peer servers on loopback
+//! ports: appends through any node, search from any node, the cluster status, what a node
+//! without a quorum answers (a retryable error in bounded time, a partial search), and a
+//! node whose data belongs to another cluster refusing to start. Faults across real
+//! processes are the chaos suite's (chaos-tests/).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{bodies, record, test_config};
+use weir_proto::v1::AppendRequest;
+use weir_server::config::MemberConfig;
+use weir_server::{Config, Node};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    cfg: Config,
+    node: Option<Node>,
+    _dir: tempfile::TempDir,
+}
+
+/// Configs of a three-node cluster on free loopback ports (2 shards, 2 s commit timeout).
+fn configs() -> Vec<(tempfile::TempDir, Config)> {
+    let ports: Vec<(u16, u16, u16)> = (0..3)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
+    let members: Vec<MemberConfig> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (g, h, p))| MemberConfig {
+            id: i as u64 + 1,
+            peer: format!("127.0.0.1:{p}"),
+            grpc: format!("127.0.0.1:{g}"),
+            http: format!("127.0.0.1:{h}"),
+        })
+        .collect();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (g, h, p))| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = test_config(dir.path());
+            cfg.grpc_addr = format!("127.0.0.1:{g}").parse().unwrap();
+            cfg.http_addr = format!("127.0.0.1:{h}").parse().unwrap();
+            cfg.storage.shards = 2;
+            cfg.storage.commit_timeout_ms = 2000;
+            cfg.cluster.node_id = i as u64 + 1;
+            cfg.cluster.peer_addr = format!("127.0.0.1:{p}").parse().unwrap();
+            cfg.cluster.nodes = members.clone();
+            (dir, cfg)
+        })
+        .collect()
+}
+
+/// Starts all three at once (a new cluster is founded only once every member answers).
+async fn start_all() -> Vec<Member> {
+    let cfgs = configs();
+    let starts = cfgs
+        .iter()
+        .map(|(_, c)| tokio::spawn(Node::start(c.clone())))
+        .collect::<Vec<_>>();
+    let mut nodes = Vec::new();
+    for s in starts {
+        nodes.push(s.await.unwrap().expect("node starts"));
+    }
+    let members: Vec<Member> = cfgs
+        .into_iter()
+        .zip(nodes)
+        .map(|((dir, cfg), node)| Member {
+            cfg,
+            node: Some(node),
+            _dir: dir,
+        })
+        .collect();
+    wait_health(&members[0], "ok").await;
+    members
+}
+
+fn http(m: &Member) -> String {
+    format!("http://{}", m.cfg.http_addr)
+}
+
+fn grpc(m: &Member) -> String {
+    format!("http://{}", m.cfg.grpc_addr)
+}
+
+async fn status(m: &Member) -> serde_json::Value {
+    reqwest::get(format!("{}/api/v1/cluster", http(m)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_health(m: &Member, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(m).await;
+        if s["health"] == want {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "health never {want}: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn search(m: &Member, q: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1/search", http(m)))
+        .query(&[("q", q), ("limit", "100")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn append(
+    m: &Member,
+    req: AppendRequest,
+) -> Result<weir_proto::v1::AppendResponse, tonic::Status> {
+    let mut c = weir_proto::v1::ingest_client::IngestClient::connect(grpc(m))
+        .await
+        .unwrap();
+    c.append(req).await.map(|r| r.into_inner())
+}
+
+fn batch(prefix: &str, n: usize) -> AppendRequest {
+    AppendRequest {
+        records: (0..n)
+            .map(|i| {
+                let mut r = record(&format!("{prefix} {i}"));
+                r.labels = common::labels(&[("stream", &format!("s{}", i % 5))]);
+                r
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_to_any_node_is_found_by_a_search_on_every_node() {
+    let members = start_all().await;
+    let s = status(&members[0]).await;
+    assert_eq!(s["nodes"].as_array().unwrap().len(), 3, "{s}");
+    assert!(
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["up"] == true),
+        "{s}"
+    );
+    for shard in s["shards"].as_array().unwrap() {
+        assert_ne!(shard["leader"], 0, "every shard has a leader: {s}");
+        assert_eq!(shard["replicas"].as_array().unwrap().len(), 3, "{s}");
+    }
+    // Through each node in turn: some pieces are led there, the rest are forwarded.
+    for (i, m) in members.iter().enumerate() {
+        let r = append(m, batch(&format!("via{i}"), 10))
+            .await
+            .expect("append accepted");
+        assert_eq!(r.accepted, 10);
+    }
+    for m in &members {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = search(m, "via0 OR via1 OR via2").await;
+            if v["total"] == 30 {
+                assert!(v.get("partial").is_none(), "{v}");
+                let got = bodies(&v);
+                for i in 0..3 {
+                    assert_eq!(
+                        got.iter()
+                            .filter(|b| b.starts_with(&format!("via{i} ")))
+                            .count(),
+                        10
+                    );
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} sees {}",
+                m.cfg.cluster.node_id,
+                v["total"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for mut m in members {
+        m.node.take().unwrap().shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_appends_fail_retryably_in_bounded_time_and_search_says_partial() {
+    let mut members = start_all().await;
+    append(&members[0], batch("before", 10))
+        .await
+        .expect("append accepted");
+    // Two of three stop: the last node has no quorum for any shard.
+    for m in members.iter_mut().skip(1) {
+        m.node.take().unwrap().shutdown().await.unwrap();
+    }
+    let lone = &members[0];
+    // Each shard notices when its election timer runs out without a leader's word.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = wait_health(lone, "unavailable").await;
+        if s["shards_without_leader"].as_array().unwrap().len() == 2 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "a shard kept a leader: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["up"] == false)
+            .count(),
+        2,
+        "{s}"
+    );
+    let started = Instant::now();
+    let err = append(lone, batch("lonely", 5))
+        .await
+        .expect_err("no quorum, no ack");
+    let took = started.elapsed();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().contains("no reachable leader"), "{err}");
+    // storage.commit_timeout_ms is 2 s: the answer comes by then, not never.
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    let v = search(lone, "before").await;
+    assert_eq!(v["partial"], true, "{v}");
+    assert_eq!(v["missing_shards"], serde_json::json!([0, 1]), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_data_belongs_to_another_cluster_refuses_to_start() {
+    let mut members = start_all().await;
+    let third = members.pop().unwrap();
+    let mut third_node = third;
+    third_node.node.take().unwrap().shutdown().await.unwrap();
+    // Pretend its data came from another cluster.
+    let path = third_node.cfg.data_dir.join("weir-node.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let ours = v["cluster_id"].as_str().unwrap().to_owned();
+    v["cluster_id"] = "0ther0ne".into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let err = match Node::start(third_node.cfg.clone()).await {
+        Ok(_) => panic!("a node with another cluster's data joined"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("belongs to cluster 0ther0ne"), "{err}");
+    assert!(err.contains(&format!("belongs to cluster {ours}")), "{err}");
+    for mut m in members {
+        m.node.take().unwrap().shutdown().await.unwrap();
+    }
+}

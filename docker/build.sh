@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the image weir:dev from this checkout: compiles `weir`, strips it, copies it and
+# the shared libraries it links into a scratch root, and runs `docker build`.
+# PROFILE=release (default) or test (reuses the test build of CI: quicker, slower binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-release}
+case "$PROFILE" in
+  release) DIR=release ;;
+  test | dev) DIR=debug ;;
+  *) echo "PROFILE must be release, test or dev" >&2; exit 2 ;;
+esac
+cargo build --locked --profile "$PROFILE" -p weir-server --bin weir
+BIN="target/$DIR/weir"
+CTX=$(mktemp -d "${TMPDIR:-/tmp}/weir-image.XXXXXX")
+trap 'rm -rf "$CTX"' EXIT
+ROOT="$CTX/rootfs"
+mkdir -p "$ROOT/usr/local/bin" "$ROOT/var/lib/weir" "$ROOT/etc/weir" "$ROOT/tmp"
+strip -o "$ROOT/usr/local/bin/weir" "$BIN"
+# Every library the dynamic loader resolves, and the loader itself.
+for lib in $(ldd "$BIN" | awk '/=>/ { print $3 } /^\s*\/lib/ { print $1 }'); do
+  mkdir -p "$ROOT$(dirname "$lib")"
+  cp -L "$lib" "$ROOT$lib"
+done
+cp docker/Dockerfile "$CTX/"
+docker build -q -t weir:dev "$CTX"
+echo "built weir:dev ($(du -sh "$ROOT" | cut -f1) root)"
