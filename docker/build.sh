@@ -18,7 +18,7 @@ ROOT="$CTX/rootfs"
 mkdir -p "$ROOT/usr/local/bin" "$ROOT/var/lib/weir" "$ROOT/etc/weir" "$ROOT/tmp"
 strip -o "$ROOT/usr/local/bin/weir" "$BIN"
 # Every library the dynamic loader resolves, and the loader itself.
-for lib in $(ldd "$BIN" | awk '/=>/ { print $3 } /^\s*\/lib/ { print $1 }'); do
+for lib in $(ldd "$BIN" | awk '/=>/ { print $3 } /^[ \t]*\/lib/ { print $1 }'); do
   mkdir -p "$ROOT$(dirname "$lib")"
   cp -L "$lib" "$ROOT$lib"
 done
