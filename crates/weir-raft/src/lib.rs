@@ -24,6 +24,7 @@ use std::time::Duration;
 mod codec;
 mod dedup;
 mod node;
+pub mod sim;
 mod storage;
 
 pub use codec::{DedupKey, CURSOR_NAME_BYTES_MAX};

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::{Entry, EntryType};
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
-use weir_wal::{IoBackend, IoBackendChoice, IoThread, Wal, WalOptions, WalReader};
+use weir_wal::{IoBackend, IoBackendChoice, IoThread, Wal, WalOptions};
 
 use crate::codec::{self, DedupKey};
 use crate::dedup::{DedupTable, Seen};
-use crate::storage::WalStorage;
+use crate::storage::{EntrySource, FlushTicket, LogStore, WalStorage};
 use crate::{CommittedLog, Error, LogEntry, Result};
 
 /// Where the raft layer hands messages for other nodes: the peer transport (and, for
@@ -136,7 +136,7 @@ pub struct ShardStatus {
     pub replicas: Vec<(u64, u64)>,
 }
 
-enum Input {
+pub(crate) enum Input {
     Propose {
         shard: u32,
         key: Option<DedupKey>,
@@ -159,9 +159,11 @@ enum Input {
     },
     ForgetPeer {
         id: u64,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Vec<(u64, u64)>>,
     },
-    RejoinConfirmed,
+    RejoinConfirmed {
+        targets: Vec<(u64, u64)>,
+    },
     Status {
         reply: oneshot::Sender<Vec<ShardStatus>>,
     },
@@ -200,6 +202,9 @@ pub struct Health {
     pub failure: Mutex<Option<String>>,
     /// Shutdown was asked for: retry loops (disk full) give up.
     pub stopping: AtomicBool,
+    /// Shards still rejoining (see [`NodeConfig::rejoining`]); the node may forget that it
+    /// was rejoining only once this is 0.
+    pub rejoining_shards: AtomicUsize,
 }
 
 impl RaftNode {
@@ -238,59 +243,30 @@ impl RaftNode {
             let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
             let wal = Wal::open(&dir, cfg.wal, io.clone())?;
             faults.push(wal.fault_injector());
-            let storage = WalStorage::open(shard, wal, &cfg.voters)?;
+            let storage = WalStorage::open(shard, cfg.node_id, wal, &cfg.voters)?;
             let log = Arc::new(ShardLog::new(
                 shard,
                 storage.reader(),
                 required_cursors.clone(),
             ));
-            let raft_cfg = raft::Config {
-                id: cfg.node_id,
-                election_tick: 10,
-                heartbeat_tick: 2,
-                max_size_per_msg: 1 << 20,
-                max_inflight_msgs: 256,
-                // Bounds memory when a restart re-applies a large log (applied = 0 below).
-                max_committed_size_per_ready: 16 << 20,
-                // 0: raft hands every committed entry to apply again after a restart, which
-                // is how the dedup table and the watermark are rebuilt.
-                applied: 0,
-                pre_vote: true,
-                // A leader cut off from its quorum steps down after an election timeout,
-                // so its clients are told to go elsewhere instead of waiting.
-                check_quorum: !single,
-                ..Default::default()
-            };
-            raft_cfg
-                .validate()
-                .map_err(|e| Error::Raft(e.to_string()))?;
-            let mut raw = RawNode::new(&raft_cfg, storage, &logger)
-                .map_err(|e| Error::Raft(e.to_string()))?;
-            if single {
-                // The only voter: it elects itself at once (a cluster waits for election
-                // ticks).
-                raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
-            }
-            shards.push(Shard {
-                id: shard,
-                raw,
-                log: log.clone(),
-                dedup: DedupTable::new(cfg.dedup_producers_max),
-                pending_keys: HashMap::new(),
-                pending_at: HashMap::new(),
-                preferred_leader: cfg.voters[shard as usize % cfg.voters.len()],
-                rejoin: (cfg.rejoining && !single).then_some(Rejoin::default()),
-                last_balance: Instant::now(),
-                waiters: BTreeMap::new(),
-                deferred: Vec::new(),
-                deferred_max: cfg.proposal_queue_len.max(1),
-                last_compact: None,
-            });
+            shards.push(Shard::open(
+                &cfg,
+                shard,
+                storage,
+                log.clone(),
+                raft_config(cfg.node_id, single),
+                &logger,
+            )?);
             logs.push(log);
         }
         // Proposals and peer messages share the channel, each kind bounded by its counter.
         let (tx, rx) = mpsc::sync_channel(cfg.proposal_queue_len.max(1) + STEP_QUEUE_LEN + 64);
         let health = Arc::new(Health::default());
+        if cfg.rejoining && !single {
+            health
+                .rejoining_shards
+                .store(cfg.shard_count as usize, Ordering::Release);
+        }
         let queued_proposals = Arc::new(AtomicUsize::new(0));
         let queued_steps = Arc::new(AtomicUsize::new(0));
         let driver = Driver {
@@ -303,6 +279,7 @@ impl RaftNode {
             queued_steps: queued_steps.clone(),
             node_id: cfg.node_id,
         };
+
         let panic_health = health.clone();
         let thread = std::thread::Builder::new()
             .name("weir-raft".into())
@@ -379,17 +356,24 @@ impl RaftNode {
     /// it knew of that node's log (its acknowledgements no longer hold) and probes it from
     /// the start.
     ///
-    /// The returned receiver completes once every shard has done so.
-    pub fn forget_peer(&self, id: u64) -> oneshot::Receiver<()> {
+    /// The returned receiver gives, once every shard has done so, each shard's last log
+    /// index and term at that moment. Everything committed with the help of the peer's old
+    /// log is on some other node, so at or below the highest such index (a commit index
+    /// would not do: a wiped leader took the only record of what it committed), and every
+    /// vote the peer cast was in a term at or below the highest such term: that is how far
+    /// the peer must catch up before it votes again.
+    pub fn forget_peer(&self, id: u64) -> oneshot::Receiver<Vec<(u64, u64)>> {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.try_send(Input::ForgetPeer { id, done });
         rx
     }
 
-    /// On a rejoining node: every peer has forgotten this node's old log. From now on a
-    /// shard that has committed what its leader reports as committed votes again.
-    pub fn rejoin_confirmed(&self) {
-        let _ = self.tx.try_send(Input::RejoinConfirmed);
+    /// On a rejoining node: every peer has forgotten this node's old log, and `targets[s]`
+    /// is the highest (last index, term) of shard `s` they reported when they did. The
+    /// shard moves to that term at once, withholding its vote in it (its old self may have
+    /// voted in it), and votes again once it has committed that far.
+    pub fn rejoin_confirmed(&self, targets: Vec<(u64, u64)>) {
+        let _ = self.tx.try_send(Input::RejoinConfirmed { targets });
     }
 
     /// Whether some shard has applied entries here.
@@ -548,9 +532,30 @@ impl Drop for RaftNode {
     }
 }
 
-struct Shard {
-    id: u32,
-    raw: RawNode<WalStorage>,
+/// The raft-rs configuration of every shard of node `id`.
+pub(crate) fn raft_config(id: u64, single: bool) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        // Bounds memory when a restart re-applies a large log (applied = 0 below).
+        max_committed_size_per_ready: 16 << 20,
+        // 0: raft hands every committed entry to apply again after a restart, which is how
+        // the dedup table and the watermark are rebuilt.
+        applied: 0,
+        pre_vote: true,
+        // A leader cut off from its quorum steps down after an election timeout, so its
+        // clients are told to go elsewhere instead of waiting.
+        check_quorum: !single,
+        ..Default::default()
+    }
+}
+
+pub(crate) struct Shard<S: LogStore = WalStorage> {
+    pub(crate) id: u32,
+    pub(crate) raw: RawNode<S>,
     log: Arc<ShardLog>,
     dedup: DedupTable,
     /// Keys proposed and not yet applied, with the index and term they were proposed at.
@@ -559,11 +564,12 @@ struct Shard {
     pending_at: HashMap<u64, DedupKey>,
     /// The voter that should lead this shard when it is healthy (spreads leaders evenly).
     preferred_leader: u64,
-    /// When leadership was last handed to the preferred leader.
-    last_balance: Instant,
+    /// Ticks since leadership was last handed to the preferred leader (the raft layer's
+    /// clock is its ticks, so that the simulator can drive it).
+    ticks_since_balance: u64,
     /// While rejoining with lost data (see [`NodeConfig::rejoining`]); `None` once caught
     /// up.
-    rejoin: Option<Rejoin>,
+    pub(crate) rejoin: Option<Rejoin>,
     /// Proposers waiting for an index: (term proposed in, duplicate?, reply).
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// Proposals held back until this leader has applied every entry of earlier terms
@@ -583,11 +589,11 @@ type Deferred = (
 
 /// A shard's state while its node rejoins without its old data.
 #[derive(Default)]
-struct Rejoin {
-    /// Every peer has forgotten this node's old log ([`RaftNode::rejoin_confirmed`]):
-    /// commits reported from now on counted only what this node really has.
+pub(crate) struct Rejoin {
+    /// Every peer has forgotten this node's old log ([`RaftNode::rejoin_confirmed`]).
     armed: bool,
-    /// The highest commit index a current leader reported since then.
+    /// The highest last index the peers had when they forgot it: whatever was committed
+    /// with the help of the lost log is at or below it.
     target: u64,
 }
 
@@ -599,8 +605,8 @@ struct Waiter {
     reply: oneshot::Sender<Result<Committed>>,
 }
 
-struct Driver {
-    shards: Vec<Shard>,
+pub(crate) struct Driver<S: LogStore = WalStorage> {
+    pub(crate) shards: Vec<Shard<S>>,
     rx: Receiver<Input>,
     tick: Duration,
     health: Arc<Health>,
@@ -610,15 +616,48 @@ struct Driver {
     node_id: u64,
 }
 
-/// A shard's leadership is handed to its preferred voter at most this often.
-const BALANCE_INTERVAL: Duration = Duration::from_secs(3);
+/// A shard's leadership is handed to its preferred voter at most every this many ticks
+/// (3 s at the default 100 ms tick).
+const BALANCE_TICKS: u64 = 30;
 
 const MAX_INPUTS_PER_ROUND: usize = 8192;
 
 /// A shard's WAL is compacted at most this often.
 const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
 
-impl Driver {
+impl<S: LogStore> Driver<S> {
+    /// A driver not attached to a thread: the simulator calls `handle`, `tick_all` and
+    /// `round` itself.
+    pub(crate) fn detached(shards: Vec<Shard<S>>, outbox: Arc<dyn Outbox>, node_id: u64) -> Self {
+        let (_tx, rx) = mpsc::sync_channel(1);
+        Driver {
+            shards,
+            rx,
+            tick: Duration::from_millis(100),
+            health: Arc::new(Health::default()),
+            outbox,
+            queued_proposals: Arc::new(AtomicUsize::new(usize::MAX / 2)),
+            queued_steps: Arc::new(AtomicUsize::new(usize::MAX / 2)),
+            node_id,
+        }
+    }
+
+    /// Whether some shard still rejoins.
+    pub(crate) fn rejoining(&self) -> bool {
+        self.shards.iter().any(|s| s.rejoin.is_some())
+    }
+
+    /// One tick of every shard's clock.
+    pub(crate) fn tick_all(&mut self) {
+        for s in &mut self.shards {
+            if s.rejoin.is_none() {
+                // A rejoining shard never campaigns (its election timer is still).
+                s.raw.tick();
+            }
+            s.balance(self.node_id);
+        }
+    }
+
     fn run(mut self) {
         let mut next_tick = Instant::now() + self.tick;
         let mut stopping = false;
@@ -648,13 +687,7 @@ impl Driver {
                 }
             }
             if Instant::now() >= next_tick {
-                for s in &mut self.shards {
-                    if s.rejoin.is_none() {
-                        // A rejoining shard never campaigns (its election timer is still).
-                        s.raw.tick();
-                    }
-                    s.balance(self.node_id);
-                }
+                self.tick_all();
                 next_tick = Instant::now() + self.tick;
             }
             if let Err(e) = self.round() {
@@ -688,7 +721,7 @@ impl Driver {
     }
 
     /// Handles one input; returns true on shutdown.
-    fn handle(&mut self, m: Input) -> bool {
+    pub(crate) fn handle(&mut self, m: Input) -> bool {
         match m {
             Input::Propose {
                 shard,
@@ -761,17 +794,14 @@ impl Driver {
                 let s = &mut self.shards[shard as usize];
                 let mut message = message;
                 use raft::eraftpb::MessageType as M;
-                let term = s.raw.raft.term;
-                if let Some(r) = s.rejoin.as_mut() {
-                    match message.get_msg_type() {
-                        // No vote while this node may lack what it once acknowledged.
-                        M::MsgRequestVote | M::MsgRequestPreVote => return false,
-                        // Only a current leader's word counts (an older one's is refused).
-                        M::MsgAppend | M::MsgHeartbeat if r.armed && message.term >= term => {
-                            r.target = r.target.max(message.commit)
-                        }
-                        _ => {}
-                    }
+                if s.rejoin.is_some()
+                    && matches!(
+                        message.get_msg_type(),
+                        M::MsgRequestVote | M::MsgRequestPreVote
+                    )
+                {
+                    // No vote while this node may lack what it once acknowledged.
+                    return false;
                 }
                 let last = s.raw.raft.raft_log.last_index();
                 if message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
@@ -793,10 +823,19 @@ impl Driver {
                 }
                 false
             }
-            Input::RejoinConfirmed => {
+            Input::RejoinConfirmed { targets } => {
                 for s in &mut self.shards {
-                    if let Some(r) = s.rejoin.as_mut() {
-                        r.armed = true;
+                    let Some(r) = s.rejoin.as_mut() else { continue };
+                    let (commit, term) = targets.get(s.id as usize).copied().unwrap_or((0, 0));
+                    r.armed = true;
+                    r.target = commit;
+                    let raft = &mut s.raw.raft;
+                    if raft.term < term {
+                        // Its old self may have voted in any term up to `term`: never vote
+                        // in those again (the vote for itself grants no one anything; the
+                        // new hard state is persisted with the next Ready).
+                        raft.become_follower(term, raft::INVALID_ID);
+                        raft.vote = self.node_id;
                     }
                 }
                 false
@@ -817,7 +856,12 @@ impl Driver {
                         pr.become_probe();
                     }
                 }
-                let _ = done.send(());
+                let commits = self
+                    .shards
+                    .iter()
+                    .map(|s| (s.raw.raft.raft_log.last_index(), s.raw.raft.term))
+                    .collect();
+                let _ = done.send(commits);
                 false
             }
             Input::Shutdown => true,
@@ -834,7 +878,7 @@ impl Driver {
         }
     }
 
-    fn round(&mut self) -> Result<()> {
+    pub(crate) fn round(&mut self) -> Result<()> {
         let mut readies = Vec::new();
         for i in 0..self.shards.len() {
             let s = &mut self.shards[i];
@@ -905,7 +949,7 @@ impl Driver {
                 target,
             }) = s.rejoin
             {
-                if target > 0 && s.raw.raft.raft_log.committed >= target {
+                if s.raw.raft.raft_log.committed >= target {
                     tracing::info!(
                         shard = s.id,
                         commit = target,
@@ -915,6 +959,10 @@ impl Driver {
                 }
             }
         }
+        let rejoining = self.shards.iter().filter(|s| s.rejoin.is_some()).count();
+        self.health
+            .rejoining_shards
+            .store(rejoining, Ordering::Release);
         for s in &self.shards {
             let current = s.raw.raft.state == StateRole::Leader && s.caught_up();
             s.log.leader.store(current, Ordering::Release);
@@ -926,15 +974,15 @@ impl Driver {
     }
 
     /// Waits for a flush; a full disk is retried (see [`Driver::retry_disk_full`]).
-    fn wait_durable(&mut self, shard: usize, ticket: weir_wal::SyncTicket) -> Result<()> {
-        match ticket.wait() {
+    fn wait_durable(&mut self, shard: usize, ticket: S::Ticket) -> Result<()> {
+        match FlushTicket::wait(ticket) {
             Ok(()) => {
                 self.disk_has_space();
                 Ok(())
             }
-            Err(e) => self.retry_disk_full(shard, e.into(), |d| {
+            Err(e) => self.retry_disk_full(shard, e, |d| {
                 let t = d.shards[shard].raw.mut_store().flush()?;
-                t.wait().map_err(Error::from)
+                FlushTicket::wait(t)
             }),
         }
     }
@@ -996,7 +1044,43 @@ impl Driver {
     }
 }
 
-impl Shard {
+impl<S: LogStore> Shard<S> {
+    /// A shard over `storage`, configured by `cfg` (its voters, rejoining, queue sizes).
+    pub(crate) fn open(
+        cfg: &NodeConfig,
+        shard: u32,
+        storage: S,
+        log: Arc<ShardLog>,
+        raft_cfg: raft::Config,
+        logger: &slog::Logger,
+    ) -> Result<Self> {
+        let single = cfg.voters == [cfg.node_id];
+        raft_cfg
+            .validate()
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let mut raw =
+            RawNode::new(&raft_cfg, storage, logger).map_err(|e| Error::Raft(e.to_string()))?;
+        if single {
+            // The only voter: it elects itself at once (a cluster waits for election ticks).
+            raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        Ok(Shard {
+            id: shard,
+            raw,
+            log,
+            dedup: DedupTable::new(cfg.dedup_producers_max),
+            pending_keys: HashMap::new(),
+            pending_at: HashMap::new(),
+            preferred_leader: cfg.voters[shard as usize % cfg.voters.len()],
+            rejoin: (cfg.rejoining && !single).then_some(Rejoin::default()),
+            ticks_since_balance: 0,
+            waiters: BTreeMap::new(),
+            deferred: Vec::new(),
+            deferred_max: cfg.proposal_queue_len.max(1),
+            last_compact: None,
+        })
+    }
+
     fn propose(
         &mut self,
         key: Option<DedupKey>,
@@ -1228,11 +1312,12 @@ impl Shard {
     /// Hands leadership to the preferred voter when it is healthy and has every entry, so
     /// leaders spread evenly and come back after a failure heals.
     fn balance(&mut self, me: u64) {
+        self.ticks_since_balance += 1;
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader
             || self.preferred_leader == me
             || raft.lead_transferee.is_some()
-            || self.last_balance.elapsed() < BALANCE_INTERVAL
+            || self.ticks_since_balance < BALANCE_TICKS
         {
             return;
         }
@@ -1242,7 +1327,7 @@ impl Shard {
             .get(self.preferred_leader)
             .is_some_and(|p| p.recent_active && p.matched == last);
         if ready && self.caught_up() {
-            self.last_balance = Instant::now();
+            self.ticks_since_balance = 0;
             tracing::info!(
                 shard = self.id,
                 to = self.preferred_leader,
@@ -1256,7 +1341,7 @@ impl Shard {
 /// One shard's committed log, shared with the indexer and the mirrors.
 pub struct ShardLog {
     shard: u32,
-    reader: WalReader,
+    reader: Box<dyn EntrySource>,
     watermark: AtomicU64,
     lock: Mutex<()>,
     cond: Condvar,
@@ -1271,10 +1356,14 @@ pub struct ShardLog {
 }
 
 impl ShardLog {
-    fn new(shard: u32, reader: WalReader, required: Arc<Mutex<Vec<String>>>) -> Self {
+    pub(crate) fn new(
+        shard: u32,
+        reader: impl EntrySource,
+        required: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
         ShardLog {
             shard,
-            reader,
+            reader: Box::new(reader),
             watermark: AtomicU64::new(0),
             lock: Mutex::new(()),
             cond: Condvar::new(),

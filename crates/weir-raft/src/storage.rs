@@ -14,6 +14,135 @@ use weir_wal::{SyncTicket, Wal, WalReader};
 use crate::codec::{self, Meta};
 use crate::{Error, Result};
 
+/// What the driver needs of a shard's log storage beyond `raft::Storage`: stage what a
+/// Ready carries, make it durable, and only then show it to raft. [`WalStorage`] is the
+/// real one; the simulator (`crate::sim`) has an in-memory one that can lose what was not
+/// yet durable.
+pub(crate) trait LogStore: raft::Storage + Send + 'static {
+    /// Completes when a flush is durable.
+    type Ticket: FlushTicket;
+    /// Stages one entry (a conflicting suffix is replaced). On error nothing was staged.
+    fn stage_entry(&mut self, e: &Entry) -> Result<()>;
+    /// Stages the hard state.
+    fn set_hard_state(&mut self, hs: &HardState);
+    /// Stages a new commit index.
+    fn set_commit(&mut self, commit: u64);
+    /// Whether a flush has anything to write.
+    fn needs_flush(&self) -> bool;
+    /// Starts making everything staged durable.
+    fn flush(&mut self) -> Result<Self::Ticket>;
+    /// After the flush is durable: shows the staged entries to raft.
+    fn commit_staged(&mut self);
+    /// Drops entries below `index` (already applied); returns bytes freed.
+    fn compact(&mut self, index: u64) -> Result<u64>;
+    /// Last durable index.
+    fn last(&self) -> u64;
+    /// Bytes on disk.
+    fn disk_bytes(&self) -> u64;
+}
+
+/// A flush in flight.
+pub(crate) trait FlushTicket {
+    /// Waits until it is durable.
+    fn wait(self) -> Result<()>;
+}
+
+impl FlushTicket for SyncTicket {
+    fn wait(self) -> Result<()> {
+        SyncTicket::wait(self).map_err(Error::from)
+    }
+}
+
+/// Where a [`crate::ShardLog`] reads committed entries from: the WAL's reader, or the
+/// simulator's memory.
+pub(crate) trait EntrySource: Send + Sync + 'static {
+    /// Encoded entries with `lo <= index <= hi`, stopping after `max_bytes`.
+    fn read_range(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Result<()>;
+    /// First index held, `None` when empty.
+    fn first_index(&self) -> Option<u64>;
+}
+
+impl EntrySource for WalReader {
+    fn read_range(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Result<()> {
+        WalReader::read_range(self, lo, hi, max_bytes, out).map_err(Error::from)
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        WalReader::first_index(self)
+    }
+}
+
+impl LogStore for WalStorage {
+    type Ticket = SyncTicket;
+
+    fn stage_entry(&mut self, e: &Entry) -> Result<()> {
+        WalStorage::stage_entry(self, e)
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) {
+        WalStorage::set_hard_state(self, hs)
+    }
+
+    fn set_commit(&mut self, commit: u64) {
+        WalStorage::set_commit(self, commit)
+    }
+
+    fn needs_flush(&self) -> bool {
+        WalStorage::needs_flush(self)
+    }
+
+    fn flush(&mut self) -> Result<SyncTicket> {
+        WalStorage::flush(self)
+    }
+
+    fn commit_staged(&mut self) {
+        WalStorage::commit_staged(self)
+    }
+
+    fn compact(&mut self, index: u64) -> Result<u64> {
+        WalStorage::compact(self, index)
+    }
+
+    fn last(&self) -> u64 {
+        WalStorage::last(self)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        WalStorage::disk_bytes(self)
+    }
+}
+
+/// A crash can leave entries of term T durable while the hard state written in the same
+/// round (a separate frame) was torn off, so the durable term is older than the log.
+/// raft-rs assumes term >= the last entry's term (it would, for one, answer a pre-vote
+/// with term 0 and abort). The term becomes T, and the vote in T is recorded as this node's
+/// own: it may have voted for someone in T before the crash, and must not vote for anyone
+/// else in T now (voting for itself grants no one anything).
+pub(crate) fn reconcile_term(shard: u32, hs: &mut HardState, last_term: u64, me: u64) {
+    if hs.term < last_term {
+        tracing::warn!(
+            shard,
+            term = hs.term,
+            last_term,
+            "the durable term is older than the log (a torn write): raised, vote withheld for that term"
+        );
+        hs.term = last_term;
+        hs.vote = me;
+    }
+}
+
 /// Bytes of recently persisted entries kept in memory per shard.
 const TAIL_CACHE_BYTES: usize = 16 << 20;
 
@@ -44,7 +173,7 @@ pub(crate) struct WalStorage {
 impl WalStorage {
     /// Opens the storage over `wal`, rebuilding the term of every entry by reading it (the
     /// one full scan of the log at start), and bootstraps `voters` on a fresh log.
-    pub(crate) fn open(shard: u32, wal: Wal, voters: &[u64]) -> Result<Self> {
+    pub(crate) fn open(shard: u32, me: u64, wal: Wal, voters: &[u64]) -> Result<Self> {
         let reader = wal.reader();
         let mut meta = match wal.meta() {
             Some(b) => codec::decode_meta(&b).map_err(|reason| Error::Corrupt {
@@ -102,6 +231,9 @@ impl WalStorage {
             // The WAL dropped segments below its first index after the meta was written
             // (compaction writes the meta first, then removes).
             meta.compacted_index = first - 1;
+        }
+        if let Some(&last_term) = terms.back() {
+            reconcile_term(shard, &mut meta.hard_state, last_term, me);
         }
         // Compacted entries were applied, hence committed: raft-rs requires
         // commit >= first_index - 1.

@@ -82,6 +82,8 @@ impl Peer {
 /// Every other member and the outbound raft transport.
 pub struct PeerLinks {
     me: u64,
+    /// When this process started (ns): the incarnation its raft batches carry.
+    incarnation: u64,
     peers: HashMap<u64, Arc<Peer>>,
     cluster_id: Arc<Mutex<String>>,
 }
@@ -95,6 +97,9 @@ impl PeerLinks {
     /// A peer address that is not a valid URI authority.
     pub fn new(cfg: &ClusterConfig, cluster_id: Arc<Mutex<String>>) -> anyhow::Result<Arc<Self>> {
         let mut peers = HashMap::new();
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         for m in cfg.nodes.iter().filter(|m| m.id != cfg.node_id) {
             let endpoint = Endpoint::from_shared(format!("http://{}", m.peer))
                 .map_err(|e| anyhow::anyhow!("cluster.nodes[id={}].peer {:?}: {e}", m.id, m.peer))?
@@ -123,11 +128,18 @@ impl PeerLinks {
                 dropped: AtomicU64::new(0),
             });
             for rx in receivers {
-                tokio::spawn(lane(peer.clone(), rx, cfg.node_id, cluster_id.clone()));
+                tokio::spawn(lane(
+                    peer.clone(),
+                    rx,
+                    cfg.node_id,
+                    incarnation,
+                    cluster_id.clone(),
+                ));
             }
             peers.insert(m.id, peer);
         }
         Ok(Arc::new(PeerLinks {
+            incarnation,
             me: cfg.node_id,
             peers,
             cluster_id,
@@ -137,6 +149,11 @@ impl PeerLinks {
     /// This node's id.
     pub fn me(&self) -> u64 {
         self.me
+    }
+
+    /// This process's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The peer with raft id `id`.
@@ -186,6 +203,7 @@ async fn lane(
     peer: Arc<Peer>,
     mut rx: mpsc::Receiver<(u32, Vec<u8>)>,
     me: u64,
+    incarnation: u64,
     cluster_id: Arc<Mutex<String>>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -208,6 +226,7 @@ async fn lane(
             cluster_id: cluster_id.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             from: me,
             messages,
+            incarnation,
         };
         let mut client = peer.client.clone();
         let mut req = tonic::Request::new(batch);
@@ -280,6 +299,7 @@ pub async fn agree_cluster_id(
                 cluster_id: local.clone().unwrap_or_default(),
                 from: links.me,
                 fresh: false,
+                incarnation: links.incarnation,
             });
             req.set_timeout(Duration::from_secs(2));
             match p.client.clone().hello(req).await {
@@ -359,6 +379,7 @@ pub async fn agree_cluster_id(
 /// up before they vote again.
 pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode>) {
     let mut pending: Vec<Arc<Peer>> = links.all().cloned().collect();
+    let mut targets = vec![(0u64, 0u64); raft.shard_count() as usize];
     while !pending.is_empty() {
         let mut still = Vec::new();
         for p in pending {
@@ -366,10 +387,17 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
                 cluster_id: links.cluster_id(),
                 from: links.me,
                 fresh: true,
+                incarnation: links.incarnation,
             });
             req.set_timeout(Duration::from_secs(2));
             match p.client.clone().hello(req).await {
                 Ok(r) if r.get_ref().ready => {
+                    let r = r.get_ref();
+                    for (t, (c, term)) in
+                        targets.iter_mut().zip(r.last_indexes.iter().zip(&r.terms))
+                    {
+                        *t = (t.0.max(*c), t.1.max(*term));
+                    }
                     tracing::info!(
                         peer = p.id,
                         "peer told that this node rejoins without its old data"
@@ -383,5 +411,5 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    raft.rejoin_confirmed();
+    raft.rejoin_confirmed(targets);
 }

@@ -71,7 +71,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let (stop, stop_rx) = watch::channel(false);
-        let local_id = read_node_file(&config)?;
+        let (local_id, was_rejoining) = read_node_file(&config)?;
         let metrics = Arc::new(Metrics::default());
         // On a cluster the peer service starts first: the others ask it for the cluster
         // id while this node agrees on it with them.
@@ -115,10 +115,12 @@ impl Node {
                 &stop_rx,
             )
             .await?;
-            rejoining = agreed.rejoining;
+            // A node that was rejoining when it stopped has not caught up yet: it rejoins
+            // again (the flag is durable for that reason).
+            rejoining = agreed.rejoining || was_rejoining;
             let id = agreed.cluster_id;
-            if local_id.is_none() {
-                write_node_file(&config, &id)?;
+            if local_id.is_none() || rejoining != was_rejoining {
+                write_node_file(&config, &id, rejoining)?;
             }
             *shared_id.lock().unwrap_or_else(|p| p.into_inner()) = id.clone();
             peer = Some((links, service, task, addr));
@@ -128,7 +130,7 @@ impl Node {
                 Some(id) => id,
                 None => {
                     let id = new_cluster_id();
-                    write_node_file(&config, &id)?;
+                    write_node_file(&config, &id, false)?;
                     id
                 }
             }
@@ -227,7 +229,28 @@ impl Node {
                 });
                 if rejoining {
                     if let Some(l) = &links {
-                        tokio::spawn(cluster::announce_fresh(l.clone(), raft.clone()));
+                        let (l, raft, config, id) =
+                            (l.clone(), raft.clone(), config.clone(), cluster_id.clone());
+                        tokio::spawn(async move {
+                            cluster::announce_fresh(l, raft.clone()).await;
+                            // Until every shard has caught up, a restart must rejoin again.
+                            while raft
+                                .health()
+                                .rejoining_shards
+                                .load(std::sync::atomic::Ordering::Acquire)
+                                > 0
+                            {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                            match write_node_file(&config, &id, false) {
+                                Ok(()) => tracing::info!(
+                                    "rejoined: every shard has caught up and votes again"
+                                ),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot record that the node rejoined")
+                                }
+                            }
+                        });
                     }
                 }
                 (Some(task), Some(addr))
@@ -351,7 +374,7 @@ impl Node {
 /// node that joins), which keeps a node from joining another cluster with its data and the
 /// Elasticsearch ids of a new cluster from colliding with those an old one left. Returns the
 /// id, `None` when the directory has none yet.
-fn read_node_file(config: &Config) -> anyhow::Result<Option<String>> {
+fn read_node_file(config: &Config) -> anyhow::Result<(Option<String>, bool)> {
     let path = config.data_dir.join("weir-node.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -366,17 +389,24 @@ fn read_node_file(config: &Config) -> anyhow::Result<Option<String>> {
                 config.data_dir.display(),
                 config.storage.shards
             );
-            Ok(v["cluster_id"].as_str().map(str::to_owned))
+            Ok((
+                v["cluster_id"].as_str().map(str::to_owned),
+                v["rejoining"].as_bool().unwrap_or(false),
+            ))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, false)),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
-/// Writes `weir-node.json` with the shard count and `cluster_id`.
-fn write_node_file(config: &Config, cluster_id: &str) -> anyhow::Result<()> {
+/// Writes `weir-node.json` with the shard count, `cluster_id` and whether the node is
+/// rejoining (it came back without its data and has not caught up yet).
+fn write_node_file(config: &Config, cluster_id: &str, rejoining: bool) -> anyhow::Result<()> {
     let path = config.data_dir.join("weir-node.json");
-    let body = serde_json::json!({ "format": 1, "shards": config.storage.shards, "cluster_id": cluster_id });
+    let mut body = serde_json::json!({ "format": 1, "shards": config.storage.shards, "cluster_id": cluster_id });
+    if rejoining {
+        body["rejoining"] = serde_json::Value::Bool(true);
+    }
     weir_wal::durable::atomic_write(&path, body.to_string().as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -38,6 +38,11 @@ pub struct PeerService {
     cluster_id: Arc<Mutex<String>>,
     backend: Arc<OnceLock<PeerBackend>>,
     links: Arc<PeerLinks>,
+    /// Per peer, the oldest incarnation whose raft batches are still accepted (raised when
+    /// the peer rejoins without its data). The lock also orders "raise, then forget"
+    /// against "check, then step", so no batch of an old incarnation reaches raft after the
+    /// forget.
+    incarnations: Arc<Mutex<std::collections::HashMap<u64, u64>>>,
 }
 
 impl PeerService {
@@ -55,6 +60,7 @@ impl PeerService {
             cluster_id,
             backend: Arc::new(OnceLock::new()),
             links,
+            incarnations: Arc::default(),
         }
     }
 
@@ -100,13 +106,19 @@ impl Peer for PeerService {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let backend = self.backend.get();
-        let mut forgotten = false;
+        let mut forgotten = None;
         if let (Some(b), true) = (backend, fresh) {
             if req.get_ref().cluster_id == ours {
-                let done = b.raft.forget_peer(from);
+                let done = {
+                    let mut inc = self.incarnations.lock().unwrap_or_else(|p| p.into_inner());
+                    let floor = inc.entry(from).or_insert(0);
+                    *floor = (*floor).max(req.get_ref().incarnation);
+                    b.raft.forget_peer(from)
+                };
                 forgotten = tokio::time::timeout(Duration::from_secs(2), done)
                     .await
-                    .is_ok_and(|r| r.is_ok());
+                    .ok()
+                    .and_then(Result::ok);
             }
         }
         Ok(Response::new(HelloResponse {
@@ -115,13 +127,23 @@ impl Peer for PeerService {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             shards: self.shards,
             has_data: backend.is_some_and(|b| b.raft.has_data()),
-            ready: backend.is_some() && (!fresh || forgotten),
+            ready: backend.is_some() && (!fresh || forgotten.is_some()),
+            last_indexes: forgotten.iter().flatten().map(|(c, _)| *c).collect(),
+            terms: forgotten.iter().flatten().map(|(_, t)| *t).collect(),
         }))
     }
 
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftBatchResponse>, Status> {
         let batch = req.into_inner();
         let backend = self.check(&batch.cluster_id, Some(batch.from))?;
+        let inc = self.incarnations.lock().unwrap_or_else(|p| p.into_inner());
+        if inc
+            .get(&batch.from)
+            .is_some_and(|floor| batch.incarnation < *floor)
+        {
+            // From the peer's life before it lost its data: what it acknowledged is gone.
+            return Ok(Response::new(RaftBatchResponse {}));
+        }
         for m in batch.messages {
             backend
                 .raft
