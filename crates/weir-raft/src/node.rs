@@ -373,7 +373,16 @@ impl RaftNode {
     /// shard moves to that term at once, withholding its vote in it (its old self may have
     /// voted in it), and votes again once it has committed that far.
     pub fn rejoin_confirmed(&self, targets: Vec<(u64, u64)>) {
-        let _ = self.tx.try_send(Input::RejoinConfirmed { targets });
+        // Not try_send: losing this would leave the node unable to vote until a restart.
+        let _ = self.tx.send(Input::RejoinConfirmed { targets });
+    }
+
+    /// Whether this replica of `shard` can serve reads as current: it is not rejoining and
+    /// has applied all but at most `max_lag` of what it knows is committed.
+    pub fn is_current(&self, shard: u32, max_lag: u64) -> bool {
+        let log = &self.logs[shard as usize];
+        !log.rejoining.load(Ordering::Acquire)
+            && log.commit.load(Ordering::Acquire) <= log.watermark() + max_lag
     }
 
     /// Whether some shard has applied entries here.
@@ -567,6 +576,9 @@ pub(crate) struct Shard<S: LogStore = WalStorage> {
     /// Ticks since leadership was last handed to the preferred leader (the raft layer's
     /// clock is its ticks, so that the simulator can drive it).
     ticks_since_balance: u64,
+    /// A peer that came back without its data, and the index it must hold before
+    /// leadership is handed to it (it neither votes nor campaigns until it caught up).
+    balance_hold: Option<(u64, u64)>,
     /// While rejoining with lost data (see [`NodeConfig::rejoining`]); `None` once caught
     /// up.
     pub(crate) rejoin: Option<Rejoin>,
@@ -621,6 +633,10 @@ pub(crate) struct Driver<S: LogStore = WalStorage> {
 const BALANCE_TICKS: u64 = 30;
 
 const MAX_INPUTS_PER_ROUND: usize = 8192;
+
+/// The cursor a leader moves to the last index every replica holds; on a cluster, no
+/// replica compacts past it (see `Input::Compact`).
+pub(crate) const REPLICAS_CURSOR: &str = "\u{1}replicas";
 
 /// A shard's WAL is compacted at most this often.
 const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
@@ -772,6 +788,23 @@ impl<S: LogStore> Driver<S> {
                     .min(applied + 1)
                     .min(s.log.cursor_floor())
                     .min(followers);
+                if s.raw.raft.state == StateRole::Leader && s.raw.raft.prs().iter().len() > 1 {
+                    // What every replica has: followers compact no further (through the
+                    // replicated cursor), so whoever leads next still has what a lagging
+                    // replica needs.
+                    let held = s
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .map(|(_, p)| p.matched)
+                        .min()
+                        .unwrap_or(0);
+                    if held > s.log.cursor(REPLICAS_CURSOR).unwrap_or(0) {
+                        let (reply, _) = oneshot::channel();
+                        s.propose_cursor(REPLICAS_CURSOR, held, reply);
+                    }
+                }
                 if below <= 1 {
                     return false;
                 }
@@ -797,13 +830,15 @@ impl<S: LogStore> Driver<S> {
                 if s.rejoin.is_some()
                     && matches!(
                         message.get_msg_type(),
-                        M::MsgRequestVote | M::MsgRequestPreVote
+                        M::MsgRequestVote | M::MsgRequestPreVote | M::MsgTimeoutNow
                     )
                 {
-                    // No vote while this node may lack what it once acknowledged.
+                    // No vote, and no campaign on a leader's hand-over, while this node may
+                    // lack what it once acknowledged.
                     return false;
                 }
                 let last = s.raw.raft.raft_log.last_index();
+                let committed = s.raw.raft.raft_log.committed;
                 if message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
                     && message.commit > last
                 {
@@ -816,7 +851,8 @@ impl<S: LogStore> Driver<S> {
                         last,
                         "heartbeat commit past this node's log, clamped"
                     );
-                    message.commit = last;
+                    // Not to `last`: entries past the commit were never checked against this leader.
+                    message.commit = committed;
                 }
                 if let Err(e) = s.raw.step(message) {
                     tracing::debug!(shard, error = %e, "raft message ignored");
@@ -842,6 +878,8 @@ impl<S: LogStore> Driver<S> {
             }
             Input::ForgetPeer { id, done } => {
                 for s in &mut self.shards {
+                    // Whoever leads later must not hand the shard to it before it caught up.
+                    s.balance_hold = Some((id, s.raw.raft.raft_log.last_index()));
                     if s.raw.raft.state != StateRole::Leader {
                         continue;
                     }
@@ -969,6 +1007,10 @@ impl<S: LogStore> Driver<S> {
             s.log
                 .leader_id
                 .store(s.raw.raft.leader_id, Ordering::Release);
+            s.log
+                .commit
+                .store(s.raw.raft.raft_log.committed, Ordering::Release);
+            s.log.rejoining.store(s.rejoin.is_some(), Ordering::Release);
         }
         Ok(())
     }
@@ -1055,6 +1097,7 @@ impl<S: LogStore> Shard<S> {
         logger: &slog::Logger,
     ) -> Result<Self> {
         let single = cfg.voters == [cfg.node_id];
+        log.replicated.store(!single, Ordering::Release);
         raft_cfg
             .validate()
             .map_err(|e| Error::Raft(e.to_string()))?;
@@ -1074,6 +1117,7 @@ impl<S: LogStore> Shard<S> {
             preferred_leader: cfg.voters[shard as usize % cfg.voters.len()],
             rejoin: (cfg.rejoining && !single).then_some(Rejoin::default()),
             ticks_since_balance: 0,
+            balance_hold: None,
             waiters: BTreeMap::new(),
             deferred: Vec::new(),
             deferred_max: cfg.proposal_queue_len.max(1),
@@ -1322,6 +1366,13 @@ impl<S: LogStore> Shard<S> {
             return;
         }
         let last = raft.raft_log.last_index();
+        let matched = raft.prs().get(self.preferred_leader).map(|p| p.matched);
+        if let Some((peer, until)) = self.balance_hold {
+            if peer == self.preferred_leader && matched.is_none_or(|m| m < until) {
+                return;
+            }
+            self.balance_hold = None;
+        }
         let ready = raft
             .prs()
             .get(self.preferred_leader)
@@ -1353,6 +1404,12 @@ pub struct ShardLog {
     leader: AtomicBool,
     /// Who led the shard as of the driver's last round, 0 when unknown.
     leader_id: AtomicU64,
+    /// The shard's commit index here as of the driver's last round.
+    commit: AtomicU64,
+    /// Whether this replica is still rejoining (it lacks data it once had).
+    rejoining: AtomicBool,
+    /// On a cluster: compaction also stops at [`REPLICAS_CURSOR`].
+    replicated: AtomicBool,
 }
 
 impl ShardLog {
@@ -1371,6 +1428,9 @@ impl ShardLog {
             required,
             leader: AtomicBool::new(false),
             leader_id: AtomicU64::new(0),
+            commit: AtomicU64::new(0),
+            rejoining: AtomicBool::new(false),
+            replicated: AtomicBool::new(false),
         }
     }
 
@@ -1407,8 +1467,14 @@ impl ShardLog {
     fn cursor_floor(&self) -> u64 {
         let required = self.required.lock().unwrap_or_else(|p| p.into_inner());
         let cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let replicas = self
+            .replicated
+            .load(Ordering::Acquire)
+            .then_some(REPLICAS_CURSOR);
         required
             .iter()
+            .map(String::as_str)
+            .chain(replicas)
             .map(|n| cursors.get(n).map_or(0, |p| p + 1))
             .min()
             .unwrap_or(u64::MAX)

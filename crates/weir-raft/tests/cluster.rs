@@ -2,6 +2,9 @@
 //! can cut a node off: replication, failover, a proposal's fate across a leader change,
 //! deduplication across leader changes, catch-up after a partition heals.
 
+mod common;
+
+use common::payloads;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -130,19 +133,6 @@ fn propose(c: &Cluster, shard: u32, key: Option<DedupKey>, data: &[u8]) -> weir_
         }
         assert!(Instant::now() < deadline, "proposal never committed");
     }
-}
-
-fn payloads(log: &dyn CommittedLog) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut next = 1;
-    let wm = log.watermark();
-    while next <= wm {
-        let got = log.read(next, wm, 1 << 20).unwrap();
-        let Some(last) = got.last() else { break };
-        next = last.index + 1;
-        out.extend(got.into_iter().map(|e| e.data));
-    }
-    out
 }
 
 /// Waits until every node's committed log of `shard` holds `want` in order.
@@ -282,4 +272,90 @@ fn a_restarted_follower_catches_up_from_the_log() {
     c.nodes[follower as usize - 1] = n;
     c.net.cut.lock().unwrap().clear();
     assert_replicated(&c, 0, &want);
+}
+
+#[test]
+fn no_replica_compacts_past_what_a_stopped_replica_holds_so_it_catches_up() {
+    let mut c = Cluster::start();
+    // 8 KiB that lz4 cannot shrink, so that 400 of them fill several 1 MiB segments.
+    let big = |i: usize| {
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let mut want = Vec::new();
+    for i in 0..200 {
+        propose(&c, 0, None, &big(i));
+        want.push(big(i));
+    }
+    assert_replicated(&c, 0, &want);
+    let leader = c.leader(0);
+    let down = (1..=3).find(|n| *n != leader).unwrap();
+    let node = c.nodes[down as usize - 1].clone();
+    c.net.nodes.lock().unwrap()[down as usize - 1] = None;
+    c.net.cut.lock().unwrap().insert(down);
+    node.shutdown();
+    drop(node);
+    for i in 200..400 {
+        propose(&c, 0, None, &big(i));
+        want.push(big(i));
+    }
+    // Everyone would compact everything indexed (1 MiB segments, 3 MiB written); the
+    // leader first records what every replica holds, and the followers wait for it.
+    let first_index =
+        |c: &Cluster, id: u64| rt().block_on(c.node(id).status()).unwrap()[0].first_index;
+    for round in 0..2 {
+        for id in (1..=3).filter(|n| *n != down) {
+            c.node(id).compact(0, u64::MAX);
+        }
+        if round == 0 {
+            // Compaction runs at most every 10 s per shard.
+            std::thread::sleep(Duration::from_millis(10_500));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let live: Vec<u64> = (1..=3).filter(|n| *n != down).collect();
+    assert!(
+        live.iter().any(|id| first_index(&c, *id) > 1),
+        "something was compacted (else this test proves nothing)"
+    );
+    for id in &live {
+        assert!(
+            first_index(&c, *id) <= 201,
+            "node {id} compacted past what the stopped replica holds: first index {}",
+            first_index(&c, *id)
+        );
+    }
+    let n = start_node(&c.net, c.dirs[down as usize - 1].path(), down);
+    c.nodes[down as usize - 1] = n;
+    c.net.cut.lock().unwrap().clear();
+    // The restarted replica catches up from the others' logs: it ends with the last 200.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = c.node(down).committed_log(0);
+        let (first, wm) = (log.first_index(), log.watermark());
+        let mut got = Vec::new();
+        let mut next = first;
+        while next <= wm {
+            let part = log.read(next, wm, 1 << 20).unwrap();
+            let Some(last) = part.last() else { break };
+            next = last.index + 1;
+            got.extend(part.into_iter().map(|e| e.data));
+        }
+        if got.len() >= 200 && got[got.len() - 200..] == want[200..] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica did not catch up: {} entries",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -2,6 +2,9 @@
 //! readable through `CommittedLog`, and survives a restart; idempotency keys hold across
 //! restarts.
 
+mod common;
+
+use common::payloads;
 use std::time::Duration;
 
 use weir_raft::{CommittedLog, DedupKey, Error, NodeConfig, RaftNode};
@@ -18,19 +21,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn payloads(log: &dyn CommittedLog) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut next = 1;
-    let wm = log.watermark();
-    while next <= wm {
-        let got = log.read(next, wm, 1 << 20).unwrap();
-        let Some(last) = got.last() else { break };
-        next = last.index + 1;
-        out.extend(got.into_iter().map(|e| e.data));
-    }
-    out
 }
 
 #[test]

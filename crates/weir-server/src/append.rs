@@ -251,6 +251,13 @@ async fn place(
                                     format!("shard {shard}'s leader (node {l}): {}", r.message),
                                 ))
                             }
+                            // The leader stopped: the piece may be in its log already.
+                            F::Stopped if key.is_none() => {
+                                return Err(ApiError::new(
+                                    ErrorKind::Unavailable,
+                                    format!("shard {shard}'s leader (node {l}) stopped while committing the batch; it may be stored: send a producer_id and sequence so that retries are safe"),
+                                ))
+                            }
                             F::Stopped => {}
                             F::SequenceTooOld => return Err(ApiError::invalid(r.message)),
                             F::Other => {
@@ -263,7 +270,9 @@ async fn place(
                     }
                     Err(status) => {
                         peer.failed(status.message());
-                        if key.is_none() && status.code() != tonic::Code::Unavailable {
+                        // A reset connection also reads UNAVAILABLE: without a key nothing
+                        // tells whether the leader got the batch, so it is not sent again.
+                        if key.is_none() {
                             return Err(ApiError::new(
                                 ErrorKind::Unavailable,
                                 format!("forwarding to shard {shard}'s leader (node {l}) failed: {}; the batch may be stored: send a producer_id and sequence so that retries are safe", status.message()),

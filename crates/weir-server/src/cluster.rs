@@ -259,7 +259,7 @@ async fn lane(
 pub struct Agreement {
     /// The cluster id.
     pub cluster_id: String,
-    /// This node has no data but the cluster has some: it rejoins (see
+    /// This node has no data and the cluster exists: it rejoins (see
     /// `weir_raft::NodeConfig::rejoining`) and must tell the leaders to forget its old log
     /// ([`announce_fresh`]).
     pub rejoining: bool,
@@ -293,7 +293,6 @@ pub async fn agree_cluster_id(
     loop {
         let mut seen: Vec<(u64, String)> = Vec::new();
         let mut reached = 0usize;
-        let mut peers_have_data = false;
         for p in links.all() {
             let mut req = tonic::Request::new(HelloRequest {
                 cluster_id: local.clone().unwrap_or_default(),
@@ -315,7 +314,6 @@ pub async fn agree_cluster_id(
                         p.member.peer,
                         r.shards
                     );
-                    peers_have_data |= r.has_data;
                     if !r.cluster_id.is_empty() {
                         seen.push((p.id, r.cluster_id));
                     }
@@ -340,10 +338,13 @@ pub async fn agree_cluster_id(
                     "nodes {id} and {other} belong to different clusters ({first} and {theirs}); fix cluster.nodes"
                 );
             }
-            tracing::info!(cluster_id = %first, rejoining = peers_have_data, "joining the cluster");
+            // Whether the peers have data cannot be told reliably (a peer still opening its
+            // log reports none), so a node without data always rejoins; on a new cluster
+            // that costs nothing (there is nothing to catch up on).
+            tracing::info!(cluster_id = %first, "joining the cluster without data: rejoining");
             return Ok(Agreement {
                 cluster_id: first.clone(),
-                rejoining: peers_have_data,
+                rejoining: true,
             });
         }
         if links.me == lowest && reached == links.peers.len() {

@@ -359,11 +359,34 @@ async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
 /// shard has no leader (no quorum: appends to it fail); `failed` when this node's raft
 /// layer stopped.
 async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Value>, HttpError> {
-    let local = st
-        .raft
-        .status()
-        .await
-        .map_err(|e| ApiError::new(weir_proto::ErrorKind::Unavailable, e.to_string()))?;
+    let h = st.raft.health();
+    let local =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), st.raft.status()).await {
+            Ok(Ok(l)) => l,
+            other => {
+                // The raft thread did not answer: stopped, or stuck retrying a full disk.
+                let failed = h.failed.load(std::sync::atomic::Ordering::Acquire);
+                let why = if failed {
+                    h.failure
+                        .lock()
+                        .map(|f| f.clone().unwrap_or_default())
+                        .unwrap_or_default()
+                } else if h.disk_full.load(std::sync::atomic::Ordering::Acquire) {
+                    "the disk is full".to_owned()
+                } else {
+                    match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the raft thread did not answer within 2 s".to_owned(),
+                    }
+                };
+                return Ok(Json(serde_json::json!({
+                    "cluster_id": st.cluster_id,
+                    "node_id": st.raft.node_id(),
+                    "health": if failed { "failed" } else { "degraded" },
+                    "reason": why,
+                })));
+            }
+        };
     let me = st.raft.node_id();
     // Every node's view of every shard: (node, shard) -> (leader, term, commit, applied).
     let mut views: Vec<(u64, Vec<weir_proto::v1::ShardStatusProto>)> = vec![(

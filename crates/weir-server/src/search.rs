@@ -182,7 +182,8 @@ impl Searcher {
     }
 
     /// Whether this node's replica of `shard` can answer: its indexer runs and, on a
-    /// cluster, it knows the shard's leader (it is not cut off from the others).
+    /// cluster, it knows the shard's leader (it is not cut off from the others), is not
+    /// rejoining and has applied all but 10,000 entries of what it knows is committed.
     fn live_here(&self, shard: u32) -> bool {
         let Some(c) = &self.cluster else {
             return true;
@@ -191,7 +192,8 @@ impl Searcher {
             .lock()
             .map(|g| g.is_some())
             .unwrap_or(true);
-        !failed && c.raft.leader_of(shard).is_some()
+        // A replica rejoining without its data, or far behind, answers from elsewhere.
+        !failed && c.raft.leader_of(shard).is_some() && c.raft.is_current(shard, 10_000)
     }
 
     /// For each shard not live here, the peers to ask, best first: the shard's leader,
