@@ -269,7 +269,6 @@ impl Cluster {
 
     /// SIGKILL: the node dies without a chance to flush anything.
     pub fn kill(&mut self, id: u64) {
-        self.faults.push(format!("SIGKILL node {id}"));
         let n = &mut self.nodes[id as usize - 1];
         if let Some(mut c) = n.child.take() {
             let _ = c.kill();
@@ -279,7 +278,6 @@ impl Cluster {
 
     /// SIGSTOP: the node freezes (its peers see it time out; its sockets stay open).
     pub fn pause(&mut self, id: u64) {
-        self.faults.push(format!("SIGSTOP node {id}"));
         self.signal(id, libc::SIGSTOP);
         self.nodes[id as usize - 1].paused = true;
     }
@@ -297,7 +295,6 @@ impl Cluster {
 
     /// Deletes the data directory of a killed node.
     pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
-        self.faults.push(format!("wiped node {id}"));
         let n = &self.nodes[id as usize - 1];
         anyhow::ensure!(n.child.is_none(), "wipe a node only after killing it");
         match std::fs::remove_dir_all(&n.data) {
@@ -308,7 +305,6 @@ impl Cluster {
 
     /// Cuts node `id` off from every other node and from clients.
     pub fn isolate(&mut self, id: u64) {
-        self.faults.push(format!("partition isolating node {id}"));
         for ((from, to), p) in &self.links {
             if *from == id || *to == id {
                 p.block();
@@ -652,15 +648,15 @@ pub fn judge(node: u64, counts: &HashMap<String, usize>, ledger: &Ledger) -> Ver
 
 /// Reads every running node's copy until each is clean or `timeout` passes (replicas
 /// catch up and index in the meantime); returns the last verdict of each node.
-pub async fn check(cluster: &Cluster, ledger: &Ledger, timeout: Duration) -> Vec<Verdict> {
+pub async fn check(cluster: &impl Faults, ledger: &Ledger, timeout: Duration) -> Vec<Verdict> {
     let deadline = Instant::now() + timeout;
     let mut verdicts = Vec::new();
-    for n in cluster.nodes.iter().filter(|n| n.child.is_some()) {
+    for (id, http) in cluster.running_http() {
         loop {
-            let v = match read_all(n.http).await {
-                Ok(counts) => judge(n.id, &counts, ledger),
+            let v = match read_all(http).await {
+                Ok(counts) => judge(id, &counts, ledger),
                 Err(e) => Verdict {
-                    node: n.id,
+                    node: id,
                     lost: vec![format!("(search failed: {e})")],
                     ..Default::default()
                 },
@@ -682,11 +678,11 @@ pub async fn check(cluster: &Cluster, ledger: &Ledger, timeout: Duration) -> Vec
 }
 
 /// The one-paragraph summary of a run.
-pub fn summary(cluster: &Cluster, ledger: &Ledger, verdicts: &[Verdict]) -> String {
+pub fn summary(faults: &[String], ledger: &Ledger, verdicts: &[Verdict]) -> String {
     let mut s = format!(
         "faults injected: {}\n{}\nbatches acked: {} ({} records), given up: {} ({} records, may or may not be stored)\nlongest gap between two acks of one writer: {:.2} s\n",
-        cluster.faults.len(),
-        cluster.faults.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"),
+        faults.len(),
+        faults.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"),
         ledger.batches_acked,
         ledger.acked.len(),
         ledger.batches_given_up,
@@ -716,34 +712,148 @@ pub fn summary(cluster: &Cluster, ledger: &Ledger, verdicts: &[Verdict]) -> Stri
     s
 }
 
-/// One round of every fault, while `ledger`'s writers run: SIGKILL of shard 0's leader and
-/// its restart, SIGSTOP/SIGCONT of a node, a partition isolating a node, and a node killed,
+/// What a fault round needs of a cluster: the loopback [`Cluster`] of processes, or the
+/// compose cluster ([`DockerCluster`]).
+pub trait Faults {
+    /// Members, ids `1..=n`.
+    fn members(&self) -> u64;
+    /// HTTP addresses of the nodes that run (not killed), by id.
+    fn running_http(&self) -> Vec<(u64, SocketAddr)>;
+    /// Faults injected so far.
+    fn injected(&mut self) -> &mut Vec<String>;
+    /// SIGKILL.
+    fn kill_node(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Starts a killed node again (empty after [`Faults::wipe_node`]).
+    fn restart_node(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Freezes a node.
+    fn pause_node(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Thaws it.
+    fn resume_node(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Cuts a node off from its peers and its clients.
+    fn isolate_node(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Undoes every partition.
+    fn heal_all(&mut self) -> anyhow::Result<()>;
+    /// Deletes a killed node's data.
+    fn wipe_node(&mut self, id: u64) -> anyhow::Result<()>;
+}
+
+impl Faults for Cluster {
+    fn members(&self) -> u64 {
+        self.nodes.len() as u64
+    }
+    fn running_http(&self) -> Vec<(u64, SocketAddr)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| (n.id, n.http))
+            .collect()
+    }
+    fn injected(&mut self) -> &mut Vec<String> {
+        &mut self.faults
+    }
+    fn kill_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id);
+        Ok(())
+    }
+    fn restart_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.restart(id)
+    }
+    fn pause_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.pause(id);
+        Ok(())
+    }
+    fn resume_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.resume(id);
+        Ok(())
+    }
+    fn isolate_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.isolate(id);
+        Ok(())
+    }
+    fn heal_all(&mut self) -> anyhow::Result<()> {
+        self.heal();
+        Ok(())
+    }
+    fn wipe_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.wipe(id)
+    }
+}
+
+/// `GET /api/v1/cluster` of the node at `http`.
+pub async fn status_of(http: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{http}/api/v1/cluster"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await?;
+    Ok(r.json().await?)
+}
+
+/// The node leading `shard`, as any answering node reports it.
+pub async fn leader_of(c: &impl Faults, shard: u32) -> Option<u64> {
+    for (_, http) in c.running_http() {
+        if let Ok(s) = status_of(http).await {
+            let l = s["shards"][shard as usize]["leader"].as_u64().unwrap_or(0);
+            if l != 0 {
+                return Some(l);
+            }
+        }
+    }
+    None
+}
+
+/// Waits until a running node reports health `ok`.
+pub async fn wait_healthy(c: &impl Faults, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        for (id, http) in c.running_http() {
+            match status_of(http).await {
+                Ok(s) if s["health"] == "ok" => return Ok(()),
+                Ok(s) => last = format!("node {id}: health {}", s["health"]),
+                Err(e) => last = format!("node {id}: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("cluster not healthy within {timeout:?}: {last}")
+}
+
+/// One round of every fault, while writers run: SIGKILL of shard 0's leader and its
+/// restart, a node frozen and thawed, a partition isolating a node, and a node killed,
 /// wiped and restarted empty. `hold` is how long each fault lasts.
-pub async fn fault_round(c: &mut Cluster, round: u64, hold: Duration) -> anyhow::Result<()> {
-    let n = c.nodes.len() as u64;
-    let leader = c.leader_of(0).await.unwrap_or(1);
-    c.kill(leader);
+pub async fn fault_round(c: &mut impl Faults, round: u64, hold: Duration) -> anyhow::Result<()> {
+    let n = c.members();
+    let healthy = Duration::from_secs(90);
+    let leader = leader_of(c, 0).await.unwrap_or(1);
+    c.injected()
+        .push(format!("SIGKILL node {leader} (leader of shard 0)"));
+    c.kill_node(leader)?;
     tokio::time::sleep(hold).await;
-    c.restart(leader)?;
-    c.wait_healthy(Duration::from_secs(60)).await?;
+    c.restart_node(leader)?;
+    wait_healthy(c, healthy).await?;
 
     let victim = (round + 1) % n + 1;
-    c.pause(victim);
+    c.injected().push(format!("froze node {victim}"));
+    c.pause_node(victim)?;
     tokio::time::sleep(hold).await;
-    c.resume(victim);
-    c.wait_healthy(Duration::from_secs(60)).await?;
+    c.resume_node(victim)?;
+    wait_healthy(c, healthy).await?;
 
     let victim = (round + 2) % n + 1;
-    c.isolate(victim);
+    c.injected()
+        .push(format!("partition isolating node {victim}"));
+    c.isolate_node(victim)?;
     tokio::time::sleep(hold).await;
-    c.heal();
-    c.wait_healthy(Duration::from_secs(60)).await?;
+    c.heal_all()?;
+    wait_healthy(c, healthy).await?;
 
     let victim = round % n + 1;
-    c.kill(victim);
-    c.wipe(victim)?;
-    c.restart(victim)?;
-    c.wait_healthy(Duration::from_secs(60)).await?;
+    c.injected().push(format!("wiped node {victim}"));
+    c.kill_node(victim)?;
+    c.wipe_node(victim)?;
+    c.restart_node(victim)?;
+    wait_healthy(c, healthy).await?;
     Ok(())
 }
 
@@ -785,3 +895,6 @@ pub fn judge_mirror(backend: &'static str, bodies: Vec<String>, ledger: &Ledger)
         phantom: v.phantom,
     }
 }
+
+mod docker;
+pub use docker::DockerCluster;

@@ -47,7 +47,7 @@ async fn every_acknowledged_record_survives_every_fault_exactly_once_on_every_no
         ledger.batches_acked
     );
     let verdicts = check(&cluster, &ledger, Duration::from_secs(60)).await;
-    let report = summary(&cluster, &ledger, &verdicts);
+    let report = summary(&cluster.faults, &ledger, &verdicts);
     println!("{report}");
     assert_eq!(verdicts.len(), 3, "every node was checked");
     // The mirrors run on each shard's leader and resume from the cursor in raft after

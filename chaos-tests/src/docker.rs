@@ -1,0 +1,186 @@
+//! The compose cluster of `docker/` as a target of the same faults: containers killed
+//! (`SIGKILL`), frozen (`docker pause`, the cgroup freezer), disconnected from the compose
+//! network (a partition from peers and from clients, whose port mappings go through it),
+//! and removed with their data volume.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::Faults;
+
+/// A running `docker compose` project of `docker/docker-compose.yml`.
+pub struct DockerCluster {
+    project: String,
+    file: PathBuf,
+    compose: Vec<String>,
+    killed: HashSet<u64>,
+    isolated: HashSet<u64>,
+    /// Faults injected so far.
+    pub faults: Vec<String>,
+}
+
+/// Node `id`'s published HTTP and gRPC ports (see docker-compose.yml).
+fn ports(id: u64) -> (u16, u16) {
+    let base = 24307 + 10 * id as u16;
+    (base + 1, base)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl DockerCluster {
+    /// The compose command here (`docker compose` or `docker-compose`), if a Docker engine
+    /// answers.
+    pub fn compose_command() -> Option<Vec<String>> {
+        let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+        if !ok(Command::new("docker").arg("info")) {
+            return None;
+        }
+        if ok(Command::new("docker").args(["compose", "version"])) {
+            Some(vec!["docker".into(), "compose".into()])
+        } else if ok(Command::new("docker-compose").arg("version")) {
+            Some(vec!["docker-compose".into()])
+        } else {
+            None
+        }
+    }
+
+    /// Starts the project (the image `weir:dev` must exist: `docker/build.sh`).
+    pub async fn start(file: &Path) -> anyhow::Result<DockerCluster> {
+        let compose = Self::compose_command().context("no Docker engine or compose here")?;
+        let c = DockerCluster {
+            project: format!("weir-chaos-{}", std::process::id()),
+            file: file.to_path_buf(),
+            compose,
+            killed: HashSet::new(),
+            isolated: HashSet::new(),
+            faults: Vec::new(),
+        };
+        c.dc(&["up", "-d"])?;
+        crate::wait_healthy(&c, std::time::Duration::from_secs(90)).await?;
+        Ok(c)
+    }
+
+    fn dc(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.compose[0]);
+        cmd.args(&self.compose[1..])
+            .args(["-p", &self.project, "-f"])
+            .arg(&self.file)
+            .args(args);
+        run(&mut cmd)
+    }
+
+    fn container(&self, id: u64) -> anyhow::Result<String> {
+        self.dc(&["ps", "-q", &format!("weir{id}")])
+    }
+
+    fn network(&self) -> String {
+        format!("{}_default", self.project)
+    }
+
+    /// gRPC addresses clients use, by node id.
+    pub fn client_addrs(&self) -> Vec<String> {
+        (1..=3)
+            .map(|id| format!("http://127.0.0.1:{}", ports(id).1))
+            .collect()
+    }
+
+    /// The containers' logs, for a failure message.
+    pub fn logs(&self) -> String {
+        self.dc(&["logs", "--no-color", "--tail", "30"])
+            .unwrap_or_default()
+    }
+}
+
+impl Faults for DockerCluster {
+    fn members(&self) -> u64 {
+        3
+    }
+
+    fn running_http(&self) -> Vec<(u64, SocketAddr)> {
+        (1..=3)
+            .filter(|id| !self.killed.contains(id))
+            .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], ports(id).0))))
+            .collect()
+    }
+
+    fn injected(&mut self) -> &mut Vec<String> {
+        &mut self.faults
+    }
+
+    fn kill_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.dc(&["kill", "-s", "SIGKILL", &format!("weir{id}")])?;
+        self.killed.insert(id);
+        Ok(())
+    }
+
+    fn restart_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.dc(&["up", "-d", &format!("weir{id}")])?;
+        self.killed.remove(&id);
+        Ok(())
+    }
+
+    fn pause_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.dc(&["pause", &format!("weir{id}")]).map(drop)
+    }
+
+    fn resume_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.dc(&["unpause", &format!("weir{id}")]).map(drop)
+    }
+
+    fn isolate_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let c = self.container(id)?;
+        run(Command::new("docker").args(["network", "disconnect", &self.network(), &c]))?;
+        self.isolated.insert(id);
+        Ok(())
+    }
+
+    fn heal_all(&mut self) -> anyhow::Result<()> {
+        for id in std::mem::take(&mut self.isolated) {
+            let c = self.container(id)?;
+            // The alias is the service name, as compose gave it.
+            run(Command::new("docker").args([
+                "network",
+                "connect",
+                "--alias",
+                &format!("weir{id}"),
+                &self.network(),
+                &c,
+            ]))?;
+        }
+        Ok(())
+    }
+
+    fn wipe_node(&mut self, id: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.killed.contains(&id),
+            "wipe a node only after killing it"
+        );
+        self.dc(&["rm", "-f", &format!("weir{id}")])?;
+        run(Command::new("docker").args([
+            "volume",
+            "rm",
+            &format!("{}_weir{id}-data", self.project),
+        ]))?;
+        Ok(())
+    }
+}
+
+impl Drop for DockerCluster {
+    fn drop(&mut self) {
+        let _ = self.dc(&["down", "-v"]);
+    }
+}
