@@ -349,7 +349,51 @@ async fn readyz(State(st): State<Arc<NodeState>>) -> Response {
 async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
     let mut out = st.metrics.render();
     st.mirror.render_metrics(&mut out);
+    render_cluster_metrics(&st, &mut out);
     ([("content-type", "text/plain; version=0.0.4")], out)
+}
+
+/// Shard leadership and, on a cluster, the peers, in the Prometheus text format.
+fn render_cluster_metrics(st: &NodeState, out: &mut String) {
+    use std::fmt::Write as _;
+    let me = st.raft.node_id();
+    let _ = writeln!(out, "# HELP weir_raft_shard_leader Whether this node leads the shard.\n# TYPE weir_raft_shard_leader gauge");
+    for shard in 0..st.raft.shard_count() {
+        let leads = st.raft.leader_of(shard) == Some(me);
+        let _ = writeln!(
+            out,
+            "weir_raft_shard_leader{{shard=\"{shard}\"}} {}",
+            u8::from(leads)
+        );
+    }
+    let _ = writeln!(out, "# HELP weir_raft_shard_has_leader Whether this node knows a leader of the shard (0: an election is under way or this node is cut off).\n# TYPE weir_raft_shard_has_leader gauge");
+    for shard in 0..st.raft.shard_count() {
+        let known = st.raft.leader_of(shard).is_some();
+        let _ = writeln!(
+            out,
+            "weir_raft_shard_has_leader{{shard=\"{shard}\"}} {}",
+            u8::from(known)
+        );
+    }
+    let Some(links) = &st.links else { return };
+    let _ = writeln!(out, "# HELP weir_peer_up Whether the last exchange with the peer worked.\n# TYPE weir_peer_up gauge");
+    for p in links.all() {
+        let _ = writeln!(
+            out,
+            "weir_peer_up{{peer=\"{}\"}} {}",
+            p.id,
+            u8::from(p.is_up())
+        );
+    }
+    let _ = writeln!(out, "# HELP weir_peer_raft_messages_dropped_total Raft messages dropped because the peer's queue was full (raft resends).\n# TYPE weir_peer_raft_messages_dropped_total counter");
+    for p in links.all() {
+        let _ = writeln!(
+            out,
+            "weir_peer_raft_messages_dropped_total{{peer=\"{}\"}} {}",
+            p.id,
+            p.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
 }
 
 /// `GET /api/v1/cluster`: every node (up or down, addresses, version), every shard (leader,

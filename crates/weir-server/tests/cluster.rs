@@ -198,6 +198,30 @@ async fn an_append_to_any_node_is_found_by_a_search_on_every_node() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Every shard is led by exactly one node, as the nodes' metrics say, and every peer
+    // is up.
+    let mut leaders = vec![0; 2];
+    for m in &members {
+        let text = reqwest::get(format!("{}/metrics", http(m)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for (shard, n) in leaders.iter_mut().enumerate() {
+            if text.contains(&format!("weir_raft_shard_leader{{shard=\"{shard}\"}} 1")) {
+                *n += 1;
+            }
+        }
+        assert_eq!(text.matches("weir_peer_up{").count(), 2, "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("weir_peer_up") && l.ends_with(" 0")),
+            "{text}"
+        );
+    }
+    assert_eq!(leaders, vec![1, 1], "one leader per shard");
     for mut m in members {
         m.node.take().unwrap().shutdown().await.unwrap();
     }
