@@ -883,15 +883,20 @@ impl<S: LogStore> Driver<S> {
                     if s.raw.raft.state != StateRole::Leader {
                         continue;
                     }
+                    let last = s.raw.raft.raft_log.last_index();
                     if let Some(pr) = s.raw.raft.mut_prs().get_mut(id) {
                         tracing::info!(
                             shard = s.id,
                             peer = id,
                             matched = pr.matched,
-                            "peer lost its data: its log is probed from the start"
+                            "peer lost its data: its acknowledgements no longer count"
                         );
                         pr.matched = 0;
                         pr.become_probe();
+                        // Probed from the end: its rejection says where its log ends, so a
+                        // node seeded with a copy of another's data resumes from there
+                        // (an empty one backs off to index 1).
+                        pr.next_idx = last + 1;
                     }
                 }
                 let commits = self

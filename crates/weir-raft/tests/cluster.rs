@@ -46,7 +46,12 @@ struct Cluster {
 const SHARDS: u32 = 2;
 
 fn start_node(net: &Arc<Net>, dir: &std::path::Path, id: u64) -> Arc<RaftNode> {
+    start_node_as(net, dir, id, false)
+}
+
+fn start_node_as(net: &Arc<Net>, dir: &std::path::Path, id: u64, rejoining: bool) -> Arc<RaftNode> {
     let mut c = NodeConfig::single(dir);
+    c.rejoining = rejoining;
     c.node_id = id;
     c.voters = vec![1, 2, 3];
     c.shard_count = SHARDS;
@@ -277,18 +282,8 @@ fn a_restarted_follower_catches_up_from_the_log() {
 #[test]
 fn no_replica_compacts_past_what_a_stopped_replica_holds_so_it_catches_up() {
     let mut c = Cluster::start();
-    // 8 KiB that lz4 cannot shrink, so that 400 of them fill several 1 MiB segments.
-    let big = |i: usize| {
-        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..8192)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect::<Vec<u8>>()
-    };
+    // 400 of them fill several 1 MiB segments.
+    let big = incompressible;
     let mut want = Vec::new();
     for i in 0..200 {
         propose(&c, 0, None, &big(i));
@@ -358,4 +353,107 @@ fn no_replica_compacts_past_what_a_stopped_replica_holds_so_it_catches_up() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// 8 KiB that lz4 cannot shrink.
+fn incompressible(i: usize) -> Vec<u8> {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..8192)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_seeded_with_a_copy_of_a_peers_data_rejoins_after_the_logs_were_compacted() {
+    let mut c = Cluster::start();
+    for i in 0..400 {
+        propose(&c, 0, None, &incompressible(i));
+    }
+    // Compact everywhere (twice: the followers wait for the leader's record of what every
+    // replica holds; compaction runs at most every 10 s per shard).
+    for round in 0..2 {
+        for id in 1..=3 {
+            c.node(id).compact(0, u64::MAX);
+        }
+        if round == 0 {
+            std::thread::sleep(Duration::from_millis(10_500));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let first = |c: &Cluster, id: u64| c.node(id).committed_log(0).first_index();
+    assert!(
+        (1..=3).all(|id| first(&c, id) > 1),
+        "every log was compacted"
+    );
+    // Node `lost` loses its disk. Without snapshots an empty node could not catch up now;
+    // seeded with a copy of a stopped peer's data it can, as a rejoining node.
+    let leader = c.leader(0);
+    let lost = (1..=3).find(|n| *n != leader).unwrap();
+    let donor = (1..=3).find(|n| *n != leader && *n != lost).unwrap();
+    for id in [lost, donor] {
+        let node = c.nodes[id as usize - 1].clone();
+        c.net.nodes.lock().unwrap()[id as usize - 1] = None;
+        c.net.cut.lock().unwrap().insert(id);
+        node.shutdown();
+    }
+    let lost_dir = c.dirs[lost as usize - 1].path().to_path_buf();
+    std::fs::remove_dir_all(&lost_dir).unwrap();
+    copy_dir(c.dirs[donor as usize - 1].path(), &lost_dir);
+    c.nodes[donor as usize - 1] = start_node(&c.net, c.dirs[donor as usize - 1].path(), donor);
+    c.nodes[lost as usize - 1] = start_node_as(&c.net, &lost_dir, lost, true);
+    c.net.cut.lock().unwrap().clear();
+    // What the peer service does for a rejoining node: every peer forgets its old log and
+    // reports how far it must catch up.
+    let mut targets = vec![(0u64, 0u64); SHARDS as usize];
+    for id in (1..=3).filter(|n| *n != lost) {
+        let reported = rt().block_on(c.node(id).forget_peer(lost)).unwrap();
+        for (t, r) in targets.iter_mut().zip(reported) {
+            *t = (t.0.max(r.0), t.1.max(r.1));
+        }
+    }
+    c.node(lost).rejoin_confirmed(targets);
+    for i in 400..420 {
+        propose(&c, 0, None, &incompressible(i));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = c.node(lost).committed_log(0);
+        let wm = log.watermark();
+        let tail = log.read(wm, wm, 1 << 20).unwrap();
+        let rejoining = c
+            .node(lost)
+            .health()
+            .rejoining_shards
+            .load(std::sync::atomic::Ordering::Acquire);
+        if tail.last().map(|e| &e.data) == Some(&incompressible(419)) && rejoining == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seeded node did not catch up (watermark {wm}, shards rejoining {rejoining})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        first(&c, lost) > 1,
+        "it resumed from the copy, not from index 1"
+    );
 }

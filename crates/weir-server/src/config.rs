@@ -57,6 +57,10 @@ pub struct ClusterConfig {
     /// Raft messages queued toward one peer at most (per lane); past it they are dropped
     /// and raft retransmits.
     pub peer_queue_len: usize,
+    /// Start as a rejoining node (`weir server --rejoin`): the data directory is a copy of
+    /// another member's, not this node's own (docs/cluster.md). Not a file key.
+    #[serde(skip)]
+    pub rejoin: bool,
 }
 
 impl Default for ClusterConfig {
@@ -66,6 +70,7 @@ impl Default for ClusterConfig {
             peer_addr: "0.0.0.0:4319".parse().expect("literal address"),
             nodes: Vec::new(),
             peer_queue_len: 4096,
+            rejoin: false,
         }
     }
 }

@@ -117,7 +117,7 @@ impl Node {
             .await?;
             // A node that was rejoining when it stopped has not caught up yet: it rejoins
             // again (the flag is durable for that reason).
-            rejoining = agreed.rejoining || was_rejoining;
+            rejoining = agreed.rejoining || was_rejoining || config.cluster.rejoin;
             let id = agreed.cluster_id;
             if local_id.is_none() || rejoining != was_rejoining {
                 write_node_file(&config, &id, rejoining)?;

@@ -36,6 +36,10 @@ enum Command {
         /// Overrides http_addr.
         #[arg(long)]
         http_addr: Option<std::net::SocketAddr>,
+        /// The data directory is a copy of another member's (a replacement for lost data):
+        /// rejoin without voting until caught up (docs/cluster.md).
+        #[arg(long)]
+        rejoin: bool,
     },
     /// Send lines (from FILE or stdin) as log records, in batches.
     Push(PushArgs),
@@ -370,6 +374,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 grpc_addr,
                 http_addr,
+                rejoin,
             } => {
                 let mut cfg = match config {
                     Some(p) => Config::from_file(&p)?,
@@ -384,6 +389,7 @@ fn main() -> anyhow::Result<()> {
                 if let Some(a) = http_addr {
                     cfg.http_addr = a;
                 }
+                cfg.cluster.rejoin = rejoin;
                 weir_server::run(cfg, shutdown_signal()).await
             }
             Command::Push(args) => push(args).await,
