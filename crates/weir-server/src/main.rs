@@ -93,6 +93,10 @@ enum Command {
         /// Shards (only used when the cluster is created).
         #[arg(long, default_value_t = 4)]
         shards: u32,
+        /// A TOML file appended to every node's configuration (tables only, such as
+        /// `[[mirror.sinks]]`).
+        #[arg(long)]
+        extra_config: Option<PathBuf>,
     },
     /// Dead-letter logs of the mirrors: records a backend refused for good.
     Dlq {
@@ -400,7 +404,8 @@ fn main() -> anyhow::Result<()> {
                 base_port,
                 nodes,
                 shards,
-            } => dev_cluster(dir, base_port, nodes, shards).await,
+                extra_config,
+            } => dev_cluster(dir, base_port, nodes, shards, extra_config).await,
             Command::Query {
                 addr,
                 tenant,
@@ -464,8 +469,19 @@ fn main() -> anyhow::Result<()> {
 
 /// Runs `nodes` child processes of this binary as a loopback cluster until Ctrl-C or
 /// SIGTERM, then stops them with SIGTERM (each shuts down gracefully).
-async fn dev_cluster(dir: PathBuf, base: u16, nodes: u64, shards: u32) -> anyhow::Result<()> {
+async fn dev_cluster(
+    dir: PathBuf,
+    base: u16,
+    nodes: u64,
+    shards: u32,
+    extra_config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
+    let extra = match &extra_config {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read --extra-config {}", p.display()))?,
+        None => String::new(),
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
     let exe = std::env::current_exe().context("cannot find the weir binary")?;
@@ -474,7 +490,7 @@ async fn dev_cluster(dir: PathBuf, base: u16, nodes: u64, shards: u32) -> anyhow
         let path = dir.join(format!("node{id}.toml"));
         std::fs::write(
             &path,
-            weir_server::devcluster::config(&dir, base, nodes, id, shards, ""),
+            weir_server::devcluster::config(&dir, base, nodes, id, shards, &extra),
         )
         .with_context(|| format!("cannot write {}", path.display()))?;
         let log = std::fs::File::create(dir.join(format!("node{id}.log")))?;
