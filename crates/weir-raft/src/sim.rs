@@ -562,6 +562,30 @@ impl Sim {
         }
     }
 
+    /// What a rejoining node does now and then (`announce_fresh`): measure again, without
+    /// forgetting, how far it must catch up. Only while every node is up.
+    fn measure(&mut self, i: usize) -> Result<(), Violation> {
+        if !self.nodes[i].rejoining || self.live().len() != self.nodes.len() {
+            return Ok(());
+        }
+        let mut targets = vec![(0u64, 0u64); self.cfg.shards as usize];
+        for j in (0..self.nodes.len()).filter(|j| *j != i) {
+            if let Some(d) = self.nodes[j].driver.as_ref() {
+                for (t, s) in targets.iter_mut().zip(&d.shards) {
+                    *t = (
+                        t.0.max(s.raw.raft.raft_log.last_index()),
+                        t.1.max(s.raw.raft.term),
+                    );
+                }
+            }
+        }
+        self.note(|| format!("node {} measures again: {targets:?}", i + 1));
+        if let Some(d) = self.nodes[i].driver.as_mut() {
+            d.handle(Input::RejoinConfirmed { targets });
+        }
+        self.round(i)
+    }
+
     fn crash(&mut self, i: usize) {
         self.note(|| format!("node {} crashes", i + 1));
         if self.nodes[i].driver.take().is_some() {
@@ -873,7 +897,11 @@ impl Sim {
                     self.wipe(i)?;
                 }
             }
-            978..=986 => {
+            978..=979 => {
+                let i = self.rng.random_range(0..self.nodes.len());
+                self.measure(i)?;
+            }
+            980..=986 => {
                 let n = self.rng.random_range(1..=self.cfg.nodes) as usize;
                 if !self.cut[n] && self.cut.iter().filter(|c| **c).count() == 0 {
                     self.note(|| format!("node {n} cut off"));
@@ -916,6 +944,11 @@ impl Sim {
             }
             for _ in 0..4 {
                 self.deliver_one(false)?;
+            }
+            if step % 2000 == 1999 {
+                for i in 0..self.nodes.len() {
+                    self.measure(i)?;
+                }
             }
             if step % 16 == 0 {
                 let again = self.settle();

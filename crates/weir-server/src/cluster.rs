@@ -299,6 +299,7 @@ pub async fn agree_cluster_id(
                 from: links.me,
                 fresh: false,
                 incarnation: links.incarnation,
+                measure: false,
             });
             req.set_timeout(Duration::from_secs(2));
             match p.client.clone().hello(req).await {
@@ -379,6 +380,38 @@ pub async fn agree_cluster_id(
 /// acknowledged before; then lets the rejoining shards measure how far they must catch
 /// up before they vote again.
 pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode>) {
+    let targets = ask_every_peer(&links, &raft, true).await;
+    raft.rejoin_confirmed(targets);
+    // The target is the peers' last index, and a tail of it that was never committed may
+    // be cut and not written again for a while on an idle shard: measure again now and
+    // then until caught up. Lowering the target this way is safe because, while this node
+    // does not vote, nothing committed with its lost log can leave every other log.
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if raft
+            .health()
+            .rejoining_shards
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            return;
+        }
+        let targets = ask_every_peer(&links, &raft, false).await;
+        tracing::info!(
+            ?targets,
+            "still rejoining: measured again how far to catch up"
+        );
+        raft.rejoin_confirmed(targets);
+    }
+}
+
+/// Asks every peer (until each answers) for each shard's last index and term; with
+/// `forget`, each first forgets this node's old log.
+async fn ask_every_peer(
+    links: &PeerLinks,
+    raft: &weir_raft::RaftNode,
+    forget: bool,
+) -> Vec<(u64, u64)> {
     let mut pending: Vec<Arc<Peer>> = links.all().cloned().collect();
     let mut targets = vec![(0u64, 0u64); raft.shard_count() as usize];
     while !pending.is_empty() {
@@ -387,8 +420,9 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
             let mut req = tonic::Request::new(HelloRequest {
                 cluster_id: links.cluster_id(),
                 from: links.me,
-                fresh: true,
+                fresh: forget,
                 incarnation: links.incarnation,
+                measure: !forget,
             });
             req.set_timeout(Duration::from_secs(2));
             match p.client.clone().hello(req).await {
@@ -399,10 +433,12 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
                     {
                         *t = (t.0.max(*c), t.1.max(*term));
                     }
-                    tracing::info!(
-                        peer = p.id,
-                        "peer told that this node rejoins without its old data"
-                    );
+                    if forget {
+                        tracing::info!(
+                            peer = p.id,
+                            "peer told that this node rejoins without its old data"
+                        );
+                    }
                 }
                 _ => still.push(p),
             }
@@ -412,5 +448,5 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    raft.rejoin_confirmed(targets);
+    targets
 }

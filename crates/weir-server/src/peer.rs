@@ -96,7 +96,11 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        let (from, fresh) = (req.get_ref().from, req.get_ref().fresh);
+        let (from, fresh, measure) = (
+            req.get_ref().from,
+            req.get_ref().fresh,
+            req.get_ref().measure,
+        );
         if let Some(p) = self.links.get(from) {
             p.seen();
         }
@@ -120,6 +124,14 @@ impl Peer for PeerService {
                     .ok()
                     .and_then(Result::ok);
             }
+        } else if let (Some(b), true) = (backend, measure) {
+            if req.get_ref().cluster_id == ours {
+                forgotten = tokio::time::timeout(Duration::from_secs(2), b.raft.status())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|st| st.iter().map(|s| (s.last_index, s.term)).collect());
+            }
         }
         Ok(Response::new(HelloResponse {
             cluster_id: ours,
@@ -127,7 +139,7 @@ impl Peer for PeerService {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             shards: self.shards,
             has_data: backend.is_some_and(|b| b.raft.has_data()),
-            ready: backend.is_some() && (!fresh || forgotten.is_some()),
+            ready: backend.is_some() && (!(fresh || measure) || forgotten.is_some()),
             last_indexes: forgotten.iter().flatten().map(|(c, _)| *c).collect(),
             terms: forgotten.iter().flatten().map(|(_, t)| *t).collect(),
         }))
