@@ -450,3 +450,55 @@ async fn ask_every_peer(
     }
     targets
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_raft::Outbox;
+
+    fn config(queue: usize) -> ClusterConfig {
+        // Node 2's peer address is a port nothing listens on: its lanes never drain.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        ClusterConfig {
+            node_id: 1,
+            peer_queue_len: queue,
+            nodes: vec![
+                MemberConfig {
+                    id: 1,
+                    peer: "127.0.0.1:1".into(),
+                    grpc: String::new(),
+                    http: String::new(),
+                },
+                MemberConfig {
+                    id: 2,
+                    peer: dead.to_string(),
+                    grpc: String::new(),
+                    http: String::new(),
+                },
+            ],
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_lane_drops_and_counts_instead_of_growing() {
+        let links = PeerLinks::new(&config(4), Arc::default()).unwrap();
+        for _ in 0..100 {
+            // Shard 0: always the same lane.
+            links.send(2, 0, vec![0u8; 16]);
+        }
+        let dropped = links.get(2).unwrap().dropped.load(Ordering::Relaxed);
+        // At most the queue plus the batch the lane task took out can be held.
+        assert!(
+            dropped >= 100 - 4 - 1,
+            "dropped {dropped} of 100 with a queue of 4"
+        );
+        assert_eq!(links.dropped_total(), dropped);
+        // A message for a node that is not a member goes nowhere and counts nowhere.
+        links.send(9, 0, vec![1]);
+        assert_eq!(links.dropped_total(), dropped);
+    }
+}
