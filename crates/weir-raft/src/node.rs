@@ -723,7 +723,7 @@ impl<S: LogStore> Driver<S> {
                 for s in &mut self.shards {
                     let store = s.raw.mut_store();
                     if store.needs_flush() {
-                        if let Err(e) = store.flush().and_then(|t| t.wait().map_err(Error::from)) {
+                        if let Err(e) = store.flush().and_then(FlushTicket::wait) {
                             tracing::warn!(shard = s.id, error = %e, "final flush failed");
                         }
                     }

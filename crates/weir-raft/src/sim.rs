@@ -317,6 +317,9 @@ impl Default for SimConfig {
     }
 }
 
+/// A committed entry as first seen: term, context, data.
+type CommittedEntry = (u64, Vec<u8>, Vec<u8>);
+
 /// What a simulation did.
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {
@@ -397,7 +400,7 @@ struct Sim {
     /// (shard, term) -> leader.
     leaders: HashMap<(u32, u64), u64>,
     /// Per shard: index -> (term, context, data) once committed anywhere.
-    committed: Vec<BTreeMap<u64, (u64, Vec<u8>, Vec<u8>)>>,
+    committed: Vec<BTreeMap<u64, CommittedEntry>>,
     batches: Vec<Batch>,
     next_seq: Vec<u64>,
     report: SimReport,

@@ -174,7 +174,7 @@ impl Peer for PeerService {
         if r.shard >= backend.raft.shard_count() {
             return Err(Status::invalid_argument(format!("no shard {}", r.shard)));
         }
-        let key = r.has_key.then(|| DedupKey {
+        let key = r.has_key.then_some(DedupKey {
             producer: r.producer,
             sequence: r.sequence,
         });
