@@ -171,12 +171,7 @@ fn make_record(rng: &mut SmallRng, now_ns: i64) -> Record {
     }
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
+use weir_proto::now_ns;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -205,7 +205,10 @@ impl Cluster {
         for id in 1..=n {
             c.spawn(id)?;
         }
-        c.wait_healthy(Duration::from_secs(60)).await?;
+        let logs = c.dir.path().display().to_string();
+        wait_healthy(&c, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("logs in {logs}"))?;
         Ok(c)
     }
 
@@ -333,47 +336,7 @@ impl Cluster {
 
     /// The cluster status as node `id` reports it.
     pub async fn status(&self, id: u64) -> anyhow::Result<serde_json::Value> {
-        let url = format!("http://{}/api/v1/cluster", self.nodes[id as usize - 1].http);
-        let r = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await?;
-        Ok(r.json().await?)
-    }
-
-    /// The node leading `shard`, as any running node reports it.
-    pub async fn leader_of(&self, shard: u32) -> Option<u64> {
-        for n in self.nodes.iter().filter(|n| n.child.is_some() && !n.paused) {
-            if let Ok(s) = self.status(n.id).await {
-                let l = s["shards"][shard as usize]["leader"].as_u64().unwrap_or(0);
-                if l != 0 {
-                    return Some(l);
-                }
-            }
-        }
-        None
-    }
-
-    /// Waits until a running node reports health `ok` (every node up, every shard led,
-    /// no replica lagging).
-    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-                match self.status(n.id).await {
-                    Ok(s) if s["health"] == "ok" => return Ok(()),
-                    Ok(s) => last = format!("node {}: health {}", n.id, s["health"]),
-                    Err(e) => last = format!("node {}: {e}", n.id),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        anyhow::bail!(
-            "cluster not healthy within {timeout:?}: {last}; logs in {}",
-            self.dir.path().display()
-        )
+        status_of(self.nodes[id as usize - 1].http).await
     }
 
     /// The tail of a node's log, for failure messages.
@@ -717,7 +680,7 @@ pub fn summary(faults: &[String], ledger: &Ledger, verdicts: &[Verdict]) -> Stri
 pub trait Faults {
     /// Members, ids `1..=n`.
     fn members(&self) -> u64;
-    /// HTTP addresses of the nodes that run (not killed), by id.
+    /// HTTP addresses of the nodes that run (neither killed nor frozen), by id.
     fn running_http(&self) -> Vec<(u64, SocketAddr)>;
     /// Faults injected so far.
     fn injected(&mut self) -> &mut Vec<String>;
@@ -742,9 +705,10 @@ impl Faults for Cluster {
         self.nodes.len() as u64
     }
     fn running_http(&self) -> Vec<(u64, SocketAddr)> {
+        // A frozen node would only make its callers wait for their timeout.
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.child.is_some() && !n.paused)
             .map(|n| (n.id, n.http))
             .collect()
     }

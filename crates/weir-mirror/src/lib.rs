@@ -185,11 +185,7 @@ pub fn cursor_name(sink: &str) -> String {
     format!("mirror/{sink}")
 }
 
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
+pub(crate) use weir_proto::now_ns;
 
 /// Everything one sink's workers share.
 pub(crate) struct SinkRuntime {
@@ -542,11 +538,6 @@ impl Mirror {
     /// [`Error::UnknownSink`].
     pub fn dead_letters(&self, sink: &str) -> Result<Vec<DeadLetter>> {
         Ok(self.runtime(sink)?.dlq.list())
-    }
-
-    /// Names of the configured sinks.
-    pub fn sink_names(&self) -> Vec<String> {
-        self.sinks.iter().map(|s| s.config.name.clone()).collect()
     }
 
     /// Sends the dead letters of `sink` (all, or those with the given sequence numbers)

@@ -40,10 +40,24 @@ pub enum Attempt {
     },
 }
 
+/// How requests to Elasticsearch authenticate.
+enum EsAuth {
+    Basic(String, String),
+    ApiKey(String),
+}
+
+fn authorize(req: reqwest::RequestBuilder, auth: &Option<EsAuth>) -> reqwest::RequestBuilder {
+    match auth {
+        Some(EsAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+        Some(EsAuth::ApiKey(key)) => req.header("authorization", format!("ApiKey {key}")),
+        None => req,
+    }
+}
+
 enum Kind {
     Elasticsearch {
         pattern: IndexPattern,
-        auth: Option<String>,
+        auth: Option<EsAuth>,
     },
     Loki {
         mapping: LokiMapping,
@@ -78,8 +92,8 @@ impl Sink {
             Backend::Elasticsearch => Kind::Elasticsearch {
                 pattern: IndexPattern::parse(cfg.index_pattern())?,
                 auth: match (&cfg.username, &cfg.password, &cfg.api_key) {
-                    (Some(u), Some(p), _) => Some(format!("Basic {}", base64(&format!("{u}:{p}")))),
-                    (_, _, Some(k)) => Some(format!("ApiKey {k}")),
+                    (Some(u), Some(p), _) => Some(EsAuth::Basic(u.clone(), p.clone())),
+                    (_, _, Some(k)) => Some(EsAuth::ApiKey(k.clone())),
                     _ => None,
                 },
             },
@@ -139,9 +153,7 @@ impl Sink {
                     .post(format!("{}/_bulk", self.url))
                     .header("content-type", "application/x-ndjson")
                     .body(body);
-                if let Some(a) = auth {
-                    req = req.header("authorization", a);
-                }
+                req = authorize(req, auth);
                 let (status, headers, bytes) = match exchange(req).await {
                     Ok(r) => r,
                     Err(a) => return a,
@@ -205,9 +217,7 @@ impl Sink {
             .client
             .put(format!("{}/_index_template/weir-{}", self.url, self.name))
             .json(&es::template(pattern));
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
-        }
+        req = authorize(req, auth);
         match exchange(req).await {
             Ok((200, _, _)) => Ok(()),
             Ok((s, _, b)) => Err((
@@ -269,38 +279,39 @@ fn excerpt(b: &[u8]) -> String {
     s.trim().replace('\n', " ")
 }
 
-fn base64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn basic_auth_is_standard_base64() {
-        assert_eq!(
-            super::base64("elastic:changeme"),
-            "ZWxhc3RpYzpjaGFuZ2VtZQ=="
+    use super::*;
+    use weir_testkit::elasticsearch::{EsOptions, FakeElasticsearch};
+
+    fn sink(url: &str, auth: &str) -> Sink {
+        let cfg: SinkConfig = toml::from_str(&format!(
+            "name = \"es\"\ntype = \"elasticsearch\"\nurl = \"{url}\"\n{auth}"
+        ))
+        .unwrap();
+        Sink::new(&cfg, "c1").unwrap()
+    }
+
+    #[tokio::test]
+    async fn basic_auth_and_api_key_reach_elasticsearch_as_it_expects_them() {
+        let es = FakeElasticsearch::start_with(EsOptions {
+            basic_auth: Some(("elastic".into(), "changeme".into())),
+            api_key: Some("aWQ6a2V5".into()),
+            ..EsOptions::default()
+        })
+        .await
+        .unwrap();
+        let ok = sink(&es.url(), "username = \"elastic\"\npassword = \"changeme\"");
+        assert_eq!(ok.install_template().await, Ok(()));
+        let key = sink(&es.url(), "api_key = \"aWQ6a2V5\"");
+        assert_eq!(key.install_template().await, Ok(()));
+        let wrong = sink(&es.url(), "username = \"elastic\"\npassword = \"nope\"");
+        let (retryable, why) = wrong.install_template().await.unwrap_err();
+        assert!(!retryable && why.contains("401"), "{why}");
+        let none = sink(&es.url(), "");
+        assert!(
+            none.install_template().await.is_err(),
+            "no credentials, no access"
         );
-        assert_eq!(super::base64("ab"), "YWI=");
     }
 }

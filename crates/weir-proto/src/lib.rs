@@ -153,3 +153,11 @@ mod tests {
         assert_eq!(Level::from_canonical("WARN"), None);
     }
 }
+
+/// Nanoseconds since the unix epoch: the clock of every timestamp Weir writes (0 if the
+/// system clock is before 1970).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}

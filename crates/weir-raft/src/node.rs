@@ -185,7 +185,6 @@ pub struct RaftNode {
     /// Raft messages from peers queued toward the driver (bounded by [`STEP_QUEUE_LEN`]).
     queued_steps: Arc<AtomicUsize>,
     node_id: u64,
-    voters: Vec<u64>,
 }
 
 /// Raft messages from peers that may wait for the driver; past it they are dropped.
@@ -313,18 +312,12 @@ impl RaftNode {
             proposal_queue_len: cfg.proposal_queue_len.max(1),
             queued_steps,
             node_id: cfg.node_id,
-            voters: cfg.voters.clone(),
         })
     }
 
     /// This node's raft id.
     pub fn node_id(&self) -> u64 {
         self.node_id
-    }
-
-    /// Every voter's id.
-    pub fn voters(&self) -> &[u64] {
-        &self.voters
     }
 
     /// Hands a raft message from a peer (encoded by the peer's [`Outbox`]) to `shard`.
@@ -383,11 +376,6 @@ impl RaftNode {
         let log = &self.logs[shard as usize];
         !log.rejoining.load(Ordering::Acquire)
             && log.commit.load(Ordering::Acquire) <= log.watermark() + max_lag
-    }
-
-    /// Whether some shard has applied entries here.
-    pub fn has_data(&self) -> bool {
-        self.logs.iter().any(|l| l.watermark() > 0)
     }
 
     /// Who leads `shard` as this node last saw it (its own id when it does), `None` when
@@ -602,11 +590,10 @@ type Deferred = (
 /// A shard's state while its node rejoins without its old data.
 #[derive(Default)]
 pub(crate) struct Rejoin {
-    /// Every peer has forgotten this node's old log ([`RaftNode::rejoin_confirmed`]).
-    armed: bool,
-    /// The highest last index the peers had when they forgot it: whatever was committed
-    /// with the help of the lost log is at or below it.
-    target: u64,
+    /// Once every peer has forgotten this node's old log ([`RaftNode::rejoin_confirmed`]):
+    /// the highest last index they had then. Whatever was committed with the help of the
+    /// lost log is at or below it.
+    target: Option<u64>,
 }
 
 struct Waiter {
@@ -863,8 +850,7 @@ impl<S: LogStore> Driver<S> {
                 for s in &mut self.shards {
                     let Some(r) = s.rejoin.as_mut() else { continue };
                     let (commit, term) = targets.get(s.id as usize).copied().unwrap_or((0, 0));
-                    r.armed = true;
-                    r.target = commit;
+                    r.target = Some(commit);
                     let raft = &mut s.raw.raft;
                     if raft.term < term {
                         // Its old self may have voted in any term up to `term`: never vote
@@ -988,8 +974,7 @@ impl<S: LogStore> Driver<S> {
         }
         for s in &mut self.shards {
             if let Some(Rejoin {
-                armed: true,
-                target,
+                target: Some(target),
             }) = s.rejoin
             {
                 if s.raw.raft.raft_log.committed >= target {

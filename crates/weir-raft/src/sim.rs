@@ -195,17 +195,9 @@ impl raft::Storage for MemStorage {
         if high > d.last() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let max = max_size.into().unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for e in &d.entries[(low - d.first()) as usize..(high - d.first()) as usize] {
-            size += (e.data.len() + e.context.len() + 32) as u64;
-            if !out.is_empty() && size > max {
-                break;
-            }
-            out.push(e.clone());
-        }
-        Ok(out)
+        let max = max_size.into().unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+        let range = &d.entries[(low - d.first()) as usize..(high - d.first()) as usize];
+        Ok(crate::storage::within_size(range.iter(), max))
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {

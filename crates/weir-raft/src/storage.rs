@@ -143,6 +143,21 @@ pub(crate) fn reconcile_term(shard: u32, hs: &mut HardState, last_term: u64, me:
     }
 }
 
+/// Clones `entries` until they add up to more than `max` bytes (always at least one), as
+/// `raft::Storage::entries` must.
+pub(crate) fn within_size<'a>(entries: impl Iterator<Item = &'a Entry>, max: usize) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut size = 0usize;
+    for e in entries {
+        size += entry_bytes(e);
+        if !out.is_empty() && size > max {
+            break;
+        }
+        out.push(e.clone());
+    }
+    out
+}
+
 /// Bytes of recently persisted entries kept in memory per shard.
 const TAIL_CACHE_BYTES: usize = 16 << 20;
 
@@ -417,16 +432,8 @@ impl raft::Storage for WalStorage {
             // the WAL below.
             if low >= front.index && high - front.index <= self.tail.len() as u64 {
                 let start = (low - front.index) as usize;
-                let mut out = Vec::with_capacity((high - low) as usize);
-                let mut size = 0usize;
-                for e in self.tail.range(start..(high - front.index) as usize) {
-                    size += entry_bytes(e);
-                    if !out.is_empty() && size > max {
-                        break;
-                    }
-                    out.push(e.clone());
-                }
-                return Ok(out);
+                let range = self.tail.range(start..(high - front.index) as usize);
+                return Ok(within_size(range, max));
             }
         }
         let mut out = Vec::new();

@@ -208,13 +208,12 @@ fn a_cut_off_leader_is_replaced_and_the_retried_batch_is_stored_once() {
     let _ = c.node(old).propose(0, key(2), b"two".to_vec());
     let new = c.leader(0);
     assert_ne!(new, old, "a new leader was elected among the other two");
-    let first = propose(&c, 0, key(2), b"two");
+    propose(&c, 0, key(2), b"two");
     let again = propose(&c, 0, key(2), b"two");
     assert!(
         again.duplicate,
         "the retry of an acknowledged batch is a duplicate"
     );
-    let _ = first;
     want.push(b"two".to_vec());
     propose(&c, 0, key(3), b"three");
     want.push(b"three".to_vec());

@@ -2,7 +2,7 @@
 //! piece to its shard's raft group, and answer once every piece is committed.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use weir_proto::v1::{AppendRequest, AppendResponse};
@@ -103,38 +103,29 @@ impl Appender {
             let records = batch.records.len() as u64;
             let data = batch.encode_to_vec();
             let task = match &self.links {
-                None => {
-                    // A single node leads every shard: propose here.
-                    let proposal = self.raft.propose(shard.0, key, data).map_err(raft_error)?;
-                    tokio::spawn(async move {
-                        proposal
-                            .await
-                            .map_err(|_| {
-                                ApiError::new(
-                                    ErrorKind::Unavailable,
-                                    "the node stopped before the batch was committed; retry",
-                                )
-                            })?
-                            .map_err(raft_error)
-                    })
-                }
-                Some(links) => tokio::spawn(place(
+                // A single node leads every shard: propose here, no task needed.
+                None => Placed::Here(self.raft.propose(shard.0, key, data).map_err(raft_error)?),
+                // Pieces may go to other nodes: each runs on its own, concurrently.
+                Some(links) => Placed::Elsewhere(tokio::spawn(place(
                     self.raft.clone(),
                     links.clone(),
                     shard.0,
                     key,
                     data,
                     deadline,
-                )),
+                ))),
             };
             placed.push((task, records));
         }
         let wait_all = async {
             let (mut duplicate, mut stored) = (false, 0u64);
             for (task, records) in placed {
-                let committed = task.await.map_err(|e| {
-                    ApiError::new(ErrorKind::Internal, format!("append task failed: {e}"))
-                })??;
+                let committed = match task {
+                    Placed::Here(p) => p.await.map_err(|_| stopped())?.map_err(raft_error)?,
+                    Placed::Elsewhere(h) => h.await.map_err(|e| {
+                        ApiError::new(ErrorKind::Internal, format!("append task failed: {e}"))
+                    })??,
+                };
                 duplicate |= committed.duplicate;
                 if !committed.duplicate {
                     stored += records;
@@ -152,6 +143,20 @@ impl Appender {
         self.metrics.append_latency.observe(started.elapsed());
         Ok(response)
     }
+}
+
+/// One shard's piece on its way: proposed here, or placed by a task (cluster).
+enum Placed {
+    Here(weir_raft::Proposal),
+    Elsewhere(tokio::task::JoinHandle<Result<weir_raft::Committed, ApiError>>),
+}
+
+/// The answer when the raft layer went away before answering.
+fn stopped() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "the node stopped before the batch was committed; retry",
+    )
 }
 
 /// The answer when a batch was not committed in time.
@@ -203,12 +208,7 @@ async fn place(
                     .map_err(raft_error)?;
                 match tokio::time::timeout_at(deadline, proposal).await {
                     Err(_) => return Err(timeout()),
-                    Ok(Err(_)) => {
-                        return Err(ApiError::new(
-                            ErrorKind::Unavailable,
-                            "the node stopped before the batch was committed; retry",
-                        ))
-                    }
+                    Ok(Err(_)) => return Err(stopped()),
                     Ok(Ok(Ok(c))) => return Ok(c),
                     Ok(Ok(Err(weir_raft::Error::NotLeader { leader, .. }))) => {
                         hint = (leader != 0).then_some(leader);
@@ -312,10 +312,4 @@ pub fn raft_error(e: weir_raft::Error) -> ApiError {
     }
 }
 
-/// Nanoseconds since the unix epoch.
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub use weir_proto::now_ns;

@@ -43,8 +43,6 @@ pub struct Peer {
     up: AtomicBool,
     /// When a call to it last succeeded or it last called us.
     last_seen: Mutex<Option<Instant>>,
-    /// The version it reported in `Hello`.
-    pub version: Mutex<Option<String>>,
     /// Raft messages dropped because a lane was full.
     pub dropped: AtomicU64,
 }
@@ -124,7 +122,6 @@ impl PeerLinks {
                 lanes,
                 up: AtomicBool::new(false),
                 last_seen: Mutex::new(None),
-                version: Mutex::new(None),
                 dropped: AtomicU64::new(0),
             });
             for rx in receivers {
@@ -307,7 +304,6 @@ pub async fn agree_cluster_id(
                     let r = r.into_inner();
                     reached += 1;
                     p.seen();
-                    *p.version.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.version.clone());
                     anyhow::ensure!(
                         r.shards == shards,
                         "node {} ({}) has {} shards but storage.shards is {shards} here; every node of a cluster must have the same shard count",

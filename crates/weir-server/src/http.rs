@@ -277,16 +277,7 @@ fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::invalid(format!("{name} must be RFC 3339 (2026-11-21T10:00:00Z) or unix nanoseconds, not {s:?}: {e}")))
 }
 
-/// Formats nanoseconds since the epoch as RFC 3339 with nanoseconds.
-pub fn rfc3339(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ns.to_string())
-}
+pub use weir_mirror::item::rfc3339;
 
 async fn labels(
     State(st): State<Arc<NodeState>>,
@@ -433,20 +424,8 @@ async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Va
         };
     let me = st.raft.node_id();
     // Every node's view of every shard: (node, shard) -> (leader, term, commit, applied).
-    let mut views: Vec<(u64, Vec<weir_proto::v1::ShardStatusProto>)> = vec![(
-        me,
-        local
-            .iter()
-            .map(|s| weir_proto::v1::ShardStatusProto {
-                shard: s.shard,
-                leader_id: s.leader_id,
-                term: s.term,
-                commit: s.commit,
-                applied: s.applied,
-                indexed: st.searcher.checkpoint(s.shard),
-            })
-            .collect(),
-    )];
+    let mut views: Vec<(u64, Vec<weir_proto::v1::ShardStatusProto>)> =
+        vec![(me, crate::peer::shard_views(&local, &st.searcher))];
     let mut nodes = vec![serde_json::json!({
         "id": me,
         "up": !st.raft.health().failed.load(std::sync::atomic::Ordering::Acquire),

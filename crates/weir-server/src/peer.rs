@@ -138,7 +138,6 @@ impl Peer for PeerService {
             node_id: self.node_id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             shards: self.shards,
-            has_data: backend.is_some_and(|b| b.raft.has_data()),
             ready: backend.is_some() && (!(fresh || measure) || forgotten.is_some()),
             last_indexes: forgotten.iter().flatten().map(|(c, _)| *c).collect(),
             terms: forgotten.iter().flatten().map(|(_, t)| *t).collect(),
@@ -254,19 +253,27 @@ impl Peer for PeerService {
         Ok(Response::new(ShardStatusResponse {
             node_id: self.node_id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            shards: shards
-                .into_iter()
-                .map(|s| ShardStatusProto {
-                    shard: s.shard,
-                    leader_id: s.leader_id,
-                    term: s.term,
-                    commit: s.commit,
-                    applied: s.applied,
-                    indexed: backend.searcher.checkpoint(s.shard),
-                })
-                .collect(),
+            shards: shard_views(&shards, &backend.searcher),
         }))
     }
+}
+
+/// This node's view of its shards, as `Status` sends it and the cluster status merges it.
+pub fn shard_views(
+    shards: &[weir_raft::ShardStatus],
+    searcher: &Searcher,
+) -> Vec<ShardStatusProto> {
+    shards
+        .iter()
+        .map(|s| ShardStatusProto {
+            shard: s.shard,
+            leader_id: s.leader_id,
+            term: s.term,
+            commit: s.commit,
+            applied: s.applied,
+            indexed: searcher.checkpoint(s.shard),
+        })
+        .collect()
 }
 
 /// The answer to a forwarded append.

@@ -125,12 +125,7 @@ impl TestNode {
     }
 }
 
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
+pub use weir_proto::now_ns;
 
 pub fn record(body: &str) -> Record {
     Record {

@@ -1,6 +1,6 @@
 //! The fake Loki over real HTTP: each test names the real behaviour it protects.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use reqwest::{Client, StatusCode};
@@ -13,12 +13,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const TENANT: &str = "tenant-a";
 const SECOND: i64 = 1_000_000_000;
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+use weir_proto::now_ns;
 
 fn entry(ts_ns: i64, line: &str) -> EntryAdapter {
     EntryAdapter {

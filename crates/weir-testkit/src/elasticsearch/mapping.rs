@@ -1123,18 +1123,22 @@ fn check_constant(leaf: &mut LeafMapping, full: &str, node: &Node) -> Result<(),
     }
 }
 
+/// The text of a value given to a numeric field: a number or a string (coerced, as
+/// Elasticsearch does); a boolean is refused the way Jackson refuses it.
+fn numeric_text(node: &Node) -> Result<String, Mismatch> {
+    match &node.kind {
+        Kind::Num(raw) => Ok(raw.clone()),
+        Kind::Str(s) => Ok(s.trim().to_string()),
+        Kind::Bool(b) => Err(illegal(format!(
+            "Current token (VALUE_{}) not numeric, can not use numeric value accessors",
+            if *b { "TRUE" } else { "FALSE" }
+        ))),
+        _ => Err(None),
+    }
+}
+
 fn check_integer(node: &Node, min: i128, max: i128, ty: &str) -> Result<(), Mismatch> {
-    let text = match &node.kind {
-        Kind::Num(raw) => raw.clone(),
-        Kind::Str(s) => s.trim().to_string(),
-        Kind::Bool(b) => {
-            return Err(illegal(format!(
-                "Current token (VALUE_{}) not numeric, can not use numeric value accessors",
-                if *b { "TRUE" } else { "FALSE" }
-            )))
-        }
-        _ => return Err(None),
-    };
+    let text = numeric_text(node)?;
     let value = match text.parse::<i128>() {
         Ok(v) => Some(v),
         // Coercion: Elasticsearch truncates decimals for integer types.
@@ -1164,17 +1168,7 @@ fn article(ty: &str) -> &'static str {
 }
 
 fn check_float(node: &Node, ty: &str) -> Result<(), Mismatch> {
-    let text = match &node.kind {
-        Kind::Num(raw) => raw.clone(),
-        Kind::Str(s) => s.trim().to_string(),
-        Kind::Bool(b) => {
-            return Err(illegal(format!(
-                "Current token (VALUE_{}) not numeric, can not use numeric value accessors",
-                if *b { "TRUE" } else { "FALSE" }
-            )))
-        }
-        _ => return Err(None),
-    };
+    let text = numeric_text(node)?;
     match text.parse::<f64>() {
         Ok(f) if f.is_finite() => Ok(()),
         Ok(_) => Err(illegal(format!(
