@@ -138,6 +138,14 @@ pub const DEFAULT_TENANT: &str = "default";
 /// does not name one.
 pub const TENANT_HEADER: &str = "x-weir-tenant";
 
+/// Nanoseconds since the unix epoch: the clock of every timestamp Weir writes (0 if the
+/// system clock is before 1970).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,12 +160,4 @@ mod tests {
         assert_eq!(Level::from_u32(7), None);
         assert_eq!(Level::from_canonical("WARN"), None);
     }
-}
-
-/// Nanoseconds since the unix epoch: the clock of every timestamp Weir writes (0 if the
-/// system clock is before 1970).
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }
