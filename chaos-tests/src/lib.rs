@@ -205,11 +205,37 @@ impl Cluster {
         for id in 1..=n {
             c.spawn(id)?;
         }
-        let logs = c.dir.path().display().to_string();
-        wait_healthy(&c, Duration::from_secs(60))
-            .await
-            .with_context(|| format!("logs in {logs}"))?;
+        if let Err(e) = wait_healthy(&c, Duration::from_secs(60)).await {
+            // The directory goes with `c`: say here what each node wrote.
+            let tails: Vec<String> = (1..=n)
+                .map(|id| format!("--- node {id}\n{}", c.log_tail(id)))
+                .collect();
+            anyhow::bail!("{e:#}\n{}", tails.join("\n"));
+        }
         Ok(c)
+    }
+
+    /// [`Cluster::start_with`], tried `attempts` times: the ports are picked free and
+    /// released before the nodes bind them, so another process (an outgoing connection's
+    /// ephemeral port) can take one in between, and that start fails with a node's log
+    /// saying so. Each failure is printed.
+    pub async fn start_retrying(
+        n: u64,
+        shards: u32,
+        extra: &str,
+        attempts: u32,
+    ) -> anyhow::Result<Cluster> {
+        let mut last = None;
+        for attempt in 1..=attempts.max(1) {
+            match Self::start_with(n, shards, extra).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    eprintln!("cluster start {attempt} of {attempts} failed: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
     }
 
     fn config_text(&self, id: u64, shards: u32) -> String {
@@ -858,6 +884,64 @@ pub fn judge_mirror(backend: &'static str, bodies: Vec<String>, ledger: &Ledger)
         duplicated: v.duplicated,
         phantom: v.phantom,
     }
+}
+
+impl MirrorVerdict {
+    /// One line: counts and the first few of each kind of fault.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: received {}, missing {}, duplicated {}, phantom {} (first missing {:?}, duplicated {:?})",
+            self.backend,
+            self.received,
+            self.missing.len(),
+            self.duplicated.len(),
+            self.phantom.len(),
+            self.missing.iter().take(3).collect::<Vec<_>>(),
+            self.duplicated.iter().take(3).collect::<Vec<_>>()
+        )
+    }
+}
+
+/// Waits (up to `timeout`) until the Elasticsearch and Loki test servers hold every
+/// acknowledged record, then judges what each received. The mirrors run on each shard's
+/// leader and resume from the cursor in raft after every failover, so they may still be
+/// draining when the writers stop.
+pub async fn await_mirrors(
+    es: &weir_testkit::elasticsearch::FakeElasticsearch,
+    loki: &weir_testkit::loki::FakeLoki,
+    ledger: &Ledger,
+    timeout: Duration,
+) -> (MirrorVerdict, MirrorVerdict) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let es_bodies: Vec<String> = es
+            .docs()
+            .iter()
+            .filter_map(|d| d.source["message"].as_str().map(str::to_owned))
+            .collect();
+        let loki_bodies: Vec<String> = loki
+            .all_entries()
+            .into_values()
+            .flatten()
+            .map(|e| e.line)
+            .collect();
+        let es_v = judge_mirror("elasticsearch", es_bodies, ledger);
+        let loki_v = judge_mirror("loki", loki_bodies, ledger);
+        if (es_v.missing.is_empty() && loki_v.missing.is_empty()) || Instant::now() > deadline {
+            return (es_v, loki_v);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether the mirrors kept their promises: Elasticsearch every acknowledged record
+/// exactly once, Loki at least once, neither anything no writer sent.
+pub fn mirrors_clean(es: &MirrorVerdict, loki: &MirrorVerdict) -> bool {
+    es.missing.is_empty()
+        && es.duplicated.is_empty()
+        && es.phantom.is_empty()
+        && loki.missing.is_empty()
+        && loki.phantom.is_empty()
 }
 
 mod docker;

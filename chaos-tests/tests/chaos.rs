@@ -9,10 +9,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::time::Instant;
-
 use weir_chaos::{
-    check, fault_round, judge_mirror, mirror_sinks, summary, Cluster, Ledger, MirrorVerdict, Writer,
+    await_mirrors, check, fault_round, mirror_sinks, mirrors_clean, summary, Cluster, Ledger,
+    Writer,
 };
 use weir_testkit::elasticsearch::FakeElasticsearch;
 use weir_testkit::loki::FakeLoki;
@@ -21,7 +20,7 @@ use weir_testkit::loki::FakeLoki;
 async fn every_acknowledged_record_survives_every_fault_exactly_once_on_every_node() {
     let es = FakeElasticsearch::start().await.unwrap();
     let loki = FakeLoki::start().await.unwrap();
-    let mut cluster = Cluster::start_with(3, 4, &mirror_sinks(&es.url(), &loki.url()))
+    let mut cluster = Cluster::start_retrying(3, 4, &mirror_sinks(&es.url(), &loki.url()), 2)
         .await
         .expect("cluster starts");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -50,51 +49,16 @@ async fn every_acknowledged_record_survives_every_fault_exactly_once_on_every_no
     let report = summary(&cluster.faults, &ledger, &verdicts);
     println!("{report}");
     assert_eq!(verdicts.len(), 3, "every node was checked");
-    // The mirrors run on each shard's leader and resume from the cursor in raft after
-    // every failover; give them time to drain.
-    let (es_v, loki_v) = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let es_bodies: Vec<String> = es
-                .docs()
-                .iter()
-                .filter_map(|d| d.source["message"].as_str().map(str::to_owned))
-                .collect();
-            let loki_bodies: Vec<String> = loki
-                .all_entries()
-                .into_values()
-                .flatten()
-                .map(|e| e.line)
-                .collect();
-            let es_v = judge_mirror("elasticsearch", es_bodies, &ledger);
-            let loki_v = judge_mirror("loki", loki_bodies, &ledger);
-            if (es_v.missing.is_empty() && loki_v.missing.is_empty()) || Instant::now() > deadline {
-                break (es_v, loki_v);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
-    let show = |v: &MirrorVerdict| {
-        format!(
-            "{}: received {}, missing {}, duplicated {}, phantom {} (first missing {:?}, duplicated {:?})",
-            v.backend,
-            v.received,
-            v.missing.len(),
-            v.duplicated.len(),
-            v.phantom.len(),
-            v.missing.iter().take(3).collect::<Vec<_>>(),
-            v.duplicated.iter().take(3).collect::<Vec<_>>()
-        )
-    };
-    println!("{}\n{}", show(&es_v), show(&loki_v));
-    let mirrors_ok = es_v.missing.is_empty()
-        && es_v.duplicated.is_empty()
-        && es_v.phantom.is_empty()
-        && loki_v.missing.is_empty()
-        && loki_v.phantom.is_empty();
-    if !mirrors_ok {
+    let (es_v, loki_v) = await_mirrors(&es, &loki, &ledger, Duration::from_secs(60)).await;
+    println!("{}\n{}", es_v.describe(), loki_v.describe());
+    if !mirrors_clean(&es_v, &loki_v) {
         let dir = cluster.keep();
-        panic!("{}\n{}\nkept {}", show(&es_v), show(&loki_v), dir.display());
+        panic!(
+            "{}\n{}\nkept {}",
+            es_v.describe(),
+            loki_v.describe(),
+            dir.display()
+        );
     }
     if !verdicts.iter().all(|v| v.is_clean()) {
         for id in 1..=3 {

@@ -2,14 +2,21 @@
 //! `--compose docker/docker-compose.yml`, the compose cluster; the image must be built),
 //! writes from several writers, injects rounds of every fault until the duration is up
 //! (at least one round), then checks every node's copy and prints the summary (faults
-//! injected, records acked, lost, duplicated). Exits non-zero when anything was lost,
-//! duplicated or invented.
+//! injected, records acked, lost, duplicated). The local cluster also mirrors to an
+//! Elasticsearch and a Loki test server started here, and the check covers what they
+//! received (the compose cluster's containers cannot reach them: `--no-mirrors` is
+//! implied there). Exits non-zero when anything was lost, duplicated or invented.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weir_chaos::{check, fault_round, summary, Cluster, DockerCluster, Faults, Ledger, Writer};
+use weir_chaos::{
+    await_mirrors, check, fault_round, mirror_sinks, mirrors_clean, summary, Cluster,
+    DockerCluster, Faults, Ledger, Writer,
+};
+use weir_testkit::elasticsearch::FakeElasticsearch;
+use weir_testkit::loki::FakeLoki;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +42,15 @@ struct Args {
     /// Run against the docker compose cluster of this file instead of local processes.
     #[arg(long)]
     compose: Option<std::path::PathBuf>,
+    /// Do not mirror to (and check) the Elasticsearch and Loki test servers.
+    #[arg(long)]
+    no_mirrors: bool,
+}
+
+/// The test backends the local cluster mirrors to.
+struct Backends {
+    es: FakeElasticsearch,
+    loki: FakeLoki,
 }
 
 #[tokio::main]
@@ -44,16 +60,28 @@ async fn main() -> anyhow::Result<()> {
         let mut cluster = DockerCluster::start(file).await?;
         eprintln!("compose cluster up");
         let addrs = cluster.client_addrs();
-        let r = soak(&mut cluster, addrs, &a).await;
+        let r = soak(&mut cluster, addrs, &a, None).await;
         if r.is_err() {
             eprintln!("{}", cluster.logs());
         }
         return r;
     }
-    let mut cluster = Cluster::start(a.nodes, a.shards).await?;
+    let backends = if a.no_mirrors {
+        None
+    } else {
+        Some(Backends {
+            es: FakeElasticsearch::start().await?,
+            loki: FakeLoki::start().await?,
+        })
+    };
+    let sinks = backends
+        .as_ref()
+        .map(|b| mirror_sinks(&b.es.url(), &b.loki.url()))
+        .unwrap_or_default();
+    let mut cluster = Cluster::start_with(a.nodes, a.shards, &sinks).await?;
     eprintln!("cluster up in {}", cluster.dir.path().display());
     let addrs = cluster.client_addrs();
-    match soak(&mut cluster, addrs, &a).await {
+    match soak(&mut cluster, addrs, &a, backends.as_ref()).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let dir = cluster.keep();
@@ -64,7 +92,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// Writers, rounds of faults, then the check; Err when anything was lost, duplicated or
 /// invented.
-async fn soak(cluster: &mut impl Faults, addrs: Vec<String>, a: &Args) -> anyhow::Result<()> {
+async fn soak(
+    cluster: &mut impl Faults,
+    addrs: Vec<String>,
+    a: &Args,
+    backends: Option<&Backends>,
+) -> anyhow::Result<()> {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let writers: Vec<Writer> = (0..a.writers)
         .map(|id| Writer::start(id, addrs.clone(), ledger.clone()))
@@ -93,5 +126,13 @@ async fn soak(cluster: &mut impl Faults, addrs: Vec<String>, a: &Args) -> anyhow
         verdicts.iter().all(|v| v.is_clean()) && ledger.batches_acked > 0,
         "the cluster lost, duplicated or invented records"
     );
+    if let Some(b) = backends {
+        let (es, loki) = await_mirrors(&b.es, &b.loki, &ledger, Duration::from_secs(120)).await;
+        println!("{}\n{}", es.describe(), loki.describe());
+        anyhow::ensure!(
+            mirrors_clean(&es, &loki),
+            "a mirror lost, duplicated (Elasticsearch) or invented records"
+        );
+    }
     Ok(())
 }

@@ -233,66 +233,14 @@ impl ShardIndex {
                 opts.writer_memory_bytes
             )));
         }
+        let old = set_aside_path(dir);
+        if !dir.exists() && old.exists() {
+            // A crash in the middle of `install`: the index it replaced comes back.
+            fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
+        }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let fields = Fields::new();
-        let ckpt_path = dir.join(CHECKPOINT_FILE);
-        let ckpt = match fs::read(&ckpt_path) {
-            Ok(bytes) => {
-                let c: CheckpointFile =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                        path: ckpt_path.clone(),
-                        reason: format!("not a checkpoint file: {e}"),
-                    })?;
-                if c.format != CHECKPOINT_FORMAT || c.version != CHECKPOINT_VERSION {
-                    return Err(Error::Corrupt {
-                        path: ckpt_path,
-                        reason: format!("unknown format {} version {}", c.format, c.version),
-                    });
-                }
-                if c.shard != shard.0 {
-                    return Err(Error::WrongShard {
-                        path: dir.to_path_buf(),
-                        expected: shard.0,
-                        found: c.shard,
-                    });
-                }
-                c
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let c = CheckpointFile {
-                    format: CHECKPOINT_FORMAT.into(),
-                    version: CHECKPOINT_VERSION,
-                    shard: shard.0,
-                    checkpoint: 0,
-                    dropped_before_ns: i64::MIN,
-                };
-                write_ckpt(&ckpt_path, &c)?;
-                c
-            }
-            Err(e) => return Err(Error::io(&ckpt_path, e)),
-        };
-
-        let mut parts = BTreeMap::new();
-        let mut committed = HashMap::new();
-        let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if name.starts_with(PART_PREFIX) && name.ends_with(".tmp") {
-                tracing::info!(path = %path.display(), "removing partition left half-created");
-                fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-                continue;
-            }
-            let Some(key) = PartKey::parse(&name) else {
-                continue;
-            };
-            let part = open_partition(key, path, &fields)?;
-            let payload = partition_payload(&part)?;
-            committed.insert(key, payload);
-            parts.insert(key, Arc::new(part));
-        }
-        fsync_dir(dir)?;
+        let (ckpt, parts, committed) = load(dir, shard, &fields)?;
         tracing::info!(
             shard = shard.0,
             checkpoint = ckpt.checkpoint,
@@ -790,6 +738,108 @@ impl ShardIndex {
         result.map(|()| doomed.len())
     }
 
+    /// Writes a consistent copy of this index into `dest` (which must not exist), for
+    /// another replica of the same shard, and returns its checkpoint: the copy holds every
+    /// record of every entry up to it. Files are hard links where the file system allows
+    /// (tantivy never changes a file in place), else copies. What was added is committed
+    /// first, and the partition writers are closed so that no merge changes a partition
+    /// while it is copied (they reopen on the next `add_batch`). Writes wait meanwhile;
+    /// searches do not.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `dest` exists; tantivy and I/O errors.
+    pub fn export(&self, dest: &Path) -> Result<u64> {
+        if dest.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot export the index of shard {} into {}: it exists",
+                self.shard.0,
+                dest.display()
+            )));
+        }
+        let mut ws = self.lock_write()?;
+        let closed: Result<()> = (|| {
+            self.commit_locked(&mut ws)?;
+            for (_, w) in ws.writers.drain() {
+                w.writer.wait_merging_threads()?;
+            }
+            Ok(())
+        })();
+        if closed.is_err() {
+            ws.poisoned = true;
+        }
+        closed?;
+        link_tree(&self.dir, dest)?;
+        Ok(self.checkpoint())
+    }
+
+    /// Replaces this index by `src`, an [`ShardIndex::export`] of another replica of the
+    /// same shard, moved into place (it must be on the same file system). What was added
+    /// and not committed is dropped: a replica installs a copy only when it is behind it.
+    /// Searches see the new index once this returns. Returns the new checkpoint. A crash
+    /// in the middle leaves the old index or the new one (see [`ShardIndex::open`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongShard`] when `src` is another shard's; [`Error::Corrupt`] when it is
+    /// not an index; [`Error::InvalidArgument`] when it is behind this index's
+    /// checkpoint; I/O and tantivy errors (the old index then stays).
+    pub fn install(&self, src: &Path) -> Result<u64> {
+        // Checked before anything changes: a bad copy leaves the index as it was.
+        let ckpt_path = src.join(CHECKPOINT_FILE);
+        if !ckpt_path.is_file() {
+            return Err(Error::Corrupt {
+                path: ckpt_path,
+                reason: "not an exported index: no checkpoint file".into(),
+            });
+        }
+        let (copy, _, _) = load(src, self.shard, &self.fields)?;
+        if copy.checkpoint < self.checkpoint() {
+            // The indexer only moves forward: what lies between would never be indexed.
+            return Err(Error::InvalidArgument(format!(
+                "the copy of shard {} is indexed up to {}, behind this index ({})",
+                self.shard.0,
+                copy.checkpoint,
+                self.checkpoint()
+            )));
+        }
+        // Taken even when poisoned: the copy replaces whatever state the writers were in.
+        let mut ws = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, w) in ws.writers.drain() {
+            if let Err(e) = w.writer.wait_merging_threads() {
+                tracing::debug!(shard = self.shard.0, error = %e, "closing a writer of the replaced index");
+            }
+        }
+        let old = set_aside_path(&self.dir);
+        if old.exists() {
+            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        fs::rename(&self.dir, &old).map_err(|e| Error::io(&self.dir, e))?;
+        if let Err(e) = fs::rename(src, &self.dir) {
+            fs::rename(&old, &self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            return Err(Error::io(src, e));
+        }
+        if let Some(parent) = self.dir.parent() {
+            fsync_dir(parent)?;
+        }
+        let (ckpt, parts, committed) = load(&self.dir, self.shard, &self.fields)?;
+        *self.parts.write().unwrap_or_else(|e| e.into_inner()) = parts;
+        ws.last_added = ckpt.checkpoint;
+        ws.dropped_before_ns = ckpt.dropped_before_ns;
+        ws.committed = committed;
+        ws.poisoned = false;
+        self.checkpoint.store(ckpt.checkpoint, Ordering::Release);
+        if let Err(e) = fs::remove_dir_all(&old) {
+            tracing::warn!(path = %old.display(), error = %e, "cannot remove the replaced index");
+        }
+        tracing::info!(
+            shard = self.shard.0,
+            checkpoint = ckpt.checkpoint,
+            "index replaced by a copy from another replica"
+        );
+        Ok(ckpt.checkpoint)
+    }
+
     /// Number of searchable (committed) records.
     pub fn doc_count(&self) -> u64 {
         self.read_parts()
@@ -816,6 +866,106 @@ impl ShardIndex {
     pub fn partitions_searched(&self) -> u64 {
         self.partitions_searched.load(Ordering::Relaxed)
     }
+}
+
+/// What `open` and `install` read of an index directory: the checkpoint, each partition,
+/// and each partition's committed payload. Removes partitions left half-created.
+type Loaded = (
+    CheckpointFile,
+    BTreeMap<PartKey, Arc<Partition>>,
+    HashMap<PartKey, u64>,
+);
+
+fn load(dir: &Path, shard: ShardId, fields: &Fields) -> Result<Loaded> {
+    let ckpt_path = dir.join(CHECKPOINT_FILE);
+    let ckpt = match fs::read(&ckpt_path) {
+        Ok(bytes) => {
+            let c: CheckpointFile = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                path: ckpt_path.clone(),
+                reason: format!("not a checkpoint file: {e}"),
+            })?;
+            if c.format != CHECKPOINT_FORMAT || c.version != CHECKPOINT_VERSION {
+                return Err(Error::Corrupt {
+                    path: ckpt_path,
+                    reason: format!("unknown format {} version {}", c.format, c.version),
+                });
+            }
+            if c.shard != shard.0 {
+                return Err(Error::WrongShard {
+                    path: dir.to_path_buf(),
+                    expected: shard.0,
+                    found: c.shard,
+                });
+            }
+            c
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let c = CheckpointFile {
+                format: CHECKPOINT_FORMAT.into(),
+                version: CHECKPOINT_VERSION,
+                shard: shard.0,
+                checkpoint: 0,
+                dropped_before_ns: i64::MIN,
+            };
+            write_ckpt(&ckpt_path, &c)?;
+            c
+        }
+        Err(e) => return Err(Error::io(&ckpt_path, e)),
+    };
+
+    let mut parts = BTreeMap::new();
+    let mut committed = HashMap::new();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with(PART_PREFIX) && name.ends_with(".tmp") {
+            tracing::info!(path = %path.display(), "removing partition left half-created");
+            fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            continue;
+        }
+        let Some(key) = PartKey::parse(&name) else {
+            continue;
+        };
+        let part = open_partition(key, path, fields)?;
+        let payload = partition_payload(&part)?;
+        committed.insert(key, payload);
+        parts.insert(key, Arc::new(part));
+    }
+    fsync_dir(dir)?;
+    Ok((ckpt, parts, committed))
+}
+
+/// Where `install` moves the index it replaces until the new one is in place.
+fn set_aside_path(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".old");
+    dir.with_file_name(name)
+}
+
+/// Recreates the tree `src` in `dst` (which must not exist) with hard links, or copies
+/// where the file system cannot link. Skips lock files and half-created partitions.
+fn link_tree(src: &Path, dst: &Path) -> Result<()> {
+    fs::create_dir(dst).map_err(|e| Error::io(dst, e))?;
+    for entry in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let entry = entry.map_err(|e| Error::io(src, e))?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        let (from, to) = (entry.path(), dst.join(&name));
+        let kind = entry.file_type().map_err(|e| Error::io(&from, e))?;
+        if kind.is_dir() {
+            if !name_str.ends_with(".tmp") {
+                link_tree(&from, &to)?;
+            }
+        } else if kind.is_file()
+            && !name_str.ends_with(".lock")
+            && fs::hard_link(&from, &to).is_err()
+        {
+            fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+        }
+    }
+    fsync_dir(dst)
 }
 
 fn tenant_or_default(t: &str) -> &str {

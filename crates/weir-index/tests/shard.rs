@@ -751,3 +751,106 @@ fn a_limit_of_zero_counts_only() {
     let (hits, total, next) = merge(vec![h], Sort::TimeDesc, 0, None);
     assert_eq!((hits.len(), total, next), (0, 3, None));
 }
+
+#[test]
+fn an_exported_copy_installed_on_another_replica_holds_the_same_records_and_takes_more() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let leader = many(leader_dir.path(), 0, 500);
+    // Added and not committed: export commits it first, so the copy holds it.
+    let last = (500_u64).div_ceil(37) + 1;
+    leader
+        .add_batch(
+            last,
+            &batch("acme", vec![rec(T0, Level::Info, "a", "late")]),
+        )
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let package = out.path().join("index");
+    let checkpoint = leader.export(&package).unwrap();
+    assert_eq!(
+        checkpoint, last,
+        "the export's checkpoint covers what was added"
+    );
+    assert!(
+        leader.export(&package).is_err(),
+        "exporting over an existing directory is refused"
+    );
+    // The leader keeps indexing after the export (its writers reopen).
+    leader
+        .add_batch(
+            last + 1,
+            &batch("acme", vec![rec(T0, Level::Info, "a", "after")]),
+        )
+        .unwrap();
+    leader.commit().unwrap();
+
+    // A replica that had indexed something else (it was behind, then wiped) installs it.
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica = open(replica_dir.path(), 0);
+    replica
+        .add_batch(1, &batch("acme", vec![rec(T0, Level::Info, "a", "stale")]))
+        .unwrap();
+    assert_eq!(replica.install(&package).unwrap(), last);
+    assert!(!package.exists(), "the copy was moved into place");
+    assert_eq!(replica.checkpoint(), last);
+    assert_eq!(replica.doc_count(), 501);
+    assert_eq!(search(&replica, "late"), ["late"]);
+    assert!(
+        search(&replica, "stale").is_empty(),
+        "pending writes were dropped"
+    );
+    assert!(search(&replica, "after").is_empty());
+    // Entries up to the checkpoint are skipped; the next one is indexed.
+    replica
+        .add_batch(
+            last,
+            &batch("acme", vec![rec(T0, Level::Info, "a", "late")]),
+        )
+        .unwrap();
+    replica
+        .add_batch(
+            last + 1,
+            &batch("acme", vec![rec(T0, Level::Info, "a", "after")]),
+        )
+        .unwrap();
+    replica.commit().unwrap();
+    assert_eq!(search(&replica, "late"), ["late"]);
+    assert_eq!(search(&replica, "after"), ["after"]);
+    drop(replica);
+    // And it survives a restart.
+    let reopened = open(replica_dir.path(), 0);
+    assert_eq!(reopened.checkpoint(), last + 1);
+    assert_eq!(reopened.doc_count(), 502);
+}
+
+#[test]
+fn a_copy_of_another_shard_or_no_index_is_refused_and_the_index_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = many(dir.path(), 1, 40);
+    let out = tempfile::tempdir().unwrap();
+    other.export(&out.path().join("index")).unwrap();
+    let mine_dir = tempfile::tempdir().unwrap();
+    let mine = many(mine_dir.path(), 0, 40);
+    assert!(matches!(
+        mine.install(&out.path().join("index")),
+        Err(Error::WrongShard { .. })
+    ));
+    std::fs::create_dir(out.path().join("empty")).unwrap();
+    assert!(matches!(
+        mine.install(&out.path().join("empty")),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(mine.doc_count(), 40, "the index is unchanged");
+    assert_eq!(search(&mine, "number").len(), 40);
+}
+
+#[test]
+fn a_crash_in_the_middle_of_an_install_brings_the_old_index_back() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("index");
+    drop(many(&dir, 0, 40));
+    // `install` set the old index aside and crashed before the copy took its place.
+    std::fs::rename(&dir, root.path().join("index.old")).unwrap();
+    let ix = open(&dir, 0);
+    assert_eq!(ix.doc_count(), 40);
+}

@@ -21,6 +21,15 @@
 //! ```
 //! Payload entries are what consumers read through `CommittedLog::read`; cursor entries
 //! are the raft layer's own (see `ShardLog::cursor`) and are never handed to consumers.
+//!
+//! Applied state, carried by a snapshot (format version 1): what applying the log up to
+//! `applied` built besides the consumers' data: the cursors and the idempotency table.
+//! ```text
+//! [version u8 = 1][applied u64]
+//! [cursors u32] { [name_len u16][name][position u64] }
+//! [producers u32] { [producer_len u32][producer][has_floor u8][floor u64]
+//!                   [last_used_index u64][runs u32] { [first_seq u64][count u64] } }
+//! ```
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 
@@ -158,34 +167,97 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, String> {
     Ok(m)
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self.pos + n;
+    pub(crate) fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self.pos.saturating_add(n);
         if end > self.buf.len() {
-            return Err(format!("meta truncated at byte {}", self.pos));
+            return Err(format!("truncated at byte {}", self.pos));
         }
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    pub(crate) fn u8(&mut self) -> Result<u8, String> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
+    /// A UTF-8 string of `n` bytes.
+    pub(crate) fn str(&mut self, n: usize) -> Result<String, String> {
+        std::str::from_utf8(self.take(n)?)
+            .map(str::to_owned)
+            .map_err(|e| format!("not utf-8: {e}"))
+    }
+}
+
+const STATE_VERSION: u8 = 1;
+
+/// Encodes the applied state (see the module docs): `cursors` sorted by name, so equal
+/// states encode equally.
+pub(crate) fn encode_state(
+    applied: u64,
+    cursors: &std::collections::HashMap<String, u64>,
+    dedup: &crate::DedupTable,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.push(STATE_VERSION);
+    out.extend_from_slice(&applied.to_le_bytes());
+    let mut names: Vec<_> = cursors.iter().collect();
+    names.sort();
+    out.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    for (name, position) in names {
+        out.extend_from_slice(&encode_cursor(name, *position));
+    }
+    dedup.encode(&mut out);
+    out
+}
+
+/// The applied state decoded: (applied index, cursors, idempotency table).
+pub(crate) type AppliedState = (
+    u64,
+    std::collections::HashMap<String, u64>,
+    crate::DedupTable,
+);
+
+/// Decodes what [`encode_state`] wrote; the table remembers at most `producers_max`.
+pub(crate) fn decode_state(buf: &[u8], producers_max: usize) -> Result<AppliedState, String> {
+    let mut r = Reader { buf, pos: 0 };
+    let version = r.u8()?;
+    if version != STATE_VERSION {
+        return Err(format!("unknown applied-state format version {version}"));
+    }
+    let applied = r.u64()?;
+    let n = r.u32()? as usize;
+    let mut cursors = std::collections::HashMap::new();
+    for _ in 0..n {
+        let len = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
+        if len > CURSOR_NAME_BYTES_MAX {
+            return Err(format!("cursor name of {len} bytes"));
+        }
+        let name = r.str(len)?;
+        cursors.insert(name, r.u64()?);
+    }
+    let dedup = crate::DedupTable::decode(&mut r, producers_max)?;
+    if r.pos != buf.len() {
+        return Err(format!(
+            "{} trailing bytes after the applied state",
+            buf.len() - r.pos
+        ));
+    }
+    Ok((applied, cursors, dedup))
 }
 
 /// An idempotency key carried in a raft entry's context: the producer (already qualified

@@ -75,7 +75,9 @@ impl DedupTable {
             self.evict();
         }
         let p = self.producers.entry(key.producer.clone()).or_default();
-        p.last_used_index = log_index;
+        // max: applying an entry twice (a snapshot's table, then the log after the
+        // snapshot's index) leaves the table as applying it once did.
+        p.last_used_index = p.last_used_index.max(log_index);
         if p.floor.is_some_and(|f| key.sequence <= f) {
             return;
         }
@@ -94,6 +96,73 @@ impl DedupTable {
     /// Whether no producer is remembered.
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
+    }
+
+    /// Appends the table's encoding (layout in `codec`'s module docs): each producer's
+    /// remembered sequences as runs of consecutive numbers, usually one run.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let mut names: Vec<&String> = self.producers.keys().collect();
+        names.sort();
+        out.extend_from_slice(&(names.len() as u32).to_le_bytes());
+        for name in names {
+            let p = &self.producers[name];
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(u8::from(p.floor.is_some()));
+            out.extend_from_slice(&p.floor.unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&p.last_used_index.to_le_bytes());
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for &s in &p.seen {
+                match runs.last_mut() {
+                    Some((first, count)) if *first + *count == s => *count += 1,
+                    _ => runs.push((s, 1)),
+                }
+            }
+            out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+            for (first, count) in runs {
+                out.extend_from_slice(&first.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+        }
+    }
+
+    /// Reads what [`DedupTable::encode`] wrote.
+    pub(crate) fn decode(
+        r: &mut crate::codec::Reader<'_>,
+        max_producers: usize,
+    ) -> Result<DedupTable, String> {
+        let mut t = DedupTable::new(max_producers);
+        let n = r.u32()? as usize;
+        for _ in 0..n {
+            let len = r.u32()? as usize;
+            let name = r.str(len)?;
+            let has_floor = r.u8()? != 0;
+            let floor = r.u64()?;
+            let last_used_index = r.u64()?;
+            let runs = r.u32()? as usize;
+            let mut seen = BTreeSet::new();
+            for _ in 0..runs {
+                let (first, count) = (r.u64()?, r.u64()?);
+                if seen.len() as u64 + count > WINDOW as u64 {
+                    return Err(format!(
+                        "producer {name:?} remembers more than {WINDOW} sequences"
+                    ));
+                }
+                seen.extend((0..count).map(|i| first.wrapping_add(i)));
+            }
+            t.producers.insert(
+                name,
+                Producer {
+                    floor: has_floor.then_some(floor),
+                    seen,
+                    last_used_index,
+                },
+            );
+        }
+        while t.producers.len() > t.max_producers {
+            t.evict();
+        }
+        Ok(t)
     }
 
     fn evict(&mut self) {
@@ -159,5 +228,36 @@ mod tests {
             !t.contains(&k("p0", 1)),
             "the oldest producer was forgotten"
         );
+    }
+
+    #[test]
+    fn the_table_a_snapshot_carries_knows_what_the_original_knew() {
+        let mut t = DedupTable::new(100);
+        for s in 0..(WINDOW as u64 + 10) {
+            t.insert(&k("a", s), s + 1);
+        }
+        t.insert(&k("b", 7), 2000);
+        t.insert(&k("b", 9), 2001);
+        let mut cursors = std::collections::HashMap::new();
+        cursors.insert("elasticsearch/main".to_owned(), 1999);
+        let bytes = crate::codec::encode_state(2001, &cursors, &t);
+        let (applied, c, mut back) = crate::codec::decode_state(&bytes, 100).unwrap();
+        assert_eq!((applied, &c), (2001, &cursors));
+        for probe in [
+            k("a", 3),
+            k("a", 500),
+            k("a", WINDOW as u64 + 9),
+            k("a", 99_999),
+            k("b", 7),
+            k("b", 8),
+            k("b", 9),
+            k("c", 1),
+        ] {
+            assert_eq!(back.check(&probe), t.check(&probe), "{probe:?}");
+        }
+        // Applying the entries after the snapshot's index again changes nothing.
+        back.insert(&k("b", 9), 2001);
+        assert_eq!(crate::codec::encode_state(2001, &c, &back), bytes);
+        assert!(crate::codec::decode_state(&bytes[..bytes.len() - 1], 100).is_err());
     }
 }

@@ -25,11 +25,13 @@ mod codec;
 mod dedup;
 mod node;
 pub mod sim;
+pub mod snapshot;
 mod storage;
 
 pub use codec::{DedupKey, CURSOR_NAME_BYTES_MAX};
 pub use dedup::{DedupTable, Seen, WINDOW as DEDUP_WINDOW};
 pub use node::{Committed, Health, NodeConfig, Outbox, Proposal, RaftNode, ShardLog, ShardStatus};
+pub use snapshot::{SnapshotOffer, SnapshotRequest, Snapshots};
 pub use weir_wal::{IoBackend, IoBackendChoice, WalOptions};
 
 /// Errors of the raft layer.

@@ -16,17 +16,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{Entry, EntryType};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, MessageType, Snapshot};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 use weir_wal::{IoBackend, IoBackendChoice, IoThread, Wal, WalOptions};
 
 use crate::codec::{self, DedupKey};
 use crate::dedup::{DedupTable, Seen};
+use crate::snapshot::{SnapshotOffer, SnapshotRequest, Snapshots, SNAPSHOT_TICKS};
 use crate::storage::{EntrySource, FlushTicket, LogStore, WalStorage};
 use crate::{CommittedLog, Error, LogEntry, Result};
 
@@ -78,6 +79,9 @@ pub struct NodeConfig {
     /// neither votes nor campaigns in it, because its old votes and acknowledgements are
     /// lost and the others may still count on them.
     pub rejoining: bool,
+    /// Bytes of a shard's WAL a leader keeps for replicas that are behind; past it they
+    /// are left to catch up by snapshot (see `Input::Compact`).
+    pub replica_log_max_bytes: u64,
 }
 
 impl NodeConfig {
@@ -94,6 +98,7 @@ impl NodeConfig {
             proposal_queue_len: 4096,
             dedup_producers_max: 100_000,
             rejoining: false,
+            replica_log_max_bytes: 4 << 30,
         }
     }
 }
@@ -164,6 +169,18 @@ pub(crate) enum Input {
     RejoinConfirmed {
         targets: Vec<(u64, u64)>,
     },
+    SnapshotReady {
+        shard: u32,
+        index: u64,
+        term: u64,
+        data: Vec<u8>,
+    },
+    InstallSnapshot {
+        shard: u32,
+        offer: SnapshotOffer,
+        state: Vec<u8>,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     Status {
         reply: oneshot::Sender<Vec<ShardStatus>>,
     },
@@ -185,7 +202,12 @@ pub struct RaftNode {
     /// Raft messages from peers queued toward the driver (bounded by [`STEP_QUEUE_LEN`]).
     queued_steps: Arc<AtomicUsize>,
     node_id: u64,
+    /// The node's half of snapshots, once it has told it (see [`RaftNode::serve_snapshots`]).
+    snapshots: SnapshotHook,
 }
+
+/// Set once the node's snapshot half exists (it needs the raft node first).
+type SnapshotHook = Arc<OnceLock<Arc<dyn Snapshots>>>;
 
 /// Raft messages from peers that may wait for the driver; past it they are dropped.
 const STEP_QUEUE_LEN: usize = 65_536;
@@ -248,6 +270,7 @@ impl RaftNode {
                 storage.reader(),
                 required_cursors.clone(),
             ));
+            log.set_first(raft::Storage::first_index(&storage).unwrap_or(1));
             shards.push(Shard::open(
                 &cfg,
                 shard,
@@ -268,7 +291,9 @@ impl RaftNode {
         }
         let queued_proposals = Arc::new(AtomicUsize::new(0));
         let queued_steps = Arc::new(AtomicUsize::new(0));
+        let snapshots = SnapshotHook::default();
         let driver = Driver {
+            snapshots: snapshots.clone(),
             shards,
             rx,
             tick: Duration::from_millis(cfg.tick_interval_ms.max(1)),
@@ -312,6 +337,7 @@ impl RaftNode {
             proposal_queue_len: cfg.proposal_queue_len.max(1),
             queued_steps,
             node_id: cfg.node_id,
+            snapshots,
         })
     }
 
@@ -335,6 +361,26 @@ impl RaftNode {
         }
         let message: raft::eraftpb::Message = protobuf::Message::parse_from_bytes(message)
             .map_err(|e| Error::Raft(format!("undecodable raft message for shard {shard}: {e}")))?;
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            // Stepped only once the node has fetched and installed what it describes.
+            let meta = message.get_snapshot().get_metadata();
+            let offer = SnapshotOffer {
+                from: message.from,
+                index: meta.index,
+                term: meta.term,
+                data: message.get_snapshot().data.to_vec(),
+                message,
+            };
+            match self.snapshots.get() {
+                Some(s) => s.fetch(shard, offer),
+                None => tracing::warn!(
+                    shard,
+                    from = offer.from,
+                    "a snapshot was offered, but this node cannot fetch snapshots yet"
+                ),
+            }
+            return Ok(());
+        }
         if self.queued_steps.fetch_add(1, Ordering::AcqRel) >= STEP_QUEUE_LEN {
             self.queued_steps.fetch_sub(1, Ordering::AcqRel);
             return Ok(());
@@ -368,6 +414,53 @@ impl RaftNode {
     pub fn rejoin_confirmed(&self, targets: Vec<(u64, u64)>) {
         // Not try_send: losing this would leave the node unable to vote until a restart.
         let _ = self.tx.send(Input::RejoinConfirmed { targets });
+    }
+
+    /// Hands the raft layer the node's half of snapshots (see [`crate::snapshot`]). Until
+    /// then, leaders answer raft "no snapshot yet" and offers are dropped; both are
+    /// retried by raft.
+    pub fn serve_snapshots(&self, snapshots: Arc<dyn Snapshots>) {
+        let _ = self.snapshots.set(snapshots);
+    }
+
+    /// Leader: the node has packaged `shard` at `index` (asked by [`Snapshots::build`]);
+    /// `data` describes the package to followers (it travels in raft's snapshot message).
+    pub fn snapshot_ready(&self, shard: u32, index: u64, term: u64, data: Vec<u8>) {
+        // Blocking send: the node calls this off the async runtime, and losing it would
+        // only cost another build.
+        let _ = self.tx.send(Input::SnapshotReady {
+            shard,
+            index,
+            term,
+            data,
+        });
+    }
+
+    /// Follower: the node fetched and installed its part of `offer`; `state` is the raft
+    /// layer's part, as [`SnapshotRequest::state`] on the leader. Resolves to whether raft
+    /// took the snapshot (false when this replica had meanwhile got as far another way).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when `state` does not decode.
+    pub fn install_snapshot(
+        &self,
+        shard: u32,
+        offer: SnapshotOffer,
+        state: Vec<u8>,
+    ) -> oneshot::Receiver<Result<bool>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Input::InstallSnapshot {
+            shard,
+            offer,
+            state,
+            reply,
+        });
+        rx
+    }
+
+    /// The commit index of `shard` here, as of the raft thread's last round.
+    pub fn commit_index(&self, shard: u32) -> u64 {
+        self.logs[shard as usize].commit.load(Ordering::Acquire)
     }
 
     /// Whether this replica of `shard` can serve reads as current: it is not rejoining and
@@ -578,6 +671,13 @@ pub(crate) struct Shard<S: LogStore = WalStorage> {
     deferred_max: usize,
     /// When the WAL was last compacted (each compaction costs a meta flush).
     last_compact: Option<Instant>,
+    /// See [`NodeConfig::replica_log_max_bytes`].
+    replica_log_max_bytes: u64,
+    /// The applied state of a snapshot being installed, until raft hands it back.
+    restore: Option<codec::AppliedState>,
+    /// Leader: ticks each follower has spent in raft-rs's snapshot state.
+    snapshot_ticks: HashMap<u64, u64>,
+    dedup_producers_max: usize,
 }
 
 /// A proposal held back: its key, payload and proposer.
@@ -613,6 +713,7 @@ pub(crate) struct Driver<S: LogStore = WalStorage> {
     queued_proposals: Arc<AtomicUsize>,
     queued_steps: Arc<AtomicUsize>,
     node_id: u64,
+    snapshots: SnapshotHook,
 }
 
 /// A shard's leadership is handed to its preferred voter at most every this many ticks
@@ -642,6 +743,7 @@ impl<S: LogStore> Driver<S> {
             queued_proposals: Arc::new(AtomicUsize::new(usize::MAX / 2)),
             queued_steps: Arc::new(AtomicUsize::new(usize::MAX / 2)),
             node_id,
+            snapshots: SnapshotHook::default(),
         }
     }
 
@@ -658,6 +760,7 @@ impl<S: LogStore> Driver<S> {
                 s.raw.tick();
             }
             s.balance(self.node_id);
+            s.watch_snapshots();
         }
     }
 
@@ -757,9 +860,31 @@ impl<S: LogStore> Driver<S> {
                 }
                 s.last_compact = Some(Instant::now());
                 let applied = s.log.watermark();
-                // A leader keeps what a follower has not got yet: without snapshots a
-                // follower behind the first index could never catch up.
-                let followers = if s.raw.raft.state == StateRole::Leader {
+                // A leader keeps what a follower has not got yet (catching up from the
+                // log is cheaper than a snapshot), up to a bound: past it, a replica
+                // that is far behind is left to catch up by snapshot.
+                let leader = s.raw.raft.state == StateRole::Leader;
+                let hold_for_replicas = s.raw.store().disk_bytes() <= s.replica_log_max_bytes;
+                if leader && !hold_for_replicas {
+                    let behind: Vec<u64> = s
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .filter(|(_, p)| p.matched < applied)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if !behind.is_empty() {
+                        tracing::warn!(
+                        shard,
+                        wal_bytes = s.raw.store().disk_bytes(),
+                        limit = s.replica_log_max_bytes,
+                        ?behind,
+                        "the log kept for replicas that are behind passed cluster.replica_log_max_bytes: released, they catch up by snapshot"
+                    );
+                    }
+                }
+                let followers = if leader && hold_for_replicas {
                     s.raw
                         .raft
                         .prs()
@@ -771,22 +896,35 @@ impl<S: LogStore> Driver<S> {
                 } else {
                     u64::MAX
                 };
+                // The entries after a snapshot handed out (or being built) stay, so the
+                // follower installing it can continue from there.
+                let snapshot_hold = s
+                    .raw
+                    .store()
+                    .snapshots()
+                    .hold()
+                    .filter(|h| s.raw.raft.prs().iter().any(|(_, p)| p.matched + 1 < *h))
+                    .unwrap_or(u64::MAX);
                 let below = below
                     .min(applied + 1)
                     .min(s.log.cursor_floor())
-                    .min(followers);
+                    .min(followers)
+                    .min(snapshot_hold);
                 if s.raw.raft.state == StateRole::Leader && s.raw.raft.prs().iter().len() > 1 {
                     // What every replica has: followers compact no further (through the
                     // replicated cursor), so whoever leads next still has what a lagging
                     // replica needs.
-                    let held = s
-                        .raw
-                        .raft
-                        .prs()
-                        .iter()
-                        .map(|(_, p)| p.matched)
-                        .min()
-                        .unwrap_or(0);
+                    let held = if hold_for_replicas {
+                        s.raw
+                            .raft
+                            .prs()
+                            .iter()
+                            .map(|(_, p)| p.matched)
+                            .min()
+                            .unwrap_or(0)
+                    } else {
+                        applied
+                    };
                     if held > s.log.cursor(REPLICAS_CURSOR).unwrap_or(0) {
                         let (reply, _) = oneshot::channel();
                         s.propose_cursor(REPLICAS_CURSOR, held, reply);
@@ -794,6 +932,13 @@ impl<S: LogStore> Driver<S> {
                 }
                 if below <= 1 {
                     return false;
+                }
+                if below > raft::Storage::first_index(s.raw.store()).unwrap_or(1) {
+                    let state = codec::encode_state(applied, &s.log.cursors(), &s.dedup);
+                    if let Err(e) = s.raw.mut_store().save_applied_state(&state) {
+                        tracing::warn!(shard, error = %e, "cannot save the applied state; the log is not compacted");
+                        return false;
+                    }
                 }
                 match s.raw.mut_store().compact(below) {
                     Ok(freed) if freed > 0 => {
@@ -893,7 +1038,174 @@ impl<S: LogStore> Driver<S> {
                 let _ = done.send(commits);
                 false
             }
+            Input::SnapshotReady {
+                shard,
+                index,
+                term,
+                data,
+            } => {
+                let s = &mut self.shards[shard as usize];
+                let conf = match raft::Storage::initial_state(s.raw.store()) {
+                    Ok(st) => st.conf_state,
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "cannot read the configuration for a snapshot");
+                        return false;
+                    }
+                };
+                let mut snap = Snapshot::default();
+                snap.mut_metadata().index = index;
+                snap.mut_metadata().term = term;
+                snap.mut_metadata().set_conf_state(conf);
+                snap.data = data.into();
+                s.raw.mut_store().snapshots_mut().set(snap);
+                tracing::info!(shard, index, term, "snapshot packaged");
+                false
+            }
+            Input::InstallSnapshot {
+                shard,
+                offer,
+                state,
+                reply,
+            } => {
+                let s = &mut self.shards[shard as usize];
+                let index = offer.index;
+                match codec::decode_state(&state, s.dedup_producers_max) {
+                    Err(reason) => {
+                        let _ = reply.send(Err(Error::Corrupt {
+                            shard,
+                            index,
+                            reason: format!("snapshot state: {reason}"),
+                        }));
+                    }
+                    Ok(st) => {
+                        s.restore = Some(st);
+                        if let Err(e) = s.raw.step(offer.message) {
+                            tracing::debug!(shard, error = %e, "snapshot message ignored");
+                        }
+                        // raft-rs took it when it is now the log's pending snapshot; the
+                        // next round installs it.
+                        let taken = s
+                            .raw
+                            .raft
+                            .raft_log
+                            .unstable_snapshot()
+                            .as_ref()
+                            .is_some_and(|u| u.get_metadata().index == index);
+                        if !taken {
+                            s.restore = None;
+                        }
+                        let _ = reply.send(Ok(taken));
+                    }
+                }
+                false
+            }
             Input::Shutdown => true,
+        }
+    }
+
+    /// Installs the snapshot of a Ready in shard `i`: the log is replaced (durably) and
+    /// the applied state becomes the snapshot's.
+    fn install_snapshot(&mut self, i: usize, meta: &raft::eraftpb::SnapshotMetadata) -> Result<()> {
+        let (index, term, conf) = (meta.index, meta.term, meta.get_conf_state().clone());
+        if let Some((applied, cursors, dedup)) = &self.shards[i].restore {
+            // Before the log it covers goes: a restart after the reset needs it.
+            let state = codec::encode_state(*applied, cursors, dedup);
+            if let Err(e) = self.shards[i].raw.mut_store().save_applied_state(&state) {
+                self.retry_disk_full(i, e, |d| {
+                    d.shards[i].raw.mut_store().save_applied_state(&state)
+                })?;
+            }
+        }
+        if let Err(e) = self.shards[i]
+            .raw
+            .mut_store()
+            .apply_snapshot(index, term, &conf)
+        {
+            self.retry_disk_full(i, e, |d| {
+                d.shards[i]
+                    .raw
+                    .mut_store()
+                    .apply_snapshot(index, term, &conf)
+            })?;
+        }
+        let s = &mut self.shards[i];
+        match s.restore.take() {
+            Some((_, cursors, dedup)) => {
+                s.dedup = dedup;
+                for (name, position) in cursors {
+                    s.log.set_cursor(name, position);
+                }
+            }
+            None => tracing::warn!(
+                shard = s.id,
+                index,
+                "snapshot installed without its applied state: cursors and idempotency table are rebuilt from the log only"
+            ),
+        }
+        // Proposals at or below the snapshot: whether their entry is the one proposed
+        // cannot be told from here.
+        let settled: Vec<u64> = s.waiters.range(..=index).map(|(i, _)| *i).collect();
+        for at in settled {
+            for w in s.waiters.remove(&at).unwrap_or_default() {
+                let _ = w.reply.send(Err(Error::Raft(format!(
+                    "shard {} replaced its log by a snapshot at index {index}; whether the proposal at {at} was stored cannot be told here",
+                    s.id
+                ))));
+            }
+        }
+        let stale: Vec<u64> = s
+            .pending_at
+            .keys()
+            .filter(|at| **at <= index)
+            .copied()
+            .collect();
+        for at in stale {
+            if let Some(k) = s.pending_at.remove(&at) {
+                s.pending_keys.remove(&k);
+            }
+        }
+        s.log.set_first(index + 1);
+        s.log.advance(index);
+        tracing::info!(
+            shard = s.id,
+            index,
+            term,
+            "snapshot installed: the log continues after it"
+        );
+        Ok(())
+    }
+
+    /// Asks the node to package a snapshot for every shard whose raft wanted one.
+    fn request_snapshots(&mut self) {
+        for s in &mut self.shards {
+            let store = s.raw.store();
+            if !store.snapshots().take_wanted() {
+                continue;
+            }
+            let first = raft::Storage::first_index(store).unwrap_or(1);
+            let index = first - 1;
+            let Ok(term) = raft::Storage::term(store, index) else {
+                continue;
+            };
+            if index == 0 || !store.snapshots().should_build(index) {
+                continue;
+            }
+            let Some(hook) = self.snapshots.get() else {
+                tracing::warn!(
+                    shard = s.id,
+                    "a follower needs a snapshot, but this node cannot build one yet"
+                );
+                continue;
+            };
+            store.snapshots().building(index);
+            let state = codec::encode_state(s.log.watermark(), &s.log.cursors(), &s.dedup);
+            tracing::info!(
+                shard = s.id,
+                index,
+                term,
+                "a follower is behind the compacted log: packaging a snapshot"
+            );
+            hook.build(s.id, SnapshotRequest { index, term, state });
         }
     }
 
@@ -920,13 +1232,11 @@ impl<S: LogStore> Driver<S> {
             let id = s.id;
             let out = rd.take_messages();
             self.send(id, out);
-            let s = &mut self.shards[i];
             if !rd.snapshot().is_empty() {
-                return Err(Error::Raft(format!(
-                    "shard {} received a snapshot; snapshots are not supported yet",
-                    s.id
-                )));
+                let meta = rd.snapshot().get_metadata().clone();
+                self.install_snapshot(i, &meta)?;
             }
+            let s = &mut self.shards[i];
             s.apply(rd.take_committed_entries())?;
             for e in rd.entries() {
                 let store = self.shards[i].raw.mut_store();
@@ -987,6 +1297,7 @@ impl<S: LogStore> Driver<S> {
                 }
             }
         }
+        self.request_snapshots();
         let rejoining = self.shards.iter().filter(|s| s.rejoin.is_some()).count();
         self.health
             .rejoining_shards
@@ -1091,6 +1402,24 @@ impl<S: LogStore> Shard<S> {
         raft_cfg
             .validate()
             .map_err(|e| Error::Raft(e.to_string()))?;
+        // What compaction or a snapshot took from the log but the log built: the
+        // idempotency table and the cursors, as of some applied index at or above the
+        // log's first index - 1. Re-applying the log on top changes nothing it knew.
+        let mut dedup = DedupTable::new(cfg.dedup_producers_max);
+        if let Some(bytes) = storage.load_applied_state()? {
+            let (_, cursors, table) = codec::decode_state(&bytes, cfg.dedup_producers_max)
+                .map_err(|reason| Error::Corrupt {
+                    shard,
+                    index: 0,
+                    reason: format!(
+                        "the saved applied state (applied-state beside the WAL) does not decode: {reason}; removing that file starts the shard with the idempotency table rebuilt from the log alone"
+                    ),
+                })?;
+            dedup = table;
+            for (name, position) in cursors {
+                log.set_cursor(name, position);
+            }
+        }
         let mut raw =
             RawNode::new(&raft_cfg, storage, logger).map_err(|e| Error::Raft(e.to_string()))?;
         if single {
@@ -1101,7 +1430,7 @@ impl<S: LogStore> Shard<S> {
             id: shard,
             raw,
             log,
-            dedup: DedupTable::new(cfg.dedup_producers_max),
+            dedup,
             pending_keys: HashMap::new(),
             pending_at: HashMap::new(),
             preferred_leader: cfg.voters[shard as usize % cfg.voters.len()],
@@ -1112,6 +1441,10 @@ impl<S: LogStore> Shard<S> {
             deferred: Vec::new(),
             deferred_max: cfg.proposal_queue_len.max(1),
             last_compact: None,
+            replica_log_max_bytes: cfg.replica_log_max_bytes,
+            restore: None,
+            snapshot_ticks: HashMap::new(),
+            dedup_producers_max: cfg.dedup_producers_max,
         })
     }
 
@@ -1343,6 +1676,38 @@ impl<S: LogStore> Shard<S> {
         }
     }
 
+    /// Leader: a follower that stays in raft-rs's snapshot state for [`SNAPSHOT_TICKS`] is
+    /// reported failed, so raft offers the snapshot again (the follower may have lost the
+    /// offer, or restarted while fetching).
+    fn watch_snapshots(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.snapshot_ticks.clear();
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, p)| p.state == ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_ticks.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            let ticks = self.snapshot_ticks.entry(id).or_insert(0);
+            *ticks += 1;
+            if *ticks >= SNAPSHOT_TICKS {
+                *ticks = 0;
+                tracing::info!(
+                    shard = self.id,
+                    peer = id,
+                    "no answer to the snapshot offered: offering it again"
+                );
+                self.raw.report_snapshot(id, SnapshotStatus::Failure);
+            }
+        }
+    }
+
     /// Hands leadership to the preferred voter when it is healthy and has every entry, so
     /// leaders spread evenly and come back after a failure heals.
     fn balance(&mut self, me: u64) {
@@ -1400,6 +1765,8 @@ pub struct ShardLog {
     rejoining: AtomicBool,
     /// On a cluster: compaction also stops at [`REPLICAS_CURSOR`].
     replicated: AtomicBool,
+    /// The first index when the WAL holds no entry (after a snapshot replaced the log).
+    first_floor: AtomicU64,
 }
 
 impl ShardLog {
@@ -1421,7 +1788,23 @@ impl ShardLog {
             commit: AtomicU64::new(0),
             rejoining: AtomicBool::new(false),
             replicated: AtomicBool::new(false),
+            first_floor: AtomicU64::new(1),
         }
+    }
+
+    /// Every applied cursor.
+    pub(crate) fn cursors(&self) -> HashMap<String, u64> {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The log starts at `first` (opened compacted, or replaced by a snapshot): what is
+    /// below was applied.
+    pub(crate) fn set_first(&self, first: u64) {
+        self.first_floor.store(first, Ordering::Release);
+        self.advance(first.saturating_sub(1));
     }
 
     /// The applied position of consumer cursor `name`, `None` when it was never set (or
@@ -1480,7 +1863,8 @@ impl ShardLog {
 
     /// First index still held in the WAL.
     pub fn first_index(&self) -> u64 {
-        self.reader.first_index().unwrap_or(1)
+        let floor = self.first_floor.load(Ordering::Acquire);
+        self.reader.first_index().map_or(floor, |f| f.max(floor))
     }
 }
 

@@ -45,6 +45,8 @@ pub struct MemDisk {
     /// staged reaches the disk.
     tear_next_flush: bool,
     tear_keep: usize,
+    /// What `save_applied_state` wrote (never, as long as nothing compacts).
+    applied_state: Option<Vec<u8>>,
 }
 
 impl MemDisk {
@@ -70,6 +72,7 @@ pub(crate) struct MemStorage {
     staged: Vec<Entry>,
     hard_state: HardState,
     dirty: bool,
+    snapshots: crate::storage::SnapshotSlot,
 }
 
 impl MemStorage {
@@ -97,6 +100,7 @@ impl MemStorage {
             staged: Vec::new(),
             hard_state,
             dirty: false,
+            snapshots: Default::default(),
         }
     }
 }
@@ -170,6 +174,31 @@ impl LogStore for MemStorage {
     fn disk_bytes(&self) -> u64 {
         0
     }
+
+    fn snapshots(&self) -> &crate::storage::SnapshotSlot {
+        &self.snapshots
+    }
+
+    fn snapshots_mut(&mut self) -> &mut crate::storage::SnapshotSlot {
+        &mut self.snapshots
+    }
+
+    fn save_applied_state(&mut self, state: &[u8]) -> Result<()> {
+        self.disk.lock().unwrap().applied_state = Some(state.to_vec());
+        Ok(())
+    }
+
+    fn load_applied_state(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.disk.lock().unwrap().applied_state.clone())
+    }
+
+    fn apply_snapshot(&mut self, index: u64, _term: u64, _conf: &ConfState) -> Result<()> {
+        // The simulated disk is never compacted (`compact` above), so no leader asks for
+        // a snapshot and none reaches a follower.
+        Err(Error::Raft(format!(
+            "the simulator does not compact, yet a snapshot at {index} arrived"
+        )))
+    }
 }
 
 impl raft::Storage for MemStorage {
@@ -222,10 +251,9 @@ impl raft::Storage for MemStorage {
         Ok(self.disk.lock().unwrap().last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let first = self.disk.lock().unwrap().first();
+        self.snapshots.answer(request_index, first)
     }
 }
 

@@ -5,9 +5,11 @@
 //! WAL, flushed, and only after the flush completes does [`WalStorage::commit_staged`] make
 //! them visible to raft through `entries()`/`term()`/`last_index()`.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::time::Instant;
 
-use raft::eraftpb::{Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use weir_wal::{SyncTicket, Wal, WalReader};
 
@@ -39,6 +41,94 @@ pub(crate) trait LogStore: raft::Storage + Send + 'static {
     fn last(&self) -> u64;
     /// Bytes on disk.
     fn disk_bytes(&self) -> u64;
+    /// The snapshot this leader's node packaged (see [`SnapshotSlot`]).
+    fn snapshots(&self) -> &SnapshotSlot;
+    /// The same, to change.
+    fn snapshots_mut(&mut self) -> &mut SnapshotSlot;
+    /// Replaces the whole log by a snapshot at `index` (whose entry had term `term`): the
+    /// log is empty and its next entry is `index + 1`; the commit index is at least
+    /// `index`. Durable when it returns.
+    fn apply_snapshot(&mut self, index: u64, term: u64, conf: &ConfState) -> Result<()>;
+    /// Makes the applied state (`codec::encode_state`) durable, replacing the last one:
+    /// written before compaction removes entries and when a snapshot replaces the log,
+    /// so that what the removed entries built (the idempotency table) outlives them.
+    fn save_applied_state(&mut self, state: &[u8]) -> Result<()>;
+    /// The applied state saved last, if any.
+    fn load_applied_state(&self) -> Result<Option<Vec<u8>>>;
+}
+
+/// A leader's packaged snapshot, what raft asked for, and how long the log after a
+/// snapshot must be kept. `raft::Storage::snapshot` takes `&self`, hence the cells (the
+/// storage lives on the raft thread only).
+#[derive(Default)]
+pub(crate) struct SnapshotSlot {
+    ready: Option<Snapshot>,
+    /// raft asked for a snapshot that is not packaged (or no longer usable).
+    wanted: Cell<bool>,
+    /// The index whose successors a follower will ask for (a snapshot being built or
+    /// handed out), and since when.
+    held: Cell<Option<(u64, Instant)>>,
+}
+
+impl SnapshotSlot {
+    /// What `raft::Storage::snapshot` answers: the packaged snapshot while the log still
+    /// holds the entries after it, else "temporarily unavailable" (and a package is
+    /// wanted: the driver asks the node for one).
+    pub(crate) fn answer(&self, request_index: u64, first: u64) -> raft::Result<Snapshot> {
+        match &self.ready {
+            Some(s)
+                if s.get_metadata().index + 1 >= first
+                    && s.get_metadata().index >= request_index =>
+            {
+                self.held
+                    .set(Some((s.get_metadata().index, Instant::now())));
+                Ok(s.clone())
+            }
+            _ => {
+                self.wanted.set(true);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+
+    /// Whether raft asked for a snapshot since the last call.
+    pub(crate) fn take_wanted(&self) -> bool {
+        self.wanted.replace(false)
+    }
+
+    /// A package for `index` is being built: keep what follows it.
+    pub(crate) fn building(&self, index: u64) {
+        self.held.set(Some((index, Instant::now())));
+    }
+
+    /// Whether to ask the node for a package at `index`: not while one for the same index
+    /// was asked for within the last 30 s (raft asks at every heartbeat).
+    pub(crate) fn should_build(&self, index: u64) -> bool {
+        let fresh = self
+            .ready
+            .as_ref()
+            .is_some_and(|s| s.get_metadata().index == index);
+        !fresh
+            && !self.held.get().is_some_and(|(i, at)| {
+                i == index && at.elapsed() < std::time::Duration::from_secs(30)
+            })
+    }
+
+    /// The node packaged a snapshot.
+    pub(crate) fn set(&mut self, snapshot: Snapshot) {
+        self.ready = Some(snapshot);
+    }
+
+    /// The lowest index compaction must keep: the one after a snapshot built or handed out
+    /// within [`crate::snapshot::SNAPSHOT_HOLD`].
+    pub(crate) fn hold(&self) -> Option<u64> {
+        self.held
+            .get()
+            .filter(|(_, at)| at.elapsed() < crate::snapshot::SNAPSHOT_HOLD)
+            .map(|(index, _)| index + 1)
+    }
 }
 
 /// A flush in flight.
@@ -122,6 +212,33 @@ impl LogStore for WalStorage {
     fn disk_bytes(&self) -> u64 {
         WalStorage::disk_bytes(self)
     }
+
+    fn snapshots(&self) -> &SnapshotSlot {
+        &self.snapshots
+    }
+
+    fn snapshots_mut(&mut self) -> &mut SnapshotSlot {
+        &mut self.snapshots
+    }
+
+    fn apply_snapshot(&mut self, index: u64, term: u64, conf: &ConfState) -> Result<()> {
+        WalStorage::apply_snapshot(self, index, term, conf)
+    }
+
+    fn save_applied_state(&mut self, state: &[u8]) -> Result<()> {
+        let path = self.applied_state_path();
+        weir_wal::durable::atomic_write(&path, state)
+            .map_err(|e| Error::Wal(weir_wal::Error::io(path, e)))
+    }
+
+    fn load_applied_state(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.applied_state_path();
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Wal(weir_wal::Error::io(path, e))),
+        }
+    }
 }
 
 /// A crash can leave entries of term T durable while the hard state written in the same
@@ -183,6 +300,7 @@ pub(crate) struct WalStorage {
     tail: VecDeque<Entry>,
     tail_bytes: usize,
     buf: Vec<u8>,
+    snapshots: SnapshotSlot,
 }
 
 impl WalStorage {
@@ -265,6 +383,7 @@ impl WalStorage {
             tail: VecDeque::new(),
             tail_bytes: 0,
             buf: Vec::new(),
+            snapshots: SnapshotSlot::default(),
         };
         if fresh {
             s.wal.set_meta(&codec::encode_meta(&s.meta))?;
@@ -276,6 +395,12 @@ impl WalStorage {
 
     pub(crate) fn reader(&self) -> WalReader {
         self.reader.clone()
+    }
+
+    /// `applied-state` beside the shard's WAL directory.
+    fn applied_state_path(&self) -> std::path::PathBuf {
+        let dir = self.wal.dir();
+        dir.parent().unwrap_or(dir).join("applied-state")
     }
 
     pub(crate) fn last(&self) -> u64 {
@@ -387,6 +512,31 @@ impl WalStorage {
         self.wal.disk_bytes()
     }
 
+    /// Replaces the log by a snapshot at `index` (see [`LogStore::apply_snapshot`]). The
+    /// new meta goes into the WAL's RESET segment, so a crash leaves either the old log
+    /// or the new one.
+    pub(crate) fn apply_snapshot(&mut self, index: u64, term: u64, conf: &ConfState) -> Result<()> {
+        let mut meta = self.meta.clone();
+        meta.compacted_index = index;
+        meta.compacted_term = term;
+        meta.conf_state = conf.clone();
+        meta.hard_state.commit = meta.hard_state.commit.max(index);
+        self.wal.set_meta(&codec::encode_meta(&meta))?;
+        if let Err(e) = self.wal.reset(index + 1) {
+            // The log is unchanged: so must the meta the next flush writes be.
+            self.wal.set_meta(&codec::encode_meta(&self.meta))?;
+            return Err(e.into());
+        }
+        self.meta = meta;
+        self.meta_dirty = false;
+        self.staged.clear();
+        self.terms.clear();
+        self.first = index + 1;
+        self.tail.clear();
+        self.tail_bytes = 0;
+        Ok(())
+    }
+
     fn term_of(&self, idx: u64) -> raft::Result<u64> {
         if idx == self.meta.compacted_index && idx + 1 == self.first {
             return Ok(self.meta.compacted_term);
@@ -465,11 +615,7 @@ impl raft::Storage for WalStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots (catch-up of a follower behind the compacted log) arrive with the
-        // three-node cluster; a single voter never asks for one.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        self.snapshots.answer(request_index, self.first)
     }
 }

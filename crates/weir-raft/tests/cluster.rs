@@ -50,8 +50,17 @@ fn start_node(net: &Arc<Net>, dir: &std::path::Path, id: u64) -> Arc<RaftNode> {
 }
 
 fn start_node_as(net: &Arc<Net>, dir: &std::path::Path, id: u64, rejoining: bool) -> Arc<RaftNode> {
+    start_node_with(net, dir, id, |c| c.rejoining = rejoining)
+}
+
+fn start_node_with(
+    net: &Arc<Net>,
+    dir: &std::path::Path,
+    id: u64,
+    tweak: impl Fn(&mut NodeConfig),
+) -> Arc<RaftNode> {
     let mut c = NodeConfig::single(dir);
-    c.rejoining = rejoining;
+    tweak(&mut c);
     c.node_id = id;
     c.voters = vec![1, 2, 3];
     c.shard_count = SHARDS;
@@ -108,6 +117,42 @@ impl Cluster {
 
     fn node(&self, id: u64) -> &Arc<RaftNode> {
         &self.nodes[id as usize - 1]
+    }
+
+    /// Asks every node but `except` to compact shard 0 as far as it may, twice: the
+    /// followers wait for the leader's record of what every replica holds, and compaction
+    /// runs at most every 10 s per shard.
+    fn compact_all(&self, except: Option<u64>) {
+        for round in 0..2 {
+            for id in (1..=3).filter(|n| Some(*n) != except) {
+                self.node(id).compact(0, u64::MAX);
+            }
+            if round == 0 {
+                std::thread::sleep(Duration::from_millis(10_500));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Cuts node `id` off and stops it.
+    fn stop(&mut self, id: u64) {
+        let node = self.nodes[id as usize - 1].clone();
+        self.net.nodes.lock().unwrap()[id as usize - 1] = None;
+        self.net.cut.lock().unwrap().insert(id);
+        node.shutdown();
+    }
+
+    /// What the peer service does for a rejoining node `id`: every peer forgets its old
+    /// log and reports how far it must catch up, and the node is told.
+    fn confirm_rejoin(&self, id: u64) {
+        let mut targets = vec![(0u64, 0u64); SHARDS as usize];
+        for peer in (1..=3).filter(|n| *n != id) {
+            let reported = rt().block_on(self.node(peer).forget_peer(id)).unwrap();
+            for (t, r) in targets.iter_mut().zip(reported) {
+                *t = (t.0.max(r.0), t.1.max(r.1));
+            }
+        }
+        self.node(id).rejoin_confirmed(targets);
     }
 }
 
@@ -291,11 +336,7 @@ fn no_replica_compacts_past_what_a_stopped_replica_holds_so_it_catches_up() {
     assert_replicated(&c, 0, &want);
     let leader = c.leader(0);
     let down = (1..=3).find(|n| *n != leader).unwrap();
-    let node = c.nodes[down as usize - 1].clone();
-    c.net.nodes.lock().unwrap()[down as usize - 1] = None;
-    c.net.cut.lock().unwrap().insert(down);
-    node.shutdown();
-    drop(node);
+    c.stop(down);
     for i in 200..400 {
         propose(&c, 0, None, &big(i));
         want.push(big(i));
@@ -304,16 +345,7 @@ fn no_replica_compacts_past_what_a_stopped_replica_holds_so_it_catches_up() {
     // leader first records what every replica holds, and the followers wait for it.
     let first_index =
         |c: &Cluster, id: u64| rt().block_on(c.node(id).status()).unwrap()[0].first_index;
-    for round in 0..2 {
-        for id in (1..=3).filter(|n| *n != down) {
-            c.node(id).compact(0, u64::MAX);
-        }
-        if round == 0 {
-            // Compaction runs at most every 10 s per shard.
-            std::thread::sleep(Duration::from_millis(10_500));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    c.compact_all(Some(down));
     let live: Vec<u64> = (1..=3).filter(|n| *n != down).collect();
     assert!(
         live.iter().any(|id| first_index(&c, *id) > 1),
@@ -386,17 +418,7 @@ fn a_node_seeded_with_a_copy_of_a_peers_data_rejoins_after_the_logs_were_compact
     for i in 0..400 {
         propose(&c, 0, None, &incompressible(i));
     }
-    // Compact everywhere (twice: the followers wait for the leader's record of what every
-    // replica holds; compaction runs at most every 10 s per shard).
-    for round in 0..2 {
-        for id in 1..=3 {
-            c.node(id).compact(0, u64::MAX);
-        }
-        if round == 0 {
-            std::thread::sleep(Duration::from_millis(10_500));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    c.compact_all(None);
     let first = |c: &Cluster, id: u64| c.node(id).committed_log(0).first_index();
     assert!(
         (1..=3).all(|id| first(&c, id) > 1),
@@ -408,10 +430,7 @@ fn a_node_seeded_with_a_copy_of_a_peers_data_rejoins_after_the_logs_were_compact
     let lost = (1..=3).find(|n| *n != leader).unwrap();
     let donor = (1..=3).find(|n| *n != leader && *n != lost).unwrap();
     for id in [lost, donor] {
-        let node = c.nodes[id as usize - 1].clone();
-        c.net.nodes.lock().unwrap()[id as usize - 1] = None;
-        c.net.cut.lock().unwrap().insert(id);
-        node.shutdown();
+        c.stop(id);
     }
     let lost_dir = c.dirs[lost as usize - 1].path().to_path_buf();
     std::fs::remove_dir_all(&lost_dir).unwrap();
@@ -419,16 +438,7 @@ fn a_node_seeded_with_a_copy_of_a_peers_data_rejoins_after_the_logs_were_compact
     c.nodes[donor as usize - 1] = start_node(&c.net, c.dirs[donor as usize - 1].path(), donor);
     c.nodes[lost as usize - 1] = start_node_as(&c.net, &lost_dir, lost, true);
     c.net.cut.lock().unwrap().clear();
-    // What the peer service does for a rejoining node: every peer forgets its old log and
-    // reports how far it must catch up.
-    let mut targets = vec![(0u64, 0u64); SHARDS as usize];
-    for id in (1..=3).filter(|n| *n != lost) {
-        let reported = rt().block_on(c.node(id).forget_peer(lost)).unwrap();
-        for (t, r) in targets.iter_mut().zip(reported) {
-            *t = (t.0.max(r.0), t.1.max(r.1));
-        }
-    }
-    c.node(lost).rejoin_confirmed(targets);
+    c.confirm_rejoin(lost);
     for i in 400..420 {
         propose(&c, 0, None, &incompressible(i));
     }
@@ -454,5 +464,225 @@ fn a_node_seeded_with_a_copy_of_a_peers_data_rejoins_after_the_logs_were_compact
     assert!(
         first(&c, lost) > 1,
         "it resumed from the copy, not from index 1"
+    );
+}
+
+/// The node's half of snapshots, in memory: a leader's "package" is the raft state it was
+/// asked to carry, kept in a shared map; a follower fetches it from there and installs it.
+struct MemSnapshots {
+    net: Arc<Net>,
+    me: u64,
+    packages: Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    built: Arc<std::sync::atomic::AtomicUsize>,
+    installed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl weir_raft::Snapshots for MemSnapshots {
+    fn build(&self, shard: u32, request: weir_raft::SnapshotRequest) {
+        let id = format!("{}/{shard}/{}", self.me, request.index);
+        self.packages
+            .lock()
+            .unwrap()
+            .insert(id.clone(), request.state);
+        self.built.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let node = self.net.nodes.lock().unwrap()[self.me as usize - 1].clone();
+        if let Some(n) = node {
+            // As the real node: from another thread, once the package exists.
+            std::thread::spawn(move || {
+                n.snapshot_ready(shard, request.index, request.term, id.into_bytes())
+            });
+        }
+    }
+
+    fn fetch(&self, shard: u32, offer: weir_raft::SnapshotOffer) {
+        let id = String::from_utf8(offer.data.clone()).unwrap();
+        let Some(state) = self.packages.lock().unwrap().get(&id).cloned() else {
+            return;
+        };
+        let node = self.net.nodes.lock().unwrap()[self.me as usize - 1].clone();
+        let installed = self.installed.clone();
+        if let Some(n) = node {
+            std::thread::spawn(move || {
+                if matches!(
+                    rt().block_on(n.install_snapshot(shard, offer, state)),
+                    Ok(Ok(true))
+                ) {
+                    installed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn a_wiped_leader_catches_up_by_snapshot_and_keeps_recognising_retries_of_compacted_batches() {
+    let mut c = Cluster::start();
+    let packages = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let installed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let serve = |c: &Cluster, id: u64| {
+        c.node(id).serve_snapshots(Arc::new(MemSnapshots {
+            net: c.net.clone(),
+            me: id,
+            packages: packages.clone(),
+            built: built.clone(),
+            installed: installed.clone(),
+        }))
+    };
+    for id in 1..=3 {
+        serve(&c, id);
+    }
+    let key = |i: u64| {
+        Some(DedupKey {
+            producer: "acme/agent-1".into(),
+            sequence: i,
+        })
+    };
+    let mut want = Vec::new();
+    for i in 0..400 {
+        propose(&c, 0, key(i as u64), &incompressible(i));
+        want.push(incompressible(i));
+    }
+    c.compact_all(None);
+    let first = |c: &Cluster, id: u64| c.node(id).committed_log(0).first_index();
+    assert!(
+        (1..=3).all(|id| first(&c, id) > 1),
+        "every log was compacted"
+    );
+
+    // The leader of shard 0 (its preferred node) loses its disk and comes back empty.
+    let lost = c.leader(0);
+    c.stop(lost);
+    let lost_dir = c.dirs[lost as usize - 1].path().to_path_buf();
+    std::fs::remove_dir_all(&lost_dir).unwrap();
+    for i in 400..410 {
+        propose(&c, 0, key(i as u64), &incompressible(i));
+        want.push(incompressible(i));
+    }
+    c.nodes[lost as usize - 1] = start_node_as(&c.net, &lost_dir, lost, true);
+    serve(&c, lost);
+    c.net.cut.lock().unwrap().clear();
+    c.confirm_rejoin(lost);
+
+    // It catches up through a snapshot (an empty log cannot be fed from index 1 any more)
+    // and, once it holds everything, leadership comes back to it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rejoining = c
+            .node(lost)
+            .health()
+            .rejoining_shards
+            .load(std::sync::atomic::Ordering::Acquire);
+        if rejoining == 0 && c.node(lost).leader_of(0) == Some(lost) && c.leader(0) == lost {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node did not catch up and lead again (rejoining shards {rejoining}, \
+             leader {:?}, snapshots built {}, installed {})",
+            c.node(lost).leader_of(0),
+            built.load(std::sync::atomic::Ordering::SeqCst),
+            installed.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        installed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "a snapshot was installed"
+    );
+    let log = c.node(lost).committed_log(0);
+    assert!(log.first_index() > 1, "its log starts after the snapshot");
+    // What it holds is the tail of what everyone holds, in order.
+    let tail = common::payloads_from(&*log, log.first_index());
+    assert!(
+        !tail.is_empty() && want.ends_with(&tail),
+        "its log is a suffix of the others'"
+    );
+    // Batch 5 is below its log: only the snapshot's idempotency table knows it was stored.
+    let again = propose(&c, 0, key(5), &incompressible(5));
+    assert!(
+        again.duplicate,
+        "a retry of a batch stored before the snapshot is a duplicate"
+    );
+    let fresh = propose(&c, 0, key(410), &incompressible(410));
+    assert!(!fresh.duplicate);
+    want.push(incompressible(410));
+    for id in 1..=3 {
+        let log = c.node(id).committed_log(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while common::payloads_from(&*log, log.first_index()).last() != Some(&incompressible(410)) {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply the last batch"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_replica_down_longer_than_the_log_bound_allows_catches_up_by_snapshot() {
+    let net = Arc::new(Net::default());
+    *net.nodes.lock().unwrap() = vec![None, None, None];
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bounded = |c: &mut NodeConfig| c.replica_log_max_bytes = 2 << 20;
+    let nodes = (1..=3)
+        .map(|id| start_node_with(&net, dirs[id as usize - 1].path(), id, bounded))
+        .collect();
+    let mut c = Cluster { net, dirs, nodes };
+    let installed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let packages = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let serve = |c: &Cluster, id: u64| {
+        c.node(id).serve_snapshots(Arc::new(MemSnapshots {
+            net: c.net.clone(),
+            me: id,
+            packages: packages.clone(),
+            built: Arc::default(),
+            installed: installed.clone(),
+        }))
+    };
+    for id in 1..=3 {
+        serve(&c, id);
+    }
+    for i in 0..50 {
+        propose(&c, 0, None, &incompressible(i));
+    }
+    let leader = c.leader(0);
+    let down = (1..=3).find(|n| *n != leader).unwrap();
+    let held = c.node(down).committed_log(0).watermark();
+    c.stop(down);
+    // 3.2 MiB more: past the 2 MiB the others keep for it.
+    for i in 50..450 {
+        propose(&c, 0, None, &incompressible(i));
+    }
+    c.compact_all(Some(down));
+    for id in (1..=3).filter(|n| *n != down) {
+        let first = c.node(id).committed_log(0).first_index();
+        assert!(
+            first > held + 1,
+            "node {id} kept its log for the replica that is down (first index {first}, the replica holds up to {held})"
+        );
+    }
+    c.nodes[down as usize - 1] =
+        start_node_with(&c.net, c.dirs[down as usize - 1].path(), down, bounded);
+    serve(&c, down);
+    c.net.cut.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = c.node(down).committed_log(0);
+        let wm = log.watermark();
+        let tail = common::payloads_from(&*log, log.first_index());
+        if tail.last() == Some(&incompressible(449)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the returning replica did not catch up (watermark {wm})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        installed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "it caught up by snapshot"
     );
 }

@@ -378,3 +378,52 @@ fn compaction_never_passes_a_required_cursor() {
     assert_eq!(got.len(), 19);
     node.shutdown();
 }
+
+#[test]
+fn a_retry_of_a_batch_whose_entry_was_compacted_away_is_still_a_duplicate_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let key = |s: u64| {
+        Some(DedupKey {
+            producer: "acme/agent-7".into(),
+            sequence: s,
+        })
+    };
+    let node = RaftNode::start(config(dir.path())).unwrap();
+    let log = node.committed_log(0);
+    wait_leader(&log);
+    for s in 0..40 {
+        // 100 KiB of noise each: 40 entries span several 1 MiB segments.
+        let noise: Vec<u8> = (0..100 << 10).map(|_| rand::random::<u8>()).collect();
+        rt.block_on(node.propose(0, key(s), noise).unwrap())
+            .unwrap()
+            .unwrap();
+    }
+    node.compact(0, log.watermark() + 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rt.block_on(node.status()).unwrap()[0].first_index <= 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction never happened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.shutdown();
+    drop(node);
+    // Sequence 0's entry is gone from the log; the table saved at compaction still knows it.
+    let node = RaftNode::start(config(dir.path())).unwrap();
+    let log = node.committed_log(0);
+    wait_leader(&log);
+    assert!(log.first_index() > 2, "the first entries were compacted");
+    let again = rt
+        .block_on(node.propose(0, key(0), b"retry".to_vec()).unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(again.duplicate, "a retry of sequence 0 is recognised");
+    let fresh = rt
+        .block_on(node.propose(0, key(40), b"new".to_vec()).unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(!fresh.duplicate);
+    node.shutdown();
+}

@@ -57,6 +57,11 @@ pub struct ClusterConfig {
     /// Raft messages queued toward one peer at most (per lane); past it they are dropped
     /// and raft retransmits.
     pub peer_queue_len: usize,
+    /// Bytes of a shard's WAL a leader keeps for a replica that is behind (down, cut off,
+    /// slow). Past it the leader and the others compact as if that replica were not
+    /// there, and it catches up by snapshot when it returns: a replica that is away for
+    /// long costs bounded disk, not a growing WAL on every node.
+    pub replica_log_max_bytes: u64,
     /// Start as a rejoining node (`weir server --rejoin`): the data directory is a copy of
     /// another member's, not this node's own (docs/cluster.md). Not a file key.
     #[serde(skip)]
@@ -70,6 +75,7 @@ impl Default for ClusterConfig {
             peer_addr: "0.0.0.0:4319".parse().expect("literal address"),
             nodes: Vec::new(),
             peer_queue_len: 4096,
+            replica_log_max_bytes: 4 << 30,
             rejoin: false,
         }
     }

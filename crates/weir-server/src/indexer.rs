@@ -108,6 +108,9 @@ fn run(
                 Duration::from_millis(100)
             },
         );
+        // A snapshot may have replaced the index by a copy that is further along (it is
+        // installed before the log jumps past what this replica held).
+        next = next.max(index.checkpoint() + 1);
         if watermark >= next {
             let entries = log.read(next, watermark, READ_BYTES_MAX)?;
             // An empty read means the whole range held no payload (raft no-ops).

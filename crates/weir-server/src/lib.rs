@@ -22,6 +22,7 @@ pub mod indexer;
 pub mod metrics;
 pub mod peer;
 pub mod search;
+pub mod snapshot;
 pub mod state;
 
 use std::future::Future;
@@ -151,6 +152,7 @@ impl Node {
                 .map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
             proposal_queue_len: config.storage.proposal_queue_len,
             dedup_producers_max: config.storage.dedup_producers_max,
+            replica_log_max_bytes: config.cluster.replica_log_max_bytes,
             rejoining,
             ..NodeConfig::single(&config.data_dir)
         };
@@ -212,6 +214,7 @@ impl Node {
             .context("cannot start the mirrors")?,
         );
         let indexer_failed: Vec<_> = indexers.iter().map(Indexer::failure_slot).collect();
+        let snapshot_indexes = indexes.clone();
         let searcher = Arc::new(Searcher::new(
             indexes,
             links.clone().map(|links| search::ClusterView {
@@ -221,11 +224,20 @@ impl Node {
             }),
         ));
         let (peer_task, peer_addr) = match peer {
-            Some((_, service, task, addr)) => {
+            Some((peer_links, service, task, addr)) => {
+                let snapshots = snapshot::SnapshotStore::open(
+                    &config.data_dir,
+                    raft.clone(),
+                    snapshot_indexes,
+                    peer_links,
+                    metrics.snapshots.clone(),
+                )?;
+                raft.serve_snapshots(Arc::new(snapshots.clone()));
                 service.ready(peer::PeerBackend {
                     raft: raft.clone(),
                     searcher: searcher.clone(),
                     commit_timeout: Duration::from_millis(config.storage.commit_timeout_ms),
+                    snapshots,
                 });
                 if rejoining {
                     if let Some(l) = &links {

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub search_latency: Histogram,
     /// Records indexed.
     pub records_indexed: Counter,
+    /// Raft snapshots built, installed and fetched (a cluster only).
+    pub snapshots: std::sync::Arc<crate::snapshot::SnapshotCounters>,
 }
 
 impl Metrics {
@@ -150,6 +152,31 @@ impl Metrics {
             "weir_index_records_total",
             "records indexed",
             self.records_indexed.get(),
+        );
+        let snap = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        counter(
+            &mut out,
+            "weir_snapshots_built_total",
+            "raft snapshot packages built for a follower behind the compacted log",
+            snap(&self.snapshots.built),
+        );
+        counter(
+            &mut out,
+            "weir_snapshots_installed_total",
+            "raft snapshots fetched from a leader and installed",
+            snap(&self.snapshots.installed),
+        );
+        counter(
+            &mut out,
+            "weir_snapshot_fetches_failed_total",
+            "snapshot fetches that failed (resumed at the leader's next offer)",
+            snap(&self.snapshots.fetch_failed),
+        );
+        counter(
+            &mut out,
+            "weir_snapshot_bytes_fetched_total",
+            "bytes of snapshot packages received",
+            snap(&self.snapshots.bytes_fetched),
         );
         out
     }

@@ -13,7 +13,8 @@ use weir_proto::v1::peer_server::Peer;
 use weir_proto::v1::{
     ForwardError, ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, RaftBatch,
     RaftBatchResponse, ShardLabelsRequest, ShardLabelsResponse, ShardSearchRequest,
-    ShardSearchResponse, ShardStatusProto, ShardStatusRequest, ShardStatusResponse,
+    ShardSearchResponse, ShardStatusProto, ShardStatusRequest, ShardStatusResponse, SnapshotChunk,
+    SnapshotFileRequest,
 };
 use weir_raft::{DedupKey, RaftNode};
 
@@ -28,6 +29,8 @@ pub struct PeerBackend {
     pub searcher: Arc<Searcher>,
     /// How long a forwarded append may wait for its commit.
     pub commit_timeout: Duration,
+    /// Snapshot packages this node built, served to followers.
+    pub snapshots: crate::snapshot::SnapshotStore,
 }
 
 /// The `weir.v1.Peer` service.
@@ -95,6 +98,23 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type SnapshotFileStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot_file(
+        &self,
+        req: Request<SnapshotFileRequest>,
+    ) -> Result<Response<Self::SnapshotFileStream>, Status> {
+        let r = req.into_inner();
+        let backend = self.check(&r.cluster_id, None)?;
+        let file = backend
+            .snapshots
+            .package_file(r.shard, &r.package, &r.path)?;
+        Ok(Response::new(crate::snapshot::SnapshotStore::stream_file(
+            file, r.offset,
+        )))
+    }
+
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         let (from, fresh, measure) = (
             req.get_ref().from,

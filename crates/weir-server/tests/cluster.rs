@@ -62,7 +62,15 @@ fn configs() -> Vec<(tempfile::TempDir, Config)> {
 
 /// Starts all three at once (a new cluster is founded only once every member answers).
 async fn start_all() -> Vec<Member> {
-    let cfgs = configs();
+    start_all_with(|_| {}).await
+}
+
+/// [`start_all`], with each config changed by `tweak` first.
+async fn start_all_with(tweak: impl Fn(&mut Config)) -> Vec<Member> {
+    let mut cfgs = configs();
+    for (_, c) in &mut cfgs {
+        tweak(c);
+    }
     let starts = cfgs
         .iter()
         .map(|(_, c)| tokio::spawn(Node::start(c.clone())))
@@ -290,6 +298,204 @@ async fn a_node_whose_data_belongs_to_another_cluster_refuses_to_start() {
     };
     assert!(err.contains("belongs to cluster 0ther0ne"), "{err}");
     assert!(err.contains(&format!("belongs to cluster {ours}")), "{err}");
+    for mut m in members {
+        m.node.take().unwrap().shutdown().await.unwrap();
+    }
+}
+
+/// Records of this node's own replicas of both shards matching `q` (no fan-out).
+async fn local_total(m: &Member, q: &str) -> u64 {
+    let req = weir_index::SearchRequest {
+        query: weir_index::parse_query(q).unwrap(),
+        tenant: weir_proto::DEFAULT_TENANT.into(),
+        start_ns: i64::MIN,
+        end_ns: i64::MAX,
+        levels: vec![],
+        limit: 0,
+        sort: weir_index::Sort::TimeDesc,
+        after: None,
+    };
+    let node = m.node.as_ref().unwrap();
+    node.state()
+        .searcher
+        .search_shards(req, &[0, 1])
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, h)| h.total)
+        .sum()
+}
+
+async fn first_indexes(m: &Member) -> Vec<u64> {
+    let st = m
+        .node
+        .as_ref()
+        .unwrap()
+        .state()
+        .raft
+        .status()
+        .await
+        .unwrap();
+    st.iter().map(|s| s.first_index).collect()
+}
+
+async fn metric(m: &Member, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", http(m)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Records whose bodies lz4 cannot shrink much, so the log fills segments.
+fn noisy_batch(prefix: &str, from: usize, n: usize) -> AppendRequest {
+    AppendRequest {
+        records: (from..from + n)
+            .map(|i| {
+                let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let noise: String = (0..100)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        format!("{:x}", x & 0xffff_ffff)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let mut r = record(&format!("{prefix} {i} {noise}"));
+                r.labels = common::labels(&[("stream", &format!("s{}", i % 5))]);
+                r
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rebuilds_its_log_and_index_from_a_snapshot_after_the_logs_were_compacted() {
+    let mut members = start_all_with(|c| c.storage.segment_size_bytes = 1 << 20).await;
+    // About 9 MB of log: several 1 MiB segments in each shard.
+    let mut sent = 0;
+    for b in 0..20 {
+        let r = append(&members[b % 3], noisy_batch("early", sent, 500))
+            .await
+            .expect("append accepted");
+        assert_eq!(r.accepted, 500);
+        sent += 500;
+    }
+    // Every node indexes, then compacts behind its index checkpoint (at most every 10 s
+    // per shard; followers only behind what the leader saw every replica hold).
+    // A follower compacts when its indexer commits, so a trickle of appends goes on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut trickle = 0;
+    loop {
+        let mut all = true;
+        for m in &members {
+            all &= first_indexes(m).await.iter().all(|f| *f > 1);
+        }
+        if all {
+            break;
+        }
+        if Instant::now() > deadline {
+            let mut firsts = Vec::new();
+            for m in &members {
+                firsts.push(first_indexes(m).await);
+            }
+            panic!("the logs were never compacted: first indexes {firsts:?}");
+        }
+        append(&members[trickle % 3], noisy_batch("trickle", trickle, 1))
+            .await
+            .expect("append accepted");
+        trickle += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(local_total(&members[2], "early").await, sent as u64);
+
+    // Node 3 loses its data directory and comes back empty.
+    let mut third = members.pop().unwrap();
+    third.node.take().unwrap().shutdown().await.unwrap();
+    std::fs::remove_dir_all(&third.cfg.data_dir).unwrap();
+    std::fs::create_dir_all(&third.cfg.data_dir).unwrap();
+    // Meanwhile the others take more.
+    let r = append(&members[0], noisy_batch("meanwhile", 0, 100))
+        .await
+        .unwrap();
+    assert_eq!(r.accepted, 100);
+    third.node = Some(
+        Node::start(third.cfg.clone())
+            .await
+            .expect("wiped node starts"),
+    );
+    members.push(third);
+    let third = &members[2];
+
+    // Its log starts where the others' do, and its own index holds every record again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let early = local_total(third, "early").await;
+        let meanwhile = local_total(third, "meanwhile").await;
+        let rejoining = third
+            .node
+            .as_ref()
+            .unwrap()
+            .state()
+            .raft
+            .health()
+            .rejoining_shards
+            .load(std::sync::atomic::Ordering::Acquire);
+        if early == sent as u64 && meanwhile == 100 && rejoining == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node holds {early} early and {meanwhile} later records, {rejoining} shards rejoining"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        metric(third, "weir_snapshots_installed_total").await >= 1,
+        "it caught up by snapshot"
+    );
+    assert!(
+        first_indexes(third).await.iter().any(|f| *f > 1),
+        "its log starts after a snapshot"
+    );
+    let built: u64 = {
+        let mut n = 0;
+        for m in &members[..2] {
+            n += metric(m, "weir_snapshots_built_total").await;
+        }
+        n
+    };
+    assert!(built >= 1, "a leader built the package");
+    // The log continues after the snapshot on the new node too.
+    let r = append(third, noisy_batch("after", 0, 50)).await.unwrap();
+    assert_eq!(r.accepted, 50);
+    // Generous: the other tests of this file run three nodes each on the same two cores.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while local_total(third, "after").await != 50 {
+        if Instant::now() > deadline {
+            let n = third.node.as_ref().unwrap();
+            panic!(
+                "the wiped node did not index what came after: {} of 50; indexers failed: {:?}; shards {:?}; checkpoints {:?}",
+                local_total(third, "after").await,
+                n.state().indexer_failures(),
+                n.state().raft.status().await.unwrap(),
+                (0..2).map(|s| n.state().searcher.checkpoint(s)).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        local_total(third, "early").await,
+        sent as u64,
+        "nothing twice"
+    );
     for mut m in members {
         m.node.take().unwrap().shutdown().await.unwrap();
     }
