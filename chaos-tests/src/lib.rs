@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use weir_proto::v1::ingest_client::IngestClient;
 use weir_proto::v1::{AppendRequest, Record};
+use weir_testkit::ports::loopback_addr;
 
 /// A TCP proxy toward one address that can be cut.
 pub struct Proxy {
@@ -150,11 +151,6 @@ pub fn weir_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
 impl Cluster {
     /// Starts `n` nodes with `shards` shards and waits until every shard has a leader.
     pub async fn start(n: u64, shards: u32) -> anyhow::Result<Cluster> {
@@ -170,9 +166,9 @@ impl Cluster {
         for id in 1..=n {
             nodes.push(NodeProc {
                 id,
-                http: free_port()?,
-                grpc: free_port()?,
-                peer: free_port()?,
+                http: loopback_addr(),
+                grpc: loopback_addr(),
+                peer: loopback_addr(),
                 config: dir.path().join(format!("node{id}.toml")),
                 data: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),

@@ -51,6 +51,7 @@ pub mod elasticsearch;
 mod http;
 mod json;
 pub mod loki;
+pub mod ports;
 mod server;
 mod util;
 
