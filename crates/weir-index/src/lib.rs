@@ -125,6 +125,12 @@ pub enum Error {
         /// The shard.
         shard: weir_proto::ShardId,
     },
+    /// The index was closed ([`ShardIndex::close`]): its node is shutting down.
+    #[error("index of {shard} is closed")]
+    Closed {
+        /// The shard.
+        shard: weir_proto::ShardId,
+    },
     /// A request argument is out of range (an empty time range, a zero limit, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

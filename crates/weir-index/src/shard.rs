@@ -181,6 +181,8 @@ struct WriteState {
     writers: HashMap<PartKey, OpenWriter>,
     tick: u64,
     poisoned: bool,
+    /// Set by [`ShardIndex::close`]: every write is refused from then on.
+    closed: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -260,6 +262,7 @@ impl ShardIndex {
                 writers: HashMap::new(),
                 tick: 0,
                 poisoned: false,
+                closed: false,
             }),
             checkpoint: AtomicU64::new(ckpt.checkpoint),
             partitions_searched: AtomicU64::new(0),
@@ -283,10 +286,42 @@ impl ShardIndex {
             .write
             .lock()
             .map_err(|_| Error::Poisoned { shard: self.shard })?;
+        if ws.closed {
+            return Err(Error::Closed { shard: self.shard });
+        }
         if ws.poisoned {
             return Err(Error::Poisoned { shard: self.shard });
         }
         Ok(ws)
+    }
+
+    /// Commits what was added, then closes every partition writer and waits for their
+    /// merges, so that no tantivy thread of this index touches its directory once this
+    /// returns (a merge finishing later would rewrite `meta.json` and delete files in a
+    /// directory that may belong to another process or a new copy by then). Writes are
+    /// refused afterwards ([`Error::Closed`]); searches still work. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// The final commit failed (the writers are closed all the same; what was not
+    /// committed is replayed from the log at the next start).
+    pub fn close(&self) -> Result<()> {
+        let mut ws = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if ws.closed {
+            return Ok(());
+        }
+        ws.closed = true;
+        let committed = if ws.poisoned {
+            Ok(())
+        } else {
+            self.commit_locked(&mut ws)
+        };
+        for (key, w) in ws.writers.drain() {
+            if let Err(e) = w.writer.wait_merging_threads() {
+                tracing::warn!(shard = self.shard.0, partition = %key.dir_name(), error = %e, "a merge failed while closing the index");
+            }
+        }
+        committed
     }
 
     /// Indexes the records of committed entry `log_index` (strictly increasing across
@@ -805,6 +840,9 @@ impl ShardIndex {
         }
         // Taken even when poisoned: the copy replaces whatever state the writers were in.
         let mut ws = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if ws.closed {
+            return Err(Error::Closed { shard: self.shard });
+        }
         for (_, w) in ws.writers.drain() {
             if let Err(e) = w.writer.wait_merging_threads() {
                 tracing::debug!(shard = self.shard.0, error = %e, "closing a writer of the replaced index");

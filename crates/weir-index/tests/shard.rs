@@ -854,3 +854,73 @@ fn a_crash_in_the_middle_of_an_install_brings_the_old_index_back() {
     let ix = open(&dir, 0);
     assert_eq!(ix.doc_count(), 40);
 }
+
+/// Every file in `dir` (recursively) with its length, but lock files.
+fn tree(dir: &Path) -> BTreeSet<(String, u64)> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(tree(&p));
+        } else if !p.to_string_lossy().ends_with(".lock") {
+            out.insert((p.display().to_string(), e.metadata().unwrap().len()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_closed_index_leaves_its_directory_alone_and_refuses_writes_but_still_answers() {
+    // Seven commits make seven segments; the commit close makes is the eighth, which
+    // starts a merge (tantivy's default policy merges eight segments of a level). A merge
+    // finishing after close returned would rewrite meta.json and delete files in a
+    // directory that another process, or a snapshot's copy, may own by then.
+    let dir = tempfile::tempdir().unwrap();
+    let ix = open(dir.path(), 0);
+    let lines = |i: u64| {
+        (0..3000)
+            .map(|j| {
+                rec(
+                    T0 + (i * 10_000 + j) as i64,
+                    Level::Info,
+                    "svc",
+                    &format!("line {i} {j}"),
+                )
+            })
+            .collect()
+    };
+    for i in 1..=7_u64 {
+        ix.add_batch(i, &batch("acme", lines(i))).unwrap();
+        ix.commit().unwrap();
+    }
+    ix.add_batch(8, &batch("acme", lines(8))).unwrap();
+    ix.add_batch(
+        41,
+        &batch("acme", vec![rec(T0, Level::Info, "svc", "last one")]),
+    )
+    .unwrap();
+    ix.close().unwrap();
+    assert_eq!(ix.checkpoint(), 41, "close commits what was added");
+    let after_close = tree(dir.path());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        tree(dir.path()),
+        after_close,
+        "nothing of the index changed its directory after close returned"
+    );
+    assert!(matches!(
+        ix.add_batch(
+            42,
+            &batch("acme", vec![rec(T0, Level::Info, "svc", "too late")])
+        ),
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(ix.commit(), Err(Error::Closed { .. })));
+    assert_eq!(search(&ix, "last"), ["last one"]);
+    ix.close().unwrap();
+    drop(ix);
+    // Reopened, it holds all of it.
+    let ix = open(dir.path(), 0);
+    assert_eq!((ix.checkpoint(), ix.doc_count()), (41, 8 * 3000 + 1));
+}

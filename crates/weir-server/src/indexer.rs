@@ -37,6 +37,7 @@ pub struct Indexer {
     stop: Arc<AtomicBool>,
     failed: Arc<std::sync::Mutex<Option<String>>>,
     thread: Option<JoinHandle<()>>,
+    index: Arc<ShardIndex>,
 }
 
 impl Indexer {
@@ -53,6 +54,7 @@ impl Indexer {
         let failed = Arc::new(std::sync::Mutex::new(None));
         let f = failed.clone();
         let shard = log.shard();
+        let closing = index.clone();
         let thread = std::thread::Builder::new()
             .name(format!("weir-index-{shard}"))
             .spawn(move || {
@@ -67,6 +69,7 @@ impl Indexer {
             stop,
             failed,
             thread: Some(thread),
+            index: closing,
         })
     }
 
@@ -76,11 +79,15 @@ impl Indexer {
     }
 
     /// Stops after a final commit of what was indexed so far (the rest is replayed from
-    /// the log at the next start), and waits.
+    /// the log at the next start), and waits; then closes the index, so that no merge
+    /// thread of it outlives the node (see [`ShardIndex::close`]).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Err(e) = self.index.close() {
+            tracing::warn!(shard = self.index.shard().0, error = %e, "closing the index");
         }
     }
 }

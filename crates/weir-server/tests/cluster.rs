@@ -13,13 +13,7 @@ use weir_proto::v1::AppendRequest;
 use weir_server::config::MemberConfig;
 use weir_server::{Config, Node};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use weir_testkit::ports::loopback_port as free_port;
 
 struct Member {
     cfg: Config,
@@ -378,6 +372,9 @@ fn noisy_batch(prefix: &str, from: usize, n: usize) -> AppendRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_rebuilds_its_log_and_index_from_a_snapshot_after_the_logs_were_compacted() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let mut members = start_all_with(|c| c.storage.segment_size_bytes = 1 << 20).await;
     // About 9 MB of log: several 1 MiB segments in each shard.
     let mut sent = 0;
