@@ -30,7 +30,9 @@ mod storage;
 
 pub use codec::{DedupKey, CURSOR_NAME_BYTES_MAX};
 pub use dedup::{DedupTable, Seen, WINDOW as DEDUP_WINDOW};
-pub use node::{Committed, Health, NodeConfig, Outbox, Proposal, RaftNode, ShardLog, ShardStatus};
+pub use node::{
+    Committed, Health, NodeConfig, Outbox, Proposal, RaftNode, RejoinTarget, ShardLog, ShardStatus,
+};
 pub use snapshot::{SnapshotOffer, SnapshotRequest, Snapshots};
 pub use weir_wal::{IoBackend, IoBackendChoice, WalOptions};
 

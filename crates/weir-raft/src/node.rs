@@ -134,11 +134,48 @@ pub struct ShardStatus {
     pub first_index: u64,
     /// Last durable index.
     pub last_index: u64,
+    /// Term of the entry at `last_index` (0 when the log is empty).
+    pub last_term: u64,
     /// Bytes of WAL segments on disk.
     pub wal_bytes: u64,
     /// When this node leads the shard: each voter's id and the last index known to be on
     /// its disk (`matched`); empty on a follower.
     pub replicas: Vec<(u64, u64)>,
+}
+
+/// How far a rejoining node must catch up in one shard (see [`NodeConfig::rejoining`]):
+/// what one peer reported when it forgot the node's old log ([`RaftNode::forget_peer`]),
+/// or, [`RejoinTarget::merge`]d, what every peer did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejoinTarget {
+    /// The highest last log index: whatever was committed with the help of the lost log is
+    /// at or below it. The node votes and campaigns freely again once it committed so far.
+    pub last_index: u64,
+    /// The most up-to-date (last log term, last index) of the peers' logs. Until caught
+    /// up, the node grants its vote only to a candidate whose log is at least as up to
+    /// date: such a log holds everything committed with the help of the lost log (raft's
+    /// election restriction), so the vote cannot help elect a leader that lacks it.
+    pub log: (u64, u64),
+    /// The highest raft term: the node's old self may have voted in any term up to it.
+    pub term: u64,
+}
+
+impl RejoinTarget {
+    /// One peer's log: its last index and that entry's term, and its raft term.
+    pub fn of(last_index: u64, last_term: u64, term: u64) -> RejoinTarget {
+        RejoinTarget {
+            last_index,
+            log: (last_term, last_index),
+            term,
+        }
+    }
+
+    /// Takes in another peer's report: the result is at least as far as both.
+    pub fn merge(&mut self, other: RejoinTarget) {
+        self.last_index = self.last_index.max(other.last_index);
+        self.log = self.log.max(other.log);
+        self.term = self.term.max(other.term);
+    }
 }
 
 pub(crate) enum Input {
@@ -164,10 +201,10 @@ pub(crate) enum Input {
     },
     ForgetPeer {
         id: u64,
-        done: oneshot::Sender<Vec<(u64, u64)>>,
+        done: oneshot::Sender<Vec<RejoinTarget>>,
     },
     RejoinConfirmed {
-        targets: Vec<(u64, u64)>,
+        targets: Vec<RejoinTarget>,
     },
     SnapshotReady {
         shard: u32,
@@ -395,23 +432,26 @@ impl RaftNode {
     /// it knew of that node's log (its acknowledgements no longer hold) and probes it from
     /// the start.
     ///
-    /// The returned receiver gives, once every shard has done so, each shard's last log
-    /// index and term at that moment. Everything committed with the help of the peer's old
-    /// log is on some other node, so at or below the highest such index (a commit index
-    /// would not do: a wiped leader took the only record of what it committed), and every
-    /// vote the peer cast was in a term at or below the highest such term: that is how far
-    /// the peer must catch up before it votes again.
-    pub fn forget_peer(&self, id: u64) -> oneshot::Receiver<Vec<(u64, u64)>> {
+    /// The returned receiver gives, once every shard has done so, each shard's log and term
+    /// at that moment ([`RejoinTarget::of`]). Everything committed with the help of the
+    /// peer's old log is on some other node, so at or below the highest such index (a
+    /// commit index would not do: a wiped leader took the only record of what it
+    /// committed), and every vote the peer cast was in a term at or below the highest such
+    /// term: that is how far the peer must catch up before it votes freely again.
+    pub fn forget_peer(&self, id: u64) -> oneshot::Receiver<Vec<RejoinTarget>> {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.try_send(Input::ForgetPeer { id, done });
         rx
     }
 
     /// On a rejoining node: every peer has forgotten this node's old log, and `targets[s]`
-    /// is the highest (last index, term) of shard `s` they reported when they did. The
-    /// shard moves to that term at once, withholding its vote in it (its old self may have
-    /// voted in it), and votes again once it has committed that far.
-    pub fn rejoin_confirmed(&self, targets: Vec<(u64, u64)>) {
+    /// merges what they reported of shard `s` when they did. The shard moves to that term
+    /// at once, withholding its vote in it (its old self may have voted in it). Until it
+    /// has committed `last_index`, it never campaigns and votes only for a candidate whose
+    /// log is at least as up to date as the peers' were (so two rejoining replicas of
+    /// three can still elect the third, which holds everything); then it is an ordinary
+    /// voter again.
+    pub fn rejoin_confirmed(&self, targets: Vec<RejoinTarget>) {
         // Not try_send: losing this would leave the node unable to vote until a restart.
         let _ = self.tx.send(Input::RejoinConfirmed { targets });
     }
@@ -691,9 +731,8 @@ type Deferred = (
 #[derive(Default)]
 pub(crate) struct Rejoin {
     /// Once every peer has forgotten this node's old log ([`RaftNode::rejoin_confirmed`]):
-    /// the highest last index they had then. Whatever was committed with the help of the
-    /// lost log is at or below it.
-    target: Option<u64>,
+    /// how far their logs went then.
+    target: Option<RejoinTarget>,
 }
 
 struct Waiter {
@@ -756,8 +795,13 @@ impl<S: LogStore> Driver<S> {
     pub(crate) fn tick_all(&mut self) {
         for s in &mut self.shards {
             if s.rejoin.is_none() {
-                // A rejoining shard never campaigns (its election timer is still).
                 s.raw.tick();
+            } else {
+                // A rejoining shard never campaigns, so its election timer is not run; but
+                // the time since it last heard a leader still passes, or raft-rs would
+                // count that leader's lease as current forever and ignore every candidate.
+                let raft = &mut s.raw.raft;
+                raft.election_elapsed = raft.election_elapsed.saturating_add(1);
             }
             s.balance(self.node_id);
             s.watch_snapshots();
@@ -959,15 +1003,20 @@ impl<S: LogStore> Driver<S> {
                 let s = &mut self.shards[shard as usize];
                 let mut message = message;
                 use raft::eraftpb::MessageType as M;
-                if s.rejoin.is_some()
-                    && matches!(
-                        message.get_msg_type(),
-                        M::MsgRequestVote | M::MsgRequestPreVote | M::MsgTimeoutNow
-                    )
-                {
-                    // No vote, and no campaign on a leader's hand-over, while this node may
-                    // lack what it once acknowledged.
-                    return false;
+                if let Some(r) = &s.rejoin {
+                    // While this node may lack what it once acknowledged: no campaign on a
+                    // leader's hand-over, and a vote only for a candidate whose log holds
+                    // whatever was committed with the help of the lost one.
+                    let refuse = match message.get_msg_type() {
+                        M::MsgTimeoutNow => true,
+                        M::MsgRequestVote | M::MsgRequestPreVote => r
+                            .target
+                            .is_none_or(|t| (message.log_term, message.index) < t.log),
+                        _ => false,
+                    };
+                    if refuse {
+                        return false;
+                    }
                 }
                 let last = s.raw.raft.raft_log.last_index();
                 let committed = s.raw.raft.raft_log.committed;
@@ -994,8 +1043,9 @@ impl<S: LogStore> Driver<S> {
             Input::RejoinConfirmed { targets } => {
                 for s in &mut self.shards {
                     let Some(r) = s.rejoin.as_mut() else { continue };
-                    let (commit, term) = targets.get(s.id as usize).copied().unwrap_or((0, 0));
-                    r.target = Some(commit);
+                    let target = targets.get(s.id as usize).copied().unwrap_or_default();
+                    r.target = Some(target);
+                    let term = target.term;
                     let raft = &mut s.raw.raft;
                     if raft.term < term {
                         // Its old self may have voted in any term up to `term`: never vote
@@ -1033,7 +1083,10 @@ impl<S: LogStore> Driver<S> {
                 let commits = self
                     .shards
                     .iter()
-                    .map(|s| (s.raw.raft.raft_log.last_index(), s.raw.raft.term))
+                    .map(|s| {
+                        let log = &s.raw.raft.raft_log;
+                        RejoinTarget::of(log.last_index(), log.last_term(), s.raw.raft.term)
+                    })
                     .collect();
                 let _ = done.send(commits);
                 false
@@ -1287,10 +1340,10 @@ impl<S: LogStore> Driver<S> {
                 target: Some(target),
             }) = s.rejoin
             {
-                if s.raw.raft.raft_log.committed >= target {
+                if s.raw.raft.raft_log.committed >= target.last_index {
                     tracing::info!(
                         shard = s.id,
-                        commit = target,
+                        commit = target.last_index,
                         "caught up after rejoining: voting again"
                     );
                     s.rejoin = None;
@@ -1659,6 +1712,7 @@ impl<S: LogStore> Shard<S> {
             applied: self.log.watermark(),
             first_index: raft::Storage::first_index(st).unwrap_or(0),
             last_index: st.last(),
+            last_term: raft::Storage::term(st, st.last()).unwrap_or(0),
             wal_bytes: st.disk_bytes(),
             replicas: if self.raw.raft.state == StateRole::Leader {
                 let mut r: Vec<(u64, u64)> = self

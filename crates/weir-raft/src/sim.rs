@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, DedupKey};
-use crate::node::{raft_config, Driver, Input, NodeConfig, Outbox, Shard};
+use crate::node::{raft_config, Driver, Input, NodeConfig, Outbox, RejoinTarget, Shard};
 use crate::storage::{EntrySource, FlushTicket, LogStore};
 use crate::{Committed, Error, Result, ShardLog};
 
@@ -556,7 +556,7 @@ impl Sim {
         }
         let id = self.nodes[i].id;
         let incarnation = self.nodes[i].incarnation;
-        let mut targets = vec![(0u64, 0u64); self.cfg.shards as usize];
+        let mut targets = vec![RejoinTarget::default(); self.cfg.shards as usize];
         for j in 0..self.nodes.len() {
             if j == i {
                 continue;
@@ -565,9 +565,9 @@ impl Sim {
             if let Some(d) = self.nodes[j].driver.as_mut() {
                 let (done, mut rx) = oneshot::channel();
                 d.handle(Input::ForgetPeer { id, done });
-                if let Ok(commits) = rx.try_recv() {
-                    for (t, (c, term)) in targets.iter_mut().zip(commits) {
-                        *t = (t.0.max(c), t.1.max(term));
+                if let Ok(reported) = rx.try_recv() {
+                    for (t, r) in targets.iter_mut().zip(reported) {
+                        t.merge(r);
                     }
                 }
             }
@@ -591,14 +591,16 @@ impl Sim {
         if !self.nodes[i].rejoining || self.live().len() != self.nodes.len() {
             return Ok(());
         }
-        let mut targets = vec![(0u64, 0u64); self.cfg.shards as usize];
+        let mut targets = vec![RejoinTarget::default(); self.cfg.shards as usize];
         for j in (0..self.nodes.len()).filter(|j| *j != i) {
             if let Some(d) = self.nodes[j].driver.as_ref() {
                 for (t, s) in targets.iter_mut().zip(&d.shards) {
-                    *t = (
-                        t.0.max(s.raw.raft.raft_log.last_index()),
-                        t.1.max(s.raw.raft.term),
-                    );
+                    let log = &s.raw.raft.raft_log;
+                    t.merge(RejoinTarget::of(
+                        log.last_index(),
+                        log.last_term(),
+                        s.raw.raft.term,
+                    ));
                 }
             }
         }

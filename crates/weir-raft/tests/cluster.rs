@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use weir_raft::{CommittedLog, DedupKey, Error, NodeConfig, Outbox, RaftNode};
+use weir_raft::{CommittedLog, DedupKey, Error, NodeConfig, Outbox, RaftNode, RejoinTarget};
 
 /// Delivers every message to the destination node's `step`, unless either end is cut off.
 #[derive(Default)]
@@ -145,11 +145,11 @@ impl Cluster {
     /// What the peer service does for a rejoining node `id`: every peer forgets its old
     /// log and reports how far it must catch up, and the node is told.
     fn confirm_rejoin(&self, id: u64) {
-        let mut targets = vec![(0u64, 0u64); SHARDS as usize];
+        let mut targets = vec![RejoinTarget::default(); SHARDS as usize];
         for peer in (1..=3).filter(|n| *n != id) {
             let reported = rt().block_on(self.node(peer).forget_peer(id)).unwrap();
             for (t, r) in targets.iter_mut().zip(reported) {
-                *t = (t.0.max(r.0), t.1.max(r.1));
+                t.merge(r);
             }
         }
         self.node(id).rejoin_confirmed(targets);
@@ -685,4 +685,74 @@ fn a_replica_down_longer_than_the_log_bound_allows_catches_up_by_snapshot() {
         installed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "it caught up by snapshot"
     );
+}
+
+#[test]
+fn two_rejoining_replicas_elect_the_third_which_holds_everything() {
+    // What a chaos run found: one node restarted while it was still rejoining (so it stayed
+    // rejoining, its log partial), another was wiped, and the leader, the only full copy,
+    // lost its leadership in a partition. A rejoining replica never voted, so no candidate
+    // could ever win again and the shard stalled for good.
+    let mut c = Cluster::start();
+    let mut want = Vec::new();
+    let mut put = |c: &Cluster, d: String| {
+        propose(c, 0, None, d.as_bytes());
+        want.push(d.into_bytes());
+    };
+    for i in 0..20 {
+        put(&c, format!("early {i}"));
+    }
+    let full = c.leader(0);
+    let others: Vec<u64> = (1..=3).filter(|n| *n != full).collect();
+    let (partial, wiped) = (others[0], others[1]);
+
+    // `partial` comes back rejoining but stays cut off, so it falls behind.
+    c.stop(partial);
+    c.nodes[partial as usize - 1] =
+        start_node_as(&c.net, c.dirs[partial as usize - 1].path(), partial, true);
+    for i in 0..20 {
+        put(&c, format!("while partial was away {i}"));
+    }
+    c.confirm_rejoin(partial);
+
+    // `wiped` loses its disk and comes back rejoining, cut off as well.
+    c.stop(wiped);
+    let dir = c.dirs[wiped as usize - 1].path().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    c.nodes[wiped as usize - 1] = start_node_as(&c.net, &dir, wiped, true);
+    c.confirm_rejoin(wiped);
+
+    // Alone, the full node steps down (check quorum).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.node(full).leader_of(0) == Some(full) {
+        assert!(
+            Instant::now() < deadline,
+            "the isolated leader never stepped down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Healed: the rejoining replicas vote for the full node (its log is as up to date as
+    // any they were told of), and catch up from it.
+    c.net.cut.lock().unwrap().clear();
+    assert_eq!(c.leader(0), full, "only the full node can lead");
+    put(&c, "after".into());
+    assert_replicated(&c, 0, &want);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in [partial, wiped] {
+        while c
+            .node(id)
+            .health()
+            .rejoining_shards
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never finished rejoining"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -401,15 +401,15 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
     }
 }
 
-/// Asks every peer (until each answers) for each shard's last index and term; with
-/// `forget`, each first forgets this node's old log.
+/// Asks every peer (until each answers) for each shard's last index, its term and the
+/// raft term; with `forget`, each first forgets this node's old log.
 async fn ask_every_peer(
     links: &PeerLinks,
     raft: &weir_raft::RaftNode,
     forget: bool,
-) -> Vec<(u64, u64)> {
+) -> Vec<weir_raft::RejoinTarget> {
     let mut pending: Vec<Arc<Peer>> = links.all().cloned().collect();
-    let mut targets = vec![(0u64, 0u64); raft.shard_count() as usize];
+    let mut targets = vec![weir_raft::RejoinTarget::default(); raft.shard_count() as usize];
     while !pending.is_empty() {
         let mut still = Vec::new();
         for p in pending {
@@ -424,10 +424,17 @@ async fn ask_every_peer(
             match p.client.clone().hello(req).await {
                 Ok(r) if r.get_ref().ready => {
                     let r = r.get_ref();
-                    for (t, (c, term)) in
-                        targets.iter_mut().zip(r.last_indexes.iter().zip(&r.terms))
-                    {
-                        *t = (t.0.max(*c), t.1.max(*term));
+                    for (i, t) in targets.iter_mut().enumerate() {
+                        let at = |v: &[u64]| v.get(i).copied().unwrap_or(0);
+                        // A peer of an older version reports no log terms: then no
+                        // candidate is up to date enough, and this node does not vote
+                        // until caught up, as those versions did.
+                        let last_term = r.last_log_terms.get(i).copied().unwrap_or(u64::MAX);
+                        t.merge(weir_raft::RejoinTarget::of(
+                            at(&r.last_indexes),
+                            last_term,
+                            at(&r.terms),
+                        ));
                     }
                     if forget {
                         tracing::info!(

@@ -16,7 +16,7 @@ use weir_proto::v1::{
     ShardSearchResponse, ShardStatusProto, ShardStatusRequest, ShardStatusResponse, SnapshotChunk,
     SnapshotFileRequest,
 };
-use weir_raft::{DedupKey, RaftNode};
+use weir_raft::{DedupKey, RaftNode, RejoinTarget};
 
 use crate::cluster::PeerLinks;
 use crate::search::Searcher;
@@ -150,7 +150,11 @@ impl Peer for PeerService {
                     .await
                     .ok()
                     .and_then(Result::ok)
-                    .map(|st| st.iter().map(|s| (s.last_index, s.term)).collect());
+                    .map(|st| {
+                        st.iter()
+                            .map(|s| RejoinTarget::of(s.last_index, s.last_term, s.term))
+                            .collect()
+                    });
             }
         }
         Ok(Response::new(HelloResponse {
@@ -159,8 +163,9 @@ impl Peer for PeerService {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             shards: self.shards,
             ready: backend.is_some() && (!(fresh || measure) || forgotten.is_some()),
-            last_indexes: forgotten.iter().flatten().map(|(c, _)| *c).collect(),
-            terms: forgotten.iter().flatten().map(|(_, t)| *t).collect(),
+            last_indexes: forgotten.iter().flatten().map(|t| t.last_index).collect(),
+            terms: forgotten.iter().flatten().map(|t| t.term).collect(),
+            last_log_terms: forgotten.iter().flatten().map(|t| t.log.0).collect(),
         }))
     }
 
