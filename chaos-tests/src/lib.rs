@@ -793,12 +793,25 @@ pub async fn wait_healthy(c: &impl Faults, timeout: Duration) -> anyhow::Result<
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
+        // Every node, not any: a node still rejoining says "degraded" only in its own
+        // view, and a fault injected before it caught up can destroy the last copy of
+        // what it lost (two replicas of three lost is beyond any protocol).
+        let mut all_ok = true;
         for (id, http) in c.running_http() {
             match status_of(http).await {
-                Ok(s) if s["health"] == "ok" => return Ok(()),
-                Ok(s) => last = format!("node {id}: health {}", s["health"]),
-                Err(e) => last = format!("node {id}: {e}"),
+                Ok(s) if s["health"] == "ok" => {}
+                Ok(s) => {
+                    all_ok = false;
+                    last = format!("node {id}: health {}", s["health"]);
+                }
+                Err(e) => {
+                    all_ok = false;
+                    last = format!("node {id}: {e}");
+                }
             }
+        }
+        if all_ok {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

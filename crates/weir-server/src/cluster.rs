@@ -382,8 +382,12 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
     // be cut and not written again for a while on an idle shard: measure again now and
     // then until caught up. Lowering the target this way is safe because, while this node
     // does not vote, nothing committed with its lost log can leave every other log.
+    // Checked often, so that the node stops counting as rejoining (weir-node.json, health)
+    // soon after its last shard caught up: a restart while flagged makes the peers forget
+    // its log again.
+    let mut measured = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         if raft
             .health()
             .rejoining_shards
@@ -392,6 +396,10 @@ pub async fn announce_fresh(links: Arc<PeerLinks>, raft: Arc<weir_raft::RaftNode
         {
             return;
         }
+        if measured.elapsed() < Duration::from_secs(30) {
+            continue;
+        }
+        measured = tokio::time::Instant::now();
         let targets = ask_every_peer(&links, &raft, false).await;
         tracing::info!(
             ?targets,

@@ -526,7 +526,12 @@ async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Va
     let mirrors = st.mirror.status();
     let h = st.raft.health();
     let failed = h.failed.load(std::sync::atomic::Ordering::Acquire);
+    // A node still rejoining after it lost its data holds an incomplete copy of some
+    // shards: the cluster cannot lose another replica of those without losing data.
     let degraded = h.disk_full.load(std::sync::atomic::Ordering::Acquire)
+        || h.rejoining_shards
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
         || nodes_down > 0
         || lagging
         || !st.indexer_failures().is_empty()
