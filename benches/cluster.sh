@@ -18,16 +18,8 @@ ADDRS="http://127.0.0.1:$BASE,http://127.0.0.1:$((BASE + 10)),http://127.0.0.1:$
 target/release/weir dev-cluster --dir "$DIR" --base-port $BASE >"$DIR/dev-cluster.out" 2>&1 &
 CLUSTER=$!
 trap 'kill $CLUSTER 2>/dev/null; wait $CLUSTER 2>/dev/null; rm -rf "$DIR"' EXIT
-healthy() {
-  for _ in $(seq 1 120); do
-    if target/release/weir cluster status --addr "http://127.0.0.1:$((BASE + 1))" 2>/dev/null | grep -q "health: ok"; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  echo "cluster not healthy" >&2
-  return 1
-}
+. benches/lib.sh
+healthy() { wait_healthy target/release/weir $((BASE + 1)) 120; }
 healthy
 echo "== max rate"
 target/release/weir-bench ingest --addr "$ADDRS" --concurrency 12 --batch 1000 --duration-secs "$DURATION"

@@ -36,16 +36,8 @@ for n in 1 2 3; do
 done
 NODE3=
 trap 'kill $PIDS $NODE3 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
-healthy() {
-  for _ in $(seq 1 600); do
-    if "$BIN/weir" cluster status --addr "http://127.0.0.1:$((BASE + 1))" 2>/dev/null | grep -q "health: ok"; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  echo "cluster not healthy" >&2
-  return 1
-}
+. benches/lib.sh
+healthy() { wait_healthy "$BIN/weir" $((BASE + 1)) 600; }
 healthy
 echo "== $RATE lines/s for $DURATION s"
 "$BIN/weir-bench" ingest --addr "$ADDRS" --concurrency 8 --batch 500 --rate "$RATE" --duration-secs "$DURATION"
