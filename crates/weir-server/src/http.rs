@@ -515,6 +515,7 @@ async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Va
                 "leader": leader,
                 "term": term,
                 "commit": commit,
+                "local_commit": s.commit,
                 "applied": s.applied,
                 "first_index": s.first_index,
                 "last_index": s.last_index,

@@ -138,10 +138,15 @@ async fn append(
 }
 
 fn batch(prefix: &str, n: usize) -> AppendRequest {
+    batch_of(0..n, |i| format!("{prefix} {i}"))
+}
+
+/// A batch of one record per `i`, with body `body(i)`, spread over five streams.
+fn batch_of(is: std::ops::Range<usize>, body: impl Fn(usize) -> String) -> AppendRequest {
     AppendRequest {
-        records: (0..n)
+        records: is
             .map(|i| {
-                let mut r = record(&format!("{prefix} {i}"));
+                let mut r = record(&body(i));
                 r.labels = common::labels(&[("stream", &format!("s{}", i % 5))]);
                 r
             })
@@ -348,33 +353,23 @@ async fn metric(m: &Member, name: &str) -> u64 {
 
 /// Records whose bodies lz4 cannot shrink much, so the log fills segments.
 fn noisy_batch(prefix: &str, from: usize, n: usize) -> AppendRequest {
-    AppendRequest {
-        records: (from..from + n)
-            .map(|i| {
-                let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                let noise: String = (0..100)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        format!("{:x}", x & 0xffff_ffff)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let mut r = record(&format!("{prefix} {i} {noise}"));
-                r.labels = common::labels(&[("stream", &format!("s{}", i % 5))]);
-                r
+    batch_of(from..from + n, |i| {
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let noise: String = (0..100)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{:x}", x & 0xffff_ffff)
             })
-            .collect(),
-        ..Default::default()
-    }
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("{prefix} {i} {noise}")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_rebuilds_its_log_and_index_from_a_snapshot_after_the_logs_were_compacted() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
     let mut members = start_all_with(|c| c.storage.segment_size_bytes = 1 << 20).await;
     // About 9 MB of log: several 1 MiB segments in each shard.
     let mut sent = 0;
