@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
@@ -96,7 +96,9 @@ pub struct SnapshotCounters {
 struct Inner {
     root: PathBuf,
     node_id: u64,
-    raft: Arc<RaftNode>,
+    /// Weak: the raft node holds this store (its snapshot hook), and a strong reference
+    /// back would keep both, and the shard indexes, alive after the node stopped.
+    raft: Weak<RaftNode>,
     indexes: Vec<Arc<ShardIndex>>,
     links: Arc<PeerLinks>,
     rt: tokio::runtime::Handle,
@@ -143,7 +145,7 @@ impl SnapshotStore {
         Ok(SnapshotStore(Arc::new(Inner {
             root,
             node_id: links.me(),
-            raft,
+            raft: Arc::downgrade(&raft),
             indexes,
             links,
             rt: tokio::runtime::Handle::current(),
@@ -318,15 +320,21 @@ impl Inner {
             manifest_bytes: manifest.len() as u64,
             manifest_crc32: crc32fast::hash(&manifest),
         })?;
-        self.raft
+        self.raft()?
             .snapshot_ready(shard, request.index, request.term, descriptor);
         Ok(package)
+    }
+
+    /// The raft node, while it runs.
+    fn raft(&self) -> anyhow::Result<Arc<RaftNode>> {
+        self.raft.upgrade().context("the raft layer stopped")
     }
 
     /// Fetches the package `offer` describes into `in/shard-<n>/`, installs the index
     /// and hands the raft state to raft; returns whether raft took it.
     async fn fetch(&self, shard: u32, offer: SnapshotOffer) -> anyhow::Result<bool> {
-        if self.raft.commit_index(shard) >= offer.index {
+        let raft = self.raft()?;
+        if raft.commit_index(shard) >= offer.index {
             // A repeated offer, or caught up another way: installing would move the index
             // backwards.
             return Ok(false);
@@ -431,8 +439,7 @@ impl Inner {
             // the log is harmless, the indexer skips what it holds.
             index.checkpoint()
         };
-        let taken = self
-            .raft
+        let taken = raft
             .install_snapshot(shard, offer, state)
             .await
             .map_err(|_| anyhow::anyhow!("the raft layer stopped"))??;
