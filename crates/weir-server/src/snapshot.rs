@@ -485,6 +485,16 @@ impl Fetcher {
             .with_context(|| format!("cannot open {}", dest.display()))?;
         out.set_len(offset).await?;
         out.seek(std::io::SeekFrom::Start(offset)).await?;
+        // The whole file's CRC, kept as the chunks arrive (only a resumed prefix is read
+        // back), to compare with the manifest's at the end.
+        let mut whole = if offset > 0 {
+            let path = dest.to_path_buf();
+            tokio::task::spawn_blocking(move || hash_file(&path, offset))
+                .await??
+                .1
+        } else {
+            crc32fast::Hasher::new()
+        };
         let mut client = self.client.clone();
         let mut stream = client
             .snapshot_file(SnapshotFileRequest {
@@ -522,13 +532,14 @@ impl Fetcher {
                 f.bytes
             );
             out.write_all(&chunk.data).await?;
+            whole.update(&chunk.data);
             self.counters
                 .bytes_fetched
                 .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
         }
         out.sync_all().await?;
         drop(out);
-        if offset != f.bytes || file_crc(dest).await? != f.crc32 {
+        if offset != f.bytes || whole.finalize() != f.crc32 {
             let _ = tokio::fs::remove_file(dest).await;
             bail!(
                 "{} arrived with {offset} bytes and another CRC than the manifest's {} bytes: discarded",
@@ -617,16 +628,23 @@ async fn file_crc(path: &Path) -> anyhow::Result<u32> {
 
 /// Size and CRC-32 of a file, read in chunks.
 fn crc_of(path: &Path) -> anyhow::Result<(u64, u32)> {
+    let (total, h) = hash_file(path, u64::MAX)?;
+    Ok((total, h.finalize()))
+}
+
+/// The CRC-32 state of the first `limit` bytes of a file (all of it when shorter), and
+/// how many bytes that was.
+fn hash_file(path: &Path, limit: u64) -> anyhow::Result<(u64, crc32fast::Hasher)> {
     use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut f = f.take(limit);
     let mut h = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHUNK_BYTES];
     let mut total = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok((total, h.finalize()));
+            return Ok((total, h));
         }
         total += n as u64;
         h.update(&buf[..n]);

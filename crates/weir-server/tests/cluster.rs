@@ -209,12 +209,7 @@ async fn an_append_to_any_node_is_found_by_a_search_on_every_node() {
     // is up.
     let mut leaders = vec![0; 2];
     for m in &members {
-        let text = reqwest::get(format!("{}/metrics", http(m)))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(m).await;
         for (shard, n) in leaders.iter_mut().enumerate() {
             if text.contains(&format!("weir_raft_shard_leader{{shard=\"{shard}\"}} 1")) {
                 *n += 1;
@@ -338,13 +333,18 @@ async fn first_indexes(m: &Member) -> Vec<u64> {
     st.iter().map(|s| s.first_index).collect()
 }
 
-async fn metric(m: &Member, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", http(m)))
+/// The node's Prometheus page.
+async fn metrics_text(m: &Member) -> String {
+    reqwest::get(format!("{}/metrics", http(m)))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn metric(m: &Member, name: &str) -> u64 {
+    let text = metrics_text(m).await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.parse().ok())
