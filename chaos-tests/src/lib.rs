@@ -211,29 +211,6 @@ impl Cluster {
         Ok(c)
     }
 
-    /// [`Cluster::start_with`], tried `attempts` times: the ports are picked free and
-    /// released before the nodes bind them, so another process (an outgoing connection's
-    /// ephemeral port) can take one in between, and that start fails with a node's log
-    /// saying so. Each failure is printed.
-    pub async fn start_retrying(
-        n: u64,
-        shards: u32,
-        extra: &str,
-        attempts: u32,
-    ) -> anyhow::Result<Cluster> {
-        let mut last = None;
-        for attempt in 1..=attempts.max(1) {
-            match Self::start_with(n, shards, extra).await {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    eprintln!("cluster start {attempt} of {attempts} failed: {e:#}");
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.expect("at least one attempt"))
-    }
-
     fn config_text(&self, id: u64, shards: u32) -> String {
         let me = &self.nodes[id as usize - 1];
         let mut s = format!(

@@ -20,7 +20,7 @@ use weir_testkit::loki::FakeLoki;
 async fn every_acknowledged_record_survives_every_fault_exactly_once_on_every_node() {
     let es = FakeElasticsearch::start().await.unwrap();
     let loki = FakeLoki::start().await.unwrap();
-    let mut cluster = Cluster::start_retrying(3, 4, &mirror_sinks(&es.url(), &loki.url()), 2)
+    let mut cluster = Cluster::start_with(3, 4, &mirror_sinks(&es.url(), &loki.url()))
         .await
         .expect("cluster starts");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
