@@ -55,6 +55,7 @@
 
 mod collect;
 mod durable;
+mod idkey;
 mod page;
 mod query;
 mod schema;

@@ -554,8 +554,17 @@ impl<'a> Parser<'a> {
 }
 
 /// Field-specific checks done at parse time so that errors carry a position: `level`
-/// values must name a level (case-insensitive; normalised to the canonical name).
+/// values must name a level (case-insensitive; normalised to the canonical name); a
+/// trace or span id is looked up whole, never by prefix ([`crate::idkey`]).
 fn check_field_pattern(field: &str, pattern: Pattern) -> Result<Pattern, String> {
+    if matches!(field, "trace_id" | "span_id") {
+        return match pattern {
+            Pattern::Prefix(v) | Pattern::PhrasePrefix(v) => Err(format!(
+                "{field} is looked up whole: '{field}:{v}*' is not supported; give the whole id"
+            )),
+            p => Ok(p),
+        };
+    }
     if field != "level" {
         return Ok(pattern);
     }
@@ -822,6 +831,20 @@ mod tests {
         assert!(err(&format!("{}x", "NOT ".repeat(100)))
             .message
             .contains("nests deeper"));
+    }
+
+    #[test]
+    fn an_id_prefix_is_refused_because_ids_are_indexed_as_keys() {
+        let e = err("level:error trace_id:4bf9*");
+        assert_eq!(e.position, 21);
+        assert_eq!(
+            e.message,
+            "trace_id is looked up whole: 'trace_id:4bf9*' is not supported; give the whole id"
+        );
+        assert!(err("span_id:\"00f0\"*")
+            .message
+            .contains("span_id is looked up whole"));
+        assert!(parse_query("trace_id:4bf92f3577b34da6a3ce929d0e0e4736").is_ok());
     }
 
     #[test]

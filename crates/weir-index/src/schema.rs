@@ -4,7 +4,8 @@
 //!
 //! | field | term | used for |
 //! | --- | --- | --- |
-//! | `tenant`, `service`, `namespace`, `pod`, `cluster`, `trace_id`, `span_id` | the value | exact match, prefix |
+//! | `tenant`, `service`, `namespace`, `pod`, `cluster` | the value | exact match, prefix |
+//! | `trace_id`, `span_id` | the id's 12-hex-digit key ([`crate::idkey`]); the whole id in documents indexed before keys | exact lookup |
 //! | `level` | canonical name (`warn`) | level filter, `level:` |
 //! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level) | `name:value`, label values API |
 //! | `label_names` | `tenant \0 name` | label names API |
@@ -21,13 +22,15 @@ use tantivy::query::{
     Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
-    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, FAST, STORED, STRING, TEXT,
+    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, Value, FAST, STORED, STRING,
+    TEXT,
 };
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
 use tantivy::{TantivyDocument, Term};
 use weir_proto::v1::StoredRecord;
 use weir_proto::Level;
 
+use crate::idkey::{id_key, IdKind, IdQuery};
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
 
 /// How many terms a prefix may expand to. Past this the prefix matches the first terms
@@ -111,8 +114,6 @@ impl Fields {
             "namespace" => self.namespace,
             "pod" => self.pod,
             "cluster" => self.cluster,
-            "trace_id" => self.trace_id,
-            "span_id" => self.span_id,
             _ => return None,
         })
     }
@@ -144,10 +145,10 @@ impl Fields {
             }
         }
         if !r.trace_id.is_empty() {
-            d.add_text(self.trace_id, &r.trace_id);
+            d.add_text(self.trace_id, id_key(&r.trace_id));
         }
         if !r.span_id.is_empty() {
-            d.add_text(self.span_id, &r.span_id);
+            d.add_text(self.span_id, id_key(&r.span_id));
         }
         for (k, v) in &r.labels {
             d.add_text(self.labels, label_term(tenant, k, v));
@@ -203,6 +204,14 @@ impl Fields {
         let Some(name) = field else {
             return self.body_query(&m.pattern);
         };
+        let id = match name {
+            "trace_id" => Some((self.trace_id, IdKind::Trace)),
+            "span_id" => Some((self.span_id, IdKind::Span)),
+            _ => None,
+        };
+        if let Some((field, kind)) = id {
+            return self.id_query(field, kind, &m.pattern);
+        }
         if let Some(f) = self.exact(name) {
             return exact_query(f, "", &m.pattern);
         }
@@ -212,6 +221,29 @@ impl Fields {
         Box::new(BooleanQuery::new(vec![
             (Occur::Should, label),
             (Occur::Should, attr),
+        ]))
+    }
+
+    /// A trace or span id lookup: the id's key, checked against the stored record, or,
+    /// in documents indexed before keys, the whole id ([`crate::idkey`]). Ids are stored
+    /// in lower case. The parser refuses prefixes of ids.
+    fn id_query(&self, field: Field, kind: IdKind, p: &Pattern) -> Box<dyn TQuery> {
+        let (Pattern::Word(v) | Pattern::Phrase { text: v, .. }) = p else {
+            return Box::new(EmptyQuery);
+        };
+        let id = v.to_ascii_lowercase();
+        Box::new(BooleanQuery::new(vec![
+            (
+                Occur::Should,
+                Box::new(IdQuery::new(field, kind, &id, self.record)) as Box<dyn TQuery>,
+            ),
+            (
+                Occur::Should,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(field, &id),
+                    IndexRecordOption::Basic,
+                )),
+            ),
         ]))
     }
 
@@ -328,6 +360,15 @@ fn body_tokens(text: &str) -> Vec<(usize, String)> {
         out.push((t.position, t.text.clone()));
     }
     out
+}
+
+/// The record stored in document `d` (its `record` field).
+pub(crate) fn stored_record(d: &TantivyDocument, record: Field) -> Result<StoredRecord, String> {
+    let bytes = d
+        .get_first(record)
+        .and_then(|v| v.as_bytes())
+        .ok_or("no stored record")?;
+    StoredRecord::decode(bytes).map_err(|e| format!("stored record does not decode: {e}"))
 }
 
 pub(crate) fn label_term(tenant: &str, name: &str, value: &str) -> String {

@@ -24,9 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use prost::Message;
 use serde::{Deserialize, Serialize};
-use tantivy::schema::Value;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
 use weir_proto::v1::{StoredBatch, StoredRecord};
 use weir_proto::{Level, ShardId, DEFAULT_TENANT};
@@ -35,7 +33,7 @@ use crate::collect::{Candidate, TopCollector, TopN};
 use crate::durable::{fsync_dir, write_atomic};
 use crate::page::{Cursor, Hit, ShardHits, Sort};
 use crate::query::Query;
-use crate::schema::{label_name_term, label_prefix, Fields};
+use crate::schema::{label_name_term, label_prefix, stored_record, Fields};
 use crate::{Error, Result};
 
 const NS_PER_SEC: i64 = 1_000_000_000;
@@ -618,16 +616,9 @@ impl ShardIndex {
         dir: &Path,
     ) -> Result<StoredRecord> {
         let d: TantivyDocument = searcher.doc(doc)?;
-        let bytes = d
-            .get_first(self.fields.record)
-            .and_then(|v| v.as_bytes())
-            .ok_or_else(|| Error::Corrupt {
-                path: dir.to_path_buf(),
-                reason: format!("document {doc:?} has no stored record"),
-            })?;
-        StoredRecord::decode(bytes).map_err(|e| Error::Corrupt {
+        stored_record(&d, self.fields.record).map_err(|reason| Error::Corrupt {
             path: dir.to_path_buf(),
-            reason: format!("document {doc:?}: stored record does not decode: {e}"),
+            reason: format!("document {doc:?}: {reason}"),
         })
     }
 

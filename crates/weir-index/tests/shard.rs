@@ -252,7 +252,12 @@ fn trace_id_and_span_id_are_exact_lookups() {
         search(&ix, "trace_id:4bf92f3577b34da6"),
         Vec::<String>::new()
     );
-    assert_eq!(search(&ix, "trace_id:4bf92f35*").len(), 1);
+    // Ids are stored in lower case and looked up in any case, never by prefix.
+    assert_eq!(
+        search(&ix, "trace_id:4BF92F3577B34DA6A3CE929D0E0E4736").len(),
+        1
+    );
+    assert!(parse_query("trace_id:4bf92f35*").is_err());
     assert_eq!(search(&ix, "span_id:00f067aa0ba902b7").len(), 1);
 }
 
