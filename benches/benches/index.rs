@@ -3,7 +3,9 @@
 //! shard holding `WEIR_BENCH_INDEX_DOCS` records (default 500 000) spread over 24 hourly
 //! partitions.
 //!
-//! Run: `cargo bench -p weir-bench --bench index`.
+//! Run: `cargo bench -p weir-bench --bench index`. With `WEIR_BENCH_SUSTAINED_RECORDS=N`
+//! it first indexes N records the way a node's four indexers do, merges included, and
+//! reports records/s and CPU seconds (add `-- index/ingest` to skip the search part).
 
 use std::time::{Duration, Instant};
 
@@ -150,6 +152,72 @@ fn bench_indexing(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sustained indexing as the node does it, run only when `WEIR_BENCH_SUSTAINED_RECORDS` is
+/// set: one thread per shard (4), each committing every 250 ms like the indexer, until
+/// that many records are in and every merge is done. Reports records/s of the whole run and the CPU seconds it took
+/// (the steadier number on a shared machine). Not a criterion measurement: merges make one
+/// run's cost depend on everything indexed before it, so it runs once.
+fn sustained(_c: &mut Criterion) {
+    let Some(total) = std::env::var("WEIR_BENCH_SUSTAINED_RECORDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let shards = 4u64;
+    let dir = tempfile::tempdir().unwrap();
+    let cpu0 = cpu_secs();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..shards)
+        .map(|s| {
+            let path = dir.path().join(format!("shard-{s}"));
+            std::thread::spawn(move || {
+                let ix =
+                    ShardIndex::open(&path, ShardId(s as u32), IndexOptions::default()).unwrap();
+                let mut gen = Gen(0x9e37_79b9_7f4a_7c15 ^ (s + 1));
+                let mut last_commit = Instant::now();
+                let (mut i, mut log_index) = (0u64, 0u64);
+                while i < total / shards {
+                    // Timestamps 10 µs apart: one hourly partition, as live ingest is.
+                    let records = (0..BATCH)
+                        .map(|_| {
+                            i += 1;
+                            gen.record(i, 8_640_000_000)
+                        })
+                        .collect();
+                    log_index += 1;
+                    ix.add_batch(log_index, &batch(records)).unwrap();
+                    if last_commit.elapsed() >= Duration::from_millis(250) {
+                        ix.commit().unwrap();
+                        last_commit = Instant::now();
+                    }
+                }
+                ix.close().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    eprintln!(
+        "index/sustained: {total} records, 4 shards, commit every 250 ms: {secs:.1} s, \
+         {:.0} records/s, merges included; {cpu:.1} CPU s ({:.1} µs of CPU a record)",
+        total as f64 / secs,
+        cpu * 1e6 / total as f64
+    );
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given and nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn loaded_index(dir: &std::path::Path, n: u64) -> (ShardIndex, String) {
     let ix = ShardIndex::open(dir, ShardId(0), IndexOptions::default()).unwrap();
     let mut gen = Gen(0x2545_f491_4f6c_dd1d);
@@ -239,5 +307,5 @@ fn bench_search(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_indexing, bench_search);
+criterion_group!(benches, sustained, bench_indexing, bench_search);
 criterion_main!(benches);
