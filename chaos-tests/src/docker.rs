@@ -15,7 +15,10 @@ use crate::Faults;
 /// A running `docker compose` project of `docker/docker-compose.yml`.
 pub struct DockerCluster {
     project: String,
-    file: PathBuf,
+    /// The compose file, then the override that adds the extra config, if any.
+    files: Vec<PathBuf>,
+    /// Holds the override and the node configs it mounts.
+    _configs: Option<tempfile::TempDir>,
     compose: Vec<String>,
     killed: HashSet<u64>,
     isolated: HashSet<u64>,
@@ -60,10 +63,42 @@ impl DockerCluster {
 
     /// Starts the project (the image `weir:dev` must exist: `docker/build.sh`).
     pub async fn start(file: &Path) -> anyhow::Result<DockerCluster> {
+        Self::start_with(file, "").await
+    }
+
+    /// Starts the project with `extra_config` appended to every node's config (mirror
+    /// sinks, for example). The containers reach services on this host as
+    /// `host.docker.internal` (the engine's host gateway); a service they are to reach must
+    /// listen on an address of the host other than loopback, such as 0.0.0.0.
+    pub async fn start_with(file: &Path, extra_config: &str) -> anyhow::Result<DockerCluster> {
         let compose = Self::compose_command().context("no Docker engine or compose here")?;
+        let mut files = vec![file.to_path_buf()];
+        let configs = if extra_config.is_empty() {
+            None
+        } else {
+            let dir = tempfile::tempdir()?;
+            let base = file.parent().unwrap_or(Path::new(".")).join("config");
+            let mut services = String::from("services:\n");
+            for id in 1..=3 {
+                let src = base.join(format!("node{id}.toml"));
+                let toml = std::fs::read_to_string(&src)
+                    .with_context(|| format!("cannot read {}", src.display()))?;
+                let dst = dir.path().join(format!("node{id}.toml"));
+                std::fs::write(&dst, format!("{toml}\n{extra_config}"))?;
+                services.push_str(&format!(
+                    "  weir{id}:\n    extra_hosts: [\"host.docker.internal:host-gateway\"]\n    volumes:\n      - {}:/etc/weir/weir.toml:ro\n",
+                    dst.display()
+                ));
+            }
+            let over = dir.path().join("override.yml");
+            std::fs::write(&over, format!("version: \"3.7\"\n{services}"))?;
+            files.push(over);
+            Some(dir)
+        };
         let c = DockerCluster {
             project: format!("weir-chaos-{}", std::process::id()),
-            file: file.to_path_buf(),
+            files,
+            _configs: configs,
             compose,
             killed: HashSet::new(),
             isolated: HashSet::new(),
@@ -76,10 +111,11 @@ impl DockerCluster {
 
     fn dc(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.compose[0]);
-        cmd.args(&self.compose[1..])
-            .args(["-p", &self.project, "-f"])
-            .arg(&self.file)
-            .args(args);
+        cmd.args(&self.compose[1..]).args(["-p", &self.project]);
+        for f in &self.files {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.args(args);
         run(&mut cmd)
     }
 

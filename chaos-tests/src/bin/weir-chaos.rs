@@ -2,10 +2,11 @@
 //! `--compose docker/docker-compose.yml`, the compose cluster; the image must be built),
 //! writes from several writers, injects rounds of every fault until the duration is up
 //! (at least one round), then checks every node's copy and prints the summary (faults
-//! injected, records acked, lost, duplicated). The local cluster also mirrors to an
-//! Elasticsearch and a Loki test server started here, and the check covers what they
-//! received (the compose cluster's containers cannot reach them: `--no-mirrors` is
-//! implied there). Exits non-zero when anything was lost, duplicated or invented.
+//! injected, records acked, lost, duplicated). The cluster also mirrors to an
+//! Elasticsearch and a Loki test server started here (unless `--no-mirrors`), and the
+//! check covers what they received; the compose cluster's containers reach them through
+//! the host gateway (`host.docker.internal`). Exits non-zero when anything was lost,
+//! duplicated or invented.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ use weir_chaos::{
     await_mirrors, check, fault_round, mirror_sinks, mirrors_clean, summary, Cluster,
     DockerCluster, Faults, Ledger, Writer,
 };
-use weir_testkit::elasticsearch::FakeElasticsearch;
-use weir_testkit::loki::FakeLoki;
+use weir_testkit::elasticsearch::{EsOptions, FakeElasticsearch};
+use weir_testkit::loki::{FakeLoki, LokiOptions};
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +48,7 @@ struct Args {
     no_mirrors: bool,
 }
 
-/// The test backends the local cluster mirrors to.
+/// The test backends the cluster mirrors to.
 struct Backends {
     es: FakeElasticsearch,
     loki: FakeLoki,
@@ -57,23 +58,26 @@ struct Backends {
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     if let Some(file) = &a.compose {
-        let mut cluster = DockerCluster::start(file).await?;
+        // The containers reach the test servers through the host gateway, so they listen
+        // on every address of this host.
+        let backends = start_backends(&a, [0, 0, 0, 0]).await?;
+        let sinks = backends
+            .as_ref()
+            .map(|b| {
+                let url = |port: u16| format!("http://host.docker.internal:{port}");
+                mirror_sinks(&url(b.es.addr().port()), &url(b.loki.addr().port()))
+            })
+            .unwrap_or_default();
+        let mut cluster = DockerCluster::start_with(file, &sinks).await?;
         eprintln!("compose cluster up");
         let addrs = cluster.client_addrs();
-        let r = soak(&mut cluster, addrs, &a, None).await;
+        let r = soak(&mut cluster, addrs, &a, backends.as_ref()).await;
         if r.is_err() {
             eprintln!("{}", cluster.logs());
         }
         return r;
     }
-    let backends = if a.no_mirrors {
-        None
-    } else {
-        Some(Backends {
-            es: FakeElasticsearch::start().await?,
-            loki: FakeLoki::start().await?,
-        })
-    };
+    let backends = start_backends(&a, [127, 0, 0, 1]).await?;
     let sinks = backends
         .as_ref()
         .map(|b| mirror_sinks(&b.es.url(), &b.loki.url()))
@@ -88,6 +92,26 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("{e}; kept {}", dir.display())
         }
     }
+}
+
+/// The Elasticsearch and Loki test servers on `ip` and free ports, unless `--no-mirrors`.
+async fn start_backends(a: &Args, ip: [u8; 4]) -> anyhow::Result<Option<Backends>> {
+    if a.no_mirrors {
+        return Ok(None);
+    }
+    let listen_addr = std::net::SocketAddr::from((ip, 0));
+    Ok(Some(Backends {
+        es: FakeElasticsearch::start_with(EsOptions {
+            listen_addr,
+            ..EsOptions::default()
+        })
+        .await?,
+        loki: FakeLoki::start_with(LokiOptions {
+            listen_addr,
+            ..LokiOptions::default()
+        })
+        .await?,
+    }))
 }
 
 /// Writers, rounds of faults, then the check; Err when anything was lost, duplicated or
