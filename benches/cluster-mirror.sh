@@ -4,17 +4,24 @@
 # (weir-testkit), `weir dev-cluster` with both sinks, the load generator at RATE lines/s
 # (default 20000) for DURATION seconds, and every node's mirror lag sampled each second
 # (each node reports the workers of the shards it leads; the sample is the largest).
-# Usage: benches/cluster-mirror.sh [DURATION_SECS]
+# With OUTAGE=<secs>, both test servers then go down (connections reset) for that long
+# while ingest goes on, and the script reports how long each takes to catch up (every
+# node's lag under 2 s) and the lines/s it received meanwhile (DRAIN_MAX, default 900 s,
+# bounds the wait). The test servers only count what they accept (--count-only), so a
+# long run does not fill the memory.
+# Usage: [RATE=20000] [OUTAGE=0] benches/cluster-mirror.sh [DURATION_SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-30}
 RATE=${RATE:-20000}
+OUTAGE=${OUTAGE:-0}
+DRAIN_MAX=${DRAIN_MAX:-900}
 BASE=16317
 cargo build --release -p weir-server -p weir-bench -p weir-testkit
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench-mirror.XXXXXX")
-target/release/weir-testkit elasticsearch --addr 127.0.0.1:19200 >"$DIR/es.log" 2>&1 &
+target/release/weir-testkit elasticsearch --count-only --addr 127.0.0.1:19200 >"$DIR/es.log" 2>&1 &
 ES=$!
-target/release/weir-testkit loki --addr 127.0.0.1:13100 >"$DIR/loki.log" 2>&1 &
+target/release/weir-testkit loki --count-only --addr 127.0.0.1:13100 >"$DIR/loki.log" 2>&1 &
 LOKI=$!
 cat >"$DIR/sinks.toml" <<'TOML'
 
@@ -37,19 +44,70 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 ADDRS="http://127.0.0.1:$BASE,http://127.0.0.1:$((BASE + 10)),http://127.0.0.1:$((BASE + 20))"
-target/release/weir-bench ingest --addr "$ADDRS" --concurrency 12 --batch 250 --rate "$RATE" --duration-secs "$DURATION" &
+INGEST_SECS=$DURATION
+[ "$OUTAGE" -gt 0 ] && INGEST_SECS=$((DURATION + OUTAGE + DRAIN_MAX))
+target/release/weir-bench ingest --addr "$ADDRS" --concurrency 12 --batch 250 --rate "$RATE" --duration-secs "$INGEST_SECS" &
 BENCH=$!
-: >"$DIR/lag"
-while kill -0 $BENCH 2>/dev/null; do
-  max=0
+# max_lag SINK: the largest lag_seconds of SINK over the three nodes.
+max_lag() {
+  local max=0
   for n in 0 1 2; do
-    for v in $(curl -s "http://127.0.0.1:$((BASE + 1 + 10 * n))/api/v1/cluster" | grep -o '"lag_seconds":[0-9.e+-]*' | cut -d: -f2); do
+    for v in $(curl -s "http://127.0.0.1:$((BASE + 1 + 10 * n))/api/v1/cluster" |
+      python3 -c 'import json,sys; [print(m["lag_seconds"]) for m in json.load(sys.stdin).get("mirrors", []) if m["name"] == sys.argv[1]]' "$1" 2>/dev/null); do
       max=$(awk -v a="$max" -v b="$v" 'BEGIN { print (b > a) ? b : a }')
     done
   done
-  echo "$max" >>"$DIR/lag"
+  echo "$max"
+}
+# count PORT FIELD: what the test server on PORT holds.
+count() {
+  curl -s "http://127.0.0.1:$1/_testkit/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
+}
+: >"$DIR/lag"
+START=$(date +%s)
+while kill -0 $BENCH 2>/dev/null && [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
+  es=$(max_lag es)
+  loki=$(max_lag loki)
+  awk -v a="$es" -v b="$loki" 'BEGIN { print (b > a) ? b : a }' >>"$DIR/lag"
   sleep 1
 done
-wait $BENCH
 echo "lag samples (s, one a second): $(tr "\n" " " < "$DIR/lag")"
 sort -g "$DIR/lag" | awk '{ v[NR] = $1 } END { i = int(NR * 0.99) + 1; if (i > NR) i = NR; printf "mirror lag over %d samples: p50 %.2f s, p99 %.2f s, max %.2f s\n", NR, v[int(NR * 0.5) + 1], v[i], v[NR] }'
+if [ "$OUTAGE" -gt 0 ]; then
+  for port in 19200 13100; do
+    curl -s -XPOST "http://127.0.0.1:$port/_testkit/down" -d "{\"down\": true, \"for_ms\": $((OUTAGE * 1000))}" >/dev/null
+  done
+  echo "outage: both test servers down for $OUTAGE s"
+  sleep "$OUTAGE"
+  # The servers come back by themselves; wait until both answer.
+  until curl -sf "http://127.0.0.1:19200/_testkit/stats" >/dev/null && curl -sf "http://127.0.0.1:13100/_testkit/stats" >/dev/null; do sleep 0.1; done
+  UP=$(date +%s.%N)
+  ES0=$(count 19200 doc_count)
+  LOKI0=$(count 13100 entry_count)
+  echo "back up: elasticsearch holds $ES0, loki $LOKI0; lag at recovery: es $(max_lag es) s, loki $(max_lag loki) s"
+  es_done="" loki_done=""
+  while [ -z "$es_done" ] || [ -z "$loki_done" ]; do
+    sleep 1
+    now=$(date +%s.%N)
+    el=$(awk -v a="$now" -v b="$UP" 'BEGIN { printf "%.1f", a - b }')
+    if awk -v e="$el" -v m="$DRAIN_MAX" 'BEGIN { exit !(e > m) }'; then
+      echo "did NOT drain within $DRAIN_MAX s (es done: ${es_done:-no}, loki done: ${loki_done:-no})"
+      break
+    fi
+    if [ -z "$es_done" ] && awk -v l="$(max_lag es)" -v e="$el" 'BEGIN { exit !(l < 2 && e > 2) }'; then
+      n=$(count 19200 doc_count)
+      es_done=$el
+      echo "elasticsearch caught up in $el s: $((n - ES0)) lines received, $(awk -v n=$((n - ES0)) -v e="$el" -v r="$RATE" 'BEGIN { printf "%.0f lines/s = %.1fx the ingest rate", n / e, n / e / r }')"
+    fi
+    if [ -z "$loki_done" ] && awk -v l="$(max_lag loki)" -v e="$el" 'BEGIN { exit !(l < 2 && e > 2) }'; then
+      n=$(count 13100 entry_count)
+      loki_done=$el
+      echo "loki caught up in $el s: $((n - LOKI0)) lines received, $(awk -v n=$((n - LOKI0)) -v e="$el" -v r="$RATE" 'BEGIN { printf "%.0f lines/s = %.1fx the ingest rate", n / e, n / e / r }')"
+    fi
+    if [ $((${el%.*} % 30)) -eq 0 ]; then
+      echo "  ${el} s after recovery: lag es $(max_lag es) s, loki $(max_lag loki) s"
+    fi
+  done
+  kill $BENCH 2>/dev/null || true
+fi
+wait $BENCH 2>/dev/null || true

@@ -437,10 +437,32 @@ struct Sample {
 }
 
 async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
-    use weir_testkit::elasticsearch::FakeElasticsearch;
-    use weir_testkit::loki::FakeLoki;
-    let es = FakeElasticsearch::start().await?;
-    let loki = FakeLoki::start().await?;
+    use weir_testkit::elasticsearch::{EsOptions, FakeElasticsearch};
+    use weir_testkit::loki::{FakeLoki, LokiOptions};
+    // The test servers judge every request as usual but only count what they accept:
+    // millions of kept documents ran session 6's 10-minute outage out of memory. They run
+    // on a runtime of their own whose threads are named, so that the CPU they take (which
+    // real backends would take on their own machines) is told apart from Weir's.
+    let backends = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(BACKEND_THREAD)
+        .enable_all()
+        .build()?;
+    let (es, loki) = backends
+        .spawn(async {
+            let es = FakeElasticsearch::start_with(EsOptions {
+                keep_sources: false,
+                ..EsOptions::default()
+            })
+            .await?;
+            let loki = FakeLoki::start_with(LokiOptions {
+                keep_entries: false,
+                ..LokiOptions::default()
+            })
+            .await?;
+            anyhow::Ok((es, loki))
+        })
+        .await??;
     let tmp = tempfile::tempdir()?;
     let dir = args
         .data_dir
@@ -469,6 +491,7 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
         seed: 7,
     }));
     let t0 = Instant::now();
+    let cpu0 = CpuSplit::now();
     let sample = || {
         let status = state.mirror.status();
         let lag = |n: &str| {
@@ -494,6 +517,7 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     // Skip the first second (connections, template) when rating the healthy phase.
     let first = healthy.iter().find(|s| s.t >= 1.0).unwrap_or(&healthy[0]);
     let last = healthy.last().expect("samples");
+    let cpu_healthy = CpuSplit::now();
     let span = last.t - first.t;
     let mut lags_es: Vec<f64> = healthy.iter().map(|s| s.lag_es).collect();
     let mut lags_loki: Vec<f64> = healthy.iter().map(|s| s.lag_loki).collect();
@@ -520,14 +544,35 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
         p99(&lags_loki),
         lags_loki.last().unwrap_or(&0.0)
     );
+    cpu_healthy.since(&cpu0, last.t).print();
     if args.outage_secs > 0 {
         es.set_down(true);
         loki.set_down(true);
         let down_at = sample();
-        tokio::time::sleep(Duration::from_secs(args.outage_secs)).await;
+        let back_at = Instant::now() + Duration::from_secs(args.outage_secs);
+        while Instant::now() < back_at {
+            tokio::time::sleep((back_at - Instant::now()).min(Duration::from_secs(60))).await;
+            let lag_records = |n: &str| {
+                state
+                    .mirror
+                    .status()
+                    .iter()
+                    .find(|s| s.name == n)
+                    .map_or(0, |s| s.lag_records)
+            };
+            println!(
+                "  outage          {:.0} s in: accepted {}, lag_records elasticsearch {} loki {}; rss {} MiB",
+                t0.elapsed().as_secs_f64() - down_at.t,
+                state.metrics.records_accepted.get() - down_at.accepted,
+                lag_records("es"),
+                lag_records("loki"),
+                rss_mib()
+            );
+        }
         es.set_down(false);
         loki.set_down(false);
         let up = sample();
+        let cpu_up = CpuSplit::now();
         println!(
             "  outage          {} s, backlog at recovery: elasticsearch {} lines, loki {} lines (accepted during outage {})",
             args.outage_secs,
@@ -538,9 +583,20 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
         let mut done_es: Option<Sample> = None;
         let mut done_loki: Option<Sample> = None;
         let deadline = Instant::now() + Duration::from_secs(args.drain_max_secs);
+        let mut next_report = Instant::now() + Duration::from_secs(30);
         while (done_es.is_none() || done_loki.is_none()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let s = sample();
+            if Instant::now() >= next_report {
+                next_report += Duration::from_secs(30);
+                println!(
+                    "  draining        {:.0} s after recovery: elasticsearch {} lines behind, loki {} behind; rss {} MiB",
+                    s.t - up.t,
+                    s.accepted.saturating_sub(s.es),
+                    s.accepted.saturating_sub(s.loki),
+                    rss_mib()
+                );
+            }
             // Caught up: within one second of ingest of what was accepted.
             let slack = args.rate;
             if done_es.is_none() && s.es + slack >= s.accepted {
@@ -550,6 +606,8 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
                 done_loki = Some(sample());
             }
         }
+        let drained = sample();
+        CpuSplit::now().since(&cpu_up, drained.t - up.t).print();
         for (name, done, at_up) in [
             ("elasticsearch", &done_es, up.es),
             ("loki", &done_loki, up.loki),
@@ -570,7 +628,110 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
             }
         }
     }
+    println!(
+        "  peak rss        {} MiB (node, both test servers and the load generator)",
+        peak_rss_mib()
+    );
     ingest_task.abort();
     node.shutdown().await?;
+    drop((es, loki));
+    backends.shutdown_background();
     Ok(())
+}
+
+/// Names the threads of the mirror bench's test servers.
+const BACKEND_THREAD: &str = "fake-backend";
+
+/// CPU seconds this process has used: all of it, and the test servers' threads' share.
+struct CpuSplit {
+    total_s: f64,
+    backends_s: f64,
+}
+
+impl CpuSplit {
+    /// From /proc: the process total (dead threads included) and the live threads named
+    /// [`BACKEND_THREAD`] (runtime workers, which live as long as the bench).
+    fn now() -> CpuSplit {
+        // SAFETY: sysconf only reads a configuration value; it has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        // utime and stime: fields 14 and 15 of stat, counted after the `(comm)` field.
+        let cpu = |stat: &str| -> Option<(String, f64)> {
+            let open = stat.find('(')?;
+            let close = stat.rfind(')')?;
+            let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+            let utime: f64 = rest.get(11)?.parse().ok()?;
+            let stime: f64 = rest.get(12)?.parse().ok()?;
+            Some((stat[open + 1..close].to_string(), (utime + stime) / ticks))
+        };
+        let total_s = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| cpu(&s))
+            .map_or(0.0, |(_, c)| c);
+        let mut backends_s = 0.0;
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                if let Some((comm, c)) = std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|s| cpu(&s))
+                {
+                    if comm.starts_with(BACKEND_THREAD) {
+                        backends_s += c;
+                    }
+                }
+            }
+        }
+        CpuSplit {
+            total_s,
+            backends_s,
+        }
+    }
+
+    /// Cores used since `before`, over `secs` of wall time.
+    fn since(&self, before: &CpuSplit, secs: f64) -> CpuShare {
+        let backends = (self.backends_s - before.backends_s) / secs;
+        CpuShare {
+            weir: (self.total_s - before.total_s) / secs - backends,
+            backends,
+        }
+    }
+}
+
+/// Cores used in one phase.
+struct CpuShare {
+    /// The node and the load generator.
+    weir: f64,
+    /// The Elasticsearch and Loki test servers.
+    backends: f64,
+}
+
+impl CpuShare {
+    fn print(&self) {
+        println!(
+            "  cpu             node + load generator {:.2} cores, test servers {:.2} cores (of {})",
+            self.weir,
+            self.backends,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    }
+}
+
+/// This process's resident memory now, MiB (0 where /proc is not there).
+fn rss_mib() -> u64 {
+    proc_status_kib("VmRSS:") / 1024
+}
+
+/// This process's peak resident memory, MiB.
+fn peak_rss_mib() -> u64 {
+    proc_status_kib("VmHWM:") / 1024
+}
+
+fn proc_status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use weir_raft::RaftNode;
+use weir_raft::{CommittedLog, RaftNode, ShardLog};
 
 pub use breaker::{Breaker, BreakerState};
 pub use config::{Backend, LokiFormat, SinkConfig};
@@ -267,6 +267,9 @@ pub struct ReplayReport {
 /// The mirrors of one node.
 pub struct Mirror {
     sinks: Vec<Arc<SinkRuntime>>,
+    /// Each shard's committed log, for the live watermark in status: a worker stuck in a
+    /// delivery (breaker open, backend down) does not look at the log meanwhile.
+    logs: Vec<Arc<ShardLog>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -338,6 +341,9 @@ impl Mirror {
         }
         Ok(Mirror {
             sinks,
+            logs: (0..raft.shard_count())
+                .map(|shard| raft.committed_log(shard))
+                .collect(),
             tasks: std::sync::Mutex::new(tasks),
             stop,
         })
@@ -368,7 +374,13 @@ impl Mirror {
                     .map(|(i, p)| {
                         let active = p.active.load(Ordering::Relaxed);
                         let cursor = p.cursor.load(Ordering::Relaxed);
-                        let watermark = p.watermark.load(Ordering::Relaxed);
+                        // The log's, not the worker's last look: a worker waiting out a
+                        // failing backend does not read the log, and its lag still grows.
+                        let watermark = self
+                            .logs
+                            .get(i)
+                            .map_or(0, |l| l.watermark())
+                            .max(p.watermark.load(Ordering::Relaxed));
                         if active {
                             let behind = watermark
                                 .saturating_sub(p.delivered_to.load(Ordering::Relaxed).max(cursor));

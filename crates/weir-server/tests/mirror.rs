@@ -306,6 +306,59 @@ async fn a_dead_loki_does_not_hold_back_elasticsearch_or_appends() {
     node.stop().await;
 }
 
+/// Regression (session 6's 10-minute outage run): while a sink's breaker was open its
+/// `lag_records` stayed at what the worker had last read (1,996 after 240 s at 5k
+/// lines/s), because the worker, busy retrying, never looked at the log's watermark again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_stuck_on_a_dead_backend_reports_lag_growing_with_every_append() {
+    let (es, loki) = start_pair().await;
+    loki.fail_requests(usize::MAX, 503, None);
+    let node = start_node(&es, &loki).await;
+    // One service, so every batch lands in one shard as one entry of 100 records.
+    let one_stream = |b: usize| {
+        let mut req = batch("default", &format!("stuck{b}"), 100);
+        for r in &mut req.records {
+            r.service = "svc0".into();
+        }
+        req
+    };
+    node.append(one_stream(0)).await.unwrap();
+    let loki_status = |c: &serde_json::Value| {
+        c["mirrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "loki")
+            .unwrap()
+            .clone()
+    };
+    // The worker has read the first batch and is retrying it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = loki_status(&cluster(&node).await);
+        if m["breaker"] != "closed" && m["lag_records"].as_u64().unwrap() >= 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "loki breaker never opened: {m}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for b in 1..6 {
+        node.append(one_stream(b)).await.unwrap();
+    }
+    let m = loki_status(&cluster(&node).await);
+    assert!(
+        m["lag_entries"].as_u64().unwrap() >= 6,
+        "six batches committed, none delivered: {m}"
+    );
+    assert!(
+        m["lag_records"].as_u64().unwrap() >= 600,
+        "six batches of 100 committed, none delivered: {m}"
+    );
+    loki.clear_faults();
+    wait_until("loki to catch up", 20, || loki.entry_count() >= 600).await;
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_not_dropped_and_replay_after_the_fix() {
     let es = FakeElasticsearch::start().await.unwrap();

@@ -41,6 +41,10 @@ struct EsArgs {
     /// Leave out Elasticsearch's built-in `logs-*-*` data stream template.
     #[arg(long)]
     no_builtin_logs_template: bool,
+    /// Keep ids and counts but not document sources (long benchmarks; `/_testkit/docs`
+    /// then shows `null` sources).
+    #[arg(long)]
+    count_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +61,10 @@ struct LokiArgs {
     /// Turn off `service_name` discovery.
     #[arg(long)]
     no_service_name_discovery: bool,
+    /// Count accepted entries without keeping them (long benchmarks; `/_testkit/entries`
+    /// is then empty).
+    #[arg(long)]
+    count_only: bool,
 }
 
 #[tokio::main]
@@ -84,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
                 api_key: args.api_key,
                 listen_addr: args.addr,
                 builtin_logs_template: !args.no_builtin_logs_template,
+                keep_sources: !args.count_only,
                 ..EsOptions::default()
             })
             .await
@@ -96,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             let mut opts = LokiOptions {
                 auth_enabled: !args.auth_disabled,
                 listen_addr: args.addr,
+                keep_entries: !args.count_only,
                 ..LokiOptions::default()
             };
             if args.ordered {

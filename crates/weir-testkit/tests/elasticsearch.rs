@@ -592,3 +592,31 @@ async fn filter_path_keeps_only_failed_items_like_elasticsearch() -> TestResult 
     assert!(v.get("took").is_none());
     Ok(())
 }
+
+/// `keep_sources: false` is for long benchmarks: ids, 409s on `create` and counts must be
+/// exactly the default's, only without the sources.
+#[tokio::test]
+async fn count_only_mode_still_answers_409_for_an_existing_id() -> TestResult {
+    let es = FakeElasticsearch::start_with(EsOptions {
+        keep_sources: false,
+        ..EsOptions::default()
+    })
+    .await?;
+    let client = Client::new();
+    let body = "{\"create\":{\"_index\":\"weir\",\"_id\":\"a1\"}}\n{\"message\":\"first\"}\n\
+                {\"create\":{\"_index\":\"weir\",\"_id\":\"a2\"}}\n{\"message\":\"second\"}\n";
+    let (status, v) = bulk(&client, &es, body).await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        item_statuses(&v),
+        [("create".into(), 201), ("create".into(), 201)]
+    );
+    let (_, v) = bulk(&client, &es, body).await?;
+    assert_eq!(
+        item_statuses(&v),
+        [("create".into(), 409), ("create".into(), 409)]
+    );
+    assert_eq!(es.doc_count(), 2);
+    assert_eq!(es.docs()[0].source, Value::Null, "sources are not kept");
+    Ok(())
+}

@@ -553,3 +553,37 @@ async fn fail_requests_then_down_then_recovery() -> TestResult {
     assert_eq!(entries[TENANT].as_array().map(Vec::len), Some(2));
     Ok(())
 }
+
+/// `keep_entries: false` is for long benchmarks: it must judge and count exactly as the
+/// default does (duplicates collapsed, other lines at the same time kept, bad entries
+/// refused), only without holding the entries.
+#[tokio::test]
+async fn count_only_mode_counts_and_collapses_duplicates_like_the_default() -> TestResult {
+    let loki = FakeLoki::start_with(LokiOptions {
+        keep_entries: false,
+        ..LokiOptions::default()
+    })
+    .await?;
+    let client = Client::new();
+    let t = now_ns();
+    let batch = || {
+        vec![stream(
+            r#"{job="weir"}"#,
+            vec![entry(t, "a"), entry(t + 1, "b")],
+        )]
+    };
+    assert_eq!(push_proto(&client, &loki, batch()).await?.0, 204);
+    assert_eq!(push_proto(&client, &loki, batch()).await?.0, 204);
+    assert_eq!(loki.entry_count(), 2, "the replay is collapsed");
+    let other = vec![stream(
+        r#"{job="weir"}"#,
+        vec![entry(t, "a, but different")],
+    )];
+    assert_eq!(push_proto(&client, &loki, other).await?.0, 204);
+    assert_eq!(loki.entry_count(), 3);
+    let bad = vec![stream(r#"{job="weir""#, vec![entry(t + 2, "c")])];
+    assert_eq!(push_proto(&client, &loki, bad).await?.0, 400);
+    assert_eq!(loki.entry_count(), 3);
+    assert!(loki.entries(TENANT).is_empty(), "nothing is kept");
+    Ok(())
+}

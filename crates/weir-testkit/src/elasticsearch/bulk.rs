@@ -887,6 +887,7 @@ impl Exec<'_> {
     ) -> Result<Outcome, Outcome> {
         let explicit_version = self.check_versions(op, target, id)?;
         let order = self.store.take_order();
+        let keep_source = self.store.keep_sources;
         let Some(index) = self.store.indices.get_mut(&target.index) else {
             return Err(Self::fail(
                 500,
@@ -946,7 +947,11 @@ impl Exec<'_> {
         index.docs.insert(
             id.to_string(),
             StoredDoc {
-                source: node.to_value(),
+                source: if keep_source {
+                    node.to_value()
+                } else {
+                    Value::Null
+                },
                 version,
                 seq_no,
                 order: existing.as_ref().map_or(order, |d| d.order),

@@ -173,6 +173,12 @@ pub struct EsOptions {
     /// Install Elasticsearch's built-in `logs` index template (`logs-*-*` become data
     /// streams) as a real 8.x node has. Default true.
     pub builtin_logs_template: bool,
+    /// Keep each document's source. Default true. Without it every request is parsed,
+    /// mapped and answered exactly the same, and ids, versions and counts are kept, but
+    /// [`FakeElasticsearch::docs`] shows `null` sources and an update starts from an
+    /// empty document: for long benchmarks, where millions of sources would fill the
+    /// machine's memory.
+    pub keep_sources: bool,
 }
 
 impl Default for EsOptions {
@@ -183,6 +189,7 @@ impl Default for EsOptions {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             total_fields_limit: 1000,
             builtin_logs_template: true,
+            keep_sources: true,
         }
     }
 }
@@ -283,10 +290,11 @@ impl FakeElasticsearch {
     pub async fn start_with(opts: EsOptions) -> Result<Self> {
         let faults = server::new_faults();
         let app = Arc::new(EsApp {
-            store: Mutex::new(Store::new(
-                opts.total_fields_limit,
-                opts.builtin_logs_template,
-            )),
+            store: Mutex::new({
+                let mut store = Store::new(opts.total_fields_limit, opts.builtin_logs_template);
+                store.keep_sources = opts.keep_sources;
+                store
+            }),
             faults: Arc::clone(&faults),
             item_faults: Mutex::new(None),
             bulk_requests: AtomicU64::new(0),

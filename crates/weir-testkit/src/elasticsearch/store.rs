@@ -76,6 +76,8 @@ pub(crate) struct Store {
     pub templates: BTreeMap<String, Template>,
     next_order: u64,
     total_fields_limit: usize,
+    /// See `EsOptions::keep_sources`.
+    pub keep_sources: bool,
 }
 
 /// Java's `Set.toString()` of Elasticsearch's `Strings.INVALID_FILENAME_CHARS` as it
@@ -132,6 +134,7 @@ impl Store {
             templates: BTreeMap::new(),
             next_order: 0,
             total_fields_limit,
+            keep_sources: true,
         };
         if builtin_logs_template {
             let body = builtin_logs_template_body();
