@@ -48,16 +48,24 @@ INGEST_SECS=$DURATION
 [ "$OUTAGE" -gt 0 ] && INGEST_SECS=$((DURATION + OUTAGE + DRAIN_MAX))
 target/release/weir-bench ingest --addr "$ADDRS" --concurrency 12 --batch 250 --rate "$RATE" --duration-secs "$INGEST_SECS" &
 BENCH=$!
-# max_lag SINK: the largest lag_seconds of SINK over the three nodes.
+# lags: "<es> <loki>", each sink's largest lag_seconds over the three nodes (a node that
+# does not answer counts as 1e9, so it cannot pass for caught up).
+lags() {
+  python3 - "$BASE" <<'PY'
+import json, sys, urllib.request
+base, worst = int(sys.argv[1]), {"es": 0.0, "loki": 0.0}
+for n in range(3):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{base + 1 + 10 * n}/api/v1/cluster", timeout=5) as r:
+            for m in json.load(r).get("mirrors", []):
+                worst[m["name"]] = max(worst[m["name"]], m["lag_seconds"])
+    except OSError:
+        worst = {k: 1e9 for k in worst}
+print(worst["es"], worst["loki"])
+PY
+}
 max_lag() {
-  local max=0
-  for n in 0 1 2; do
-    for v in $(curl -s "http://127.0.0.1:$((BASE + 1 + 10 * n))/api/v1/cluster" |
-      python3 -c 'import json,sys; [print(m["lag_seconds"]) for m in json.load(sys.stdin).get("mirrors", []) if m["name"] == sys.argv[1]]' "$1" 2>/dev/null); do
-      max=$(awk -v a="$max" -v b="$v" 'BEGIN { print (b > a) ? b : a }')
-    done
-  done
-  echo "$max"
+  case $1 in es) lags | cut -d' ' -f1 ;; *) lags | cut -d' ' -f2 ;; esac
 }
 # count PORT FIELD: what the test server on PORT holds.
 count() {
@@ -66,12 +74,20 @@ count() {
 : >"$DIR/lag"
 START=$(date +%s)
 while kill -0 $BENCH 2>/dev/null && [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
-  es=$(max_lag es)
-  loki=$(max_lag loki)
-  awk -v a="$es" -v b="$loki" 'BEGIN { print (b > a) ? b : a }' >>"$DIR/lag"
+  lags | awk '{ print ($2 > $1) ? $2 : $1 }' >>"$DIR/lag"
   sleep 1
 done
 echo "lag samples (s, one a second): $(tr "\n" " " < "$DIR/lag")"
+# Whether indexing kept up on every replica: entries each replica's index is behind the
+# shard's commit, worst shard, at the end of the healthy phase.
+curl -s "http://127.0.0.1:$((BASE + 1))/api/v1/cluster" | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+worst = {}
+for s in c["shards"]:
+    for r in s["replicas"]:
+        worst[r["node"]] = max(worst.get(r["node"], 0), s["commit"] - r["indexed"])
+print("index behind commit at the end (entries, worst shard per node):", dict(sorted(worst.items())))'
 sort -g "$DIR/lag" | awk '{ v[NR] = $1 } END { i = int(NR * 0.99) + 1; if (i > NR) i = NR; printf "mirror lag over %d samples: p50 %.2f s, p99 %.2f s, max %.2f s\n", NR, v[int(NR * 0.5) + 1], v[i], v[NR] }'
 if [ "$OUTAGE" -gt 0 ]; then
   for port in 19200 13100; do

@@ -309,10 +309,9 @@ async fn partial_400_stores_valid_entries_and_lists_the_ignored_ones() -> TestRe
     Ok(())
 }
 
-#[tokio::test]
-async fn exact_duplicate_is_collapsed_silently_and_same_timestamp_other_line_is_kept() -> TestResult
-{
-    let loki = FakeLoki::start().await?;
+/// Pushes a batch twice, then another line at the same time, then a malformed stream;
+/// the server must hold 2, 2, 3 and 3 entries.
+async fn duplicates_collapse_and_other_lines_stay(loki: &FakeLoki) -> TestResult {
     let client = Client::new();
     let t = now_ns();
     let batch = || {
@@ -321,21 +320,28 @@ async fn exact_duplicate_is_collapsed_silently_and_same_timestamp_other_line_is_
             vec![entry(t, "a"), entry(t + 1, "b")],
         )]
     };
-    assert_eq!(push_proto(&client, &loki, batch()).await?.0, 204);
+    assert_eq!(push_proto(&client, loki, batch()).await?.0, 204);
     // A replay of the same batch succeeds and stores nothing new.
-    assert_eq!(push_proto(&client, &loki, batch()).await?.0, 204);
+    assert_eq!(push_proto(&client, loki, batch()).await?.0, 204);
     assert_eq!(loki.entry_count(), 2);
-    let (status, _) = push_proto(
-        &client,
-        &loki,
-        vec![stream(
-            r#"{job="weir"}"#,
-            vec![entry(t, "a, again but different")],
-        )],
-    )
-    .await?;
-    assert_eq!(status, 204);
+    let other = vec![stream(
+        r#"{job="weir"}"#,
+        vec![entry(t, "a, again but different")],
+    )];
+    assert_eq!(push_proto(&client, loki, other).await?.0, 204);
     assert_eq!(loki.entry_count(), 3);
+    let bad = vec![stream(r#"{job="weir""#, vec![entry(t + 2, "c")])];
+    assert_eq!(push_proto(&client, loki, bad).await?.0, 400);
+    assert_eq!(loki.entry_count(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn exact_duplicate_is_collapsed_silently_and_same_timestamp_other_line_is_kept() -> TestResult
+{
+    let loki = FakeLoki::start().await?;
+    duplicates_collapse_and_other_lines_stay(&loki).await?;
+    assert_eq!(loki.entries(TENANT).len(), 3);
     Ok(())
 }
 
@@ -564,26 +570,7 @@ async fn count_only_mode_counts_and_collapses_duplicates_like_the_default() -> T
         ..LokiOptions::default()
     })
     .await?;
-    let client = Client::new();
-    let t = now_ns();
-    let batch = || {
-        vec![stream(
-            r#"{job="weir"}"#,
-            vec![entry(t, "a"), entry(t + 1, "b")],
-        )]
-    };
-    assert_eq!(push_proto(&client, &loki, batch()).await?.0, 204);
-    assert_eq!(push_proto(&client, &loki, batch()).await?.0, 204);
-    assert_eq!(loki.entry_count(), 2, "the replay is collapsed");
-    let other = vec![stream(
-        r#"{job="weir"}"#,
-        vec![entry(t, "a, but different")],
-    )];
-    assert_eq!(push_proto(&client, &loki, other).await?.0, 204);
-    assert_eq!(loki.entry_count(), 3);
-    let bad = vec![stream(r#"{job="weir""#, vec![entry(t + 2, "c")])];
-    assert_eq!(push_proto(&client, &loki, bad).await?.0, 400);
-    assert_eq!(loki.entry_count(), 3);
+    duplicates_collapse_and_other_lines_stay(&loki).await?;
     assert!(loki.entries(TENANT).is_empty(), "nothing is kept");
     Ok(())
 }
