@@ -9,13 +9,15 @@
 # node's lag under 2 s) and the lines/s it received meanwhile (DRAIN_MAX, default 900 s,
 # bounds the wait). The test servers only count what they accept (--count-only), so a
 # long run does not fill the memory.
-# Usage: [RATE=20000] [OUTAGE=0] benches/cluster-mirror.sh [DURATION_SECS]
+# SHARDS (default 4) sets the cluster's shard count.
+# Usage: [RATE=20000] [OUTAGE=0] [SHARDS=4] benches/cluster-mirror.sh [DURATION_SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-30}
 RATE=${RATE:-20000}
 OUTAGE=${OUTAGE:-0}
 DRAIN_MAX=${DRAIN_MAX:-900}
+SHARDS=${SHARDS:-4}
 BASE=16317
 cargo build --release -p weir-server -p weir-bench -p weir-testkit
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench-mirror.XXXXXX")
@@ -36,9 +38,10 @@ type = "loki"
 url = "http://127.0.0.1:13100"
 org_id = "bench"
 TOML
-target/release/weir dev-cluster --dir "$DIR" --base-port $BASE --extra-config "$DIR/sinks.toml" >"$DIR/dev-cluster.out" 2>&1 &
+target/release/weir dev-cluster --dir "$DIR" --base-port $BASE --shards "$SHARDS" --extra-config "$DIR/sinks.toml" >"$DIR/dev-cluster.out" 2>&1 &
 CLUSTER=$!
-trap 'kill $CLUSTER $ES $LOKI 2>/dev/null; wait $CLUSTER 2>/dev/null; rm -rf "$DIR"' EXIT
+BENCH=""
+trap 'kill ${BENCH:-} $CLUSTER $ES $LOKI 2>/dev/null; wait $CLUSTER 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 120); do
   target/release/weir cluster status --addr "http://127.0.0.1:$((BASE + 1))" 2>/dev/null | grep -q "health: ok" && break
   sleep 0.5
@@ -59,7 +62,7 @@ for n in range(3):
         with urllib.request.urlopen(f"http://127.0.0.1:{base + 1 + 10 * n}/api/v1/cluster", timeout=5) as r:
             for m in json.load(r).get("mirrors", []):
                 worst[m["name"]] = max(worst[m["name"]], m["lag_seconds"])
-    except OSError:
+    except Exception:
         worst = {k: 1e9 for k in worst}
 print(worst["es"], worst["loki"])
 PY
@@ -95,8 +98,11 @@ if [ "$OUTAGE" -gt 0 ]; then
   done
   echo "outage: both test servers down for $OUTAGE s"
   sleep "$OUTAGE"
-  # The servers come back by themselves; wait until both answer.
-  until curl -sf "http://127.0.0.1:19200/_testkit/stats" >/dev/null && curl -sf "http://127.0.0.1:13100/_testkit/stats" >/dev/null; do sleep 0.1; done
+  # The servers come back by themselves; wait (at most 30 s) until both answer.
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:19200/_testkit/stats" >/dev/null && curl -sf "http://127.0.0.1:13100/_testkit/stats" >/dev/null && break
+    sleep 0.1
+  done
   UP=$(date +%s.%N)
   ES0=$(count 19200 doc_count)
   LOKI0=$(count 13100 entry_count)
@@ -110,12 +116,12 @@ if [ "$OUTAGE" -gt 0 ]; then
       echo "did NOT drain within $DRAIN_MAX s (es done: ${es_done:-no}, loki done: ${loki_done:-no})"
       break
     fi
-    if [ -z "$es_done" ] && awk -v l="$(max_lag es)" -v e="$el" 'BEGIN { exit !(l < 2 && e > 2) }'; then
+    if [ -z "$es_done" ] && awk -v l="$(max_lag es)" -v e="$el" 'BEGIN { exit !(l != "" && l + 0 < 2 && e > 2) }'; then
       n=$(count 19200 doc_count)
       es_done=$el
       echo "elasticsearch caught up in $el s: $((n - ES0)) lines received, $(awk -v n=$((n - ES0)) -v e="$el" -v r="$RATE" 'BEGIN { printf "%.0f lines/s = %.1fx the ingest rate", n / e, n / e / r }')"
     fi
-    if [ -z "$loki_done" ] && awk -v l="$(max_lag loki)" -v e="$el" 'BEGIN { exit !(l < 2 && e > 2) }'; then
+    if [ -z "$loki_done" ] && awk -v l="$(max_lag loki)" -v e="$el" 'BEGIN { exit !(l != "" && l + 0 < 2 && e > 2) }'; then
       n=$(count 13100 entry_count)
       loki_done=$el
       echo "loki caught up in $el s: $((n - LOKI0)) lines received, $(awk -v n=$((n - LOKI0)) -v e="$el" -v r="$RATE" 'BEGIN { printf "%.0f lines/s = %.1fx the ingest rate", n / e, n / e / r }')"

@@ -443,12 +443,15 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     // millions of kept documents ran session 6's 10-minute outage out of memory. They run
     // on a runtime of their own whose threads are named, so that the CPU they take (which
     // real backends would take on their own machines) is told apart from Weir's.
-    let backends = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(BACKEND_THREAD)
-        .enable_all()
-        .build()?;
+    let backends = BackendRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(BACKEND_THREAD)
+            .enable_all()
+            .build()?,
+    ));
     let (es, loki) = backends
+        .handle()
         .spawn(async {
             let es = FakeElasticsearch::start_with(EsOptions {
                 keep_sources: false,
@@ -635,8 +638,30 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     ingest_task.abort();
     node.shutdown().await?;
     drop((es, loki));
-    backends.shutdown_background();
     Ok(())
+}
+
+/// The test servers' runtime. Dropping a runtime blocks, which tokio refuses inside an
+/// async context (it panics, hiding whatever error made the bench return early), so it
+/// is shut down in the background instead.
+struct BackendRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackendRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        // Some from construction until drop.
+        self.0
+            .as_ref()
+            .map(|r| r.handle())
+            .expect("runtime present until drop")
+    }
+}
+
+impl Drop for BackendRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Names the threads of the mirror bench's test servers.

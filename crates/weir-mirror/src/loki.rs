@@ -327,7 +327,10 @@ fn push_request_protobuf(grouped: &[(Labels<'_>, Vec<&Item>)], mapping: &LokiMap
         }
         // hash (field 3) is 0 and so left out, as prost does.
     }
-    assert_eq!(buf.len(), total, "loki push request length computed wrong");
+    // Checked by the property test against prost. Not kept on in release: a wrong length
+    // would make Loki refuse the request (400), which dead-letters the records with its
+    // reason (visible, replayable), where a panic would stop the shard's worker silently.
+    debug_assert_eq!(buf.len(), total, "loki push request length computed wrong");
     buf
 }
 
@@ -338,12 +341,52 @@ mod tests {
     use prost::Message;
     use weir_proto::logproto::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter};
 
+    /// Stream labels as the encoder before the borrowed one computed them (kept here
+    /// verbatim, so that the property test checks `labels_of` too).
+    fn oracle_labels(m: &LokiMapping, item: &Item) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for src in &m.stream_labels {
+            if src == "labels.*" {
+                for (k, v) in &item.record.labels {
+                    if !v.is_empty() {
+                        out.insert(label_name(k), v.clone());
+                    }
+                }
+            } else if let Some(v) = field(&item.record, src) {
+                let name = src.strip_prefix("labels.").unwrap_or(src);
+                out.insert(label_name(name), v.to_owned());
+            }
+        }
+        if out.is_empty() {
+            out.insert("service".into(), "unknown".into());
+        }
+        out
+    }
+
+    /// Structured metadata as the encoder before the borrowed one computed it.
+    fn oracle_metadata(m: &LokiMapping, item: &Item) -> Vec<(String, String)> {
+        m.structured_metadata
+            .iter()
+            .filter_map(|src| {
+                let v = field(&item.record, src)?;
+                let name = src
+                    .strip_prefix("labels.")
+                    .or_else(|| src.strip_prefix("attributes."))
+                    .unwrap_or(src);
+                Some((label_name(name), v.to_owned()))
+            })
+            .collect()
+    }
+
     /// The request as prost builds it from owned messages: what the hand-written encoder
     /// must produce byte for byte.
     fn prost_oracle(items: &[Item], mapping: &LokiMapping) -> Vec<u8> {
         let mut grouped: BTreeMap<BTreeMap<String, String>, Vec<&Item>> = BTreeMap::new();
         for it in items {
-            grouped.entry(mapping.labels(it)).or_default().push(it);
+            grouped
+                .entry(oracle_labels(mapping, it))
+                .or_default()
+                .push(it);
         }
         for v in grouped.values_mut() {
             v.sort_by_key(|it| (it.record.timestamp_ns, it.index, it.offset));
@@ -361,8 +404,7 @@ mod tests {
                                 nanos: it.record.timestamp_ns.rem_euclid(1_000_000_000) as i32,
                             }),
                             line: it.record.body.clone(),
-                            structured_metadata: mapping
-                                .metadata(it)
+                            structured_metadata: oracle_metadata(mapping, it)
                                 .into_iter()
                                 .map(|(name, value)| LabelPairAdapter { name, value })
                                 .collect(),
@@ -375,17 +417,31 @@ mod tests {
         .encode_to_vec()
     }
 
-    fn arb_item() -> impl Strategy<Value = Item> {
-        let small = "[a-c]{0,2}";
-        (
+    /// Timestamps around the edges: whole seconds (nanos 0), second 0, negatives, the
+    /// extremes, and anything.
+    fn arb_ts() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            (-3i64..3).prop_map(|s| s * 1_000_000_000),
+            -2_000_000_000i64..2_000_000_000,
+            Just(i64::MIN),
+            Just(i64::MAX),
             any::<i64>(),
+        ]
+    }
+
+    fn arb_item() -> impl Strategy<Value = Item> {
+        // Short values collide (shared streams, equal timestamps); long ones and escapes
+        // exercise multi-byte lengths and selector escaping.
+        let value = prop_oneof!["[a-c]{0,2}", "[a-c\"\\\\\n ]{0,200}"];
+        (
+            arb_ts(),
             0u64..4,
-            any::<u32>(),
-            ".{0,12}",
-            (small, small, small),
-            prop::collection::hash_map("[a-c.1/_]{0,3}", small, 0..4),
-            prop::collection::hash_map("[a-c]{1,2}", small, 0..3),
-            (small, small, 0u32..8),
+            0u32..4,
+            prop_oneof![".{0,12}", ".{100,300}"],
+            (value.clone(), value.clone(), value.clone()),
+            prop::collection::hash_map("[a-c.1/_-]{0,3}", value.clone(), 0..4),
+            prop::collection::hash_map("[a-c]{1,2}", value.clone(), 0..3),
+            (value.clone(), value, 0u32..8),
         )
             .prop_map(
                 |(
@@ -419,21 +475,38 @@ mod tests {
             )
     }
 
+    /// Mappings: none, the defaults, and any mix of fields, label keys (valid or not),
+    /// `labels.*` and attributes.
+    fn arb_mapping() -> impl Strategy<Value = LokiMapping> {
+        let source = prop_oneof![
+            Just("service".to_string()),
+            Just("namespace".to_string()),
+            Just("pod".to_string()),
+            Just("level".to_string()),
+            Just("trace_id".to_string()),
+            Just("labels.*".to_string()),
+            "labels\\.[a-c.1/_-]{1,3}",
+            "attributes\\.[a-c]{1,2}",
+            "[a-c.1/_-]{1,3}",
+        ];
+        (
+            prop::collection::vec(source.clone(), 0..6),
+            prop::collection::vec(source, 0..5),
+        )
+            .prop_map(|(stream_labels, structured_metadata)| LokiMapping {
+                stream_labels,
+                structured_metadata,
+            })
+    }
+
     proptest! {
         /// The hand-written `PushRequest` encoder against prost, on records with empty
         /// and invalid label names, colliding sources, empty lines and negative times.
         #[test]
         fn protobuf_push_is_byte_for_byte_what_prost_writes(
             items in prop::collection::vec(arb_item(), 0..20),
+            mapping in arb_mapping(),
         ) {
-            let mapping = LokiMapping {
-                stream_labels: ["service", "namespace", "level", "labels.*", "labels.a", "b"]
-                    .map(String::from)
-                    .to_vec(),
-                structured_metadata: ["trace_id", "span_id", "pod", "attributes.a", "c"]
-                    .map(String::from)
-                    .to_vec(),
-            };
             let (body, _) = encode(&items, &mapping, LokiFormat::Protobuf);
             let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
             prop_assert_eq!(raw, prost_oracle(&items, &mapping));

@@ -176,8 +176,9 @@ pub struct EsOptions {
     /// Keep each document's source. Default true. Without it every request is parsed,
     /// mapped and answered exactly the same, and ids, versions and counts are kept, but
     /// [`FakeElasticsearch::docs`] shows `null` sources and an update starts from an
-    /// empty document: for long benchmarks, where millions of sources would fill the
-    /// machine's memory.
+    /// empty document (so a no-op update answers `updated`, not `noop`): for long
+    /// benchmarks of `create`/`index`, where millions of sources would fill the machine's
+    /// memory.
     pub keep_sources: bool,
 }
 
