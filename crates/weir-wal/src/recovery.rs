@@ -32,6 +32,8 @@ pub(crate) struct Recovered {
     pub segments: Vec<Segment>,
     pub index: IndexMap,
     pub meta: Option<Vec<u8>>,
+    /// The segment holding the last meta frame.
+    pub meta_seq: Option<u64>,
     pub expected_next: Option<u64>,
     pub next_seq: u64,
 }
@@ -161,6 +163,7 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered> {
 
     let mut index = IndexMap::default();
     let mut meta = None;
+    let mut meta_seq = None;
     let mut segments = Vec::new();
     let mut i = 0;
     while i < raws.len() {
@@ -244,6 +247,7 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered> {
                                     corrupt(&raw.path, pos as u64, format!("meta frame: {e}"))
                                 })?;
                                 meta = Some(blob);
+                                meta_seq = Some(raw.seq);
                             }
                         }
                         pos += n;
@@ -347,6 +351,7 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered> {
         segments,
         index,
         meta,
+        meta_seq,
         expected_next,
         next_seq,
     })

@@ -219,6 +219,7 @@ impl Wal {
             staged_sync_dir: false,
             next_seq: rec.next_seq,
         };
+        let meta_seq = rec.meta_seq;
         if wal.segments.last().is_none_or(|s| s.sealed) {
             // Written synchronously, so that a segment header is never part
             // of a round whose BATCH_START frame lies in the same segment
@@ -235,6 +236,17 @@ impl Wal {
             st.durable_seq = seg.seq;
             drop(st);
             wal.segments.push(seg);
+        } else if let (Some(meta), Some(active)) = (wal.meta.clone(), wal.segments.last()) {
+            // Every segment starts with the meta current when it was created, and a later
+            // meta lands in the active segment, so the newest meta is always in the newest
+            // segment, which gc never removes. A torn tail cut away by recovery can take
+            // the active segment's copy with it while an older segment still holds one:
+            // write it again now, before gc may remove that older segment (the WAL model
+            // test found the meta gone after a crash, a gc and a reopen).
+            if meta_seq != Some(active.seq) {
+                wal.set_meta(&meta)?;
+                wal.flush()?.wait()?;
+            }
         }
         tracing::debug!(dir = %dir.display(), first = ?wal.first_index(), last = ?wal.last_index(), segments = wal.segments.len(), "wal opened");
         Ok(wal)
