@@ -245,7 +245,7 @@ pub struct SinkShardStatus {
     pub active: bool,
     /// Committed cursor.
     pub cursor: u64,
-    /// Commit watermark seen.
+    /// The shard's commit watermark now.
     pub watermark: u64,
     /// Why it cannot advance, if it cannot.
     pub stalled: Option<String>,
@@ -374,13 +374,10 @@ impl Mirror {
                     .map(|(i, p)| {
                         let active = p.active.load(Ordering::Relaxed);
                         let cursor = p.cursor.load(Ordering::Relaxed);
-                        // The log's, not the worker's last look: a worker waiting out a
-                        // failing backend does not read the log, and its lag still grows.
-                        let watermark = self
-                            .logs
-                            .get(i)
-                            .map_or(0, |l| l.watermark())
-                            .max(p.watermark.load(Ordering::Relaxed));
+                        // The log's now, not the worker's last look: a worker waiting
+                        // out a failing backend does not read the log, and its lag still
+                        // grows.
+                        let watermark = self.logs.get(i).map_or(0, |l| l.watermark());
                         if active {
                             let behind = watermark
                                 .saturating_sub(p.delivered_to.load(Ordering::Relaxed).max(cursor));

@@ -64,14 +64,6 @@ fn label_name_cow(k: &str) -> Cow<'_, str> {
 pub type Labels<'a> = Vec<(Cow<'a, str>, &'a str)>;
 
 impl LokiMapping {
-    /// The stream labels of `item`, sorted by name.
-    pub fn labels(&self, item: &Item) -> BTreeMap<String, String> {
-        self.labels_of(&item.record)
-            .into_iter()
-            .map(|(k, v)| (k.into_owned(), v.to_owned()))
-            .collect()
-    }
-
     /// The stream labels of a record, without copying: sorted by name, and where two
     /// sources give one name the later source wins.
     pub fn labels_of<'a>(&'a self, r: &'a StoredRecord) -> Labels<'a> {
@@ -101,13 +93,6 @@ impl LokiMapping {
             }
         }
         out
-    }
-
-    /// The structured metadata of `item`.
-    pub fn metadata(&self, item: &Item) -> Vec<(String, String)> {
-        self.metadata_of(&item.record)
-            .map(|(k, v)| (k.into_owned(), v.to_owned()))
-            .collect()
     }
 
     /// The structured metadata of a record, without copying, in `structured_metadata`
@@ -201,8 +186,8 @@ pub fn encode(
                     let values: Vec<_> = its
                         .iter()
                         .map(|it| {
-                            let md: BTreeMap<String, String> =
-                                mapping.metadata(it).into_iter().collect();
+                            let md: BTreeMap<Cow<str>, &str> =
+                                mapping.metadata_of(&it.record).collect();
                             if md.is_empty() {
                                 json!([it.record.timestamp_ns.to_string(), it.record.body])
                             } else {
@@ -598,7 +583,10 @@ mod tests {
             stream_labels: vec!["namespace".into()],
             structured_metadata: vec![],
         };
-        let l = m.labels(&item(1, 0, ""));
-        assert_eq!(l.get("service").map(String::as_str), Some("unknown"));
+        let it = item(1, 0, "");
+        assert_eq!(
+            m.labels_of(&it.record),
+            [(Cow::Borrowed("service"), "unknown")]
+        );
     }
 }

@@ -14,8 +14,6 @@ pub struct ShardProgress {
     /// Every payload entry at or below this was delivered (the cursor, or past it when
     /// only cursor and no-op entries follow).
     pub delivered_to: AtomicU64,
-    /// The shard's commit watermark when last looked at.
-    pub watermark: AtomicU64,
     /// Receive time (Unix ns) of the oldest entry being delivered, 0 when none.
     pub oldest_pending_ns: AtomicI64,
     /// Mean records per entry seen, times 1000 (for the records-lag estimate).

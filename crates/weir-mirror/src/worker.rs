@@ -265,7 +265,6 @@ pub(crate) async fn run(
             .delivered_to
             .fetch_max(cursor.max(scanned_to), Ordering::Relaxed);
         let watermark = log.watermark();
-        progress.watermark.store(watermark, Ordering::Relaxed);
         let from = cursor.max(scanned_to) + 1;
         if watermark < from {
             progress.oldest_pending_ns.store(0, Ordering::Relaxed);

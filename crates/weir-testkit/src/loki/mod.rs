@@ -329,7 +329,7 @@ impl FakeLoki {
 
     /// Number of entries accepted, all tenants.
     pub fn entry_count(&self) -> usize {
-        lock(&self.app.tenants).values().map(|t| t.accepted).sum()
+        self.app.entry_count()
     }
 
     /// Exact copies of held entries that were pushed again and dropped (a client that
@@ -785,6 +785,11 @@ struct Validated {
 }
 
 impl LokiApp {
+    /// Entries accepted, all tenants (kept or not).
+    fn entry_count(&self) -> usize {
+        lock(&self.tenants).values().map(|t| t.accepted).sum()
+    }
+
     fn all_entries(&self) -> BTreeMap<String, Vec<LokiEntry>> {
         lock(&self.tenants)
             .iter()
@@ -1158,7 +1163,7 @@ async fn admin(
     match (method.clone(), seg.as_slice()) {
         (Method::GET, ["entries"]) => h::json(200, &app.all_entries()),
         (Method::GET, ["stats"]) => {
-            let count: usize = lock(&app.tenants).values().map(|t| t.accepted).sum();
+            let count = app.entry_count();
             h::json(
                 200,
                 &json!({"push_requests": app.push_requests.load(Ordering::SeqCst), "entry_count": count}),
