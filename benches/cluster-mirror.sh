@@ -9,8 +9,9 @@
 # node's lag under 2 s) and the lines/s it received meanwhile (DRAIN_MAX, default 900 s,
 # bounds the wait). The test servers only count what they accept (--count-only), so a
 # long run does not fill the memory.
-# SHARDS (default 4) sets the cluster's shard count.
-# Usage: [RATE=20000] [OUTAGE=0] [SHARDS=4] benches/cluster-mirror.sh [DURATION_SECS]
+# SHARDS (default 4) sets the cluster's shard count. TESTKIT (default the one built here)
+# names another weir-testkit binary, to tell the test servers' share of a change apart.
+# Usage: [RATE=20000] [OUTAGE=0] [SHARDS=4] [TESTKIT=path] benches/cluster-mirror.sh [DURATION_SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-30}
@@ -18,12 +19,13 @@ RATE=${RATE:-20000}
 OUTAGE=${OUTAGE:-0}
 DRAIN_MAX=${DRAIN_MAX:-900}
 SHARDS=${SHARDS:-4}
+TESTKIT=${TESTKIT:-target/release/weir-testkit}
 BASE=16317
 cargo build --release -p weir-server -p weir-bench -p weir-testkit
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench-mirror.XXXXXX")
-target/release/weir-testkit elasticsearch --count-only --addr 127.0.0.1:19200 >"$DIR/es.log" 2>&1 &
+"$TESTKIT" elasticsearch --count-only --addr 127.0.0.1:19200 >"$DIR/es.log" 2>&1 &
 ES=$!
-target/release/weir-testkit loki --count-only --addr 127.0.0.1:13100 >"$DIR/loki.log" 2>&1 &
+"$TESTKIT" loki --count-only --addr 127.0.0.1:13100 >"$DIR/loki.log" 2>&1 &
 LOKI=$!
 cat >"$DIR/sinks.toml" <<'TOML'
 

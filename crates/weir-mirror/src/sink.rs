@@ -120,6 +120,13 @@ impl Sink {
         &self.name
     }
 
+    /// Whether one delivery's requests must go one after the other. Loki: a stream's
+    /// entries must arrive in time order (a Loki with ordered writes refuses the rest).
+    /// Elasticsearch: no, every document carries its own `_id`.
+    pub fn in_order(&self) -> bool {
+        matches!(self.kind, Kind::Loki { .. })
+    }
+
     /// Splits items into groups that can share a request (Loki: one tenant per request,
     /// since the tenant is a header).
     pub fn group(&self, items: Vec<Item>) -> Vec<Vec<Item>> {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use rand::Rng;
 use tokio::sync::watch;
@@ -36,6 +37,12 @@ pub(crate) enum Unfinished {
 /// returned list of rejected items with the backend's reason. Retryable failures are
 /// retried with exponential backoff and full jitter, honouring `Retry-After`, until
 /// `stop` or, when given, `max_attempts` consecutive failures.
+///
+/// The items are cut into requests (`batch_records_max`, `batch_bytes_max`). A sink that
+/// does not need them in order (Elasticsearch: every document has its own `_id`) sends up
+/// to `concurrency` of them at once, each retried, split and counted by the breaker on its
+/// own; the sink's limiter still bounds the requests in flight over all shards. Loki gets
+/// them one after the other, so that a stream's entries arrive in time order.
 pub(crate) async fn deliver(
     rt: &SinkRuntime,
     items: Vec<Item>,
@@ -43,14 +50,7 @@ pub(crate) async fn deliver(
     max_attempts: Option<u32>,
     release: Option<&AtomicBool>,
 ) -> Result<Vec<(Item, String)>, Unfinished> {
-    let released = |pending: &[Item], queue: &VecDeque<Vec<Item>>| {
-        release
-            .is_some_and(|r| r.load(Ordering::Relaxed))
-            .then(|| pending.len() + queue.iter().map(Vec::len).sum::<usize>())
-    };
     let cfg = &rt.config;
-    let stats = &rt.stats;
-    let mut rejected = Vec::new();
     let mut queue: VecDeque<Vec<Item>> = VecDeque::new();
     for group in rt.sink.group(items) {
         let mut chunk = Vec::new();
@@ -70,111 +70,183 @@ pub(crate) async fn deliver(
             queue.push_back(chunk);
         }
     }
-    while let Some(mut pending) = queue.pop_front() {
-        let mut attempt: u32 = 0;
-        loop {
-            if *stop.borrow() {
-                return Err(Unfinished::Stopped);
-            }
-            loop {
-                match rt.breaker.try_admit() {
-                    Admit::Yes => break,
-                    Admit::Wait(d) => {
-                        if sleep_or_stop(d, stop).await {
-                            return Err(Unfinished::Stopped);
-                        }
-                    }
-                }
-            }
-            let attempt_result = {
-                let _permit = rt.limiter.acquire().await;
-                SinkStats::add(&stats.requests, 1);
-                rt.sink
-                    .send(&pending, |n| SinkStats::add(&stats.bytes_sent, n as u64))
-                    .await
+    let window = if rt.sink.in_order() {
+        1
+    } else {
+        cfg.concurrency.max(1)
+    };
+    let mut rejected = Vec::new();
+    // Records given up under disk pressure; once set, no request is started any more and
+    // the ones in flight end at their next failure (or succeed).
+    let mut dropped: Option<usize> = None;
+    let mut running = FuturesUnordered::new();
+    loop {
+        while dropped.is_none() && running.len() < window {
+            let Some(chunk) = queue.pop_front() else {
+                break;
             };
-            match attempt_result {
-                Attempt::Items(results) => {
-                    let mut retry = Vec::new();
-                    let n = pending.len();
-                    let mut last_retry_reason = String::new();
-                    for (it, r) in pending.into_iter().zip(results) {
-                        match r {
-                            ItemResult::Done => SinkStats::add(&stats.records_sent, 1),
-                            ItemResult::Retry(reason) => {
-                                last_retry_reason = reason;
-                                retry.push(it);
-                            }
-                            ItemResult::Reject(reason) => {
-                                stats.fail("rejected", 1, &reason);
-                                rejected.push((it, reason));
-                            }
-                        }
-                    }
-                    if retry.is_empty() {
-                        rt.breaker.success();
-                        break;
-                    }
-                    stats.fail("item_retry", retry.len() as u64, &last_retry_reason);
-                    if retry.len() == n {
-                        rt.breaker.failure();
-                    } else {
-                        rt.breaker.success();
-                    }
-                    pending = retry;
-                    attempt += 1;
-                    if max_attempts.is_some_and(|m| attempt >= m) {
-                        return Err(Unfinished::GaveUp(last_retry_reason));
-                    }
-                    if let Some(dropped) = released(&pending, &queue) {
-                        return Err(Unfinished::Released { dropped, rejected });
-                    }
-                    SinkStats::add(&stats.retries, 1);
-                    if sleep_or_stop(backoff(rt, attempt, None), stop).await {
-                        return Err(Unfinished::Stopped);
-                    }
-                }
-                Attempt::Retry {
-                    reason,
-                    metric,
-                    retry_after,
-                } => {
-                    stats.fail(metric, 1, &reason);
-                    if rt.breaker.failure() {
-                        tracing::warn!(sink = %rt.config.name, %reason, "circuit breaker opened");
-                    } else {
-                        tracing::debug!(sink = %rt.config.name, %reason, "request failed; retrying");
-                    }
-                    attempt += 1;
-                    if max_attempts.is_some_and(|m| attempt >= m) {
-                        return Err(Unfinished::GaveUp(reason));
-                    }
-                    if let Some(dropped) = released(&pending, &queue) {
-                        return Err(Unfinished::Released { dropped, rejected });
-                    }
-                    SinkStats::add(&stats.retries, 1);
-                    if sleep_or_stop(backoff(rt, attempt, retry_after), stop).await {
-                        return Err(Unfinished::Stopped);
-                    }
-                }
-                Attempt::Split { reason } => {
-                    // The backend is up and judged the content: not a breaker failure.
-                    rt.breaker.success();
-                    if pending.len() == 1 {
-                        stats.fail("rejected", 1, &reason);
-                        rejected.push((pending.remove(0), reason));
-                    } else {
-                        tracing::debug!(sink = %rt.config.name, n = pending.len(), %reason, "request refused as a whole; splitting it to find the records at fault");
-                        let second = pending.split_off(pending.len() / 2);
+            running.push(deliver_chunk(rt, chunk, stop, max_attempts, release));
+        }
+        let Some(end) = running.next().await else {
+            break;
+        };
+        match end {
+            Ok(ChunkEnd::Delivered(r)) => rejected.extend(r),
+            Ok(ChunkEnd::Split(first, second, r)) => {
+                rejected.extend(r);
+                match &mut dropped {
+                    Some(d) => *d += first.len() + second.len(),
+                    None => {
                         queue.push_front(second);
-                        queue.push_front(pending);
+                        queue.push_front(first);
                     }
-                    break;
+                }
+            }
+            Err(Unfinished::Released {
+                dropped: d,
+                rejected: r,
+            }) => {
+                let queued: usize = queue.drain(..).map(|c| c.len()).sum();
+                *dropped.get_or_insert(0) += d + queued;
+                rejected.extend(r);
+            }
+            // Dropping the other requests in flight cancels them: whatever they stored is
+            // recognised when it is sent again.
+            Err(e) => return Err(e),
+        }
+    }
+    match dropped {
+        Some(dropped) => Err(Unfinished::Released { dropped, rejected }),
+        None => Ok(rejected),
+    }
+}
+
+/// How one request's items ended.
+enum ChunkEnd {
+    /// All stored, but these, rejected with the backend's reason.
+    Delivered(Vec<(Item, String)>),
+    /// Refused as a whole: send the halves (in this order) to find the items at fault;
+    /// the items rejected in earlier answers to this request.
+    Split(Vec<Item>, Vec<Item>, Vec<(Item, String)>),
+}
+
+/// Sends one request's items until each is stored or rejected, or the request is split.
+async fn deliver_chunk(
+    rt: &SinkRuntime,
+    mut pending: Vec<Item>,
+    stop: &watch::Receiver<bool>,
+    max_attempts: Option<u32>,
+    release: Option<&AtomicBool>,
+) -> Result<ChunkEnd, Unfinished> {
+    let released = || release.is_some_and(|r| r.load(Ordering::Relaxed));
+    let stats = &rt.stats;
+    let mut rejected = Vec::new();
+    let mut attempt: u32 = 0;
+    loop {
+        if *stop.borrow() {
+            return Err(Unfinished::Stopped);
+        }
+        loop {
+            match rt.breaker.try_admit() {
+                Admit::Yes => break,
+                Admit::Wait(d) => {
+                    if sleep_or_stop(d, stop).await {
+                        return Err(Unfinished::Stopped);
+                    }
                 }
             }
         }
+        let attempt_result = {
+            let _permit = rt.limiter.acquire().await;
+            SinkStats::add(&stats.requests, 1);
+            rt.sink
+                .send(&pending, |n| SinkStats::add(&stats.bytes_sent, n as u64))
+                .await
+        };
+        match attempt_result {
+            Attempt::Items(results) => {
+                let mut retry = Vec::new();
+                let n = pending.len();
+                let mut last_retry_reason = String::new();
+                for (it, r) in pending.into_iter().zip(results) {
+                    match r {
+                        ItemResult::Done => SinkStats::add(&stats.records_sent, 1),
+                        ItemResult::Retry(reason) => {
+                            last_retry_reason = reason;
+                            retry.push(it);
+                        }
+                        ItemResult::Reject(reason) => {
+                            stats.fail("rejected", 1, &reason);
+                            rejected.push((it, reason));
+                        }
+                    }
+                }
+                if retry.is_empty() {
+                    rt.breaker.success();
+                    return Ok(ChunkEnd::Delivered(rejected));
+                }
+                stats.fail("item_retry", retry.len() as u64, &last_retry_reason);
+                if retry.len() == n {
+                    rt.breaker.failure();
+                } else {
+                    rt.breaker.success();
+                }
+                pending = retry;
+                attempt += 1;
+                if max_attempts.is_some_and(|m| attempt >= m) {
+                    return Err(Unfinished::GaveUp(last_retry_reason));
+                }
+                if released() {
+                    return Err(Unfinished::Released {
+                        dropped: pending.len(),
+                        rejected,
+                    });
+                }
+                SinkStats::add(&stats.retries, 1);
+                if sleep_or_stop(backoff(rt, attempt, None), stop).await {
+                    return Err(Unfinished::Stopped);
+                }
+            }
+            Attempt::Retry {
+                reason,
+                metric,
+                retry_after,
+            } => {
+                stats.fail(metric, 1, &reason);
+                if rt.breaker.failure() {
+                    tracing::warn!(sink = %rt.config.name, %reason, "circuit breaker opened");
+                } else {
+                    tracing::debug!(sink = %rt.config.name, %reason, "request failed; retrying");
+                }
+                attempt += 1;
+                if max_attempts.is_some_and(|m| attempt >= m) {
+                    return Err(Unfinished::GaveUp(reason));
+                }
+                if released() {
+                    return Err(Unfinished::Released {
+                        dropped: pending.len(),
+                        rejected,
+                    });
+                }
+                SinkStats::add(&stats.retries, 1);
+                if sleep_or_stop(backoff(rt, attempt, retry_after), stop).await {
+                    return Err(Unfinished::Stopped);
+                }
+            }
+            Attempt::Split { reason } => {
+                // The backend is up and judged the content: not a breaker failure.
+                rt.breaker.success();
+                if pending.len() == 1 {
+                    stats.fail("rejected", 1, &reason);
+                    rejected.push((pending.remove(0), reason));
+                    return Ok(ChunkEnd::Delivered(rejected));
+                }
+                tracing::debug!(sink = %rt.config.name, n = pending.len(), %reason, "request refused as a whole; splitting it to find the records at fault");
+                let second = pending.split_off(pending.len() / 2);
+                return Ok(ChunkEnd::Split(pending, second, rejected));
+            }
+        }
     }
-    Ok(rejected)
 }
 
 /// Full jitter: uniform in [0, min(max, initial * 2^attempt)], at least `retry_after`.

@@ -644,3 +644,44 @@ async fn a_tenant_goes_to_its_own_sink_and_is_left_out_of_the_shared_one() {
     assert_loki_exactly(&loki, &want_loki);
     node.stop().await;
 }
+
+/// Elasticsearch gets a read's requests `concurrency` at a time (each document has its own
+/// `_id`, so order does not matter), never more; Loki gets them one after the other, so a
+/// stream's entries arrive in time order. Both still receive every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_gets_a_reads_requests_in_parallel_and_loki_in_order() {
+    let (es, loki) = start_pair().await;
+    // Slow answers, so that requests sent together are seen together.
+    es.set_latency(Duration::from_millis(300));
+    loki.set_latency(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sinks_config(dir.path(), &es.url(), &loki.url());
+    // One shard, one worker per sink: what is seen at once comes from one delivery.
+    cfg.storage.shards = 1;
+    for sink in &mut cfg.mirror.sinks {
+        sink.batch_records_max = 50;
+        sink.concurrency = 4;
+    }
+    let node = TestNode::start_with(dir, cfg).await;
+    // One batch, one log entry, one read: 8 requests' worth for each sink.
+    let req = batch("default", "par", 400);
+    let want = body_set(&req);
+    node.append(req).await.unwrap();
+    wait_until("both sinks", 30, || {
+        es.doc_count() >= 400 && loki.entry_count() >= 400
+    })
+    .await;
+    assert_eq!(
+        es.peak_concurrent_bulks(),
+        4,
+        "elasticsearch: up to `concurrency` requests at once"
+    );
+    assert_eq!(
+        loki.peak_concurrent_pushes(),
+        1,
+        "loki: one request at a time"
+    );
+    assert_es_exactly(&es, &want);
+    assert_loki_exactly(&loki, &want);
+    node.stop().await;
+}

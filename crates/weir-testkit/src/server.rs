@@ -57,6 +57,18 @@ pub(crate) struct Faults {
     down_generation: AtomicU64,
     latency: Mutex<Duration>,
     fail: Mutex<Option<FailPlan>>,
+    /// Counted requests (bulk, push) being answered now, and the most there ever were.
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
+}
+
+/// One counted request being answered; see [`Faults::enter`].
+pub(crate) struct InFlight<'a>(&'a Faults);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Faults {
@@ -67,7 +79,21 @@ impl Faults {
             down_generation: AtomicU64::new(0),
             latency: Mutex::new(Duration::ZERO),
             fail: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a request (bulk, push) as in flight until the guard is dropped.
+    pub(crate) fn enter(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    /// The most counted requests that were ever answered at once.
+    pub(crate) fn peak_in_flight(&self) -> u64 {
+        self.peak_in_flight.load(Ordering::SeqCst)
     }
 
     /// Makes the server play dead (`true`) or answer again (`false`).

@@ -2,7 +2,7 @@
 //! `BulkRequestParser` and `BulkRequest.validate()` produce them) and the per-item
 //! execution (per-item statuses, in request order).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -11,6 +11,7 @@ use super::out::{obj, EsError, Out};
 use super::store::{Store, StoredDoc, Target};
 use super::ItemFault;
 use crate::json::{self, Kind, Node, SyntaxError};
+use crate::server::lock;
 use crate::util;
 
 /// The injected per-item fault function.
@@ -67,6 +68,8 @@ struct Op<'a> {
     version_type: VersionType,
     /// The source line of index/create (`Err` if it is not UTF-8).
     source: Option<Result<&'a str, usize>>,
+    /// `source` parsed ([`execute`] does it before the store is taken).
+    parsed: Option<Result<Node, DocError>>,
     update: Option<UpdateBody>,
 }
 
@@ -184,6 +187,7 @@ fn parse_action(text: &str, line: usize) -> Result<Option<Op<'static>>, EsError>
         version: None,
         version_type: VersionType::Internal,
         source: None,
+        parsed: None,
         update: None,
     };
     let mut op_type = None;
@@ -664,7 +668,7 @@ fn deep_merge(base: &mut Value, patch: &Value) {
 struct Exec<'s> {
     store: &'s mut Store,
     params: &'s BulkParams,
-    faults: Option<ItemFaultFn>,
+    faults: Option<&'s ItemFaultFn>,
     now_ms: i64,
 }
 
@@ -782,9 +786,18 @@ impl Exec<'_> {
         item.id = Some(id.clone());
         match op.action {
             Action::Index | Action::Create => {
-                let node = parse_source(op.source.unwrap_or(Ok("")))
-                    .map_err(|e| Self::fail(400, doc_error_out(&e)))?;
-                self.write(op, &target, &id, &node, false)
+                let owned;
+                let parsed = match &op.parsed {
+                    Some(p) => p,
+                    None => {
+                        owned = parse_source(op.source.unwrap_or(Ok("")));
+                        &owned
+                    }
+                };
+                let node = parsed
+                    .as_ref()
+                    .map_err(|e| Self::fail(400, doc_error_out(e)))?;
+                self.write(op, &target, &id, node, false)
             }
             Action::Delete => self.delete(op, &target, &id),
             Action::Update => self.update(op, &target, &id),
@@ -912,8 +925,7 @@ impl Exec<'_> {
                 ));
             }
         }
-        let mut work = index.mapping.clone();
-        mapping::parse_document(&mut work, &index.settings, id, node)
+        let updated = mapping::parse_document(&mut index.mapping, &index.settings, id, node)
             .map_err(|e| Self::fail(400, doc_error_out(&e)))?;
         if target.data_stream.is_some() {
             let has_ts = matches!(&node.kind, Kind::Obj(m) if m.iter().any(|(k, v)| k == "@timestamp" && !matches!(v.kind, Kind::Null)));
@@ -934,7 +946,9 @@ impl Exec<'_> {
                 ));
             }
         }
-        index.mapping = work;
+        if let Some(m) = updated {
+            index.mapping = m;
+        }
         let version = explicit_version.unwrap_or_else(|| {
             existing
                 .as_ref()
@@ -1091,68 +1105,85 @@ pub(crate) struct BulkResult {
     pub body: Out,
 }
 
-/// Parses, validates and executes a bulk body against `store`.
-pub(crate) fn run(
-    store: &mut Store,
-    body: &[u8],
+/// A bulk body parsed and validated: the work that needs no store.
+pub(crate) struct Prepared<'a> {
+    ops: Vec<Op<'a>>,
+}
+
+/// Parses and validates a bulk body.
+pub(crate) fn prepare<'a>(body: &'a [u8], params: &BulkParams) -> Result<Prepared<'a>, EsError> {
+    let ops = parse_body(body)?;
+    validate(&ops, params)?;
+    Ok(Prepared { ops })
+}
+
+/// Executes prepared items in order, holding `store` for one item at a time, as
+/// Elasticsearch's write threads apply concurrent bulk requests item by item: a
+/// document's source is parsed before the store is taken and freed after it is let go.
+pub(crate) fn execute(
+    store: &Mutex<Store>,
+    prepared: Prepared<'_>,
     params: &BulkParams,
     faults: Option<ItemFaultFn>,
     started: std::time::Instant,
-) -> Result<BulkResult, EsError> {
-    let ops = parse_body(body)?;
-    validate(&ops, params)?;
+) -> BulkResult {
     let now_ms = (util::now_nanos() / 1_000_000) as i64;
-    let mut exec = Exec {
-        store,
-        params,
-        faults,
-        now_ms,
-    };
-    let items: Vec<Item> = ops.iter().map(|op| exec.run(op)).collect();
+    let items: Vec<Item> = prepared
+        .ops
+        .into_iter()
+        .map(|mut op| {
+            if matches!(op.action, Action::Index | Action::Create) {
+                op.parsed = Some(parse_source(op.source.unwrap_or(Ok(""))));
+            }
+            let mut store = lock(store);
+            Exec {
+                store: &mut store,
+                params,
+                faults: faults.as_ref(),
+                now_ms,
+            }
+            .run(&op)
+        })
+        .collect();
     let errors = items.iter().any(Item::failed);
     let took = started.elapsed().as_millis() as u64;
-    Ok(BulkResult {
+    BulkResult {
         body: obj([
             ("errors", errors.into()),
             ("took", took.into()),
             ("items", Out::A(items.iter().map(Item::to_out).collect())),
         ]),
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run_text(store: &mut Store, text: &str) -> Result<Value, EsError> {
+    fn run_text(store: &Mutex<Store>, text: &str) -> Result<Value, EsError> {
         let params = BulkParams::default();
-        run(
-            store,
-            text.as_bytes(),
-            &params,
-            None,
-            std::time::Instant::now(),
-        )
-        .map(|r| r.body.to_value())
+        let prepared = prepare(text.as_bytes(), &params)?;
+        let result = execute(store, prepared, &params, None, std::time::Instant::now());
+        Ok(result.body.to_value())
     }
 
     #[test]
     fn whole_request_errors() {
-        let mut s = Store::new(1000, true);
-        let e = run_text(&mut s, "{\"index\":{\"_index\":\"a\"}}\n{\"x\":1}").unwrap_err();
+        let s = Mutex::new(Store::new(1000, true));
+        let e = run_text(&s, "{\"index\":{\"_index\":\"a\"}}\n{\"x\":1}").unwrap_err();
         assert_eq!(
             e.reason,
             "The bulk request must be terminated by a newline [\\n]"
         );
-        let e = run_text(&mut s, "\n").unwrap_err();
+        let e = run_text(&s, "\n").unwrap_err();
         assert_eq!(e.reason, "Validation Failed: 1: no requests added;");
-        let e = run_text(&mut s, "{\"index\":{}}\n{}\n").unwrap_err();
+        let e = run_text(&s, "{\"index\":{}}\n{}\n").unwrap_err();
         assert_eq!(e.reason, "Validation Failed: 1: index is missing;");
-        let e = run_text(&mut s, "{\"upsert\":{}}\n").unwrap_err();
+        let e = run_text(&s, "{\"upsert\":{}}\n").unwrap_err();
         assert!(e
             .reason
             .contains("expected field [create], [delete], [index] or [update] but found [upsert]"));
-        let e = run_text(&mut s, "{\"delete\":{\"_index\":\"a\",\"_id\":\"1\"}}\n{\"index\":{\"_index\":\"a\",\"_type\":\"_doc\"}}\n{}\n").unwrap_err();
+        let e = run_text(&s, "{\"delete\":{\"_index\":\"a\",\"_id\":\"1\"}}\n{\"index\":{\"_index\":\"a\",\"_type\":\"_doc\"}}\n{}\n").unwrap_err();
         assert_eq!(
             e.reason,
             "Action/metadata line [2] contains an unknown parameter [_type]"
@@ -1161,9 +1192,9 @@ mod tests {
 
     #[test]
     fn items_in_order() {
-        let mut s = Store::new(1000, true);
+        let s = Mutex::new(Store::new(1000, true));
         let v = run_text(
-            &mut s,
+            &s,
             "{\"create\":{\"_index\":\"a\",\"_id\":\"1\"}}\n{\"x\":1}\n{\"create\":{\"_index\":\"a\",\"_id\":\"1\"}}\n{\"x\":1}\n{\"delete\":{\"_index\":\"a\",\"_id\":\"2\"}}\n{\"index\":{\"_index\":\"a\"}}\n{\"x\":\"nope\"}\n",
         )
         .unwrap_or_else(|e| panic!("{e:?}"));

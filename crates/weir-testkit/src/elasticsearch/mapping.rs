@@ -736,16 +736,56 @@ struct Ctx<'a> {
     numeric_detection: bool,
     templates: Vec<DynamicTemplate>,
     field_count: usize,
+    /// Checking only: the first change the document would make to the mapping ends the
+    /// walk with [`needs_update`] instead.
+    dry: bool,
 }
 
-/// Checks `source` (already known to be an object) against `mapping`, adding the dynamic
-/// fields it introduces. On error the caller must throw the (partially grown) mapping away,
-/// as Elasticsearch applies no mapping update for a refused document.
+/// Ends a dry walk where the document would change the mapping.
+const NEEDS_UPDATE: &str = "weir_testkit_mapping_update_needed";
+
+fn needs_update() -> DocError {
+    DocError {
+        error_type: NEEDS_UPDATE,
+        reason: String::new(),
+        caused_by: None,
+    }
+}
+
+/// Checks `source` against `mapping`, as Elasticsearch's `DocumentParser` does. `Ok(None)`:
+/// the document fits the mapping as it is. `Ok(Some(updated))`: it fits once the dynamic
+/// fields it introduces (or a `constant_keyword`'s first value) are added; the caller
+/// stores `updated` once the document is accepted. `mapping` itself is never changed, as
+/// Elasticsearch applies no mapping update for a refused document.
+///
+/// Most documents of a stream add nothing, so the document is first walked against the
+/// mapping without a copy; only when that walk reaches a change is the walk done again on
+/// a copy. Both walks visit the fields in the same order, so they refuse a document with
+/// the same error.
 pub(crate) fn parse_document(
     mapping: &mut RootMapping,
     settings: &IndexSettings,
     id: &str,
     source: &Node,
+) -> Result<Option<RootMapping>, DocError> {
+    match walk_document(mapping, settings, id, source, true) {
+        Err(e) if e.error_type == NEEDS_UPDATE => {
+            let mut work = mapping.clone();
+            walk_document(&mut work, settings, id, source, false)?;
+            Ok(Some(work))
+        }
+        other => other.map(|()| None),
+    }
+}
+
+/// With `dry`, `mapping` is left untouched (the walk stops at the first change); without,
+/// it is grown, also partially when the document is refused.
+fn walk_document(
+    mapping: &mut RootMapping,
+    settings: &IndexSettings,
+    id: &str,
+    source: &Node,
+    dry: bool,
 ) -> Result<(), DocError> {
     let Kind::Obj(members) = &source.kind else {
         return Err(doc_error(
@@ -758,8 +798,14 @@ pub(crate) fn parse_document(
         settings,
         date_detection: mapping.date_detection.unwrap_or(true),
         numeric_detection: mapping.numeric_detection.unwrap_or(false),
-        templates: mapping.dynamic_templates.clone(),
-        field_count: mapping.total_fields(),
+        // Only a change needs these.
+        templates: if dry {
+            Vec::new()
+        } else {
+            mapping.dynamic_templates.clone()
+        },
+        field_count: if dry { 0 } else { mapping.total_fields() },
+        dry,
     };
     let dynamic = mapping.root.dynamic.unwrap_or(Dynamic::True);
     parse_object(&mut ctx, &mut mapping.root, "", members, dynamic)
@@ -823,6 +869,9 @@ fn parse_object(
                     Dynamic::Strict => return Err(strict_error(value.start, seg, &current_path)),
                     Dynamic::False | Dynamic::Runtime => continue 'members,
                     Dynamic::True => {
+                        if ctx.dry {
+                            return Err(needs_update());
+                        }
                         if !add_fields(ctx, 1, value.start)? {
                             continue 'members;
                         }
@@ -910,6 +959,9 @@ fn parse_value(
             Dynamic::Strict => return Err(strict_error(node.start, name, parent_path)),
             Dynamic::False | Dynamic::Runtime => return Ok(()),
             Dynamic::True => {
+                if ctx.dry {
+                    return Err(needs_update());
+                }
                 let Some(field) = dynamic_field(ctx, name, &full, node) else {
                     return Ok(());
                 };
@@ -1029,6 +1081,14 @@ fn check_leaf(
     full: &str,
     node: &Node,
 ) -> Result<(), DocError> {
+    if ctx.dry
+        && leaf.ty == "constant_keyword"
+        && leaf.params.get("value").and_then(Value::as_str).is_none()
+        && scalar_text(node).is_some()
+    {
+        // The first value sets the field's constant.
+        return Err(needs_update());
+    }
     let result: Result<(), Mismatch> = match leaf.ty.as_str() {
         "text" | "keyword" | "match_only_text" | "wildcard" | "search_as_you_type"
         | "annotated_text" | "version" | "counted_keyword" => match node.kind {
@@ -1219,9 +1279,9 @@ mod tests {
     fn doc(mapping: &mut RootMapping, src: &str) -> Result<(), DocError> {
         let node = parse(src).unwrap_or_else(|e| panic!("{e:?}"));
         let settings = IndexSettings::new(1000);
-        let mut work = mapping.clone();
-        parse_document(&mut work, &settings, "X", &node)?;
-        *mapping = work;
+        if let Some(updated) = parse_document(mapping, &settings, "X", &node)? {
+            *mapping = updated;
+        }
         Ok(())
     }
 
@@ -1266,6 +1326,63 @@ mod tests {
         doc(&mut m, r#"{"n":"6"}"#).unwrap_or_else(|e| panic!("{e:?}"));
         let e = doc(&mut m, r#"{"_id":"1"}"#).unwrap_err();
         assert!(e.reason.contains("is a metadata field"));
+    }
+
+    /// The dry walk is an optimisation only: documents that add fields, refused ones that
+    /// grew the mapping before their error, a `constant_keyword`'s first value, strict
+    /// objects and the field limit give the same answer and the same mapping as walking a
+    /// copy every time (the code before the dry walk).
+    #[test]
+    fn a_dry_walk_then_a_copy_answers_as_walking_a_copy_every_time() {
+        let root = json!({"properties":{
+            "k":{"type":"constant_keyword"},
+            "n":{"type":"long"},
+            "s":{"type":"object","dynamic":"strict","properties":{"a":{"type":"keyword"}}}
+        }});
+        let docs = [
+            r#"{"n":1}"#,
+            r#"{"new1":"x","n":"five"}"#,
+            r#"{"new1":"x","n":2}"#,
+            r#"{"new1":"again","n":3}"#,
+            r#"{"k":"first"}"#,
+            r#"{"k":"first","n":4}"#,
+            r#"{"k":"second"}"#,
+            r#"{"s":{"a":"x"}}"#,
+            r#"{"s":{"b":"x"}}"#,
+            r#"{"o":{"p":{"q":1}},"z.y":true}"#,
+            r#"{"o":{"p":{"q":"text"}}}"#,
+            r#"{"f1":1,"f2":2,"f3":3,"f4":4}"#,
+            r#"{"f5":1}"#,
+            r#"{"arr":[1,2,null],"nul":null}"#,
+        ];
+        for limit in [1000, 12] {
+            let settings = IndexSettings::new(limit);
+            let mut copying = parse_root(&root).unwrap_or_else(|e| panic!("{e}"));
+            let mut dry = copying.clone();
+            for src in docs {
+                let node = parse(src).unwrap_or_else(|e| panic!("{e:?}"));
+                let mut work = copying.clone();
+                let want = walk_document(&mut work, &settings, "X", &node, false);
+                if want.is_ok() {
+                    copying = work;
+                }
+                let got = parse_document(&mut dry, &settings, "X", &node).map(|updated| {
+                    if let Some(m) = updated {
+                        dry = m;
+                    }
+                });
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{want:?}"),
+                    "answer to {src} (field limit {limit})"
+                );
+                assert_eq!(
+                    dry.to_json(),
+                    copying.to_json(),
+                    "mapping after {src} (field limit {limit})"
+                );
+            }
+        }
     }
 
     #[test]

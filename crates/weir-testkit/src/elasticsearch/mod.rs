@@ -347,6 +347,11 @@ impl FakeElasticsearch {
         self.app.bulk_requests.load(Ordering::SeqCst)
     }
 
+    /// The most `_bulk` requests that were ever being answered at once.
+    pub fn peak_concurrent_bulks(&self) -> u64 {
+        self.app.faults.peak_in_flight()
+    }
+
     /// Index templates put by clients, with their bodies (the built-in one left out).
     pub fn templates(&self) -> Vec<(String, Value)> {
         lock(&self.app.store)
@@ -524,9 +529,10 @@ impl EsApp {
         let seg: Vec<&str> = segs.iter().map(String::as_str).collect();
         let is_bulk = matches!(seg.as_slice(), ["_bulk"] | [_, "_bulk"])
             && (method == Method::POST || method == Method::PUT);
-        if is_bulk {
+        let _in_flight = is_bulk.then(|| {
             self.bulk_requests.fetch_add(1, Ordering::SeqCst);
-        }
+            self.faults.enter()
+        });
         self.faults.delay().await;
         let query = h::query_pairs(uri.query());
         if let Err(e) = self.authenticate(uri, headers) {
@@ -704,12 +710,13 @@ impl EsApp {
             pipeline: param("pipeline"),
             require_alias: param("require_alias").is_some_and(|v| v.is_empty() || v == "true"),
         };
+        let prepared = match bulk::prepare(body, &params) {
+            Ok(p) => p,
+            Err(e) => return es_error_response(&e, query),
+        };
         let item_faults = lock(&self.item_faults).clone();
-        let mut store = lock(&self.store);
-        match bulk::run(&mut store, body, &params, item_faults, started) {
-            Ok(result) => json_filtered(200, result.body, query),
-            Err(e) => es_error_response(&e, query),
-        }
+        let result = bulk::execute(&self.store, prepared, &params, item_faults, started);
+        json_filtered(200, result.body, query)
     }
 
     fn template(

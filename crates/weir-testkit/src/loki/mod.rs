@@ -343,6 +343,11 @@ impl FakeLoki {
         self.app.push_requests.load(Ordering::SeqCst)
     }
 
+    /// The most pushes that were ever being answered at once.
+    pub fn peak_concurrent_pushes(&self) -> u64 {
+        self.app.faults.peak_in_flight()
+    }
+
     /// Answers the next `n` push requests with `status` (a text body like Loki's) and
     /// `Retry-After: retry_after_secs` if given. `n == 0` clears.
     pub fn fail_requests(&self, n: usize, status: u16, retry_after_secs: Option<u64>) {
@@ -409,6 +414,7 @@ async fn handle(
         return h::empty(405);
     }
     app.push_requests.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = app.faults.enter();
     app.faults.delay().await;
     app.push(&parts.headers, body, legacy).await
 }
