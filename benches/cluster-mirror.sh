@@ -11,7 +11,9 @@
 # long run does not fill the memory.
 # SHARDS (default 4) sets the cluster's shard count. TESTKIT (default the one built here)
 # names another weir-testkit binary, to tell the test servers' share of a change apart.
-# Usage: [RATE=20000] [OUTAGE=0] [SHARDS=4] [TESTKIT=path] benches/cluster-mirror.sh [DURATION_SECS]
+# ES_LATENCY_MS (default 0) makes the fake Elasticsearch answer every request that much
+# later, as a remote or busy cluster does.
+# Usage: [RATE=20000] [OUTAGE=0] [SHARDS=4] [TESTKIT=path] [ES_LATENCY_MS=0] benches/cluster-mirror.sh [DURATION_SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-30}
@@ -20,6 +22,7 @@ OUTAGE=${OUTAGE:-0}
 DRAIN_MAX=${DRAIN_MAX:-900}
 SHARDS=${SHARDS:-4}
 TESTKIT=${TESTKIT:-target/release/weir-testkit}
+ES_LATENCY_MS=${ES_LATENCY_MS:-0}
 BASE=16317
 cargo build --release -p weir-server -p weir-bench -p weir-testkit
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench-mirror.XXXXXX")
@@ -48,6 +51,10 @@ for _ in $(seq 1 120); do
   target/release/weir cluster status --addr "http://127.0.0.1:$((BASE + 1))" 2>/dev/null | grep -q "health: ok" && break
   sleep 0.5
 done
+if [ "$ES_LATENCY_MS" -gt 0 ]; then
+  curl -sf -XPOST "http://127.0.0.1:19200/_testkit/latency" -d "{\"ms\": $ES_LATENCY_MS}" >/dev/null
+  echo "the fake Elasticsearch answers $ES_LATENCY_MS ms late"
+fi
 ADDRS="http://127.0.0.1:$BASE,http://127.0.0.1:$((BASE + 10)),http://127.0.0.1:$((BASE + 20))"
 INGEST_SECS=$DURATION
 [ "$OUTAGE" -gt 0 ] && INGEST_SECS=$((DURATION + OUTAGE + DRAIN_MAX))

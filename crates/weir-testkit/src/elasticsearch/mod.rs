@@ -42,6 +42,8 @@
 //!   `_shards {total:2,successful:1,failed:0}`, `_seq_no`, `_primary_term`, `status`, or
 //!   `_index`, `_id`, `status`, `error` (with `index_uuid`, `shard`, `index` where
 //!   Elasticsearch has them).
+//! - Concurrent bulk requests are parsed in parallel and applied item by item, interleaved,
+//!   as Elasticsearch's write threads apply them; the store is held for one item at a time.
 //! - Document checks (per item, 400): the source must be one JSON object (strict duplicate
 //!   key detection, as Elasticsearch's parser); metadata fields (`_id`, …) are refused;
 //!   dynamic mapping as in 8.x: strings become `text` + `keyword` (`ignore_above: 256`) or
