@@ -60,19 +60,25 @@ INGEST_SECS=$DURATION
 [ "$OUTAGE" -gt 0 ] && INGEST_SECS=$((DURATION + OUTAGE + DRAIN_MAX))
 target/release/weir-bench ingest --addr "$ADDRS" --concurrency 12 --batch 250 --rate "$RATE" --duration-secs "$INGEST_SECS" &
 BENCH=$!
-# lags: "<es> <loki>", each sink's largest lag_seconds over the three nodes (a node that
-# does not answer counts as 1e9, so it cannot pass for caught up).
+# lags: "<es> <loki>", each sink's lag in seconds: the larger of its largest lag_seconds
+# over the three nodes and its lag_records summed over them divided by the ingest rate
+# (each node reports the shards it leads; lag_seconds alone can miss a shard whose new
+# leader has not read yet). A node that does not answer counts as 1e9, so it cannot pass
+# for caught up.
 lags() {
-  python3 - "$BASE" <<'PY'
+  python3 - "$BASE" "$RATE" <<'PY'
 import json, sys, urllib.request
-base, worst = int(sys.argv[1]), {"es": 0.0, "loki": 0.0}
-for n in range(3):
-    try:
+base, rate = int(sys.argv[1]), float(sys.argv[2])
+secs, records = {"es": 0.0, "loki": 0.0}, {"es": 0, "loki": 0}
+try:
+    for n in range(3):
         with urllib.request.urlopen(f"http://127.0.0.1:{base + 1 + 10 * n}/api/v1/cluster", timeout=5) as r:
             for m in json.load(r).get("mirrors", []):
-                worst[m["name"]] = max(worst[m["name"]], m["lag_seconds"])
-    except Exception:
-        worst = {k: 1e9 for k in worst}
+                secs[m["name"]] = max(secs[m["name"]], m["lag_seconds"])
+                records[m["name"]] += m["lag_records"]
+    worst = {k: max(secs[k], records[k] / rate) for k in secs}
+except Exception:
+    worst = {k: 1e9 for k in secs}
 print(worst["es"], worst["loki"])
 PY
 }

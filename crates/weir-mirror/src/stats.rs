@@ -14,7 +14,9 @@ pub struct ShardProgress {
     /// Every payload entry at or below this was delivered (the cursor, or past it when
     /// only cursor and no-op entries follow).
     pub delivered_to: AtomicU64,
-    /// Receive time (Unix ns) of the oldest entry being delivered, 0 when none.
+    /// Receive time (Unix ns) of the oldest entry being delivered, or of the last read's
+    /// while more is committed behind it (an upper bound of the backlog's age); 0 when
+    /// the worker has caught up.
     pub oldest_pending_ns: AtomicI64,
     /// Mean records per entry seen, times 1000 (for the records-lag estimate).
     pub records_per_entry_milli: AtomicU64,

@@ -131,6 +131,12 @@ enum ChunkEnd {
 }
 
 /// Sends one request's items until each is stored or rejected, or the request is split.
+///
+/// Under disk pressure (`release` set) the items still pending are given up after a
+/// failed attempt of this request (also one whose backoff was already running when
+/// `release` was set). Never before a first attempt: a request waiting for an open
+/// breaker may be its probe, and giving up there would keep the breaker open and release
+/// everything that follows.
 async fn deliver_chunk(
     rt: &SinkRuntime,
     mut pending: Vec<Item>,
@@ -145,6 +151,12 @@ async fn deliver_chunk(
     loop {
         if *stop.borrow() {
             return Err(Unfinished::Stopped);
+        }
+        if attempt > 0 && released() {
+            return Err(Unfinished::Released {
+                dropped: pending.len(),
+                rejected,
+            });
         }
         loop {
             match rt.breaker.try_admit() {
@@ -163,7 +175,8 @@ async fn deliver_chunk(
                 .send(&pending, |n| SinkStats::add(&stats.bytes_sent, n as u64))
                 .await
         };
-        match attempt_result {
+        // A failed attempt: why, and how long the backend asked to be left alone.
+        let (reason, retry_after) = match attempt_result {
             Attempt::Items(results) => {
                 let mut retry = Vec::new();
                 let n = pending.len();
@@ -192,20 +205,7 @@ async fn deliver_chunk(
                     rt.breaker.success();
                 }
                 pending = retry;
-                attempt += 1;
-                if max_attempts.is_some_and(|m| attempt >= m) {
-                    return Err(Unfinished::GaveUp(last_retry_reason));
-                }
-                if released() {
-                    return Err(Unfinished::Released {
-                        dropped: pending.len(),
-                        rejected,
-                    });
-                }
-                SinkStats::add(&stats.retries, 1);
-                if sleep_or_stop(backoff(rt, attempt, None), stop).await {
-                    return Err(Unfinished::Stopped);
-                }
+                (last_retry_reason, None)
             }
             Attempt::Retry {
                 reason,
@@ -218,20 +218,7 @@ async fn deliver_chunk(
                 } else {
                     tracing::debug!(sink = %rt.config.name, %reason, "request failed; retrying");
                 }
-                attempt += 1;
-                if max_attempts.is_some_and(|m| attempt >= m) {
-                    return Err(Unfinished::GaveUp(reason));
-                }
-                if released() {
-                    return Err(Unfinished::Released {
-                        dropped: pending.len(),
-                        rejected,
-                    });
-                }
-                SinkStats::add(&stats.retries, 1);
-                if sleep_or_stop(backoff(rt, attempt, retry_after), stop).await {
-                    return Err(Unfinished::Stopped);
-                }
+                (reason, retry_after)
             }
             Attempt::Split { reason } => {
                 // The backend is up and judged the content: not a breaker failure.
@@ -245,6 +232,20 @@ async fn deliver_chunk(
                 let second = pending.split_off(pending.len() / 2);
                 return Ok(ChunkEnd::Split(pending, second, rejected));
             }
+        };
+        attempt += 1;
+        if max_attempts.is_some_and(|m| attempt >= m) {
+            return Err(Unfinished::GaveUp(reason));
+        }
+        if released() {
+            return Err(Unfinished::Released {
+                dropped: pending.len(),
+                rejected,
+            });
+        }
+        SinkStats::add(&stats.retries, 1);
+        if sleep_or_stop(backoff(rt, attempt, retry_after), stop).await {
+            return Err(Unfinished::Stopped);
         }
     }
 }
@@ -301,6 +302,7 @@ pub(crate) async fn run(
             // Whoever leads now resends from the committed cursor.
             uncommitted = None;
             progress.active.store(false, Ordering::Relaxed);
+            progress.oldest_pending_ns.store(0, Ordering::Relaxed);
             if sleep_or_stop(Duration::from_millis(200), &stop).await {
                 return;
             }
@@ -396,8 +398,10 @@ pub(crate) async fn run(
             }
         };
         let Some(last) = entries.last().map(|e| e.index) else {
-            // Nothing but cursor and no-op entries: no need to move the durable cursor.
+            // Nothing but cursor and no-op entries: no need to move the durable cursor,
+            // and nothing is pending up to the watermark.
             scanned_to = watermark;
+            progress.oldest_pending_ns.store(0, Ordering::Relaxed);
             progress
                 .delivered_to
                 .fetch_max(watermark, Ordering::Relaxed);
@@ -473,7 +477,12 @@ pub(crate) async fn run(
             tracing::warn!(sink = %rt.config.name, shard, records = n, "records dead-lettered");
         }
         *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        progress.oldest_pending_ns.store(0, Ordering::Relaxed);
+        // With more committed behind this read, its oldest time stands for the backlog's
+        // until the next read sets the real one: the lag stays an upper bound instead of
+        // reading 0 between two reads of a backlog.
+        if log.watermark() <= last {
+            progress.oldest_pending_ns.store(0, Ordering::Relaxed);
+        }
         match propose_cursor(&raft, shard, &name, last).await {
             Ok(()) => progress.cursor.store(last, Ordering::Relaxed),
             Err(e) => {

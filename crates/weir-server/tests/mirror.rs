@@ -671,10 +671,12 @@ async fn elasticsearch_gets_a_reads_requests_in_parallel_and_loki_in_order() {
         es.doc_count() >= 400 && loki.entry_count() >= 400
     })
     .await;
-    assert_eq!(
-        es.peak_concurrent_bulks(),
-        4,
-        "elasticsearch: up to `concurrency` requests at once"
+    // All four start together; on a loaded machine one may reach the server after
+    // another has been answered, so "several at once" is at least two.
+    let peak = es.peak_concurrent_bulks();
+    assert!(
+        (2..=4).contains(&peak),
+        "elasticsearch: several requests at once, at most `concurrency` (peak {peak})"
     );
     assert_eq!(
         loki.peak_concurrent_pushes(),
@@ -683,5 +685,59 @@ async fn elasticsearch_gets_a_reads_requests_in_parallel_and_loki_in_order() {
     );
     assert_es_exactly(&es, &want);
     assert_loki_exactly(&loki, &want);
+    node.stop().await;
+}
+
+/// Regression (session 8: the cluster bench declared Loki caught up with a million lines
+/// still to send): `lag_seconds` read 0 between two reads of a backlog, because a worker
+/// cleared its oldest pending time after each delivery, before reading the next part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_seconds_never_reads_zero_while_a_backlog_is_being_drained() {
+    let (es, loki) = start_pair().await;
+    es.fail_requests(usize::MAX, 503, None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sinks_config(dir.path(), &es.url(), &loki.url());
+    cfg.storage.shards = 1;
+    // One log entry per read, so that the drain is many reads.
+    cfg.mirror.sinks[0].batch_bytes_max = 10_000;
+    let node = TestNode::start_with(dir, cfg).await;
+    let want = append_batches(&node, "bl", 20, 100).await;
+    // Everything is committed before the backend comes back: from here until the last
+    // record is stored, the sink is behind.
+    es.set_latency(Duration::from_millis(30));
+    es.fail_requests(0, 503, None);
+    let client = reqwest::Client::new();
+    let (mut samples, mut zeros) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c: serde_json::Value = client
+            .get(format!("{}/api/v1/cluster", node.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Read after the status: a count still short means the status was taken behind.
+        if es.doc_count() >= want.len() {
+            break;
+        }
+        let lag = c["mirrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "es")
+            .unwrap()["lag_seconds"]
+            .as_f64()
+            .unwrap();
+        samples += 1;
+        if lag == 0.0 {
+            zeros += 1;
+        }
+        assert!(Instant::now() < deadline, "the drain never finished");
+    }
+    assert!(samples > 20, "too few samples to tell ({samples})");
+    assert_eq!(zeros, 0, "lag_seconds read 0 in {zeros} of {samples} samples taken while records were still to be sent");
+    assert_es_exactly(&es, &want);
     node.stop().await;
 }
