@@ -558,6 +558,42 @@ async fn under_disk_pressure_a_sink_past_its_cap_releases_what_it_cannot_deliver
     node.stop().await;
 }
 
+/// The same with Elasticsearch's concurrent requests: six requests of one read, four in
+/// flight, every one failing. Each record is counted once as dropped, whether its request
+/// was in flight or still queued when the release came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_counts_each_record_once_with_requests_in_flight_and_queued() {
+    let (es, loki) = start_pair().await;
+    es.fail_requests(usize::MAX, 503, None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sinks_config(dir.path(), &es.url(), &loki.url());
+    cfg.storage.shards = 1;
+    cfg.storage.disk_free_min_bytes = u64::MAX;
+    cfg.mirror.sinks[0].unmirrored_bytes_max = 1;
+    cfg.mirror.sinks[0].batch_records_max = 50;
+    cfg.mirror.sinks[0].concurrency = 4;
+    let node = TestNode::start_with(dir, cfg).await;
+    node.append(batch("default", "r", 300)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let es_status = loop {
+        let c = cluster(&node).await;
+        let e = c["mirrors"][0].clone();
+        // Released and the cursor moved past them (a count past 300 never comes back).
+        let done = e["dropped"].as_u64().unwrap() >= 300
+            && e["shards"][0]["active"] == true
+            && e["lag_entries"] == 0;
+        if done || Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(es_status["dropped"], 300, "each record once: {es_status}");
+    assert_eq!(es_status["lag_entries"], 0, "released: {es_status}");
+    assert_eq!(es.doc_count(), 0);
+    wait_until("loki keeps everything", 10, || loki.entry_count() >= 300).await;
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_item_429_is_retried_alone_and_a_whole_request_429_waits_for_retry_after() {
     use std::sync::atomic::{AtomicUsize, Ordering};
