@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Mirror lag on the three-node cluster (issue 4's "a healthy sink's lag stays under 2 s at
-# the cluster's sustained ingest rate"): the Elasticsearch and Loki test servers
-# (weir-testkit), `weir dev-cluster` with both sinks, the load generator at RATE lines/s
-# (default 20000) for DURATION seconds, and every node's mirror lag sampled each second
-# (each node reports the workers of the shards it leads; the sample is the largest).
+# Mirror lag on the three-node cluster (the target "a healthy sink's lag stays under 2 s at
+# the cluster's sustained ingest rate", benches/RESULTS.md): the Elasticsearch and Loki
+# test servers (weir-testkit), `weir dev-cluster` with both sinks, the load generator at
+# RATE lines/s (default 20000) for DURATION seconds, and every node's mirror lag sampled
+# each second (each node reports the workers of the shards it leads; the sample is the
+# largest).
 # With OUTAGE=<secs>, both test servers then go down (connections reset) for that long
 # while ingest goes on, and the script reports how long each takes to catch up (every
 # node's lag under 2 s) and the lines/s it received meanwhile (DRAIN_MAX, default 900 s,

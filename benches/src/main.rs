@@ -440,9 +440,9 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     use weir_testkit::elasticsearch::{EsOptions, FakeElasticsearch};
     use weir_testkit::loki::{FakeLoki, LokiOptions};
     // The test servers judge every request as usual but only count what they accept:
-    // millions of kept documents ran session 6's 10-minute outage out of memory. They run
-    // on a runtime of their own whose threads are named, so that the CPU they take (which
-    // real backends would take on their own machines) is told apart from Weir's.
+    // kept, the millions of documents of a 10-minute outage ran this process out of memory.
+    // They run on a runtime of their own whose threads are named, so that the CPU they take
+    // (which real backends would take on their own machines) is told apart from Weir's.
     let backends = BackendRuntime(Some(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -306,7 +306,7 @@ async fn a_dead_loki_does_not_hold_back_elasticsearch_or_appends() {
     node.stop().await;
 }
 
-/// Regression (session 6's 10-minute outage run): while a sink's breaker was open its
+/// Regression (seen in a 10-minute outage bench run): while a sink's breaker was open its
 /// `lag_records` stayed at what the worker had last read (1,996 after 240 s at 5k
 /// lines/s), because the worker, busy retrying, never looked at the log's watermark again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,8 +724,8 @@ async fn elasticsearch_gets_a_reads_requests_in_parallel_and_loki_in_order() {
     node.stop().await;
 }
 
-/// Regression (session 8: the cluster bench declared Loki caught up with a million lines
-/// still to send): `lag_seconds` read 0 between two reads of a backlog, because a worker
+/// Regression (the cluster drain bench declared Loki caught up with a million lines still
+/// to send): `lag_seconds` read 0 between two reads of a backlog, because a worker
 /// cleared its oldest pending time after each delivery, before reading the next part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_seconds_never_reads_zero_while_a_backlog_is_being_drained() {
