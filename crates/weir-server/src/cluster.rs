@@ -6,7 +6,8 @@
 //! messages stay in order, and a large append of one shard does not hold back the
 //! heartbeats of the shards of other lanes). One task per lane drains its queue into
 //! batches and sends each as one `Raft` call. A full queue drops the message (counted in
-//! `weir_peer_messages_dropped_total`): raft retransmits, so a dead peer costs bounded memory.
+//! `weir_peer_raft_messages_dropped_total`): raft retransmits, so a dead peer costs bounded
+//! memory.
 //! A failed call marks the peer down and the lane backs off (100 ms doubling to 2 s);
 //! tonic's lazy channel reconnects.
 
