@@ -171,12 +171,20 @@ impl Error {
 /// The result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Size of a log's first segment (see [`WalOptions::segment_size_bytes`]).
+pub const FIRST_SEGMENT_BYTES: u64 = 1 << 20;
+
 /// Options of one [`Wal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalOptions {
-    /// Size of a segment file, preallocated when it is created; the log
-    /// rolls to a new segment when the next frame does not fit. A frame
+    /// Largest size of a segment file, preallocated when it is created; the
+    /// log rolls to a new segment when the next frame does not fit. A frame
     /// larger than this gets a segment of its own. Default 64 MiB.
+    ///
+    /// Segments grow to it: a log's first segment is [`FIRST_SEGMENT_BYTES`]
+    /// (or this, if smaller) and each next one twice the one before, so that
+    /// a small or idle log takes a few MiB of disk, not a full segment per
+    /// shard.
     pub segment_size_bytes: u64,
     /// Payloads of at least this many bytes are lz4-compressed (kept raw when
     /// that does not make them smaller). Default 512.

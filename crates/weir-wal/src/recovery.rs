@@ -308,7 +308,16 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered> {
         let clean_end =
             here.first_nonzero.is_none() && is_last && reason.starts_with("end of data");
         drop(m);
-        let size = raw.len.max(opts.segment_size_bytes).max(HEADER_LEN as u64);
+        // The segment keeps the size it was created with (segments grow from small to
+        // `segment_size_bytes`; growing a small one to that here would undo it on every
+        // start), but never less than a first segment, nor too small to take the seal
+        // frame after its data (a file cut short by a crash).
+        let first = crate::FIRST_SEGMENT_BYTES.min(opts.segment_size_bytes.max(4096));
+        let size = raw
+            .len
+            .max(first)
+            .max(pos as u64 + format::SEAL_FRAME_LEN as u64)
+            .max(HEADER_LEN as u64);
         if clean_end {
             if raw.len < size {
                 durable::preallocate(&raw.file, size)

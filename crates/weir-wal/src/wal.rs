@@ -512,11 +512,23 @@ impl Wal {
         self.segments.iter().map(|s| s.path.to_path_buf()).collect()
     }
 
+    /// The size of the next segment: twice the last one's, from
+    /// [`crate::FIRST_SEGMENT_BYTES`] up to `segment_size_bytes` (whole pages).
+    fn next_segment_size(&self) -> u64 {
+        let max = self.opts.segment_size_bytes.max(4096);
+        let first = crate::FIRST_SEGMENT_BYTES.min(max);
+        let size = match self.segments.last() {
+            None => first,
+            Some(s) => s.size.saturating_mul(2).clamp(first, max),
+        };
+        size.div_ceil(4096) * 4096
+    }
+
     /// Creates segment `next_seq` and writes its header and the current meta
     /// synchronously (file and directory synced).
     fn create_synced_segment(&mut self, flags: u32, base_index: u64) -> Result<Segment> {
         let seq = self.next_seq;
-        let mut seg = create_segment(&self.dir, seq, self.opts.segment_size_bytes.max(4096))?;
+        let mut seg = create_segment(&self.dir, seq, self.next_segment_size())?;
         self.next_seq += 1;
         let mut buf = SegmentHeader {
             flags,
@@ -623,7 +635,7 @@ impl Wal {
             .as_ref()
             .map_or(0, |m| FRAME_PREFIX_LEN + SHORT_BODY_PREFIX + m.len());
         let need = (HEADER_LEN + meta_len + frame_len + SEAL_FRAME_LEN) as u64;
-        let size = self.opts.segment_size_bytes.max(need.div_ceil(4096) * 4096);
+        let size = self.next_segment_size().max(need.div_ceil(4096) * 4096);
         let seq = self.next_seq;
         let mut seg = create_segment(&self.dir, seq, size)?;
         self.next_seq += 1;

@@ -120,6 +120,44 @@ fn append_flush_read_reopen_on_every_backend() {
     }
 }
 
+/// A new log takes little disk: four lines in four shards used to preallocate 4 x 64 MiB.
+/// Segments start at `FIRST_SEGMENT_BYTES` and double up to `segment_size_bytes`; a
+/// restart keeps the small segment small.
+#[test]
+fn segments_start_small_and_double_up_to_the_configured_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions::default();
+    let mut wal = Wal::open(dir.path(), opts, std_io()).unwrap();
+    wal.append(1, b"one line").unwrap();
+    wal.flush().unwrap().wait().unwrap();
+    let sizes = |dir: &Path| -> Vec<u64> {
+        segs(dir)
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect()
+    };
+    assert_eq!(sizes(dir.path()), vec![weir_wal::FIRST_SEGMENT_BYTES]);
+    drop(wal);
+    let mut wal = Wal::open(dir.path(), opts, std_io()).unwrap();
+    assert_eq!(
+        sizes(dir.path()),
+        vec![weir_wal::FIRST_SEGMENT_BYTES],
+        "reopening does not grow the segment"
+    );
+    // ~9 MiB of incompressible entries: 1 + 2 + 4 MiB segments fill, the next is 8 MiB.
+    for i in 2..=150u64 {
+        wal.append(i, &payload(2 * i + 1, 64 << 10)).unwrap();
+    }
+    wal.flush().unwrap().wait().unwrap();
+    let got = sizes(dir.path());
+    let mib = 1u64 << 20;
+    assert_eq!(got[..4], [mib, 2 * mib, 4 * mib, 8 * mib], "{got:?}");
+    assert!(got.iter().all(|&s| s <= opts.segment_size_bytes), "{got:?}");
+    for i in 2..=150u64 {
+        assert_eq!(wal.reader().read(i).unwrap(), payload(2 * i + 1, 64 << 10));
+    }
+}
+
 #[test]
 fn append_rejects_gaps_and_indexes_below_first() {
     let dir = tempfile::tempdir().unwrap();
