@@ -554,7 +554,8 @@ impl<'a> Parser<'a> {
 }
 
 /// Field-specific checks done at parse time so that errors carry a position: `level`
-/// values must name a level (case-insensitive; normalised to the canonical name); a
+/// values must name a level or one of its aliases ([`Level::from_alias`], the table ingest
+/// uses; normalised to the canonical name); a
 /// trace or span id is looked up whole, never by prefix ([`crate::idkey`]).
 fn check_field_pattern(field: &str, pattern: Pattern) -> Result<Pattern, String> {
     if matches!(field, "trace_id" | "span_id") {
@@ -576,13 +577,14 @@ fn check_field_pattern(field: &str, pattern: Pattern) -> Result<Pattern, String>
             .join(", ")
     };
     match pattern {
-        Pattern::Word(v) | Pattern::Phrase { text: v, .. } => {
-            let lower = v.to_lowercase();
-            match Level::from_canonical(&lower) {
-                Some(l) => Ok(Pattern::Word(l.as_str().to_string())),
-                None => Err(format!("unknown level '{v}' (expected one of {})", known())),
-            }
-        }
+        Pattern::Word(v) | Pattern::Phrase { text: v, .. } => match Level::from_alias(&v) {
+            Some(l) => Ok(Pattern::Word(l.as_str().to_string())),
+            None => Err(format!(
+                "unknown level '{v}' (expected one of {}, or an alias such as warning, \
+                     err or critical)",
+                known()
+            )),
+        },
         Pattern::Prefix(v) | Pattern::PhrasePrefix(v) => Ok(Pattern::Prefix(v.to_lowercase())),
     }
 }
@@ -789,6 +791,15 @@ mod tests {
             parse_query("level:WARN").unwrap(),
             field("level", Pattern::Word("warn".into()))
         );
+        // The ingest alias table: `level:critical` means what ingest stored as fatal, as
+        // the `level=critical` search parameter does (it used to be a 400 here).
+        for (alias, canonical) in [("critical", "fatal"), ("warning", "warn"), ("ERR", "error")] {
+            assert_eq!(
+                parse_query(&format!("level:{alias}")).unwrap(),
+                field("level", Pattern::Word(canonical.into())),
+                "{alias}"
+            );
+        }
         assert_eq!(
             parse_query(r#"msg:"say \"hi\"""#).unwrap(),
             field(

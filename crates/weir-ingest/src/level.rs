@@ -2,71 +2,6 @@
 
 use weir_proto::Level;
 
-/// Every accepted spelling (compared ASCII-case-insensitively after trimming), with the
-/// level it means. Canonical names first; then the aliases agents are known to send:
-/// syslog / RFC 5424 keywords, logrus' four-letter forms (`DEBU`, `ERRO`, `FATA`, `PANI`),
-/// `java.util.logging` (`FINEST`, `FINE`, `SEVERE`), glog and logcat single letters.
-const ALIASES: &[(&str, Level)] = &[
-    ("trace", Level::Trace),
-    ("debug", Level::Debug),
-    ("info", Level::Info),
-    ("warn", Level::Warn),
-    ("error", Level::Error),
-    ("fatal", Level::Fatal),
-    // trace
-    ("trc", Level::Trace),
-    ("trce", Level::Trace),
-    ("trac", Level::Trace),
-    ("finest", Level::Trace),
-    ("verbose", Level::Trace),
-    ("t", Level::Trace),
-    ("v", Level::Trace),
-    // debug
-    ("dbg", Level::Debug),
-    ("dbug", Level::Debug),
-    ("debu", Level::Debug),
-    ("fine", Level::Debug),
-    ("finer", Level::Debug),
-    ("d", Level::Debug),
-    // info
-    ("inf", Level::Info),
-    ("information", Level::Info),
-    ("informational", Level::Info),
-    ("notice", Level::Info),
-    ("i", Level::Info),
-    // warn
-    ("warning", Level::Warn),
-    ("wrn", Level::Warn),
-    ("w", Level::Warn),
-    // error
-    ("err", Level::Error),
-    ("erro", Level::Error),
-    ("eror", Level::Error),
-    ("severe", Level::Error),
-    ("e", Level::Error),
-    // fatal
-    ("fata", Level::Fatal),
-    ("ftl", Level::Fatal),
-    ("critical", Level::Fatal),
-    ("crit", Level::Fatal),
-    ("alert", Level::Fatal),
-    ("emerg", Level::Fatal),
-    ("emergency", Level::Fatal),
-    ("panic", Level::Fatal),
-    ("pani", Level::Fatal),
-    ("f", Level::Fatal),
-    ("a", Level::Fatal),
-    // RFC 5424 numeric severities.
-    ("0", Level::Fatal),
-    ("1", Level::Fatal),
-    ("2", Level::Fatal),
-    ("3", Level::Error),
-    ("4", Level::Warn),
-    ("5", Level::Info),
-    ("6", Level::Info),
-    ("7", Level::Debug),
-];
-
 /// Parses level text into a [`Level`].
 ///
 /// Accepts the canonical names `trace`, `debug`, `info`, `warn`, `error`, `fatal`; common
@@ -94,18 +29,14 @@ pub fn parse_level(text: &str) -> Result<Level, String> {
     if t.is_empty() {
         return Ok(Level::Info);
     }
-    ALIASES
-        .iter()
-        .find(|(alias, _)| alias.eq_ignore_ascii_case(t))
-        .map(|&(_, level)| level)
-        .ok_or_else(|| {
-            format!(
-                "level {} is not a level; use trace, debug, info, warn, error or fatal \
+    Level::from_alias(t).ok_or_else(|| {
+        format!(
+            "level {} is not a level; use trace, debug, info, warn, error or fatal \
                  (aliases such as warning, err, critical, notice and RFC 5424 numbers 0-7 \
                  are accepted; empty means info)",
-                crate::quote(text)
-            )
-        })
+            crate::quote(text)
+        )
+    })
 }
 
 /// Maps an OTLP `SeverityNumber` to a [`Level`]: 1..=4 trace, 5..=8 debug, 9..=12 info,

@@ -80,6 +80,72 @@ pub enum Level {
     Fatal = 6,
 }
 
+/// Every accepted spelling of a level, in every path that reads one (ingest, the `level`
+/// search parameter, `level:` in a query), (compared ASCII-case-insensitively after trimming), with the
+/// level it means. Canonical names first; then the aliases agents are known to send:
+/// syslog / RFC 5424 keywords, logrus' four-letter forms (`DEBU`, `ERRO`, `FATA`, `PANI`),
+/// `java.util.logging` (`FINEST`, `FINE`, `SEVERE`), glog and logcat single letters.
+pub const LEVEL_ALIASES: &[(&str, Level)] = &[
+    ("trace", Level::Trace),
+    ("debug", Level::Debug),
+    ("info", Level::Info),
+    ("warn", Level::Warn),
+    ("error", Level::Error),
+    ("fatal", Level::Fatal),
+    // trace
+    ("trc", Level::Trace),
+    ("trce", Level::Trace),
+    ("trac", Level::Trace),
+    ("finest", Level::Trace),
+    ("verbose", Level::Trace),
+    ("t", Level::Trace),
+    ("v", Level::Trace),
+    // debug
+    ("dbg", Level::Debug),
+    ("dbug", Level::Debug),
+    ("debu", Level::Debug),
+    ("fine", Level::Debug),
+    ("finer", Level::Debug),
+    ("d", Level::Debug),
+    // info
+    ("inf", Level::Info),
+    ("information", Level::Info),
+    ("informational", Level::Info),
+    ("notice", Level::Info),
+    ("i", Level::Info),
+    // warn
+    ("warning", Level::Warn),
+    ("wrn", Level::Warn),
+    ("w", Level::Warn),
+    // error
+    ("err", Level::Error),
+    ("erro", Level::Error),
+    ("eror", Level::Error),
+    ("severe", Level::Error),
+    ("e", Level::Error),
+    // fatal
+    ("fata", Level::Fatal),
+    ("ftl", Level::Fatal),
+    ("critical", Level::Fatal),
+    ("crit", Level::Fatal),
+    ("alert", Level::Fatal),
+    ("emerg", Level::Fatal),
+    ("emergency", Level::Fatal),
+    ("panic", Level::Fatal),
+    ("pani", Level::Fatal),
+    ("f", Level::Fatal),
+    ("a", Level::Fatal),
+    // RFC 5424 numeric severities.
+    ("0", Level::Fatal),
+    ("1", Level::Fatal),
+    ("2", Level::Fatal),
+    ("3", Level::Error),
+    ("4", Level::Warn),
+    ("5", Level::Info),
+    ("6", Level::Info),
+    ("7", Level::Debug),
+];
+
 impl Level {
     /// Every level, lowest first.
     pub const ALL: [Level; 6] = [
@@ -108,8 +174,19 @@ impl Level {
         Level::ALL.get((n as usize).wrapping_sub(1)).copied()
     }
 
-    /// The canonical name parsed back (exact, lower case). Aliases such as `warning` are the
-    /// ingest layer's business, not this.
+    /// The level a name or alias means ([`LEVEL_ALIASES`], ASCII-case-insensitive,
+    /// surrounding whitespace ignored): the one table every path uses, so that
+    /// `level=critical` and `level:critical` agree with what ingest stored as fatal.
+    pub fn from_alias(s: &str) -> Option<Level> {
+        let t = s.trim();
+        LEVEL_ALIASES
+            .iter()
+            .find(|(alias, _)| alias.eq_ignore_ascii_case(t))
+            .map(|&(_, level)| level)
+    }
+
+    /// The canonical name parsed back (exact, lower case); [`Level::from_alias`] also takes
+    /// aliases such as `warning`.
     pub fn from_canonical(s: &str) -> Option<Level> {
         Level::ALL.into_iter().find(|l| l.as_str() == s)
     }
