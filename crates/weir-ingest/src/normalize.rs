@@ -38,24 +38,24 @@ pub struct Normalized {
     pub bodies_repaired: u64,
 }
 
-/// Refuses a request whose encoded size is over `limits.max_batch_bytes`. The server calls
+/// Refuses a request whose encoded size is over `limits.batch_bytes_max`. The server calls
 /// this with the encoded length before decoding (a decoded request no longer knows it).
 ///
 /// # Errors
 ///
 /// [`Error::BatchTooLarge`].
 pub fn check_batch_bytes(encoded_bytes: usize, limits: &Limits) -> Result<()> {
-    if encoded_bytes > limits.max_batch_bytes {
+    if encoded_bytes > limits.batch_bytes_max {
         return Err(Error::BatchTooLarge {
             bytes: encoded_bytes,
-            limit: limits.max_batch_bytes,
+            limit: limits.batch_bytes_max,
         });
     }
     Ok(())
 }
 
 /// The tenant to store a request under: [`DEFAULT_TENANT`] for an empty name, the name
-/// itself when it is at most `limits.max_tenant_bytes` of `[A-Za-z0-9_.-]` and not `.` or
+/// itself when it is at most `limits.tenant_bytes_max` of `[A-Za-z0-9_.-]` and not `.` or
 /// `..` (a tenant may become a path component or an index name downstream).
 ///
 /// # Errors
@@ -69,11 +69,11 @@ pub fn normalize_tenant(tenant: &str, limits: &Limits) -> Result<String> {
     if tenant.is_empty() {
         return Ok(DEFAULT_TENANT.to_owned());
     }
-    if tenant.len() > limits.max_tenant_bytes {
+    if tenant.len() > limits.tenant_bytes_max {
         return Err(bad(format!(
-            "it is {} bytes, limit {} (limits.max_tenant_bytes)",
+            "it is {} bytes, limit {} (limits.tenant_bytes_max)",
             tenant.len(),
-            limits.max_tenant_bytes
+            limits.tenant_bytes_max
         )));
     }
     if let Some(c) = tenant
@@ -113,10 +113,10 @@ pub fn normalize(req: AppendRequest, now_ns: i64, limits: &Limits) -> Result<Nor
     let count = req.records.len();
     // Positions are u32 on the wire, so the request may hold at most u32::MAX + 1 records
     // whatever the configured limit; past the check, `i as u32` below cannot truncate.
-    if count > limits.max_batch_records || u32::try_from(count).is_err() {
+    if count > limits.batch_records_max || u32::try_from(count).is_err() {
         return Err(Error::TooManyRecords {
             count,
-            limit: limits.max_batch_records,
+            limit: limits.batch_records_max,
         });
     }
     let mut n = Normalized {
@@ -154,7 +154,7 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// Every [`Rejection::code`]: too large (`limits.max_record_bytes`), a timestamp out of
+/// Every [`Rejection::code`]: too large (`limits.record_bytes_max`), a timestamp out of
 /// range, an unknown level, a malformed trace or span id, a bad label or label count, a
 /// bad attribute name or count, an over-long service/namespace/pod/cluster.
 pub const REJECTION_CODES: [&str; 7] = [
@@ -191,25 +191,25 @@ impl std::fmt::Display for Rejection {
 ///
 /// A [`Rejection`]: its reason names the field, the size or value, and the limit
 /// with its config key, e.g. `label "app" value is 2048 bytes, limit 1024
-/// (limits.max_label_value_bytes)`.
+/// (limits.label_value_bytes_max)`.
 pub fn normalize_record(
     record: Record,
     now_ns: i64,
     limits: &Limits,
 ) -> std::result::Result<(StoredRecord, bool), Rejection> {
     let kind = |code: &'static str| move |reason: String| Rejection { code, reason };
-    if record.labels.len() > limits.max_labels_per_record {
+    if record.labels.len() > limits.labels_per_record_max {
         return Err(kind("label")(format!(
-            "record has {} labels, limit {} (limits.max_labels_per_record)",
+            "record has {} labels, limit {} (limits.labels_per_record_max)",
             record.labels.len(),
-            limits.max_labels_per_record
+            limits.labels_per_record_max
         )));
     }
-    if record.attributes.len() > limits.max_attributes_per_record {
+    if record.attributes.len() > limits.attributes_per_record_max {
         return Err(kind("attribute")(format!(
-            "record has {} attributes, limit {} (limits.max_attributes_per_record)",
+            "record has {} attributes, limit {} (limits.attributes_per_record_max)",
             record.attributes.len(),
-            limits.max_attributes_per_record
+            limits.attributes_per_record_max
         )));
     }
     // Check in sorted order so that the reported failure does not depend on the map's
@@ -230,11 +230,11 @@ pub fn normalize_record(
         ("pod", &record.pod),
         ("cluster", &record.cluster),
     ] {
-        if value.len() > limits.max_label_value_bytes {
+        if value.len() > limits.label_value_bytes_max {
             return Err(kind("field")(format!(
-                "{field} is {} bytes, limit {} (limits.max_label_value_bytes)",
+                "{field} is {} bytes, limit {} (limits.label_value_bytes_max)",
                 value.len(),
-                limits.max_label_value_bytes
+                limits.label_value_bytes_max
             )));
         }
     }
@@ -280,23 +280,23 @@ pub fn normalize_record(
 }
 
 fn check_record_bytes(bytes: usize, limits: &Limits) -> std::result::Result<(), String> {
-    if bytes > limits.max_record_bytes {
+    if bytes > limits.record_bytes_max {
         return Err(format!(
             "record is {bytes} bytes (body, label and attribute names and values), \
-             limit {} (limits.max_record_bytes)",
-            limits.max_record_bytes
+             limit {} (limits.record_bytes_max)",
+            limits.record_bytes_max
         ));
     }
     Ok(())
 }
 
 fn check_label(name: &str, value: &str, limits: &Limits) -> std::result::Result<(), String> {
-    if name.len() > limits.max_label_name_bytes {
+    if name.len() > limits.label_name_bytes_max {
         return Err(format!(
-            "label name {} is {} bytes, limit {} (limits.max_label_name_bytes)",
+            "label name {} is {} bytes, limit {} (limits.label_name_bytes_max)",
             quote(name),
             name.len(),
-            limits.max_label_name_bytes
+            limits.label_name_bytes_max
         ));
     }
     let mut bytes = name.bytes();
@@ -330,12 +330,12 @@ fn check_label(name: &str, value: &str, limits: &Limits) -> std::result::Result<
             quote(name)
         ));
     }
-    if value.len() > limits.max_label_value_bytes {
+    if value.len() > limits.label_value_bytes_max {
         return Err(format!(
-            "label {} value is {} bytes, limit {} (limits.max_label_value_bytes)",
+            "label {} value is {} bytes, limit {} (limits.label_value_bytes_max)",
             quote(name),
             value.len(),
-            limits.max_label_value_bytes
+            limits.label_value_bytes_max
         ));
     }
     Ok(())
@@ -345,12 +345,12 @@ fn check_attribute_name(name: &str, limits: &Limits) -> std::result::Result<(), 
     if name.is_empty() {
         return Err("attribute name is empty".to_owned());
     }
-    if name.len() > limits.max_label_name_bytes {
+    if name.len() > limits.label_name_bytes_max {
         return Err(format!(
-            "attribute name {} is {} bytes, limit {} (limits.max_label_name_bytes)",
+            "attribute name {} is {} bytes, limit {} (limits.label_name_bytes_max)",
             quote(name),
             name.len(),
-            limits.max_label_name_bytes
+            limits.label_name_bytes_max
         ));
     }
     Ok(())
@@ -365,19 +365,19 @@ fn check_timestamp(ts: i64, now_ns: i64, limits: &Limits) -> std::result::Result
     }
     // i128: no overflow whatever the timestamp, the clock or the limits.
     let delta = i128::from(ts) - i128::from(now_ns);
-    if delta < -i128::from(limits.max_timestamp_age_ns) {
+    if delta < -i128::from(limits.timestamp_age_ns_max()) {
         return Err(format!(
-            "timestamp_ns {ts} is {} s in the past, limit {} s (limits.max_timestamp_age_ns)",
+            "timestamp_ns {ts} is {} s in the past, limit {} s (limits.timestamp_age_secs_max)",
             -delta / SECOND_NS,
-            i128::from(limits.max_timestamp_age_ns) / SECOND_NS
+            limits.timestamp_age_secs_max
         ));
     }
-    if delta > i128::from(limits.max_timestamp_future_ns) {
+    if delta > i128::from(limits.timestamp_future_ns_max()) {
         return Err(format!(
             "timestamp_ns {ts} is {} s in the future, limit {} s \
-             (limits.max_timestamp_future_ns); check the sender's clock",
+             (limits.timestamp_future_secs_max); check the sender's clock",
             delta / SECOND_NS,
-            i128::from(limits.max_timestamp_future_ns) / SECOND_NS
+            limits.timestamp_future_secs_max
         ));
     }
     Ok(ts)
@@ -428,7 +428,7 @@ mod tests {
         let cases = [
             (
                 Record {
-                    body: vec![b'x'; limits.max_record_bytes + 1],
+                    body: vec![b'x'; limits.record_bytes_max + 1],
                     ..Default::default()
                 },
                 "too_large",
@@ -470,7 +470,7 @@ mod tests {
             ),
             (
                 Record {
-                    service: "s".repeat(limits.max_label_value_bytes + 1),
+                    service: "s".repeat(limits.label_value_bytes_max + 1),
                     ..Default::default()
                 },
                 "field",
@@ -537,7 +537,7 @@ mod tests {
     fn repaired_body_is_measured_after_repair() {
         // 4 invalid bytes become 4 x 3 bytes of U+FFFD: 4 bytes raw, 12 stored.
         let limits = Limits {
-            max_record_bytes: 10,
+            record_bytes_max: 10,
             ..Limits::default()
         };
         let r = Record {
@@ -546,7 +546,7 @@ mod tests {
         };
         let e = reason_with(r, &limits);
         assert!(e.contains("record is 12 bytes"), "{e}");
-        assert!(e.contains("limits.max_record_bytes"), "{e}");
+        assert!(e.contains("limits.record_bytes_max"), "{e}");
     }
 
     #[test]
@@ -554,7 +554,7 @@ mod tests {
         let mut r = ok_record();
         r.body = vec![b'x'; 256 * 1024];
         let e = reason(r);
-        assert!(e.contains("limit 262144 (limits.max_record_bytes)"), "{e}");
+        assert!(e.contains("limit 262144 (limits.record_bytes_max)"), "{e}");
     }
 
     #[test]
@@ -564,7 +564,7 @@ mod tests {
         let e = reason(r);
         assert_eq!(
             e,
-            "record has 33 labels, limit 32 (limits.max_labels_per_record)"
+            "record has 33 labels, limit 32 (limits.labels_per_record_max)"
         );
     }
 
@@ -575,7 +575,7 @@ mod tests {
         let e = reason(r);
         assert_eq!(
             e,
-            "record has 129 attributes, limit 128 (limits.max_attributes_per_record)"
+            "record has 129 attributes, limit 128 (limits.attributes_per_record_max)"
         );
     }
 
@@ -621,7 +621,7 @@ mod tests {
         r.labels = HashMap::from([("a".repeat(129), "v".into())]);
         let e = reason(r);
         assert!(
-            e.contains("is 129 bytes, limit 128 (limits.max_label_name_bytes)"),
+            e.contains("is 129 bytes, limit 128 (limits.label_name_bytes_max)"),
             "{e}"
         );
         // The name is echoed shortened, not in full.
@@ -644,7 +644,7 @@ mod tests {
         r.labels = HashMap::from([("app".into(), "v".repeat(2048))]);
         assert_eq!(
             reason(r),
-            "label \"app\" value is 2048 bytes, limit 1024 (limits.max_label_value_bytes)"
+            "label \"app\" value is 2048 bytes, limit 1024 (limits.label_value_bytes_max)"
         );
     }
 
@@ -655,7 +655,7 @@ mod tests {
         assert_eq!(reason(r), "attribute name is empty");
         let mut r = ok_record();
         r.attributes = HashMap::from([("a".repeat(200), "v".into())]);
-        assert!(reason(r).contains("limit 128 (limits.max_label_name_bytes)"));
+        assert!(reason(r).contains("limit 128 (limits.label_name_bytes_max)"));
         // Attribute values may be empty; names need not follow the label syntax.
         let mut r = ok_record();
         r.attributes = HashMap::from([("http.status-code".into(), String::new())]);
@@ -668,7 +668,7 @@ mod tests {
         r.pod = "p".repeat(1025);
         assert_eq!(
             reason(r),
-            "pod is 1025 bytes, limit 1024 (limits.max_label_value_bytes)"
+            "pod is 1025 bytes, limit 1024 (limits.label_value_bytes_max)"
         );
     }
 
@@ -693,7 +693,7 @@ mod tests {
             reason(r),
             format!(
                 "timestamp_ns {} is 691200 s in the past, limit 604800 s \
-                 (limits.max_timestamp_age_ns)",
+                 (limits.timestamp_age_secs_max)",
                 NOW - 8 * day
             )
         );
@@ -701,7 +701,7 @@ mod tests {
         r.timestamp_ns = NOW + 3600 * 1_000_000_000;
         let e = reason(r);
         assert!(e.contains("3600 s in the future, limit 600 s"), "{e}");
-        assert!(e.contains("(limits.max_timestamp_future_ns)"), "{e}");
+        assert!(e.contains("(limits.timestamp_future_secs_max)"), "{e}");
         // Edges are inside the window; extremes do not overflow.
         for ts in [NOW - 7 * day, NOW + 600 * 1_000_000_000] {
             let mut r = ok_record();
@@ -745,7 +745,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("129 bytes, limit 128 (limits.max_tenant_bytes)"),
+            e.contains("129 bytes, limit 128 (limits.tenant_bytes_max)"),
             "{e}"
         );
         let e = normalize_tenant("a/b", &l).unwrap_err().to_string();
@@ -781,7 +781,7 @@ mod tests {
     #[test]
     fn whole_request_errors() {
         let l = Limits {
-            max_batch_records: 2,
+            batch_records_max: 2,
             ..Limits::default()
         };
         let req = AppendRequest {

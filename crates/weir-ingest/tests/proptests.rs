@@ -130,13 +130,13 @@ fn limits() -> impl Strategy<Value = Limits> {
         2 => Just(Limits::default()),
         1 => (1usize..200, 0usize..5, 0usize..5, 1usize..12, 1usize..10).prop_map(
             |(record_bytes, labels, attributes, name_bytes, value_bytes)| Limits {
-                max_record_bytes: record_bytes,
-                max_labels_per_record: labels,
-                max_attributes_per_record: attributes,
-                max_label_name_bytes: name_bytes,
-                max_label_value_bytes: value_bytes,
-                max_batch_records: 8,
-                max_tenant_bytes: 6,
+                record_bytes_max: record_bytes,
+                labels_per_record_max: labels,
+                attributes_per_record_max: attributes,
+                label_name_bytes_max: name_bytes,
+                label_value_bytes_max: value_bytes,
+                batch_records_max: 8,
+                tenant_bytes_max: 6,
                 ..Limits::default()
             }
         ),

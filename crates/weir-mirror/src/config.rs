@@ -88,7 +88,7 @@ pub struct SinkConfig {
     #[serde(default = "d_dlq_bytes")]
     pub dlq_bytes_max: u64,
     /// Bytes of WAL per shard this sink may hold back from compaction before, and only
-    /// while the node is under disk pressure (`storage.disk_free_min_bytes`), its oldest
+    /// while the node is under disk pressure (`storage.disk_free_bytes_min`), its oldest
     /// undelivered records are released: counted in `weir_mirror_dropped_records_total`,
     /// shown in status and logged. Estimated from the shard's WAL size and index span.
     #[serde(default = "d_unmirrored")]

@@ -81,7 +81,7 @@ pub struct NodeConfig {
     pub rejoining: bool,
     /// Bytes of a shard's WAL a leader keeps for replicas that are behind; past it they
     /// are left to catch up by snapshot (see `Input::Compact`).
-    pub replica_log_max_bytes: u64,
+    pub replica_log_bytes_max: u64,
 }
 
 impl NodeConfig {
@@ -98,7 +98,7 @@ impl NodeConfig {
             proposal_queue_len: 4096,
             dedup_producers_max: 100_000,
             rejoining: false,
-            replica_log_max_bytes: 4 << 30,
+            replica_log_bytes_max: 4 << 30,
         }
     }
 }
@@ -711,8 +711,8 @@ pub(crate) struct Shard<S: LogStore = WalStorage> {
     deferred_max: usize,
     /// When the WAL was last compacted (each compaction costs a meta flush).
     last_compact: Option<Instant>,
-    /// See [`NodeConfig::replica_log_max_bytes`].
-    replica_log_max_bytes: u64,
+    /// See [`NodeConfig::replica_log_bytes_max`].
+    replica_log_bytes_max: u64,
     /// The applied state of a snapshot being installed, until raft hands it back.
     restore: Option<codec::AppliedState>,
     /// Leader: ticks each follower has spent in raft-rs's snapshot state.
@@ -908,7 +908,7 @@ impl<S: LogStore> Driver<S> {
                 // log is cheaper than a snapshot), up to a bound: past it, a replica
                 // that is far behind is left to catch up by snapshot.
                 let leader = s.raw.raft.state == StateRole::Leader;
-                let hold_for_replicas = s.raw.store().disk_bytes() <= s.replica_log_max_bytes;
+                let hold_for_replicas = s.raw.store().disk_bytes() <= s.replica_log_bytes_max;
                 if leader && !hold_for_replicas {
                     let behind: Vec<u64> = s
                         .raw
@@ -922,9 +922,9 @@ impl<S: LogStore> Driver<S> {
                         tracing::warn!(
                         shard,
                         wal_bytes = s.raw.store().disk_bytes(),
-                        limit = s.replica_log_max_bytes,
+                        limit = s.replica_log_bytes_max,
                         ?behind,
-                        "the log kept for replicas that are behind passed cluster.replica_log_max_bytes: released, they catch up by snapshot"
+                        "the log kept for replicas that are behind passed cluster.replica_log_bytes_max: released, they catch up by snapshot"
                     );
                     }
                 }
@@ -1494,7 +1494,7 @@ impl<S: LogStore> Shard<S> {
             deferred: Vec::new(),
             deferred_max: cfg.proposal_queue_len.max(1),
             last_compact: None,
-            replica_log_max_bytes: cfg.replica_log_max_bytes,
+            replica_log_bytes_max: cfg.replica_log_bytes_max,
             restore: None,
             snapshot_ticks: HashMap::new(),
             dedup_producers_max: cfg.dedup_producers_max,

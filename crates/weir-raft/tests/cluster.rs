@@ -625,7 +625,7 @@ fn a_replica_down_longer_than_the_log_bound_allows_catches_up_by_snapshot() {
     let net = Arc::new(Net::default());
     *net.nodes.lock().unwrap() = vec![None, None, None];
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let bounded = |c: &mut NodeConfig| c.replica_log_max_bytes = 2 << 20;
+    let bounded = |c: &mut NodeConfig| c.replica_log_bytes_max = 2 << 20;
     let nodes = (1..=3)
         .map(|id| start_node_with(&net, dirs[id as usize - 1].path(), id, bounded))
         .collect();

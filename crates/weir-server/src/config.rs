@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration of one node.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where WAL segments and indexes live.
@@ -18,6 +18,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (search API, health).
     pub http_addr: SocketAddr,
+    /// HTTP server limits and timeouts.
+    pub http: HttpConfig,
     /// Raft and WAL settings.
     pub storage: StorageConfig,
     /// Ingest limits.
@@ -45,7 +47,7 @@ pub struct Config {
 /// grpc = "10.0.0.1:4317"           # advertised to clients (status, CLI)
 /// http = "10.0.0.1:4318"
 /// ```
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This node's id, one of `nodes`.
@@ -61,7 +63,8 @@ pub struct ClusterConfig {
     /// slow). Past it the leader and the others compact as if that replica were not
     /// there, and it catches up by snapshot when it returns: a replica that is away for
     /// long costs bounded disk, not a growing WAL on every node.
-    pub replica_log_max_bytes: u64,
+    #[serde(alias = "replica_log_max_bytes")]
+    pub replica_log_bytes_max: u64,
     /// Start as a rejoining node (`weir server --rejoin`): the data directory is a copy of
     /// another member's, not this node's own (docs/cluster.md). Not a file key.
     #[serde(skip)]
@@ -75,14 +78,14 @@ impl Default for ClusterConfig {
             peer_addr: "0.0.0.0:4319".parse().expect("literal address"),
             nodes: Vec::new(),
             peer_queue_len: 4096,
-            replica_log_max_bytes: 4 << 30,
+            replica_log_bytes_max: 4 << 30,
             rejoin: false,
         }
     }
 }
 
 /// One member of the cluster, as every node knows it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// Raft id, non-zero, unique.
@@ -157,10 +160,11 @@ impl ClusterConfig {
 }
 
 /// Mirrors: `[[mirror.sinks]]` tables (see `weir_mirror::SinkConfig` for every key).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
-    /// The sinks; none by default.
+    /// The sinks; none by default (their keys: docs/mirrors.md).
+    #[serde(skip_serializing)]
     pub sinks: Vec<weir_mirror::SinkConfig>,
 }
 
@@ -170,6 +174,7 @@ impl Default for Config {
             data_dir: PathBuf::from("weir-data"),
             grpc_addr: "0.0.0.0:4317".parse().expect("literal address"),
             http_addr: "0.0.0.0:4318".parse().expect("literal address"),
+            http: HttpConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             index: IndexConfig::default(),
@@ -180,8 +185,34 @@ impl Default for Config {
     }
 }
 
+/// `[http]`: limits of the HTTP server (port 4318). Each refusal names its key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Connections served at once; one more is answered 503 and closed.
+    pub connections_max: usize,
+    /// Time a client has to send a request's headers (also while an idle kept-alive
+    /// connection waits for its next request).
+    pub header_read_timeout_ms: u64,
+    /// Bytes of a request URI (path and query); over it: 414.
+    pub request_uri_bytes_max: usize,
+    /// Bytes of a request's headers (names and values); over it: 431.
+    pub request_headers_bytes_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connections_max: 1024,
+            header_read_timeout_ms: 30_000,
+            request_uri_bytes_max: 16 << 10,
+            request_headers_bytes_max: 64 << 10,
+        }
+    }
+}
+
 /// Raft, shards and WAL.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Number of shards (raft groups). Fixed for the life of a data directory.
@@ -200,7 +231,8 @@ pub struct StorageConfig {
     /// Below this much free space on the data directory's file system the node is under
     /// disk pressure: mirrors past their `unmirrored_bytes_max` release what they cannot
     /// deliver, so the WAL can shrink.
-    pub disk_free_min_bytes: u64,
+    #[serde(alias = "disk_free_min_bytes")]
+    pub disk_free_bytes_min: u64,
 }
 
 impl Default for StorageConfig {
@@ -212,48 +244,60 @@ impl Default for StorageConfig {
             proposal_queue_len: 4096,
             commit_timeout_ms: 10_000,
             dedup_producers_max: 100_000,
-            disk_free_min_bytes: 1 << 30,
+            disk_free_bytes_min: 1 << 30,
         }
     }
 }
 
 /// Ingest limits (see `weir_ingest::Limits`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Encoded request size at most.
-    pub max_batch_bytes: usize,
+    #[serde(alias = "max_batch_bytes")]
+    pub batch_bytes_max: usize,
     /// Records per request at most.
-    pub max_batch_records: usize,
+    #[serde(alias = "max_batch_records")]
+    pub batch_records_max: usize,
     /// Bytes of one record (body, labels, attributes) at most.
-    pub max_record_bytes: usize,
+    #[serde(alias = "max_record_bytes")]
+    pub record_bytes_max: usize,
     /// Stream labels per record at most.
-    pub max_labels_per_record: usize,
+    #[serde(alias = "max_labels_per_record")]
+    pub labels_per_record_max: usize,
     /// Attributes per record at most.
-    pub max_attributes_per_record: usize,
+    #[serde(alias = "max_attributes_per_record")]
+    pub attributes_per_record_max: usize,
     /// Label name length at most.
-    pub max_label_name_bytes: usize,
+    #[serde(alias = "max_label_name_bytes")]
+    pub label_name_bytes_max: usize,
     /// Label value length at most.
-    pub max_label_value_bytes: usize,
+    #[serde(alias = "max_label_value_bytes")]
+    pub label_value_bytes_max: usize,
     /// How far in the past a timestamp may be.
-    pub max_timestamp_age_secs: u64,
+    #[serde(alias = "max_timestamp_age_secs")]
+    pub timestamp_age_secs_max: u64,
     /// How far in the future a timestamp may be.
-    pub max_timestamp_future_secs: u64,
+    #[serde(alias = "max_timestamp_future_secs")]
+    pub timestamp_future_secs_max: u64,
+    /// Bytes of a tenant name at most.
+    pub tenant_bytes_max: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         let d = weir_ingest::Limits::default();
         LimitsConfig {
-            max_batch_bytes: d.max_batch_bytes,
-            max_batch_records: d.max_batch_records,
-            max_record_bytes: d.max_record_bytes,
-            max_labels_per_record: d.max_labels_per_record,
-            max_attributes_per_record: d.max_attributes_per_record,
-            max_label_name_bytes: d.max_label_name_bytes,
-            max_label_value_bytes: d.max_label_value_bytes,
-            max_timestamp_age_secs: (d.max_timestamp_age_ns / 1_000_000_000) as u64,
-            max_timestamp_future_secs: (d.max_timestamp_future_ns / 1_000_000_000) as u64,
+            batch_bytes_max: d.batch_bytes_max,
+            batch_records_max: d.batch_records_max,
+            record_bytes_max: d.record_bytes_max,
+            labels_per_record_max: d.labels_per_record_max,
+            attributes_per_record_max: d.attributes_per_record_max,
+            label_name_bytes_max: d.label_name_bytes_max,
+            label_value_bytes_max: d.label_value_bytes_max,
+            timestamp_age_secs_max: d.timestamp_age_secs_max,
+            timestamp_future_secs_max: d.timestamp_future_secs_max,
+            tenant_bytes_max: d.tenant_bytes_max,
         }
     }
 }
@@ -262,24 +306,22 @@ impl LimitsConfig {
     /// The ingest layer's view of these limits.
     pub fn to_limits(&self) -> weir_ingest::Limits {
         weir_ingest::Limits {
-            max_batch_bytes: self.max_batch_bytes,
-            max_batch_records: self.max_batch_records,
-            max_record_bytes: self.max_record_bytes,
-            max_labels_per_record: self.max_labels_per_record,
-            max_attributes_per_record: self.max_attributes_per_record,
-            max_label_name_bytes: self.max_label_name_bytes,
-            max_label_value_bytes: self.max_label_value_bytes,
-            max_timestamp_age_ns: (self.max_timestamp_age_secs as i64)
-                .saturating_mul(1_000_000_000),
-            max_timestamp_future_ns: (self.max_timestamp_future_secs as i64)
-                .saturating_mul(1_000_000_000),
-            ..weir_ingest::Limits::default()
+            batch_bytes_max: self.batch_bytes_max,
+            batch_records_max: self.batch_records_max,
+            record_bytes_max: self.record_bytes_max,
+            labels_per_record_max: self.labels_per_record_max,
+            attributes_per_record_max: self.attributes_per_record_max,
+            label_name_bytes_max: self.label_name_bytes_max,
+            label_value_bytes_max: self.label_value_bytes_max,
+            timestamp_age_secs_max: self.timestamp_age_secs_max,
+            timestamp_future_secs_max: self.timestamp_future_secs_max,
+            tenant_bytes_max: self.tenant_bytes_max,
         }
     }
 }
 
 /// Indexing.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
     /// Time span of one index partition (retention drops whole partitions).
@@ -304,20 +346,22 @@ impl Default for IndexConfig {
 }
 
 /// Search API.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SearchConfig {
     /// `limit` when none is given.
-    pub default_limit: usize,
-    /// Largest `limit` accepted; larger values are capped to it.
-    pub max_limit: usize,
+    #[serde(alias = "default_limit")]
+    pub limit_default: usize,
+    /// Largest `limit` accepted; larger values are capped to it (and the answer says so).
+    #[serde(alias = "max_limit")]
+    pub limit_max: usize,
 }
 
 impl Default for SearchConfig {
     fn default() -> Self {
         SearchConfig {
-            default_limit: 100,
-            max_limit: 1000,
+            limit_default: 100,
+            limit_max: 10_000,
         }
     }
 }
@@ -327,13 +371,31 @@ impl Config {
     ///
     /// # Errors
     /// The file cannot be read or is not valid configuration.
+    /// Deprecated key names are accepted and logged as warnings naming their replacement.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
-        cfg.validate()?;
+        let (cfg, warnings) = Config::from_toml_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e:#}", path.display()))?;
+        for w in warnings {
+            tracing::warn!(file = %path.display(), "{w}");
+        }
         Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; also returns a warning for each deprecated key it
+    /// uses. An unknown key's error suggests the nearest known one.
+    ///
+    /// # Errors
+    /// Not TOML, an unknown key or a bad value, named.
+    pub fn from_toml_str(text: &str) -> anyhow::Result<(Config, Vec<String>)> {
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!(crate::config_keys::with_suggestion(e.to_string())))?;
+        let warnings = crate::config_keys::deprecation_warnings(&table);
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!(crate::config_keys::with_suggestion(e.to_string())))?;
+        cfg.validate()?;
+        Ok((cfg, warnings))
     }
 
     /// Checks values that parse but cannot work.
@@ -369,8 +431,12 @@ impl Config {
         );
         anyhow::ensure!(self.index.commit_interval_ms > 0 && self.index.commit_interval_ms <= 1000, "index.commit_interval_ms must be between 1 and 1000 (records must be searchable within a second)");
         anyhow::ensure!(
-            self.search.max_limit > 0 && self.search.default_limit > 0,
-            "search limits must be positive"
+            self.http.connections_max > 0 && self.http.header_read_timeout_ms > 0,
+            "http.connections_max and http.header_read_timeout_ms must be positive"
+        );
+        anyhow::ensure!(
+            self.search.limit_max > 0 && self.search.limit_default > 0,
+            "search.limit_max and search.limit_default must be positive"
         );
         weir_mirror::config::validate_sinks(&self.mirror.sinks).map_err(|e| anyhow::anyhow!(e))?;
         self.cluster.validate()?;

@@ -518,7 +518,7 @@ async fn under_disk_pressure_a_sink_past_its_cap_releases_what_it_cannot_deliver
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = sinks_config(dir.path(), &es.url(), &loki.url());
     // Always under pressure, and Loki may hold back nothing: its undeliverable records go.
-    cfg.storage.disk_free_min_bytes = u64::MAX;
+    cfg.storage.disk_free_bytes_min = u64::MAX;
     cfg.mirror.sinks[1].unmirrored_bytes_max = 1;
     let node = TestNode::start_with(dir, cfg).await;
     let first = batch("default", "p", 300);
@@ -568,7 +568,7 @@ async fn a_release_counts_each_record_once_with_requests_in_flight_and_queued() 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = sinks_config(dir.path(), &es.url(), &loki.url());
     cfg.storage.shards = 1;
-    cfg.storage.disk_free_min_bytes = u64::MAX;
+    cfg.storage.disk_free_bytes_min = u64::MAX;
     cfg.mirror.sinks[0].unmirrored_bytes_max = 1;
     cfg.mirror.sinks[0].batch_records_max = 50;
     cfg.mirror.sinks[0].concurrency = 4;
