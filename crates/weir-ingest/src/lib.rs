@@ -62,7 +62,7 @@ pub use normalize::{
     check_batch_bytes, normalize, normalize_record, normalize_tenant, Normalized, Rejection,
     REJECTION_CODES,
 };
-pub use otlp::{flattened_position, otlp_to_append, render_any_value};
+pub use otlp::{flattened_position, otlp_to_append, render_any_value, OtlpShape};
 pub use route::{shard_for, split_by_shard, stream_hash};
 
 #[doc(no_inline)]
@@ -77,9 +77,9 @@ pub use weir_proto::{Level, ShardId};
 /// cannot succeed). Messages name the limit's config key and say what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// The encoded request is larger than `limits.max_batch_bytes`.
+    /// The encoded request is larger than `limits.batch_bytes_max`.
     #[error(
-        "request is {bytes} bytes, limit {limit} (limits.max_batch_bytes); send smaller batches"
+        "request is {bytes} bytes, limit {limit} (limits.batch_bytes_max); send smaller batches"
     )]
     BatchTooLarge {
         /// Encoded size of the request.
@@ -87,9 +87,9 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
-    /// The request holds more than `limits.max_batch_records` records.
+    /// The request holds more than `limits.batch_records_max` records.
     #[error(
-        "request has {count} records, limit {limit} (limits.max_batch_records); send smaller batches"
+        "request has {count} records, limit {limit} (limits.batch_records_max); send smaller batches"
     )]
     TooManyRecords {
         /// Records in the request.
@@ -155,7 +155,7 @@ mod tests {
         }
         .to_string();
         assert!(
-            e.contains("limits.max_batch_bytes") && e.contains("20"),
+            e.contains("limits.batch_bytes_max") && e.contains("20"),
             "{e}"
         );
         let e = Error::TooManyRecords {
@@ -164,7 +164,7 @@ mod tests {
         }
         .to_string();
         assert!(
-            e.contains("limits.max_batch_records") && e.contains("20"),
+            e.contains("limits.batch_records_max") && e.contains("20"),
             "{e}"
         );
     }

@@ -126,6 +126,59 @@ pub fn otlp_to_append(
     (out, rejected)
 }
 
+/// How many records each scope of each resource of an export holds, so that a flattened
+/// position can be told back as `resource_logs[i].scope_logs[j].log_records[k]`. Taken
+/// before [`otlp_to_append`] consumes the export.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OtlpShape(Vec<Vec<u32>>);
+
+impl OtlpShape {
+    /// The shape of `req`.
+    pub fn of(req: &ExportLogsServiceRequest) -> OtlpShape {
+        OtlpShape(
+            req.resource_logs
+                .iter()
+                .map(|r| {
+                    r.scope_logs
+                        .iter()
+                        .map(|s| u32::try_from(s.log_records.len()).unwrap_or(u32::MAX))
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// `resource_logs[i].scope_logs[j].log_records[k]` of a flattened position, or the
+    /// position itself when it is past the export's end.
+    pub fn locate(&self, flattened: u32) -> String {
+        let mut left = flattened;
+        for (i, scopes) in self.0.iter().enumerate() {
+            for (j, &n) in scopes.iter().enumerate() {
+                if left < n {
+                    return format!("resource_logs[{i}].scope_logs[{j}].log_records[{left}]");
+                }
+                left -= n;
+            }
+        }
+        format!("record {flattened}")
+    }
+
+    /// `partial_success.error_message` for refused records (flattened positions): the first
+    /// `shown`, each with its place in the export and its reason, then how many more.
+    pub fn rejection_message(&self, rejected: &[RecordError], shown: usize) -> String {
+        let mut msg = rejected
+            .iter()
+            .take(shown)
+            .map(|r| format!("{}: {}", self.locate(r.index), r.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if rejected.len() > shown {
+            msg.push_str(&format!("; and {} more", rejected.len() - shown));
+        }
+        msg
+    }
+}
+
 /// Maps a position in the [`AppendRequest`] made by [`otlp_to_append`] (for example a
 /// [`RecordError::index`] from [`crate::normalize`]) back to the record's flattened
 /// position in the OTLP export, given the records [`otlp_to_append`] refused (as it
@@ -736,5 +789,44 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(base64(raw.as_bytes()), want);
         }
+    }
+
+    #[test]
+    fn a_refusal_is_told_by_its_place_in_the_export() {
+        let mut export = realistic_export();
+        let shape = OtlpShape::of(&export);
+        let total: u32 = export
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len() as u32)
+            .sum();
+        assert_eq!(
+            shape.locate(0),
+            "resource_logs[0].scope_logs[0].log_records[0]"
+        );
+        assert_eq!(shape.locate(total), format!("record {total}"));
+        // The last record of the last scope of the last resource.
+        let r = export.resource_logs.len() - 1;
+        let s = export.resource_logs[r].scope_logs.len() - 1;
+        let k = export.resource_logs[r].scope_logs[s].log_records.len() - 1;
+        assert_eq!(
+            shape.locate(total - 1),
+            format!("resource_logs[{r}].scope_logs[{s}].log_records[{k}]")
+        );
+        export.resource_logs.clear();
+        let refused: Vec<RecordError> = (0..7)
+            .map(|i| RecordError {
+                index: i,
+                reason: format!("bad {i}"),
+                code: "id".into(),
+            })
+            .collect();
+        let msg = shape.rejection_message(&refused, 5);
+        assert!(
+            msg.starts_with("resource_logs[0].scope_logs[0].log_records[0]: bad 0; "),
+            "{msg}"
+        );
+        assert!(msg.ends_with("; and 2 more"), "{msg}");
     }
 }

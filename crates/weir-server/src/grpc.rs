@@ -22,14 +22,14 @@ pub struct GrpcIngest {
 
 impl GrpcIngest {
     /// The services, ready to add to a tonic router. Messages up to twice
-    /// `limits.max_batch_bytes` are decoded so that the handler can refuse the ones over
+    /// `limits.batch_bytes_max` are decoded so that the handler can refuse the ones over
     /// the limit with a message naming it; larger ones are refused by tonic itself.
     pub fn services(
         appender: Arc<Appender>,
     ) -> (IngestServer<GrpcIngest>, LogsServiceServer<GrpcIngest>) {
         let max = appender
             .limits()
-            .max_batch_bytes
+            .batch_bytes_max
             .saturating_mul(2)
             .max(1 << 20);
         let s = GrpcIngest { appender };
@@ -45,11 +45,19 @@ impl GrpcIngest {
     }
 }
 
-fn tenant_of<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get(TENANT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The tenant metadata of a request, if any. Not ASCII is refused rather than read as the
+/// default tenant (the name itself is checked by the append path).
+fn tenant_of<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    match req.metadata().get(TENANT_HEADER) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
+            ApiError::invalid(format!(
+                "metadata {TENANT_HEADER} is not ASCII text; a tenant is 1-128 of A-Z a-z 0-9 _ . - \
+                 (empty or absent means {DEFAULT_TENANT:?})"
+            ))
+            .into()
+        }),
+    }
 }
 
 #[tonic::async_trait]
@@ -58,7 +66,7 @@ impl Ingest for GrpcIngest {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
-        let header_tenant = tenant_of(&request);
+        let header_tenant = tenant_of(&request)?;
         let mut req = request.into_inner();
         self.check_size(req.encoded_len())?;
         if req.tenant.is_empty() {
@@ -75,30 +83,31 @@ impl LogsService for GrpcIngest {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let tenant = tenant_of(&request).unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+        let tenant = tenant_of(&request)?.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
+        let shape = weir_ingest::OtlpShape::of(&req);
         let (append, mut rejected) = weir_ingest::otlp_to_append(req, &tenant);
         // Refused while mapping (the rest are counted by the append path).
         self.appender.metrics().count_rejected(&rejected);
         if !append.records.is_empty() {
             let resp = self.appender.append(append).await?;
-            rejected.extend(resp.rejected);
+            // The append path counts positions in the request it was given; told back as
+            // positions in the export, beside those refused while mapping.
+            let mapped: Vec<_> = resp
+                .rejected
+                .into_iter()
+                .map(|mut r| {
+                    r.index = weir_ingest::flattened_position(r.index, &rejected);
+                    r
+                })
+                .collect();
+            rejected.extend(mapped);
+            rejected.sort_by_key(|r| r.index);
         }
-        let partial_success = (!rejected.is_empty()).then(|| {
-            let mut msg = rejected
-                .iter()
-                .take(5)
-                .map(|r| r.reason.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            if rejected.len() > 5 {
-                msg.push_str(&format!("; and {} more", rejected.len() - 5));
-            }
-            ExportLogsPartialSuccess {
-                rejected_log_records: rejected.len() as i64,
-                error_message: msg,
-            }
+        let partial_success = (!rejected.is_empty()).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: rejected.len() as i64,
+            error_message: shape.rejection_message(&rejected, 5),
         });
         Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
