@@ -15,6 +15,7 @@
 pub mod append;
 pub mod cluster;
 pub mod config;
+pub mod config_keys;
 pub mod devcluster;
 pub mod grpc;
 pub mod http;
@@ -152,7 +153,7 @@ impl Node {
                 .map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
             proposal_queue_len: config.storage.proposal_queue_len,
             dedup_producers_max: config.storage.dedup_producers_max,
-            replica_log_max_bytes: config.cluster.replica_log_max_bytes,
+            replica_log_bytes_max: config.cluster.replica_log_bytes_max,
             rejoining,
             ..NodeConfig::single(&config.data_dir)
         };
@@ -209,7 +210,7 @@ impl Node {
                 raft.clone(),
                 &config.data_dir,
                 &cluster_id,
-                disk_pressure(config.data_dir.clone(), config.storage.disk_free_min_bytes),
+                disk_pressure(config.data_dir.clone(), config.storage.disk_free_bytes_min),
             )
             .context("cannot start the mirrors")?,
         );
@@ -299,15 +300,14 @@ impl Node {
                     let _ = rx.wait_for(|s| *s).await;
                 }),
         );
-        let mut rx = stop_rx;
+        let rx = stop_rx;
         let app = http::router(state.clone());
-        let http_task = tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let http_task = tokio::spawn(http::serve::serve(
+            http_listener,
+            app,
+            config.http.clone(),
+            rx,
+        ));
         tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), backend = %raft.io_backend(), "weir node listening");
         Ok(Node {
             grpc_addr,

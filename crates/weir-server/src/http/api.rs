@@ -1,5 +1,4 @@
-//! HTTP front end (port 4318): search, labels, cluster status, dead letters, health,
-//! metrics.
+//! Weir's own HTTP API: search, labels, cluster status, dead letters, health, metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,13 +11,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use weir_index::{Cursor, Hit, SearchRequest, Sort};
-use weir_proto::{ApiError, Level, DEFAULT_TENANT};
+use weir_proto::{ApiError, Level};
 
+use super::{tenant, HttpError};
 use crate::state::NodeState;
 
-pub use weir_proto::TENANT_HEADER;
-
-/// The HTTP routes.
+/// Weir's own routes.
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/api/v1/search", get(search))
@@ -33,32 +31,6 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-/// An [`ApiError`] as an HTTP response: status from the one mapping, JSON body.
-struct HttpError(ApiError);
-
-impl From<ApiError> for HttpError {
-    fn from(e: ApiError) -> Self {
-        HttpError(e)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(serde_json::json!({ "error": self.0.message }))).into_response()
-    }
-}
-
-fn tenant(headers: &HeaderMap) -> String {
-    headers
-        .get(TENANT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULT_TENANT)
-        .to_owned()
 }
 
 /// A hit as returned by the search API.
@@ -126,8 +98,16 @@ pub struct SearchResponse {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
-    /// The limit actually applied (after capping).
+    /// The limit actually applied (after capping to `search.limit_max`).
     pub limit: usize,
+    /// The time range searched, RFC 3339 (the last hour unless `start`/`end` were given).
+    pub start: String,
+    /// End of the time range searched (exclusive), RFC 3339.
+    pub end: String,
+    /// What the node changed or chose for the request and the caller may not expect: a
+    /// default time range, a capped limit, a clamped date. Present only when not empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
     /// True when some shard could not be searched (no live replica reachable): the page
     /// lacks its hits. Present only then.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -143,7 +123,8 @@ async fn search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<SearchResponse>, HttpError> {
     let started = Instant::now();
-    let req = parse_search(&params, tenant(&headers), &st.config)?;
+    let (req, notices) = parse_search(&params, tenant(&headers, &st.config)?, &st.config)?;
+    let (start, end) = (rfc3339(req.start_ns), rfc3339(req.end_ns));
     let limit = req.limit;
     let with_score = matches!(req.sort, Sort::Score);
     let query = params.get("q").cloned().unwrap_or_default();
@@ -166,12 +147,16 @@ async fn search(
         took_ms: started.elapsed().as_millis() as u64,
         next_cursor: page.next.map(|c| c.encode()),
         limit,
+        start,
+        end,
+        notices,
         partial: !page.missing_shards.is_empty(),
         missing_shards: page.missing_shards,
     }))
 }
 
-/// Parses the search API's query parameters.
+/// Parses the search API's query parameters; also returns the notices for the answer
+/// (a default time range, a capped limit, a clamped date).
 ///
 /// # Errors
 /// InvalidArgument naming the parameter and what was wrong with it.
@@ -179,7 +164,8 @@ pub fn parse_search(
     params: &HashMap<String, String>,
     tenant: String,
     config: &crate::config::Config,
-) -> Result<SearchRequest, ApiError> {
+) -> Result<(SearchRequest, Vec<String>), ApiError> {
+    let mut notices = Vec::new();
     let cfg = &config.search;
     let known = ["q", "start", "end", "level", "limit", "sort", "cursor"];
     if let Some(k) = params.keys().find(|k| !known.contains(&k.as_str())) {
@@ -191,7 +177,7 @@ pub fn parse_search(
     let q = params.get("q").map(String::as_str).unwrap_or("");
     let query = weir_index::parse_query(q)
         .map_err(|e| ApiError::invalid(format!("bad query q={q:?}: {e}")))?;
-    let (start_ns, end_ns) = time_range(params, config)?;
+    let (start_ns, end_ns) = time_range(params, config, &mut notices)?;
     let levels = match params.get("level") {
         None => Vec::new(),
         Some(s) => s
@@ -203,13 +189,18 @@ pub fn parse_search(
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let limit = match params.get("limit") {
-        None => cfg.default_limit,
+    let asked = match params.get("limit") {
+        None => cfg.limit_default,
         Some(s) => s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
             ApiError::invalid(format!("limit must be a positive integer, not {s:?}"))
         })?,
+    };
+    let limit = asked.min(cfg.limit_max);
+    if limit < asked {
+        notices.push(format!(
+            "limit {asked} capped to {limit} (search.limit_max); page with next_cursor"
+        ));
     }
-    .min(cfg.max_limit);
     let sort = match params.get("sort").map(String::as_str) {
         None | Some("time_desc") => Sort::TimeDesc,
         Some("time_asc") => Sort::TimeAsc,
@@ -226,55 +217,78 @@ pub fn parse_search(
             Some(Cursor::decode(c).map_err(|e| ApiError::invalid(format!("bad cursor: {e}")))?)
         }
     };
-    Ok(SearchRequest {
-        query,
-        tenant,
-        start_ns,
-        end_ns,
-        levels,
-        limit,
-        sort,
-        after,
-    })
+    Ok((
+        SearchRequest {
+            query,
+            tenant,
+            start_ns,
+            end_ns,
+            levels,
+            limit,
+            sort,
+            after,
+        },
+        notices,
+    ))
 }
 
 const HOUR_NS: i64 = 3600 * 1_000_000_000;
 
-/// `start`/`end` as given, or the last hour. The default end includes records stamped up
-/// to `limits.max_timestamp_future_secs` ahead of now, since those were accepted.
+/// `start`/`end` as given, or the last hour (said in `notices`, since older data then
+/// looks missing). The default end includes records stamped up to
+/// `limits.timestamp_future_secs_max` ahead of now, since those were accepted.
 fn time_range(
     params: &HashMap<String, String>,
     config: &crate::config::Config,
+    notices: &mut Vec<String>,
 ) -> Result<(i64, i64), ApiError> {
     let now = crate::append::now_ns();
     let end = match params.get("end") {
-        Some(s) => parse_time("end", s)?,
-        None => now.saturating_add(config.limits.to_limits().max_timestamp_future_ns),
+        Some(s) => parse_time("end", s, notices)?,
+        None => now.saturating_add(config.limits.to_limits().timestamp_future_ns_max()),
     };
     let start = match params.get("start") {
-        Some(s) => parse_time("start", s)?,
+        Some(s) => parse_time("start", s, notices)?,
         // The hour before the given end, or the last hour.
-        None => params
-            .get("end")
-            .map_or(now, |_| end)
-            .saturating_sub(HOUR_NS),
+        None => {
+            notices.push(
+                "no start given: searched the hour before end; pass start (RFC 3339 or \
+                 unix ns) to search further back"
+                    .to_owned(),
+            );
+            params
+                .get("end")
+                .map_or(now, |_| end)
+                .saturating_sub(HOUR_NS)
+        }
     };
     if start >= end {
         return Err(ApiError::invalid(format!(
-            "start ({start}) must be before end ({end})"
+            "start ({}) must be before end ({})",
+            rfc3339(start),
+            rfc3339(end)
         )));
     }
     Ok((start, end))
 }
 
-/// Parses RFC 3339 or unix nanoseconds.
-fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
+/// Parses RFC 3339 or unix nanoseconds. A date outside what nanoseconds in an i64 hold
+/// (1677-09-21 to 2262-04-11) is clamped to that range, with a notice, never wrapped.
+fn parse_time(name: &str, s: &str, notices: &mut Vec<String>) -> Result<i64, ApiError> {
     if let Ok(ns) = s.parse::<i64>() {
         return Ok(ns);
     }
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| t.unix_timestamp_nanos() as i64)
-        .map_err(|e| ApiError::invalid(format!("{name} must be RFC 3339 (2026-11-21T10:00:00Z) or unix nanoseconds, not {s:?}: {e}")))
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| ApiError::invalid(format!("{name} must be RFC 3339 (2026-11-21T10:00:00Z) or unix nanoseconds, not {s:?}: {e}")))?;
+    let ns = t.unix_timestamp_nanos();
+    let clamped = ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    if i128::from(clamped) != ns {
+        notices.push(format!(
+            "{name} {s} is outside 1677-09-21..2262-04-11, the times Weir stores; clamped to {}",
+            rfc3339(clamped)
+        ));
+    }
+    Ok(clamped)
 }
 
 pub use weir_mirror::item::rfc3339;
@@ -284,10 +298,10 @@ async fn labels(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let (start, end) = time_range(&params, &st.config)?;
+    let (start, end) = time_range(&params, &st.config, &mut Vec::new())?;
     let names = st
         .searcher
-        .label_names(tenant(&headers), start, end)
+        .label_names(tenant(&headers, &st.config)?, start, end)
         .await?;
     Ok(Json(serde_json::json!({ "labels": names })))
 }
@@ -298,10 +312,10 @@ async fn label_values(
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let (start, end) = time_range(&params, &st.config)?;
+    let (start, end) = time_range(&params, &st.config, &mut Vec::new())?;
     let values = st
         .searcher
-        .label_values(tenant(&headers), name.clone(), start, end)
+        .label_values(tenant(&headers, &st.config)?, name.clone(), start, end)
         .await?;
     Ok(Json(serde_json::json!({ "label": name, "values": values })))
 }

@@ -1,0 +1,161 @@
+//! The HTTP front door (port 4318): one server that owns the listener, its limits and
+//! timeouts, the tenant of a request and the shape of every error; each API family is a
+//! module with a router of its own, mounted here.
+//!
+//! - [`serve`]: the accept loop (connection cap, header-read timeout, graceful stop).
+//! - [`api`]: Weir's own API: search, labels, cluster status, dead letters, health,
+//!   metrics.
+//!
+//! Every answer of 400 and above has a body that says what was wrong: the API's own JSON
+//! `{"error": ...}`, or, for what the router or the limits refuse before a handler runs
+//! (404, 405, 413, 414, 431), the same shape written by [`explain_errors`].
+
+pub mod api;
+pub mod serve;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use weir_proto::{ApiError, DEFAULT_TENANT};
+
+use crate::config::Config;
+use crate::state::NodeState;
+
+pub use api::rfc3339;
+pub use weir_proto::TENANT_HEADER;
+
+/// Every HTTP route of the node, behind the limits every request passes.
+pub fn router(state: Arc<NodeState>) -> Router {
+    let body_limit = state.config.limits.batch_bytes_max;
+    api::router(state.clone())
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state, explain_errors))
+}
+
+/// An [`ApiError`] as an HTTP response: status from the one mapping, JSON body
+/// `{"error": message}`.
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        error_response(status, self.0.message)
+    }
+}
+
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// The tenant a request names in [`TENANT_HEADER`], checked by the rules ingest applies
+/// (so a name that could never hold data is an error, not an empty answer). Absent or
+/// empty means [`DEFAULT_TENANT`].
+///
+/// # Errors
+/// 400 naming the rule: not ASCII, too long (`limits.tenant_bytes_max`), a character
+/// outside `A-Z a-z 0-9 _ . -`, or `.`/`..`.
+pub fn tenant(headers: &HeaderMap, config: &Config) -> Result<String, HttpError> {
+    let Some(value) = headers.get(TENANT_HEADER) else {
+        return Ok(DEFAULT_TENANT.to_owned());
+    };
+    let text = value.to_str().map_err(|_| {
+        HttpError(ApiError::invalid(format!(
+            "header {TENANT_HEADER} is not ASCII text; a tenant is 1-{} of A-Z a-z 0-9 _ . - \
+             (empty or absent means {DEFAULT_TENANT:?})",
+            config.limits.tenant_bytes_max
+        )))
+    })?;
+    weir_ingest::normalize_tenant(text, &config.limits.to_limits())
+        .map_err(|e| HttpError(ApiError::invalid(format!("header {TENANT_HEADER}: {e}"))))
+}
+
+async fn not_found(request: Request) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {} {}; Weir's API is under /api/v1 (search, labels, cluster, dlq), \
+             plus /healthz, /readyz and /metrics",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Checks the request line and headers against `[http]` limits, answering 414 and 431
+/// with a body that names the limit; and gives a body to any error answer that has none
+/// (a 405 from the router, a 413 from the body limit), so no refusal is a bare status.
+async fn explain_errors(
+    State(st): State<Arc<NodeState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let http = &st.config.http;
+    let uri_bytes = request.uri().to_string().len();
+    if uri_bytes > http.request_uri_bytes_max {
+        return error_response(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request URI is {uri_bytes} bytes, limit {} (http.request_uri_bytes_max); \
+                 send long queries in fewer parameters",
+                http.request_uri_bytes_max
+            ),
+        );
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > http.request_headers_bytes_max {
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request headers are {header_bytes} bytes, limit {} \
+                 (http.request_headers_bytes_max)",
+                http.request_headers_bytes_max
+            ),
+        );
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let empty = axum::body::HttpBody::size_hint(response.body()).exact() == Some(0);
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than {} bytes (limits.batch_bytes_max); send smaller \
+             requests",
+            st.config.limits.batch_bytes_max
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("{path} does not take {method}; see the API docs for its methods")
+        }
+        // A handler's own text answer (readyz says why it is not ready) stays as it is.
+        _ if !empty => return response,
+        other => format!("{other} for {method} {path}"),
+    };
+    error_response(status, message)
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
