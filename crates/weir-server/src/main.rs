@@ -51,9 +51,12 @@ enum Command {
         /// Tenant.
         #[arg(long, default_value = "default")]
         tenant: String,
-        /// Start (RFC 3339 or unix ns); default one hour ago.
-        #[arg(long)]
+        /// Start (RFC 3339 or unix ns); default one hour before the end.
+        #[arg(long, conflicts_with = "since")]
         start: Option<String>,
+        /// Search this far back from now: 30s, 15m, 2h, 7d (instead of --start).
+        #[arg(long, value_parser = parse_duration_ns)]
+        since: Option<i64>,
         /// End (RFC 3339 or unix ns); default now.
         #[arg(long)]
         end: Option<String>,
@@ -102,6 +105,22 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// The configuration file: every key with its default, or a check of a file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every key with its default value and meaning, as a TOML file.
+    Defaults,
+    /// Load a configuration file as `weir server --config` would, and report problems.
+    Check {
+        /// The file.
+        file: PathBuf,
     },
 }
 
@@ -167,10 +186,7 @@ async fn api(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {addr}"))?;
+    let resp = req.send().await.map_err(|e| unreachable_node(addr, e))?;
     let status = resp.status();
     let body: serde_json::Value = resp
         .json()
@@ -345,6 +361,13 @@ struct PushArgs {
     /// Lines per batch.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Bytes of lines per batch at most; a longer single line is refused here (the
+    /// server refuses a record over its limits.record_bytes_max, 256 KiB by default).
+    #[arg(long, default_value_t = 4 << 20)]
+    batch_bytes: usize,
+    /// Send empty lines as empty records (they are skipped by default).
+    #[arg(long)]
+    keep_blank: bool,
     /// Producer id for idempotent retries (batches are numbered from 1).
     #[arg(long)]
     producer_id: Option<String>,
@@ -358,7 +381,9 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exits 1 with the error and its causes on one line each, never a backtrace: a user's
+/// `RUST_BACKTRACE` is for debugging Weir, not for a bad argument or a node that is down.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -368,6 +393,19 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -399,6 +437,7 @@ fn main() -> anyhow::Result<()> {
             Command::Push(args) => push(args).await,
             Command::Cluster { command } => cluster_command(command).await,
             Command::Dlq { command } => dlq_command(command).await,
+            Command::Config { command } => config_command(command),
             Command::DevCluster {
                 dir,
                 base_port,
@@ -410,6 +449,7 @@ fn main() -> anyhow::Result<()> {
                 addr,
                 tenant,
                 start,
+                since,
                 end,
                 level,
                 limit,
@@ -417,54 +457,127 @@ fn main() -> anyhow::Result<()> {
                 json,
                 query,
             } => {
-                let mut params = vec![("q", query), ("limit", limit.to_string()), ("sort", sort)];
-                params.extend(start.map(|s| ("start", s)));
-                params.extend(end.map(|s| ("end", s)));
-                params.extend(level.map(|s| ("level", s)));
-                let resp = reqwest::Client::new()
-                    .get(format!("{}/api/v1/search", addr.trim_end_matches('/')))
-                    .header(weir_server::http::TENANT_HEADER, tenant)
-                    .query(&params)
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach {addr}"))?;
-                let status = resp.status();
-                let body: serde_json::Value = resp.json().await.context("answer is not JSON")?;
-                if !status.is_success() {
-                    anyhow::bail!(
-                        "{status}: {}",
-                        body["error"].as_str().unwrap_or("unknown error")
-                    );
-                }
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&body)?);
-                } else {
-                    for h in body["hits"].as_array().into_iter().flatten() {
-                        println!(
-                            "{} {:5} {} {}",
-                            h["timestamp"].as_str().unwrap_or(""),
-                            h["level"].as_str().unwrap_or(""),
-                            h["service"].as_str().unwrap_or(""),
-                            h["body"].as_str().unwrap_or("")
-                        );
-                    }
-                    if body["partial"].as_bool() == Some(true) {
-                        eprintln!(
-                            "partial answer: no replica of shards {} could be searched",
-                            body["missing_shards"]
-                        );
-                    }
-                    eprintln!(
-                        "{} of {} hits, {} ms",
-                        body["hits"].as_array().map_or(0, Vec::len),
-                        body["total"],
-                        body["took_ms"]
-                    );
-                }
-                Ok(())
+                let start = start.or_else(|| {
+                    since.map(|ns| weir_server::append::now_ns().saturating_sub(ns).to_string())
+                });
+                query_command(addr, tenant, start, end, level, limit, sort, json, query).await
             }
         }
     })
+}
+
+fn config_command(c: ConfigCommand) -> anyhow::Result<()> {
+    match c {
+        ConfigCommand::Defaults => {
+            print!("{}", weir_server::config_keys::render_defaults());
+            Ok(())
+        }
+        ConfigCommand::Check { file } => {
+            let (_, warnings) = Config::from_toml_str(
+                &std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+            )
+            .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+    }
+}
+
+/// `30s`, `15m`, `2h`, `7d` (or a plain number of seconds) in nanoseconds.
+fn parse_duration_ns(s: &str) -> Result<i64, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration such as 30s, 15m, 2h or 7d, not {s:?}"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}; use s, m, h, d or w"
+            ))
+        }
+    };
+    Ok(n.saturating_mul(unit_secs).saturating_mul(1_000_000_000))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn query_command(
+    addr: String,
+    tenant: String,
+    start: Option<String>,
+    end: Option<String>,
+    level: Option<String>,
+    limit: usize,
+    sort: String,
+    json: bool,
+    query: String,
+) -> anyhow::Result<()> {
+    let mut params = vec![("q", query), ("limit", limit.to_string()), ("sort", sort)];
+    params.extend(start.map(|s| ("start", s)));
+    params.extend(end.map(|s| ("end", s)));
+    params.extend(level.map(|s| ("level", s)));
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/search", addr.trim_end_matches('/')))
+        .header(weir_server::http::TENANT_HEADER, tenant)
+        .query(&params)
+        .send()
+        .await
+        .map_err(|e| unreachable_node(&addr, e))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("answer is not JSON")?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("unknown error")
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    for h in body["hits"].as_array().into_iter().flatten() {
+        println!(
+            "{} {:5} {} {}",
+            h["timestamp"].as_str().unwrap_or(""),
+            h["level"].as_str().unwrap_or(""),
+            h["service"].as_str().unwrap_or(""),
+            h["body"].as_str().unwrap_or("")
+        );
+    }
+    if body["partial"].as_bool() == Some(true) {
+        eprintln!(
+            "partial answer: no replica of shards {} could be searched",
+            body["missing_shards"]
+        );
+    }
+    eprintln!(
+        "{} of {} hits from {} to {}, {} ms",
+        body["hits"].as_array().map_or(0, Vec::len),
+        body["total"],
+        body["start"].as_str().unwrap_or("?"),
+        body["end"].as_str().unwrap_or("?"),
+        body["took_ms"]
+    );
+    for n in body["notices"].as_array().into_iter().flatten() {
+        eprintln!("note: {}", n.as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// A request that did not reach the node, with a hint.
+fn unreachable_node(addr: &str, e: reqwest::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot reach {addr}: {e}\nhint: is a node running there? `weir server` starts one; \
+         --addr names another"
+    )
 }
 
 /// Runs `nodes` child processes of this binary as a loopback cluster until Ctrl-C or
@@ -493,38 +606,140 @@ async fn dev_cluster(
             weir_server::devcluster::config(&dir, base, nodes, id, shards, &extra),
         )
         .with_context(|| format!("cannot write {}", path.display()))?;
-        let log = std::fs::File::create(dir.join(format!("node{id}.log")))?;
-        let child = tokio::process::Command::new(&exe)
-            .args(["server", "--config"])
-            .arg(&path)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start node {id}"))?;
+        let child = start_dev_node(&exe, &dir, id)?;
         let (g, h, p) = weir_server::devcluster::ports(base, id);
         println!(
             "node {id}: grpc 127.0.0.1:{g}  http 127.0.0.1:{h}  peer 127.0.0.1:{p}  log {}",
             dir.join(format!("node{id}.log")).display()
         );
-        children.push(child);
+        children.push(Some(child));
     }
     println!(
         "status: weir cluster status --addr http://127.0.0.1:{}",
         base + 1
     );
-    println!("Ctrl-C stops the cluster");
-    shutdown_signal().await;
-    for c in &children {
+    println!("type `restart N` and Enter to restart node N; Ctrl-C stops the cluster");
+    let mut commands = stdin_lines();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            line = commands.recv() => match line {
+                Some(line) => {
+                    if let Err(e) = dev_command(&line, &exe, &dir, &mut children).await {
+                        eprintln!("{e:#}");
+                    }
+                }
+                // No terminal (or it closed): keep running until a signal.
+                None => commands = tokio::sync::mpsc::channel(1).1,
+            },
+            _ = tick.tick() => report_exited(&dir, &mut children),
+        }
+    }
+    for c in children.iter().flatten() {
         if let Some(pid) = c.id() {
             // SAFETY: kill(2) with a pid of a child we spawned and have not reaped.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
     }
-    for mut c in children {
+    for mut c in children.into_iter().flatten() {
         let _ = c.wait().await;
     }
     Ok(())
+}
+
+fn start_dev_node(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    id: u64,
+) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node{id}.log")))?;
+    tokio::process::Command::new(exe)
+        .args(["server", "--config"])
+        .arg(dir.join(format!("node{id}.toml")))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start node {id}"))
+}
+
+/// Reaps nodes that exited and says so, with where to look and how to bring them back.
+fn report_exited(dir: &std::path::Path, children: &mut [Option<tokio::process::Child>]) {
+    for (i, slot) in children.iter_mut().enumerate() {
+        let Some(child) = slot else { continue };
+        if let Ok(Some(status)) = child.try_wait() {
+            let id = i + 1;
+            println!(
+                "node {id} exited ({status}); its log: {}; type `restart {id}` to start it again",
+                dir.join(format!("node{id}.log")).display()
+            );
+            *slot = None;
+        }
+    }
+}
+
+/// `restart N`: stops node N if it runs (SIGTERM, then waits) and starts it again.
+async fn dev_command(
+    line: &str,
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    children: &mut [Option<tokio::process::Child>],
+) -> anyhow::Result<()> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let id = match words.as_slice() {
+        [] => return Ok(()),
+        ["restart", n] => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=children.len()).contains(n))
+            .ok_or_else(|| anyhow::anyhow!("no node {n}: nodes are 1 to {}", children.len()))?,
+        _ => anyhow::bail!("unknown command {line:?}; type `restart N`"),
+    };
+    if let Some(mut child) = children[id - 1].take() {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) with a pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let _ = child.wait().await;
+    }
+    children[id - 1] = Some(start_dev_node(exe, dir, id as u64)?);
+    println!("node {id} restarted");
+    Ok(())
+}
+
+/// Lines typed on stdin, read on a thread of their own (stdin blocks).
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// One line read for `weir push`: its number in the input and the record made of it.
+struct Line {
+    number: u64,
+    record: Record,
+}
+
+/// What `weir push` did, for its summary and exit status.
+#[derive(Default)]
+struct PushTally {
+    sent: u64,
+    refused: u64,
+    skipped_blank: u64,
 }
 
 async fn push(args: PushArgs) -> anyhow::Result<()> {
@@ -535,13 +750,17 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         level,
         labels,
         batch,
+        batch_bytes,
+        keep_blank,
         producer_id,
         file,
     } = args;
     let batch = batch.max(1);
-    let mut client = IngestClient::connect(addr.clone())
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
+    let mut client = IngestClient::connect(addr.clone()).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to {addr}: {e}\nhint: is a node running there? `weir server` starts one"
+        )
+    })?;
     let input: Box<dyn BufRead> = match &file {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
@@ -552,71 +771,171 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
     // Every run is its own producer: its batches are numbered from 1, so reusing the
     // plain id across runs would make the second run's batches look like retries.
     let producer_id = producer_id.map(|p| format!("{p}/{}", weir_server::append::now_ns()));
-    let (mut sent, mut rejected, mut seq) = (0u64, 0u64, 0u64);
-    let mut records = Vec::with_capacity(batch);
-    let mut lines = input.split(b'\n');
-    let mut eof = false;
-    while !eof {
-        match lines.next().transpose()? {
-            Some(mut l) => {
-                if l.last() == Some(&b'\r') {
-                    l.pop();
-                }
-                records.push(Record {
-                    body: l,
-                    level: level.clone(),
-                    service: service.clone(),
-                    labels: labels.clone(),
-                    ..Default::default()
-                });
-            }
-            None => eof = true,
+    let mut sender = BatchSender {
+        client: &mut client,
+        tenant,
+        producer_id,
+        seq: 0,
+        tally: PushTally::default(),
+    };
+    let mut lines = Vec::with_capacity(batch);
+    let mut bytes = 0usize;
+    // Each line gets its own timestamp, strictly increasing, so that the order of the
+    // input stays visible in time order even within one batch.
+    let mut last_ts = 0i64;
+    for (number, line) in input.split(b'\n').enumerate() {
+        let number = number as u64 + 1;
+        let mut body = line.context("cannot read the input")?;
+        if body.last() == Some(&b'\r') {
+            body.pop();
         }
-        if records.len() >= batch || (eof && !records.is_empty()) {
-            seq += 1;
-            let req = AppendRequest {
-                tenant: tenant.clone(),
-                producer_id: producer_id.clone().unwrap_or_default(),
-                sequence: seq,
-                records: std::mem::take(&mut records),
-            };
-            // Retryable refusals (queue or disk full, commit timeout) are retried with the
-            // same producer id and sequence, so a batch that did land is not stored twice.
-            let mut attempt = 0u32;
-            let resp = loop {
-                match client.append(req.clone()).await {
-                    Ok(r) => break r.into_inner(),
-                    Err(s)
-                        if attempt < 5
-                            && producer_id.is_some()
-                            && matches!(
-                                s.code(),
-                                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-                            ) =>
-                    {
-                        attempt += 1;
-                        eprintln!("batch {seq}: {} (retrying, attempt {attempt})", s.message());
-                        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                    }
-                    Err(s) => anyhow::bail!(
-                        "batch {seq}: append failed ({:?}): {}",
-                        s.code(),
-                        s.message()
-                    ),
-                }
-            };
-            if resp.duplicate {
-                eprintln!("batch {seq}: already stored by an earlier attempt");
-            }
-            sent += resp.accepted;
-            rejected += resp.rejected.len() as u64;
-            for r in &resp.rejected {
-                eprintln!("record {} of batch {seq} rejected: {}", r.index, r.reason);
-            }
+        if body.is_empty() && !keep_blank {
+            sender.tally.skipped_blank += 1;
+            continue;
         }
+        if body.len() > batch_bytes {
+            eprintln!(
+                "line {number} refused: it is {} bytes, over --batch-bytes {batch_bytes} (and \
+                 a record holds at most the server's limits.record_bytes_max, 256 KiB by \
+                 default); not sent",
+                body.len()
+            );
+            sender.tally.refused += 1;
+            continue;
+        }
+        if !lines.is_empty() && (lines.len() >= batch || bytes + body.len() > batch_bytes) {
+            sender.send(std::mem::take(&mut lines)).await?;
+            bytes = 0;
+        }
+        last_ts = weir_server::append::now_ns().max(last_ts + 1);
+        bytes += body.len();
+        lines.push(Line {
+            number,
+            record: Record {
+                body,
+                level: level.clone(),
+                service: service.clone(),
+                labels: labels.clone(),
+                timestamp_ns: last_ts,
+                ..Default::default()
+            },
+        });
     }
-    eprintln!("pushed {sent} records ({rejected} rejected)");
+    if !lines.is_empty() {
+        sender.send(lines).await?;
+    }
+    let t = sender.tally;
+    let blank = if t.skipped_blank > 0 {
+        format!(
+            ", {} blank lines skipped (--keep-blank sends them)",
+            t.skipped_blank
+        )
+    } else {
+        String::new()
+    };
+    eprintln!("pushed {} records, {} refused{blank}", t.sent, t.refused);
+    anyhow::ensure!(
+        t.refused == 0,
+        "{} of {} lines were refused (reasons above)",
+        t.refused,
+        t.sent + t.refused
+    );
     Ok(())
+}
+
+/// Sends batches for `weir push`: retries what the node refuses as retryable (with the
+/// same producer id and sequence, when there is one), and splits a batch the node finds
+/// too large (its limits.batch_bytes_max may be below --batch-bytes) until each piece fits
+/// or a single line is refused.
+struct BatchSender<'a> {
+    client: &'a mut IngestClient<tonic::transport::Channel>,
+    tenant: String,
+    producer_id: Option<String>,
+    seq: u64,
+    tally: PushTally,
+}
+
+impl BatchSender<'_> {
+    async fn send(&mut self, lines: Vec<Line>) -> anyhow::Result<()> {
+        let mut pending = vec![lines];
+        while let Some(lines) = pending.pop() {
+            match self.append(&lines).await? {
+                Sent::Done => {}
+                Sent::TooLarge(_) if lines.len() > 1 => {
+                    let mut first = lines;
+                    let second = first.split_off(first.len() / 2);
+                    pending.push(second);
+                    pending.push(first);
+                }
+                Sent::TooLarge(reason) => {
+                    eprintln!("line {} refused: {reason}", lines[0].number);
+                    self.tally.refused += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn append(&mut self, lines: &[Line]) -> anyhow::Result<Sent> {
+        self.seq += 1;
+        let seq = self.seq;
+        let req = AppendRequest {
+            tenant: self.tenant.clone(),
+            producer_id: self.producer_id.clone().unwrap_or_default(),
+            sequence: seq,
+            records: lines.iter().map(|l| l.record.clone()).collect(),
+        };
+        let mut attempt = 0u32;
+        let resp = loop {
+            match self.client.append(req.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if too_large(&s) => return Ok(Sent::TooLarge(s.message().to_owned())),
+                Err(s)
+                    if attempt < 5
+                        && self.producer_id.is_some()
+                        && matches!(
+                            s.code(),
+                            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                        ) =>
+                {
+                    attempt += 1;
+                    eprintln!("batch {seq}: {} (retrying, attempt {attempt})", s.message());
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Err(s) => anyhow::bail!(
+                    "batch {seq} (lines {}-{}): append failed ({:?}): {}",
+                    lines.first().map_or(0, |l| l.number),
+                    lines.last().map_or(0, |l| l.number),
+                    s.code(),
+                    s.message()
+                ),
+            }
+        };
+        if resp.duplicate {
+            eprintln!("batch {seq}: already stored by an earlier attempt");
+        }
+        self.tally.sent += resp.accepted;
+        self.tally.refused += resp.rejected.len() as u64;
+        for r in &resp.rejected {
+            let number = lines.get(r.index as usize).map_or(0, |l| l.number);
+            eprintln!("line {number} refused: {}", r.reason);
+        }
+        Ok(Sent::Done)
+    }
+}
+
+enum Sent {
+    Done,
+    /// The node refused the request as too large; the reason it gave.
+    TooLarge(String),
+}
+
+/// Whether the node refused a request for its size (over limits.batch_bytes_max, or past
+/// what gRPC decodes at all).
+fn too_large(s: &tonic::Status) -> bool {
+    (s.code() == tonic::Code::InvalidArgument && s.message().contains("limits.batch_bytes_max"))
+        || (s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large"))
+        || s.code() == tonic::Code::ResourceExhausted && s.message().contains("message length")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -297,7 +297,7 @@ async fn weir_push_and_weir_query_work_against_a_real_node() {
     let out = push.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("pushed 3 records (0 rejected)"), "{stderr}");
+    assert!(stderr.contains("pushed 3 records, 0 refused"), "{stderr}");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let stdout = loop {
