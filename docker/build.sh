@@ -2,6 +2,8 @@
 # Builds the image weir:dev from this checkout: compiles `weir`, strips it, copies it and
 # the shared libraries it links into a scratch root, and runs `docker build`.
 # PROFILE=release (default) or test (reuses the test build of CI: quicker, slower binary).
+# WEIR_BIN=path uses a binary already built (CI passes the one its workspace build made, so
+# that building the image compiles nothing again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
@@ -10,8 +12,12 @@ case "$PROFILE" in
   test | dev) DIR=debug ;;
   *) echo "PROFILE must be release, test or dev" >&2; exit 2 ;;
 esac
-cargo build --locked --profile "$PROFILE" -p weir-server --bin weir
-BIN="target/$DIR/weir"
+if [ -n "${WEIR_BIN:-}" ]; then
+  BIN="$WEIR_BIN"
+else
+  cargo build --locked --profile "$PROFILE" -p weir-server --bin weir
+  BIN="target/$DIR/weir"
+fi
 CTX=$(mktemp -d "${TMPDIR:-/tmp}/weir-image.XXXXXX")
 trap 'rm -rf "$CTX"' EXIT
 ROOT="$CTX/rootfs"

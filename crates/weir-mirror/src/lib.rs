@@ -1,7 +1,7 @@
 //! Mirrors of the committed log to Elasticsearch and Loki.
 //!
 //! For every configured sink and every shard this node leads, a worker reads the shard's
-//! [`CommittedLog`](weir_raft::CommittedLog) from the sink's cursor, batches the records,
+//! [`weir_raft::CommittedLog`] from the sink's cursor, batches the records,
 //! sends them, and once every record of the batch is stored or dead-lettered commits the
 //! new cursor through raft ([`weir_raft::RaftNode::propose_cursor`]): a new leader resumes
 //! from the last committed cursor, and what it sends again is recognised by the backend

@@ -384,7 +384,7 @@ impl RaftNode {
     }
 
     /// Hands a raft message from a peer (encoded by the peer's [`Outbox`]) to `shard`.
-    /// Never blocks: when the queue toward the raft thread holds [`STEP_QUEUE_LEN`]
+    /// Never blocks: when the queue toward the raft thread holds `STEP_QUEUE_LEN` (65,536)
     /// messages the message is dropped, which raft tolerates (it retransmits).
     ///
     /// # Errors

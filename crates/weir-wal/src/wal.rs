@@ -355,7 +355,7 @@ impl Wal {
     /// is merged with any other waiting one and covered by one sync.
     ///
     /// Blocks only when the I/O thread's bounded queue is full (more than
-    /// [`QUEUE_BOUND`](crate::io::QUEUE_BOUND) logs flushing at once).
+    /// `QUEUE_BOUND` logs flushing at once).
     ///
     /// # Errors
     ///

@@ -8,7 +8,7 @@
 //!
 //! Every answer of 400 and above has a body that says what was wrong: the API's own JSON
 //! `{"error": ...}`, or, for what the router or the limits refuse before a handler runs
-//! (404, 405, 413, 414, 431), the same shape written by [`explain_errors`].
+//! (404, 405, 413, 414, 431), the same shape written by the front door itself.
 
 pub mod api;
 pub mod serve;
