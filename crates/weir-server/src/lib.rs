@@ -25,6 +25,7 @@ pub mod peer;
 pub mod search;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,130 +74,18 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let (stop, stop_rx) = watch::channel(false);
-        let (local_id, was_rejoining) = read_node_file(&config)?;
         let metrics = Arc::new(Metrics::default());
-        // On a cluster the peer service starts first: the others ask it for the cluster
-        // id while this node agrees on it with them.
-        let mut peer = None;
-        let mut rejoining = false;
-        let cluster_id = if config.cluster.is_clustered() {
-            let shared_id = Arc::new(std::sync::Mutex::new(local_id.clone().unwrap_or_default()));
-            let links = cluster::PeerLinks::new(&config.cluster, shared_id.clone())?;
-            let service = peer::PeerService::new(
-                config.cluster.node_id,
-                config.storage.shards,
-                shared_id.clone(),
-                links.clone(),
-            );
-            let listener = TcpListener::bind(config.cluster.peer_addr)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on cluster.peer_addr {}",
-                        config.cluster.peer_addr
-                    )
-                })?;
-            let addr = listener.local_addr()?;
-            let mut rx = stop_rx.clone();
-            let task = tokio::spawn(
-                tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
-                    .add_service(
-                        weir_proto::v1::peer_server::PeerServer::new(service.clone())
-                            .max_decoding_message_size(64 << 20)
-                            .max_encoding_message_size(64 << 20),
-                    )
-                    .serve_with_incoming_shutdown(tokio_stream_incoming(listener), async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    }),
-            );
-            let agreed = cluster::agree_cluster_id(
-                &links,
-                local_id.clone(),
-                config.storage.shards,
-                &stop_rx,
-            )
-            .await?;
-            // A node that was rejoining when it stopped has not caught up yet: it rejoins
-            // again (the flag is durable for that reason).
-            rejoining = agreed.rejoining || was_rejoining || config.cluster.rejoin;
-            let id = agreed.cluster_id;
-            if local_id.is_none() || rejoining != was_rejoining {
-                write_node_file(&config, &id, rejoining)?;
-            }
-            *shared_id.lock().unwrap_or_else(|p| p.into_inner()) = id.clone();
-            peer = Some((links, service, task, addr));
-            id
-        } else {
-            match local_id {
-                Some(id) => id,
-                None => {
-                    let id = new_cluster_id();
-                    write_node_file(&config, &id, false)?;
-                    id
-                }
-            }
-        };
-        let links = peer.as_ref().map(|(l, ..)| l.clone());
-        let raft_cfg = NodeConfig {
-            node_id: config.cluster.node_id,
-            voters: config.cluster.voters(),
-            shard_count: config.storage.shards,
-            wal: weir_raft::WalOptions {
-                segment_size_bytes: config.storage.segment_size_bytes,
-                ..Default::default()
-            },
-            io_backend: config
-                .storage
-                .io_backend
-                .parse()
-                .map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
-            proposal_queue_len: config.storage.proposal_queue_len,
-            dedup_producers_max: config.storage.dedup_producers_max,
-            replica_log_bytes_max: config.cluster.replica_log_bytes_max,
+        let Membership {
+            cluster_id,
             rejoining,
-            ..NodeConfig::single(&config.data_dir)
-        };
-        let outbox: Option<Arc<dyn weir_raft::Outbox>> =
-            links.clone().map(|l| l as Arc<dyn weir_raft::Outbox>);
-        let data_dir = config.data_dir.clone();
-        let raft = Arc::new(
-            tokio::task::spawn_blocking(move || match outbox {
-                Some(o) => RaftNode::start_with(raft_cfg, o),
-                None => RaftNode::start(raft_cfg),
-            })
-            .await?
-            .with_context(|| format!("cannot open the log in {}", data_dir.display()))?,
-        );
+            peer,
+        } = join_cluster(&config, &stop_rx).await?;
+        let links = peer.as_ref().map(|p| p.links.clone());
+        let raft = open_raft(&config, rejoining, links.clone()).await?;
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
         raft.require_cursors(weir_mirror::config::cursor_names(&config.mirror.sinks));
-        let mut indexes = Vec::new();
-        let mut indexers = Vec::new();
-        for shard in 0..raft.shard_count() {
-            let dir = config.data_dir.join(format!("shard-{shard}")).join("index");
-            let opts = IndexOptions {
-                partition_span_secs: config.index.partition_span_secs,
-                writer_memory_bytes: config.index.writer_memory_bytes,
-                ..Default::default()
-            };
-            let index = Arc::new(
-                ShardIndex::open(&dir, ShardId(shard), opts)
-                    .with_context(|| format!("cannot open index {}", dir.display()))?,
-            );
-            indexers.push(Indexer::start(
-                raft.committed_log(shard),
-                index.clone(),
-                raft.clone(),
-                indexer::IndexerSettings {
-                    commit_interval: Duration::from_millis(config.index.commit_interval_ms),
-                    retention: (config.index.retention_secs > 0)
-                        .then(|| Duration::from_secs(config.index.retention_secs)),
-                },
-                metrics.clone(),
-            )?);
-            indexes.push(index);
-        }
+        let (indexes, indexers) = start_indexers(&config, &raft, &metrics)?;
         let appender = Arc::new(Appender::new(
             raft.clone(),
             links.clone(),
@@ -215,9 +104,8 @@ impl Node {
             .context("cannot start the mirrors")?,
         );
         let indexer_failed: Vec<_> = indexers.iter().map(Indexer::failure_slot).collect();
-        let snapshot_indexes = indexes.clone();
         let searcher = Arc::new(Searcher::new(
-            indexes,
+            indexes.clone(),
             links.clone().map(|links| search::ClusterView {
                 raft: raft.clone(),
                 links,
@@ -225,47 +113,18 @@ impl Node {
             }),
         ));
         let (peer_task, peer_addr) = match peer {
-            Some((peer_links, service, task, addr)) => {
-                let snapshots = snapshot::SnapshotStore::open(
-                    &config.data_dir,
-                    raft.clone(),
-                    snapshot_indexes,
-                    peer_links,
-                    metrics.snapshots.clone(),
+            Some(p) => {
+                let addr = p.addr;
+                let task = serve_peers(
+                    p,
+                    &config,
+                    &raft,
+                    indexes,
+                    &searcher,
+                    &metrics,
+                    rejoining,
+                    &cluster_id,
                 )?;
-                raft.serve_snapshots(Arc::new(snapshots.clone()));
-                service.ready(peer::PeerBackend {
-                    raft: raft.clone(),
-                    searcher: searcher.clone(),
-                    commit_timeout: Duration::from_millis(config.storage.commit_timeout_ms),
-                    snapshots,
-                });
-                if rejoining {
-                    if let Some(l) = &links {
-                        let (l, raft, config, id) =
-                            (l.clone(), raft.clone(), config.clone(), cluster_id.clone());
-                        tokio::spawn(async move {
-                            cluster::announce_fresh(l, raft.clone()).await;
-                            // Until every shard has caught up, a restart must rejoin again.
-                            while raft
-                                .health()
-                                .rejoining_shards
-                                .load(std::sync::atomic::Ordering::Acquire)
-                                > 0
-                            {
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                            match write_node_file(&config, &id, false) {
-                                Ok(()) => tracing::info!(
-                                    "rejoined: every shard has caught up and votes again"
-                                ),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot record that the node rejoined")
-                                }
-                            }
-                        });
-                    }
-                }
                 (Some(task), Some(addr))
             }
             None => (None, None),
@@ -280,43 +139,16 @@ impl Node {
             cluster_id,
             indexer_failed,
         });
-
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on http_addr {}", config.http_addr))?;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let http_addr = http_listener.local_addr()?;
-
-        let (ingest, otlp) = grpc::GrpcIngest::services(appender);
-        let mut rx = stop_rx.clone();
-        let grpc_task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ingest)
-                .add_service(otlp)
-                .serve_with_incoming_shutdown(tokio_stream_incoming(grpc_listener), async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                }),
-        );
-        let rx = stop_rx;
-        let app = http::router(state.clone());
-        let http_task = tokio::spawn(http::serve::serve(
-            http_listener,
-            app,
-            config.http.clone(),
-            rx,
-        ));
-        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), backend = %raft.io_backend(), "weir node listening");
+        let front = start_front_door(&config, appender, state.clone(), stop_rx).await?;
+        tracing::info!(grpc_addr = %front.grpc_addr, http_addr = %front.http_addr, data_dir = %config.data_dir.display(), backend = %raft.io_backend(), "weir node listening");
         Ok(Node {
-            grpc_addr,
-            http_addr,
+            grpc_addr: front.grpc_addr,
+            http_addr: front.http_addr,
             stop,
-            grpc_task,
+            grpc_task: front.grpc_task,
             peer_task,
             peer_addr,
-            http_task,
+            http_task: front.http_task,
             raft,
             indexers,
             mirror,
@@ -457,6 +289,280 @@ fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 /// Eight random hex digits.
 fn new_cluster_id() -> String {
     format!("{:08x}", rand::random::<u32>())
+}
+
+/// Who this node is in its cluster, settled before any raft group opens.
+struct Membership {
+    cluster_id: String,
+    /// The node's data is not its own (wiped, or a copy): it must catch up before voting.
+    rejoining: bool,
+    /// On a cluster: the peer service, already listening.
+    peer: Option<PeerStart>,
+}
+
+/// The peer service of a clustered node, started before raft so that the others can ask
+/// it for the cluster id; it serves raft and searches once [`serve_peers`] readies it.
+struct PeerStart {
+    links: Arc<cluster::PeerLinks>,
+    service: peer::PeerService,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    addr: SocketAddr,
+}
+
+/// Reads the node file and, on a cluster, starts the peer service and agrees on the
+/// cluster id with the other members; a single node founds its own cluster id.
+async fn join_cluster(
+    config: &Config,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Membership> {
+    let (local_id, was_rejoining) = read_node_file(config)?;
+    if !config.cluster.is_clustered() {
+        let cluster_id = match local_id {
+            Some(id) => id,
+            None => {
+                let id = new_cluster_id();
+                write_node_file(config, &id, false)?;
+                id
+            }
+        };
+        return Ok(Membership {
+            cluster_id,
+            rejoining: false,
+            peer: None,
+        });
+    }
+    // The peer service starts first: the others ask it for the cluster id while this
+    // node agrees on it with them.
+    let shared_id = Arc::new(std::sync::Mutex::new(local_id.clone().unwrap_or_default()));
+    let links = cluster::PeerLinks::new(&config.cluster, shared_id.clone())?;
+    let service = peer::PeerService::new(
+        config.cluster.node_id,
+        config.storage.shards,
+        shared_id.clone(),
+        links.clone(),
+    );
+    let listener = TcpListener::bind(config.cluster.peer_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on cluster.peer_addr {}",
+                config.cluster.peer_addr
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let mut rx = stop_rx.clone();
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                weir_proto::v1::peer_server::PeerServer::new(service.clone())
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
+            .serve_with_incoming_shutdown(tokio_stream_incoming(listener), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }),
+    );
+    let agreed =
+        cluster::agree_cluster_id(&links, local_id.clone(), config.storage.shards, stop_rx).await?;
+    // A node that was rejoining when it stopped has not caught up yet: it rejoins
+    // again (the flag is durable for that reason).
+    let rejoining = agreed.rejoining || was_rejoining || config.cluster.rejoin;
+    let id = agreed.cluster_id;
+    if local_id.is_none() || rejoining != was_rejoining {
+        write_node_file(config, &id, rejoining)?;
+    }
+    *shared_id.lock().unwrap_or_else(|p| p.into_inner()) = id.clone();
+    Ok(Membership {
+        cluster_id: id,
+        rejoining,
+        peer: Some(PeerStart {
+            links,
+            service,
+            task,
+            addr,
+        }),
+    })
+}
+
+/// Opens every shard's WAL and raft group (on the blocking pool: recovery reads files).
+async fn open_raft(
+    config: &Config,
+    rejoining: bool,
+    links: Option<Arc<cluster::PeerLinks>>,
+) -> anyhow::Result<Arc<RaftNode>> {
+    let raft_cfg = NodeConfig {
+        node_id: config.cluster.node_id,
+        voters: config.cluster.voters(),
+        shard_count: config.storage.shards,
+        wal: weir_raft::WalOptions {
+            segment_size_bytes: config.storage.segment_size_bytes,
+            ..Default::default()
+        },
+        io_backend: config
+            .storage
+            .io_backend
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad storage.io_backend"))?,
+        proposal_queue_len: config.storage.proposal_queue_len,
+        dedup_producers_max: config.storage.dedup_producers_max,
+        replica_log_bytes_max: config.cluster.replica_log_bytes_max,
+        rejoining,
+        ..NodeConfig::single(&config.data_dir)
+    };
+    let outbox: Option<Arc<dyn weir_raft::Outbox>> = links.map(|l| l as Arc<dyn weir_raft::Outbox>);
+    let data_dir = config.data_dir.clone();
+    let raft = tokio::task::spawn_blocking(move || match outbox {
+        Some(o) => RaftNode::start_with(raft_cfg, o),
+        None => RaftNode::start(raft_cfg),
+    })
+    .await?
+    .with_context(|| format!("cannot open the log in {}", data_dir.display()))?;
+    Ok(Arc::new(raft))
+}
+
+/// Opens each shard's index and starts its indexer thread on the shard's committed log.
+fn start_indexers(
+    config: &Config,
+    raft: &Arc<RaftNode>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Vec<Arc<ShardIndex>>, Vec<Indexer>)> {
+    let mut indexes = Vec::new();
+    let mut indexers = Vec::new();
+    for shard in 0..raft.shard_count() {
+        let dir = config.data_dir.join(format!("shard-{shard}")).join("index");
+        let opts = IndexOptions {
+            partition_span_secs: config.index.partition_span_secs,
+            writer_memory_bytes: config.index.writer_memory_bytes,
+            ..Default::default()
+        };
+        let index = Arc::new(
+            ShardIndex::open(&dir, ShardId(shard), opts)
+                .with_context(|| format!("cannot open index {}", dir.display()))?,
+        );
+        indexers.push(Indexer::start(
+            raft.committed_log(shard),
+            index.clone(),
+            raft.clone(),
+            indexer::IndexerSettings {
+                commit_interval: Duration::from_millis(config.index.commit_interval_ms),
+                retention: (config.index.retention_secs > 0)
+                    .then(|| Duration::from_secs(config.index.retention_secs)),
+            },
+            metrics.clone(),
+        )?);
+        indexes.push(index);
+    }
+    Ok((indexes, indexers))
+}
+
+/// Readies the peer service (raft, forwarded appends, searches, snapshots) and, on a node
+/// that rejoins, announces it and records when every shard has caught up.
+#[allow(clippy::too_many_arguments)]
+fn serve_peers(
+    peer: PeerStart,
+    config: &Config,
+    raft: &Arc<RaftNode>,
+    indexes: Vec<Arc<ShardIndex>>,
+    searcher: &Arc<Searcher>,
+    metrics: &Arc<Metrics>,
+    rejoining: bool,
+    cluster_id: &str,
+) -> anyhow::Result<JoinHandle<Result<(), tonic::transport::Error>>> {
+    let snapshots = snapshot::SnapshotStore::open(
+        &config.data_dir,
+        raft.clone(),
+        indexes,
+        peer.links.clone(),
+        metrics.snapshots.clone(),
+    )?;
+    raft.serve_snapshots(Arc::new(snapshots.clone()));
+    peer.service.ready(peer::PeerBackend {
+        raft: raft.clone(),
+        searcher: searcher.clone(),
+        commit_timeout: Duration::from_millis(config.storage.commit_timeout_ms),
+        snapshots,
+    });
+    if rejoining {
+        tokio::spawn(finish_rejoin(
+            peer.links.clone(),
+            raft.clone(),
+            config.clone(),
+            cluster_id.to_owned(),
+        ));
+    }
+    Ok(peer.task)
+}
+
+/// Announces a rejoining node to the others, then clears the durable rejoin flag once
+/// every shard has caught up (until then a restart must rejoin again).
+async fn finish_rejoin(
+    links: Arc<cluster::PeerLinks>,
+    raft: Arc<RaftNode>,
+    config: Config,
+    cluster_id: String,
+) {
+    cluster::announce_fresh(links, raft.clone()).await;
+    while raft
+        .health()
+        .rejoining_shards
+        .load(std::sync::atomic::Ordering::Acquire)
+        > 0
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match write_node_file(&config, &cluster_id, false) {
+        Ok(()) => tracing::info!("rejoined: every shard has caught up and votes again"),
+        Err(e) => tracing::warn!(error = %e, "cannot record that the node rejoined"),
+    }
+}
+
+/// The client-facing servers, listening.
+struct FrontDoor {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds and serves gRPC (Append, OTLP) and HTTP until `stop_rx` turns true.
+async fn start_front_door(
+    config: &Config,
+    appender: Arc<Appender>,
+    state: Arc<NodeState>,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<FrontDoor> {
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on http_addr {}", config.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let (ingest, otlp) = grpc::GrpcIngest::services(appender);
+    let mut rx = stop_rx.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ingest)
+            .add_service(otlp)
+            .serve_with_incoming_shutdown(tokio_stream_incoming(grpc_listener), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }),
+    );
+    let app = http::router(state);
+    let http_task = tokio::spawn(http::serve::serve(
+        http_listener,
+        app,
+        config.http.clone(),
+        stop_rx,
+    ));
+    Ok(FrontDoor {
+        grpc_addr,
+        http_addr,
+        grpc_task,
+        http_task,
+    })
 }
 
 fn tokio_stream_incoming(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
