@@ -1,5 +1,6 @@
 //! What the front ends share.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use weir_raft::RaftNode;
@@ -29,6 +30,31 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// The error that stopped this node's raft layer, if it stopped (the node must be
+    /// restarted).
+    pub fn raft_failure(&self) -> Option<String> {
+        let h = self.raft.health();
+        if !h.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            h.failure
+                .lock()
+                .map(|f| f.clone().unwrap_or_default())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Whether the last flush failed for a full disk (appends are refused meanwhile).
+    pub fn disk_full(&self) -> bool {
+        self.raft.health().disk_full.load(Ordering::Acquire)
+    }
+
+    /// Whether some shard is still rejoining after this node lost its data.
+    pub fn rejoining(&self) -> bool {
+        self.raft.health().rejoining_shards.load(Ordering::Acquire) > 0
+    }
+
     /// Errors of indexers that stopped.
     pub fn indexer_failures(&self) -> Vec<String> {
         self.indexer_failed

@@ -325,30 +325,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<Arc<NodeState>>) -> Response {
-    let h = st.raft.health();
-    if h.failed.load(std::sync::atomic::Ordering::Acquire) {
-        let why = h
-            .failure
-            .lock()
-            .map(|f| f.clone().unwrap_or_default())
-            .unwrap_or_default();
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")).into_response();
+    match crate::status::readiness(&st) {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
-    if let Some(why) = st.indexer_failures().into_iter().next() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("indexer failed, searches lag: {why}\n"),
-        )
-            .into_response();
-    }
-    if h.disk_full.load(std::sync::atomic::Ordering::Acquire) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "disk full: appends are refused\n",
-        )
-            .into_response();
-    }
-    "ready\n".into_response()
 }
 
 async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
@@ -403,174 +383,10 @@ fn render_cluster_metrics(st: &NodeState, out: &mut String) {
 
 /// `GET /api/v1/cluster`: every node (up or down, addresses, version), every shard (leader,
 /// term, commit and applied index, each replica's lag behind the leader's commit), every
-/// mirror, and one health word: `ok`; `degraded` when a node is down, a replica lags, a
-/// mirror cannot deliver, an indexer stopped or the disk is full; `unavailable` when some
-/// shard has no leader (no quorum: appends to it fail); `failed` when this node's raft
-/// layer stopped.
-async fn cluster(State(st): State<Arc<NodeState>>) -> Result<Json<serde_json::Value>, HttpError> {
-    let h = st.raft.health();
-    let local =
-        match tokio::time::timeout(std::time::Duration::from_secs(2), st.raft.status()).await {
-            Ok(Ok(l)) => l,
-            other => {
-                // The raft thread did not answer: stopped, or stuck retrying a full disk.
-                let failed = h.failed.load(std::sync::atomic::Ordering::Acquire);
-                let why = if failed {
-                    h.failure
-                        .lock()
-                        .map(|f| f.clone().unwrap_or_default())
-                        .unwrap_or_default()
-                } else if h.disk_full.load(std::sync::atomic::Ordering::Acquire) {
-                    "the disk is full".to_owned()
-                } else {
-                    match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "the raft thread did not answer within 2 s".to_owned(),
-                    }
-                };
-                return Ok(Json(serde_json::json!({
-                    "cluster_id": st.cluster_id,
-                    "node_id": st.raft.node_id(),
-                    "health": if failed { "failed" } else { "degraded" },
-                    "reason": why,
-                })));
-            }
-        };
-    let me = st.raft.node_id();
-    // Every node's view of every shard: (node, shard) -> (leader, term, commit, applied).
-    let mut views: Vec<(u64, Vec<weir_proto::v1::ShardStatusProto>)> =
-        vec![(me, crate::peer::shard_views(&local, &st.searcher))];
-    let mut nodes = vec![serde_json::json!({
-        "id": me,
-        "up": !st.raft.health().failed.load(std::sync::atomic::Ordering::Acquire),
-        "self": true,
-        "version": env!("CARGO_PKG_VERSION"),
-        "peer_addr": st.config.cluster.nodes.iter().find(|n| n.id == me).map(|n| n.peer.clone()),
-        "grpc_addr": st.config.cluster.nodes.iter().find(|n| n.id == me).map(|n| n.grpc.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| st.config.grpc_addr.to_string()),
-        "http_addr": st.config.cluster.nodes.iter().find(|n| n.id == me).map(|n| n.http.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| st.config.http_addr.to_string()),
-        "io_backend": st.raft.io_backend().to_string(),
-    })];
-    let mut nodes_down = 0;
-    if let Some(links) = &st.links {
-        let mut calls = tokio::task::JoinSet::new();
-        for p in links.all() {
-            let p = p.clone();
-            let cluster_id = st.cluster_id.clone();
-            calls.spawn(async move {
-                let mut r = tonic::Request::new(weir_proto::v1::ShardStatusRequest { cluster_id });
-                r.set_timeout(std::time::Duration::from_secs(2));
-                let res = p.client.clone().status(r).await;
-                (p, res)
-            });
-        }
-        let mut answers = Vec::new();
-        while let Some(Ok(a)) = calls.join_next().await {
-            answers.push(a);
-        }
-        answers.sort_by_key(|(p, _)| p.id);
-        for (p, res) in answers {
-            let (up, version) = match res {
-                Ok(r) => {
-                    p.seen();
-                    let r = r.into_inner();
-                    views.push((p.id, r.shards));
-                    (true, Some(r.version))
-                }
-                Err(e) => {
-                    p.failed(e.message());
-                    (false, None)
-                }
-            };
-            nodes_down += usize::from(!up);
-            nodes.push(serde_json::json!({
-                "id": p.id,
-                "up": up,
-                "version": version,
-                "peer_addr": p.member.peer,
-                "grpc_addr": p.member.grpc,
-                "http_addr": p.member.http,
-                "last_seen_secs": p.last_seen_secs(),
-                "raft_messages_dropped": p.dropped.load(std::sync::atomic::Ordering::Relaxed),
-            }));
-        }
-    }
-    let mut leaderless = Vec::new();
-    let mut lagging = false;
-    let shards: Vec<serde_json::Value> = local
-        .iter()
-        .map(|s| {
-            // The leader is the one the views agree on at the highest term.
-            let (leader, term) = views
-                .iter()
-                .filter_map(|(_, v)| v.iter().find(|x| x.shard == s.shard))
-                .filter(|x| x.leader_id != 0)
-                .map(|x| (x.leader_id, x.term))
-                .max_by_key(|(_, t)| *t)
-                .unwrap_or((0, s.term));
-            let commit = views
-                .iter()
-                .find(|(n, _)| *n == leader)
-                .and_then(|(_, v)| v.iter().find(|x| x.shard == s.shard))
-                .map_or(s.commit, |x| x.commit);
-            if leader == 0 {
-                leaderless.push(s.shard);
-            }
-            let replicas: Vec<serde_json::Value> = views
-                .iter()
-                .filter_map(|(n, v)| v.iter().find(|x| x.shard == s.shard).map(|x| (n, x)))
-                .map(|(n, x)| {
-                    let lag = commit.saturating_sub(x.applied);
-                    lagging |= lag > 10_000;
-                    serde_json::json!({"node": n, "applied": x.applied, "indexed": x.indexed, "lag": lag})
-                })
-                .collect();
-            serde_json::json!({
-                "shard": s.shard,
-                "leader": leader,
-                "term": term,
-                "commit": commit,
-                "local_commit": s.commit,
-                "applied": s.applied,
-                "first_index": s.first_index,
-                "last_index": s.last_index,
-                "wal_bytes": s.wal_bytes,
-                "replicas": replicas,
-            })
-        })
-        .collect();
-    let mirrors = st.mirror.status();
-    let h = st.raft.health();
-    let failed = h.failed.load(std::sync::atomic::Ordering::Acquire);
-    // A node still rejoining after it lost its data holds an incomplete copy of some
-    // shards: the cluster cannot lose another replica of those without losing data.
-    let degraded = h.disk_full.load(std::sync::atomic::Ordering::Acquire)
-        || h.rejoining_shards
-            .load(std::sync::atomic::Ordering::Acquire)
-            > 0
-        || nodes_down > 0
-        || lagging
-        || !st.indexer_failures().is_empty()
-        || mirrors
-            .iter()
-            .any(|m| m.breaker != "closed" || m.shards.iter().any(|s| s.stalled.is_some()));
-    let health = if failed {
-        "failed"
-    } else if !leaderless.is_empty() {
-        "unavailable"
-    } else if degraded {
-        "degraded"
-    } else {
-        "ok"
-    };
-    Ok(Json(serde_json::json!({
-        "cluster_id": st.cluster_id,
-        "node_id": me,
-        "health": health,
-        "shards_without_leader": leaderless,
-        "nodes": nodes,
-        "shards": shards,
-        "mirrors": mirrors,
-    })))
+/// mirror, and one health word ([`crate::status::Health`]; the policy lives in
+/// [`crate::status`]).
+async fn cluster(State(st): State<Arc<NodeState>>) -> Json<crate::status::ClusterStatus> {
+    Json(crate::status::cluster_status(&st).await)
 }
 
 fn mirror_error(e: weir_mirror::Error) -> HttpError {
