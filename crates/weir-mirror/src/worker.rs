@@ -284,153 +284,230 @@ pub(crate) async fn run(
     log: Arc<ShardLog>,
     stop: watch::Receiver<bool>,
 ) {
-    let shard = log.shard();
-    let name = crate::cursor_name(&rt.config.name);
-    let progress = &rt.stats.shards[shard as usize];
-    let flush = Duration::from_millis(rt.config.flush_interval_ms.max(1));
-    // Highest index known to hold nothing for this sink above the cursor (cursor and
-    // no-op entries), so they are not read again and again.
-    let mut scanned_to = 0u64;
-    // Delivered (or dead-lettered) up to here, cursor not committed yet: commit it before
-    // reading again rather than sending the same records twice.
-    let mut uncommitted: Option<u64> = None;
-    'outer: loop {
-        if *stop.borrow() {
+    let mut w = Worker {
+        name: crate::cursor_name(&rt.config.name),
+        shard: log.shard(),
+        flush: Duration::from_millis(rt.config.flush_interval_ms.max(1)),
+        rt,
+        raft,
+        log,
+        stop,
+        scanned_to: 0,
+        uncommitted: None,
+    };
+    loop {
+        if *w.stop.borrow() {
             return;
         }
-        if !log.is_leader() {
-            // Whoever leads now resends from the committed cursor.
-            uncommitted = None;
-            progress.active.store(false, Ordering::Relaxed);
-            progress.oldest_pending_ns.store(0, Ordering::Relaxed);
-            if sleep_or_stop(Duration::from_millis(200), &stop).await {
-                return;
-            }
-            continue;
-        }
-        progress.active.store(true, Ordering::Relaxed);
-        let Some(cursor) = log.cursor(&name) else {
-            // A new sink starts with what the log still holds.
-            let start = log.first_index().saturating_sub(1);
-            tracing::info!(sink = %rt.config.name, shard, start, "new mirror cursor");
-            if let Err(e) = propose_cursor(&raft, shard, &name, start).await {
-                tracing::debug!(sink = %rt.config.name, shard, error = %e, "cannot set the first cursor; retrying");
-                if sleep_or_stop(Duration::from_millis(500), &stop).await {
+        match w.step().await {
+            Next::Now => {}
+            Next::After(wait) => {
+                if sleep_or_stop(wait, &w.stop).await {
                     return;
                 }
             }
-            continue;
-        };
-        if let Some(to) = uncommitted.filter(|to| *to > cursor) {
-            match propose_cursor(&raft, shard, &name, to).await {
-                Ok(()) => uncommitted = None,
-                Err(e) => {
-                    tracing::debug!(sink = %rt.config.name, shard, error = %e, "cursor not committed yet; retrying");
-                    if sleep_or_stop(Duration::from_millis(200), &stop).await {
-                        return;
-                    }
-                }
-            }
-            continue;
+            Next::Stop => return,
         }
-        uncommitted = None;
+    }
+}
+
+/// What the worker does after a step.
+enum Next {
+    /// The next step at once.
+    Now,
+    /// The next step after this long (or on stop).
+    After(Duration),
+    /// Shutdown.
+    Stop,
+}
+
+/// The state of one sink's worker on one shard.
+struct Worker {
+    rt: Arc<SinkRuntime>,
+    raft: Arc<RaftNode>,
+    log: Arc<ShardLog>,
+    stop: watch::Receiver<bool>,
+    /// The sink's cursor name in the raft state.
+    name: String,
+    shard: u32,
+    /// How long to wait when there is nothing to read.
+    flush: Duration,
+    /// Highest index known to hold nothing for this sink above the cursor (cursor and
+    /// no-op entries), so they are not read again and again.
+    scanned_to: u64,
+    /// Delivered (or dead-lettered) up to here, cursor not committed yet: commit it before
+    /// reading again rather than sending the same records twice.
+    uncommitted: Option<u64>,
+}
+
+impl Worker {
+    fn progress(&self) -> &crate::stats::ShardProgress {
+        &self.rt.stats.shards[self.shard as usize]
+    }
+
+    /// One step of the delivery loop: settle leadership and the cursor, then read,
+    /// deliver, dead-letter and commit the next part of the log.
+    async fn step(&mut self) -> Next {
+        if !self.log.is_leader() {
+            return self.not_leading();
+        }
+        self.progress().active.store(true, Ordering::Relaxed);
+        let Some(cursor) = self.log.cursor(&self.name) else {
+            return self.first_cursor().await;
+        };
+        if let Some(to) = self.uncommitted.filter(|to| *to > cursor) {
+            return self.commit_uncommitted(to).await;
+        }
+        self.uncommitted = None;
+        let rt = self.rt.clone();
+        let progress = &rt.stats.shards[self.shard as usize];
         progress.cursor.store(cursor, Ordering::Relaxed);
         progress
             .delivered_to
-            .fetch_max(cursor.max(scanned_to), Ordering::Relaxed);
-        let watermark = log.watermark();
-        let from = cursor.max(scanned_to) + 1;
+            .fetch_max(cursor.max(self.scanned_to), Ordering::Relaxed);
+        let watermark = self.log.watermark();
+        let from = cursor.max(self.scanned_to) + 1;
         if watermark < from {
             progress.oldest_pending_ns.store(0, Ordering::Relaxed);
-            if sleep_or_stop(flush, &stop).await {
-                return;
-            }
-            continue;
+            return Next::After(self.flush);
         }
-        if !rt.ready.load(Ordering::Acquire) {
+        if !self.rt.ready.load(Ordering::Acquire) {
             // The index template is not installed yet; show the wait as lag.
             progress
                 .oldest_pending_ns
                 .compare_exchange(0, crate::now_ns(), Ordering::Relaxed, Ordering::Relaxed)
                 .ok();
-            if sleep_or_stop(Duration::from_millis(100), &stop).await {
-                return;
-            }
-            continue;
+            return Next::After(Duration::from_millis(100));
         }
-        let l = log.clone();
-        let max = rt.config.batch_bytes_max;
-        let read = tokio::task::spawn_blocking(move || l.read(from, watermark, max)).await;
-        let entries = match read {
-            Ok(Ok(e)) => e,
-            Ok(Err(weir_raft::Error::Compacted { first, .. })) => {
-                // Compaction never passes a required cursor, so this means entries were
-                // removed behind the raft layer's back (or the sink was renamed). What is
-                // gone cannot be counted per record; say so loudly and go on from what is left.
-                tracing::error!(sink = %rt.config.name, shard, cursor, first, "log entries were removed before this sink received them");
-                rt.stats.fail(
-                    "released_unmirrored",
-                    1,
-                    "log entries were removed before delivery",
-                );
-                if propose_cursor(&raft, shard, &name, first - 1)
-                    .await
-                    .is_err()
-                    && sleep_or_stop(Duration::from_secs(1), &stop).await
-                {
-                    return;
-                }
-                continue;
-            }
-            Ok(Err(e)) => {
-                tracing::error!(sink = %rt.config.name, shard, error = %e, "cannot read the committed log; retrying");
-                if sleep_or_stop(Duration::from_secs(1), &stop).await {
-                    return;
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(sink = %rt.config.name, shard, error = %e, "log reader task failed");
-                if sleep_or_stop(Duration::from_secs(1), &stop).await {
-                    return;
-                }
-                continue;
-            }
+        let entries = match self.read(cursor, from, watermark).await {
+            Ok(entries) => entries,
+            Err(next) => return next,
         };
         let Some(last) = entries.last().map(|e| e.index) else {
             // Nothing but cursor and no-op entries: no need to move the durable cursor,
             // and nothing is pending up to the watermark.
-            scanned_to = watermark;
+            self.scanned_to = watermark;
             progress.oldest_pending_ns.store(0, Ordering::Relaxed);
             progress
                 .delivered_to
                 .fetch_max(watermark, Ordering::Relaxed);
-            continue;
+            return Next::Now;
         };
+        let items = match self.items_of(&entries) {
+            Ok(items) => items,
+            Err(next) => return next,
+        };
+        let Some(rejected) = self.deliver(items, last).await else {
+            return Next::Stop;
+        };
+        if let Err(next) = self.dead_letter(rejected) {
+            return next;
+        }
+        self.finish(last).await
+    }
+
+    /// Not leading: whoever leads now resends from the committed cursor.
+    fn not_leading(&mut self) -> Next {
+        self.uncommitted = None;
+        let progress = self.progress();
+        progress.active.store(false, Ordering::Relaxed);
+        progress.oldest_pending_ns.store(0, Ordering::Relaxed);
+        Next::After(Duration::from_millis(200))
+    }
+
+    /// A new sink starts with what the log still holds.
+    async fn first_cursor(&mut self) -> Next {
+        let start = self.log.first_index().saturating_sub(1);
+        tracing::info!(sink = %self.rt.config.name, shard = self.shard, start, "new mirror cursor");
+        match propose_cursor(&self.raft, self.shard, &self.name, start).await {
+            Ok(()) => Next::Now,
+            Err(e) => {
+                tracing::debug!(sink = %self.rt.config.name, shard = self.shard, error = %e, "cannot set the first cursor; retrying");
+                Next::After(Duration::from_millis(500))
+            }
+        }
+    }
+
+    /// Commits a cursor delivered up to before reading anything more.
+    async fn commit_uncommitted(&mut self, to: u64) -> Next {
+        match propose_cursor(&self.raft, self.shard, &self.name, to).await {
+            Ok(()) => {
+                self.uncommitted = None;
+                Next::Now
+            }
+            Err(e) => {
+                tracing::debug!(sink = %self.rt.config.name, shard = self.shard, error = %e, "cursor not committed yet; retrying");
+                Next::After(Duration::from_millis(200))
+            }
+        }
+    }
+
+    /// Reads `[from, watermark]`, at most `batch_bytes_max` of it, on the blocking pool.
+    async fn read(
+        &self,
+        cursor: u64,
+        from: u64,
+        watermark: u64,
+    ) -> Result<Vec<weir_raft::LogEntry>, Next> {
+        let l = self.log.clone();
+        let max = self.rt.config.batch_bytes_max;
+        let read = tokio::task::spawn_blocking(move || l.read(from, watermark, max)).await;
+        let (sink, shard) = (&self.rt.config.name, self.shard);
+        match read {
+            Ok(Ok(e)) => Ok(e),
+            Ok(Err(weir_raft::Error::Compacted { first, .. })) => {
+                // Compaction never passes a required cursor, so this means entries were
+                // removed behind the raft layer's back (or the sink was renamed). What is
+                // gone cannot be counted per record; say so loudly and go on from what is left.
+                tracing::error!(%sink, shard, cursor, first, "log entries were removed before this sink received them");
+                self.rt.stats.fail(
+                    "released_unmirrored",
+                    1,
+                    "log entries were removed before delivery",
+                );
+                match propose_cursor(&self.raft, shard, &self.name, first - 1).await {
+                    Ok(()) => Err(Next::Now),
+                    Err(_) => Err(Next::After(Duration::from_secs(1))),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(%sink, shard, error = %e, "cannot read the committed log; retrying");
+                Err(Next::After(Duration::from_secs(1)))
+            }
+            Err(e) => {
+                tracing::error!(%sink, shard, error = %e, "log reader task failed");
+                Err(Next::After(Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// The records of `entries` this sink takes, as items; records the pending age and
+    /// the records-per-entry rate. An entry that is not a batch stalls the worker.
+    fn items_of(&self, entries: &[weir_raft::LogEntry]) -> Result<Vec<Item>, Next> {
+        let progress = self.progress();
         let mut items = Vec::new();
         let mut oldest = i64::MAX;
         let mut records = 0usize;
-        for e in &entries {
+        for e in entries {
             match StoredBatch::decode(e.data.as_slice()) {
                 Ok(b) => {
                     oldest = oldest.min(b.received_ns);
                     records += b.records.len();
-                    let cfg = &rt.config;
-                    items.extend(Item::from_batch(shard, e.index, b, |t| cfg.wants_tenant(t)));
+                    let cfg = &self.rt.config;
+                    items.extend(Item::from_batch(self.shard, e.index, b, |t| {
+                        cfg.wants_tenant(t)
+                    }));
                 }
                 Err(err) => {
                     // The log is the source of truth; an entry that is not a batch means a
                     // bug or corruption. Do not skip it silently: stall and say so.
                     let msg = format!(
-                        "entry {} of shard {shard} is not a StoredBatch: {err}",
-                        e.index
+                        "entry {} of shard {} is not a StoredBatch: {err}",
+                        e.index, self.shard
                     );
-                    tracing::error!(sink = %rt.config.name, %msg, "mirror stalled");
+                    tracing::error!(sink = %self.rt.config.name, %msg, "mirror stalled");
                     *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
-                    if sleep_or_stop(Duration::from_secs(5), &stop).await {
-                        return;
-                    }
-                    continue 'outer;
+                    return Err(Next::After(Duration::from_secs(5)));
                 }
             }
         }
@@ -445,8 +522,15 @@ pub(crate) async fn run(
             Ordering::Relaxed,
         );
         progress.oldest_pending_ns.store(oldest, Ordering::Relaxed);
-        let rejected = match deliver(&rt, items, &stop, None, Some(&progress.release)).await {
-            Ok(r) => r,
+        Ok(items)
+    }
+
+    /// Delivers `items` (read up to `last`); the rejected ones, or `None` on shutdown.
+    /// Records released under disk pressure are counted as dropped.
+    async fn deliver(&self, items: Vec<Item>, last: u64) -> Option<Vec<(Item, String)>> {
+        let rt = &self.rt;
+        match deliver(rt, items, &self.stop, None, Some(&self.progress().release)).await {
+            Ok(r) => Some(r),
             Err(Unfinished::Released { dropped, rejected }) => {
                 SinkStats::add(&rt.stats.dropped, dropped as u64);
                 rt.stats.fail(
@@ -454,46 +538,61 @@ pub(crate) async fn run(
                     dropped as u64,
                     &format!("disk pressure: {dropped} records released before delivery"),
                 );
-                tracing::error!(sink = %rt.config.name, shard, records = dropped, up_to = last, "disk pressure: records released before this sink received them (unmirrored_bytes_max exceeded)");
-                rejected
+                tracing::error!(sink = %rt.config.name, shard = self.shard, records = dropped, up_to = last, "disk pressure: records released before this sink received them (unmirrored_bytes_max exceeded)");
+                Some(rejected)
             }
-            Err(_) => return,
-        };
-        let n = rejected.len() as u64;
-        if n > 0 {
-            if let Err(e) = rt.dlq.append(rejected, crate::now_ns()) {
-                // Not advancing is the only way not to lose them: stall loudly, then read
-                // and deliver again from the cursor (stored records answer as duplicates,
-                // the rejected ones are rejected again).
-                let msg = format!("cannot dead-letter {n} records: {e}");
-                tracing::error!(sink = %rt.config.name, shard, %msg, "mirror stalled");
-                *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
-                if sleep_or_stop(Duration::from_secs(5), &stop).await {
-                    return;
-                }
-                continue;
-            }
-            SinkStats::add(&rt.stats.dead_lettered, n);
-            tracing::warn!(sink = %rt.config.name, shard, records = n, "records dead-lettered");
+            Err(_) => None,
         }
+    }
+
+    /// Writes the rejected items to the dead-letter log. If that fails the cursor must not
+    /// advance (the only way not to lose them): stall loudly, then read and deliver again
+    /// from the cursor (stored records answer as duplicates, the rejected ones are
+    /// rejected again).
+    fn dead_letter(&self, rejected: Vec<(Item, String)>) -> Result<(), Next> {
+        let n = rejected.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let rt = &self.rt;
+        if let Err(e) = rt.dlq.append(rejected, crate::now_ns()) {
+            let msg = format!("cannot dead-letter {n} records: {e}");
+            tracing::error!(sink = %rt.config.name, shard = self.shard, %msg, "mirror stalled");
+            *self
+                .progress()
+                .stalled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(msg);
+            return Err(Next::After(Duration::from_secs(5)));
+        }
+        SinkStats::add(&rt.stats.dead_lettered, n);
+        tracing::warn!(sink = %rt.config.name, shard = self.shard, records = n, "records dead-lettered");
+        Ok(())
+    }
+
+    /// After a delivery up to `last`: clears the stall, settles the pending age and
+    /// commits the cursor.
+    async fn finish(&mut self, last: u64) -> Next {
+        let progress = self.progress();
         *progress.stalled.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // With more committed behind this read, its oldest time stands for the backlog's
         // until the next read sets the real one: the lag stays an upper bound instead of
         // reading 0 between two reads of a backlog.
-        if log.watermark() <= last {
+        if self.log.watermark() <= last {
             progress.oldest_pending_ns.store(0, Ordering::Relaxed);
         }
-        match propose_cursor(&raft, shard, &name, last).await {
-            Ok(()) => progress.cursor.store(last, Ordering::Relaxed),
+        match propose_cursor(&self.raft, self.shard, &self.name, last).await {
+            Ok(()) => {
+                self.progress().cursor.store(last, Ordering::Relaxed);
+                Next::Now
+            }
             Err(e) => {
                 // Delivered but not recorded: retried first thing next round while this
                 // node leads; a new leader (or a restart) sends it again instead, and the
                 // backend recognises the copies.
-                tracing::debug!(sink = %rt.config.name, shard, error = %e, "cursor not committed; retrying it");
-                uncommitted = Some(last);
-                if sleep_or_stop(Duration::from_millis(200), &stop).await {
-                    return;
-                }
+                tracing::debug!(sink = %self.rt.config.name, shard = self.shard, error = %e, "cursor not committed; retrying it");
+                self.uncommitted = Some(last);
+                Next::After(Duration::from_millis(200))
             }
         }
     }
