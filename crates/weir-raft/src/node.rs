@@ -880,9 +880,7 @@ impl<S: LogStore> Driver<S> {
                 reply,
             } => {
                 self.queued_proposals.fetch_sub(1, Ordering::AcqRel);
-                let s = &mut self.shards[shard as usize];
-                s.propose(key, data, reply);
-                false
+                self.shards[shard as usize].propose(key, data, reply);
             }
             Input::ProposeCursor {
                 shard,
@@ -891,269 +889,59 @@ impl<S: LogStore> Driver<S> {
                 reply,
             } => {
                 self.queued_proposals.fetch_sub(1, Ordering::AcqRel);
-                let s = &mut self.shards[shard as usize];
-                s.propose_cursor(&name, position, reply);
-                false
+                self.shards[shard as usize].propose_cursor(&name, position, reply);
             }
             Input::Compact { shard, below } => {
-                let s = &mut self.shards[shard as usize];
-                if s.last_compact
-                    .is_some_and(|t| t.elapsed() < COMPACT_INTERVAL)
-                {
-                    return false;
-                }
-                s.last_compact = Some(Instant::now());
-                let applied = s.log.watermark();
-                // A leader keeps what a follower has not got yet (catching up from the
-                // log is cheaper than a snapshot), up to a bound: past it, a replica
-                // that is far behind is left to catch up by snapshot.
-                let leader = s.raw.raft.state == StateRole::Leader;
-                let hold_for_replicas = s.raw.store().disk_bytes() <= s.replica_log_bytes_max;
-                if leader && !hold_for_replicas {
-                    let behind: Vec<u64> = s
-                        .raw
-                        .raft
-                        .prs()
-                        .iter()
-                        .filter(|(_, p)| p.matched < applied)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    if !behind.is_empty() {
-                        tracing::warn!(
-                        shard,
-                        wal_bytes = s.raw.store().disk_bytes(),
-                        limit = s.replica_log_bytes_max,
-                        ?behind,
-                        "the log kept for replicas that are behind passed cluster.replica_log_bytes_max: released, they catch up by snapshot"
-                    );
-                    }
-                }
-                let followers = if leader && hold_for_replicas {
-                    s.raw
-                        .raft
-                        .prs()
-                        .iter()
-                        .filter(|(id, _)| **id != self.node_id)
-                        .map(|(_, p)| p.matched + 1)
-                        .min()
-                        .unwrap_or(u64::MAX)
-                } else {
-                    u64::MAX
-                };
-                // The entries after a snapshot handed out (or being built) stay, so the
-                // follower installing it can continue from there.
-                let snapshot_hold = s
-                    .raw
-                    .store()
-                    .snapshots()
-                    .hold()
-                    .filter(|h| s.raw.raft.prs().iter().any(|(_, p)| p.matched + 1 < *h))
-                    .unwrap_or(u64::MAX);
-                let below = below
-                    .min(applied + 1)
-                    .min(s.log.cursor_floor())
-                    .min(followers)
-                    .min(snapshot_hold);
-                if s.raw.raft.state == StateRole::Leader && s.raw.raft.prs().iter().len() > 1 {
-                    // What every replica has: followers compact no further (through the
-                    // replicated cursor), so whoever leads next still has what a lagging
-                    // replica needs.
-                    let held = if hold_for_replicas {
-                        s.raw
-                            .raft
-                            .prs()
-                            .iter()
-                            .map(|(_, p)| p.matched)
-                            .min()
-                            .unwrap_or(0)
-                    } else {
-                        applied
-                    };
-                    if held > s.log.cursor(REPLICAS_CURSOR).unwrap_or(0) {
-                        let (reply, _) = oneshot::channel();
-                        s.propose_cursor(REPLICAS_CURSOR, held, reply);
-                    }
-                }
-                if below <= 1 {
-                    return false;
-                }
-                if below > raft::Storage::first_index(s.raw.store()).unwrap_or(1) {
-                    let state = codec::encode_state(applied, &s.log.cursors(), &s.dedup);
-                    if let Err(e) = s.raw.mut_store().save_applied_state(&state) {
-                        tracing::warn!(shard, error = %e, "cannot save the applied state; the log is not compacted");
-                        return false;
-                    }
-                }
-                match s.raw.mut_store().compact(below) {
-                    Ok(freed) if freed > 0 => {
-                        tracing::debug!(shard, below, freed, "wal segments removed")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(shard, error = %e, "wal compaction failed"),
-                }
-                false
+                let me = self.node_id;
+                self.shards[shard as usize].compact(below, me);
             }
             Input::Status { reply } => {
-                let st = self.shards.iter().map(Shard::status).collect();
-                let _ = reply.send(st);
-                false
+                let _ = reply.send(self.shards.iter().map(Shard::status).collect());
             }
             Input::Step { shard, message } => {
                 self.queued_steps.fetch_sub(1, Ordering::AcqRel);
-                let s = &mut self.shards[shard as usize];
-                let mut message = message;
-                use raft::eraftpb::MessageType as M;
-                if let Some(r) = &s.rejoin {
-                    // While this node may lack what it once acknowledged: no campaign on a
-                    // leader's hand-over, and a vote only for a candidate whose log holds
-                    // whatever was committed with the help of the lost one.
-                    let refuse = match message.get_msg_type() {
-                        M::MsgTimeoutNow => true,
-                        M::MsgRequestVote | M::MsgRequestPreVote => r
-                            .target
-                            .is_none_or(|t| (message.log_term, message.index) < t.log),
-                        _ => false,
-                    };
-                    if refuse {
-                        return false;
-                    }
-                }
-                let last = s.raw.raft.raft_log.last_index();
-                let committed = s.raw.raft.raft_log.committed;
-                if message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
-                    && message.commit > last
-                {
-                    // The leader believes this node holds more than it does: its data
-                    // directory was wiped. raft-rs would panic on a commit index past the
-                    // log; the entries arrive by the usual append probing instead.
-                    tracing::debug!(
-                        shard,
-                        commit = message.commit,
-                        last,
-                        "heartbeat commit past this node's log, clamped"
-                    );
-                    // Not to `last`: entries past the commit were never checked against this leader.
-                    message.commit = committed;
-                }
-                if let Err(e) = s.raw.step(message) {
-                    tracing::debug!(shard, error = %e, "raft message ignored");
-                }
-                false
+                self.shards[shard as usize].step(message);
             }
-            Input::RejoinConfirmed { targets } => {
-                for s in &mut self.shards {
-                    let Some(r) = s.rejoin.as_mut() else { continue };
-                    let target = targets.get(s.id as usize).copied().unwrap_or_default();
-                    r.target = Some(target);
-                    let term = target.term;
-                    let raft = &mut s.raw.raft;
-                    if raft.term < term {
-                        // Its old self may have voted in any term up to `term`: never vote
-                        // in those again (the vote for itself grants no one anything; the
-                        // new hard state is persisted with the next Ready).
-                        raft.become_follower(term, raft::INVALID_ID);
-                        raft.vote = self.node_id;
-                    }
-                }
-                false
-            }
+            Input::RejoinConfirmed { targets } => self.rejoin_confirmed(&targets),
             Input::ForgetPeer { id, done } => {
-                for s in &mut self.shards {
-                    // Whoever leads later must not hand the shard to it before it caught up.
-                    s.balance_hold = Some((id, s.raw.raft.raft_log.last_index()));
-                    if s.raw.raft.state != StateRole::Leader {
-                        continue;
-                    }
-                    let last = s.raw.raft.raft_log.last_index();
-                    if let Some(pr) = s.raw.raft.mut_prs().get_mut(id) {
-                        tracing::info!(
-                            shard = s.id,
-                            peer = id,
-                            matched = pr.matched,
-                            "peer lost its data: its acknowledgements no longer count"
-                        );
-                        pr.matched = 0;
-                        pr.become_probe();
-                        // Probed from the end: its rejection says where its log ends, so a
-                        // node seeded with a copy of another's data resumes from there
-                        // (an empty one backs off to index 1).
-                        pr.next_idx = last + 1;
-                    }
-                }
-                let commits = self
-                    .shards
-                    .iter()
-                    .map(|s| {
-                        let log = &s.raw.raft.raft_log;
-                        RejoinTarget::of(log.last_index(), log.last_term(), s.raw.raft.term)
-                    })
-                    .collect();
-                let _ = done.send(commits);
-                false
+                let _ = done.send(self.forget_peer(id));
             }
             Input::SnapshotReady {
                 shard,
                 index,
                 term,
                 data,
-            } => {
-                let s = &mut self.shards[shard as usize];
-                let conf = match raft::Storage::initial_state(s.raw.store()) {
-                    Ok(st) => st.conf_state,
-                    Err(e) => {
-                        tracing::warn!(shard, error = %e, "cannot read the configuration for a snapshot");
-                        return false;
-                    }
-                };
-                let mut snap = Snapshot::default();
-                snap.mut_metadata().index = index;
-                snap.mut_metadata().term = term;
-                snap.mut_metadata().set_conf_state(conf);
-                snap.data = data.into();
-                s.raw.mut_store().snapshots_mut().set(snap);
-                tracing::info!(shard, index, term, "snapshot packaged");
-                false
-            }
+            } => self.shards[shard as usize].snapshot_ready(index, term, data),
             Input::InstallSnapshot {
                 shard,
                 offer,
                 state,
                 reply,
             } => {
-                let s = &mut self.shards[shard as usize];
-                let index = offer.index;
-                match codec::decode_state(&state, s.dedup_producers_max) {
-                    Err(reason) => {
-                        let _ = reply.send(Err(Error::Corrupt {
-                            shard,
-                            index,
-                            reason: format!("snapshot state: {reason}"),
-                        }));
-                    }
-                    Ok(st) => {
-                        s.restore = Some(st);
-                        if let Err(e) = s.raw.step(offer.message) {
-                            tracing::debug!(shard, error = %e, "snapshot message ignored");
-                        }
-                        // raft-rs took it when it is now the log's pending snapshot; the
-                        // next round installs it.
-                        let taken = s
-                            .raw
-                            .raft
-                            .raft_log
-                            .unstable_snapshot()
-                            .as_ref()
-                            .is_some_and(|u| u.get_metadata().index == index);
-                        if !taken {
-                            s.restore = None;
-                        }
-                        let _ = reply.send(Ok(taken));
-                    }
-                }
-                false
+                let _ = reply.send(self.shards[shard as usize].offer_snapshot(offer, &state));
             }
-            Input::Shutdown => true,
+            Input::Shutdown => return true,
         }
+        false
+    }
+
+    /// Every peer has forgotten this node's old log: each rejoining shard learns how far
+    /// it must catch up (`targets[shard]`, see [`RaftNode::rejoin_confirmed`]).
+    fn rejoin_confirmed(&mut self, targets: &[RejoinTarget]) {
+        let me = self.node_id;
+        for s in &mut self.shards {
+            let target = targets.get(s.id as usize).copied().unwrap_or_default();
+            s.rejoin_confirmed(target, me);
+        }
+    }
+
+    /// Node `id` lost its data (see [`RaftNode::forget_peer`]): every shard forgets what it
+    /// knew of its log; returns each shard's log and term once all have.
+    fn forget_peer(&mut self, id: u64) -> Vec<RejoinTarget> {
+        for s in &mut self.shards {
+            s.forget_peer(id);
+        }
+        self.shards.iter().map(Shard::rejoin_report).collect()
     }
 
     /// Installs the snapshot of a Ready in shard `i`: the log is replaced (durably) and
@@ -1795,6 +1583,282 @@ impl<S: LogStore> Shard<S> {
             );
             self.raw.transfer_leader(self.preferred_leader);
         }
+    }
+}
+
+/// What the driver's commands do to one shard.
+impl<S: LogStore> Shard<S> {
+    /// Compacts the WAL below `below` (see [`RaftNode::compact`]), at most every
+    /// [`COMPACT_INTERVAL`], clamped to what must stay (see [`Shard::compaction_bound`]);
+    /// a leader of several voters also moves [`REPLICAS_CURSOR`] first.
+    fn compact(&mut self, below: u64, me: u64) {
+        if self
+            .last_compact
+            .is_some_and(|t| t.elapsed() < COMPACT_INTERVAL)
+        {
+            return;
+        }
+        self.last_compact = Some(Instant::now());
+        let applied = self.log.watermark();
+        // A leader keeps what a follower has not got yet (catching up from the log is
+        // cheaper than a snapshot), up to a bound: past it, a replica that is far behind
+        // is left to catch up by snapshot.
+        let hold_for_replicas = self.raw.store().disk_bytes() <= self.replica_log_bytes_max;
+        let below = self.compaction_bound(below, applied, hold_for_replicas, me);
+        if self.raw.raft.state == StateRole::Leader && self.raw.raft.prs().iter().len() > 1 {
+            self.advance_replicas_cursor(applied, hold_for_replicas);
+        }
+        if below <= 1 {
+            return;
+        }
+        self.remove_log_below(below, applied);
+    }
+
+    /// The lowest index compaction may keep as first when asked for `below`: never past
+    /// the applied index, a required cursor, what a follower lacks (a leader holding the
+    /// log for its replicas) or the log after a snapshot handed out.
+    fn compaction_bound(&self, below: u64, applied: u64, hold_for_replicas: bool, me: u64) -> u64 {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if leader && !hold_for_replicas {
+            self.warn_replicas_released(applied);
+        }
+        let followers = if leader && hold_for_replicas {
+            self.raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, p)| p.matched + 1)
+                .min()
+                .unwrap_or(u64::MAX)
+        } else {
+            u64::MAX
+        };
+        // The entries after a snapshot handed out (or being built) stay, so the follower
+        // installing it can continue from there.
+        let snapshot_hold = self
+            .raw
+            .store()
+            .snapshots()
+            .hold()
+            .filter(|h| self.raw.raft.prs().iter().any(|(_, p)| p.matched + 1 < *h))
+            .unwrap_or(u64::MAX);
+        below
+            .min(applied + 1)
+            .min(self.log.cursor_floor())
+            .min(followers)
+            .min(snapshot_hold)
+    }
+
+    /// Leader past `replica_log_bytes_max`: names the replicas that now catch up by
+    /// snapshot.
+    fn warn_replicas_released(&self, applied: u64) {
+        let behind: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, p)| p.matched < applied)
+            .map(|(id, _)| *id)
+            .collect();
+        if !behind.is_empty() {
+            tracing::warn!(
+                shard = self.id,
+                wal_bytes = self.raw.store().disk_bytes(),
+                limit = self.replica_log_bytes_max,
+                ?behind,
+                "the log kept for replicas that are behind passed cluster.replica_log_bytes_max: released, they catch up by snapshot"
+            );
+        }
+    }
+
+    /// Leader of several voters: proposes [`REPLICAS_CURSOR`] at what every replica has
+    /// (or, no longer holding the log for them, at `applied`). Followers compact no
+    /// further, so whoever leads next still has what a lagging replica needs.
+    fn advance_replicas_cursor(&mut self, applied: u64, hold_for_replicas: bool) {
+        let held = if hold_for_replicas {
+            self.raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(_, p)| p.matched)
+                .min()
+                .unwrap_or(0)
+        } else {
+            applied
+        };
+        if held > self.log.cursor(REPLICAS_CURSOR).unwrap_or(0) {
+            let (reply, _) = oneshot::channel();
+            self.propose_cursor(REPLICAS_CURSOR, held, reply);
+        }
+    }
+
+    /// Removes the WAL segments wholly below `below`, saving the applied state first when
+    /// entries go (what they built must outlive them).
+    fn remove_log_below(&mut self, below: u64, applied: u64) {
+        let shard = self.id;
+        if below > raft::Storage::first_index(self.raw.store()).unwrap_or(1) {
+            let state = codec::encode_state(applied, &self.log.cursors(), &self.dedup);
+            if let Err(e) = self.raw.mut_store().save_applied_state(&state) {
+                tracing::warn!(shard, error = %e, "cannot save the applied state; the log is not compacted");
+                return;
+            }
+        }
+        match self.raw.mut_store().compact(below) {
+            Ok(freed) if freed > 0 => {
+                tracing::debug!(shard, below, freed, "wal segments removed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(shard, error = %e, "wal compaction failed"),
+        }
+    }
+
+    /// Steps a raft message from a peer, unless this shard rejoins and must refuse it;
+    /// a heartbeat's commit index past this log is clamped.
+    fn step(&mut self, mut message: raft::eraftpb::Message) {
+        if self.refuses_while_rejoining(&message) {
+            return;
+        }
+        self.clamp_heartbeat_commit(&mut message);
+        if let Err(e) = self.raw.step(message) {
+            tracing::debug!(shard = self.id, error = %e, "raft message ignored");
+        }
+    }
+
+    /// While this node may lack what it once acknowledged: no campaign on a leader's
+    /// hand-over, and a vote only for a candidate whose log holds whatever was committed
+    /// with the help of the lost one.
+    fn refuses_while_rejoining(&self, message: &raft::eraftpb::Message) -> bool {
+        use raft::eraftpb::MessageType as M;
+        let Some(r) = &self.rejoin else {
+            return false;
+        };
+        match message.get_msg_type() {
+            M::MsgTimeoutNow => true,
+            M::MsgRequestVote | M::MsgRequestPreVote => r
+                .target
+                .is_none_or(|t| (message.log_term, message.index) < t.log),
+            _ => false,
+        }
+    }
+
+    /// A heartbeat whose commit index is past this node's log means the leader believes
+    /// this node holds more than it does: its data directory was wiped. raft-rs would
+    /// panic on a commit index past the log; the entries arrive by the usual append
+    /// probing instead.
+    fn clamp_heartbeat_commit(&self, message: &mut raft::eraftpb::Message) {
+        let last = self.raw.raft.raft_log.last_index();
+        let committed = self.raw.raft.raft_log.committed;
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
+            tracing::debug!(
+                shard = self.id,
+                commit = message.commit,
+                last,
+                "heartbeat commit past this node's log, clamped"
+            );
+            // Not to `last`: entries past the commit were never checked against this leader.
+            message.commit = committed;
+        }
+    }
+
+    /// A rejoining shard learns how far it must catch up; nothing for one that does not
+    /// rejoin.
+    fn rejoin_confirmed(&mut self, target: RejoinTarget, me: u64) {
+        let Some(r) = self.rejoin.as_mut() else {
+            return;
+        };
+        r.target = Some(target);
+        let term = target.term;
+        let raft = &mut self.raw.raft;
+        if raft.term < term {
+            // Its old self may have voted in any term up to `term`: never vote in those
+            // again (the vote for itself grants no one anything; the new hard state is
+            // persisted with the next Ready).
+            raft.become_follower(term, raft::INVALID_ID);
+            raft.vote = me;
+        }
+    }
+
+    /// Peer `id` lost its data: whoever leads later must not hand it the shard before it
+    /// caught up, and a leader forgets what it acknowledged and probes it from the end.
+    fn forget_peer(&mut self, id: u64) {
+        self.balance_hold = Some((id, self.raw.raft.raft_log.last_index()));
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id) {
+            tracing::info!(
+                shard = self.id,
+                peer = id,
+                matched = pr.matched,
+                "peer lost its data: its acknowledgements no longer count"
+            );
+            pr.matched = 0;
+            pr.become_probe();
+            // Probed from the end: its rejection says where its log ends, so a node seeded
+            // with a copy of another's data resumes from there (an empty one backs off to
+            // index 1).
+            pr.next_idx = last + 1;
+        }
+    }
+
+    /// This shard's log and term, as a peer that forgot a node reports them.
+    fn rejoin_report(&self) -> RejoinTarget {
+        let log = &self.raw.raft.raft_log;
+        RejoinTarget::of(log.last_index(), log.last_term(), self.raw.raft.term)
+    }
+
+    /// Leader: the node packaged a snapshot at `index` (see [`RaftNode::snapshot_ready`]);
+    /// raft hands it to the followers that need it.
+    fn snapshot_ready(&mut self, index: u64, term: u64, data: Vec<u8>) {
+        let shard = self.id;
+        let conf = match raft::Storage::initial_state(self.raw.store()) {
+            Ok(st) => st.conf_state,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "cannot read the configuration for a snapshot");
+                return;
+            }
+        };
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(conf);
+        snap.data = data.into();
+        self.raw.mut_store().snapshots_mut().set(snap);
+        tracing::info!(shard, index, term, "snapshot packaged");
+    }
+
+    /// Follower: the node installed its part of `offer` (see
+    /// [`RaftNode::install_snapshot`]); steps the snapshot message with `state` kept for
+    /// the next round to install. Returns whether raft took it.
+    fn offer_snapshot(&mut self, offer: SnapshotOffer, state: &[u8]) -> Result<bool> {
+        let shard = self.id;
+        let index = offer.index;
+        let st = codec::decode_state(state, self.dedup_producers_max).map_err(|reason| {
+            Error::Corrupt {
+                shard,
+                index,
+                reason: format!("snapshot state: {reason}"),
+            }
+        })?;
+        self.restore = Some(st);
+        if let Err(e) = self.raw.step(offer.message) {
+            tracing::debug!(shard, error = %e, "snapshot message ignored");
+        }
+        // raft-rs took it when it is now the log's pending snapshot; the next round
+        // installs it.
+        let taken = self
+            .raw
+            .raft
+            .raft_log
+            .unstable_snapshot()
+            .as_ref()
+            .is_some_and(|u| u.get_metadata().index == index);
+        if !taken {
+            self.restore = None;
+        }
+        Ok(taken)
     }
 }
 
