@@ -292,32 +292,8 @@ impl RaftNode {
         let single = cfg.voters == [cfg.node_id];
         let io = IoThread::start(cfg.io_backend)?;
         let backend = io.backend();
-        let logger = slog::Logger::root(crate::TracingDrain, slog::o!());
-        let mut shards = Vec::with_capacity(cfg.shard_count as usize);
-        let mut logs = Vec::with_capacity(cfg.shard_count as usize);
-        let mut faults = Vec::with_capacity(cfg.shard_count as usize);
         let required_cursors = Arc::new(Mutex::new(Vec::new()));
-        for shard in 0..cfg.shard_count {
-            let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
-            let wal = Wal::open(&dir, cfg.wal, io.clone())?;
-            faults.push(wal.fault_injector());
-            let storage = WalStorage::open(shard, cfg.node_id, wal, &cfg.voters)?;
-            let log = Arc::new(ShardLog::new(
-                shard,
-                storage.reader(),
-                required_cursors.clone(),
-            ));
-            log.set_first(raft::Storage::first_index(&storage).unwrap_or(1));
-            shards.push(Shard::open(
-                &cfg,
-                shard,
-                storage,
-                log.clone(),
-                raft_config(cfg.node_id, single),
-                &logger,
-            )?);
-            logs.push(log);
-        }
+        let (shards, logs, faults) = open_shards(&cfg, &io, &required_cursors)?;
         // Proposals and peer messages share the channel, each kind bounded by its counter.
         let (tx, rx) = mpsc::sync_channel(cfg.proposal_queue_len.max(1) + STEP_QUEUE_LEN + 64);
         let health = Arc::new(Health::default());
@@ -340,27 +316,7 @@ impl RaftNode {
             queued_steps: queued_steps.clone(),
             node_id: cfg.node_id,
         };
-
-        let panic_health = health.clone();
-        let thread = std::thread::Builder::new()
-            .name("weir-raft".into())
-            .spawn(move || {
-                // A panic (raft-rs asserts its invariants) must not leave a node that looks
-                // alive: the node reports itself failed, and its proposers are dropped
-                // (their appends answer UNAVAILABLE).
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run())) {
-                    let why = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        .unwrap_or_else(|| "unknown panic".into());
-                    tracing::error!(error = %why, "raft driver panicked; the node must be restarted");
-                    *panic_health.failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(format!("raft driver panicked: {why}"));
-                    panic_health.failed.store(true, Ordering::Release);
-                }
-            })
-            .map_err(|e| Error::Raft(format!("cannot start the raft thread: {e}")))?;
+        let thread = spawn_driver(driver, health.clone())?;
         tracing::info!(shards = cfg.shard_count, node_id = cfg.node_id, backend = %backend, "raft node started");
         Ok(RaftNode {
             tx,
@@ -660,6 +616,69 @@ impl Drop for RaftNode {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Every shard of a node, opened: its raft group, its committed log and its WAL's fault
+/// injector.
+type OpenShards = (Vec<Shard>, Vec<Arc<ShardLog>>, Vec<weir_wal::FaultInjector>);
+
+/// Opens (recovering) every shard's WAL and raft group.
+fn open_shards(
+    cfg: &NodeConfig,
+    io: &Arc<IoThread>,
+    required_cursors: &Arc<Mutex<Vec<String>>>,
+) -> Result<OpenShards> {
+    let single = cfg.voters == [cfg.node_id];
+    let logger = slog::Logger::root(crate::TracingDrain, slog::o!());
+    let mut shards = Vec::with_capacity(cfg.shard_count as usize);
+    let mut logs = Vec::with_capacity(cfg.shard_count as usize);
+    let mut faults = Vec::with_capacity(cfg.shard_count as usize);
+    for shard in 0..cfg.shard_count {
+        let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
+        let wal = Wal::open(&dir, cfg.wal, io.clone())?;
+        faults.push(wal.fault_injector());
+        let storage = WalStorage::open(shard, cfg.node_id, wal, &cfg.voters)?;
+        let log = Arc::new(ShardLog::new(
+            shard,
+            storage.reader(),
+            required_cursors.clone(),
+        ));
+        log.set_first(raft::Storage::first_index(&storage).unwrap_or(1));
+        shards.push(Shard::open(
+            cfg,
+            shard,
+            storage,
+            log.clone(),
+            raft_config(cfg.node_id, single),
+            &logger,
+        )?);
+        logs.push(log);
+    }
+    Ok((shards, logs, faults))
+}
+
+/// Starts the "weir-raft" thread running `driver`.
+fn spawn_driver(driver: Driver, health: Arc<Health>) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("weir-raft".into())
+        .spawn(move || {
+            // A panic (raft-rs asserts its invariants) must not leave a node that looks
+            // alive: the node reports itself failed, and its proposers are dropped
+            // (their appends answer UNAVAILABLE).
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run()))
+            {
+                let why = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(error = %why, "raft driver panicked; the node must be restarted");
+                *health.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("raft driver panicked: {why}"));
+                health.failed.store(true, Ordering::Release);
+            }
+        })
+        .map_err(|e| Error::Raft(format!("cannot start the raft thread: {e}")))
 }
 
 /// The raft-rs configuration of every shard of node `id`.
@@ -983,28 +1002,7 @@ impl<S: LogStore> Driver<S> {
                 "snapshot installed without its applied state: cursors and idempotency table are rebuilt from the log only"
             ),
         }
-        // Proposals at or below the snapshot: whether their entry is the one proposed
-        // cannot be told from here.
-        let settled: Vec<u64> = s.waiters.range(..=index).map(|(i, _)| *i).collect();
-        for at in settled {
-            for w in s.waiters.remove(&at).unwrap_or_default() {
-                let _ = w.reply.send(Err(Error::Raft(format!(
-                    "shard {} replaced its log by a snapshot at index {index}; whether the proposal at {at} was stored cannot be told here",
-                    s.id
-                ))));
-            }
-        }
-        let stale: Vec<u64> = s
-            .pending_at
-            .keys()
-            .filter(|at| **at <= index)
-            .copied()
-            .collect();
-        for at in stale {
-            if let Some(k) = s.pending_at.remove(&at) {
-                s.pending_keys.remove(&k);
-            }
-        }
+        s.settle_proposals_through(index);
         s.log.set_first(index + 1);
         s.log.advance(index);
         tracing::info!(
@@ -1060,69 +1058,101 @@ impl<S: LogStore> Driver<S> {
         }
     }
 
+    /// One round of the Ready loop (see the module docs): stage every shard's Ready and
+    /// start its flush, then finish each once durable, then publish what changed.
     pub(crate) fn round(&mut self) -> Result<()> {
         let mut readies = Vec::new();
         for i in 0..self.shards.len() {
-            let s = &mut self.shards[i];
-            if !s.raw.has_ready() {
-                continue;
+            if let Some((rd, ticket)) = self.stage_ready(i)? {
+                readies.push((i, rd, ticket));
             }
-            let mut rd = s.raw.ready();
-            // A leader's appends go out before its own write (raft allows it: an entry
-            // commits only once a quorum including the leader's matched index has it).
-            let id = s.id;
-            let out = rd.take_messages();
-            self.send(id, out);
-            if !rd.snapshot().is_empty() {
-                let meta = rd.snapshot().get_metadata().clone();
-                self.install_snapshot(i, &meta)?;
-            }
-            let s = &mut self.shards[i];
-            s.apply(rd.take_committed_entries())?;
-            for e in rd.entries() {
-                let store = self.shards[i].raw.mut_store();
-                if let Err(err) = store.stage_entry(e) {
-                    // Nothing of this entry was staged: retry it while the disk is full.
-                    self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().stage_entry(e))?;
-                }
-            }
+        }
+        for (i, rd, ticket) in readies {
+            self.finish_ready(i, rd, ticket)?;
+        }
+        self.finish_rejoins();
+        self.request_snapshots();
+        self.publish();
+        Ok(())
+    }
+
+    /// Takes shard `i`'s Ready, if any: sends the leader's messages, installs a snapshot,
+    /// applies what is committed, stages the new entries and hard state and starts their
+    /// flush (a full disk is retried).
+    fn stage_ready(&mut self, i: usize) -> Result<Option<(raft::Ready, Option<S::Ticket>)>> {
+        let s = &mut self.shards[i];
+        if !s.raw.has_ready() {
+            return Ok(None);
+        }
+        let mut rd = s.raw.ready();
+        // A leader's appends go out before its own write (raft allows it: an entry
+        // commits only once a quorum including the leader's matched index has it).
+        let id = s.id;
+        let out = rd.take_messages();
+        self.send(id, out);
+        if !rd.snapshot().is_empty() {
+            let meta = rd.snapshot().get_metadata().clone();
+            self.install_snapshot(i, &meta)?;
+        }
+        let s = &mut self.shards[i];
+        s.apply(rd.take_committed_entries())?;
+        for e in rd.entries() {
             let store = self.shards[i].raw.mut_store();
-            if let Some(hs) = rd.hs() {
-                store.set_hard_state(hs);
+            if let Err(err) = store.stage_entry(e) {
+                // Nothing of this entry was staged: retry it while the disk is full.
+                self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().stage_entry(e))?;
             }
-            let ticket = if store.needs_flush() {
-                match store.flush() {
-                    Ok(t) => Some(t),
-                    Err(err) => {
-                        Some(self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().flush())?)
-                    }
+        }
+        let store = self.shards[i].raw.mut_store();
+        if let Some(hs) = rd.hs() {
+            store.set_hard_state(hs);
+        }
+        let ticket = if store.needs_flush() {
+            match store.flush() {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    Some(self.retry_disk_full(i, err, |d| d.shards[i].raw.mut_store().flush())?)
                 }
-            } else {
-                None
-            };
-            readies.push((i, rd, ticket));
-        }
-        for (i, mut rd, ticket) in readies {
-            if let Some(t) = ticket {
-                self.wait_durable(i, t)?;
             }
-            // Votes and follower acks only once what they promise is on disk.
-            let persisted = rd.take_persisted_messages();
-            let id = self.shards[i].id;
-            self.send(id, persisted);
-            let s = &mut self.shards[i];
-            s.raw.mut_store().commit_staged();
-            let mut light = s.raw.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                s.raw.mut_store().set_commit(commit);
-            }
-            let out = light.take_messages();
-            self.send(id, out);
-            let s = &mut self.shards[i];
-            s.apply(light.take_committed_entries())?;
-            s.raw.advance_apply();
-            s.release_deferred();
+        } else {
+            None
+        };
+        Ok(Some((rd, ticket)))
+    }
+
+    /// Once shard `i`'s flush is durable: sends the messages that promise it (votes,
+    /// acknowledgements), shows the entries to raft, advances, and applies what became
+    /// committed.
+    fn finish_ready(
+        &mut self,
+        i: usize,
+        mut rd: raft::Ready,
+        ticket: Option<S::Ticket>,
+    ) -> Result<()> {
+        if let Some(t) = ticket {
+            self.wait_durable(i, t)?;
         }
+        // Votes and follower acks only once what they promise is on disk.
+        let persisted = rd.take_persisted_messages();
+        let id = self.shards[i].id;
+        self.send(id, persisted);
+        let s = &mut self.shards[i];
+        s.raw.mut_store().commit_staged();
+        let mut light = s.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            s.raw.mut_store().set_commit(commit);
+        }
+        let out = light.take_messages();
+        self.send(id, out);
+        let s = &mut self.shards[i];
+        s.apply(light.take_committed_entries())?;
+        s.raw.advance_apply();
+        s.release_deferred();
+        Ok(())
+    }
+
+    /// A rejoining shard that committed as far as its peers' logs went votes again.
+    fn finish_rejoins(&mut self) {
         for s in &mut self.shards {
             if let Some(Rejoin {
                 target: Some(target),
@@ -1138,7 +1168,11 @@ impl<S: LogStore> Driver<S> {
                 }
             }
         }
-        self.request_snapshots();
+    }
+
+    /// Tells the rest of the node what this round changed: shards still rejoining, and
+    /// each shard's leadership, leader and commit index.
+    fn publish(&self) {
         let rejoining = self.shards.iter().filter(|s| s.rejoin.is_some()).count();
         self.health
             .rejoining_shards
@@ -1154,7 +1188,6 @@ impl<S: LogStore> Driver<S> {
                 .store(s.raw.raft.raft_log.committed, Ordering::Release);
             s.log.rejoining.store(s.rejoin.is_some(), Ordering::Release);
         }
-        Ok(())
     }
 
     /// Waits for a flush; a full disk is retried (see [`Driver::retry_disk_full`]).
@@ -1388,6 +1421,32 @@ impl<S: LogStore> Shard<S> {
             duplicate: false,
             reply,
         });
+    }
+
+    /// The log was replaced by a snapshot at `index`: the proposals at or below it are
+    /// answered (whether their entry is the one proposed cannot be told from here) and
+    /// their keys are no longer in flight.
+    fn settle_proposals_through(&mut self, index: u64) {
+        let settled: Vec<u64> = self.waiters.range(..=index).map(|(i, _)| *i).collect();
+        for at in settled {
+            for w in self.waiters.remove(&at).unwrap_or_default() {
+                let _ = w.reply.send(Err(Error::Raft(format!(
+                    "shard {} replaced its log by a snapshot at index {index}; whether the proposal at {at} was stored cannot be told here",
+                    self.id
+                ))));
+            }
+        }
+        let stale: Vec<u64> = self
+            .pending_at
+            .keys()
+            .filter(|at| **at <= index)
+            .copied()
+            .collect();
+        for at in stale {
+            if let Some(k) = self.pending_at.remove(&at) {
+                self.pending_keys.remove(&k);
+            }
+        }
     }
 
     /// What a proposer is told when raft-rs refuses a proposal: while leadership is being

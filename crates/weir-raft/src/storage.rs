@@ -303,6 +303,41 @@ pub(crate) struct WalStorage {
     snapshots: SnapshotSlot,
 }
 
+/// The term of every entry from `first` to `last`, read from the WAL (the one full scan
+/// of the log at start).
+///
+/// # Errors
+/// [`Error::Corrupt`] for an entry that does not decode or whose term is lower than its
+/// predecessor's.
+fn read_terms(shard: u32, reader: &WalReader, first: u64, last: u64) -> Result<VecDeque<u64>> {
+    let mut terms: VecDeque<u64> = VecDeque::new();
+    let mut out = Vec::new();
+    let mut lo = first;
+    while lo <= last {
+        out.clear();
+        reader.read_range(lo, last, 64 << 20, &mut out)?;
+        for (index, payload) in &out {
+            let v = codec::decode_entry(payload).map_err(|reason| Error::Corrupt {
+                shard,
+                index: *index,
+                reason,
+            })?;
+            if let Some(prev) = terms.back() {
+                if v.term < *prev {
+                    return Err(Error::Corrupt {
+                        shard,
+                        index: *index,
+                        reason: format!("term {} after term {prev}", v.term),
+                    });
+                }
+            }
+            terms.push_back(v.term);
+            lo = index + 1;
+        }
+    }
+    Ok(terms)
+}
+
 impl WalStorage {
     /// Opens the storage over `wal`, rebuilding the term of every entry by reading it (the
     /// one full scan of the log at start), and bootstraps `voters` on a fresh log.
@@ -321,33 +356,10 @@ impl WalStorage {
             meta.conf_state.voters = voters.to_vec();
         }
         let first = wal.first_index().unwrap_or(meta.compacted_index + 1);
-        let mut terms = VecDeque::new();
-        if let Some(last) = wal.last_index() {
-            let mut out = Vec::new();
-            let mut lo = first;
-            while lo <= last {
-                out.clear();
-                reader.read_range(lo, last, 64 << 20, &mut out)?;
-                for (index, payload) in &out {
-                    let v = codec::decode_entry(payload).map_err(|reason| Error::Corrupt {
-                        shard,
-                        index: *index,
-                        reason,
-                    })?;
-                    if let Some(prev) = terms.back() {
-                        if v.term < *prev {
-                            return Err(Error::Corrupt {
-                                shard,
-                                index: *index,
-                                reason: format!("term {} after term {prev}", v.term),
-                            });
-                        }
-                    }
-                    terms.push_back(v.term);
-                    lo = index + 1;
-                }
-            }
-        }
+        let terms = match wal.last_index() {
+            Some(last) => read_terms(shard, &reader, first, last)?,
+            None => VecDeque::new(),
+        };
         let last = first + terms.len() as u64 - 1;
         // A commit index past the durable log can only come from a torn tail: what was not
         // durable was never acknowledged, so raft learns the commit again from its leader.
