@@ -23,6 +23,7 @@ use std::time::Duration;
 
 mod codec;
 mod dedup;
+mod internals;
 mod node;
 pub mod sim;
 pub mod snapshot;

@@ -21,12 +21,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Entry, EntryType, MessageType, Snapshot};
-use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
+use raft::{RawNode, SnapshotStatus};
 use tokio::sync::oneshot;
 use weir_wal::{IoBackend, IoBackendChoice, IoThread, Wal, WalOptions};
 
 use crate::codec::{self, DedupKey};
 use crate::dedup::{DedupTable, Seen};
+use crate::internals::RawNodeExt;
 use crate::snapshot::{SnapshotOffer, SnapshotRequest, Snapshots, SNAPSHOT_TICKS};
 use crate::storage::{EntrySource, FlushTicket, LogStore, WalStorage};
 use crate::{CommittedLog, Error, LogEntry, Result};
@@ -819,8 +820,7 @@ impl<S: LogStore> Driver<S> {
                 // A rejoining shard never campaigns, so its election timer is not run; but
                 // the time since it last heard a leader still passes, or raft-rs would
                 // count that leader's lease as current forever and ignore every candidate.
-                let raft = &mut s.raw.raft;
-                raft.election_elapsed = raft.election_elapsed.saturating_add(1);
+                s.raw.age_leader_lease();
             }
             s.balance(self.node_id);
             s.watch_snapshots();
@@ -1158,7 +1158,7 @@ impl<S: LogStore> Driver<S> {
                 target: Some(target),
             }) = s.rejoin
             {
-                if s.raw.raft.raft_log.committed >= target.last_index {
+                if s.raw.committed() >= target.last_index {
                     tracing::info!(
                         shard = s.id,
                         commit = target.last_index,
@@ -1178,14 +1178,10 @@ impl<S: LogStore> Driver<S> {
             .rejoining_shards
             .store(rejoining, Ordering::Release);
         for s in &self.shards {
-            let current = s.raw.raft.state == StateRole::Leader && s.caught_up();
+            let current = s.raw.is_leader() && s.caught_up();
             s.log.leader.store(current, Ordering::Release);
-            s.log
-                .leader_id
-                .store(s.raw.raft.leader_id, Ordering::Release);
-            s.log
-                .commit
-                .store(s.raw.raft.raft_log.committed, Ordering::Release);
+            s.log.leader_id.store(s.raw.leader_id(), Ordering::Release);
+            s.log.commit.store(s.raw.committed(), Ordering::Release);
             s.log.rejoining.store(s.rejoin.is_some(), Ordering::Release);
         }
     }
@@ -1328,10 +1324,10 @@ impl<S: LogStore> Shard<S> {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Committed>>,
     ) {
-        if self.raw.raft.state != StateRole::Leader {
+        if !self.raw.is_leader() {
             let _ = reply.send(Err(Error::NotLeader {
                 shard: self.id,
-                leader: self.raw.raft.leader_id,
+                leader: self.raw.leader_id(),
             }));
             return;
         }
@@ -1379,8 +1375,8 @@ impl<S: LogStore> Shard<S> {
             let _ = reply.send(Err(self.refused(e)));
             return;
         }
-        let index = self.raw.raft.raft_log.last_index();
-        let term = self.raw.raft.term;
+        let index = self.raw.last_index();
+        let term = self.raw.term();
         if let Some(k) = key {
             if let Some(old) = self.pending_at.insert(index, k.clone()) {
                 // An earlier term's proposal at this index was overwritten before applying.
@@ -1402,10 +1398,10 @@ impl<S: LogStore> Shard<S> {
         position: u64,
         reply: oneshot::Sender<Result<Committed>>,
     ) {
-        if self.raw.raft.state != StateRole::Leader {
+        if !self.raw.is_leader() {
             let _ = reply.send(Err(Error::NotLeader {
                 shard: self.id,
-                leader: self.raw.raft.leader_id,
+                leader: self.raw.leader_id(),
             }));
             return;
         }
@@ -1414,8 +1410,8 @@ impl<S: LogStore> Shard<S> {
             let _ = reply.send(Err(self.refused(e)));
             return;
         }
-        let index = self.raw.raft.raft_log.last_index();
-        let term = self.raw.raft.term;
+        let index = self.raw.last_index();
+        let term = self.raw.term();
         self.waiters.entry(index).or_default().push(Waiter {
             term,
             duplicate: false,
@@ -1456,7 +1452,7 @@ impl<S: LogStore> Shard<S> {
         match e {
             raft::Error::ProposalDropped => Error::NotLeader {
                 shard: self.id,
-                leader: self.raw.raft.lead_transferee.unwrap_or(0),
+                leader: self.raw.transferring_to().unwrap_or(0),
             },
             other => Error::Raft(other.to_string()),
         }
@@ -1466,20 +1462,12 @@ impl<S: LogStore> Shard<S> {
     /// earlier terms (raft commits those only together with one of the current term).
     fn caught_up(&self) -> bool {
         let applied = self.log.watermark();
-        applied > 0
-            && self
-                .raw
-                .raft
-                .raft_log
-                .term(applied)
-                .is_ok_and(|t| t == self.raw.raft.term)
+        applied > 0 && self.raw.term_of(applied) == Some(self.raw.term())
     }
 
     /// Proposes what was held back, once caught up (or fails it when no longer leader).
     fn release_deferred(&mut self) {
-        if self.deferred.is_empty()
-            || (self.raw.raft.state == StateRole::Leader && !self.caught_up())
-        {
+        if self.deferred.is_empty() || (self.raw.is_leader() && !self.caught_up()) {
             return;
         }
         for (key, data, reply) in std::mem::take(&mut self.deferred) {
@@ -1552,23 +1540,18 @@ impl<S: LogStore> Shard<S> {
         let st = self.raw.store();
         ShardStatus {
             shard: self.id,
-            leader: self.raw.raft.state == StateRole::Leader,
-            leader_id: self.raw.raft.leader_id,
-            term: self.raw.raft.term,
-            commit: self.raw.raft.raft_log.committed,
+            leader: self.raw.is_leader(),
+            leader_id: self.raw.leader_id(),
+            term: self.raw.term(),
+            commit: self.raw.committed(),
             applied: self.log.watermark(),
             first_index: raft::Storage::first_index(st).unwrap_or(0),
             last_index: st.last(),
             last_term: raft::Storage::term(st, st.last()).unwrap_or(0),
             wal_bytes: st.disk_bytes(),
-            replicas: if self.raw.raft.state == StateRole::Leader {
-                let mut r: Vec<(u64, u64)> = self
-                    .raw
-                    .raft
-                    .prs()
-                    .iter()
-                    .map(|(id, p)| (*id, p.matched))
-                    .collect();
+            replicas: if self.raw.is_leader() {
+                let mut r: Vec<(u64, u64)> =
+                    self.raw.replicas().map(|r| (r.id, r.matched)).collect();
                 r.sort_unstable();
                 r
             } else {
@@ -1581,17 +1564,15 @@ impl<S: LogStore> Shard<S> {
     /// reported failed, so raft offers the snapshot again (the follower may have lost the
     /// offer, or restarted while fetching).
     fn watch_snapshots(&mut self) {
-        if self.raw.raft.state != StateRole::Leader {
+        if !self.raw.is_leader() {
             self.snapshot_ticks.clear();
             return;
         }
         let waiting: Vec<u64> = self
             .raw
-            .raft
-            .prs()
-            .iter()
-            .filter(|(_, p)| p.state == ProgressState::Snapshot)
-            .map(|(id, _)| *id)
+            .replicas()
+            .filter(|r| r.snapshotting)
+            .map(|r| r.id)
             .collect();
         self.snapshot_ticks.retain(|id, _| waiting.contains(id));
         for id in waiting {
@@ -1613,26 +1594,25 @@ impl<S: LogStore> Shard<S> {
     /// leaders spread evenly and come back after a failure heals.
     fn balance(&mut self, me: u64) {
         self.ticks_since_balance += 1;
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader
+        if !self.raw.is_leader()
             || self.preferred_leader == me
-            || raft.lead_transferee.is_some()
+            || self.raw.transferring_to().is_some()
             || self.ticks_since_balance < BALANCE_TICKS
         {
             return;
         }
-        let last = raft.raft_log.last_index();
-        let matched = raft.prs().get(self.preferred_leader).map(|p| p.matched);
+        let last = self.raw.last_index();
+        let matched = self.raw.replica(self.preferred_leader).map(|r| r.matched);
         if let Some((peer, until)) = self.balance_hold {
             if peer == self.preferred_leader && matched.is_none_or(|m| m < until) {
                 return;
             }
             self.balance_hold = None;
         }
-        let ready = raft
-            .prs()
-            .get(self.preferred_leader)
-            .is_some_and(|p| p.recent_active && p.matched == last);
+        let ready = self
+            .raw
+            .replica(self.preferred_leader)
+            .is_some_and(|r| r.recent_active && r.matched == last);
         if ready && self.caught_up() {
             self.ticks_since_balance = 0;
             tracing::info!(
@@ -1664,7 +1644,7 @@ impl<S: LogStore> Shard<S> {
         // is left to catch up by snapshot.
         let hold_for_replicas = self.raw.store().disk_bytes() <= self.replica_log_bytes_max;
         let below = self.compaction_bound(below, applied, hold_for_replicas, me);
-        if self.raw.raft.state == StateRole::Leader && self.raw.raft.prs().iter().len() > 1 {
+        if self.raw.is_leader() && self.raw.replica_count() > 1 {
             self.advance_replicas_cursor(applied, hold_for_replicas);
         }
         if below <= 1 {
@@ -1677,17 +1657,15 @@ impl<S: LogStore> Shard<S> {
     /// the applied index, a required cursor, what a follower lacks (a leader holding the
     /// log for its replicas) or the log after a snapshot handed out.
     fn compaction_bound(&self, below: u64, applied: u64, hold_for_replicas: bool, me: u64) -> u64 {
-        let leader = self.raw.raft.state == StateRole::Leader;
+        let leader = self.raw.is_leader();
         if leader && !hold_for_replicas {
             self.warn_replicas_released(applied);
         }
         let followers = if leader && hold_for_replicas {
             self.raw
-                .raft
-                .prs()
-                .iter()
-                .filter(|(id, _)| **id != me)
-                .map(|(_, p)| p.matched + 1)
+                .replicas()
+                .filter(|r| r.id != me)
+                .map(|r| r.matched + 1)
                 .min()
                 .unwrap_or(u64::MAX)
         } else {
@@ -1700,7 +1678,7 @@ impl<S: LogStore> Shard<S> {
             .store()
             .snapshots()
             .hold()
-            .filter(|h| self.raw.raft.prs().iter().any(|(_, p)| p.matched + 1 < *h))
+            .filter(|h| self.raw.replicas().any(|r| r.matched + 1 < *h))
             .unwrap_or(u64::MAX);
         below
             .min(applied + 1)
@@ -1714,11 +1692,9 @@ impl<S: LogStore> Shard<S> {
     fn warn_replicas_released(&self, applied: u64) {
         let behind: Vec<u64> = self
             .raw
-            .raft
-            .prs()
-            .iter()
-            .filter(|(_, p)| p.matched < applied)
-            .map(|(id, _)| *id)
+            .replicas()
+            .filter(|r| r.matched < applied)
+            .map(|r| r.id)
             .collect();
         if !behind.is_empty() {
             tracing::warn!(
@@ -1736,13 +1712,7 @@ impl<S: LogStore> Shard<S> {
     /// further, so whoever leads next still has what a lagging replica needs.
     fn advance_replicas_cursor(&mut self, applied: u64, hold_for_replicas: bool) {
         let held = if hold_for_replicas {
-            self.raw
-                .raft
-                .prs()
-                .iter()
-                .map(|(_, p)| p.matched)
-                .min()
-                .unwrap_or(0)
+            self.raw.replicas().map(|r| r.matched).min().unwrap_or(0)
         } else {
             applied
         };
@@ -1806,8 +1776,8 @@ impl<S: LogStore> Shard<S> {
     /// panic on a commit index past the log; the entries arrive by the usual append
     /// probing instead.
     fn clamp_heartbeat_commit(&self, message: &mut raft::eraftpb::Message) {
-        let last = self.raw.raft.raft_log.last_index();
-        let committed = self.raw.raft.raft_log.committed;
+        let last = self.raw.last_index();
+        let committed = self.raw.committed();
         if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
             tracing::debug!(
                 shard = self.id,
@@ -1827,45 +1797,37 @@ impl<S: LogStore> Shard<S> {
             return;
         };
         r.target = Some(target);
-        let term = target.term;
-        let raft = &mut self.raw.raft;
-        if raft.term < term {
-            // Its old self may have voted in any term up to `term`: never vote in those
-            // again (the vote for itself grants no one anything; the new hard state is
-            // persisted with the next Ready).
-            raft.become_follower(term, raft::INVALID_ID);
-            raft.vote = me;
+        if self.raw.term() < target.term {
+            // Its old self may have voted in any term up to `target.term`: never vote in
+            // those again.
+            self.raw.enter_term_voting_for_self(target.term, me);
         }
     }
 
     /// Peer `id` lost its data: whoever leads later must not hand it the shard before it
     /// caught up, and a leader forgets what it acknowledged and probes it from the end.
     fn forget_peer(&mut self, id: u64) {
-        self.balance_hold = Some((id, self.raw.raft.raft_log.last_index()));
-        if self.raw.raft.state != StateRole::Leader {
+        self.balance_hold = Some((id, self.raw.last_index()));
+        if !self.raw.is_leader() {
             return;
         }
-        let last = self.raw.raft.raft_log.last_index();
-        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id) {
+        // Probed from the end: its rejection says where its log ends, so a node seeded
+        // with a copy of another's data resumes from there (an empty one backs off to
+        // index 1).
+        let probe_from = self.raw.last_index() + 1;
+        if let Some(matched) = self.raw.forget_replica(id, probe_from) {
             tracing::info!(
                 shard = self.id,
                 peer = id,
-                matched = pr.matched,
+                matched,
                 "peer lost its data: its acknowledgements no longer count"
             );
-            pr.matched = 0;
-            pr.become_probe();
-            // Probed from the end: its rejection says where its log ends, so a node seeded
-            // with a copy of another's data resumes from there (an empty one backs off to
-            // index 1).
-            pr.next_idx = last + 1;
         }
     }
 
     /// This shard's log and term, as a peer that forgot a node reports them.
     fn rejoin_report(&self) -> RejoinTarget {
-        let log = &self.raw.raft.raft_log;
-        RejoinTarget::of(log.last_index(), log.last_term(), self.raw.raft.term)
+        RejoinTarget::of(self.raw.last_index(), self.raw.last_term(), self.raw.term())
     }
 
     /// Leader: the node packaged a snapshot at `index` (see [`RaftNode::snapshot_ready`]);
@@ -1907,13 +1869,7 @@ impl<S: LogStore> Shard<S> {
         }
         // raft-rs took it when it is now the log's pending snapshot; the next round
         // installs it.
-        let taken = self
-            .raw
-            .raft
-            .raft_log
-            .unstable_snapshot()
-            .as_ref()
-            .is_some_and(|u| u.get_metadata().index == index);
+        let taken = self.raw.pending_snapshot_index() == Some(index);
         if !taken {
             self.restore = None;
         }

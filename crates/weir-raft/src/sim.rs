@@ -25,12 +25,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, StateRole, StorageError};
+use raft::{GetEntriesContext, RaftState, StorageError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, DedupKey};
+use crate::internals::RawNodeExt;
 use crate::node::{raft_config, Driver, Input, NodeConfig, Outbox, RejoinTarget, Shard};
 use crate::storage::{EntrySource, FlushTicket, LogStore};
 use crate::{Committed, Error, Result, ShardLog};
@@ -595,11 +596,10 @@ impl Sim {
         for j in (0..self.nodes.len()).filter(|j| *j != i) {
             if let Some(d) = self.nodes[j].driver.as_ref() {
                 for (t, s) in targets.iter_mut().zip(&d.shards) {
-                    let log = &s.raw.raft.raft_log;
                     t.merge(RejoinTarget::of(
-                        log.last_index(),
-                        log.last_term(),
-                        s.raw.raft.term,
+                        s.raw.last_index(),
+                        s.raw.last_term(),
+                        s.raw.term(),
                     ));
                 }
             }
@@ -645,51 +645,25 @@ impl Sim {
         let mut found = Vec::new();
         let mut checked = Vec::new();
         for s in &d.shards {
-            let r = &s.raw.raft;
-            if r.state == StateRole::Leader {
-                found.push(((s.id, r.term), id));
+            if s.raw.is_leader() {
+                found.push(((s.id, s.raw.term()), id));
             }
-            let commit = r.raft_log.committed;
+            let commit = s.raw.committed();
             let from = self.nodes[i].checked[s.id as usize] + 1;
             if commit >= from {
-                let entries = r
-                    .raft_log
-                    .entries(from, None, GetEntriesContext::empty(false))
-                    .map_err(|e| {
-                        self.violation(format!(
-                            "node {id} shard {} cannot read its committed entries from {from}: {e}",
-                            s.id
-                        ))
-                    })?;
+                let entries = s.raw.entries_from(from).map_err(|e| {
+                    self.violation(format!(
+                        "node {id} shard {} cannot read its committed entries from {from}: {e}",
+                        s.id
+                    ))
+                })?;
                 for e in entries.into_iter().take_while(|e| e.index <= commit) {
                     let rec = (e.term, e.context.to_vec(), e.data.to_vec());
                     match self.committed[s.id as usize].get(&e.index) {
                         Some(old) if *old != rec => {
-                            let views: Vec<String> = self
-                                .nodes
-                                .iter()
-                                .map(|n| match &n.driver {
-                                    None => format!("node {} down", n.id),
-                                    Some(d) => {
-                                        let r = &d.shards[s.id as usize].raw.raft;
-                                        format!(
-                                            "node {}: term {} vote {} last {}/{} commit {} term@{}={:?} rejoining {}",
-                                            n.id,
-                                            r.term,
-                                            r.vote,
-                                            r.raft_log.last_index(),
-                                            r.raft_log.last_term(),
-                                            r.raft_log.committed,
-                                            e.index,
-                                            r.raft_log.term(e.index).ok(),
-                                            d.shards[s.id as usize].rejoin.is_some()
-                                        )
-                                    }
-                                })
-                                .collect();
                             return Err(self.violation(format!(
                                 "shard {} index {}: node {id} committed term {} but term {} was committed before; {}",
-                                s.id, e.index, e.term, old.0, views.join("; ")
+                                s.id, e.index, e.term, old.0, self.views(s.id, e.index)
                             )));
                         }
                         Some(_) => {}
@@ -732,6 +706,32 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Every node's view of `shard` around `index`, for a violation's message.
+    fn views(&self, shard: u32, index: u64) -> String {
+        let views: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| match &n.driver {
+                None => format!("node {} down", n.id),
+                Some(d) => {
+                    let s = &d.shards[shard as usize];
+                    format!(
+                        "node {}: term {} vote {} last {}/{} commit {} term@{index}={:?} rejoining {}",
+                        n.id,
+                        s.raw.term(),
+                        s.raw.vote(),
+                        s.raw.last_index(),
+                        s.raw.last_term(),
+                        s.raw.committed(),
+                        s.raw.term_of(index),
+                        s.rejoin.is_some()
+                    )
+                }
+            })
+            .collect();
+        views.join("; ")
     }
 
     fn live(&self) -> Vec<usize> {
@@ -1009,13 +1009,8 @@ impl Sim {
             let id = self.nodes[i].id;
             let d = self.nodes[i].driver.as_ref().expect("healed");
             for s in &d.shards {
-                let commit = s.raw.raft.raft_log.committed;
-                let entries = s
-                    .raw
-                    .raft
-                    .raft_log
-                    .entries(1, None, GetEntriesContext::empty(false))
-                    .unwrap_or_default();
+                let commit = s.raw.committed();
+                let entries = s.raw.entries_from(1).unwrap_or_default();
                 let mut count: HashMap<Vec<u8>, usize> = HashMap::new();
                 for e in entries.iter().filter(|e| e.index <= commit) {
                     if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
