@@ -300,16 +300,16 @@ impl SinkConfig {
 /// Checks a whole set of sinks: each one, and that names are unique.
 ///
 /// # Errors
-/// A description of the first problem found.
-pub fn validate_sinks(sinks: &[SinkConfig]) -> Result<(), String> {
+/// [`crate::Error::Config`] describing the first problem found.
+pub fn validate_sinks(sinks: &[SinkConfig]) -> crate::Result<()> {
     let mut names = std::collections::BTreeSet::new();
     for s in sinks {
-        s.validate()?;
+        s.validate().map_err(crate::Error::Config)?;
         if !names.insert(&s.name) {
-            return Err(format!(
+            return Err(crate::Error::Config(format!(
                 "two mirror sinks are named {:?}; mirror.sinks names must be unique",
                 s.name
-            ));
+            )));
         }
     }
     Ok(())

@@ -87,6 +87,22 @@ pub enum Error {
     /// No sink has this name.
     #[error("no mirror sink is named {0:?}")]
     UnknownSink(String),
+    /// Elasticsearch could not be asked to install the index template (unreachable,
+    /// overloaded, timed out): retry.
+    #[error("index template not installed yet: {0}")]
+    TemplateUnreachable(String),
+    /// Elasticsearch refused the index template (no permission, bad request): retrying
+    /// will not help; documents get its default mappings.
+    #[error("elasticsearch refused the index template: {status}: {reason}")]
+    TemplateRefused {
+        /// The HTTP status it answered.
+        status: u16,
+        /// An excerpt of its answer.
+        reason: String,
+    },
+    /// A cursor could not be committed through raft (not leader, timed out, stopped).
+    #[error("cursor not committed: {0}")]
+    CursorNotCommitted(String),
 }
 
 impl Error {
@@ -113,11 +129,11 @@ async fn install_template(rt: Arc<SinkRuntime>, mut stop: watch::Receiver<bool>)
                 tracing::info!(sink = %rt.config.name, "index template installed");
                 break;
             }
-            Err((false, e)) => {
+            Err(e @ Error::TemplateRefused { .. }) => {
                 tracing::warn!(sink = %rt.config.name, error = %e, "elasticsearch refused the index template; documents get its default mappings");
                 break;
             }
-            Err((true, e)) => {
+            Err(e) => {
                 rt.breaker.failure();
                 tracing::debug!(sink = %rt.config.name, error = %e, "cannot install the index template yet; retrying");
                 rt.stats
@@ -296,11 +312,11 @@ impl Mirror {
         cluster: &str,
         disk_pressure: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<Mirror> {
-        config::validate_sinks(&configs).map_err(Error::Config)?;
+        config::validate_sinks(&configs)?;
         raft.require_cursors(config::cursor_names(&configs));
         let mut sinks = Vec::new();
         for cfg in configs {
-            let sink = Sink::new(&cfg, cluster).map_err(Error::Config)?;
+            let sink = Sink::new(&cfg, cluster)?;
             let dlq = DeadLetters::open(&data_dir.join("dlq"), &cfg.name, cfg.dlq_bytes_max)?;
             sinks.push(Arc::new(SinkRuntime {
                 breaker: Breaker::new(

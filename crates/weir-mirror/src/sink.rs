@@ -81,16 +81,21 @@ impl Sink {
     /// # Errors
     /// The index pattern does not parse (see [`SinkConfig::validate`], which callers run
     /// first), or the HTTP client cannot be built.
-    pub fn new(cfg: &SinkConfig, cluster: &str) -> Result<Sink, String> {
+    pub fn new(cfg: &SinkConfig, cluster: &str) -> crate::Result<Sink> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5000)))
             .pool_max_idle_per_host(cfg.concurrency)
             .build()
-            .map_err(|e| format!("mirror sink {}: cannot build http client: {e}", cfg.name))?;
+            .map_err(|e| {
+                crate::Error::Config(format!(
+                    "mirror sink {}: cannot build http client: {e}",
+                    cfg.name
+                ))
+            })?;
         let kind = match cfg.backend {
             Backend::Elasticsearch => Kind::Elasticsearch {
-                pattern: IndexPattern::parse(cfg.index_pattern())?,
+                pattern: IndexPattern::parse(cfg.index_pattern()).map_err(crate::Error::Config)?,
                 auth: match (&cfg.username, &cfg.password, &cfg.api_key) {
                     (Some(u), Some(p), _) => Some(EsAuth::Basic(u.clone(), p.clone())),
                     (_, _, Some(k)) => Some(EsAuth::ApiKey(k.clone())),
@@ -214,9 +219,10 @@ impl Sink {
     /// Installs the Elasticsearch index template (no-op for Loki).
     ///
     /// # Errors
-    /// `(retryable, why)`: retryable when the backend could not be reached or was
-    /// overloaded; otherwise it refused (no permission, ...).
-    pub async fn install_template(&self) -> Result<(), (bool, String)> {
+    /// [`crate::Error::TemplateUnreachable`] when the backend could not be reached or was
+    /// overloaded (retry); [`crate::Error::TemplateRefused`] when it refused (no
+    /// permission, ...).
+    pub async fn install_template(&self) -> crate::Result<()> {
         let Kind::Elasticsearch { pattern, auth } = &self.kind else {
             return Ok(());
         };
@@ -227,12 +233,15 @@ impl Sink {
         req = authorize(req, auth);
         match exchange(req).await {
             Ok((200, _, _)) => Ok(()),
-            Ok((s, _, b)) => Err((
-                s == 408 || s == 429 || s >= 500,
-                format!("{s}: {}", excerpt(&b)),
-            )),
-            Err(Attempt::Retry { reason, .. }) => Err((true, reason)),
-            Err(other) => Err((true, format!("{other:?}"))),
+            Ok((s, _, b)) if s == 408 || s == 429 || s >= 500 => Err(
+                crate::Error::TemplateUnreachable(format!("{s}: {}", excerpt(&b))),
+            ),
+            Ok((status, _, b)) => Err(crate::Error::TemplateRefused {
+                status,
+                reason: excerpt(&b),
+            }),
+            Err(Attempt::Retry { reason, .. }) => Err(crate::Error::TemplateUnreachable(reason)),
+            Err(other) => Err(crate::Error::TemplateUnreachable(format!("{other:?}"))),
         }
     }
 }
@@ -309,12 +318,15 @@ mod tests {
         .await
         .unwrap();
         let ok = sink(&es.url(), "username = \"elastic\"\npassword = \"changeme\"");
-        assert_eq!(ok.install_template().await, Ok(()));
+        ok.install_template().await.unwrap();
         let key = sink(&es.url(), "api_key = \"aWQ6a2V5\"");
-        assert_eq!(key.install_template().await, Ok(()));
+        key.install_template().await.unwrap();
         let wrong = sink(&es.url(), "username = \"elastic\"\npassword = \"nope\"");
-        let (retryable, why) = wrong.install_template().await.unwrap_err();
-        assert!(!retryable && why.contains("401"), "{why}");
+        let e = wrong.install_template().await.unwrap_err();
+        assert!(
+            matches!(e, crate::Error::TemplateRefused { status: 401, .. }),
+            "{e}"
+        );
         let none = sink(&es.url(), "");
         assert!(
             none.install_template().await.is_err(),

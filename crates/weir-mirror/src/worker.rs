@@ -603,13 +603,14 @@ async fn propose_cursor(
     shard: u32,
     name: &str,
     position: u64,
-) -> Result<(), String> {
+) -> crate::Result<()> {
+    let not_committed = |e: String| crate::Error::CursorNotCommitted(e);
     let p = raft
         .propose_cursor(shard, name, position)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| not_committed(e.to_string()))?;
     match p.await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("raft stopped".into()),
+        Ok(Err(e)) => Err(not_committed(e.to_string())),
+        Err(_) => Err(not_committed("raft stopped".into())),
     }
 }

@@ -438,7 +438,7 @@ impl Config {
             self.search.limit_max > 0 && self.search.limit_default > 0,
             "search.limit_max and search.limit_default must be positive"
         );
-        weir_mirror::config::validate_sinks(&self.mirror.sinks).map_err(|e| anyhow::anyhow!(e))?;
+        weir_mirror::config::validate_sinks(&self.mirror.sinks)?;
         self.cluster.validate()?;
         Ok(())
     }
