@@ -10,8 +10,9 @@
 //! Each function states the raft-rs invariant it relies on and checks it where a check is
 //! cheap.
 
-use raft::eraftpb::Entry;
-use raft::{GetEntriesContext, ProgressState, RawNode, StateRole};
+#[cfg(feature = "testing")]
+use raft::{eraftpb::Entry, GetEntriesContext};
+use raft::{ProgressState, RawNode, StateRole};
 
 /// What the driver knows of one replica of a shard, as its leader tracks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +40,9 @@ pub(crate) trait RawNodeExt {
     /// The current term.
     fn term(&self) -> u64;
 
-    /// Whom this node voted for in the current term, 0 for nobody.
+    /// Whom this node voted for in the current term, 0 for nobody. For the simulator's
+    /// reports.
+    #[cfg(feature = "testing")]
     fn vote(&self) -> u64;
 
     /// The commit index.
@@ -66,6 +69,7 @@ pub(crate) trait RawNodeExt {
     ///
     /// # Errors
     /// raft-rs's storage error when `from` is compacted or past the log.
+    #[cfg(feature = "testing")]
     fn entries_from(&self, from: u64) -> raft::Result<Vec<Entry>>;
 
     /// The index of the snapshot raft-rs took and has not handed to the driver yet (its
@@ -128,6 +132,7 @@ impl<S: raft::Storage> RawNodeExt for RawNode<S> {
         self.raft.term
     }
 
+    #[cfg(feature = "testing")]
     fn vote(&self) -> u64 {
         self.raft.vote
     }
@@ -161,6 +166,7 @@ impl<S: raft::Storage> RawNodeExt for RawNode<S> {
         self.raft.raft_log.term(index).ok()
     }
 
+    #[cfg(feature = "testing")]
     fn entries_from(&self, from: u64) -> raft::Result<Vec<Entry>> {
         self.raft
             .raft_log

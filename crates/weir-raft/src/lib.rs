@@ -25,6 +25,7 @@ mod codec;
 mod dedup;
 mod internals;
 mod node;
+#[cfg(feature = "testing")]
 pub mod sim;
 pub mod snapshot;
 mod storage;

@@ -228,6 +228,8 @@ pub(crate) enum Input {
 /// The raft layer of one node: every shard's raft group and the thread that drives them.
 pub struct RaftNode {
     tx: SyncSender<Input>,
+    /// Each shard's WAL fault hook (see [`RaftNode::inject_wal_write_error`]).
+    #[cfg(feature = "testing")]
     faults: Vec<weir_wal::FaultInjector>,
     logs: Vec<Arc<ShardLog>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -294,7 +296,12 @@ impl RaftNode {
         let io = IoThread::start(cfg.io_backend)?;
         let backend = io.backend();
         let required_cursors = Arc::new(Mutex::new(Vec::new()));
-        let (shards, logs, faults) = open_shards(&cfg, &io, &required_cursors)?;
+        let (shards, logs) = open_shards(&cfg, &io, &required_cursors)?;
+        #[cfg(feature = "testing")]
+        let faults = shards
+            .iter()
+            .map(|s| s.raw.store().fault_injector())
+            .collect();
         // Proposals and peer messages share the channel, each kind bounded by its counter.
         let (tx, rx) = mpsc::sync_channel(cfg.proposal_queue_len.max(1) + STEP_QUEUE_LEN + 64);
         let health = Arc::new(Health::default());
@@ -321,6 +328,7 @@ impl RaftNode {
         tracing::info!(shards = cfg.shard_count, node_id = cfg.node_id, backend = %backend, "raft node started");
         Ok(RaftNode {
             tx,
+            #[cfg(feature = "testing")]
             faults,
             logs,
             thread: Mutex::new(Some(thread)),
@@ -588,6 +596,8 @@ impl RaftNode {
     }
 
     /// Test hook: makes every later WAL write of `shard` fail with `errno` (`None` heals).
+    /// Only with the `testing` feature.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn inject_wal_write_error(&self, shard: u32, errno: Option<i32>) {
         self.faults[shard as usize].set(errno);
@@ -619,25 +629,19 @@ impl Drop for RaftNode {
     }
 }
 
-/// Every shard of a node, opened: its raft group, its committed log and its WAL's fault
-/// injector.
-type OpenShards = (Vec<Shard>, Vec<Arc<ShardLog>>, Vec<weir_wal::FaultInjector>);
-
 /// Opens (recovering) every shard's WAL and raft group.
 fn open_shards(
     cfg: &NodeConfig,
     io: &Arc<IoThread>,
     required_cursors: &Arc<Mutex<Vec<String>>>,
-) -> Result<OpenShards> {
+) -> Result<(Vec<Shard>, Vec<Arc<ShardLog>>)> {
     let single = cfg.voters == [cfg.node_id];
     let logger = slog::Logger::root(crate::TracingDrain, slog::o!());
     let mut shards = Vec::with_capacity(cfg.shard_count as usize);
     let mut logs = Vec::with_capacity(cfg.shard_count as usize);
-    let mut faults = Vec::with_capacity(cfg.shard_count as usize);
     for shard in 0..cfg.shard_count {
         let dir = cfg.data_dir.join(format!("shard-{shard}")).join("wal");
         let wal = Wal::open(&dir, cfg.wal, io.clone())?;
-        faults.push(wal.fault_injector());
         let storage = WalStorage::open(shard, cfg.node_id, wal, &cfg.voters)?;
         let log = Arc::new(ShardLog::new(
             shard,
@@ -655,7 +659,7 @@ fn open_shards(
         )?);
         logs.push(log);
     }
-    Ok((shards, logs, faults))
+    Ok((shards, logs))
 }
 
 /// Starts the "weir-raft" thread running `driver`.
@@ -791,6 +795,7 @@ const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
 impl<S: LogStore> Driver<S> {
     /// A driver not attached to a thread: the simulator calls `handle`, `tick_all` and
     /// `round` itself.
+    #[cfg(feature = "testing")]
     pub(crate) fn detached(shards: Vec<Shard<S>>, outbox: Arc<dyn Outbox>, node_id: u64) -> Self {
         let (_tx, rx) = mpsc::sync_channel(1);
         Driver {
@@ -807,6 +812,7 @@ impl<S: LogStore> Driver<S> {
     }
 
     /// Whether some shard still rejoins.
+    #[cfg(feature = "testing")]
     pub(crate) fn rejoining(&self) -> bool {
         self.shards.iter().any(|s| s.rejoin.is_some())
     }

@@ -409,6 +409,12 @@ impl WalStorage {
         self.reader.clone()
     }
 
+    /// The WAL's fault hook (see `RaftNode::inject_wal_write_error`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn fault_injector(&self) -> weir_wal::FaultInjector {
+        self.wal.fault_injector()
+    }
+
     /// `applied-state` beside the shard's WAL directory.
     fn applied_state_path(&self) -> std::path::PathBuf {
         let dir = self.wal.dir();

@@ -56,7 +56,9 @@ mod recovery;
 mod wal;
 
 pub use io::{detect_backend, IoThread, SyncTicket};
-pub use wal::{FaultInjector, Wal, WalReader};
+#[cfg(feature = "testing")]
+pub use wal::FaultInjector;
+pub use wal::{Wal, WalReader};
 
 /// Errors of the WAL. Messages are lowercase and name the file and offset
 /// when there is one.

@@ -489,7 +489,9 @@ impl Wal {
     }
 
     /// Fault injection for tests, usable from another thread than the writer's (a writer
-    /// blocked retrying a full disk cannot be told to heal through its own queue).
+    /// blocked retrying a full disk cannot be told to heal through its own queue). Only
+    /// with the `testing` feature.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn fault_injector(&self) -> FaultInjector {
         FaultInjector(self.wio.clone())
@@ -802,11 +804,13 @@ impl WalReader {
 }
 
 /// Test hook: fails (or heals) one log's writes from any thread. See
-/// [`Wal::fault_injector`].
+/// [`Wal::fault_injector`]. Only with the `testing` feature.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 #[derive(Clone)]
 pub struct FaultInjector(Arc<WalIo>);
 
+#[cfg(feature = "testing")]
 impl FaultInjector {
     /// While `Some(errno)`, writes fail with that errno; `None` heals.
     pub fn set(&self, errno: Option<i32>) {
