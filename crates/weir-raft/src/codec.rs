@@ -33,10 +33,91 @@
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 
+/// What is wrong with bytes handed to a decoder here: the reason of an
+/// [`Error::Corrupt`](crate::Error::Corrupt), which adds the shard and index.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Malformed {
+    /// Fewer bytes than the layout needs.
+    #[error("truncated at byte {at}")]
+    Truncated {
+        /// where the next field would have started
+        at: usize,
+    },
+    /// An entry payload shorter than its fixed header.
+    #[error("entry payload is {len} bytes, shorter than its header")]
+    ShortEntry {
+        /// the payload's length
+        len: usize,
+    },
+    /// A version byte this code does not know.
+    #[error("unknown {what} version {version}")]
+    UnknownVersion {
+        /// which layout
+        what: &'static str,
+        /// the version found
+        version: u8,
+    },
+    /// An entry type byte raft does not have.
+    #[error("unknown entry type {0}")]
+    UnknownEntryType(u8),
+    /// An entry's context length past the end of its payload.
+    #[error("context length {len} runs past the payload")]
+    ContextPastPayload {
+        /// the context length read
+        len: usize,
+    },
+    /// A meta blob listing more members than any cluster has.
+    #[error("meta lists {n} members, more than any cluster has")]
+    TooManyMembers {
+        /// how many it lists
+        n: usize,
+    },
+    /// Bytes left over after a complete value.
+    #[error("{bytes} trailing bytes after the {what}")]
+    Trailing {
+        /// which value
+        what: &'static str,
+        /// how many bytes are left
+        bytes: usize,
+    },
+    /// A string field that is not UTF-8.
+    #[error("{what} is not utf-8")]
+    NotUtf8 {
+        /// which field
+        what: &'static str,
+    },
+    /// A cursor name longer than [`CURSOR_NAME_BYTES_MAX`].
+    #[error("cursor name of {len} bytes")]
+    CursorNameTooLong {
+        /// its length
+        len: usize,
+    },
+    /// A producer of the idempotency table remembering more sequences than the window.
+    #[error("producer {producer:?} remembers more than {window} sequences")]
+    WindowOverflow {
+        /// the producer
+        producer: String,
+        /// the window ([`crate::DEDUP_WINDOW`])
+        window: usize,
+    },
+}
+
 const ENTRY_VERSION: u8 = 1;
 const META_VERSION: u8 = 1;
 const ENTRY_HEADER_BYTES: usize = 1 + 1 + 8 + 4;
 const _: () = assert!(ENTRY_HEADER_BYTES == 14);
+
+impl Malformed {
+    /// The corruption this is in shard `shard` at log index `index` (0 for the meta or
+    /// the applied state).
+    pub(crate) fn at(self, shard: u32, index: u64) -> crate::Error {
+        crate::Error::Corrupt {
+            shard,
+            index,
+            reason: self.to_string(),
+        }
+    }
+}
 
 /// Encodes `e` (without its index, which the WAL keeps) into `out`.
 pub(crate) fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
@@ -59,27 +140,27 @@ pub(crate) struct EntryView<'a> {
 }
 
 /// Decodes an entry payload written by [`encode_entry`].
-pub(crate) fn decode_entry(buf: &[u8]) -> Result<EntryView<'_>, String> {
+pub(crate) fn decode_entry(buf: &[u8]) -> Result<EntryView<'_>, Malformed> {
     if buf.len() < ENTRY_HEADER_BYTES {
-        return Err(format!(
-            "entry payload is {} bytes, shorter than its header",
-            buf.len()
-        ));
+        return Err(Malformed::ShortEntry { len: buf.len() });
     }
     if buf[0] != ENTRY_VERSION {
-        return Err(format!("unknown entry format version {}", buf[0]));
+        return Err(Malformed::UnknownVersion {
+            what: "entry format",
+            version: buf[0],
+        });
     }
     let entry_type = match buf[1] {
         0 => EntryType::EntryNormal,
         1 => EntryType::EntryConfChange,
         2 => EntryType::EntryConfChangeV2,
-        t => return Err(format!("unknown entry type {t}")),
+        t => return Err(Malformed::UnknownEntryType(t)),
     };
     let term = u64::from_le_bytes(buf[2..10].try_into().expect("8 bytes"));
     let ctx_len = u32::from_le_bytes(buf[10..14].try_into().expect("4 bytes")) as usize;
     let rest = &buf[ENTRY_HEADER_BYTES..];
     if rest.len() < ctx_len {
-        return Err(format!("context length {ctx_len} runs past the payload"));
+        return Err(Malformed::ContextPastPayload { len: ctx_len });
     }
     Ok(EntryView {
         entry_type,
@@ -90,7 +171,7 @@ pub(crate) fn decode_entry(buf: &[u8]) -> Result<EntryView<'_>, String> {
 }
 
 /// Rebuilds a raft [`Entry`] from its WAL index and payload.
-pub(crate) fn to_entry(index: u64, buf: &[u8]) -> Result<Entry, String> {
+pub(crate) fn to_entry(index: u64, buf: &[u8]) -> Result<Entry, Malformed> {
     let v = decode_entry(buf)?;
     let mut e = Entry::default();
     e.set_entry_type(v.entry_type);
@@ -134,11 +215,14 @@ pub(crate) fn encode_meta(m: &Meta) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, String> {
+pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, Malformed> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u8()?;
     if version != META_VERSION {
-        return Err(format!("unknown meta format version {version}"));
+        return Err(Malformed::UnknownVersion {
+            what: "meta format",
+            version,
+        });
     }
     let mut m = Meta::default();
     m.hard_state.term = r.u64()?;
@@ -149,7 +233,7 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, String> {
     for which in 0..2 {
         let n = r.u32()? as usize;
         if n > 1024 {
-            return Err(format!("meta lists {n} members, more than any cluster has"));
+            return Err(Malformed::TooManyMembers { n });
         }
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
@@ -161,9 +245,7 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, String> {
             m.conf_state.learners = ids;
         }
     }
-    if r.pos != buf.len() {
-        return Err(format!("{} trailing bytes after meta", buf.len() - r.pos));
-    }
+    r.finish("meta")?;
     Ok(m)
 }
 
@@ -173,33 +255,45 @@ pub(crate) struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    pub(crate) fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&[u8], Malformed> {
         let end = self.pos.saturating_add(n);
         if end > self.buf.len() {
-            return Err(format!("truncated at byte {}", self.pos));
+            return Err(Malformed::Truncated { at: self.pos });
         }
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
     }
-    pub(crate) fn u8(&mut self) -> Result<u8, String> {
+    pub(crate) fn u8(&mut self) -> Result<u8, Malformed> {
         Ok(self.take(1)?[0])
     }
-    pub(crate) fn u32(&mut self) -> Result<u32, String> {
+    pub(crate) fn u16(&mut self) -> Result<u16, Malformed> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, Malformed> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
-    pub(crate) fn u64(&mut self) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self) -> Result<u64, Malformed> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
-    /// A UTF-8 string of `n` bytes.
-    pub(crate) fn str(&mut self, n: usize) -> Result<String, String> {
+    /// A UTF-8 string of `n` bytes, the field `what`.
+    pub(crate) fn str(&mut self, n: usize, what: &'static str) -> Result<String, Malformed> {
         std::str::from_utf8(self.take(n)?)
             .map(str::to_owned)
-            .map_err(|e| format!("not utf-8: {e}"))
+            .map_err(|_| Malformed::NotUtf8 { what })
+    }
+    /// Checks that the value `what` ended at the end of the bytes.
+    pub(crate) fn finish(&self, what: &'static str) -> Result<(), Malformed> {
+        match self.buf.len() - self.pos {
+            0 => Ok(()),
+            bytes => Err(Malformed::Trailing { what, bytes }),
+        }
     }
 }
 
@@ -233,30 +327,28 @@ pub(crate) type AppliedState = (
 );
 
 /// Decodes what [`encode_state`] wrote; the table remembers at most `producers_max`.
-pub(crate) fn decode_state(buf: &[u8], producers_max: usize) -> Result<AppliedState, String> {
+pub(crate) fn decode_state(buf: &[u8], producers_max: usize) -> Result<AppliedState, Malformed> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u8()?;
     if version != STATE_VERSION {
-        return Err(format!("unknown applied-state format version {version}"));
+        return Err(Malformed::UnknownVersion {
+            what: "applied-state format",
+            version,
+        });
     }
     let applied = r.u64()?;
     let n = r.u32()? as usize;
     let mut cursors = std::collections::HashMap::new();
     for _ in 0..n {
-        let len = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
+        let len = r.u16()? as usize;
         if len > CURSOR_NAME_BYTES_MAX {
-            return Err(format!("cursor name of {len} bytes"));
+            return Err(Malformed::CursorNameTooLong { len });
         }
-        let name = r.str(len)?;
+        let name = r.str(len, "cursor name")?;
         cursors.insert(name, r.u64()?);
     }
     let dedup = crate::DedupTable::decode(&mut r, producers_max)?;
-    if r.pos != buf.len() {
-        return Err(format!(
-            "{} trailing bytes after the applied state",
-            buf.len() - r.pos
-        ));
-    }
+    r.finish("applied state")?;
     Ok((applied, cursors, dedup))
 }
 
@@ -293,19 +385,12 @@ pub(crate) fn encode_cursor(name: &str, position: u64) -> Vec<u8> {
 }
 
 /// Decodes a cursor entry's data written by [`encode_cursor`].
-pub(crate) fn decode_cursor(data: &[u8]) -> Result<(String, u64), String> {
+pub(crate) fn decode_cursor(data: &[u8]) -> Result<(String, u64), Malformed> {
     let mut r = Reader { buf: data, pos: 0 };
-    let n = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
-    let name = std::str::from_utf8(r.take(n)?)
-        .map_err(|e| format!("cursor name is not utf-8: {e}"))?
-        .to_owned();
+    let n = r.u16()? as usize;
+    let name = r.str(n, "cursor name")?;
     let position = r.u64()?;
-    if r.pos != data.len() {
-        return Err(format!(
-            "{} trailing bytes after cursor",
-            data.len() - r.pos
-        ));
-    }
+    r.finish("cursor")?;
     Ok((name, position))
 }
 
@@ -319,19 +404,20 @@ pub(crate) fn encode_dedup(k: Option<&DedupKey>) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_dedup(ctx: &[u8]) -> Result<Option<DedupKey>, String> {
+pub(crate) fn decode_dedup(ctx: &[u8]) -> Result<Option<DedupKey>, Malformed> {
     if ctx.is_empty() {
         return Ok(None);
     }
     let mut r = Reader { buf: ctx, pos: 0 };
     let version = r.u8()?;
     if version != DEDUP_VERSION {
-        return Err(format!("unknown dedup context version {version}"));
+        return Err(Malformed::UnknownVersion {
+            what: "dedup context",
+            version,
+        });
     }
     let n = r.u32()? as usize;
-    let producer = std::str::from_utf8(r.take(n)?)
-        .map_err(|e| format!("producer id is not utf-8: {e}"))?
-        .to_owned();
+    let producer = r.str(n, "producer id")?;
     let sequence = r.u64()?;
     Ok(Some(DedupKey { producer, sequence }))
 }

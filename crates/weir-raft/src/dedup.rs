@@ -130,12 +130,12 @@ impl DedupTable {
     pub(crate) fn decode(
         r: &mut crate::codec::Reader<'_>,
         max_producers: usize,
-    ) -> Result<DedupTable, String> {
+    ) -> Result<DedupTable, crate::codec::Malformed> {
         let mut t = DedupTable::new(max_producers);
         let n = r.u32()? as usize;
         for _ in 0..n {
             let len = r.u32()? as usize;
-            let name = r.str(len)?;
+            let name = r.str(len, "producer id")?;
             let has_floor = r.u8()? != 0;
             let floor = r.u64()?;
             let last_used_index = r.u64()?;
@@ -144,9 +144,10 @@ impl DedupTable {
             for _ in 0..runs {
                 let (first, count) = (r.u64()?, r.u64()?);
                 if seen.len() as u64 + count > WINDOW as u64 {
-                    return Err(format!(
-                        "producer {name:?} remembers more than {WINDOW} sequences"
-                    ));
+                    return Err(crate::codec::Malformed::WindowOverflow {
+                        producer: name,
+                        window: WINDOW,
+                    });
                 }
                 seen.extend((0..count).map(|i| first.wrapping_add(i)));
             }

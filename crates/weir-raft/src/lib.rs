@@ -114,9 +114,78 @@ pub enum Error {
         "the disk is full; appends are refused until space is freed (nothing acknowledged is lost)"
     )]
     DiskFull,
-    /// raft-rs refused something.
-    #[error("raft: {0}")]
-    Raft(String),
+    /// The node's voters are not a valid raft membership for it.
+    #[error("voters {voters:?} must be non-zero and contain this node's id {node_id}")]
+    InvalidVoters {
+        /// this node's id
+        node_id: u64,
+        /// the configured voters
+        voters: Vec<u64>,
+    },
+    /// A raft message named a shard this node does not have.
+    #[error("raft message for shard {shard}, but this node has {shard_count} shards")]
+    NoSuchShard {
+        /// the shard named
+        shard: u32,
+        /// this node's shard count
+        shard_count: u32,
+    },
+    /// A peer's bytes are not a raft message.
+    #[error("undecodable raft message for shard {shard}: {reason}")]
+    BadMessage {
+        /// shard
+        shard: u32,
+        /// what the decoder said
+        reason: String,
+    },
+    /// raft-rs refused the raft configuration of a shard.
+    #[error("invalid raft configuration for shard {shard}: {reason}")]
+    InvalidConfig {
+        /// shard
+        shard: u32,
+        /// what raft-rs said
+        reason: String,
+    },
+    /// raft-rs could not start a shard's raft group over its storage (or, for the only
+    /// voter, its first election).
+    #[error("cannot start the raft group of shard {shard}: {reason}")]
+    Open {
+        /// shard
+        shard: u32,
+        /// what raft-rs said
+        reason: String,
+    },
+    /// The OS refused to start the raft thread.
+    #[error("cannot start the raft thread: {0}")]
+    ThreadSpawn(#[source] std::io::Error),
+    /// raft-rs refused a proposal for a reason other than a leadership change.
+    #[error("raft refused a proposal to shard {shard}: {reason}")]
+    ProposalRefused {
+        /// shard
+        shard: u32,
+        /// what raft-rs said
+        reason: String,
+    },
+    /// A snapshot replaced the log under a proposal before it was applied here: whether
+    /// it was stored cannot be told on this node.
+    #[error("shard {shard} replaced its log by a snapshot at index {snapshot}; whether the proposal at {index} was stored cannot be told here")]
+    ReplacedBySnapshot {
+        /// shard
+        shard: u32,
+        /// index the proposal had been given
+        index: u64,
+        /// the snapshot's index
+        snapshot: u64,
+    },
+    /// The raft thread stopped on an unrecoverable error (the log may be inconsistent):
+    /// the node must be restarted.
+    #[error("the raft thread stopped on an error: {reason}; restart the node")]
+    DriverFailed {
+        /// shard of the proposal this answers
+        shard: u32,
+        /// the error that stopped the thread
+        reason: String,
+    },
 }
 
 /// `Result` of this crate.

@@ -282,15 +282,16 @@ impl RaftNode {
     /// go to `outbox`, and the transport hands what arrives to [`RaftNode::step`].
     ///
     /// # Errors
-    /// As [`RaftNode::start`]; also when `voters` does not contain `node_id`.
+    /// As [`RaftNode::start`]; [`Error::InvalidVoters`] when `voters` does not contain
+    /// `node_id` or contains 0.
     pub fn start_with(cfg: NodeConfig, outbox: Arc<dyn Outbox>) -> Result<RaftNode> {
         assert!(cfg.node_id != 0, "raft node ids start at 1");
         assert!(cfg.shard_count > 0, "at least one shard");
         if !cfg.voters.contains(&cfg.node_id) || cfg.voters.contains(&0) {
-            return Err(Error::Raft(format!(
-                "voters {:?} must be non-zero and contain this node's id {}",
-                cfg.voters, cfg.node_id
-            )));
+            return Err(Error::InvalidVoters {
+                node_id: cfg.node_id,
+                voters: cfg.voters.clone(),
+            });
         }
         let single = cfg.voters == [cfg.node_id];
         let io = IoThread::start(cfg.io_backend)?;
@@ -353,16 +354,20 @@ impl RaftNode {
     /// messages the message is dropped, which raft tolerates (it retransmits).
     ///
     /// # Errors
-    /// A shard this node does not have, or bytes that are not a raft message.
+    /// [`Error::NoSuchShard`] for a shard this node does not have, [`Error::BadMessage`]
+    /// for bytes that are not a raft message.
     pub fn step(&self, shard: u32, message: &[u8]) -> Result<()> {
         if shard >= self.shard_count() {
-            return Err(Error::Raft(format!(
-                "raft message for shard {shard}, but this node has {} shards",
-                self.shard_count()
-            )));
+            return Err(Error::NoSuchShard {
+                shard,
+                shard_count: self.shard_count(),
+            });
         }
         let message: raft::eraftpb::Message = protobuf::Message::parse_from_bytes(message)
-            .map_err(|e| Error::Raft(format!("undecodable raft message for shard {shard}: {e}")))?;
+            .map_err(|e| Error::BadMessage {
+                shard,
+                reason: e.to_string(),
+            })?;
         if message.get_msg_type() == MessageType::MsgSnapshot {
             // Stepped only once the node has fetched and installed what it describes.
             let meta = message.get_snapshot().get_metadata();
@@ -683,7 +688,7 @@ fn spawn_driver(driver: Driver, health: Arc<Health>) -> Result<JoinHandle<()>> {
                 health.failed.store(true, Ordering::Release);
             }
         })
-        .map_err(|e| Error::Raft(format!("cannot start the raft thread: {e}")))
+        .map_err(Error::ThreadSpawn)
 }
 
 /// The raft-rs configuration of every shard of node `id`.
@@ -1255,7 +1260,10 @@ impl<S: LogStore> Driver<S> {
                 for w in ws {
                     let _ = w.reply.send(Err(match e {
                         Error::Stopped(_) => Error::Stopped(s.id),
-                        other => Error::Raft(other.to_string()),
+                        other => Error::DriverFailed {
+                            shard: s.id,
+                            reason: other.to_string(),
+                        },
                     }));
                 }
             }
@@ -1275,9 +1283,10 @@ impl<S: LogStore> Shard<S> {
     ) -> Result<Self> {
         let single = cfg.voters == [cfg.node_id];
         log.replicated.store(!single, Ordering::Release);
-        raft_cfg
-            .validate()
-            .map_err(|e| Error::Raft(e.to_string()))?;
+        raft_cfg.validate().map_err(|e| Error::InvalidConfig {
+            shard,
+            reason: e.to_string(),
+        })?;
         // What compaction or a snapshot took from the log but the log built: the
         // idempotency table and the cursors, as of some applied index at or above the
         // log's first index - 1. Re-applying the log on top changes nothing it knew.
@@ -1296,11 +1305,16 @@ impl<S: LogStore> Shard<S> {
                 log.set_cursor(name, position);
             }
         }
-        let mut raw =
-            RawNode::new(&raft_cfg, storage, logger).map_err(|e| Error::Raft(e.to_string()))?;
+        let mut raw = RawNode::new(&raft_cfg, storage, logger).map_err(|e| Error::Open {
+            shard,
+            reason: e.to_string(),
+        })?;
         if single {
             // The only voter: it elects itself at once (a cluster waits for election ticks).
-            raw.campaign().map_err(|e| Error::Raft(e.to_string()))?;
+            raw.campaign().map_err(|e| Error::Open {
+                shard,
+                reason: format!("the only voter cannot campaign: {e}"),
+            })?;
         }
         Ok(Shard {
             id: shard,
@@ -1432,10 +1446,11 @@ impl<S: LogStore> Shard<S> {
         let settled: Vec<u64> = self.waiters.range(..=index).map(|(i, _)| *i).collect();
         for at in settled {
             for w in self.waiters.remove(&at).unwrap_or_default() {
-                let _ = w.reply.send(Err(Error::Raft(format!(
-                    "shard {} replaced its log by a snapshot at index {index}; whether the proposal at {at} was stored cannot be told here",
-                    self.id
-                ))));
+                let _ = w.reply.send(Err(Error::ReplacedBySnapshot {
+                    shard: self.id,
+                    index: at,
+                    snapshot: index,
+                }));
             }
         }
         let stale: Vec<u64> = self
@@ -1460,7 +1475,10 @@ impl<S: LogStore> Shard<S> {
                 shard: self.id,
                 leader: self.raw.transferring_to().unwrap_or(0),
             },
-            other => Error::Raft(other.to_string()),
+            other => Error::ProposalRefused {
+                shard: self.id,
+                reason: other.to_string(),
+            },
         }
     }
 
@@ -1490,18 +1508,10 @@ impl<S: LogStore> Shard<S> {
         for e in &entries {
             if e.get_entry_type() == EntryType::EntryNormal && codec::is_cursor(&e.context) {
                 let (name, position) =
-                    codec::decode_cursor(&e.data).map_err(|reason| Error::Corrupt {
-                        shard: self.id,
-                        index: e.index,
-                        reason,
-                    })?;
+                    codec::decode_cursor(&e.data).map_err(|m| m.at(self.id, e.index))?;
                 self.log.set_cursor(name, position);
             } else if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                let key = codec::decode_dedup(&e.context).map_err(|reason| Error::Corrupt {
-                    shard: self.id,
-                    index: e.index,
-                    reason,
-                })?;
+                let key = codec::decode_dedup(&e.context).map_err(|m| m.at(self.id, e.index))?;
                 if let Some(k) = key {
                     self.dedup.insert(&k, e.index);
                 }
@@ -2045,11 +2055,7 @@ impl CommittedLog for ShardLog {
                 break;
             };
             for (index, payload) in raw.drain(..) {
-                let v = codec::decode_entry(&payload).map_err(|reason| Error::Corrupt {
-                    shard: self.shard,
-                    index,
-                    reason,
-                })?;
+                let v = codec::decode_entry(&payload).map_err(|m| m.at(self.shard, index))?;
                 if v.entry_type == EntryType::EntryNormal
                     && !v.data.is_empty()
                     && !codec::is_cursor(v.context)

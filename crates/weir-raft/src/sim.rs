@@ -106,6 +106,15 @@ impl MemStorage {
     }
 }
 
+/// A failure of the simulated disk, as the real driver would see one of its WAL: neither a
+/// full disk (which the driver retries) nor anything the driver handles otherwise.
+fn simulated_io_error(what: &str) -> Error {
+    Error::Wal(weir_wal::Error::Io {
+        path: "<simulated disk>".into(),
+        source: std::io::Error::other(format!("simulated: {what}")),
+    })
+}
+
 /// Flushes of the simulated disk complete at once (or have already failed).
 pub(crate) struct Done;
 
@@ -152,7 +161,7 @@ impl LogStore for MemStorage {
             for e in self.staged.drain(..).take(keep) {
                 d.write(e);
             }
-            return Err(Error::Raft("simulated crash during fsync".into()));
+            return Err(simulated_io_error("a crash during fsync"));
         }
         for e in self.staged.drain(..) {
             d.write(e);
@@ -196,7 +205,7 @@ impl LogStore for MemStorage {
     fn apply_snapshot(&mut self, index: u64, _term: u64, _conf: &ConfState) -> Result<()> {
         // The simulated disk is never compacted (`compact` above), so no leader asks for
         // a snapshot and none reaches a follower.
-        Err(Error::Raft(format!(
+        Err(simulated_io_error(&format!(
             "the simulator does not compact, yet a snapshot at {index} arrived"
         )))
     }

@@ -317,11 +317,7 @@ fn read_terms(shard: u32, reader: &WalReader, first: u64, last: u64) -> Result<V
         out.clear();
         reader.read_range(lo, last, 64 << 20, &mut out)?;
         for (index, payload) in &out {
-            let v = codec::decode_entry(payload).map_err(|reason| Error::Corrupt {
-                shard,
-                index: *index,
-                reason,
-            })?;
+            let v = codec::decode_entry(payload).map_err(|m| m.at(shard, *index))?;
             if let Some(prev) = terms.back() {
                 if v.term < *prev {
                     return Err(Error::Corrupt {
@@ -344,11 +340,7 @@ impl WalStorage {
     pub(crate) fn open(shard: u32, me: u64, wal: Wal, voters: &[u64]) -> Result<Self> {
         let reader = wal.reader();
         let mut meta = match wal.meta() {
-            Some(b) => codec::decode_meta(&b).map_err(|reason| Error::Corrupt {
-                shard,
-                index: 0,
-                reason,
-            })?,
+            Some(b) => codec::decode_meta(&b).map_err(|m| m.at(shard, 0))?,
             None => Meta::default(),
         };
         let fresh = meta.conf_state.voters.is_empty() && meta.conf_state.learners.is_empty();
@@ -610,12 +602,8 @@ impl raft::Storage for WalStorage {
             .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
         out.into_iter()
             .map(|(i, b)| {
-                codec::to_entry(i, &b).map_err(|reason| {
-                    raft::Error::Store(StorageError::Other(Box::new(Error::Corrupt {
-                        shard: self.shard,
-                        index: i,
-                        reason,
-                    })))
+                codec::to_entry(i, &b).map_err(|m| {
+                    raft::Error::Store(StorageError::Other(Box::new(m.at(self.shard, i))))
                 })
             })
             .collect()
