@@ -1505,6 +1505,7 @@ impl<S: LogStore> Shard<S> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        self.assert_applicable(&entries);
         for e in &entries {
             if e.get_entry_type() == EntryType::EntryNormal && codec::is_cursor(&e.context) {
                 let (name, position) =
@@ -1550,6 +1551,34 @@ impl<S: LogStore> Shard<S> {
             }
         }
         Ok(())
+    }
+
+    /// Checks, before any of `entries` is applied, that they continue the applied log with
+    /// neither gap nor repeat and that all of them are durable here (raft-rs hands out
+    /// only committed entries it was told are persisted): nothing is applied, and so
+    /// nothing acknowledged, before the flush that covers it completed.
+    ///
+    /// # Panics
+    /// When either does not hold: the log or the driver is inconsistent, and going on
+    /// would acknowledge or index what may not be stored.
+    fn assert_applicable(&self, entries: &[Entry]) {
+        let mut prev = self.log.watermark();
+        for e in entries {
+            assert_eq!(
+                e.index,
+                prev + 1,
+                "shard {}: entry {} handed to apply after entry {prev}: entries are applied contiguously",
+                self.id,
+                e.index
+            );
+            prev = e.index;
+        }
+        let durable = self.raw.store().last();
+        assert!(
+            prev <= durable,
+            "shard {}: applying up to index {prev}, past the durable log's last index {durable}",
+            self.id
+        );
     }
 
     fn status(&self) -> ShardStatus {
@@ -1696,11 +1725,21 @@ impl<S: LogStore> Shard<S> {
             .hold()
             .filter(|h| self.raw.replicas().any(|r| r.matched + 1 < *h))
             .unwrap_or(u64::MAX);
-        below
+        let cursor_floor = self.log.cursor_floor();
+        let bound = below
             .min(applied + 1)
-            .min(self.log.cursor_floor())
+            .min(cursor_floor)
             .min(followers)
-            .min(snapshot_hold)
+            .min(snapshot_hold);
+        // Architecture invariant: no compaction past what was applied, what a required
+        // cursor (on a cluster, the replicas cursor) still needs or, on a leader holding
+        // the log for its replicas, what a follower lacks.
+        assert!(
+            bound <= applied + 1 && bound <= cursor_floor && bound <= followers,
+            "shard {}: compaction below {bound} passes applied {applied}, cursor floor {cursor_floor} or followers' next index {followers}",
+            self.id
+        );
+        bound
     }
 
     /// Leader past `replica_log_bytes_max`: names the replicas that now catch up by
@@ -1803,6 +1842,12 @@ impl<S: LogStore> Shard<S> {
             );
             // Not to `last`: entries past the commit were never checked against this leader.
             message.commit = committed;
+            // A follower's commit index is never ahead of its log.
+            assert!(
+                committed <= last,
+                "shard {}: commit index {committed} past the last index {last}",
+                self.id
+            );
         }
     }
 

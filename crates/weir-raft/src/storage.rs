@@ -375,6 +375,13 @@ impl WalStorage {
         // Compacted entries were applied, hence committed: raft-rs requires
         // commit >= first_index - 1.
         meta.hard_state.commit = meta.hard_state.commit.max(first - 1);
+        // A commit index is never ahead of the durable log, nor behind what was compacted.
+        assert!(
+            first - 1 <= meta.hard_state.commit && meta.hard_state.commit <= last,
+            "shard {shard}: commit index {} outside [{}, {last}] after recovery",
+            meta.hard_state.commit,
+            first - 1
+        );
         let mut s = WalStorage {
             shard,
             wal,
@@ -466,10 +473,12 @@ impl WalStorage {
             }
             let keep = index.saturating_sub(self.first) as usize;
             self.terms.truncate(keep);
-            debug_assert_eq!(
+            assert_eq!(
                 self.first + self.terms.len() as u64,
                 index,
-                "entries are contiguous"
+                "shard {}: durable entry {index} does not follow the log's last index {}: entries are contiguous",
+                self.shard,
+                self.first + self.terms.len() as u64 - 1
             );
             self.terms.push_back(e.term);
             while self.tail.back().is_some_and(|t| t.index >= index) {
@@ -495,6 +504,13 @@ impl WalStorage {
     /// Returns bytes freed.
     pub(crate) fn compact(&mut self, index: u64) -> Result<u64> {
         let index = index.min(self.last());
+        // What is removed was applied, hence committed.
+        assert!(
+            index <= self.meta.hard_state.commit + 1,
+            "shard {}: compaction below {index} past the commit index {}",
+            self.shard,
+            self.meta.hard_state.commit
+        );
         if index <= self.first {
             return Ok(0);
         }
