@@ -11,6 +11,7 @@ use weir_raft::{DedupKey, RaftNode};
 
 use crate::cluster::PeerLinks;
 use crate::metrics::Metrics;
+use crate::protocol::Protocol;
 
 /// Accepts batches on behalf of the gRPC and HTTP front ends.
 pub struct Appender {
@@ -36,6 +37,8 @@ impl Appender {
         commit_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // gRPC counts an Append's records on the wire, before decoding it.
+        weir_proto::codec::set_append_records_max(limits.batch_records_max);
         Appender {
             raft,
             links,
@@ -59,14 +62,52 @@ impl Appender {
     /// some pieces may be stored: retry with the same `producer_id` and `sequence` to
     /// avoid storing them twice.
     pub async fn append(&self, req: AppendRequest) -> Result<AppendResponse, ApiError> {
+        self.append_via(Protocol::Append, req).await
+    }
+
+    /// [`Appender::append`] for a request that came by `protocol`, counted under it and
+    /// its tenant (records accepted, rejected and deduplicated; latency).
+    ///
+    /// # Errors
+    /// As [`Appender::append`].
+    pub async fn append_via(
+        &self,
+        protocol: Protocol,
+        req: AppendRequest,
+    ) -> Result<AppendResponse, ApiError> {
+        let started = std::time::Instant::now();
+        // Counted under the tenant as stored; a name that is refused is not a tenant.
+        let tenant = weir_ingest::normalize_tenant(&req.tenant, &self.limits)
+            .unwrap_or_else(|_| "_invalid".to_owned());
+        let submitted = req.records.len() as u64;
         let result = self.append_inner(req).await;
-        if let Err(e) = &result {
-            let refused = if e.retryable() {
-                &self.metrics.appends_refused_retryable
-            } else {
-                &self.metrics.appends_refused_invalid
-            };
-            refused.inc_by(1);
+        let ingest = &self.metrics.ingest;
+        match &result {
+            Ok(r) => {
+                let rejected = r.rejected.len() as u64;
+                let (accepted, deduplicated) = if r.duplicate {
+                    (0, submitted - rejected)
+                } else {
+                    (r.accepted, 0)
+                };
+                ingest.request(
+                    protocol,
+                    &tenant,
+                    accepted,
+                    rejected,
+                    deduplicated,
+                    started.elapsed(),
+                );
+            }
+            Err(e) => {
+                let refused = if e.retryable() {
+                    &self.metrics.appends_refused_retryable
+                } else {
+                    &self.metrics.appends_refused_invalid
+                };
+                refused.inc_by(1);
+                ingest.refused(protocol, &tenant, started.elapsed());
+            }
         }
         result
     }

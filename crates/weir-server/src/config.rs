@@ -32,6 +32,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// The cluster this node belongs to; none configured is a cluster of one.
     pub cluster: ClusterConfig,
+    /// Syslog listeners (`[[syslog]]` tables); none by default.
+    pub syslog: Vec<crate::syslog::SyslogConfig>,
 }
 
 /// `[cluster]`: static membership. Every node of a cluster has the same `nodes` list and
@@ -181,6 +183,7 @@ impl Default for Config {
             search: SearchConfig::default(),
             mirror: MirrorConfig::default(),
             cluster: ClusterConfig::default(),
+            syslog: Vec::new(),
         }
     }
 }
@@ -440,6 +443,17 @@ impl Config {
         );
         weir_mirror::config::validate_sinks(&self.mirror.sinks)?;
         self.cluster.validate()?;
+        let limits = self.limits.to_limits();
+        let mut addrs = std::collections::HashSet::new();
+        for l in &self.syslog {
+            l.validate(&limits)?;
+            anyhow::ensure!(
+                addrs.insert((l.listen, l.transport)),
+                "two syslog listeners on {} ({:?})",
+                l.listen,
+                l.transport
+            );
+        }
         Ok(())
     }
 }

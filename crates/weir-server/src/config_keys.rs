@@ -173,6 +173,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "mirror.sinks",
         "Sinks to Elasticsearch and Loki, [[mirror.sinks]] tables: docs/mirrors.md.",
     ),
+    ("syslog", "Syslog listeners, [[syslog]] tables: listen, transport (udp|tcp), tenant, message_bytes_max, connections_max. None by default."),
     ("cluster.node_id", "This node's id, one of cluster.nodes."),
     (
         "cluster.peer_addr",

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 use weir_proto::otlp::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use weir_proto::otlp::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use weir_proto::otlp::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use weir_proto::v1::ingest_server::{Ingest, IngestServer};
 use weir_proto::v1::{AppendRequest, AppendResponse};
 use weir_proto::{ApiError, DEFAULT_TENANT, TENANT_HEADER};
@@ -86,29 +84,13 @@ impl LogsService for GrpcIngest {
         let tenant = tenant_of(&request)?.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
-        let shape = weir_ingest::OtlpShape::of(&req);
-        let (append, mut rejected) = weir_ingest::otlp_to_append(req, &tenant);
-        // Refused while mapping (the rest are counted by the append path).
-        self.appender.metrics().count_rejected(&rejected);
-        if !append.records.is_empty() {
-            let resp = self.appender.append(append).await?;
-            // The append path counts positions in the request it was given; told back as
-            // positions in the export, beside those refused while mapping.
-            let mapped: Vec<_> = resp
-                .rejected
-                .into_iter()
-                .map(|mut r| {
-                    r.index = weir_ingest::flattened_position(r.index, &rejected);
-                    r
-                })
-                .collect();
-            rejected.extend(mapped);
-            rejected.sort_by_key(|r| r.index);
-        }
-        let partial_success = (!rejected.is_empty()).then(|| ExportLogsPartialSuccess {
-            rejected_log_records: rejected.len() as i64,
-            error_message: shape.rejection_message(&rejected, 5),
-        });
-        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
+        let resp = crate::protocol::export_otlp(
+            &self.appender,
+            crate::protocol::Protocol::OtlpGrpc,
+            req,
+            &tenant,
+        )
+        .await?;
+        Ok(Response::new(resp))
     }
 }

@@ -22,10 +22,12 @@ pub mod http;
 pub mod indexer;
 pub mod metrics;
 pub mod peer;
+pub mod protocol;
 pub mod search;
 pub mod snapshot;
 pub mod state;
 pub mod status;
+pub mod syslog;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +59,7 @@ pub struct Node {
     peer_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     peer_addr: Option<SocketAddr>,
     http_task: JoinHandle<std::io::Result<()>>,
+    syslog_addrs: Vec<SocketAddr>,
     raft: Arc<RaftNode>,
     indexers: Vec<Indexer>,
     mirror: Arc<weir_mirror::Mirror>,
@@ -133,12 +136,24 @@ impl Node {
             config: config.clone(),
             raft: raft.clone(),
             searcher,
+            appender: appender.clone(),
             links,
             metrics,
             mirror: mirror.clone(),
             cluster_id,
             indexer_failed,
         });
+        let mut syslog_addrs = Vec::new();
+        for l in &config.syslog {
+            let listener = syslog::start(
+                l.clone(),
+                appender.clone(),
+                state.metrics.syslog.clone(),
+                stop_rx.clone(),
+            )
+            .await?;
+            syslog_addrs.push(listener.addr);
+        }
         let front = start_front_door(&config, appender, state.clone(), stop_rx).await?;
         tracing::info!(grpc_addr = %front.grpc_addr, http_addr = %front.http_addr, data_dir = %config.data_dir.display(), backend = %raft.io_backend(), "weir node listening");
         Ok(Node {
@@ -149,11 +164,17 @@ impl Node {
             peer_task,
             peer_addr,
             http_task: front.http_task,
+            syslog_addrs,
             raft,
             indexers,
             mirror,
             state,
         })
+    }
+
+    /// Where each `[[syslog]]` listener listens, in configuration order.
+    pub fn syslog_addrs(&self) -> &[SocketAddr] {
+        &self.syslog_addrs
     }
 
     /// Where gRPC listens.

@@ -49,19 +49,39 @@ impl Histogram {
 
     fn render(&self, name: &str, out: &mut String) {
         let _ = writeln!(out, "# TYPE {name} histogram");
+        self.render_samples(name, "", out);
+    }
+
+    /// The samples of this histogram with `labels` (`k="v",...`, or empty) on each; the
+    /// caller writes the `# TYPE` line once for every label set of `name`.
+    pub fn render_samples(&self, name: &str, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braces = |extra: &str| -> String {
+            match (labels.is_empty(), extra.is_empty()) {
+                (true, true) => String::new(),
+                (true, false) => format!("{{{extra}}}"),
+                (false, true) => format!("{{{labels}}}"),
+                (false, false) => format!("{{{labels}{sep}{extra}}}"),
+            }
+        };
         let mut cumulative = 0;
         for (b, n) in BUCKETS_S.iter().zip(&self.buckets) {
             cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {cumulative}",
+                braces(&format!("le=\"{b}\""))
+            );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{} {count}", braces("le=\"+Inf\""));
         let _ = writeln!(
             out,
-            "{name}_sum {}",
+            "{name}_sum{} {}",
+            braces(""),
             self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(out, "{name}_count {count}");
+        let _ = writeln!(out, "{name}_count{} {count}", braces(""));
     }
 }
 
@@ -86,6 +106,10 @@ pub struct Metrics {
     pub records_indexed: Counter,
     /// Raft snapshots built, installed and fetched (a cluster only).
     pub snapshots: std::sync::Arc<crate::snapshot::SnapshotCounters>,
+    /// Records and requests per ingest protocol and tenant.
+    pub ingest: crate::protocol::IngestMetrics,
+    /// Syslog messages received and dropped.
+    pub syslog: std::sync::Arc<crate::syslog::SyslogCounters>,
 }
 
 impl Metrics {
@@ -178,6 +202,8 @@ impl Metrics {
             "bytes of snapshot packages received",
             snap(&self.snapshots.bytes_fetched),
         );
+        self.ingest.render(&mut out);
+        self.syslog.render(&mut out);
         out
     }
 }

@@ -17,6 +17,8 @@ pub struct NodeState {
     pub raft: Arc<RaftNode>,
     /// The search path.
     pub searcher: Arc<Searcher>,
+    /// The append path every ingest protocol ends in.
+    pub appender: Arc<crate::append::Appender>,
     /// The other members of the cluster; `None` on a single node.
     pub links: Option<Arc<crate::cluster::PeerLinks>>,
     /// Counters.

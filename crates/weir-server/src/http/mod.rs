@@ -5,12 +5,20 @@
 //! - [`serve`]: the accept loop (connection cap, header-read timeout, graceful stop).
 //! - [`api`]: Weir's own API: search, labels, cluster status, dead letters, health,
 //!   metrics.
+//! - [`otlp`]: OTLP over HTTP (`POST /v1/logs`).
+//! - [`loki`]: Loki push (`POST /loki/api/v1/push`, `GET /ready`).
+//! - [`es`]: Elasticsearch `_bulk` and the handshakes its clients make.
+//! - [`ingest`]: what the ingest protocols share (tenant header, content encoding).
 //!
 //! Every answer of 400 and above has a body that says what was wrong: the API's own JSON
 //! `{"error": ...}`, or, for what the router or the limits refuse before a handler runs
 //! (404, 405, 413, 414, 431), the same shape written by the front door itself.
 
 pub mod api;
+pub mod es;
+pub mod ingest;
+pub mod loki;
+pub mod otlp;
 pub mod serve;
 
 use std::sync::Arc;
@@ -32,6 +40,9 @@ pub use weir_proto::TENANT_HEADER;
 pub fn router(state: Arc<NodeState>) -> Router {
     let body_limit = state.config.limits.batch_bytes_max;
     api::router(state.clone())
+        .merge(otlp::router(state.clone()))
+        .merge(loki::router(state.clone()))
+        .merge(es::router(state.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state, explain_errors))
@@ -51,7 +62,7 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        error_response(status, self.0.message)
+        ingest::with_retry_after(error_response(status, self.0.message))
     }
 }
 
@@ -86,7 +97,8 @@ async fn not_found(request: Request) -> Response {
         StatusCode::NOT_FOUND,
         format!(
             "no route for {} {}; Weir's API is under /api/v1 (search, labels, cluster, dlq), \
-             plus /healthz, /readyz and /metrics",
+             plus /healthz, /readyz and /metrics; ingest: /v1/logs (OTLP), \
+             /loki/api/v1/push, /_bulk",
             request.method(),
             request.uri().path()
         ),
