@@ -3,6 +3,8 @@
 //! - [`v1`]: Weir's own ingest API and the storage messages written into the log.
 //! - [`otlp`]: the OpenTelemetry logs collector service and the messages it uses
 //!   (`otlp::collector::logs::v1::ExportLogsServiceRequest`, `otlp::common::v1::AnyValue`, ...).
+//! - [`api`]: the JSON bodies of the HTTP API (search, labels, cluster status, dead
+//!   letters, errors), shared by the server and its clients.
 
 /// `weir.v1`: the ingest API and the log's payload messages.
 pub mod v1 {
@@ -56,14 +58,19 @@ pub mod logproto {
     tonic::include_proto!("logproto");
 }
 
+pub mod api;
 pub mod codec;
 mod error;
 pub use error::{ApiError, ErrorKind};
 
 use std::fmt;
 
-/// Severity of a record. Stored as its number in [`v1::StoredRecord::level`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+use serde::{Deserialize, Serialize};
+
+/// Severity of a record. Stored as its number in [`v1::StoredRecord::level`]; in JSON
+/// (the search API), its canonical name ([`Level::as_str`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[repr(u32)]
 pub enum Level {
     /// `trace`
@@ -236,5 +243,14 @@ mod tests {
         assert_eq!(Level::from_u32(0), None);
         assert_eq!(Level::from_u32(7), None);
         assert_eq!(Level::from_canonical("WARN"), None);
+    }
+
+    #[test]
+    fn a_level_is_its_canonical_name_in_json() {
+        for l in Level::ALL {
+            let json = serde_json::to_value(l).unwrap();
+            assert_eq!(json, l.as_str());
+            assert_eq!(serde_json::from_value::<Level>(json).unwrap(), l);
+        }
     }
 }
