@@ -5,36 +5,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The breaker's state, for status and metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Requests flow.
-    Closed,
-    /// Requests wait.
-    Open,
-    /// One probe request is allowed.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// `closed`, `open`, `half-open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half-open",
-        }
-    }
-
-    /// 0 closed, 1 open, 2 half-open (the metric's value).
-    pub fn as_number(self) -> u8 {
-        match self {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        }
-    }
-}
+/// The breaker's state, for status and metrics: an API type, since the cluster status
+/// shows it.
+pub use weir_proto::api::mirror::BreakerState;
 
 enum State {
     Closed { failures: u32 },

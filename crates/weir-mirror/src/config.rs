@@ -5,25 +5,9 @@
 
 use serde::Deserialize;
 
-/// Which backend a sink writes to.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Elasticsearch `_bulk`.
-    Elasticsearch,
-    /// Grafana Loki push API.
-    Loki,
-}
-
-impl Backend {
-    /// The name used in metrics and status (`backend="elasticsearch"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Elasticsearch => "elasticsearch",
-            Backend::Loki => "loki",
-        }
-    }
-}
+/// Which backend a sink writes to: the API's type, since status and the dead-letter
+/// listing name it too, spelled as in the configuration.
+pub use weir_proto::api::mirror::Backend;
 
 /// How Loki push bodies are encoded.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
+use weir_proto::api::dlq as api;
 use weir_proto::v1::StoredRecord;
 
-use crate::item::{record_from_json, record_to_json, Item};
+use crate::item::{record_from_json, record_to_api, Item};
 use crate::{Error, Result};
 
 /// One dead-lettered record.
@@ -36,20 +37,23 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// As JSON (the line format, and the API's).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "seq": self.seq,
-            "at_ns": self.at_ns,
-            "shard": self.item.shard,
-            "index": self.item.index,
-            "offset": self.item.offset,
-            "tenant": self.item.tenant,
-            "reason": self.reason,
-            "record": record_to_json(&self.item.record),
-        })
+    /// As the API shows it, which is also the line format of the log.
+    pub fn to_api(&self) -> api::DeadLetter {
+        api::DeadLetter {
+            at_ns: self.at_ns,
+            index: self.item.index,
+            offset: self.item.offset,
+            reason: self.reason.clone(),
+            record: record_to_api(&self.item.record),
+            seq: self.seq,
+            shard: self.item.shard,
+            tenant: self.item.tenant.clone(),
+        }
     }
 
+    /// Reads a line of the log by hand rather than through [`api::DeadLetter`]: an error
+    /// names the field that is missing or of the wrong type down to a record's
+    /// `labels.<key>`, and a missing `at_ns` or `reason` reads as 0 or empty.
     fn from_json(v: &Value) -> std::result::Result<DeadLetter, String> {
         let u = |k: &str| {
             v.get(k)
@@ -204,7 +208,7 @@ impl DeadLetters {
                 item,
             };
             seq += 1;
-            let _ = serde_json::to_writer(&mut buf, &l.to_json());
+            let _ = serde_json::to_writer(&mut buf, &l.to_api());
             buf.push(b'\n');
             added.push(l);
         }
@@ -277,7 +281,7 @@ impl DeadLetters {
         let _ = serde_json::to_writer(&mut buf, &json!({ "next_seq": g.next_seq }));
         buf.push(b'\n');
         for l in &letters {
-            let _ = serde_json::to_writer(&mut buf, &l.to_json());
+            let _ = serde_json::to_writer(&mut buf, &l.to_api());
             buf.push(b'\n');
         }
         weir_wal::durable::atomic_write(&self.path, &buf).map_err(|e| Error::io(&self.path, e))?;

@@ -40,7 +40,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use weir_raft::{CommittedLog, RaftNode, ShardLog};
@@ -51,6 +50,10 @@ pub use dlq::{DeadLetter, DeadLetters};
 pub use item::Item;
 pub use sink::Sink;
 pub use stats::SinkStats;
+/// What [`Mirror::status`] and [`Mirror::replay`] answer: the API's types, which the
+/// server returns as they are.
+pub use weir_proto::api::dlq::ReplayReport;
+pub use weir_proto::api::mirror::{SinkShardStatus, SinkStatus};
 
 /// Errors of the mirror.
 #[derive(Debug, thiserror::Error)]
@@ -218,68 +221,6 @@ pub(crate) struct SinkRuntime {
     pub(crate) ready: std::sync::atomic::AtomicBool,
 }
 
-/// Status of one sink, for `GET /api/v1/cluster` and `weir cluster status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct SinkStatus {
-    /// Sink name.
-    pub name: String,
-    /// `elasticsearch` or `loki`.
-    pub backend: &'static str,
-    /// Where it sends.
-    pub url: String,
-    /// `closed`, `open`, `half-open`.
-    pub breaker: &'static str,
-    /// The same, as a state.
-    #[serde(skip)]
-    pub breaker_state: BreakerState,
-    /// Records stored by the backend (since this node started).
-    pub records_sent: u64,
-    /// Records dead-lettered (since start).
-    pub dead_lettered: u64,
-    /// Records held in the dead-letter log now.
-    pub dead_letters_held: usize,
-    /// Records this sink will never receive (released before delivery).
-    pub dropped: u64,
-    /// Entries committed but not yet delivered, over the shards this node leads.
-    pub lag_entries: u64,
-    /// Estimated records behind (entries behind times the mean records per entry).
-    pub lag_records: u64,
-    /// Age of the oldest record being delivered, seconds (0 when caught up).
-    pub lag_seconds: f64,
-    /// The last failure.
-    pub last_error: Option<String>,
-    /// Per shard.
-    pub shards: Vec<SinkShardStatus>,
-}
-
-/// One shard of a [`SinkStatus`].
-#[derive(Clone, Debug, Serialize)]
-pub struct SinkShardStatus {
-    /// Shard.
-    pub shard: u32,
-    /// Whether this node runs its worker (leads the shard).
-    pub active: bool,
-    /// Committed cursor.
-    pub cursor: u64,
-    /// The shard's commit watermark now.
-    pub watermark: u64,
-    /// Why it cannot advance, if it cannot.
-    pub stalled: Option<String>,
-}
-
-/// What a replay did.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct ReplayReport {
-    /// Records delivered and removed from the dead-letter log.
-    pub delivered: usize,
-    /// Records refused again (kept, with the new reason).
-    pub rejected_again: usize,
-    /// Records not tried because the backend stayed unavailable (kept).
-    pub not_attempted: usize,
-    /// Why the backend was unavailable, when it was.
-    pub error: Option<String>,
-}
-
 /// The mirrors of one node.
 pub struct Mirror {
     sinks: Vec<Arc<SinkRuntime>>,
@@ -379,7 +320,6 @@ impl Mirror {
             .iter()
             .map(|rt| {
                 let st = &rt.stats;
-                let breaker = rt.breaker.state();
                 let mut lag_entries = 0;
                 let mut lag_records = 0;
                 let mut oldest = i64::MAX;
@@ -416,10 +356,9 @@ impl Mirror {
                     .collect();
                 SinkStatus {
                     name: rt.config.name.clone(),
-                    backend: rt.config.backend.as_str(),
+                    backend: rt.config.backend,
                     url: rt.config.url.clone(),
-                    breaker: breaker.as_str(),
-                    breaker_state: breaker,
+                    breaker: rt.breaker.state(),
                     records_sent: st.records_sent.load(Ordering::Relaxed),
                     dead_lettered: st.dead_lettered.load(Ordering::Relaxed),
                     dead_letters_held: rt.dlq.size().0,
@@ -519,7 +458,7 @@ impl Mirror {
             (
                 "weir_mirror_breaker_state",
                 "circuit breaker: 0 closed, 1 open, 2 half-open",
-                |s| s.breaker_state.as_number().to_string(),
+                |s| s.breaker.as_number().to_string(),
             ),
             (
                 "weir_mirror_lag_entries",

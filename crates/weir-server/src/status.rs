@@ -2,15 +2,20 @@
 //!
 //! The HTTP handlers (`GET /api/v1/cluster`, `/readyz`, `/metrics`) only render what this
 //! module computes: what counts as degraded lives here, in named functions and constants,
-//! not in a handler.
+//! not in a handler. The answer's types are the API's ([`weir_proto::api::cluster`]),
+//! which clients read back.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::Serialize;
+use weir_proto::api::mirror::BreakerState;
 use weir_proto::v1::ShardStatusProto;
 
 use crate::state::NodeState;
+
+pub use weir_proto::api::cluster::{
+    ClusterStatus, ClusterView, Health, NodeStatus, ReplicaStatus, ShardStatus,
+};
 
 /// A replica more than this many entries behind its leader's commit makes the cluster
 /// `degraded`: it would not survive losing another replica without a long catch-up.
@@ -18,119 +23,6 @@ pub const REPLICA_LAG_DEGRADED_ENTRIES: u64 = 10_000;
 
 /// How long the status waits for the raft thread and for each peer.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One word for the cluster as this node sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Every node up, every shard led, replicas caught up, mirrors delivering.
-    Ok,
-    /// Serving, but one more failure could cost availability or a backend is behind: a
-    /// node down, a replica lagging, a mirror that cannot deliver, an indexer stopped, the
-    /// disk full, or this node still rejoining.
-    Degraded,
-    /// Some shard has no leader (no quorum): appends to it fail.
-    Unavailable,
-    /// This node's raft layer stopped: restart it.
-    Failed,
-}
-
-/// `GET /api/v1/cluster`.
-#[derive(Debug, Serialize)]
-pub struct ClusterStatus {
-    /// The cluster's id.
-    pub cluster_id: String,
-    /// This node.
-    pub node_id: u64,
-    /// The health word.
-    pub health: Health,
-    /// Why, when the raft thread did not answer (then nothing else is known).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The rest, when the raft thread answered.
-    #[serde(flatten)]
-    pub view: Option<ClusterView>,
-}
-
-/// What a node knows of its cluster.
-#[derive(Debug, Serialize)]
-pub struct ClusterView {
-    /// Shards no node knows a leader of.
-    pub shards_without_leader: Vec<u32>,
-    /// This node first, then its peers by id.
-    pub nodes: Vec<NodeStatus>,
-    /// Every shard.
-    pub shards: Vec<ShardStatus>,
-    /// Every mirror sink.
-    pub mirrors: Vec<weir_mirror::SinkStatus>,
-}
-
-/// One node of the cluster.
-#[derive(Debug, Serialize)]
-pub struct NodeStatus {
-    /// Raft id.
-    pub id: u64,
-    /// Answered the status call (for this node: its raft layer has not failed).
-    pub up: bool,
-    /// Present (true) for the node that answered.
-    #[serde(rename = "self", skip_serializing_if = "Option::is_none")]
-    pub is_self: Option<bool>,
-    /// Its Weir version, when it answered.
-    pub version: Option<String>,
-    /// Where peers reach it.
-    pub peer_addr: Option<String>,
-    /// Where clients reach its gRPC port.
-    pub grpc_addr: String,
-    /// Where clients reach its HTTP port.
-    pub http_addr: String,
-    /// This node's WAL backend (`uring` or `std`); only for this node.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub io_backend: Option<String>,
-    /// Seconds since the last exchange that worked; only for peers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_seen_secs: Option<f64>,
-    /// Raft messages to it dropped on a full lane; only for peers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub raft_messages_dropped: Option<u64>,
-}
-
-/// One shard as every node reports it.
-#[derive(Debug, Serialize)]
-pub struct ShardStatus {
-    /// Shard number.
-    pub shard: u32,
-    /// Leader id, 0 when none is known.
-    pub leader: u64,
-    /// Term of that leader.
-    pub term: u64,
-    /// The leader's commit index (this node's when no leader answered).
-    pub commit: u64,
-    /// This node's commit index.
-    pub local_commit: u64,
-    /// This node's applied index.
-    pub applied: u64,
-    /// First index in this node's WAL.
-    pub first_index: u64,
-    /// Last index in this node's WAL.
-    pub last_index: u64,
-    /// Bytes of this shard's WAL on this node.
-    pub wal_bytes: u64,
-    /// Each node's replica.
-    pub replicas: Vec<ReplicaStatus>,
-}
-
-/// One replica of a shard.
-#[derive(Debug, Serialize)]
-pub struct ReplicaStatus {
-    /// The node holding it.
-    pub node: u64,
-    /// Its applied index.
-    pub applied: u64,
-    /// Its index checkpoint.
-    pub indexed: u64,
-    /// Entries behind the leader's commit.
-    pub lag: u64,
-}
 
 /// What `/readyz` answers: `Ok` or why the node should not take traffic.
 pub fn readiness(st: &NodeState) -> Result<(), String> {
@@ -226,7 +118,7 @@ fn judge(st: &NodeState, view: &ClusterView) -> Health {
     let mirror_stuck = view
         .mirrors
         .iter()
-        .any(|m| m.breaker != "closed" || m.shards.iter().any(|s| s.stalled.is_some()));
+        .any(|m| m.breaker != BreakerState::Closed || m.shards.iter().any(|s| s.stalled.is_some()));
     // A node still rejoining after it lost its data holds an incomplete copy of some
     // shards: the cluster cannot lose another replica of those without losing data.
     let degraded = st.disk_full()

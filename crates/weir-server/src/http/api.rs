@@ -9,8 +9,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use weir_index::{Cursor, Hit, SearchRequest, Sort};
+use weir_proto::api::dlq::{
+    DeadLetter, DlqListResponse, DlqSink, DlqSinksResponse, ReplayReport, ReplayRequest,
+};
+use weir_proto::api::labels::{LabelValuesResponse, LabelsResponse};
+use weir_proto::api::{cluster::ClusterStatus, search};
 use weir_proto::{ApiError, Level};
 
 use super::{tenant, HttpError};
@@ -33,95 +37,31 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .with_state(state)
 }
 
-/// A hit as returned by the search API.
-#[derive(Serialize)]
-pub struct HitJson {
-    /// RFC 3339 with nanoseconds.
-    pub timestamp: String,
-    /// Nanoseconds since the epoch.
-    pub timestamp_ns: i64,
-    /// Canonical level name.
-    pub level: &'static str,
-    /// The line.
-    pub body: String,
-    /// service
-    pub service: String,
-    /// namespace
-    pub namespace: String,
-    /// pod
-    pub pod: String,
-    /// cluster
-    pub cluster: String,
-    /// Stream labels.
-    pub labels: HashMap<String, String>,
-    /// Attributes.
-    pub attributes: HashMap<String, String>,
-    /// trace id (hex)
-    pub trace_id: String,
-    /// span id (hex)
-    pub span_id: String,
-    /// Relevance, with `sort=score`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub score: Option<f32>,
-}
-
-impl HitJson {
-    fn from_hit(h: Hit, with_score: bool) -> Self {
-        let r = h.record;
-        HitJson {
-            timestamp: rfc3339(r.timestamp_ns),
-            timestamp_ns: r.timestamp_ns,
-            level: Level::from_u32(r.level).unwrap_or(Level::Info).as_str(),
-            body: r.body,
-            service: r.service,
-            namespace: r.namespace,
-            pod: r.pod,
-            cluster: r.cluster,
-            labels: r.labels.into_iter().collect(),
-            attributes: r.attributes.into_iter().collect(),
-            trace_id: r.trace_id,
-            span_id: r.span_id,
-            score: with_score.then_some(h.score),
-        }
+/// A search hit as the API shows it; the score only with `sort=score`.
+fn hit(h: Hit, with_score: bool) -> search::Hit {
+    let r = h.record;
+    search::Hit {
+        timestamp: rfc3339(r.timestamp_ns),
+        timestamp_ns: r.timestamp_ns,
+        level: Level::from_u32(r.level).unwrap_or(Level::Info),
+        body: r.body,
+        service: r.service,
+        namespace: r.namespace,
+        pod: r.pod,
+        cluster: r.cluster,
+        labels: r.labels.into_iter().collect(),
+        attributes: r.attributes.into_iter().collect(),
+        trace_id: r.trace_id,
+        span_id: r.span_id,
+        score: with_score.then_some(h.score),
     }
-}
-
-/// The answer of `GET /api/v1/search`.
-#[derive(Serialize)]
-pub struct SearchResponse {
-    /// The page of hits.
-    pub hits: Vec<HitJson>,
-    /// Every match in the time range.
-    pub total: u64,
-    /// Time taken on this node.
-    pub took_ms: u64,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-    /// The limit actually applied (after capping to `search.limit_max`).
-    pub limit: usize,
-    /// The time range searched, RFC 3339 (the last hour unless `start`/`end` were given).
-    pub start: String,
-    /// End of the time range searched (exclusive), RFC 3339.
-    pub end: String,
-    /// What the node changed or chose for the request and the caller may not expect: a
-    /// default time range, a capped limit, a clamped date. Present only when not empty.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notices: Vec<String>,
-    /// True when some shard could not be searched (no live replica reachable): the page
-    /// lacks its hits. Present only then.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub partial: bool,
-    /// The shards missing from a partial page.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub missing_shards: Vec<u32>,
 }
 
 async fn search(
     State(st): State<Arc<NodeState>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<SearchResponse>, HttpError> {
+) -> Result<Json<search::SearchResponse>, HttpError> {
     let started = Instant::now();
     let (req, notices) = parse_search(&params, tenant(&headers, &st.config)?, &st.config)?;
     let (start, end) = (rfc3339(req.start_ns), rfc3339(req.end_ns));
@@ -137,12 +77,8 @@ async fn search(
         .await?;
     st.metrics.searches.inc_by(1);
     st.metrics.search_latency.observe(started.elapsed());
-    Ok(Json(SearchResponse {
-        hits: page
-            .hits
-            .into_iter()
-            .map(|h| HitJson::from_hit(h, with_score))
-            .collect(),
+    Ok(Json(search::SearchResponse {
+        hits: page.hits.into_iter().map(|h| hit(h, with_score)).collect(),
         total: page.total,
         took_ms: started.elapsed().as_millis() as u64,
         next_cursor: page.next.map(|c| c.encode()),
@@ -297,13 +233,13 @@ async fn labels(
     State(st): State<Arc<NodeState>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, HttpError> {
+) -> Result<Json<LabelsResponse>, HttpError> {
     let (start, end) = time_range(&params, &st.config, &mut Vec::new())?;
-    let names = st
+    let labels = st
         .searcher
         .label_names(tenant(&headers, &st.config)?, start, end)
         .await?;
-    Ok(Json(serde_json::json!({ "labels": names })))
+    Ok(Json(LabelsResponse { labels }))
 }
 
 async fn label_values(
@@ -311,13 +247,16 @@ async fn label_values(
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, HttpError> {
+) -> Result<Json<LabelValuesResponse>, HttpError> {
     let (start, end) = time_range(&params, &st.config, &mut Vec::new())?;
     let values = st
         .searcher
         .label_values(tenant(&headers, &st.config)?, name.clone(), start, end)
         .await?;
-    Ok(Json(serde_json::json!({ "label": name, "values": values })))
+    Ok(Json(LabelValuesResponse {
+        label: name,
+        values,
+    }))
 }
 
 async fn healthz() -> &'static str {
@@ -385,7 +324,7 @@ fn render_cluster_metrics(st: &NodeState, out: &mut String) {
 /// term, commit and applied index, each replica's lag behind the leader's commit), every
 /// mirror, and one health word ([`crate::status::Health`]; the policy lives in
 /// [`crate::status`]).
-async fn cluster(State(st): State<Arc<NodeState>>) -> Json<crate::status::ClusterStatus> {
+async fn cluster(State(st): State<Arc<NodeState>>) -> Json<ClusterStatus> {
     Json(crate::status::cluster_status(&st).await)
 }
 
@@ -398,14 +337,18 @@ fn mirror_error(e: weir_mirror::Error) -> HttpError {
 }
 
 /// `GET /api/v1/dlq`: each sink and how many dead letters it holds.
-async fn dlq_sinks(State(st): State<Arc<NodeState>>) -> Json<serde_json::Value> {
-    let sinks: Vec<_> = st
+async fn dlq_sinks(State(st): State<Arc<NodeState>>) -> Json<DlqSinksResponse> {
+    let sinks = st
         .mirror
         .status()
         .into_iter()
-        .map(|s| serde_json::json!({"sink": s.name, "backend": s.backend, "dead_letters": s.dead_letters_held}))
+        .map(|s| DlqSink {
+            backend: s.backend,
+            dead_letters: s.dead_letters_held,
+            sink: s.name,
+        })
         .collect();
-    Json(serde_json::json!({ "sinks": sinks }))
+    Json(DlqSinksResponse { sinks })
 }
 
 /// `GET /api/v1/dlq/{sink}?limit=N&after=SEQ`: dead letters, oldest first.
@@ -413,7 +356,7 @@ async fn dlq_list(
     State(st): State<Arc<NodeState>>,
     Path(sink): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, HttpError> {
+) -> Result<Json<DlqListResponse>, HttpError> {
     let num = |k: &str, d: u64| -> Result<u64, HttpError> {
         params.get(k).map_or(Ok(d), |v| {
             v.parse().map_err(|_| {
@@ -427,22 +370,24 @@ async fn dlq_list(
     let after = num("after", 0)?;
     let all = st.mirror.dead_letters(&sink).map_err(mirror_error)?;
     let total = all.len();
-    let letters: Vec<_> = all
+    let dead_letters = all
         .iter()
         .filter(|l| l.seq > after)
         .take(limit)
-        .map(|l| l.to_json())
+        .map(|l| l.to_api())
         .collect();
-    Ok(Json(
-        serde_json::json!({ "sink": sink, "total": total, "dead_letters": letters }),
-    ))
+    Ok(Json(DlqListResponse {
+        dead_letters,
+        sink,
+        total,
+    }))
 }
 
 /// `GET /api/v1/dlq/{sink}/{seq}`: one dead letter.
 async fn dlq_show(
     State(st): State<Arc<NodeState>>,
     Path((sink, seq)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, HttpError> {
+) -> Result<Json<DeadLetter>, HttpError> {
     let seq: u64 = seq.parse().map_err(|_| {
         HttpError(ApiError::invalid(format!(
             "dead letter number must be an integer, not {seq:?}"
@@ -451,7 +396,7 @@ async fn dlq_show(
     let all = st.mirror.dead_letters(&sink).map_err(mirror_error)?;
     all.iter()
         .find(|l| l.seq == seq)
-        .map(|l| Json(l.to_json()))
+        .map(|l| Json(l.to_api()))
         .ok_or_else(|| {
             HttpError(ApiError::new(
                 weir_proto::ErrorKind::NotFound,
@@ -460,40 +405,23 @@ async fn dlq_show(
         })
 }
 
-/// `POST /api/v1/dlq/{sink}/replay`, body optional `{"seqs":[1,2]}`: sends dead letters
-/// again; delivered ones are removed.
+/// `POST /api/v1/dlq/{sink}/replay`, body optional [`ReplayRequest`] (`{"seqs":[1,2]}`):
+/// sends dead letters again; delivered ones are removed.
 async fn dlq_replay(
     State(st): State<Arc<NodeState>>,
     Path(sink): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<weir_mirror::ReplayReport>, HttpError> {
+) -> Result<Json<ReplayReport>, HttpError> {
     let seqs = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
             HttpError(ApiError::invalid(format!(
-                "replay body must be JSON like {{\"seqs\":[1,2]}}: {e}"
+                "replay body must be JSON like {{\"seqs\":[1,2]}} (seqs: dead letter numbers, \
+                 every one when absent): {e}"
             )))
         })?;
-        match v.get("seqs") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Array(a)) => Some(
-                a.iter()
-                    .map(|x| {
-                        x.as_u64().ok_or_else(|| {
-                            HttpError(ApiError::invalid(format!(
-                                "seqs must hold integers, not {x}"
-                            )))
-                        })
-                    })
-                    .collect::<Result<Vec<u64>, _>>()?,
-            ),
-            Some(other) => {
-                return Err(HttpError(ApiError::invalid(format!(
-                    "seqs must be an array of integers, not {other}"
-                ))))
-            }
-        }
+        request.seqs
     };
     // On its own task: a client that hangs up must not cancel a replay halfway (it holds
     // the sink's breaker probe and rewrites the dead-letter log).

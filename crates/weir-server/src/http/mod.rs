@@ -28,6 +28,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use weir_proto::api::error::ErrorBody;
 use weir_proto::{ApiError, DEFAULT_TENANT};
 
 use crate::config::Config;
@@ -48,8 +49,8 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state, explain_errors))
 }
 
-/// An [`ApiError`] as an HTTP response: status from the one mapping, JSON body
-/// `{"error": message}`.
+/// An [`ApiError`] as an HTTP response: status from the one mapping, body an
+/// [`ErrorBody`] (`{"error": message}`).
 pub struct HttpError(pub ApiError);
 
 impl From<ApiError> for HttpError {
@@ -66,8 +67,8 @@ impl IntoResponse for HttpError {
     }
 }
 
-fn error_response(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+fn error_response(status: StatusCode, error: String) -> Response {
+    (status, Json(ErrorBody { error })).into_response()
 }
 
 /// The tenant a request names in [`TENANT_HEADER`], checked by the rules ingest applies
