@@ -5,6 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use weir_proto::api::cluster::ClusterStatus;
+use weir_proto::api::dlq::{
+    DeadLetter, DlqListResponse, DlqSinksResponse, ReplayReport, ReplayRequest,
+};
+use weir_proto::api::error::ErrorBody;
+use weir_proto::api::search::SearchResponse;
 use weir_proto::v1::ingest_client::IngestClient;
 use weir_proto::v1::{AppendRequest, Record};
 use weir_server::Config;
@@ -69,7 +75,7 @@ enum Command {
         /// time_desc, time_asc or score.
         #[arg(long, default_value = "time_desc")]
         sort: String,
-        /// Print the raw JSON answer.
+        /// Print the answer as JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// The query (see docs/query-language.md); empty matches everything.
@@ -131,7 +137,7 @@ enum ClusterCommand {
         /// HTTP endpoint of any node.
         #[arg(long, default_value = "http://127.0.0.1:4318")]
         addr: String,
-        /// Print the raw JSON answer.
+        /// Print the answer as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -174,93 +180,111 @@ enum DlqCommand {
     },
 }
 
-/// GETs or POSTs `path` on `addr` and returns the JSON answer, or the API's error.
-async fn api(
+/// No request body, for [`api`].
+const NO_BODY: Option<&()> = None;
+
+/// GETs or POSTs `path` on `addr` (with `body` as JSON) and reads the answer as a `T`, or
+/// returns the API's error.
+async fn api<T: serde::de::DeserializeOwned>(
     addr: &str,
     method: reqwest::Method,
     path: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
+    body: Option<&impl serde::Serialize>,
+) -> anyhow::Result<T> {
     let url = format!("{}{path}", addr.trim_end_matches('/'));
     let mut req = reqwest::Client::new().request(method, &url);
     if let Some(b) = body {
-        req = req.json(&b);
+        req = req.json(b);
     }
     let resp = req.send().await.map_err(|e| unreachable_node(addr, e))?;
+    read_answer(resp, &url).await
+}
+
+/// A Weir API answer as a `T`, or its [`ErrorBody`] as the error.
+async fn read_answer<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    url: &str,
+) -> anyhow::Result<T> {
     let status = resp.status();
-    let body: serde_json::Value = resp
-        .json()
+    let bytes = resp
+        .bytes()
         .await
-        .with_context(|| format!("answer of {url} is not JSON"))?;
+        .with_context(|| format!("cannot read the answer of {url}"))?;
     if !status.is_success() {
-        anyhow::bail!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("unknown error")
+        let why = serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(
+            |_| String::from_utf8_lossy(&bytes).into_owned(),
+            |e| e.error,
         );
+        anyhow::bail!("{status}: {}", why.trim());
     }
-    Ok(body)
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the answer of {url} is not the {} this weir expects (is the node another version?)",
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("body")
+        )
+    })
 }
 
 async fn cluster_command(c: ClusterCommand) -> anyhow::Result<()> {
     let ClusterCommand::Status { addr, json } = c;
-    let v = api(&addr, reqwest::Method::GET, "/api/v1/cluster", None).await?;
+    let v: ClusterStatus = api(&addr, reqwest::Method::GET, "/api/v1/cluster", NO_BODY).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
-        "cluster {}  health: {}",
-        v["cluster_id"].as_str().unwrap_or("?"),
-        v["health"].as_str().unwrap_or("?")
-    );
-    for n in v["nodes"].as_array().into_iter().flatten() {
+    println!("cluster {}  health: {}", v.cluster_id, v.health);
+    if let Some(reason) = &v.reason {
+        println!("node {} did not answer: {reason}", v.node_id);
+    }
+    let Some(view) = v.view else {
+        return Ok(());
+    };
+    for n in &view.nodes {
         println!(
             "node {}  {}  grpc {}  http {}  version {}",
-            n["id"],
-            if n["up"].as_bool() == Some(true) {
-                "up"
-            } else {
-                "down"
-            },
-            n["grpc_addr"].as_str().unwrap_or(""),
-            n["http_addr"].as_str().unwrap_or(""),
-            n["version"].as_str().unwrap_or("")
+            n.id,
+            if n.up { "up" } else { "down" },
+            n.grpc_addr,
+            n.http_addr,
+            n.version.as_deref().unwrap_or("")
         );
     }
     println!(
         "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}  replica lag (node:entries)",
         "shard", "leader", "term", "commit", "applied", "wal bytes"
     );
-    for s in v["shards"].as_array().into_iter().flatten() {
-        let lags: Vec<String> = s["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| format!("{}:{}", r["node"], r["lag"]))
+    for s in &view.shards {
+        let lags: Vec<String> = s
+            .replicas
+            .iter()
+            .map(|r| format!("{}:{}", r.node, r.lag))
             .collect();
         println!(
             "{:>5} {:>6} {:>6} {:>10} {:>10} {:>12}  {}",
-            s["shard"].to_string(),
-            s["leader"].to_string(),
-            s["term"].to_string(),
-            s["commit"].to_string(),
-            s["applied"].to_string(),
-            s["wal_bytes"].to_string(),
+            s.shard,
+            s.leader,
+            s.term,
+            s.commit,
+            s.applied,
+            s.wal_bytes,
             lags.join(" ")
         );
     }
-    for m in v["mirrors"].as_array().into_iter().flatten() {
+    for m in &view.mirrors {
         println!(
             "mirror {} ({})  breaker {}  sent {}  lag {} entries / ~{} records / {:.1} s  dead letters {}{}",
-            m["name"].as_str().unwrap_or(""),
-            m["backend"].as_str().unwrap_or(""),
-            m["breaker"].as_str().unwrap_or(""),
-            m["records_sent"],
-            m["lag_entries"],
-            m["lag_records"],
-            m["lag_seconds"].as_f64().unwrap_or(0.0),
-            m["dead_letters_held"],
-            m["last_error"].as_str().map(|e| format!("  last error: {e}")).unwrap_or_default()
+            m.name,
+            m.backend,
+            m.breaker,
+            m.records_sent,
+            m.lag_entries,
+            m.lag_records,
+            m.lag_seconds,
+            m.dead_letters_held,
+            m.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
         );
     }
     Ok(())
@@ -271,13 +295,12 @@ async fn dlq_command(c: DlqCommand) -> anyhow::Result<()> {
         DlqCommand::List {
             addr, sink: None, ..
         } => {
-            let v = api(&addr, reqwest::Method::GET, "/api/v1/dlq", None).await?;
-            for s in v["sinks"].as_array().into_iter().flatten() {
+            let v: DlqSinksResponse =
+                api(&addr, reqwest::Method::GET, "/api/v1/dlq", NO_BODY).await?;
+            for s in v.sinks {
                 println!(
                     "{} ({}): {} dead letters",
-                    s["sink"].as_str().unwrap_or(""),
-                    s["backend"].as_str().unwrap_or(""),
-                    s["dead_letters"]
+                    s.sink, s.backend, s.dead_letters
                 );
             }
         }
@@ -286,54 +309,48 @@ async fn dlq_command(c: DlqCommand) -> anyhow::Result<()> {
             sink: Some(sink),
             limit,
         } => {
-            let v = api(
+            let v: DlqListResponse = api(
                 &addr,
                 reqwest::Method::GET,
                 &format!("/api/v1/dlq/{sink}?limit={limit}"),
-                None,
+                NO_BODY,
             )
             .await?;
-            for l in v["dead_letters"].as_array().into_iter().flatten() {
+            for l in &v.dead_letters {
                 println!(
                     "#{} shard {} index {} offset {} tenant {}: {}",
-                    l["seq"],
-                    l["shard"],
-                    l["index"],
-                    l["offset"],
-                    l["tenant"].as_str().unwrap_or(""),
-                    l["reason"].as_str().unwrap_or("")
+                    l.seq, l.shard, l.index, l.offset, l.tenant, l.reason
                 );
             }
-            eprintln!("{} dead letters in {sink}", v["total"]);
+            eprintln!("{} dead letters in {sink}", v.total);
         }
         DlqCommand::Show { addr, sink, seq } => {
-            let v = api(
+            let v: DeadLetter = api(
                 &addr,
                 reqwest::Method::GET,
                 &format!("/api/v1/dlq/{sink}/{seq}"),
-                None,
+                NO_BODY,
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         DlqCommand::Replay { addr, sink, seqs } => {
-            let body = (!seqs.is_empty()).then(|| serde_json::json!({ "seqs": seqs }));
-            let v = api(
+            let body = ReplayRequest {
+                seqs: (!seqs.is_empty()).then_some(seqs),
+            };
+            let v: ReplayReport = api(
                 &addr,
                 reqwest::Method::POST,
                 &format!("/api/v1/dlq/{sink}/replay"),
-                body,
+                Some(&body),
             )
             .await?;
             println!(
                 "delivered {}, refused again {}, not attempted {}{}",
-                v["delivered"],
-                v["rejected_again"],
-                v["not_attempted"],
-                v["error"]
-                    .as_str()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
+                v.delivered,
+                v.rejected_again,
+                v.not_attempted,
+                v.error.map(|e| format!(" ({e})")).unwrap_or_default()
             );
         }
     }
@@ -524,50 +541,39 @@ async fn query_command(
     params.extend(start.map(|s| ("start", s)));
     params.extend(end.map(|s| ("end", s)));
     params.extend(level.map(|s| ("level", s)));
+    let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
     let resp = reqwest::Client::new()
-        .get(format!("{}/api/v1/search", addr.trim_end_matches('/')))
+        .get(&url)
         .header(weir_server::http::TENANT_HEADER, tenant)
         .query(&params)
         .send()
         .await
         .map_err(|e| unreachable_node(&addr, e))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.context("answer is not JSON")?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("unknown error")
-        );
-    }
+    let body: SearchResponse = read_answer(resp, &url).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    for h in body["hits"].as_array().into_iter().flatten() {
-        println!(
-            "{} {:5} {} {}",
-            h["timestamp"].as_str().unwrap_or(""),
-            h["level"].as_str().unwrap_or(""),
-            h["service"].as_str().unwrap_or(""),
-            h["body"].as_str().unwrap_or("")
-        );
+    for h in &body.hits {
+        let level = h.level.as_str();
+        println!("{} {level:5} {} {}", h.timestamp, h.service, h.body);
     }
-    if body["partial"].as_bool() == Some(true) {
+    if body.partial {
         eprintln!(
-            "partial answer: no replica of shards {} could be searched",
-            body["missing_shards"]
+            "partial answer: no replica of shards {:?} could be searched",
+            body.missing_shards
         );
     }
     eprintln!(
         "{} of {} hits from {} to {}, {} ms",
-        body["hits"].as_array().map_or(0, Vec::len),
-        body["total"],
-        body["start"].as_str().unwrap_or("?"),
-        body["end"].as_str().unwrap_or("?"),
-        body["took_ms"]
+        body.hits.len(),
+        body.total,
+        body.start,
+        body.end,
+        body.took_ms
     );
-    for n in body["notices"].as_array().into_iter().flatten() {
-        eprintln!("note: {}", n.as_str().unwrap_or(""));
+    for n in &body.notices {
+        eprintln!("note: {n}");
     }
     Ok(())
 }

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::*;
+use weir_proto::api::cluster::ClusterStatus;
+use weir_proto::api::dlq::{DeadLetter, DlqListResponse, DlqSinksResponse, ReplayReport};
 use weir_proto::v1::{AppendRequest, Record};
 use weir_testkit::elasticsearch::{FakeElasticsearch, ItemFault};
 use weir_testkit::loki::{FakeLoki, LokiOptions};
@@ -96,6 +98,29 @@ async fn append_batches(
         node.append(req).await.unwrap();
     }
     want
+}
+
+/// Reads a live answer as its API type and checks that writing the type back gives the
+/// same JSON: the type holds every field the server sent.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(v: &serde_json::Value) -> T {
+    let t: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"));
+    assert_eq!(&serde_json::to_value(&t).unwrap(), v);
+    t
+}
+
+/// Runs the `weir` binary with `args`; it must exit 0. Returns stdout and stderr.
+async fn weir(args: &[&str]) -> (String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "weir {args:?}: {stdout}{stderr}");
+    (stdout, stderr)
 }
 
 async fn metrics(node: &TestNode) -> String {
@@ -435,6 +460,30 @@ async fn poison_records_are_dead_lettered_not_dropped_and_replay_after_the_fix()
         .as_str()
         .unwrap()
         .starts_with("poison"));
+    // The API's types (what the CLI reads) hold every field of the live answers, unchanged.
+    typed::<DlqListResponse>(&es_dlq);
+    typed::<DlqListResponse>(&loki_dlq);
+    typed::<DeadLetter>(&one);
+    typed::<DlqSinksResponse>(&get(format!("{}/api/v1/dlq", node.http)).await);
+    let status = typed::<ClusterStatus>(&get(format!("{}/api/v1/cluster", node.http)).await);
+    let mirrors = status.view.expect("the raft thread answered").mirrors;
+    assert_eq!(mirrors[0].dead_letters_held, 2, "{mirrors:?}");
+    // And the CLI prints them.
+    let (out, err) = weir(&["dlq", "list", "--addr", &node.http]).await;
+    assert!(
+        out.contains("es (elasticsearch): 2 dead letters"),
+        "{out}{err}"
+    );
+    let (out, err) = weir(&["dlq", "list", "--addr", &node.http, "es"]).await;
+    assert!(out.contains(&format!("#{seq} shard ")), "{out}{err}");
+    assert!(err.contains("2 dead letters in es"), "{out}{err}");
+    let (out, err) = weir(&["dlq", "show", "--addr", &node.http, "es", &seq.to_string()]).await;
+    assert!(out.contains("\"body\": \"poison"), "{out}{err}");
+    let (out, err) = weir(&["cluster", "status", "--addr", &node.http]).await;
+    assert!(
+        out.contains("mirror es (elasticsearch)  breaker closed"),
+        "{out}{err}"
+    );
     let missing = http
         .get(format!("{}/api/v1/dlq/nope", node.http))
         .send()
@@ -466,6 +515,12 @@ async fn poison_records_are_dead_lettered_not_dropped_and_replay_after_the_fix()
         .await
         .unwrap();
     assert_eq!(report["rejected_again"], 1, "{report}");
+    typed::<ReplayReport>(&report);
+    let (out, err) = weir(&["dlq", "replay", "--addr", &node.http, "loki", "--seq", "1"]).await;
+    assert!(
+        out.contains("delivered 0, refused again 1, not attempted 0"),
+        "{out}{err}"
+    );
     let metrics = metrics(&node).await;
     assert!(
         metrics.contains(
