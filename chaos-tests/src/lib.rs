@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
+use weir_proto::api::cluster::{ClusterStatus, Health};
+use weir_proto::api::search::SearchResponse;
 use weir_proto::v1::ingest_client::IngestClient;
 use weir_proto::v1::{AppendRequest, Record};
 use weir_testkit::ports::loopback_addr;
@@ -334,7 +336,7 @@ impl Cluster {
     }
 
     /// The cluster status as node `id` reports it.
-    pub async fn status(&self, id: u64) -> anyhow::Result<serde_json::Value> {
+    pub async fn status(&self, id: u64) -> anyhow::Result<ClusterStatus> {
         status_of(self.nodes[id as usize - 1].http).await
     }
 
@@ -555,7 +557,7 @@ pub async fn read_all(http: SocketAddr) -> anyhow::Result<HashMap<String, usize>
         if let Some(c) = &cursor {
             params.push(("cursor", c.clone()));
         }
-        let v: serde_json::Value = client
+        let v: SearchResponse = client
             .get(format!("http://{http}/api/v1/search"))
             .query(&params)
             .timeout(Duration::from_secs(10))
@@ -565,17 +567,15 @@ pub async fn read_all(http: SocketAddr) -> anyhow::Result<HashMap<String, usize>
             .json()
             .await?;
         anyhow::ensure!(
-            v["partial"] != true,
-            "partial answer: shards {} missing",
-            v["missing_shards"]
+            !v.partial,
+            "partial answer: shards {:?} missing",
+            v.missing_shards
         );
-        for h in v["hits"].as_array().into_iter().flatten() {
-            if let Some(b) = h["body"].as_str() {
-                *counts.entry(b.to_owned()).or_insert(0) += 1;
-            }
+        for h in v.hits {
+            *counts.entry(h.body).or_insert(0) += 1;
         }
-        match v["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
+        match v.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
@@ -743,7 +743,7 @@ impl Faults for Cluster {
 }
 
 /// `GET /api/v1/cluster` of the node at `http`.
-pub async fn status_of(http: SocketAddr) -> anyhow::Result<serde_json::Value> {
+pub async fn status_of(http: SocketAddr) -> anyhow::Result<ClusterStatus> {
     let r = reqwest::Client::new()
         .get(format!("http://{http}/api/v1/cluster"))
         .timeout(Duration::from_secs(3))
@@ -756,9 +756,12 @@ pub async fn status_of(http: SocketAddr) -> anyhow::Result<serde_json::Value> {
 pub async fn leader_of(c: &impl Faults, shard: u32) -> Option<u64> {
     for (_, http) in c.running_http() {
         if let Ok(s) = status_of(http).await {
-            let l = s["shards"][shard as usize]["leader"].as_u64().unwrap_or(0);
-            if l != 0 {
-                return Some(l);
+            let leader = s
+                .view
+                .and_then(|v| v.shards.into_iter().find(|s| s.shard == shard))
+                .map_or(0, |s| s.leader);
+            if leader != 0 {
+                return Some(leader);
             }
         }
     }
@@ -776,10 +779,10 @@ pub async fn wait_healthy(c: &impl Faults, timeout: Duration) -> anyhow::Result<
         let mut all_ok = true;
         for (id, http) in c.running_http() {
             match status_of(http).await {
-                Ok(s) if s["health"] == "ok" => {}
+                Ok(s) if s.health == Health::Ok => {}
                 Ok(s) => {
                     all_ok = false;
-                    last = format!("node {id}: health {}", s["health"]);
+                    last = format!("node {id}: health {}", s.health);
                 }
                 Err(e) => {
                     all_ok = false;

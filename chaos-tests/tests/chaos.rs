@@ -63,7 +63,7 @@ async fn every_acknowledged_record_survives_every_fault_exactly_once_on_every_no
     if !verdicts.iter().all(|v| v.is_clean()) {
         for id in 1..=3 {
             if let Ok(s) = cluster.status(id).await {
-                println!("node {id} status: {}", s["shards"]);
+                println!("node {id} shards: {:?}", s.view.map(|v| v.shards));
             }
         }
         let dir = cluster.keep();
