@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use weir_proto::api::search::SearchResponse;
 use weir_proto::v1::ingest_client::IngestClient;
 use weir_proto::v1::{AppendRequest, Record};
 
@@ -364,18 +365,20 @@ fn raw_fsync_bandwidth(dir: &std::path::Path, chunk: usize, dur: Duration) -> an
 async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
-    let sample: serde_json::Value = client
+    let sample: SearchResponse = client
         .get(&url)
         .query(&[("limit", "1"), ("start", "0")])
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?;
-    let trace = sample["hits"][0]["trace_id"]
-        .as_str()
-        .context("the node holds no records: run `weir-bench ingest` first")?
-        .to_owned();
-    println!("query: {} records in the node", sample["total"]);
+    let trace = sample
+        .hits
+        .first()
+        .map(|h| h.trace_id.clone())
+        .context("the node holds no records: run `weir-bench ingest` first")?;
+    println!("query: {} records in the node", sample.total);
     let now = now_ns();
     let five_min_ago = (now - 300_000_000_000).to_string();
     let day_ago = (now - 86_400_000_000_000).to_string();
@@ -411,10 +414,16 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
         let mut total = 0;
         for _ in 0..iterations {
             let t = Instant::now();
-            let body: serde_json::Value =
-                client.get(&url).query(&params).send().await?.json().await?;
+            let body: SearchResponse = client
+                .get(&url)
+                .query(&params)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
             h.record(t.elapsed().as_micros() as u64)?;
-            total = body["total"].as_u64().unwrap_or(0);
+            total = body.total;
         }
         println!(
             "  {name:20} p50 {:7.2} ms  p99 {:7.2} ms  max {:7.2} ms  ({total} matches)",
