@@ -89,6 +89,7 @@ impl LogsService for GrpcIngest {
             crate::protocol::Protocol::OtlpGrpc,
             req,
             &tenant,
+            None,
         )
         .await?;
         Ok(Response::new(resp))

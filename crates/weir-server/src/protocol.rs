@@ -24,11 +24,15 @@ use crate::metrics::Histogram;
 /// # Errors
 /// The append path's: invalid (400 / INVALID_ARGUMENT), overloaded or not committed in
 /// time (retryable).
+///
+/// `content` is the request's bytes as received, for the deduplication key; without them
+/// (gRPC hands over the decoded message) the request is encoded again to be hashed.
 pub async fn export_otlp(
     appender: &Appender,
     protocol: Protocol,
     req: ExportLogsServiceRequest,
     tenant: &str,
+    content: Option<&[u8]>,
 ) -> Result<ExportLogsServiceResponse, ApiError> {
     let shape = weir_ingest::OtlpShape::of(&req);
     let timestamped = req
@@ -37,7 +41,11 @@ pub async fn export_otlp(
         .flat_map(|r| &r.scope_logs)
         .flat_map(|s| &s.log_records)
         .all(|r| r.time_unix_nano != 0 || r.observed_time_unix_nano != 0);
-    let key = request_key(protocol, &req.encode_to_vec(), timestamped);
+    let key = match content {
+        Some(bytes) => request_key(protocol, bytes, timestamped),
+        None if timestamped => request_key(protocol, &req.encode_to_vec(), true),
+        None => None,
+    };
     let (mut append, mut rejected) = weir_ingest::otlp_to_append(req, tenant);
     // Refused while mapping (the rest are counted by the append path).
     appender.metrics().count_rejected(&rejected);

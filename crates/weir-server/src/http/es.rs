@@ -247,21 +247,89 @@ async fn bulk(
             Err(e) => return api_error(&e),
         }
     }
-    let items: Vec<Value> = ends
+    let items: Vec<BulkItemAnswer> = ends
         .into_iter()
-        .map(|end| item_json(end, &rejected, duplicate))
+        .map(|end| item_answer(end, &rejected, duplicate))
         .collect();
-    let errors = items.iter().any(|i| {
-        i.as_object()
-            .and_then(|o| o.values().next())
-            .is_some_and(|v| v.get("error").is_some())
-    });
-    Json(json!({
-        "took": started.elapsed().as_millis() as u64,
-        "errors": errors,
-        "items": items,
-    }))
-    .into_response()
+    let answer = BulkAnswer {
+        took: started.elapsed().as_millis() as u64,
+        errors: items.iter().any(|i| i.outcome.error.is_some()),
+        items,
+    };
+    // Serialized straight from the typed answer: building a `Value` tree per item cost
+    // more than parsing the request.
+    match serde_json::to_vec(&answer) {
+        Ok(body) => ([("content-type", "application/json")], body).into_response(),
+        Err(e) => es_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// `_bulk`'s answer.
+#[derive(serde::Serialize)]
+struct BulkAnswer {
+    took: u64,
+    errors: bool,
+    items: Vec<BulkItemAnswer>,
+}
+
+/// One item: `{"<action>": {...}}`.
+struct BulkItemAnswer {
+    action: &'static str,
+    outcome: ItemOutcome,
+}
+
+impl serde::Serialize for BulkItemAnswer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(self.action, &self.outcome)?;
+        m.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ItemOutcome {
+    _index: String,
+    _id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    _version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    _shards: Option<Shards>,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ItemError>,
+}
+
+#[derive(serde::Serialize)]
+struct Shards {
+    total: u8,
+    successful: u8,
+    failed: u8,
+}
+
+#[derive(serde::Serialize)]
+struct ItemError {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    reason: String,
+}
+
+fn refused(index: String, id: Option<String>, kind: &'static str, reason: String) -> ItemOutcome {
+    ItemOutcome {
+        _index: index,
+        _id: id,
+        _version: None,
+        result: None,
+        _shards: None,
+        status: 400,
+        error: Some(ItemError { kind, reason }),
+    }
 }
 
 /// The record an `index` or `create` item stores; `delete` and `update` are refused.
@@ -303,52 +371,65 @@ fn action_name(a: BulkAction) -> &'static str {
     }
 }
 
-/// One item of the answer, keyed by its action.
-fn item_json(end: ItemEnd, rejected: &[weir_proto::v1::RecordError], duplicate: bool) -> Value {
+/// One item of the answer, under its action.
+fn item_answer(
+    end: ItemEnd,
+    rejected: &[weir_proto::v1::RecordError],
+    duplicate: bool,
+) -> BulkItemAnswer {
     match end {
-        ItemEnd::Refused(e) => json!({
-            e.action.clone(): {
-                "_index": e.index,
-                "_id": e.id,
-                "status": 400,
-                "error": {"type": e.error_type, "reason": e.reason},
-            }
-        }),
+        ItemEnd::Refused(e) => BulkItemAnswer {
+            action: match e.action.as_str() {
+                "index" => "index",
+                "create" => "create",
+                "delete" => "delete",
+                "update" => "update",
+                _ => "index",
+            },
+            outcome: refused(e.index, e.id, e.error_type, e.reason),
+        },
         ItemEnd::Stored { op, position } => {
             let action = action_name(op.action);
             let id = op.id.clone().unwrap_or_else(|| generated_id(&op, position));
             if let Some(r) = rejected.iter().find(|r| r.index == position) {
-                return json!({
-                    action: {
-                        "_index": op.index,
-                        "_id": id,
-                        "status": 400,
-                        "error": {"type": "document_parsing_exception", "reason": r.reason},
-                    }
-                });
+                return BulkItemAnswer {
+                    action,
+                    outcome: refused(
+                        op.index,
+                        Some(id),
+                        "document_parsing_exception",
+                        r.reason.clone(),
+                    ),
+                };
             }
-            let (status, result) = match (duplicate, op.action) {
-                (true, BulkAction::Create) => (409, None),
-                (true, _) => (200, Some("updated")),
-                (false, _) => (201, Some("created")),
+            let (status, result, error) = match (duplicate, op.action) {
+                (true, BulkAction::Create) => (
+                    409,
+                    None,
+                    Some(ItemError {
+                        kind: "version_conflict_engine_exception",
+                        reason: format!("[{id}]: version conflict, document already exists (a retried request Weir had stored)"),
+                    }),
+                ),
+                (true, _) => (200, Some("updated"), None),
+                (false, _) => (201, Some("created"), None),
             };
-            let mut body = json!({
-                "_index": op.index,
-                "_id": id,
-                "_version": 1,
-                "status": status,
-                "_shards": {"total": 1, "successful": 1, "failed": 0},
-            });
-            match result {
-                Some(r) => body["result"] = json!(r),
-                None => {
-                    body["error"] = json!({
-                        "type": "version_conflict_engine_exception",
-                        "reason": format!("[{id}]: version conflict, document already exists (a retried request Weir had stored)"),
-                    })
-                }
+            BulkItemAnswer {
+                action,
+                outcome: ItemOutcome {
+                    _index: op.index,
+                    _id: Some(id),
+                    _version: Some(1),
+                    result,
+                    _shards: Some(Shards {
+                        total: 1,
+                        successful: 1,
+                        failed: 0,
+                    }),
+                    status,
+                    error,
+                },
             }
-            json!({ action: body })
         }
     }
 }

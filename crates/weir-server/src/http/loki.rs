@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prost::Message;
 use weir_proto::ApiError;
 
 use super::ingest::{decoded_body, media_type, push_tenant, with_retry_after};
@@ -55,9 +54,13 @@ async fn handle(
     body: Bytes,
 ) -> Result<Option<String>, ApiError> {
     let tenant = push_tenant(headers, &st.config).map_err(|e| e.0)?;
-    let req = if media_type(headers) == "application/json" {
+    // The key hashes the decoded body as it came (re-encoding the request to hash it
+    // would cost a second encode per push).
+    let (req, content) = if media_type(headers) == "application/json" {
         let body = decoded_body(headers, body, &st.config).map_err(|e| e.0)?;
-        weir_ingest::decode_loki_json(&body).map_err(|e| ApiError::invalid(e.to_string()))?
+        let req =
+            weir_ingest::decode_loki_json(&body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        (req, body.to_vec())
     } else {
         // Protobuf is snappy block compressed by the protocol itself, whatever the
         // Content-Encoding says.
@@ -65,14 +68,17 @@ async fn handle(
             .map_err(|e| ApiError::invalid(e.to_string()))?;
         weir_ingest::check_batch_bytes(raw.len(), &st.config.limits.to_limits())
             .map_err(|e| ApiError::invalid(e.to_string()))?;
-        weir_ingest::decode_loki_proto(&raw).map_err(|e| ApiError::invalid(e.to_string()))?
+        let req =
+            weir_ingest::decode_loki_proto(&raw).map_err(|e| ApiError::invalid(e.to_string()))?;
+        (req, raw)
     };
     let timestamped = req.streams.iter().flat_map(|s| &s.entries).all(|e| {
         e.timestamp
             .as_ref()
             .is_some_and(|t| t.seconds != 0 || t.nanos != 0)
     });
-    let key = request_key(Protocol::Loki, &req.encode_to_vec(), timestamped);
+    let key = request_key(Protocol::Loki, &content, timestamped);
+    drop(content);
     let (mut append, mut rejected) = weir_ingest::loki_to_append(req, &tenant);
     st.metrics.count_rejected(&rejected);
     if !append.records.is_empty() {

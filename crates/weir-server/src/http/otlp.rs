@@ -86,14 +86,14 @@ async fn handle(
     let tenant = push_tenant(headers, &st.config).map_err(|e| e.0)?;
     let body = decoded_body(headers, body, &st.config).map_err(|e| e.0)?;
     let req = match encoding {
-        Encoding::Protobuf => ExportLogsServiceRequest::decode(body).map_err(|e| {
+        Encoding::Protobuf => ExportLogsServiceRequest::decode(body.clone()).map_err(|e| {
             ApiError::invalid(format!("body is not an OTLP ExportLogsServiceRequest: {e}"))
         })?,
         Encoding::Json => {
             weir_ingest::decode_otlp_json(&body).map_err(|e| ApiError::invalid(e.to_string()))?
         }
     };
-    crate::protocol::export_otlp(&st.appender, Protocol::OtlpHttp, req, &tenant).await
+    crate::protocol::export_otlp(&st.appender, Protocol::OtlpHttp, req, &tenant, Some(&body)).await
 }
 
 fn answer(encoding: Encoding, resp: &ExportLogsServiceResponse) -> Response {
