@@ -27,6 +27,9 @@ use weir_proto::api::search::SearchResponse;
 use weir_proto::v1::ingest_client::IngestClient;
 use weir_proto::v1::{AppendRequest, Record};
 
+mod protocols;
+use protocols::BenchProtocol;
+
 #[derive(Parser)]
 #[command(name = "weir-bench", about = "Weir's end-to-end load generator")]
 struct Cli {
@@ -96,6 +99,13 @@ struct IngestArgs {
     /// Seed of the line generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The path to push through: Weir's gRPC Append, or the same lines as an OTLP/HTTP
+    /// export, a Loki push or an Elasticsearch bulk request.
+    #[arg(long, value_enum, default_value = "grpc")]
+    protocol: BenchProtocol,
+    /// HTTP endpoint, for the HTTP protocols.
+    #[arg(long, default_value = "http://127.0.0.1:4318")]
+    http_addr: String,
 }
 
 const SERVICES: [&str; 16] = [
@@ -192,7 +202,12 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         rate,
         fsync_dir,
         seed,
+        protocol,
+        http_addr,
     } = args;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let lines = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -223,6 +238,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             acks.clone(),
         );
         let per_worker_rate = rate as f64 / concurrency as f64;
+        let (http, http_addr) = (http.clone(), http_addr.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(w as u64));
             let mut sent_lines = 0u64;
@@ -239,6 +255,62 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 let now = now_ns();
                 let records: Vec<Record> = (0..batch).map(|_| make_record(&mut rng, now)).collect();
                 let n_bytes: usize = records.iter().map(|r| r.body.len()).sum();
+                if protocol != BenchProtocol::Grpc {
+                    let (path, content_type) = protocol.http();
+                    let body = protocol.body(&records);
+                    let t = Instant::now();
+                    loop {
+                        let sent = http
+                            .post(format!("{http_addr}{path}"))
+                            .header("content-type", content_type)
+                            .body(body.clone())
+                            .timeout(Duration::from_secs(15))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status().is_success() => {
+                                // An ES bulk answers 200 with per-item errors: read them.
+                                let text = r.text().await.unwrap_or_default();
+                                if protocol == BenchProtocol::EsBulk
+                                    && text.contains("\"errors\":true")
+                                {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                    eprintln!(
+                                        "bulk items refused: {}",
+                                        &text[..text.len().min(300)]
+                                    );
+                                }
+                                let us = t.elapsed().as_micros() as u64;
+                                hist.lock().unwrap().record(us.max(1)).ok();
+                                acks.lock()
+                                    .unwrap()
+                                    .push(started.elapsed().as_micros() as u64);
+                                lines.fetch_add(batch as u64, Ordering::Relaxed);
+                                bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
+                                break;
+                            }
+                            other => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                if errors.load(Ordering::Relaxed) < 5 {
+                                    match other {
+                                        Ok(r) => eprintln!(
+                                            "push refused: {} {}",
+                                            r.status(),
+                                            r.text().await.unwrap_or_default()
+                                        ),
+                                        Err(e) => eprintln!("push failed: {e}"),
+                                    }
+                                }
+                                if stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    sent_lines += batch as u64;
+                    continue;
+                }
                 sequence += 1;
                 let req = AppendRequest {
                     records,
@@ -290,7 +362,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let (l, b) = (lines.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let mb_s = b as f64 / secs / 1e6;
     println!(
-        "ingest: concurrency={concurrency} batch={batch} rate_target={} duration={secs:.1}s",
+        "ingest: protocol={protocol:?} concurrency={concurrency} batch={batch} rate_target={} duration={secs:.1}s",
         if rate == 0 {
             "max".into()
         } else {
@@ -501,6 +573,8 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
         rate: args.rate,
         fsync_dir: None,
         seed: 7,
+        protocol: BenchProtocol::Grpc,
+        http_addr: format!("http://{}", node.http_addr()),
     }));
     let t0 = Instant::now();
     let cpu0 = CpuSplit::now();
