@@ -155,7 +155,6 @@ fn loki(records: &[Record]) -> PushRequest {
                     value: r.attributes.get("request_id").cloned().unwrap_or_default(),
                 },
             ],
-            ..Default::default()
         });
     }
     PushRequest {

@@ -149,7 +149,6 @@ fn loki_push(streams: Vec<(&str, Vec<(i64, &str)>)>) -> Vec<u8> {
                             name: "trace_id".into(),
                             value: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
                         }],
-                        ..Default::default()
                     })
                     .collect(),
                 hash: 0,
