@@ -50,12 +50,14 @@
 //! The decisions behind the rules (why invalid UTF-8 is repaired rather than refused, how
 //! OTLP values are rendered, what the hash covers) are in `docs/ingest.md`.
 
+pub mod compress;
 mod level;
 mod limits;
 mod normalize;
 mod otlp;
 mod route;
 
+pub use compress::{gunzip, unsnappy};
 pub use level::{level_from_otlp, parse_level};
 pub use limits::Limits;
 pub use normalize::{
@@ -74,7 +76,9 @@ pub use weir_proto::{Level, ShardId};
 
 /// Whole-request errors: the request is refused and nothing of it is stored. The server
 /// maps every variant to gRPC `INVALID_ARGUMENT` / HTTP 400 (retrying the same request
-/// cannot succeed). Messages name the limit's config key and say what to do.
+/// cannot succeed; to Loki, Fluent Bit and Vector clients 400 means "drop it", which is
+/// right for data that can never be stored). Messages name the limit's config key and say
+/// what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The encoded request is larger than `limits.batch_bytes_max`.
@@ -110,6 +114,29 @@ pub enum Error {
         /// The tenant as sent, shortened to 64 characters.
         tenant: String,
         /// What is wrong with it, naming the limit where one applies.
+        reason: String,
+    },
+    /// A compressed body inflates past `limits.batch_bytes_max`. Refused as soon as the
+    /// output would pass the limit, so a small "compression bomb" costs the limit at most.
+    #[error(
+        "{encoding} body inflates past {limit} bytes (limits.batch_bytes_max); send smaller requests"
+    )]
+    Decompressed {
+        /// `gzip` or `snappy`.
+        encoding: &'static str,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The body is not what its content type or encoding says: bad gzip or snappy data,
+    /// protobuf that does not decode, JSON of the wrong shape, an NDJSON action line that
+    /// is not JSON.
+    #[error("malformed {format} body: {reason}")]
+    Malformed {
+        /// What was being decoded: `gzip`, `snappy`, `loki protobuf`, `loki json`,
+        /// `otlp json`, `bulk`.
+        format: &'static str,
+        /// A sentence naming what was wrong and where (line, byte offset, stream and value
+        /// index, JSON path).
         reason: String,
     },
 }
@@ -166,6 +193,24 @@ mod tests {
         assert!(
             e.contains("limits.batch_records_max") && e.contains("20"),
             "{e}"
+        );
+        let e = Error::Decompressed {
+            encoding: "gzip",
+            limit: 16777216,
+        }
+        .to_string();
+        assert_eq!(
+            e,
+            "gzip body inflates past 16777216 bytes (limits.batch_bytes_max); send smaller requests"
+        );
+        let e = Error::Malformed {
+            format: "bulk",
+            reason: "line 3: the action line is not JSON".into(),
+        }
+        .to_string();
+        assert_eq!(
+            e,
+            "malformed bulk body: line 3: the action line is not JSON"
         );
     }
 }
