@@ -56,6 +56,8 @@ mod limits;
 mod normalize;
 mod otlp;
 mod route;
+pub mod syslog;
+mod timefmt;
 
 pub use compress::{gunzip, unsnappy};
 pub use level::{level_from_otlp, parse_level};
@@ -66,6 +68,7 @@ pub use normalize::{
 };
 pub use otlp::{flattened_position, otlp_to_append, render_any_value, OtlpShape};
 pub use route::{shard_for, split_by_shard, stream_hash};
+pub use syslog::{parse_syslog, SyslogFramer};
 
 #[doc(no_inline)]
 pub use weir_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
