@@ -51,6 +51,7 @@
 //! OTLP values are rendered, what the hash covers) are in `docs/ingest.md`.
 
 pub mod compress;
+pub mod es_bulk;
 mod level;
 mod limits;
 mod normalize;
@@ -60,6 +61,7 @@ pub mod syslog;
 mod timefmt;
 
 pub use compress::{gunzip, unsnappy};
+pub use es_bulk::{es_doc_to_record, parse_bulk, BulkAction, BulkItem, BulkItemError, BulkOp};
 pub use level::{level_from_otlp, parse_level};
 pub use limits::Limits;
 pub use normalize::{
