@@ -54,6 +54,7 @@ pub mod compress;
 pub mod es_bulk;
 mod level;
 mod limits;
+pub mod loki;
 mod normalize;
 mod otlp;
 mod route;
@@ -64,6 +65,9 @@ pub use compress::{gunzip, unsnappy};
 pub use es_bulk::{es_doc_to_record, parse_bulk, BulkAction, BulkItem, BulkItemError, BulkOp};
 pub use level::{level_from_otlp, parse_level};
 pub use limits::Limits;
+pub use loki::{
+    decode_loki_json, decode_loki_proto, loki_to_append, parse_loki_labels, LOKI_LABEL_FIELDS,
+};
 pub use normalize::{
     check_batch_bytes, normalize, normalize_record, normalize_tenant, Normalized, Rejection,
     REJECTION_CODES,

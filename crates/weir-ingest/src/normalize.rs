@@ -7,7 +7,7 @@ use crate::{parse_level, quote, Error, Limits, Result};
 
 /// Standard fields of the record model. A label may not take one of these names
 /// (compared ASCII-case-insensitively): `service:api` in a query must mean the field.
-const STANDARD_FIELDS: [&str; 10] = [
+pub(crate) const STANDARD_FIELDS: [&str; 10] = [
     "service",
     "namespace",
     "pod",
