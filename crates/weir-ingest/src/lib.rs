@@ -57,6 +57,7 @@ mod limits;
 pub mod loki;
 mod normalize;
 mod otlp;
+pub mod otlp_json;
 mod route;
 pub mod syslog;
 mod timefmt;
@@ -73,6 +74,7 @@ pub use normalize::{
     REJECTION_CODES,
 };
 pub use otlp::{flattened_position, otlp_to_append, render_any_value, OtlpShape};
+pub use otlp_json::{decode_otlp_json, OTLP_JSON_DEPTH_MAX};
 pub use route::{shard_for, split_by_shard, stream_hash};
 pub use syslog::{parse_syslog, SyslogFramer};
 
