@@ -1,11 +1,22 @@
-//! Validation and normalisation of incoming logs to Weir's record model, the OTLP mapping,
-//! and shard routing. Pure: no I/O, no async, no clock (callers pass `now_ns`).
+//! Validation and normalisation of incoming logs to Weir's record model, the decoders and
+//! mappings of the protocols agents already speak, and shard routing. Pure: no I/O, no
+//! async, no clock (callers pass `now_ns`).
 //!
 //! An append goes through three steps before the proposer sees it:
 //!
-//! 1. **Map** (OTLP only): [`otlp_to_append`] turns an `ExportLogsServiceRequest` into an
-//!    [`AppendRequest`], rendering OTLP values as text and refusing records whose trace or
-//!    span id has the wrong length.
+//! 1. **Decode and map** (every protocol but Weir's own): the body is inflated within
+//!    `limits.batch_bytes_max` ([`gunzip`], [`unsnappy`]), decoded, and mapped to an
+//!    [`AppendRequest`]; records the mapping cannot make are refused with their place in
+//!    the request, as `normalize` refuses records.
+//!    - OTLP: protobuf (prost) or OTLP/JSON ([`decode_otlp_json`]), then
+//!      [`otlp_to_append`], which renders OTLP values as text and refuses records whose
+//!      trace or span id has the wrong length;
+//!    - Loki push: [`decode_loki_proto`] or [`decode_loki_json`], then [`loki_to_append`]
+//!      (labels parsed by [`parse_loki_labels`]);
+//!    - Elasticsearch `_bulk`: [`parse_bulk`] into operations, [`es_doc_to_record`] per
+//!      document;
+//!    - syslog: [`SyslogFramer`] cuts a TCP stream into messages, [`parse_syslog`] makes a
+//!      record of each (it never fails: a malformed message is kept whole).
 //! 2. **Normalise**: [`normalize`] checks the tenant and the batch (whole-request
 //!    [`Error`]s) and then each record against [`Limits`]. A bad record is refused on its
 //!    own, with its position and a reason naming the limit and its config key; the rest of
@@ -48,7 +59,9 @@
 //! ```
 //!
 //! The decisions behind the rules (why invalid UTF-8 is repaired rather than refused, how
-//! OTLP values are rendered, what the hash covers) are in `docs/ingest.md`.
+//! OTLP values are rendered, what the hash covers) are in `docs/ingest.md`; each protocol's
+//! mapping is tabled in its module's doc ([`loki`], [`es_bulk`], [`syslog`], [`otlp_json`];
+//! everything in them is also exported at the crate root).
 
 pub mod compress;
 pub mod es_bulk;
