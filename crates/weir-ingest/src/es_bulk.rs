@@ -387,7 +387,7 @@ pub fn es_doc_to_record(
     if let Some(id) = id {
         attributes.insert("es.id".to_owned(), id.to_owned());
     }
-    let lower = |id: Option<(String, Value)>| {
+    let lower = |id: Option<(String, &Value)>| {
         id.map(|(_, v)| text(&v).to_ascii_lowercase())
             .unwrap_or_default()
     };
@@ -407,12 +407,16 @@ pub fn es_doc_to_record(
 }
 
 /// A document's flattened fields, in document order; the mapping takes the ones it uses.
-struct Fields(Vec<(String, Value)>);
+struct Fields<'a>(Vec<(String, &'a Value)>);
 
-impl Fields {
+impl<'a> Fields<'a> {
     /// Removes and returns the first field named by `keys` (in their order of preference)
     /// whose value passes `accept`.
-    fn take(&mut self, keys: &[&str], accept: impl Fn(&Value) -> bool) -> Option<(String, Value)> {
+    fn take(
+        &mut self,
+        keys: &[&str],
+        accept: impl Fn(&Value) -> bool,
+    ) -> Option<(String, &'a Value)> {
         keys.iter().find_map(|key| {
             let at = self.0.iter().position(|(k, v)| k == key && accept(v))?;
             Some(self.0.remove(at))
@@ -440,12 +444,12 @@ impl Fields {
 
 /// Flattens field `k` (under `prefix`) into dotted keys. Arrays, scalars, and objects
 /// deeper than [`FLATTEN_DEPTH_MAX`] are leaves; empty objects vanish.
-fn flatten_one(
+fn flatten_one<'a>(
     prefix: &mut String,
     k: &str,
-    v: &Value,
+    v: &'a Value,
     depth: usize,
-    out: &mut Vec<(String, Value)>,
+    out: &mut Vec<(String, &'a Value)>,
 ) {
     let len = prefix.len();
     if depth > 0 {
@@ -458,7 +462,7 @@ fn flatten_one(
                 flatten_one(prefix, k, v, depth + 1, out);
             }
         }
-        _ => out.push((prefix.clone(), v.clone())),
+        _ => out.push((prefix.clone(), v)),
     }
     prefix.truncate(len);
 }
