@@ -227,106 +227,150 @@ async fn place(
     data: Vec<u8>,
     deadline: tokio::time::Instant,
 ) -> Result<weir_raft::Committed, ApiError> {
-    use weir_proto::v1::ForwardError as F;
-    let timeout = || {
-        ApiError::new(
-            ErrorKind::Unavailable,
-            format!("shard {shard} has no reachable leader with a quorum (an election is under way or a majority of nodes is down); retry with the same producer_id and sequence"),
-        )
+    let piece = Piece {
+        shard,
+        key,
+        data,
+        deadline,
     };
     let mut hint: Option<u64> = None;
     loop {
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(timeout());
+        if tokio::time::Instant::now() >= deadline {
+            return Err(piece.no_leader());
         }
-        let leader = hint.take().or_else(|| raft.leader_of(shard));
-        match leader {
-            None => {}
-            Some(l) if l == links.me() => {
-                let proposal = raft
-                    .propose(shard, key.clone(), data.clone())
-                    .map_err(raft_error)?;
-                match tokio::time::timeout_at(deadline, proposal).await {
-                    Err(_) => return Err(timeout()),
-                    Ok(Err(_)) => return Err(stopped()),
-                    Ok(Ok(Ok(c))) => return Ok(c),
-                    Ok(Ok(Err(weir_raft::Error::NotLeader { leader, .. }))) => {
-                        hint = (leader != 0).then_some(leader);
-                    }
-                    Ok(Ok(Err(weir_raft::Error::Dropped { .. }))) => {}
-                    Ok(Ok(Err(e))) => return Err(raft_error(e)),
-                }
-            }
-            Some(l) => {
-                let Some(peer) = links.get(l) else {
-                    return Err(ApiError::new(
-                        ErrorKind::Internal,
-                        format!("shard {shard} is led by node {l}, which is not a member"),
-                    ));
-                };
-                let mut req = tonic::Request::new(weir_proto::v1::ForwardRequest {
-                    cluster_id: links.cluster_id(),
-                    shard,
-                    has_key: key.is_some(),
-                    producer: key.as_ref().map(|k| k.producer.clone()).unwrap_or_default(),
-                    sequence: key.as_ref().map_or(0, |k| k.sequence),
-                    batch: data.clone(),
-                });
-                req.set_timeout(deadline - now);
-                match peer.client.clone().forward(req).await {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        match F::try_from(r.error).unwrap_or(F::Other) {
-                            F::ForwardOk => {
-                                return Ok(weir_raft::Committed {
-                                    index: r.index,
-                                    duplicate: r.duplicate,
-                                })
-                            }
-                            F::NotLeader => hint = (r.leader_hint != 0).then_some(r.leader_hint),
-                            F::Dropped => {}
-                            F::Overloaded | F::DiskFull => {
-                                return Err(ApiError::new(
-                                    ErrorKind::ResourceExhausted,
-                                    format!("shard {shard}'s leader (node {l}): {}", r.message),
-                                ))
-                            }
-                            // The leader stopped: the piece may be in its log already.
-                            F::Stopped if key.is_none() => {
-                                return Err(ApiError::new(
-                                    ErrorKind::Unavailable,
-                                    format!("shard {shard}'s leader (node {l}) stopped while committing the batch; it may be stored: send a producer_id and sequence so that retries are safe"),
-                                ))
-                            }
-                            F::Stopped => {}
-                            F::SequenceTooOld => return Err(ApiError::invalid(r.message)),
-                            F::Other => {
-                                return Err(ApiError::new(
-                                    ErrorKind::Unavailable,
-                                    format!("shard {shard}'s leader (node {l}): {}", r.message),
-                                ))
-                            }
-                        }
-                    }
-                    Err(status) => {
-                        peer.failed(status.message());
-                        // A reset connection also reads UNAVAILABLE: without a key nothing
-                        // tells whether the leader got the batch, so it is not sent again.
-                        if key.is_none() {
-                            return Err(ApiError::new(
-                                ErrorKind::Unavailable,
-                                format!("forwarding to shard {shard}'s leader (node {l}) failed: {}; the batch may be stored: send a producer_id and sequence so that retries are safe", status.message()),
-                            ));
-                        }
-                    }
-                }
-            }
+        let attempt = match hint.take().or_else(|| raft.leader_of(shard)) {
+            None => Attempt::Again(None),
+            Some(l) if l == links.me() => piece.propose_here(&raft).await?,
+            Some(l) => piece.forward_to(&links, l).await?,
+        };
+        match attempt {
+            Attempt::Committed(c) => return Ok(c),
+            Attempt::Again(h) => hint = h,
         }
         tokio::time::sleep(
             NO_LEADER_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
         )
         .await;
+    }
+}
+
+/// One shard's piece of an append, on its way to the shard's leader.
+struct Piece {
+    shard: u32,
+    key: Option<DedupKey>,
+    data: Vec<u8>,
+    deadline: tokio::time::Instant,
+}
+
+/// How one attempt to place a piece ended, when it did not fail for good.
+enum Attempt {
+    /// Committed.
+    Committed(weir_raft::Committed),
+    /// Provably not stored (not the leader, dropped by a new leader): try again, at the
+    /// hinted leader when there is one.
+    Again(Option<u64>),
+}
+
+impl Piece {
+    fn no_leader(&self) -> ApiError {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            format!("shard {} has no reachable leader with a quorum (an election is under way or a majority of nodes is down); retry with the same producer_id and sequence", self.shard),
+        )
+    }
+
+    /// Proposes the piece on this node, which leads the shard (as far as it knows).
+    async fn propose_here(&self, raft: &RaftNode) -> Result<Attempt, ApiError> {
+        let proposal = raft
+            .propose(self.shard, self.key.clone(), self.data.clone())
+            .map_err(raft_error)?;
+        match tokio::time::timeout_at(self.deadline, proposal).await {
+            Err(_) => Err(self.no_leader()),
+            Ok(Err(_)) => Err(stopped()),
+            Ok(Ok(Ok(c))) => Ok(Attempt::Committed(c)),
+            Ok(Ok(Err(weir_raft::Error::NotLeader { leader, .. }))) => {
+                Ok(Attempt::Again((leader != 0).then_some(leader)))
+            }
+            Ok(Ok(Err(weir_raft::Error::Dropped { .. }))) => Ok(Attempt::Again(None)),
+            Ok(Ok(Err(e))) => Err(raft_error(e)),
+        }
+    }
+
+    /// Forwards the piece to node `leader` over the peer port.
+    async fn forward_to(&self, links: &PeerLinks, leader: u64) -> Result<Attempt, ApiError> {
+        let shard = self.shard;
+        let Some(peer) = links.get(leader) else {
+            return Err(ApiError::new(
+                ErrorKind::Internal,
+                format!("shard {shard} is led by node {leader}, which is not a member"),
+            ));
+        };
+        let mut req = tonic::Request::new(weir_proto::v1::ForwardRequest {
+            cluster_id: links.cluster_id(),
+            shard,
+            has_key: self.key.is_some(),
+            producer: self
+                .key
+                .as_ref()
+                .map(|k| k.producer.clone())
+                .unwrap_or_default(),
+            sequence: self.key.as_ref().map_or(0, |k| k.sequence),
+            batch: self.data.clone(),
+        });
+        req.set_timeout(
+            self.deadline
+                .saturating_duration_since(tokio::time::Instant::now()),
+        );
+        match peer.client.clone().forward(req).await {
+            Ok(r) => self.forwarded(leader, r.into_inner()),
+            Err(status) => {
+                peer.failed(status.message());
+                // A reset connection also reads UNAVAILABLE: without a key nothing tells
+                // whether the leader got the batch, so it is not sent again.
+                if self.key.is_none() {
+                    return Err(ApiError::new(
+                        ErrorKind::Unavailable,
+                        format!("forwarding to shard {shard}'s leader (node {leader}) failed: {}; the batch may be stored: send a producer_id and sequence so that retries are safe", status.message()),
+                    ));
+                }
+                Ok(Attempt::Again(None))
+            }
+        }
+    }
+
+    /// What the leader's answer to a forward means for the piece.
+    fn forwarded(
+        &self,
+        leader: u64,
+        r: weir_proto::v1::ForwardResponse,
+    ) -> Result<Attempt, ApiError> {
+        use weir_proto::v1::ForwardError as F;
+        let shard = self.shard;
+        match F::try_from(r.error).unwrap_or(F::Other) {
+            F::ForwardOk => Ok(Attempt::Committed(weir_raft::Committed {
+                index: r.index,
+                duplicate: r.duplicate,
+            })),
+            F::NotLeader => Ok(Attempt::Again(
+                (r.leader_hint != 0).then_some(r.leader_hint),
+            )),
+            F::Dropped => Ok(Attempt::Again(None)),
+            F::Overloaded | F::DiskFull => Err(ApiError::new(
+                ErrorKind::ResourceExhausted,
+                format!("shard {shard}'s leader (node {leader}): {}", r.message),
+            )),
+            // The leader stopped: the piece may be in its log already.
+            F::Stopped if self.key.is_none() => Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!("shard {shard}'s leader (node {leader}) stopped while committing the batch; it may be stored: send a producer_id and sequence so that retries are safe"),
+            )),
+            F::Stopped => Ok(Attempt::Again(None)),
+            F::SequenceTooOld => Err(ApiError::invalid(r.message)),
+            F::Other => Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!("shard {shard}'s leader (node {leader}): {}", r.message),
+            )),
+        }
     }
 }
 
