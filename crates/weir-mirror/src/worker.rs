@@ -158,15 +158,8 @@ async fn deliver_chunk(
                 rejected,
             });
         }
-        loop {
-            match rt.breaker.try_admit() {
-                Admit::Yes => break,
-                Admit::Wait(d) => {
-                    if sleep_or_stop(d, stop).await {
-                        return Err(Unfinished::Stopped);
-                    }
-                }
-            }
+        if !admitted(rt, stop).await {
+            return Err(Unfinished::Stopped);
         }
         let attempt_result = {
             let _permit = rt.limiter.acquire().await;
@@ -177,36 +170,13 @@ async fn deliver_chunk(
         };
         // A failed attempt: why, and how long the backend asked to be left alone.
         let (reason, retry_after) = match attempt_result {
-            Attempt::Items(results) => {
-                let mut retry = Vec::new();
-                let n = pending.len();
-                let mut last_retry_reason = String::new();
-                for (it, r) in pending.into_iter().zip(results) {
-                    match r {
-                        ItemResult::Done => SinkStats::add(&stats.records_sent, 1),
-                        ItemResult::Retry(reason) => {
-                            last_retry_reason = reason;
-                            retry.push(it);
-                        }
-                        ItemResult::Reject(reason) => {
-                            stats.fail("rejected", 1, &reason);
-                            rejected.push((it, reason));
-                        }
-                    }
+            Attempt::Items(results) => match settle_items(rt, pending, results, &mut rejected) {
+                None => return Ok(ChunkEnd::Delivered(rejected)),
+                Some((retry, reason)) => {
+                    pending = retry;
+                    (reason, None)
                 }
-                if retry.is_empty() {
-                    rt.breaker.success();
-                    return Ok(ChunkEnd::Delivered(rejected));
-                }
-                stats.fail("item_retry", retry.len() as u64, &last_retry_reason);
-                if retry.len() == n {
-                    rt.breaker.failure();
-                } else {
-                    rt.breaker.success();
-                }
-                pending = retry;
-                (last_retry_reason, None)
-            }
+            },
             Attempt::Retry {
                 reason,
                 metric,
@@ -248,6 +218,60 @@ async fn deliver_chunk(
             return Err(Unfinished::Stopped);
         }
     }
+}
+
+/// Waits until the sink's breaker admits a request; false on stop.
+async fn admitted(rt: &SinkRuntime, stop: &watch::Receiver<bool>) -> bool {
+    loop {
+        match rt.breaker.try_admit() {
+            Admit::Yes => return true,
+            Admit::Wait(d) => {
+                if sleep_or_stop(d, stop).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Books a request's per-item answers: stored ones counted, refused ones added to
+/// `rejected`, the breaker told whether the backend worked. `None` when nothing is left
+/// to retry; otherwise the items to send again and the reason of the last retry.
+fn settle_items(
+    rt: &SinkRuntime,
+    pending: Vec<Item>,
+    results: Vec<ItemResult>,
+    rejected: &mut Vec<(Item, String)>,
+) -> Option<(Vec<Item>, String)> {
+    let stats = &rt.stats;
+    let n = pending.len();
+    let mut retry = Vec::new();
+    let mut last_retry_reason = String::new();
+    for (it, r) in pending.into_iter().zip(results) {
+        match r {
+            ItemResult::Done => SinkStats::add(&stats.records_sent, 1),
+            ItemResult::Retry(reason) => {
+                last_retry_reason = reason;
+                retry.push(it);
+            }
+            ItemResult::Reject(reason) => {
+                stats.fail("rejected", 1, &reason);
+                rejected.push((it, reason));
+            }
+        }
+    }
+    if retry.is_empty() {
+        rt.breaker.success();
+        return None;
+    }
+    stats.fail("item_retry", retry.len() as u64, &last_retry_reason);
+    // Every item to retry: the backend failed the request; some stored: it works.
+    if retry.len() == n {
+        rt.breaker.failure();
+    } else {
+        rt.breaker.success();
+    }
+    Some((retry, last_retry_reason))
 }
 
 /// Full jitter: uniform in [0, min(max, initial * 2^attempt)], at least `retry_after`.
