@@ -357,16 +357,7 @@ impl Inner {
             .with_context(|| format!("the snapshot is on node {}, not a member", d.node))?
             .clone();
         let staging = self.root.join("in").join(format!("shard-{shard}"));
-        let marker = staging.join("PACKAGE");
-        let same_package =
-            tokio::fs::read_to_string(&marker).await.ok().as_deref() == Some(d.package.as_str());
-        if !same_package {
-            // Files of another package are kept only when the manifest lists them with
-            // the same size and CRC (tantivy segment files never change).
-            tokio::fs::create_dir_all(&staging).await?;
-            let _ = tokio::fs::remove_file(staging.join(MANIFEST)).await;
-            weir_wal::durable::atomic_write(&marker, d.package.as_bytes())?;
-        }
+        let same_package = stage(&staging, &d.package).await?;
         tracing::info!(
             shard,
             package = d.package,
@@ -393,39 +384,9 @@ impl Inner {
                 same_package,
             )
             .await?;
-        let m: Manifest = serde_json::from_slice(&tokio::fs::read(&manifest_path).await?)
-            .context("the manifest is not JSON")?;
-        ensure!(
-            m.format == MANIFEST_FORMAT && m.version == 1,
-            "unknown manifest format {} version {}",
-            m.format,
-            m.version
-        );
-        ensure!(
-            m.shard == shard && m.index == offer.index && m.term == offer.term,
-            "the manifest is of shard {} at {} (term {}), the offer of shard {shard} at {} (term {})",
-            m.shard,
-            m.index,
-            m.term,
-            offer.index,
-            offer.term
-        );
+        let m = read_manifest(&manifest_path, shard, &offer).await?;
         let files_dir = staging.join("files");
-        let mut wanted = HashSet::new();
-        for f in &m.files {
-            ensure!(
-                safe_relative(&f.path),
-                "unsafe path {:?} in the manifest",
-                f.path
-            );
-            wanted.insert(files_dir.join(&f.path));
-        }
-        remove_unlisted(&files_dir, &wanted)?;
-        for f in &m.files {
-            fetcher
-                .file(f, &files_dir.join(&f.path), same_package)
-                .await?;
-        }
+        fetch_files(&fetcher, &m, &files_dir, same_package).await?;
         let state = tokio::fs::read(files_dir.join(STATE_FILE))
             .await
             .context("the package has no raft state")?;
@@ -453,6 +414,67 @@ impl Inner {
         );
         Ok(taken)
     }
+}
+
+/// Prepares `staging` for `package`: true when a fetch of the same package was under way
+/// there (its files are resumed); otherwise the marker names the new package and only
+/// files the new manifest lists with the same size and CRC are kept (tantivy segment
+/// files never change).
+async fn stage(staging: &Path, package: &str) -> anyhow::Result<bool> {
+    let marker = staging.join("PACKAGE");
+    let same_package = tokio::fs::read_to_string(&marker).await.ok().as_deref() == Some(package);
+    if !same_package {
+        tokio::fs::create_dir_all(staging).await?;
+        let _ = tokio::fs::remove_file(staging.join(MANIFEST)).await;
+        weir_wal::durable::atomic_write(&marker, package.as_bytes())?;
+    }
+    Ok(same_package)
+}
+
+/// Reads a fetched manifest and checks it is of this format and of the snapshot offered.
+async fn read_manifest(path: &Path, shard: u32, offer: &SnapshotOffer) -> anyhow::Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(&tokio::fs::read(path).await?)
+        .context("the manifest is not JSON")?;
+    ensure!(
+        m.format == MANIFEST_FORMAT && m.version == 1,
+        "unknown manifest format {} version {}",
+        m.format,
+        m.version
+    );
+    ensure!(
+        m.shard == shard && m.index == offer.index && m.term == offer.term,
+        "the manifest is of shard {} at {} (term {}), the offer of shard {shard} at {} (term {})",
+        m.shard,
+        m.index,
+        m.term,
+        offer.index,
+        offer.term
+    );
+    Ok(m)
+}
+
+/// Fetches every file the manifest lists into `files_dir` (paths checked to stay inside
+/// it), after removing what it does not list.
+async fn fetch_files(
+    fetcher: &Fetcher,
+    m: &Manifest,
+    files_dir: &Path,
+    resume: bool,
+) -> anyhow::Result<()> {
+    let mut wanted = HashSet::new();
+    for f in &m.files {
+        ensure!(
+            safe_relative(&f.path),
+            "unsafe path {:?} in the manifest",
+            f.path
+        );
+        wanted.insert(files_dir.join(&f.path));
+    }
+    remove_unlisted(files_dir, &wanted)?;
+    for f in &m.files {
+        fetcher.file(f, &files_dir.join(&f.path), resume).await?;
+    }
+    Ok(())
 }
 
 /// Fetches the files of one package from one peer.
