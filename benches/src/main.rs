@@ -193,6 +193,116 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The counters every client of `weir-bench ingest` adds to.
+struct Tally<'a> {
+    lines: &'a AtomicU64,
+    bytes: &'a AtomicU64,
+    errors: &'a AtomicU64,
+    stop: &'a AtomicBool,
+    hist: &'a Mutex<Histogram<u64>>,
+    acks: &'a Mutex<Vec<u64>>,
+    started: Instant,
+}
+
+impl Tally<'_> {
+    /// One request of `lines` lines (`bytes` of bodies) acknowledged, sent at `sent`.
+    fn acked(&self, sent: Instant, lines: usize, bytes: usize) {
+        let us = sent.elapsed().as_micros() as u64;
+        self.hist.lock().unwrap().record(us.max(1)).ok();
+        self.acks
+            .lock()
+            .unwrap()
+            .push(self.started.elapsed().as_micros() as u64);
+        self.lines.fetch_add(lines as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Appends `req` over gRPC until it is acknowledged (or the run stops), moving to the next
+/// node after a failure: a batch is retried with the same producer id and sequence, so it
+/// is never stored twice; its latency includes the retries. Returns the node used last.
+async fn push_grpc(
+    clients: &mut [IngestClient<tonic::transport::Channel>],
+    mut current: usize,
+    req: AppendRequest,
+    n_bytes: usize,
+    tally: &Tally<'_>,
+) -> usize {
+    let t = Instant::now();
+    loop {
+        let mut r = tonic::Request::new(req.clone());
+        r.set_timeout(Duration::from_secs(15));
+        match clients[current].append(r).await {
+            Ok(_) => {
+                tally.acked(t, req.records.len(), n_bytes);
+                return current;
+            }
+            Err(s) => {
+                if tally.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("append failed: {:?} {}", s.code(), s.message());
+                }
+                if tally.stop.load(Ordering::Relaxed) {
+                    return current;
+                }
+                current = (current + 1) % clients.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Pushes `records` as one request of an HTTP protocol until it is acknowledged (or the
+/// run stops); its latency includes the retries.
+async fn push_http(
+    http: &reqwest::Client,
+    http_addr: &str,
+    protocol: BenchProtocol,
+    records: &[Record],
+    n_bytes: usize,
+    tally: &Tally<'_>,
+) {
+    let (path, content_type) = protocol.http();
+    let body = protocol.body(records);
+    let t = Instant::now();
+    loop {
+        let sent = http
+            .post(format!("{http_addr}{path}"))
+            .header("content-type", content_type)
+            .body(body.clone())
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                // An ES bulk answers 200 with per-item errors: read them.
+                let text = r.text().await.unwrap_or_default();
+                if protocol == BenchProtocol::EsBulk && text.contains("\"errors\":true") {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("bulk items refused: {}", &text[..text.len().min(300)]);
+                }
+                tally.acked(t, records.len(), n_bytes);
+                return;
+            }
+            other => {
+                if tally.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                    match other {
+                        Ok(r) => eprintln!(
+                            "push refused: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        ),
+                        Err(e) => eprintln!("push failed: {e}"),
+                    }
+                }
+                if tally.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let IngestArgs {
         addr,
@@ -255,98 +365,26 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 let now = now_ns();
                 let records: Vec<Record> = (0..batch).map(|_| make_record(&mut rng, now)).collect();
                 let n_bytes: usize = records.iter().map(|r| r.body.len()).sum();
-                if protocol != BenchProtocol::Grpc {
-                    let (path, content_type) = protocol.http();
-                    let body = protocol.body(&records);
-                    let t = Instant::now();
-                    loop {
-                        let sent = http
-                            .post(format!("{http_addr}{path}"))
-                            .header("content-type", content_type)
-                            .body(body.clone())
-                            .timeout(Duration::from_secs(15))
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(r) if r.status().is_success() => {
-                                // An ES bulk answers 200 with per-item errors: read them.
-                                let text = r.text().await.unwrap_or_default();
-                                if protocol == BenchProtocol::EsBulk
-                                    && text.contains("\"errors\":true")
-                                {
-                                    errors.fetch_add(1, Ordering::Relaxed);
-                                    eprintln!(
-                                        "bulk items refused: {}",
-                                        &text[..text.len().min(300)]
-                                    );
-                                }
-                                let us = t.elapsed().as_micros() as u64;
-                                hist.lock().unwrap().record(us.max(1)).ok();
-                                acks.lock()
-                                    .unwrap()
-                                    .push(started.elapsed().as_micros() as u64);
-                                lines.fetch_add(batch as u64, Ordering::Relaxed);
-                                bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
-                                break;
-                            }
-                            other => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                if errors.load(Ordering::Relaxed) < 5 {
-                                    match other {
-                                        Ok(r) => eprintln!(
-                                            "push refused: {} {}",
-                                            r.status(),
-                                            r.text().await.unwrap_or_default()
-                                        ),
-                                        Err(e) => eprintln!("push failed: {e}"),
-                                    }
-                                }
-                                if stop.load(Ordering::Relaxed) {
-                                    break;
-                                }
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
-                    sent_lines += batch as u64;
-                    continue;
-                }
-                sequence += 1;
-                let req = AppendRequest {
-                    records,
-                    producer_id: producer_id.clone(),
-                    sequence,
-                    ..Default::default()
+                let tally = Tally {
+                    lines: &lines,
+                    bytes: &bytes,
+                    errors: &errors,
+                    stop: &stop,
+                    hist: &hist,
+                    acks: &acks,
+                    started,
                 };
-                let t = Instant::now();
-                // A batch is retried (same producer id and sequence, so never stored twice)
-                // on the next node until acknowledged; its latency includes the retries.
-                loop {
-                    let mut r = tonic::Request::new(req.clone());
-                    r.set_timeout(Duration::from_secs(15));
-                    match clients[current].append(r).await {
-                        Ok(_) => {
-                            let us = t.elapsed().as_micros() as u64;
-                            hist.lock().unwrap().record(us.max(1)).ok();
-                            acks.lock()
-                                .unwrap()
-                                .push(started.elapsed().as_micros() as u64);
-                            lines.fetch_add(batch as u64, Ordering::Relaxed);
-                            bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
-                            break;
-                        }
-                        Err(s) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            if errors.load(Ordering::Relaxed) < 5 {
-                                eprintln!("append failed: {:?} {}", s.code(), s.message());
-                            }
-                            if stop.load(Ordering::Relaxed) {
-                                break;
-                            }
-                            current = (current + 1) % clients.len();
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
+                if protocol == BenchProtocol::Grpc {
+                    sequence += 1;
+                    let req = AppendRequest {
+                        records,
+                        producer_id: producer_id.clone(),
+                        sequence,
+                        ..Default::default()
+                    };
+                    current = push_grpc(&mut clients, current, req, n_bytes, &tally).await;
+                } else {
+                    push_http(&http, &http_addr, protocol, &records, n_bytes, &tally).await;
                 }
                 sent_lines += batch as u64;
             }
@@ -358,7 +396,6 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         t.await?;
     }
     let secs = started.elapsed().as_secs_f64();
-    let h = hist.lock().unwrap();
     let (l, b) = (lines.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let mb_s = b as f64 / secs / 1e6;
     println!(
@@ -369,30 +406,13 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             rate.to_string()
         }
     );
-    println!("  lines/s      {:.0}", l as f64 / secs);
-    println!("  MB/s (body)  {mb_s:.1}");
-    println!("  avg line     {:.0} bytes", b as f64 / l.max(1) as f64);
-    println!(
-        "  ack latency  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-        h.value_at_quantile(0.5) as f64 / 1e3,
-        h.value_at_quantile(0.99) as f64 / 1e3,
-        h.max() as f64 / 1e3
-    );
-    println!(
-        "  errors       {} (each retried on the next node)",
-        errors.load(Ordering::Relaxed)
-    );
-    let mut times = acks.lock().unwrap().clone();
-    times.sort_unstable();
-    let (gap, at) = times
-        .windows(2)
-        .map(|w| (w[1] - w[0], w[0]))
-        .max()
-        .unwrap_or((0, 0));
-    println!(
-        "  longest time without any acknowledgement  {:.2} s (from {:.1} s into the run)",
-        gap as f64 / 1e6,
-        at as f64 / 1e6
+    report_acks(
+        secs,
+        l,
+        b,
+        &hist.lock().unwrap(),
+        errors.load(Ordering::Relaxed),
+        &acks.lock().unwrap(),
     );
     if let Some(dir) = fsync_dir {
         let chunk = (b / l.max(1)) as usize * batch;
@@ -406,6 +426,32 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         println!("  ratio        {:.0}% of raw fsync'd bandwidth (body bytes; the WAL also writes labels, attributes and framing)", 100.0 * mb_s * 1e6 / raw);
     }
     Ok(())
+}
+
+/// Prints throughput, ack latency, errors and the longest stretch without an ack.
+fn report_acks(secs: f64, l: u64, b: u64, h: &Histogram<u64>, errors: u64, acks: &[u64]) {
+    println!("  lines/s      {:.0}", l as f64 / secs);
+    println!("  MB/s (body)  {:.1}", b as f64 / secs / 1e6);
+    println!("  avg line     {:.0} bytes", b as f64 / l.max(1) as f64);
+    println!(
+        "  ack latency  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.max() as f64 / 1e3
+    );
+    println!("  errors       {errors} (each retried on the next node)");
+    let mut times = acks.to_vec();
+    times.sort_unstable();
+    let (gap, at) = times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max()
+        .unwrap_or((0, 0));
+    println!(
+        "  longest time without any acknowledgement  {:.2} s (from {:.1} s into the run)",
+        gap as f64 / 1e6,
+        at as f64 / 1e6
+    );
 }
 
 /// Sequential pwrite + fdatasync of `chunk` bytes in a loop: what the disk gives a single
