@@ -356,15 +356,15 @@ pub fn es_doc_to_record(
     let timestamp_ns = doc.timestamp()?;
     let level_text = doc
         .take(&["level", "log.level", "severity"], |_| true)
-        .map(|(_, v)| text(&v));
+        .map(|(_, v)| text(v));
     let service = doc
         .take(&["service.name"], |_| true)
         .or_else(|| doc.take(&["service"], Value::is_string))
-        .map(|(_, v)| text(&v))
+        .map(|(_, v)| text(v))
         .unwrap_or_default();
     let mut scalar = |keys: &[&str]| {
         doc.take(keys, |v| !v.is_array())
-            .map(|(_, v)| text(&v))
+            .map(|(_, v)| text(v))
             .unwrap_or_default()
     };
     let namespace = scalar(&["kubernetes.namespace_name", "kubernetes.namespace"]);
@@ -375,7 +375,7 @@ pub fn es_doc_to_record(
     let span_id = doc.take(&["span.id", "span_id"], id_of(16));
 
     let mut attributes: HashMap<String, String> =
-        doc.0.into_iter().map(|(k, v)| (k, text(&v))).collect();
+        doc.0.into_iter().map(|(k, v)| (k, text(v))).collect();
     let level = match level_text {
         Some(t) if !t.trim().is_empty() => Level::from_alias(&t).unwrap_or_else(|| {
             attributes.insert("es.level".to_owned(), t);
@@ -388,7 +388,7 @@ pub fn es_doc_to_record(
         attributes.insert("es.id".to_owned(), id.to_owned());
     }
     let lower = |id: Option<(String, &Value)>| {
-        id.map(|(_, v)| text(&v).to_ascii_lowercase())
+        id.map(|(_, v)| text(v).to_ascii_lowercase())
             .unwrap_or_default()
     };
     Ok(Record {
@@ -426,7 +426,7 @@ impl<'a> Fields<'a> {
     /// `@timestamp` (must be a date), else the first of `timestamp`, `time` that is one.
     fn timestamp(&mut self) -> std::result::Result<i64, String> {
         if let Some((key, v)) = self.take(&["@timestamp"], |_| true) {
-            return es_time(&v).ok_or_else(|| {
+            return es_time(v).ok_or_else(|| {
                 format!(
                     "field [{key}] {} is not a date: send RFC 3339 text \
                      (2024-01-15T10:20:30.123Z) or epoch milliseconds, within the years \
@@ -437,7 +437,7 @@ impl<'a> Fields<'a> {
         }
         Ok(self
             .take(&["timestamp", "time"], |v| es_time(v).is_some())
-            .and_then(|(_, v)| es_time(&v))
+            .and_then(|(_, v)| es_time(v))
             .unwrap_or(0))
     }
 }
