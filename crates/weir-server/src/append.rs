@@ -393,6 +393,12 @@ pub fn raft_error(e: weir_raft::Error) -> ApiError {
         E::NotLeader { .. } | E::Dropped { .. } => {
             ApiError::new(ErrorKind::Unavailable, e.to_string())
         }
+        // Nothing is broken: the outcome is unknown here, and a retry with the same
+        // producer id and sequence settles it.
+        E::ReplacedBySnapshot { .. } => ApiError::new(
+            ErrorKind::Unavailable,
+            format!("{e}; retry with the same producer_id and sequence"),
+        ),
         other => ApiError::new(ErrorKind::Internal, other.to_string()),
     }
 }
