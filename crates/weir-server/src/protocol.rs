@@ -163,14 +163,27 @@ pub fn request_key(protocol: Protocol, content: &[u8], all_timestamped: bool) ->
     Some(format!("{}/{a:016x}{b:016x}", protocol.as_str()))
 }
 
+/// Two 64-bit lanes of an FNV-1a-style hash taken a word (8 bytes) at a time: the key is
+/// computed on every push, over the whole body, so it must cost far less than decoding it.
 fn fnv1a_128(bytes: &[u8]) -> (u64, u64) {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x6c62_272e_07bb_0142u64);
-    for &x in bytes {
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        a = (a ^ x).wrapping_mul(PRIME);
+        b = (b ^ x.rotate_left(29)).wrapping_mul(PRIME).rotate_left(17);
+    }
+    for &x in words.remainder() {
         a = (a ^ u64::from(x)).wrapping_mul(PRIME);
         b = (b ^ u64::from(x.rotate_left(3))).wrapping_mul(PRIME);
     }
-    (a, b)
+    // The length, so that trailing zero bytes change the key.
+    let len = bytes.len() as u64;
+    (
+        (a ^ len).wrapping_mul(PRIME),
+        (b ^ len.rotate_left(32)).wrapping_mul(PRIME),
+    )
 }
 
 /// Tenants counted by name per protocol at most; the others are counted as `_other`, so
@@ -297,6 +310,19 @@ mod tests {
         assert_ne!(a, request_key(Protocol::Loki, b"two", true).unwrap());
         assert_ne!(a, request_key(Protocol::OtlpHttp, b"one", true).unwrap());
         assert_eq!(request_key(Protocol::Loki, b"one", false), None);
+        // Longer than a word, differing only in the tail, in one word, or by a zero byte.
+        let long = b"0123456789abcdef0123456789".to_vec();
+        let mut tail = long.clone();
+        *tail.last_mut().unwrap() ^= 1;
+        let mut word = long.clone();
+        word[9] ^= 1;
+        let mut longer = long.clone();
+        longer.push(0);
+        let keys: std::collections::HashSet<_> = [long, tail, word, longer]
+            .iter()
+            .map(|c| request_key(Protocol::Loki, c, true).unwrap())
+            .collect();
+        assert_eq!(keys.len(), 4);
     }
 
     #[test]
