@@ -736,7 +736,15 @@ fn two_rejoining_replicas_elect_the_third_which_holds_everything() {
     // Healed: the rejoining replicas vote for the full node (its log is as up to date as
     // any they were told of), and catch up from it.
     c.net.cut.lock().unwrap().clear();
-    assert_eq!(c.leader(0), full, "only the full node can lead");
+    // Only the full node can win the election. Once a rejoining replica has every entry,
+    // the balancer may hand the shard on to its preferred voter (voters[0 % 3] = node 1),
+    // and on a loaded machine that can happen before this looks: then the leader is node
+    // 1, and it holds everything (checked by assert_replicated below).
+    let leader = c.leader(0);
+    assert!(
+        leader == full || leader == 1,
+        "only the full node can win the election; node {leader} leads (full: {full})"
+    );
     put(&c, "after".into());
     assert_replicated(&c, 0, &want);
     let deadline = Instant::now() + Duration::from_secs(10);
