@@ -162,19 +162,7 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered> {
             let Some(m) = m else {
                 return Err(corrupt(&raw.path, 0, "empty segment with a valid header"));
             };
-            segments.push(Segment {
-                seq: raw.seq,
-                path: raw.path.clone(),
-                file: Arc::new(
-                    raw.file
-                        .try_clone()
-                        .map_err(|e| Error::io(raw.path.to_path_buf(), e))?,
-                ),
-                size: raw.len,
-                write_pos: pos as u64,
-                sealed,
-                map: Arc::new(m),
-            });
+            segments.push(raw.segment(raw.len, pos, sealed, m)?);
             i += 1;
             continue;
         };
@@ -401,17 +389,25 @@ fn end_at_stop_point(
         durable::fsync_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     let map = SegMap::new(&raw.file, raw.path.clone())?;
-    Ok(Segment {
-        seq: raw.seq,
-        path: raw.path.clone(),
-        file: Arc::new(
-            raw.file
-                .try_clone()
-                .map_err(|e| Error::io(raw.path.to_path_buf(), e))?,
-        ),
-        size,
-        write_pos: pos as u64,
-        sealed: false,
-        map: Arc::new(map),
-    })
+    raw.segment(size, pos, false, map)
+}
+
+impl RawSegment {
+    /// The writer's view of this file once recovery has settled it: `size` bytes, data up
+    /// to `pos`, sealed or not, read through `map`.
+    fn segment(&self, size: u64, pos: usize, sealed: bool, map: SegMap) -> Result<Segment> {
+        Ok(Segment {
+            seq: self.seq,
+            path: self.path.clone(),
+            file: Arc::new(
+                self.file
+                    .try_clone()
+                    .map_err(|e| Error::io(self.path.to_path_buf(), e))?,
+            ),
+            size,
+            write_pos: pos as u64,
+            sealed,
+            map: Arc::new(map),
+        })
+    }
 }
