@@ -35,6 +35,33 @@ fn script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs a client script of `tests/clients` with `args`; panics with its output unless it
+/// exits 0.
+fn run_client(name: &str, args: &[&str]) {
+    let out = Command::new("python3")
+        .arg(script(name))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The first hit whose body contains `needle`.
+fn hit_with(body: &serde_json::Value, needle: &str) -> serde_json::Value {
+    body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["body"].as_str().unwrap().contains(needle))
+        .unwrap_or_else(|| panic!("no hit with {needle:?}: {body}"))
+        .clone()
+}
+
 async fn hits(n: &TestNode, q: &str, tenant: &str, want: u64) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -59,24 +86,10 @@ async fn the_opentelemetry_sdk_http_exporter_is_stored_with_its_resource() {
         return;
     }
     let n = TestNode::start().await;
-    let out = Command::new("python3")
-        .args([&script("otlp_http.py"), &n.http, "acme", "otlpmark"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    run_client("otlp_http.py", &[&n.http, "acme", "otlpmark"]);
     let body = hits(&n, "otlpmark", "acme", 3).await;
     assert_eq!(body["total"], 3, "{body}");
-    let declined = body["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["body"].as_str().unwrap().contains("declined"))
-        .unwrap();
+    let declined = hit_with(&body, "declined");
     assert_eq!(declined["level"], "error");
     assert_eq!(declined["service"], "checkout-py");
     assert_eq!(declined["namespace"], "shop");
@@ -95,27 +108,10 @@ async fn the_official_elasticsearch_client_bulk_indexes_through_its_product_chec
         return;
     }
     let n = TestNode::start().await;
-    let out = Command::new("python3")
-        .args([&script("es_bulk.py"), &n.http, "shop", "esmark"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    run_client("es_bulk.py", &[&n.http, "shop", "esmark"]);
     let body = hits(&n, "esmark", "shop", 3).await;
     assert_eq!(body["total"], 3, "created once despite the retry: {body}");
-    let by_body = |needle: &str| {
-        body["hits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["body"].as_str().unwrap().contains(needle))
-            .unwrap()
-            .clone()
-    };
+    let by_body = |needle: &str| hit_with(&body, needle);
     let ecs = by_body("ecs order shipped");
     assert_eq!(ecs["level"], "warn");
     assert_eq!(ecs["service"], "shipping");
@@ -454,15 +450,7 @@ async fn syslog_from_logger_over_udp_and_tcp_is_stored_with_its_fields() {
     ]);
     let found = hits(&n, "sysmark", "ops", 4).await;
     assert_eq!(found["total"], 4, "{found}");
-    let by = |needle: &str| {
-        found["hits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["body"].as_str().unwrap().contains(needle))
-            .unwrap_or_else(|| panic!("{needle}: {found}"))
-            .clone()
-    };
+    let by = |needle: &str| hit_with(&found, needle);
     let h = by("udp 5424");
     assert_eq!(
         (h["level"].as_str(), h["service"].as_str()),
