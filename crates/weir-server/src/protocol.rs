@@ -52,18 +52,7 @@ pub async fn export_otlp(
     if !append.records.is_empty() {
         keyed(&mut append, key);
         let resp = appender.append_via(protocol, append).await?;
-        // The append path counts positions in the request it was given; told back as
-        // positions in the export, beside those refused while mapping.
-        let mapped: Vec<_> = resp
-            .rejected
-            .into_iter()
-            .map(|mut r| {
-                r.index = weir_ingest::flattened_position(r.index, &rejected);
-                r
-            })
-            .collect();
-        rejected.extend(mapped);
-        rejected.sort_by_key(|r| r.index);
+        rejected = merge_rejections(rejected, resp.rejected);
     }
     let partial_success = (!rejected.is_empty()).then(|| ExportLogsPartialSuccess {
         rejected_log_records: rejected.len() as i64,
@@ -81,18 +70,25 @@ pub fn keyed(req: &mut AppendRequest, key: Option<String>) {
     }
 }
 
-/// The first `shown` refusals as one message: `position: reason; ...; and N more`.
-pub fn summarize_rejections(rejected: &[RecordError], shown: usize, what: &str) -> String {
-    let mut msg = rejected
-        .iter()
-        .take(shown)
-        .map(|r| format!("{what} {}: {}", r.index, r.reason))
-        .collect::<Vec<_>>()
-        .join("; ");
-    if rejected.len() > shown {
-        msg.push_str(&format!("; and {} more", rejected.len() - shown));
-    }
-    msg
+/// The refusals of a request that was mapped to an `AppendRequest` and then appended,
+/// all as positions in the request as it came, ascending: `mapped` were refused while
+/// mapping (already such positions, ascending, as the mappings produce them), `appended`
+/// by the append path (positions in the `AppendRequest`, which lacks the `mapped` ones).
+pub fn merge_rejections(
+    mut mapped: Vec<RecordError>,
+    appended: Vec<RecordError>,
+) -> Vec<RecordError> {
+    debug_assert!(mapped.windows(2).all(|w| w[0].index < w[1].index));
+    let moved: Vec<RecordError> = appended
+        .into_iter()
+        .map(|mut r| {
+            r.index = weir_ingest::flattened_position(r.index, &mapped);
+            r
+        })
+        .collect();
+    mapped.extend(moved);
+    mapped.sort_by_key(|r| r.index);
+    mapped
 }
 
 /// The ways records reach a node.

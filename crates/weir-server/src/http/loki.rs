@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use weir_proto::ApiError;
 
 use super::ingest::{decoded_body, media_type, push_tenant, with_retry_after};
-use crate::protocol::{keyed, request_key, Protocol};
+use crate::protocol::{keyed, merge_rejections, request_key, Protocol};
 use crate::state::NodeState;
 
 /// The Loki routes of the ingest side.
@@ -84,31 +84,17 @@ async fn handle(
     if !append.records.is_empty() {
         keyed(&mut append, key);
         let resp = st.appender.append_via(Protocol::Loki, append).await?;
-        // Positions in the append request, told back as positions in the push.
-        let mapped_out = rejected_sorted(&rejected);
-        rejected.extend(resp.rejected.into_iter().map(|mut r| {
-            r.index = weir_ingest::flattened_position(r.index, &mapped_out);
-            r
-        }));
+        rejected = merge_rejections(rejected, resp.rejected);
     }
-    if rejected.is_empty() {
+    let Some(first) = rejected.first() else {
         return Ok(None);
-    }
-    rejected.sort_by_key(|r| r.index);
-    let first = &rejected[0];
+    };
     Ok(Some(format!(
         "entry {} (counting every stream's entries in order) was refused: {}; {} of the push's entries were refused, the others were stored\n",
         first.index,
         first.reason,
         rejected.len()
     )))
-}
-
-/// The mapping's refusals in ascending position, as `flattened_position` takes them.
-fn rejected_sorted(r: &[weir_proto::v1::RecordError]) -> Vec<weir_proto::v1::RecordError> {
-    let mut v = r.to_vec();
-    v.sort_by_key(|x| x.index);
-    v
 }
 
 async fn ready() -> &'static str {
