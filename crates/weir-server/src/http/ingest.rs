@@ -18,17 +18,8 @@ pub const SCOPE_ORG_ID: &str = "x-scope-orgid";
 /// # Errors
 /// 400 naming the header and the rule it breaks.
 pub fn push_tenant(headers: &HeaderMap, config: &Config) -> Result<String, HttpError> {
-    match headers.get(SCOPE_ORG_ID) {
-        Some(v) => {
-            let text = v.to_str().map_err(|_| {
-                HttpError(ApiError::invalid(format!(
-                    "header {SCOPE_ORG_ID} is not ASCII text; a tenant is 1-{} of A-Z a-z 0-9 _ . -",
-                    config.limits.tenant_bytes_max
-                )))
-            })?;
-            weir_ingest::normalize_tenant(text, &config.limits.to_limits())
-                .map_err(|e| HttpError(ApiError::invalid(format!("header {SCOPE_ORG_ID}: {e}"))))
-        }
+    match super::tenant_in(headers, SCOPE_ORG_ID, config)? {
+        Some(t) => Ok(t),
         None => super::tenant(headers, config),
     }
 }

@@ -79,18 +79,31 @@ fn error_response(status: StatusCode, error: String) -> Response {
 /// 400 naming the rule: not ASCII, too long (`limits.tenant_bytes_max`), a character
 /// outside `A-Z a-z 0-9 _ . -`, or `.`/`..`.
 pub fn tenant(headers: &HeaderMap, config: &Config) -> Result<String, HttpError> {
-    let Some(value) = headers.get(TENANT_HEADER) else {
-        return Ok(DEFAULT_TENANT.to_owned());
+    Ok(tenant_in(headers, TENANT_HEADER, config)?.unwrap_or_else(|| DEFAULT_TENANT.to_owned()))
+}
+
+/// The tenant header `name` names, checked by the ingest rules; `None` when absent.
+///
+/// # Errors
+/// 400 naming the header and the rule it breaks.
+pub fn tenant_in(
+    headers: &HeaderMap,
+    name: &str,
+    config: &Config,
+) -> Result<Option<String>, HttpError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
     };
     let text = value.to_str().map_err(|_| {
         HttpError(ApiError::invalid(format!(
-            "header {TENANT_HEADER} is not ASCII text; a tenant is 1-{} of A-Z a-z 0-9 _ . - \
+            "header {name} is not ASCII text; a tenant is 1-{} of A-Z a-z 0-9 _ . - \
              (empty or absent means {DEFAULT_TENANT:?})",
             config.limits.tenant_bytes_max
         )))
     })?;
     weir_ingest::normalize_tenant(text, &config.limits.to_limits())
-        .map_err(|e| HttpError(ApiError::invalid(format!("header {TENANT_HEADER}: {e}"))))
+        .map(Some)
+        .map_err(|e| HttpError(ApiError::invalid(format!("header {name}: {e}"))))
 }
 
 async fn not_found(request: Request) -> Response {
