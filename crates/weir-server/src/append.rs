@@ -76,17 +76,23 @@ impl Appender {
         req: AppendRequest,
     ) -> Result<AppendResponse, ApiError> {
         let started = std::time::Instant::now();
-        // Counted under the tenant as stored; a name that is refused is not a tenant.
-        let tenant = weir_ingest::normalize_tenant(&req.tenant, &self.limits)
-            .unwrap_or_else(|_| "_invalid".to_owned());
         let submitted = req.records.len() as u64;
-        let result = self.append_inner(req).await;
+        // Counted under the tenant as stored (normalised by the append).
+        let raw_tenant = req.tenant.clone();
+        let mut tenant = String::new();
+        let result = self.append_inner(req, &mut tenant).await;
+        if tenant.is_empty() {
+            // Refused before its tenant was settled (too many records, say): the name as
+            // the ingest rules read it, or `_invalid` when it breaks them.
+            tenant = weir_ingest::normalize_tenant(&raw_tenant, &self.limits)
+                .unwrap_or_else(|_| "_invalid".to_owned());
+        }
         let ingest = &self.metrics.ingest;
         match &result {
             Ok(r) => {
                 let rejected = r.rejected.len() as u64;
                 let (accepted, deduplicated) = if r.duplicate {
-                    (0, submitted - rejected)
+                    (0, submitted.saturating_sub(rejected))
                 } else {
                     (r.accepted, 0)
                 };
@@ -112,12 +118,18 @@ impl Appender {
         result
     }
 
-    async fn append_inner(&self, req: AppendRequest) -> Result<AppendResponse, ApiError> {
+    /// Appends `req`; sets `tenant_out` to its tenant once that is known to be valid.
+    async fn append_inner(
+        &self,
+        req: AppendRequest,
+        tenant_out: &mut String,
+    ) -> Result<AppendResponse, ApiError> {
         let started = std::time::Instant::now();
         let now = now_ns();
         let mut normalized = weir_ingest::normalize(req, now, &self.limits)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
         let tenant = normalized.tenant.clone();
+        tenant_out.clone_from(&tenant);
         let producer = (!normalized.producer_id.is_empty())
             .then(|| format!("{tenant}\u{0}{}", normalized.producer_id));
         let sequence = normalized.sequence;
