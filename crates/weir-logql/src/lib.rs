@@ -53,18 +53,25 @@
 
 mod ast;
 mod error;
+mod eval;
 mod lexer;
 mod matcher;
 mod parser;
 pub mod pipeline;
+mod result;
+mod source;
 pub mod template;
 pub mod units;
+mod vector;
 
 pub use ast::*;
 pub use error::{EngineError, ParseError, Result};
+pub use eval::{evaluate, Limits, QueryParams};
 pub use matcher::{MatchOp, Matcher};
 pub use parser::{parse, MAX_DEPTH};
 pub use pipeline::{Pipeline, Processed};
+pub use result::{QueryResult, Sample, Series, Stream, StreamEntry};
+pub use source::{hints, Direction, EntryIter, Hints, Source};
 
 /// A label set, sorted by name.
 pub type Labels = std::collections::BTreeMap<String, String>;

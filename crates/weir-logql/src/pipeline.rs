@@ -227,6 +227,14 @@ enum Compiled {
     Decolorize(Regex),
 }
 
+/// `| unwrap` compiled: the label, the conversion and the post filters.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledUnwrap {
+    pub label: String,
+    pub conversion: Conversion,
+    pub post_filters: Vec<LabelFilter>,
+}
+
 /// A log pipeline compiled once per query (regexes and templates compiled here).
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -414,6 +422,44 @@ impl Pipeline {
             }
         }
         Some(st)
+    }
+
+    /// Runs the stages, then `unwrap`: the sample value and the entry's labels, or
+    /// `None` when a filter drops the entry or the unwrapped label is missing or empty.
+    pub(crate) fn process_sample(
+        &self,
+        entry: &Entry,
+        unwrap: &CompiledUnwrap,
+    ) -> Option<(f64, Labels)> {
+        let mut st = self.run(entry)?;
+        let raw = st.value(&unwrap.label);
+        if raw.is_empty() {
+            return None;
+        }
+        let converted = match unwrap.conversion {
+            Conversion::Float => parse_float(&raw)
+                .ok_or_else(|| format!("strconv.ParseFloat: parsing {raw:?}: invalid syntax")),
+            Conversion::Duration | Conversion::DurationSeconds => {
+                parse_go_duration(&raw).map(|ns| ns as f64 / 1e9)
+            }
+            Conversion::Bytes => parse_bytes(&raw).map(|b| b as f64),
+        };
+        let value = converted.unwrap_or_else(|details| {
+            st.set_err("SampleExtractionErr", details);
+            0.0
+        });
+        for lf in &unwrap.post_filters {
+            if !label_filter(lf, &mut st) {
+                return None;
+            }
+        }
+        Some((value, st.all_labels()))
+    }
+
+    /// Runs the stages: the final line's length in bytes and the entry's labels.
+    pub(crate) fn process_line(&self, entry: &Entry) -> Option<(usize, Labels)> {
+        let st = self.run(entry)?;
+        Some((st.line.len(), st.all_labels()))
     }
 }
 

@@ -1,0 +1,92 @@
+//! What the engine asks of the storage layer: [`Source`], with [`Hints`] to skip lines.
+
+use std::str::FromStr;
+
+use crate::ast::{LineFilterOp, LogExpr, Stage};
+use crate::error::EngineError;
+use crate::matcher::Matcher;
+use crate::Entry;
+
+/// The order entries are read and returned in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Oldest first.
+    Forward,
+    /// Newest first (Loki's default for log queries).
+    #[default]
+    Backward,
+}
+
+impl FromStr for Direction {
+    type Err = EngineError;
+
+    /// `forward` or `backward`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "forward" => Ok(Direction::Forward),
+            "backward" => Ok(Direction::Backward),
+            _ => Err(EngineError::Invalid(format!(
+                "invalid direction {s:?}: expected forward or backward"
+            ))),
+        }
+    }
+}
+
+/// What a [`Source`] may use to skip entries that cannot match.
+///
+/// Every line the query can return contains, for each inner `Vec`, at least one of its
+/// strings (case-sensitive). A source may skip any entry that fails this; it must never
+/// skip one that passes. The engine re-checks everything, so ignoring hints is correct.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// Conjunction of disjunctions of literal substrings of the original line.
+    pub line_contains_all: Vec<Vec<String>>,
+}
+
+/// The hints of a log query: its `|=` filters (with their `or` alternatives) that come
+/// before any stage rewriting the line (`line_format`, `decolorize`, `unpack`).
+pub fn hints(e: &LogExpr) -> Hints {
+    let mut line_contains_all = Vec::new();
+    for stage in &e.pipeline {
+        match stage {
+            Stage::LineFilter {
+                op: LineFilterOp::Contains,
+                values,
+            } if !values.iter().any(String::is_empty) => line_contains_all.push(values.clone()),
+            Stage::LineFormat { .. } | Stage::Decolorize | Stage::Unpack => break,
+            _ => {}
+        }
+    }
+    Hints { line_contains_all }
+}
+
+impl Hints {
+    /// Whether `line` could match: it contains one string of every group.
+    pub fn may_match(&self, line: &str) -> bool {
+        self.line_contains_all
+            .iter()
+            .all(|any| any.iter().any(|s| line.contains(s.as_str())))
+    }
+}
+
+/// An iterator of entries, or of the error that stopped the source.
+pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry, EngineError>> + 'a>;
+
+/// The storage layer, as the engine sees it.
+pub trait Source {
+    /// Every entry in `[start_ns, end_ns)` whose stream labels satisfy `selector`, in the
+    /// order `direction` asks (Forward = oldest first; entries with equal timestamps in
+    /// any order). `hints` may be used to skip entries that cannot match (never one that
+    /// could); the engine re-checks the selector, the time range and every filter.
+    ///
+    /// # Errors
+    /// [`EngineError::Source`] (or any other variant) to abort the query.
+    fn select(
+        &self,
+        selector: &[Matcher],
+        hints: &Hints,
+        start_ns: i64,
+        end_ns: i64,
+        direction: Direction,
+    ) -> Result<EntryIter<'_>, EngineError>;
+}
