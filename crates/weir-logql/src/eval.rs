@@ -19,9 +19,10 @@ use crate::{Entry, Labels};
 /// Bounds on what one query may hold in memory; an error names the field exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// The most series (or streams, for a log query) a query's result may hold, and the
-    /// most any one range aggregation may track before vector aggregations reduce them
-    /// (each tracked series costs `points × ~32` bytes). Loki's `max_query_series`.
+    /// The most series a metric query's result may hold, and the most any one range
+    /// aggregation may track before vector aggregations reduce them (each tracked series
+    /// costs `points × ~32` bytes). Loki's `max_query_series`. Log queries are bounded
+    /// by [`QueryParams::limit`] instead.
     pub max_series: usize,
     /// The most steps a range query may have: `(end - start) / step + 1`.
     pub max_points_per_series: usize,
@@ -147,16 +148,6 @@ fn eval_log(log: &LogExpr, params: &QueryParams, source: &dyn Source) -> Result<
             continue;
         };
         let key = p.labels();
-        if !streams.contains_key(&key) && streams.len() >= params.limits.max_series {
-            let max = params.limits.max_series;
-            return Err(limit_err(
-                "max_series",
-                max,
-                format!(
-                    "the query returns more than {max} streams; narrow the selector or add filters"
-                ),
-            ));
-        }
         let stream = streams.entry(key.clone()).or_insert_with(|| Stream {
             labels: key,
             stream: p.stream.clone(),
