@@ -63,6 +63,21 @@ pub struct QueryParams {
     pub limits: Limits,
 }
 
+impl Default for QueryParams {
+    /// An empty backward range query: `limit` 100 (Loki's default), default limits.
+    fn default() -> Self {
+        QueryParams {
+            start_ns: 0,
+            end_ns: 0,
+            step_ns: 0,
+            limit: 100,
+            direction: Direction::Backward,
+            instant: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
 /// The steps of a metric query: `start + k * step` for `k < n`.
 #[derive(Debug, Clone, Copy)]
 struct Steps {

@@ -15,6 +15,43 @@
 //! assert_eq!(err.to_string(), r#"parse error at position 10: expected "," or "}" to close the stream selector opened at 0, found the end of the query"#);
 //! ```
 //!
+//! Evaluating against a source (here a vector of entries):
+//!
+//! ```
+//! use weir_logql::*;
+//!
+//! struct Entries(Vec<Entry>);
+//!
+//! impl Source for Entries {
+//!     fn select(&self, selector: &[Matcher], hints: &Hints, start_ns: i64, end_ns: i64,
+//!               direction: Direction) -> Result<EntryIter<'_>> {
+//!         let mut out: Vec<Entry> = self.0.iter()
+//!             .filter(|e| e.ts_ns >= start_ns && e.ts_ns < end_ns)
+//!             .filter(|e| selector.iter().all(|m| m.matches_labels(&e.stream)))
+//!             .filter(|e| hints.may_match(&e.line)) // optional: skips only what cannot match
+//!             .cloned()
+//!             .collect();
+//!         out.sort_by_key(|e| e.ts_ns);
+//!         if direction == Direction::Backward {
+//!             out.reverse();
+//!         }
+//!         Ok(Box::new(out.into_iter().map(Ok)))
+//!     }
+//! }
+//!
+//! let stream: Labels = [("app".to_string(), "api".to_string())].into();
+//! let entry = |ts_ns, line: &str| Entry {
+//!     ts_ns, line: line.into(), stream: stream.clone(), metadata: Labels::new(),
+//! };
+//! let source = Entries(vec![entry(1_000_000_000, "level=error msg=boom"), entry(2_000_000_000, "level=info msg=ok")]);
+//! let query = parse(r#"sum by (level) (count_over_time({app="api"} | logfmt | drop msg [1m]))"#)?;
+//! let params = QueryParams { end_ns: 60_000_000_000, instant: true, ..QueryParams::default() };
+//! let QueryResult::Vector(samples) = evaluate(&query, &params, &source)? else { unreachable!() };
+//! assert_eq!(samples.len(), 2);
+//! assert_eq!(samples[0].labels["level"], "error");
+//! # Ok::<(), EngineError>(())
+//! ```
+//!
 //! # Supported
 //!
 //! * Stream selectors `{a="x", b!="y", c=~"re", d!~"re"}`, regexes fully anchored (RE2
@@ -50,6 +87,16 @@
 //!
 //! * Labels with an empty value do not exist, as in Prometheus label sets.
 //! * `json` renders numbers through `serde_json` (`1e3` becomes `1000.0`).
+//! * A log query's entries must come from the [`Source`] in the asked direction; one
+//!   out of order is an [`EngineError::Source`] (this is what lets a log query stop
+//!   reading after `limit` entries).
+//! * [`Limits`] bound memory: `max_series` applies to every range aggregation as well as
+//!   to the result, so a `sum by` over more streams than that is refused rather than
+//!   buffered.
+//! * An instant query of a log query returns streams (Loki's `/query` refuses it).
+//! * [`EngineError::Unsupported`] is not produced by [`evaluate`] today: [`parse`]
+//!   refuses unsupported syntax with a [`ParseError`] whose message starts with
+//!   "unsupported".
 
 mod ast;
 mod error;
