@@ -788,9 +788,11 @@ fn drop_labels(sels: &[LabelSel], st: &mut State<'_>) {
     }
 }
 
+/// `keep`: every label not named goes, except the error labels (as in Loki).
 fn keep_labels(sels: &[LabelSel], st: &mut State<'_>) {
     for (name, value) in st.all_labels() {
-        if !sels.iter().any(|s| sel_matches(s, &name, &value)) {
+        let special = name == ERROR_LABEL || name == ERROR_DETAILS_LABEL;
+        if !special && !sels.iter().any(|s| sel_matches(s, &name, &value)) {
             st.del(&name);
         }
     }

@@ -258,6 +258,12 @@ fn drop_and_keep_take_names_and_matchers() {
     assert_eq!(p.labels(), labels(&[("app", "x"), ("c", "3")]));
     let p = run(r#"{app="x"} | logfmt | keep app, b=~"[0-9]""#, &e).unwrap();
     assert_eq!(p.labels(), labels(&[("app", "x"), ("b", "2")]));
+    let p = run(r#"{app="x"} | json | keep app"#, &e).unwrap();
+    assert_eq!(
+        p.parsed.get("__error__").map(String::as_str),
+        Some("JSONParserErr"),
+        "keep never drops the error labels"
+    );
 }
 
 #[test]
