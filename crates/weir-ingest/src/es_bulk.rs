@@ -25,9 +25,11 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use weir_proto::v1::Record;
 
+use crate::es_flat::{Document, DocumentError, FlatValue};
 use crate::timefmt::parse_rfc3339;
 use crate::{quote, shorten, Error, Level, Result};
 
@@ -77,8 +79,8 @@ pub struct BulkOp {
     pub index: String,
     /// The action's `_id` (a number is taken as its text), if any.
     pub id: Option<String>,
-    /// The document, for `index` and `create`; `None` for `delete` and `update`.
-    pub source: Option<Map<String, Value>>,
+    /// The document, flattened, for `index` and `create`; `None` for `delete` and `update`.
+    pub source: Option<Document>,
 }
 
 /// One operation refused on its own; the rest of the request goes on. The fields are
@@ -161,8 +163,137 @@ fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
 }
 
+/// The metadata of an action that Weir reads; the rest (`_type`, `routing`, `pipeline`,
+/// ...) is skipped without being built.
+#[derive(Default, Deserialize)]
+struct Meta {
+    #[serde(rename = "_index", default)]
+    index: Option<Value>,
+    #[serde(rename = "_id", default)]
+    id: Option<Value>,
+}
+
 /// An action's metadata, or why it is refused (the metadata is not an object).
-type Metadata = std::result::Result<Map<String, Value>, String>;
+type Metadata = std::result::Result<Meta, String>;
+
+/// An action's metadata as written: an object, `null`, or something else (refused).
+enum MetaAs {
+    Object(Meta),
+    Null,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for MetaAs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MetaAs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an action's metadata")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<MetaAs, A::Error> {
+                Meta::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(MetaAs::Object)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<MetaAs, E> {
+                Ok(MetaAs::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<MetaAs, E> {
+                Ok(MetaAs::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<MetaAs, E> {
+                Ok(MetaAs::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<MetaAs, E> {
+                Ok(MetaAs::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<MetaAs, E> {
+                Ok(MetaAs::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<MetaAs, E> {
+                Ok(MetaAs::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<MetaAs, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MetaAs::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An action line: `{"<action>": <metadata>}`, read without building a map.
+struct ActionLine {
+    name: String,
+    meta: MetaAs,
+    keys: usize,
+}
+
+impl<'de> Deserialize<'de> for ActionLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Option<ActionLine>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an action line")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut line = ActionLine {
+                    name: String::new(),
+                    meta: MetaAs::Null,
+                    keys: 0,
+                };
+                while let Some(name) = map.next_key::<String>()? {
+                    if line.keys == 0 {
+                        (line.name, line.meta) = (name, map.next_value()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    line.keys += 1;
+                }
+                Ok(Some(line))
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+        d.deserialize_any(V)?
+            .ok_or_else(|| serde::de::Error::custom(NOT_AN_OBJECT))
+    }
+}
+
+const NOT_AN_OBJECT: &str = "weir: the action line is not a JSON object";
 
 /// The action's name and its metadata.
 fn action_line(line: &[u8], n: usize) -> Result<(String, Metadata)> {
@@ -173,29 +304,28 @@ fn action_line(line: &[u8], n: usize) -> Result<(String, Metadata)> {
              {{\"create\":{{\"_index\":\"logs\"}}}}, followed by its source line (delete has none)"
         ),
     };
-    let value: Value = serde_json::from_slice(line)
-        .map_err(|e| malformed(format!("the action line is not JSON ({e})")))?;
-    let Value::Object(map) = value else {
-        return Err(malformed("the action line is not a JSON object".to_owned()));
-    };
-    if map.len() != 1 {
+    let line: ActionLine = serde_json::from_slice(line).map_err(|e| {
+        if e.to_string().starts_with(NOT_AN_OBJECT) {
+            malformed("the action line is not a JSON object".to_owned())
+        } else {
+            malformed(format!("the action line is not JSON ({e})"))
+        }
+    })?;
+    if line.keys != 1 {
         return Err(malformed(format!(
             "the action line has {} keys, not one (index, create, delete or update)",
-            map.len()
+            line.keys
         )));
     }
-    let Some((name, meta)) = map.into_iter().next() else {
-        return Err(malformed("the action line is empty".to_owned()));
-    };
-    let meta = match meta {
-        Value::Object(meta) => Ok(meta),
-        Value::Null => Ok(Map::new()),
-        _ => Err(format!(
+    let meta = match line.meta {
+        MetaAs::Object(meta) => Ok(meta),
+        MetaAs::Null => Ok(Meta::default()),
+        MetaAs::Other => Err(format!(
             "line {n}: the {} action's metadata is not an object",
-            quote(&name)
+            quote(&line.name)
         )),
     };
-    Ok((name, meta))
+    Ok((line.name, meta))
 }
 
 /// Builds one item; `source_line` is `None` for `delete`, `Some(None)` when the body ended
@@ -222,10 +352,10 @@ fn item(
             return Err(refused);
         }
     };
-    let index = match meta.get("_index") {
+    let index = match meta.index {
         None | Some(Value::Null) => path_index.map(str::to_owned),
         Some(Value::String(i)) if i.is_empty() => path_index.map(str::to_owned),
-        Some(Value::String(i)) => Some(i.clone()),
+        Some(Value::String(i)) => Some(i),
         Some(other) => {
             refused.reason = format!(
                 "line {n}: _index {} is not a string",
@@ -235,8 +365,8 @@ fn item(
         }
     };
     refused.index = index.clone().unwrap_or_default();
-    refused.id = match meta.get("_id") {
-        Some(Value::String(id)) => Some(id.clone()),
+    refused.id = match meta.id {
+        Some(Value::String(id)) => Some(id),
         Some(Value::Number(id)) => Some(id.to_string()),
         _ => None,
     };
@@ -278,7 +408,7 @@ fn item(
 fn source(
     line: Option<(usize, &[u8])>,
     n: usize,
-) -> std::result::Result<Map<String, Value>, (&'static str, String)> {
+) -> std::result::Result<Document, (&'static str, String)> {
     let Some((m, line)) = line else {
         return Err((
             "action_request_validation_exception",
@@ -291,24 +421,18 @@ fn source(
             format!("line {m}: the source line is empty"),
         ));
     }
-    match serde_json::from_slice::<Value>(line) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err((
-            "mapper_parsing_exception",
-            format!("line {m}: the source is not a JSON object"),
-        )),
-        Err(e) => Err((
-            "mapper_parsing_exception",
-            format!("line {m}: failed to parse the source: {e}"),
-        )),
-    }
+    Document::parse(line).map_err(|e| {
+        let reason = match e {
+            DocumentError::NotAnObject => format!("line {m}: the source is not a JSON object"),
+            DocumentError::Json(e) => format!("line {m}: failed to parse the source: {e}"),
+        };
+        ("mapper_parsing_exception", reason)
+    })
 }
 
-/// Nesting past this many objects is kept as the JSON text of the deeper part.
-const FLATTEN_DEPTH_MAX: usize = 32;
-
 /// Maps one document to a [`Record`] by the table of the [module doc](crate::es_bulk). `index` becomes
-/// attribute `es.index`, `id` (the action's `_id`) attribute `es.id`.
+/// attribute `es.index`, `id` (the action's `_id`) attribute `es.id`. The document's
+/// strings move into the record.
 ///
 /// # Errors
 ///
@@ -317,12 +441,12 @@ const FLATTEN_DEPTH_MAX: usize = 32;
 /// the server answers it as that item's `mapper_parsing_exception`.
 ///
 /// ```
-/// use weir_ingest::es_doc_to_record;
-/// let doc = serde_json::json!({
+/// use weir_ingest::{es_doc_to_record, es_flat::Document};
+/// let doc = Document::parse(br#"{
 ///     "@timestamp": "2024-01-15T10:20:30.123Z", "message": "card declined",
 ///     "log": {"level": "ERROR"}, "service": {"name": "pay"}, "http.status": 502
-/// });
-/// let r = es_doc_to_record(doc.as_object().unwrap(), "logs-pay", Some("abc")).unwrap();
+/// }"#).unwrap();
+/// let r = es_doc_to_record(doc, "logs-pay", Some("abc")).unwrap();
 /// assert_eq!((r.service.as_str(), r.level.as_str()), ("pay", "error"));
 /// assert_eq!(r.timestamp_ns, 1_705_314_030_123_000_000);
 /// assert_eq!(r.attributes["http.status"], "502");
@@ -330,52 +454,41 @@ const FLATTEN_DEPTH_MAX: usize = 32;
 /// assert_eq!(r.attributes["es.id"], "abc");
 /// ```
 pub fn es_doc_to_record(
-    source: &Map<String, Value>,
+    doc: Document,
     index: &str,
     id: Option<&str>,
 ) -> std::result::Result<Record, String> {
-    // The body is read before flattening, so that a structured `message` stays one JSON
-    // text; `log` only when it is not an object (ECS's `log` holds `log.level`, ...).
-    let body_key = ["message", "msg", "log"].into_iter().find(|k| {
-        source
-            .get(*k)
-            .is_some_and(|v| *k != "log" || !v.is_object())
-    });
-    let body = body_key
-        .and_then(|k| source.get(k))
-        .map(text)
-        .unwrap_or_default();
-    let mut fields = Vec::new();
-    for (k, v) in source {
-        if Some(k.as_str()) != body_key {
-            flatten_one(&mut String::new(), k, v, 0, &mut fields);
-        }
-    }
-    let mut doc = Fields(fields);
-
-    let timestamp_ns = doc.timestamp()?;
-    let level_text = doc
-        .take(&["level", "log.level", "severity"], |_| true)
-        .map(|(_, v)| text(v));
-    let service = doc
-        .take(&["service.name"], |_| true)
-        .or_else(|| doc.take(&["service"], Value::is_string))
-        .map(|(_, v)| text(v))
-        .unwrap_or_default();
-    let mut scalar = |keys: &[&str]| {
-        doc.take(keys, |v| !v.is_array())
-            .map(|(_, v)| text(v))
-            .unwrap_or_default()
+    let chosen = choose(&doc);
+    let Document { keys, fields } = doc;
+    let mut fields: Vec<Option<(std::ops::Range<usize>, FlatValue)>> =
+        fields.into_iter().map(Some).collect();
+    let mut take = |slot: Slot| chosen[slot as usize].and_then(|(_, at)| fields[at].take());
+    let text = |f: Option<(std::ops::Range<usize>, FlatValue)>| f.map(|(_, v)| v.into_text());
+    let body = text(take(Slot::Body)).unwrap_or_default();
+    let timestamp_ns = match take(Slot::AtTimestamp) {
+        Some((key, v)) => es_time(&v).ok_or_else(|| not_a_date(&keys[key], &v))?,
+        None => take(Slot::Time).and_then(|(_, v)| es_time(&v)).unwrap_or(0),
     };
-    let namespace = scalar(&["kubernetes.namespace_name", "kubernetes.namespace"]);
-    let pod = scalar(&["kubernetes.pod_name", "kubernetes.pod.name"]);
-    let cluster = scalar(&["orchestrator.cluster.name"]);
-    let id_of = |digits: usize| move |v: &Value| v.as_str().is_some_and(|s| is_hex(s, digits));
-    let trace_id = doc.take(&["trace.id", "trace_id"], id_of(32));
-    let span_id = doc.take(&["span.id", "span_id"], id_of(16));
+    let level_text = text(take(Slot::Level));
+    let service = text(take(Slot::Service)).unwrap_or_default();
+    let namespace = text(take(Slot::Namespace)).unwrap_or_default();
+    let pod = text(take(Slot::Pod)).unwrap_or_default();
+    let cluster = text(take(Slot::Cluster)).unwrap_or_default();
+    let lower = |id: Option<String>| {
+        let mut s = id.unwrap_or_default();
+        s.make_ascii_lowercase();
+        s
+    };
+    let trace_id = lower(text(take(Slot::TraceId)));
+    let span_id = lower(text(take(Slot::SpanId)));
 
-    let mut attributes: HashMap<String, String> =
-        doc.0.into_iter().map(|(k, v)| (k, text(v))).collect();
+    let mut attributes: HashMap<String, String> = HashMap::with_capacity(fields.len() + 2);
+    attributes.extend(
+        fields
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (keys[k].to_owned(), v.into_text())),
+    );
     let level = match level_text {
         Some(t) if !t.trim().is_empty() => Level::from_alias(&t).unwrap_or_else(|| {
             attributes.insert("es.level".to_owned(), t);
@@ -387,10 +500,6 @@ pub fn es_doc_to_record(
     if let Some(id) = id {
         attributes.insert("es.id".to_owned(), id.to_owned());
     }
-    let lower = |id: Option<(String, &Value)>| {
-        id.map(|(_, v)| text(v).to_ascii_lowercase())
-            .unwrap_or_default()
-    };
     Ok(Record {
         timestamp_ns,
         level: level.as_str().to_owned(),
@@ -401,88 +510,97 @@ pub fn es_doc_to_record(
         cluster,
         labels: HashMap::new(),
         attributes,
-        trace_id: lower(trace_id),
-        span_id: lower(span_id),
+        trace_id,
+        span_id,
     })
 }
 
-/// A document's flattened fields, in document order; the mapping takes the ones it uses.
-struct Fields<'a>(Vec<(String, &'a Value)>);
-
-impl<'a> Fields<'a> {
-    /// Removes and returns the first field named by `keys` (in their order of preference)
-    /// whose value passes `accept`.
-    fn take(
-        &mut self,
-        keys: &[&str],
-        accept: impl Fn(&Value) -> bool,
-    ) -> Option<(String, &'a Value)> {
-        keys.iter().find_map(|key| {
-            let at = self.0.iter().position(|(k, v)| k == key && accept(v))?;
-            Some(self.0.remove(at))
-        })
-    }
-
-    /// `@timestamp` (must be a date), else the first of `timestamp`, `time` that is one.
-    fn timestamp(&mut self) -> std::result::Result<i64, String> {
-        if let Some((key, v)) = self.take(&["@timestamp"], |_| true) {
-            return es_time(v).ok_or_else(|| {
-                format!(
-                    "field [{key}] {} is not a date: send RFC 3339 text \
-                     (2024-01-15T10:20:30.123Z) or epoch milliseconds, within the years \
-                     1678-2262",
-                    shorten(&v.to_string())
-                )
-            });
-        }
-        Ok(self
-            .take(&["timestamp", "time"], |v| es_time(v).is_some())
-            .and_then(|(_, v)| es_time(v))
-            .unwrap_or(0))
-    }
+/// The record fields a document's fields may fill.
+#[derive(Clone, Copy)]
+enum Slot {
+    Body,
+    AtTimestamp,
+    Time,
+    Level,
+    Service,
+    Namespace,
+    Pod,
+    Cluster,
+    TraceId,
+    SpanId,
 }
 
-/// Flattens field `k` (under `prefix`) into dotted keys. Arrays, scalars, and objects
-/// deeper than [`FLATTEN_DEPTH_MAX`] are leaves; empty objects vanish.
-fn flatten_one<'a>(
-    prefix: &mut String,
-    k: &str,
-    v: &'a Value,
-    depth: usize,
-    out: &mut Vec<(String, &'a Value)>,
-) {
-    let len = prefix.len();
-    if depth > 0 {
-        prefix.push('.');
-    }
-    prefix.push_str(k);
-    match v {
-        Value::Object(inner) if depth + 1 < FLATTEN_DEPTH_MAX => {
-            for (k, v) in inner {
-                flatten_one(prefix, k, v, depth + 1, out);
+const SLOTS: usize = 10;
+
+/// The slot a field fills, with its rank (lower is preferred), if its value is of a kind
+/// the slot takes. A top-level `message`/`msg` was kept whole by the parser, so that a
+/// structured body stays one JSON text; `log` is a body only when it is not an object
+/// (ECS's `log` holds `log.level`, ..., and was flattened, so no field is named `log`).
+fn slot_of(key: &str, v: &FlatValue) -> Option<(Slot, u8)> {
+    let hex = |digits| v.as_str().is_some_and(|s| is_hex(s, digits));
+    let scalar = !v.is_array();
+    Some(match key {
+        "message" => (Slot::Body, 0),
+        "msg" => (Slot::Body, 1),
+        "log" => (Slot::Body, 2),
+        "@timestamp" => (Slot::AtTimestamp, 0),
+        "timestamp" if es_time(v).is_some() => (Slot::Time, 0),
+        "time" if es_time(v).is_some() => (Slot::Time, 1),
+        "level" => (Slot::Level, 0),
+        "log.level" => (Slot::Level, 1),
+        "severity" => (Slot::Level, 2),
+        "service.name" => (Slot::Service, 0),
+        "service" if v.as_str().is_some() => (Slot::Service, 1),
+        "kubernetes.namespace_name" if scalar => (Slot::Namespace, 0),
+        "kubernetes.namespace" if scalar => (Slot::Namespace, 1),
+        "kubernetes.pod_name" if scalar => (Slot::Pod, 0),
+        "kubernetes.pod.name" if scalar => (Slot::Pod, 1),
+        "orchestrator.cluster.name" if scalar => (Slot::Cluster, 0),
+        "trace.id" if hex(32) => (Slot::TraceId, 0),
+        "trace_id" if hex(32) => (Slot::TraceId, 1),
+        "span.id" if hex(16) => (Slot::SpanId, 0),
+        "span_id" if hex(16) => (Slot::SpanId, 1),
+        _ => return None,
+    })
+}
+
+/// For each slot, the (rank, position) of the field that fills it: the most preferred
+/// key, and of several fields with that key the first in the document. One pass over the
+/// fields, however many the document has.
+fn choose(doc: &Document) -> [Option<(u8, usize)>; SLOTS] {
+    let mut chosen = [None; SLOTS];
+    for (at, (k, v)) in doc.iter().enumerate() {
+        if let Some((slot, rank)) = slot_of(k, v) {
+            let best = &mut chosen[slot as usize];
+            if best.is_none_or(|(r, _)| rank < r) {
+                *best = Some((rank, at));
             }
         }
-        _ => out.push((prefix.clone(), v)),
     }
-    prefix.truncate(len);
+    chosen
 }
 
-/// A string as it is, anything else as its JSON text.
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// The refusal of an `@timestamp` that is not a date.
+fn not_a_date(key: &str, v: &FlatValue) -> String {
+    let shown = match v {
+        FlatValue::Str(s) => Value::String(s.clone()).to_string(),
+        FlatValue::Json(j) => j.to_string(),
+    };
+    format!(
+        "field [{key}] {} is not a date: send RFC 3339 text (2024-01-15T10:20:30.123Z) or \
+         epoch milliseconds, within the years 1678-2262",
+        shorten(&shown)
+    )
 }
 
 /// A date as Elasticsearch's default `date` format takes it (`strict_date_optional_time
 /// ||epoch_millis`): RFC 3339 / ISO 8601 text, or milliseconds since the epoch as a number
 /// or a string of digits. `None` for anything else or past `i64` nanoseconds.
-fn es_time(v: &Value) -> Option<i64> {
+fn es_time(v: &FlatValue) -> Option<i64> {
     const MILLI_NS: i128 = 1_000_000;
     let from_millis = |ms: i128| i64::try_from(ms.checked_mul(MILLI_NS)?).ok();
     match v {
-        Value::Number(n) => {
+        FlatValue::Json(Value::Number(n)) => {
             if let Some(ms) = n.as_i64() {
                 from_millis(i128::from(ms))
             } else {
@@ -493,7 +611,7 @@ fn es_time(v: &Value) -> Option<i64> {
                 whole.checked_add((ms.fract() * 1e6).round() as i64)
             }
         }
-        Value::String(s) => {
+        FlatValue::Str(s) => {
             let digits = s.strip_prefix('-').unwrap_or(s);
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
                 from_millis(s.parse::<i128>().ok()?)
@@ -515,11 +633,8 @@ mod tests {
     use crate::{normalize, Limits};
     use serde_json::json;
 
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
+    fn obj(v: Value) -> Document {
+        Document::from_value(&v).expect("an object")
     }
 
     #[test]
@@ -540,7 +655,7 @@ mod tests {
             (op.index.as_str(), op.id.as_deref()),
             ("logstash-2024.01.15", None)
         );
-        let r = es_doc_to_record(op.source.as_ref().unwrap(), &op.index, None).unwrap();
+        let r = es_doc_to_record(op.source.clone().unwrap(), &op.index, None).unwrap();
         assert_eq!(r.timestamp_ns, 1_705_314_030_123_000_000);
         assert_eq!(r.body, b"2024-01-15 10:20:30 ERROR payment failed\n");
         assert_eq!(r.level, "info", "the line is not read for a level");
@@ -598,7 +713,7 @@ mod tests {
             "tags": ["a", "b"],
             "empty": {}
         }));
-        let r = es_doc_to_record(&doc, ".ds-filebeat-8.12.0", Some("x1")).unwrap();
+        let r = es_doc_to_record(doc, ".ds-filebeat-8.12.0", Some("x1")).unwrap();
         assert_eq!(r.body, b"GET /cart 200");
         assert_eq!(r.level, "warn");
         assert_eq!(r.service, "checkout");
@@ -629,7 +744,7 @@ mod tests {
             "trace_id": "not-hex",
             "span_id": "00F067AA0BA902B7"
         }));
-        let r = es_doc_to_record(&doc, "i", None).unwrap();
+        let r = es_doc_to_record(doc, "i", None).unwrap();
         assert_eq!(r.timestamp_ns, 1_705_314_030_123_000_000);
         assert_eq!(r.body, br#"{"structured":true}"#);
         assert_eq!(
@@ -647,7 +762,7 @@ mod tests {
 
     #[test]
     fn timestamps_in_every_form_elasticsearch_takes() {
-        let t = |v: Value| es_doc_to_record(&obj(json!({ "@timestamp": v })), "i", None);
+        let t = |v: Value| es_doc_to_record(obj(json!({ "@timestamp": v })), "i", None);
         let want = 1_705_314_030_123_000_000;
         assert_eq!(
             t(json!("2024-01-15T10:20:30.123Z")).unwrap().timestamp_ns,
@@ -674,7 +789,7 @@ mod tests {
         assert!(t(json!(i64::MAX)).is_err());
         // `time` that is not a date stays an attribute; no time at all is receive time.
         let r =
-            es_doc_to_record(&obj(json!({"time": "12ms", "timestamp": "bad"})), "i", None).unwrap();
+            es_doc_to_record(obj(json!({"time": "12ms", "timestamp": "bad"})), "i", None).unwrap();
         assert_eq!(r.timestamp_ns, 0);
         assert_eq!(r.attributes["time"], "12ms");
     }

@@ -65,6 +65,7 @@
 
 pub mod compress;
 pub mod es_bulk;
+pub mod es_flat;
 mod level;
 mod limits;
 pub mod loki;

@@ -214,14 +214,14 @@ async fn bulk(
     let mut ends = Vec::with_capacity(parsed.len());
     let mut timestamped = true;
     for item in parsed {
-        let op = match item {
+        let mut op = match item {
             Ok(op) => op,
             Err(e) => {
                 ends.push(ItemEnd::Refused(e));
                 continue;
             }
         };
-        match to_record(&op) {
+        match to_record(&mut op) {
             Ok(record) => {
                 timestamped &= record.timestamp_ns != 0;
                 ends.push(ItemEnd::Stored {
@@ -333,7 +333,8 @@ fn refused(index: String, id: Option<String>, kind: &'static str, reason: String
 }
 
 /// The record an `index` or `create` item stores; `delete` and `update` are refused.
-fn to_record(op: &BulkOp) -> Result<weir_proto::v1::Record, BulkItemError> {
+fn to_record(op: &mut BulkOp) -> Result<weir_proto::v1::Record, BulkItemError> {
+    let source = op.source.take();
     let refuse = |error_type: &'static str, reason: String| BulkItemError {
         action: action_name(op.action).to_owned(),
         index: op.index.clone(),
@@ -350,7 +351,7 @@ fn to_record(op: &BulkOp) -> Result<weir_proto::v1::Record, BulkItemError> {
             ),
         )),
         BulkAction::Index | BulkAction::Create => {
-            let Some(source) = &op.source else {
+            let Some(source) = source else {
                 return Err(refuse(
                     "action_request_validation_exception",
                     "the action has no source line".to_owned(),
