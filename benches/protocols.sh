@@ -14,7 +14,7 @@ ROUNDS=${2:-2}
 CONCURRENCY=${CONCURRENCY:-8}
 BATCH=${BATCH:-1000}
 PROTOCOLS=${PROTOCOLS:-"grpc otlp-http loki es-bulk"}
-WEIR=target/release/weir
+WEIR=${WEIR:-target/release/weir}
 BENCH=target/release/weir-bench
 [ -x "$WEIR" ] && [ -x "$BENCH" ] || { echo "build first: cargo build --release -p weir-server --bin weir && cargo build --release -p weir-bench --bin weir-bench" >&2; exit 2; }
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/weir-protocols.XXXXXX")

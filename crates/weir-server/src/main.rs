@@ -1,6 +1,13 @@
 //! `weir`: run a node, push lines, query. Thin: everything lives in the library.
 
 use std::io::BufRead;
+
+/// mimalloc rather than glibc's malloc: ingest allocates and frees many small strings per
+/// record on every worker thread, where glibc's arenas spent a fifth of the request path
+/// (benches/RESULTS.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
