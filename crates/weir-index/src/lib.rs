@@ -67,6 +67,7 @@ pub use page::{merge, Cursor, Hit, HitKey, ShardHits, Sort};
 pub use query::{
     parse_query, Match, Pattern, Query, QueryError, BODY_FIELD, EXACT_FIELDS, MAX_NESTING,
 };
+pub use schema::complete_body_tokens;
 pub use shard::{IndexOptions, SearchRequest, ShardIndex, MAX_LIMIT};
 pub use weir_proto::v1::{StoredBatch, StoredRecord};
 

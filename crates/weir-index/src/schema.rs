@@ -351,6 +351,37 @@ pub(crate) fn body_analyzer() -> TextAnalyzer {
         .build()
 }
 
+/// The body tokens that every line containing `needle` (as a case-sensitive substring)
+/// has in the index: the tokens of `needle` that cannot be part of a longer word of the
+/// line. A token touching the start or the end of `needle` may continue in the line
+/// (`"rror"` inside `"error"`), so it is left out; so are tokens the analyzer drops (40
+/// bytes and longer). Lower-cased, as indexed. A LogQL `|= "needle"` filter becomes a
+/// conjunction of these terms: a sound pre-filter, the exact filter runs afterwards.
+///
+/// ```
+/// assert_eq!(weir_index::complete_body_tokens("rror: Timeout after"), ["timeout"]);
+/// assert_eq!(weir_index::complete_body_tokens(" id=42 "), ["id", "42"]);
+/// assert!(weir_index::complete_body_tokens("abc").is_empty());
+/// ```
+pub fn complete_body_tokens(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in needle.char_indices().chain([(needle.len(), ' ')]) {
+        match (c.is_alphanumeric() && i < needle.len(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                start = None;
+                let touches_edge = s == 0 || i == needle.len();
+                if !touches_edge && i - s < 40 {
+                    out.push(needle[s..i].to_lowercase());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The body tokens of `text` with their positions.
 fn body_tokens(text: &str) -> Vec<(usize, String)> {
     let mut analyzer = body_analyzer();
