@@ -91,6 +91,7 @@ pub use otlp::{flattened_position, otlp_to_append, render_any_value, OtlpShape};
 pub use otlp_json::{decode_otlp_json, OTLP_JSON_DEPTH_MAX};
 pub use route::{shard_for, split_by_shard, stream_hash};
 pub use syslog::{parse_syslog, SyslogFramer};
+pub use timefmt::parse_rfc3339;
 
 #[doc(no_inline)]
 pub use weir_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;

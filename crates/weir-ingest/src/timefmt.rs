@@ -116,7 +116,7 @@ impl Cursor<'_> {
 /// `±hh`. A missing zone means UTC (what Elasticsearch assumes); fractions past 9 digits
 /// are truncated. `None` when the text is anything else or the time is outside `i64`
 /// nanoseconds.
-pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let mut c = Cursor {
         s: text.as_bytes(),
         at: 0,

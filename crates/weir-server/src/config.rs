@@ -28,6 +28,8 @@ pub struct Config {
     pub index: IndexConfig,
     /// Search settings.
     pub search: SearchConfig,
+    /// Limits of LogQL queries (the Loki query API).
+    pub query: QueryConfig,
     /// Mirrors to Elasticsearch and Loki.
     pub mirror: MirrorConfig,
     /// The cluster this node belongs to; none configured is a cluster of one.
@@ -181,6 +183,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             index: IndexConfig::default(),
             search: SearchConfig::default(),
+            query: QueryConfig::default(),
             mirror: MirrorConfig::default(),
             cluster: ClusterConfig::default(),
             syslog: Vec::new(),
@@ -365,6 +368,41 @@ impl Default for SearchConfig {
         SearchConfig {
             limit_default: 100,
             limit_max: 10_000,
+        }
+    }
+}
+
+/// Limits of one LogQL query (the Loki query API): each refusal names its key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Longest time range a query may span.
+    pub range_hours_max: u64,
+    /// Most log lines one query returns (`limit` above it is refused, as Loki does).
+    pub lines_max: usize,
+    /// Most series a metric query holds at once (each range aggregation and the result).
+    pub series_max: usize,
+    /// Most points per series in a range query (`(end - start) / step`).
+    pub points_per_series_max: usize,
+    /// Most log records one query may read before it is refused: bounds the work of a
+    /// query the index cannot narrow.
+    pub records_scanned_max: u64,
+    /// A query still running after this is stopped and answered 503.
+    pub timeout_ms: u64,
+    /// Queries evaluated at once on this node; more wait for a slot (within their timeout).
+    pub concurrent_max: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            range_hours_max: 30 * 24 + 1,
+            lines_max: 5_000,
+            series_max: 500,
+            points_per_series_max: 11_000,
+            records_scanned_max: 50_000_000,
+            timeout_ms: 60_000,
+            concurrent_max: 4,
         }
     }
 }

@@ -170,6 +170,31 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Largest limit a search may ask for; larger ones are capped (and the answer says so).",
     ),
     (
+        "query.range_hours_max",
+        "Longest time range one LogQL query may span.",
+    ),
+    (
+        "query.lines_max",
+        "Most log lines one LogQL query returns; a larger limit is refused.",
+    ),
+    (
+        "query.series_max",
+        "Most series a LogQL metric query holds (each range aggregation and the result).",
+    ),
+    (
+        "query.points_per_series_max",
+        "Most points per series of a range query: (end - start) / step.",
+    ),
+    (
+        "query.records_scanned_max",
+        "Most records one LogQL query reads after the index narrowed it; past it, refused.",
+    ),
+    ("query.timeout_ms", "A LogQL query running longer is stopped and answered 503."),
+    (
+        "query.concurrent_max",
+        "LogQL queries evaluated at once on a node; more wait for a slot within their timeout.",
+    ),
+    (
         "mirror.sinks",
         "Sinks to Elasticsearch and Loki, [[mirror.sinks]] tables: docs/mirrors.md.",
     ),
@@ -464,7 +489,7 @@ mod tests {
             ("README.md", include_str!("../../../README.md")),
         ];
         let sections = [
-            "limits.", "storage.", "search.", "index.", "cluster.", "http.",
+            "limits.", "storage.", "search.", "index.", "cluster.", "http.", "query.",
         ];
         let mut checked = 0;
         for (file, text) in texts {

@@ -20,6 +20,7 @@ pub mod devcluster;
 pub mod grpc;
 pub mod http;
 pub mod indexer;
+pub mod logql;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;

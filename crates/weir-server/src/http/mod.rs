@@ -7,6 +7,7 @@
 //!   metrics.
 //! - [`otlp`]: OTLP over HTTP (`POST /v1/logs`).
 //! - [`loki`]: Loki push (`POST /loki/api/v1/push`, `GET /ready`).
+//! - [`loki_query`]: the Loki query API (LogQL: `query_range`, `query`, labels, series).
 //! - [`es`]: Elasticsearch `_bulk` and the handshakes its clients make.
 //! - [`ingest`]: what the ingest protocols share (tenant header, content encoding).
 //!
@@ -18,6 +19,7 @@ pub mod api;
 pub mod es;
 pub mod ingest;
 pub mod loki;
+pub mod loki_query;
 pub mod otlp;
 pub mod serve;
 
@@ -43,6 +45,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
     api::router(state.clone())
         .merge(otlp::router(state.clone()))
         .merge(loki::router(state.clone()))
+        .merge(loki_query::router(state.clone()))
         .merge(es::router(state.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -112,7 +115,8 @@ async fn not_found(request: Request) -> Response {
         format!(
             "no route for {} {}; Weir's API is under /api/v1 (search, labels, cluster, dlq), \
              plus /healthz, /readyz and /metrics; ingest: /v1/logs (OTLP), \
-             /loki/api/v1/push, /_bulk",
+             /loki/api/v1/push, /_bulk; LogQL: /loki/api/v1/query_range, /query, /labels, \
+             /series",
             request.method(),
             request.uri().path()
         ),

@@ -1,0 +1,429 @@
+//! LogQL over Weir's index: the [`Source`] the `weir-logql` engine reads.
+//!
+//! The engine asks for the entries of a stream selector in a time range, in time order;
+//! this module turns the selector's equality matchers and the `|=` needles the engine
+//! hints at into an index query (a sound pre-filter: it may let through lines that do not
+//! match, never drop one that does), reads the hits page by page through the same
+//! [`Searcher`] as the search API (every shard, here or on a peer), and hands them over as
+//! LogQL entries. The engine checks the selector and every filter again on each entry, so
+//! the answer is what evaluating the query on every line would give.
+//!
+//! # Labels
+//!
+//! A record's stream labels are its labels plus its non-empty standard fields `service`,
+//! `namespace`, `pod`, `cluster` and `level`, with `service_name` (the service) and
+//! `detected_level` (the level) as Grafana names them. Its structured metadata is its
+//! attributes plus `trace_id` and `span_id`.
+//!
+//! # Reading in windows
+//!
+//! A page of the index costs a pass over every match in its time range (the top-N
+//! collector sees them all), so paging through a long range with one cursor would cost the
+//! square of its size. The reader instead walks the range in windows sized to hold about
+//! one page, halving a window that overflowed and doubling one that held little.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use weir_index::{Cursor, Match, Pattern, Query, SearchRequest, Sort, StoredRecord};
+use weir_logql::{Direction, EngineError, Entry, EntryIter, Hints, Labels, MatchOp, Matcher};
+use weir_proto::{ApiError, Level};
+
+use crate::search::{RemoteSearch, Searcher};
+
+/// Hits asked of the index per page.
+const PAGE: usize = 2_000;
+/// The first window's span.
+const FIRST_WINDOW_NS: i64 = 60 * 1_000_000_000;
+
+/// What a query read, for the answer's statistics and its limits.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// Records handed to the engine.
+    pub records: AtomicU64,
+    /// Their body bytes.
+    pub bytes: AtomicU64,
+    /// Index pages fetched.
+    pub pages: AtomicU64,
+    /// Shards no node answered for (the answer is partial).
+    pub missing_shards: Mutex<Vec<u32>>,
+}
+
+/// Why a query stops early: its deadline, its client gone, its read budget spent.
+pub struct Budget {
+    /// When the query is answered 503.
+    pub deadline: Instant,
+    /// The timeout, for the message (`query.timeout_ms`).
+    pub timeout_ms: u64,
+    /// Set when the client went away.
+    pub cancelled: Arc<AtomicBool>,
+    /// Most records the query may read (`query.records_scanned_max`).
+    pub records_max: u64,
+}
+
+/// The index of every shard as a LogQL [`weir_logql::Source`], for one tenant.
+pub struct IndexSource {
+    searcher: Arc<Searcher>,
+    tenant: String,
+    rt: tokio::runtime::Handle,
+    budget: Budget,
+    /// What was read.
+    pub stats: Arc<ReadStats>,
+}
+
+impl IndexSource {
+    /// A source reading `tenant`'s records through `searcher`, on runtime `rt` (the engine
+    /// runs on a blocking thread and waits for each page there).
+    pub fn new(
+        searcher: Arc<Searcher>,
+        tenant: String,
+        rt: tokio::runtime::Handle,
+        budget: Budget,
+    ) -> IndexSource {
+        IndexSource {
+            searcher,
+            tenant,
+            rt,
+            budget,
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// The index query for a selector and the engine's hints: the equality matchers as exact
+/// label values, each hinted needle as its complete tokens; `*` when nothing narrows.
+pub fn prefilter(selector: &[Matcher], hints: &Hints) -> Query {
+    let mut all = Vec::new();
+    for m in selector {
+        if m.op == MatchOp::Eq && !m.value.is_empty() {
+            all.push(Query::Match(Match {
+                field: Some(index_field(&m.name).to_owned()),
+                pattern: Pattern::Phrase {
+                    text: m.value.clone(),
+                    slop: 0,
+                },
+            }));
+        }
+    }
+    for alternatives in &hints.line_contains_all {
+        let mut any = Vec::new();
+        for needle in alternatives {
+            let tokens = weir_index::complete_body_tokens(needle);
+            if tokens.is_empty() {
+                // This alternative cannot be narrowed, so neither can the group.
+                any.clear();
+                break;
+            }
+            let words: Vec<Query> = tokens
+                .into_iter()
+                .map(|t| {
+                    Query::Match(Match {
+                        field: None,
+                        pattern: Pattern::Word(t),
+                    })
+                })
+                .collect();
+            any.push(and(words));
+        }
+        if !any.is_empty() {
+            all.push(if any.len() == 1 {
+                any.remove(0)
+            } else {
+                Query::Or(any)
+            });
+        }
+    }
+    and(all)
+}
+
+fn and(mut qs: Vec<Query>) -> Query {
+    match qs.len() {
+        0 => Query::All,
+        1 => qs.remove(0),
+        _ => Query::And(qs),
+    }
+}
+
+/// The index field behind a LogQL label name (Grafana's aliases map to the record field).
+fn index_field(name: &str) -> &str {
+    match name {
+        "service_name" => "service",
+        "detected_level" => "level",
+        other => other,
+    }
+}
+
+/// A stored record as a LogQL entry (see the module docs for the labels).
+pub fn entry_of(r: StoredRecord) -> Entry {
+    let mut stream: Labels = r.labels.into_iter().collect();
+    let level = Level::from_u32(r.level).map(Level::as_str).unwrap_or("");
+    for (name, value) in [
+        ("service", r.service.as_str()),
+        ("namespace", r.namespace.as_str()),
+        ("pod", r.pod.as_str()),
+        ("cluster", r.cluster.as_str()),
+        ("level", level),
+        ("service_name", r.service.as_str()),
+        ("detected_level", level),
+    ] {
+        if !value.is_empty() {
+            stream
+                .entry(name.to_owned())
+                .or_insert_with(|| value.to_owned());
+        }
+    }
+    let mut metadata: Labels = r.attributes.into_iter().collect();
+    for (name, value) in [("trace_id", r.trace_id), ("span_id", r.span_id)] {
+        if !value.is_empty() {
+            metadata.entry(name.to_owned()).or_insert(value);
+        }
+    }
+    Entry {
+        ts_ns: r.timestamp_ns,
+        line: r.body,
+        stream,
+        metadata,
+    }
+}
+
+impl weir_logql::Source for IndexSource {
+    fn select(
+        &self,
+        selector: &[Matcher],
+        hints: &Hints,
+        start_ns: i64,
+        end_ns: i64,
+        direction: Direction,
+    ) -> Result<EntryIter<'_>, EngineError> {
+        let query = prefilter(selector, hints);
+        Ok(Box::new(Pages {
+            source: self,
+            text: query.to_string(),
+            query,
+            lo: start_ns,
+            hi: end_ns,
+            window_ns: FIRST_WINDOW_NS,
+            forward: direction == Direction::Forward,
+            cursor: None,
+            window_end: None,
+            buffer: VecDeque::new(),
+            done: start_ns >= end_ns,
+        }))
+    }
+}
+
+/// The entries of one `select`, read window by window.
+struct Pages<'a> {
+    source: &'a IndexSource,
+    query: Query,
+    text: String,
+    /// What is left to read: `[lo, hi)`.
+    lo: i64,
+    hi: i64,
+    window_ns: i64,
+    forward: bool,
+    /// Within the current window: where the next page starts.
+    cursor: Option<Cursor>,
+    /// The far edge of the window being paged through, if one is.
+    window_end: Option<i64>,
+    buffer: VecDeque<Entry>,
+    done: bool,
+}
+
+impl Pages<'_> {
+    fn check_budget(&self) -> Result<(), EngineError> {
+        let b = &self.source.budget;
+        if b.cancelled.load(Ordering::Relaxed) {
+            return Err(EngineError::Source("the query was cancelled".to_owned()));
+        }
+        if Instant::now() > b.deadline {
+            return Err(EngineError::Limit {
+                what: "query.timeout_ms",
+                limit: usize::try_from(b.timeout_ms).unwrap_or(usize::MAX),
+                message: format!(
+                    "the query ran past its timeout of {} ms (query.timeout_ms); narrow the \
+                     selector or the time range",
+                    b.timeout_ms
+                ),
+            });
+        }
+        let read = self.source.stats.records.load(Ordering::Relaxed);
+        if read > b.records_max {
+            return Err(EngineError::Limit {
+                what: "query.records_scanned_max",
+                limit: usize::try_from(b.records_max).unwrap_or(usize::MAX),
+                message: format!(
+                    "the query read more than {} records (query.records_scanned_max); narrow \
+                     the selector, add a line filter with whole words, or shorten the range",
+                    b.records_max
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the next page into the buffer; sets `done` at the end of the range.
+    fn fetch(&mut self) -> Result<(), EngineError> {
+        self.check_budget()?;
+        let (w_lo, w_hi) = match self.window_end {
+            Some(edge) if self.forward => (self.lo, edge),
+            Some(edge) => (edge, self.hi),
+            None if self.forward => (self.lo, self.hi.min(self.lo.saturating_add(self.window_ns))),
+            None => (self.lo.max(self.hi.saturating_sub(self.window_ns)), self.hi),
+        };
+        self.window_end = Some(if self.forward { w_hi } else { w_lo });
+        let request = SearchRequest {
+            query: self.query.clone(),
+            tenant: self.source.tenant.clone(),
+            start_ns: w_lo,
+            end_ns: w_hi,
+            levels: Vec::new(),
+            limit: PAGE,
+            sort: if self.forward {
+                Sort::TimeAsc
+            } else {
+                Sort::TimeDesc
+            },
+            after: self.cursor,
+        };
+        let page = self
+            .source
+            .rt
+            .block_on(self.source.searcher.search(RemoteSearch {
+                request,
+                query: self.text.clone(),
+            }))
+            .map_err(|e: ApiError| EngineError::Source(e.message))?;
+        let stats = &self.source.stats;
+        stats.pages.fetch_add(1, Ordering::Relaxed);
+        if !page.missing_shards.is_empty() {
+            let mut missing = stats
+                .missing_shards
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            missing.extend(&page.missing_shards);
+            missing.sort_unstable();
+            missing.dedup();
+        }
+        let full = page.hits.len() >= PAGE;
+        for hit in page.hits {
+            stats.records.fetch_add(1, Ordering::Relaxed);
+            stats
+                .bytes
+                .fetch_add(hit.record.body.len() as u64, Ordering::Relaxed);
+            self.buffer.push_back(entry_of(hit.record));
+        }
+        match page.next {
+            Some(next) if full => {
+                // The window holds more than a page: go on in it, and try a smaller one next.
+                self.cursor = Some(next);
+                self.window_ns = (self.window_ns / 2).max(1);
+            }
+            _ => {
+                // The window is read: move past it.
+                if self.forward {
+                    self.lo = w_hi;
+                } else {
+                    self.hi = w_lo;
+                }
+                self.cursor = None;
+                self.window_end = None;
+                if self.buffer.len() < PAGE / 4 {
+                    self.window_ns = self.window_ns.saturating_mul(2);
+                }
+                self.done = self.lo >= self.hi;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Pages<'_> {
+    type Item = Result<Entry, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(q: &str) -> weir_logql::LogExpr {
+        match weir_logql::parse(q).unwrap() {
+            weir_logql::Expr::Log(l) => l,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn equality_matchers_and_whole_words_of_needles_narrow_the_index_query() {
+        let l = sel(
+            r#"{app="api", service_name="pay", env!="dev", pod=~"a.*"} |= "rror: Timeout after" |= "x" or "id=7 ""#,
+        );
+        let q = prefilter(&l.selector, &weir_logql::hints(&l));
+        assert_eq!(
+            q.to_string(),
+            r#"app:"api" AND service:"pay" AND timeout"#,
+            "the `or` group has an alternative without a whole word, so it cannot narrow"
+        );
+        let l = sel(r#"{app="api"} |= " disk full " or " oom ""#);
+        let q = prefilter(&l.selector, &weir_logql::hints(&l));
+        assert_eq!(q.to_string(), r#"app:"api" AND ((disk AND full) OR oom)"#);
+    }
+
+    #[test]
+    fn nothing_to_narrow_reads_everything_of_the_tenant() {
+        let l = sel(r#"{app=~".+"} |~ "err.*""#);
+        assert_eq!(prefilter(&l.selector, &weir_logql::hints(&l)), Query::All);
+    }
+
+    #[test]
+    fn a_record_becomes_an_entry_with_grafanas_label_names() {
+        let r = StoredRecord {
+            timestamp_ns: 5,
+            level: Level::Warn as u32,
+            body: "hello".into(),
+            service: "pay".into(),
+            namespace: "shop".into(),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+            attributes: [("user".to_owned(), "7".to_owned())].into(),
+            trace_id: "ab".repeat(16),
+            ..Default::default()
+        };
+        let e = entry_of(r);
+        let stream: Vec<(&str, &str)> = e
+            .stream
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            stream,
+            [
+                ("app", "web"),
+                ("detected_level", "warn"),
+                ("level", "warn"),
+                ("namespace", "shop"),
+                ("service", "pay"),
+                ("service_name", "pay")
+            ]
+        );
+        assert_eq!(e.metadata["user"], "7");
+        assert_eq!(e.metadata["trace_id"], "ab".repeat(16));
+        assert_eq!((e.ts_ns, e.line.as_str()), (5, "hello"));
+    }
+}
