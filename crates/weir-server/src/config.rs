@@ -361,6 +361,8 @@ pub struct SearchConfig {
     /// Largest `limit` accepted; larger values are capped to it (and the answer says so).
     #[serde(alias = "max_limit")]
     pub limit_max: usize,
+    /// Most buckets one histogram may have.
+    pub histogram_buckets_max: usize,
 }
 
 impl Default for SearchConfig {
@@ -368,6 +370,7 @@ impl Default for SearchConfig {
         SearchConfig {
             limit_default: 100,
             limit_max: 10_000,
+            histogram_buckets_max: 1_000,
         }
     }
 }

@@ -170,6 +170,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Largest limit a search may ask for; larger ones are capped (and the answer says so).",
     ),
     (
+        "search.histogram_buckets_max",
+        "Most buckets one histogram (GET /api/v1/histogram) may have.",
+    ),
+    (
         "query.range_hours_max",
         "Longest time range one LogQL query may span.",
     ),

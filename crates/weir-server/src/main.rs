@@ -85,6 +85,12 @@ enum Command {
         /// Print the answer as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print how many records match per time bucket and level instead of the records.
+        #[arg(long)]
+        histogram: bool,
+        /// With --histogram: the bucket width (30s, 5m, 1h); default about 60 buckets.
+        #[arg(long, requires = "histogram")]
+        interval: Option<String>,
         /// The query (see docs/query-language.md); empty matches everything.
         #[arg(default_value = "")]
         query: String,
@@ -479,11 +485,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 sort,
                 json,
+                histogram,
+                interval,
                 query,
             } => {
                 let start = start.or_else(|| {
                     since.map(|ns| weir_server::append::now_ns().saturating_sub(ns).to_string())
                 });
+                if histogram {
+                    let mut params = vec![("q", query)];
+                    params.extend(start.map(|s| ("start", s)));
+                    params.extend(end.map(|s| ("end", s)));
+                    params.extend(level.map(|s| ("level", s)));
+                    params.extend(interval.map(|s| ("interval", s)));
+                    return histogram_command(addr, tenant, params, json).await;
+                }
                 query_command(addr, tenant, start, end, level, limit, sort, json, query).await
             }
         }
@@ -578,6 +594,66 @@ async fn query_command(
         body.start,
         body.end,
         body.took_ms
+    );
+    for n in &body.notices {
+        eprintln!("note: {n}");
+    }
+    Ok(())
+}
+
+/// `weir query --histogram`: one line per bucket, a bar scaled to the largest, and the
+/// counts by level.
+async fn histogram_command(
+    addr: String,
+    tenant: String,
+    params: Vec<(&str, String)>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/histogram", addr.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header(weir_server::http::TENANT_HEADER, tenant)
+        .query(&params)
+        .send()
+        .await
+        .map_err(|e| unreachable_node(&addr, e))?;
+    let body: weir_proto::api::search::HistogramResponse = read_answer(resp, &url).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    const BAR: usize = 40;
+    let top = body
+        .buckets
+        .iter()
+        .map(|b| b.count)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    for b in &body.buckets {
+        let width = usize::try_from(b.count * BAR as u64 / top).unwrap_or(BAR);
+        let by_level: Vec<String> = b
+            .levels
+            .iter()
+            .map(|(l, n)| format!("{} {n}", l.as_str()))
+            .collect();
+        println!(
+            "{} {:<BAR$} {:>8}  {}",
+            b.start,
+            "#".repeat(width),
+            b.count,
+            by_level.join(", ")
+        );
+    }
+    if body.partial {
+        eprintln!(
+            "partial answer: no replica of shards {:?} could be counted",
+            body.missing_shards
+        );
+    }
+    eprintln!(
+        "{} records from {} to {} in buckets of {} ms, {} ms",
+        body.total, body.start, body.end, body.interval_ms, body.took_ms
     );
     for n in &body.notices {
         eprintln!("note: {n}");

@@ -70,6 +70,47 @@ pub struct Hit {
     pub score: Option<f32>,
 }
 
+/// The answer of `GET /api/v1/histogram`: how many records match a query in each bucket
+/// of a time range, by level.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct HistogramResponse {
+    /// Start of the range (the first bucket's start), RFC 3339.
+    pub start: String,
+    /// End of the range (exclusive), RFC 3339.
+    pub end: String,
+    /// Width of each bucket, milliseconds (given as `interval`, or chosen from the range).
+    pub interval_ms: u64,
+    /// The buckets, oldest first, empty ones included.
+    pub buckets: Vec<Bucket>,
+    /// Every match in the range.
+    pub total: u64,
+    /// Time taken, milliseconds.
+    pub took_ms: u64,
+    /// What the node chose for the request (a default range, the interval). Absent when
+    /// empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
+    /// True when some shard could not be counted: the counts lack its records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// The shards missing from a partial answer. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<u32>,
+}
+
+/// One bucket of a histogram.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// Where it starts, RFC 3339.
+    pub start: String,
+    /// The same, nanoseconds since the Unix epoch.
+    pub start_ns: i64,
+    /// Matches in `[start, start + interval)`.
+    pub count: u64,
+    /// The same by level (canonical names); levels with none are left out.
+    pub levels: BTreeMap<Level, u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

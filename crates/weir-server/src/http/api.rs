@@ -24,6 +24,7 @@ use crate::state::NodeState;
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/api/v1/search", get(search))
+        .route("/api/v1/histogram", get(super::histogram::histogram))
         .route("/api/v1/labels", get(labels))
         .route("/api/v1/labels/{name}/values", get(label_values))
         .route("/api/v1/cluster", get(cluster))

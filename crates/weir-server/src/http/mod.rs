@@ -4,7 +4,7 @@
 //!
 //! - [`serve`]: the accept loop (connection cap, header-read timeout, graceful stop).
 //! - [`api`]: Weir's own API: search, labels, cluster status, dead letters, health,
-//!   metrics.
+//!   metrics; [`histogram`]: counts per time bucket and level.
 //! - [`otlp`]: OTLP over HTTP (`POST /v1/logs`).
 //! - [`loki`]: Loki push (`POST /loki/api/v1/push`, `GET /ready`).
 //! - [`loki_query`]: the Loki query API (LogQL: `query_range`, `query`, labels, series).
@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod es;
+pub mod histogram;
 pub mod ingest;
 pub mod loki;
 pub mod loki_query;
@@ -113,7 +114,7 @@ async fn not_found(request: Request) -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {} {}; Weir's API is under /api/v1 (search, labels, cluster, dlq), \
+            "no route for {} {}; Weir's API is under /api/v1 (search, histogram, labels, cluster, dlq), \
              plus /healthz, /readyz and /metrics; ingest: /v1/logs (OTLP), \
              /loki/api/v1/push, /_bulk; LogQL: /loki/api/v1/query_range, /query, /labels, \
              /series",
