@@ -20,9 +20,15 @@ use crate::{Entry, Labels};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The most series a metric query's result may hold, and the most any one range
-    /// aggregation may track before vector aggregations reduce them (each tracked series
-    /// costs `points × ~32` bytes). Loki's `max_query_series`. Log queries are bounded
-    /// by [`QueryParams::limit`] instead.
+    /// aggregation may track (each tracked series costs `points × ~32` bytes). Loki's
+    /// `max_query_series`. Log queries are bounded by [`QueryParams::limit`] instead.
+    ///
+    /// Where the grouping of the vector aggregations above a range aggregation is pushed
+    /// down into it (see [`evaluate`]), the range aggregation tracks one series per
+    /// *group*, and this limit bounds the groups: `sum by (level)
+    /// (count_over_time({env="prod"}[1m]))` needs three, however many streams or
+    /// `trace_id`s there are. Elsewhere it bounds the range aggregation's raw series
+    /// (`count by (level) (...)` counts series, so it still needs them all).
     pub max_series: usize,
     /// The most steps a range query may have: `(end - start) / step + 1`.
     pub max_points_per_series: usize,
@@ -100,19 +106,41 @@ struct Ctx<'a> {
     params: &'a QueryParams,
     source: &'a dyn Source,
     steps: Steps,
+    /// Push vector aggregations' grouping down into range aggregations where the
+    /// result is the same ([`Pushdown`]); off only to test that it is.
+    pushdown: bool,
 }
 
 /// Evaluates a parsed query.
+///
+/// # Grouping pushdown
+///
+/// As Loki does, a `sum`, `min` or `max` aggregation (or a chain of the same one, such as
+/// `sum by (a) (sum by (a, b) (...))`) directly over a range aggregation whose value
+/// per group is the same aggregate of the raw samples hands its grouping down: the range
+/// aggregation accumulates the samples of each group together instead of each series,
+/// so memory and [`Limits::max_series`] count groups. Pushed down: `sum` over
+/// `count_over_time`, `rate` (with or without `unwrap`), `bytes_over_time`, `bytes_rate`
+/// and `sum_over_time`; `min` over `min_over_time`; `max` over `max_over_time`.
+/// Everything else (`count`, `avg`, `stddev`, `topk` ...; `max` over
+/// `count_over_time`, ...) aggregates the range aggregation's series as they are; a
+/// pushed-down aggregation nested in one of those (`topk(2, sum by (a) (rate(..)))`)
+/// is still pushed down.
+///
+/// The result is that of aggregating series by series, with two float caveats: a
+/// `rate`/`bytes_rate` is the group's total over the range's seconds rather than the
+/// sum of each series' quotient (as Loki computes it), and the samples of a group are
+/// summed in time order rather than series by series; either may change the last bit
+/// of a non-integral value (and a `min`/`max` between `0` and `-0` may keep the other
+/// zero). A series carrying `__error__` fails the query before its
+/// labels are grouped away, as without pushdown.
 ///
 /// # Errors
 /// [`EngineError::Invalid`] for bad parameters, [`EngineError::Limit`] when a
 /// [`Limits`] bound is exceeded, [`EngineError::Pipeline`] when a metric series carries
 /// `__error__` (as Loki), and whatever the [`Source`] returns.
 pub fn evaluate(expr: &Expr, params: &QueryParams, source: &dyn Source) -> Result<QueryResult> {
-    match expr {
-        Expr::Log(log) => eval_log(log, params, source),
-        Expr::Metric(m) => eval_metric(m, params, source),
-    }
+    evaluate_with(expr, params, source, true)
 }
 
 fn limit_err(what: &'static str, limit: usize, message: String) -> EngineError {
@@ -214,11 +242,30 @@ fn steps(params: &QueryParams) -> Result<Steps> {
     })
 }
 
-fn eval_metric(m: &MetricExpr, params: &QueryParams, source: &dyn Source) -> Result<QueryResult> {
+/// [`evaluate`], with grouping pushdown on or off (off only in tests).
+pub(crate) fn evaluate_with(
+    expr: &Expr,
+    params: &QueryParams,
+    source: &dyn Source,
+    pushdown: bool,
+) -> Result<QueryResult> {
+    match expr {
+        Expr::Log(log) => eval_log(log, params, source),
+        Expr::Metric(m) => eval_metric(m, params, source, pushdown),
+    }
+}
+
+fn eval_metric(
+    m: &MetricExpr,
+    params: &QueryParams,
+    source: &dyn Source,
+    pushdown: bool,
+) -> Result<QueryResult> {
     let ctx = Ctx {
         params,
         source,
         steps: steps(params)?,
+        pushdown,
     };
     let value = eval(m, &ctx)?;
     let steps = ctx.steps;
@@ -301,10 +348,11 @@ fn eval(m: &MetricExpr, ctx: &Ctx<'_>) -> Result<Value> {
     Ok(match m {
         MetricExpr::Number(v) => Value::Scalar(vec![*v; n]),
         MetricExpr::VectorLiteral(v) => Value::Vector(vec![(Labels::new(), vec![Some(*v); n])]),
-        MetricExpr::Range(ra) => Value::Vector(eval_range(ra, ctx)?),
-        MetricExpr::Aggregate(agg) => {
-            Value::Vector(vector::aggregate(agg, eval_vector(&agg.inner, ctx)?, n))
-        }
+        MetricExpr::Range(ra) => Value::Vector(eval_range(ra, ctx, None)?),
+        MetricExpr::Aggregate(agg) => match Pushdown::of(agg).filter(|_| ctx.pushdown) {
+            Some(p) => Value::Vector(eval_range(p.range, ctx, Some(&p))?),
+            None => Value::Vector(vector::aggregate(agg, eval_vector(&agg.inner, ctx)?, n)),
+        },
         MetricExpr::Binary(b) => vector::binary(b, eval(&b.lhs, ctx)?, eval(&b.rhs, ctx)?, n)?,
         MetricExpr::LabelReplace(lr) => {
             Value::Vector(vector::label_replace(lr, eval_vector(&lr.inner, ctx)?)?)
@@ -335,7 +383,75 @@ fn range_ns(ra: &RangeAgg, params: &QueryParams) -> Result<i64> {
     }
 }
 
-fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>) -> Result<SeriesVec> {
+/// A chain of vector aggregations whose grouping is pushed down into the range
+/// aggregation under it: the chain's result is the range aggregation of each group's
+/// samples taken together.
+struct Pushdown<'a> {
+    /// The aggregation operator, the same all down the chain.
+    op: VectorOp,
+    /// The chain's groupings, innermost first.
+    groupings: Vec<Option<&'a Grouping>>,
+    /// The range aggregation at the bottom.
+    range: &'a RangeAgg,
+}
+
+impl<'a> Pushdown<'a> {
+    /// The pushdown of `agg`, if its result is exactly the range aggregation of each
+    /// group's samples: a sum of sums (counts, bytes, rates: sums divided by the same
+    /// range), a min of mins or a max of maxes.
+    fn of(agg: &'a VectorAgg) -> Option<Pushdown<'a>> {
+        let mut groupings = vec![agg.grouping.as_ref()];
+        let mut inner = &*agg.inner;
+        loop {
+            match inner {
+                MetricExpr::Aggregate(a) if a.op == agg.op => {
+                    groupings.push(a.grouping.as_ref());
+                    inner = &a.inner;
+                }
+                MetricExpr::Range(ra) if Self::pushable(agg.op, ra.op) => {
+                    groupings.reverse();
+                    return Some(Pushdown {
+                        op: agg.op,
+                        groupings,
+                        range: ra,
+                    });
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn pushable(op: VectorOp, range: RangeOp) -> bool {
+        match op {
+            VectorOp::Sum => matches!(
+                range,
+                RangeOp::CountOverTime
+                    | RangeOp::Rate
+                    | RangeOp::BytesOverTime
+                    | RangeOp::BytesRate
+                    | RangeOp::SumOverTime
+            ),
+            VectorOp::Min => range == RangeOp::MinOverTime,
+            VectorOp::Max => range == RangeOp::MaxOverTime,
+            _ => false,
+        }
+    }
+
+    /// The group of a range aggregation series: its labels through each grouping.
+    fn key(&self, labels: &Labels) -> Labels {
+        let mut groupings = self.groupings.iter();
+        let Some(first) = groupings.next() else {
+            return labels.clone();
+        };
+        let mut key = vector::group_key(labels, *first);
+        for g in groupings {
+            key = vector::group_key(&key, *g);
+        }
+        key
+    }
+}
+
+fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>, push: Option<&Pushdown<'_>>) -> Result<SeriesVec> {
     let range = range_ns(ra, ctx.params)?;
     let pipeline = Pipeline::new(&ra.log)?;
     let unwrap = ra.unwrap.as_ref().map(|u| CompiledUnwrap {
@@ -358,7 +474,7 @@ fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>) -> Result<SeriesVec> {
         hi,
         Direction::Forward,
     )?;
-    let mut acc = RangeAcc::new(ra, ctx.steps, range, ctx.params.limits);
+    let mut acc = RangeAcc::new(ra, ctx.steps, range, ctx.params.limits, push.map(|p| p.op));
     for item in iter {
         let e = item?;
         if !check_entry(&e, &ra.log.selector, lo, hi) {
@@ -370,15 +486,31 @@ fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>) -> Result<SeriesVec> {
                 .process_line(&e)
                 .map(|(len, labels)| (len as f64, labels)),
         };
-        if let Some((value, labels)) = sample {
-            acc.add(
-                series_labels(labels, ra),
-                e.ts_ns.saturating_add(off),
-                value,
-            )?;
+        let Some((value, labels)) = sample else {
+            continue;
+        };
+        let (labels, ts) = (series_labels(labels, ra), e.ts_ns.saturating_add(off));
+        let Some(p) = push else {
+            acc.add(labels, ts, value)?;
+            continue;
+        };
+        if acc.step_span(ts).is_none() {
+            continue;
         }
+        // Unpushed, the first series with `__error__` fails the query in `finish`; it
+        // is the one this sample starts.
+        if let Some(err) = labels.get(ERROR_LABEL) {
+            return Err(pipeline_error(err, &labels));
+        }
+        acc.add(p.key(&labels), ts, value)?;
     }
-    acc.finish()
+    let mut out = acc.finish()?;
+    if push.is_some() {
+        // In the order `vector::aggregate` gives, which `topk` ties and binary operator
+        // errors depend on.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    Ok(out)
 }
 
 /// A range aggregation's series labels: with `unwrap`, the unwrapped label goes, and
@@ -409,6 +541,8 @@ struct Acc {
 
 struct RangeAcc<'a> {
     ra: &'a RangeAgg,
+    /// The vector aggregation whose grouping the series are, when pushed down.
+    pushed: Option<VectorOp>,
     steps: Steps,
     range: i64,
     limits: crate::Limits,
@@ -419,9 +553,16 @@ struct RangeAcc<'a> {
 }
 
 impl<'a> RangeAcc<'a> {
-    fn new(ra: &'a RangeAgg, steps: Steps, range: i64, limits: crate::Limits) -> Self {
+    fn new(
+        ra: &'a RangeAgg,
+        steps: Steps,
+        range: i64,
+        limits: crate::Limits,
+        pushed: Option<VectorOp>,
+    ) -> Self {
         RangeAcc {
             ra,
+            pushed,
             steps,
             range,
             limits,
@@ -453,11 +594,11 @@ impl<'a> RangeAcc<'a> {
         }
         let max = self.limits.max_series;
         if self.series.len() >= max {
-            return Err(limit_err(
-                "max_series",
-                max,
-                format!("{} tracks more than {max} series; narrow the selector or group with by/without", self.ra.op.name()),
-            ));
+            let message = match self.pushed {
+                None => format!("{} tracks more than {max} series; narrow the selector or group with by/without", self.ra.op.name()),
+                Some(op) => format!("{} grouped by the {} above it tracks more than {max} groups; group by fewer labels or narrow the selector", self.ra.op.name(), op.name()),
+            };
+            return Err(limit_err("max_series", max, message));
         }
         let quantile = self.ra.op == RangeOp::QuantileOverTime;
         let accs = if quantile {
@@ -633,3 +774,6 @@ fn quantile(q: f64, values: &mut [f64]) -> f64 {
     let weight = rank - rank.floor();
     values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
 }
+
+#[cfg(test)]
+mod tests;

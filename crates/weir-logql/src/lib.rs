@@ -91,8 +91,11 @@
 //!   out of order is an [`EngineError::Source`] (this is what lets a log query stop
 //!   reading after `limit` entries).
 //! * [`Limits`] bound memory: `max_series` applies to every range aggregation as well as
-//!   to the result, so a `sum by` over more streams than that is refused rather than
-//!   buffered.
+//!   to the result. Where a `sum`, `min` or `max` grouping is pushed down into the range
+//!   aggregation (see [`evaluate`]), as Loki does for `sum`, it counts groups, so `sum by
+//!   (level) (count_over_time(...))` works over any number of streams and metadata
+//!   values; elsewhere (`count by`, `avg by`, ...) a range aggregation over more series
+//!   than that is refused rather than buffered.
 //! * An instant query of a log query returns streams (Loki's `/query` refuses it).
 //! * [`EngineError::Unsupported`] is not produced by [`evaluate`] today: [`parse`]
 //!   refuses unsupported syntax with a [`ParseError`] whose message starts with

@@ -22,7 +22,8 @@ pub(crate) enum Value {
     Vector(SeriesVec),
 }
 
-fn group_key(labels: &Labels, grouping: Option<&Grouping>) -> Labels {
+/// The labels of the group a series with `labels` falls in.
+pub(crate) fn group_key(labels: &Labels, grouping: Option<&Grouping>) -> Labels {
     match grouping {
         None => Labels::new(),
         Some(g) if g.without => labels

@@ -425,3 +425,143 @@ fn bad_parameters_are_invalid() {
         Err(EngineError::Invalid(_))
     ));
 }
+
+/// 2,000 `env=prod` lines, one every 10 ms from t=1s, each with a unique `request_id`
+/// in its structured metadata; levels cycle info, warn, error; `service` alternates.
+fn unique_requests() -> VecSource {
+    VecSource::new(
+        (0..2_000)
+            .map(|i| {
+                let level = ["info", "warn", "error"][i % 3];
+                let service = ["api", "db"][i % 2];
+                let mut e = entry(
+                    1.0 + i as f64 * 0.01,
+                    &format!("level={level} took={}ms", i % 7),
+                    &[("env", "prod"), ("level", level), ("service", service)],
+                );
+                e.metadata = labels(&[("request_id", &format!("req-{i}"))]);
+                e
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn sum_by_pushes_its_grouping_into_the_range_aggregation() {
+    let src = unique_requests();
+    let mut p = instant_params(60);
+    p.limits.max_series = 10;
+    let v = vector(
+        run(
+            r#"sum by (level) (count_over_time({env="prod"}[1m]))"#,
+            &p,
+            &src,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        v,
+        vec![
+            (labels(&[("level", "error")]), 666.0),
+            (labels(&[("level", "info")]), 667.0),
+            (labels(&[("level", "warn")]), 667.0),
+        ]
+    );
+    // Through a chain of sums, and under a topk, which works on the sum's output.
+    let v = vector(
+        run(
+            r#"topk(1, sum by (service) (sum without (request_id) (rate({env="prod"}[1m]))))"#,
+            &p,
+            &src,
+        )
+        .unwrap(),
+    );
+    assert_eq!(v, vec![(labels(&[("service", "api")]), 1000.0 / 60.0)]);
+    // A range query: one group per level, whatever the request ids.
+    let m = matrix(
+        run(
+            r#"sum without (request_id, service) (bytes_over_time({env="prod"}[10s]))"#,
+            &range_params(10, 30, 10),
+            &src,
+        )
+        .unwrap(),
+    );
+    assert_eq!(m.len(), 3);
+    // max over max_over_time: the largest `took` per level.
+    let v = vector(
+        run(
+            r#"max by (level) (max_over_time({env="prod"} | logfmt | unwrap duration(took) [1m]))"#,
+            &p,
+            &src,
+        )
+        .unwrap(),
+    );
+    assert_eq!(v.len(), 3);
+    assert!(v.iter().all(|(_, x)| *x == 0.006), "{v:?}");
+}
+
+#[test]
+fn aggregations_that_need_every_series_keep_the_series_limit() {
+    let src = unique_requests();
+    let mut p = instant_params(60);
+    p.limits.max_series = 10;
+    // `count` counts series: it needs all 2,000 (Loki too refuses more than its
+    // max_query_series).
+    for q in [
+        r#"count by (level) (count_over_time({env="prod"}[1m]))"#,
+        r#"max by (level) (count_over_time({env="prod"}[1m]))"#,
+        r#"sum by (level) (max_over_time({env="prod"} | logfmt | unwrap duration(took) [1m]))"#,
+    ] {
+        let e = run(q, &p, &src).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                EngineError::Limit {
+                    what: "max_series",
+                    limit: 10,
+                    ..
+                }
+            ),
+            "{q}: {e}"
+        );
+        assert!(e.to_string().contains("max_series=10"), "{e}");
+    }
+    // Pushed down, the limit counts groups.
+    let e = run(
+        r#"sum by (request_id) (count_over_time({env="prod"}[1m]))"#,
+        &p,
+        &src,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("grouped by the sum above it tracks more than 10 groups"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pushed_down_groupings_still_refuse_series_with_errors() {
+    let mut src = unique_requests();
+    src.entries[1_500].line = "level=info took=abc".into();
+    let p = instant_params(60);
+    for q in [
+        r#"sum by (level) (count_over_time({env="prod"} | logfmt | took >= 0s [1m]))"#,
+        r#"sum(rate({env="prod"} | logfmt | took >= 0s [1m]))"#,
+    ] {
+        let e = run(q, &p, &src).unwrap_err();
+        assert!(
+            matches!(&e, EngineError::Pipeline(m) if m.contains("LabelFilterErr") && m.contains("req-1500")),
+            "{q}: {e}"
+        );
+    }
+    let v = vector(
+        run(
+            r#"sum by (level) (count_over_time({env="prod"} | logfmt | took >= 0s | __error__="" [1m]))"#,
+            &p,
+            &src,
+        )
+        .unwrap(),
+    );
+    assert_eq!(v.iter().map(|(_, x)| x).sum::<f64>(), 1_999.0, "{v:?}");
+}
