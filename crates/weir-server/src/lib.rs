@@ -29,6 +29,7 @@ pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod syslog;
+pub mod tail;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -143,6 +144,7 @@ impl Node {
             mirror: mirror.clone(),
             cluster_id,
             indexer_failed,
+            tail: tail::TailHub::new(raft.clone(), config.storage.shards),
         });
         let mut syslog_addrs = Vec::new();
         for l in &config.syslog {
@@ -220,7 +222,9 @@ impl Node {
         self.mirror.shutdown().await;
         let raft = self.raft.clone();
         let indexers = self.indexers;
+        let tail = self.state.tail.clone();
         tokio::task::spawn_blocking(move || {
+            tail.stop();
             raft.shutdown();
             for i in indexers {
                 i.stop();

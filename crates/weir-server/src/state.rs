@@ -29,6 +29,8 @@ pub struct NodeState {
     pub cluster_id: String,
     /// One slot per shard's indexer: the error that stopped it, if any.
     pub indexer_failed: Vec<Arc<std::sync::Mutex<Option<String>>>>,
+    /// Committed records as they commit, for live tails.
+    pub tail: Arc<crate::tail::TailHub>,
 }
 
 impl NodeState {

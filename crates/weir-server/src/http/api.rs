@@ -25,6 +25,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/histogram", get(super::histogram::histogram))
+        .route("/api/v1/tail", get(super::tail::tail))
         .route("/api/v1/labels", get(labels))
         .route("/api/v1/labels/{name}/values", get(label_values))
         .route("/api/v1/cluster", get(cluster))

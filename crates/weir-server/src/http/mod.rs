@@ -4,7 +4,8 @@
 //!
 //! - [`serve`]: the accept loop (connection cap, header-read timeout, graceful stop).
 //! - [`api`]: Weir's own API: search, labels, cluster status, dead letters, health,
-//!   metrics; [`histogram`]: counts per time bucket and level.
+//!   metrics; [`histogram`]: counts per time bucket and level; [`tail`]: records as
+//!   they commit (Server-Sent Events).
 //! - [`otlp`]: OTLP over HTTP (`POST /v1/logs`).
 //! - [`loki`]: Loki push (`POST /loki/api/v1/push`, `GET /ready`).
 //! - [`loki_query`]: the Loki query API (LogQL: `query_range`, `query`, labels, series).
@@ -23,6 +24,7 @@ pub mod loki;
 pub mod loki_query;
 pub mod otlp;
 pub mod serve;
+pub mod tail;
 
 use std::sync::Arc;
 
@@ -114,7 +116,7 @@ async fn not_found(request: Request) -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {} {}; Weir's API is under /api/v1 (search, histogram, labels, cluster, dlq), \
+            "no route for {} {}; Weir's API is under /api/v1 (search, histogram, tail, labels, cluster, dlq), \
              plus /healthz, /readyz and /metrics; ingest: /v1/logs (OTLP), \
              /loki/api/v1/push, /_bulk; LogQL: /loki/api/v1/query_range, /query, /labels, \
              /series",
