@@ -105,3 +105,72 @@ async fn a_tail_without_a_log_query_is_refused_by_name() {
     }
     node.stop().await;
 }
+
+/// Loki's live tail over WebSocket, as logcli and Grafana use it: the history first, then
+/// a record committed after the connection opened, in Loki's message shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lokis_websocket_tail_sends_history_then_new_records() {
+    let node = TestNode::start().await;
+    let mut old = record("older declined payment");
+    old.service = "pay".into();
+    node.append_records(vec![old]).await;
+    node.wait_total(&[("q", "older")], 1).await;
+    let url = format!(
+        "{}/loki/api/v1/tail?query={}&limit=10",
+        node.http.replace("http://", "ws://"),
+        urlencode(r#"{service_name="pay"} |= "declined""#)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["dropped_entries"], serde_json::Value::Null);
+    assert_eq!(
+        first["streams"][0]["values"][0][1], "older declined payment",
+        "{first}"
+    );
+    assert_eq!(first["streams"][0]["stream"]["service_name"], "pay");
+
+    let mut new = record("new declined payment");
+    new.service = "pay".into();
+    node.append_records(vec![record("new declined elsewhere"), new])
+        .await;
+    let live = next_json(&mut ws).await;
+    let values = live["streams"][0]["values"].as_array().unwrap();
+    assert_eq!(values.len(), 1, "{live}");
+    assert_eq!(values[0][1], "new declined payment");
+    assert!(
+        values[0][0].as_str().unwrap().parse::<i64>().is_ok(),
+        "ns as a string"
+    );
+    ws.close(None).await.unwrap();
+    node.stop().await;
+}
+
+/// The next WebSocket message, as JSON; panics after 10 s.
+async fn next_json<S>(ws: &mut S) -> serde_json::Value
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(msg.to_text().unwrap()).unwrap()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -7,6 +7,7 @@
 //! - `/loki/api/v1/labels` (also `/label`), `/loki/api/v1/label/{name}/values`: from the
 //!   index's label terms, or, with `query`, from the records the selector picks.
 //! - `/loki/api/v1/series` (`match[]`, `match`), `/loki/api/v1/index/stats`.
+//! - `/loki/api/v1/tail`: live tail over WebSocket (see [`super::tail`]).
 //!
 //! Parameters come from the query string or, for `POST`, a form body, as Loki takes them.
 //! Times are nanoseconds, seconds (ten digits or fewer, or with a fraction) or RFC 3339.
@@ -67,6 +68,7 @@ pub fn router(st: Arc<NodeState>) -> Router {
             "/loki/api/v1/index/stats",
             get(index_stats).post(index_stats),
         )
+        .route("/loki/api/v1/tail", get(tail))
         .with_state(Ctx { st, slots })
 }
 
@@ -412,6 +414,61 @@ async fn query_range(
         stats_json(&stats, took, returned(&result)),
     );
     Ok(success(data, &stats))
+}
+
+/// Most seconds `delay_for` may hold a tail message back (Loki's own bound).
+const TAIL_DELAY_SECS_MAX: u64 = 5;
+
+async fn tail(
+    State(ctx): State<Ctx>,
+    ws: axum::extract::WebSocketUpgrade,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let p = Params::read(&Method::GET, raw, &Bytes::new())?;
+    let st = &ctx.st;
+    let tenant = tenant(&headers, st)?;
+    let query = p.get("query").map(str::to_owned);
+    let filter =
+        super::tail::Filter::new(query.as_ref(), tenant.clone()).map_err(|e| bad(e.message))?;
+    let expr = parse_query(query.as_deref())?;
+    let delay = match p.get("delay_for") {
+        None => 0,
+        Some(d) => d
+            .parse::<u64>()
+            .ok()
+            .filter(|d| *d <= TAIL_DELAY_SECS_MAX)
+            .ok_or_else(|| {
+                bad(format!(
+                    "delay_for must be 0-{TAIL_DELAY_SECS_MAX} seconds, not {d:?}"
+                ))
+            })?,
+    };
+    let now = weir_proto::now_ns();
+    let params = QueryParams {
+        start_ns: p.time("start", now - 3600 * NS)?,
+        end_ns: now,
+        step_ns: 0,
+        limit: limit_of(&p, st)?,
+        direction: Direction::Backward,
+        instant: false,
+        limits: limits(st),
+    };
+    // Subscribed before the history is read, so nothing committed in between is lost.
+    let rx = st.tail.subscribe().map_err(|e| {
+        LokiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot start the tail: {e:#}"),
+        )
+    })?;
+    let (history, _, _) = run(&ctx, tenant, move |src| {
+        weir_logql::evaluate(&expr, &params, src)
+    })
+    .await?;
+    let history = history.to_loki_json(false)["result"].clone();
+    Ok(ws.on_upgrade(move |socket| {
+        super::tail::loki_socket(socket, history, rx, filter, Duration::from_secs(delay))
+    }))
 }
 
 async fn instant(
