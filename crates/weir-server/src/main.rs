@@ -57,6 +57,21 @@ enum Command {
     /// Send lines (from FILE or stdin) as log records, in batches.
     Push(PushArgs),
     /// Search and print hits.
+    /// Follow records as they are committed: a LogQL log query such as
+    /// '{service="pay"} |= "declined"'. Ctrl-C stops.
+    Tail {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Print each record as JSON (one per line) instead of a line of text.
+        #[arg(long)]
+        json: bool,
+        /// The LogQL log query.
+        query: String,
+    },
     Query {
         /// HTTP endpoint.
         #[arg(long, default_value = "http://127.0.0.1:4318")]
@@ -475,6 +490,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 shards,
                 extra_config,
             } => dev_cluster(dir, base_port, nodes, shards, extra_config).await,
+            Command::Tail {
+                addr,
+                tenant,
+                json,
+                query,
+            } => tail_command(addr, tenant, query, json).await,
             Command::Query {
                 addr,
                 tenant,
@@ -657,6 +678,60 @@ async fn histogram_command(
     );
     for n in &body.notices {
         eprintln!("note: {n}");
+    }
+    Ok(())
+}
+
+/// `weir tail`: reads the node's Server-Sent Events and prints each record as it commits.
+async fn tail_command(
+    addr: String,
+    tenant: String,
+    query: String,
+    json: bool,
+) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/tail", addr.trim_end_matches('/'));
+    let mut resp = reqwest::Client::new()
+        .get(&url)
+        .header(weir_server::http::TENANT_HEADER, tenant)
+        .query(&[("query", &query)])
+        .send()
+        .await
+        .map_err(|e| unreachable_node(&addr, e))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<weir_proto::api::error::ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or(body);
+        anyhow::bail!("{url} answered {status}: {msg}");
+    }
+    let (mut buf, mut event) = (String::new(), String::new());
+    while let Some(chunk) = resp.chunk().await.context("the tail stream broke")? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(at) = buf.find('\n') {
+            let line: String = buf.drain(..=at).collect();
+            let line = line.trim_end();
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let data = data.trim();
+                match event.as_str() {
+                    "record" if json => println!("{data}"),
+                    "record" => {
+                        let h: weir_proto::api::search::Hit = serde_json::from_str(data)?;
+                        println!(
+                            "{} {:5} {} {}",
+                            h.timestamp,
+                            h.level.as_str(),
+                            h.service,
+                            h.body
+                        );
+                    }
+                    "missed" => eprintln!("note: too slow for the stream, missed {data}"),
+                    _ => {}
+                }
+            }
+        }
     }
     Ok(())
 }

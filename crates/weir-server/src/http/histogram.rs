@@ -1,7 +1,7 @@
 //! `GET /api/v1/histogram`: how many records match a query in each bucket of a time
 //! range, broken down by level: the search API's `q`, `start`, `end` and `level`, plus
 //! `interval` (a duration: `30s`, `5m`; chosen from the range when absent, about 60
-//! buckets of a round width).
+//! buckets of a round width). Without `end` the range ends now.
 //!
 //! Each (bucket, level) is one count-only search through the [`crate::search::Searcher`]
 //! (every shard, here or on a peer), so the counts are exactly what a search of that
@@ -91,6 +91,11 @@ pub(super) async fn histogram(
             .into());
         }
     }
+    // The search API's default end reaches into the accepted future; a histogram's ends
+    // now, so that it does not draw minutes that have not happened.
+    params
+        .entry("end".to_owned())
+        .or_insert_with(|| crate::append::now_ns().to_string());
     let (req, mut notices) = parse_search(&params, tenant(&headers, &st.config)?, &st.config)?;
     let span = req.end_ns - req.start_ns;
     let step = interval_ns(interval.as_ref(), span, &mut notices)?;
