@@ -153,12 +153,18 @@ impl Params {
         }
     }
 
-    /// `start` and `end`, with Loki's defaults (the last hour up to now); checked against
+    /// `start` and `end`, with Loki's defaults (`since`, else the last hour, up to now); checked against
     /// `query.range_hours_max`.
     fn range(&self, st: &NodeState) -> Result<(i64, i64), LokiError> {
         let now = weir_proto::now_ns();
         let end = self.time("end", now)?;
-        let start = self.time("start", end.saturating_sub(3600 * NS))?;
+        // `since` (a duration back from `end`) stands in for `start`, as in Loki.
+        let back = match self.get("since") {
+            None => 3600 * NS,
+            Some(v) => parse_step(v)
+                .ok_or_else(|| bad(format!("invalid since {v:?}: a duration such as 15m or 1h")))?,
+        };
+        let start = self.time("start", end.saturating_sub(back))?;
         if end < start {
             return Err(bad(
                 "end timestamp must not be before or equal to start time",
