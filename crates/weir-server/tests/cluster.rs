@@ -492,3 +492,92 @@ async fn a_wiped_node_rebuilds_its_log_and_index_from_a_snapshot_after_the_logs_
         m.node.take().unwrap().shutdown().await.unwrap();
     }
 }
+
+/// LogQL, histograms and Loki's label API on a three-node cluster: every node answers
+/// over every shard (its own and its peers'), metric queries merge partial counts from
+/// all shards, and no answer is partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logql_and_histograms_gather_every_shard_on_every_node() {
+    let members = start_all().await;
+    for (i, m) in members.iter().enumerate() {
+        append(m, batch_of(0..40, |n| format!("logql{i} item {n}")))
+            .await
+            .expect("append accepted");
+    }
+    let client = reqwest::Client::new();
+    for m in &members {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while search(m, "logql0 OR logql1 OR logql2").await["total"] != 120 {
+            assert!(
+                Instant::now() < deadline,
+                "node {} lags",
+                m.cfg.cluster.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let v: serde_json::Value = client
+            .get(format!("{}/loki/api/v1/query", http(m)))
+            .query(&[(
+                "query",
+                r#"sum by (stream) (count_over_time({service="checkout"} |~ "logql[0-2] item" [10m]))"#,
+            )])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v.get("warnings").is_none(), "{v}");
+        let mut per_stream: Vec<(String, String)> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["metric"]["stream"].as_str().unwrap().to_owned(),
+                    s["value"][1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        per_stream.sort();
+        let want: Vec<(String, String)> =
+            (0..5).map(|s| (format!("s{s}"), "24".to_owned())).collect();
+        assert_eq!(per_stream, want, "node {}: {v}", m.cfg.cluster.node_id);
+
+        let v: serde_json::Value = client
+            .get(format!("{}/loki/api/v1/query_range", http(m)))
+            .query(&[("query", r#"{stream="s3"} |= "logql1""#), ("limit", "100")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let lines: usize = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["values"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(lines, 8, "node {}: {v}", m.cfg.cluster.node_id);
+
+        let h: weir_proto::api::search::HistogramResponse = client
+            .get(format!("{}/api/v1/histogram", http(m)))
+            .query(&[("q", "logql0 OR logql1 OR logql2"), ("interval", "1h")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (h.total, h.partial),
+            (120, false),
+            "node {}",
+            m.cfg.cluster.node_id
+        );
+    }
+    for mut m in members {
+        m.node.take().unwrap().shutdown().await.unwrap();
+    }
+}
