@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_keys;
 pub mod devcluster;
+pub mod es_query;
 pub mod grpc;
 pub mod http;
 pub mod indexer;

@@ -49,6 +49,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/_template/{name}", any(accepted))
         .route("/_component_template/{name}", any(accepted))
         .route("/_ilm/policy/{name}", any(accepted))
+        .merge(super::es_search::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn(product_header))
 }

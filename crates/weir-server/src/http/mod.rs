@@ -9,7 +9,8 @@
 //! - [`otlp`]: OTLP over HTTP (`POST /v1/logs`).
 //! - [`loki`]: Loki push (`POST /loki/api/v1/push`, `GET /ready`).
 //! - [`loki_query`]: the Loki query API (LogQL: `query_range`, `query`, labels, series).
-//! - [`es`]: Elasticsearch `_bulk` and the handshakes its clients make.
+//! - [`es`]: Elasticsearch `_bulk` and the handshakes its clients make; [`es_search`]:
+//!   its search API (`_search`, `_msearch`, `_mapping`, `_field_caps`).
 //! - [`ingest`]: what the ingest protocols share (tenant header, content encoding).
 //!
 //! Every answer of 400 and above has a body that says what was wrong: the API's own JSON
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod es;
+pub mod es_search;
 pub mod histogram;
 pub mod ingest;
 pub mod loki;
