@@ -527,13 +527,29 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
             vec![("start", five_min_ago.as_str()), ("limit", "100")],
         ),
     ];
+    search_cases(&client, &url, cases, iterations).await?;
+    let needle = sample
+        .hits
+        .first()
+        .map(|h| h.body.clone())
+        .unwrap_or_default();
+    logql_cases(&client, &addr, &needle, iterations).await
+}
+
+/// Runs each search case `iterations` times; prints latency percentiles.
+async fn search_cases(
+    client: &reqwest::Client,
+    url: &str,
+    cases: Vec<(&str, Vec<(&str, &str)>)>,
+    iterations: usize,
+) -> anyhow::Result<()> {
     for (name, params) in cases {
         let mut h = Histogram::<u64>::new(3)?;
         let mut total = 0;
         for _ in 0..iterations {
             let t = Instant::now();
             let body: SearchResponse = client
-                .get(&url)
+                .get(url)
                 .query(&params)
                 .send()
                 .await?
@@ -548,6 +564,96 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.value_at_quantile(0.99) as f64 / 1e3,
             h.max() as f64 / 1e3
+        );
+    }
+    Ok(())
+}
+
+/// The LogQL cases of issue-sized loads, through the Loki query API: a needle (one
+/// line's whole text), Grafana's per-level volume over the last hour, a filtered count and
+/// a top-k rate. Metric cases run at most 5 times (each reads every matching record).
+async fn logql_cases(
+    client: &reqwest::Client,
+    addr: &str,
+    needle: &str,
+    iterations: usize,
+) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    let now = now_ns();
+    let hour_ago = (now - 3_600_000_000_000).to_string();
+    let day_ago = (now - 86_400_000_000_000).to_string();
+    let now_s = now.to_string();
+    let needle_q = format!("{{env=\"bench\"}} |= {needle:?}");
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, usize)> = vec![
+        (
+            "logql needle (1 day)",
+            "query_range",
+            vec![
+                ("query", needle_q.as_str()),
+                ("start", day_ago.as_str()),
+                ("end", now_s.as_str()),
+                ("limit", "100"),
+            ],
+            iterations,
+        ),
+        (
+            "logql volume by level (1 h, step 1m)",
+            "query_range",
+            vec![
+                (
+                    "query",
+                    "sum by (level) (count_over_time({env=\"bench\"}[1m]))",
+                ),
+                ("start", hour_ago.as_str()),
+                ("end", now_s.as_str()),
+                ("step", "60s"),
+            ],
+            iterations.min(5),
+        ),
+        (
+            "logql count |= declined (5m)",
+            "query",
+            vec![
+                (
+                    "query",
+                    "sum(count_over_time({env=\"bench\"} |= \"declined\" [5m]))",
+                ),
+                ("time", now_s.as_str()),
+            ],
+            iterations.min(5),
+        ),
+        (
+            "logql topk rate (5m)",
+            "query",
+            vec![
+                (
+                    "query",
+                    "topk(3, sum by (service) (rate({env=\"bench\"}[5m])))",
+                ),
+                ("time", now_s.as_str()),
+            ],
+            iterations.min(5),
+        ),
+    ];
+    for (name, endpoint, params, runs) in cases {
+        let url = format!("{base}/loki/api/v1/{endpoint}");
+        let mut h = Histogram::<u64>::new(3)?;
+        let mut lines = 0u64;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let resp = client.get(&url).query(&params).send().await?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            anyhow::ensure!(status.is_success(), "{name}: {status} {body}");
+            h.record(t.elapsed().as_micros() as u64)?;
+            lines = body["data"]["stats"]["summary"]["totalLinesProcessed"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        println!(
+            "  {name:38} p50 {:8.2} ms  p99 {:8.2} ms  ({lines} records read)",
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
         );
     }
     Ok(())
