@@ -584,7 +584,9 @@ async fn logql_cases(
     let day_ago = (now - 86_400_000_000_000).to_string();
     let now_s = now.to_string();
     let needle_q = format!("{{env=\"bench\"}} |= {needle:?}");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, usize)> = vec![
+    // (name, endpoint, parameters, runs)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, usize);
+    let cases: Vec<Case> = vec![
         (
             "logql needle (1 day)",
             "query_range",

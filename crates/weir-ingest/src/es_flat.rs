@@ -384,7 +384,7 @@ mod tests {
                 "f"
             ]
         );
-        assert_eq!(d.iter().nth(0).unwrap().1.clone().into_text(), "1");
+        assert_eq!(d.iter().next().unwrap().1.clone().into_text(), "1");
         assert_eq!(
             d.iter().nth(4).unwrap().1.clone().into_text(),
             r#"[1,{"b":2}]"#
@@ -401,7 +401,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys(&d), ["message", "msg", "x.message.c"]);
-        assert!(d.iter().nth(0).unwrap().1.is_object());
+        assert!(d.iter().next().unwrap().1.is_object());
         assert_eq!(d.iter().nth(1).unwrap().1.as_str(), Some("q\"é"));
     }
 

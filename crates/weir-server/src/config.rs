@@ -370,7 +370,8 @@ impl Default for SearchConfig {
         SearchConfig {
             limit_default: 100,
             limit_max: 10_000,
-            histogram_buckets_max: 1_000,
+            // Grafana asks for 1-minute buckets over a day (1,440).
+            histogram_buckets_max: 2_000,
         }
     }
 }

@@ -53,7 +53,7 @@ async fn counts_per_bucket_and_level_are_those_of_the_records_stored() {
         ("start", &start.to_string()),
         ("end", &end.to_string()),
     ];
-    let window: Vec<(&str, &str)> = window.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let window: Vec<(&str, &str)> = window.iter().map(|(k, v)| (*k, *v)).collect();
     node.wait_total(&window, 500).await;
 
     let params = [

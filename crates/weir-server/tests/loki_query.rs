@@ -130,7 +130,7 @@ async fn node_with(n: usize, end: i64, span_secs: i64, ties: bool) -> (TestNode,
         ("end", &(end + NS).to_string()),
         ("limit", "10000"),
     ];
-    let window: Vec<(&str, &str)> = window.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let window: Vec<(&str, &str)> = window.iter().map(|(k, v)| (*k, *v)).collect();
     let all = node.wait_total(&window, n as u64).await;
     let page: weir_proto::api::search::SearchResponse = serde_json::from_value(all).unwrap();
     assert_eq!(page.hits.len(), n, "the index has every record");
@@ -433,7 +433,9 @@ async fn grafana_and_logcli_get_lokis_shapes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_get_lokis_errors_naming_what_was_wrong() {
     let node = TestNode::start().await;
-    let cases: [(&str, Vec<(&str, String)>, u16, &str); 6] = [
+    // (path, parameters, status, text the answer must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, u16, &'a str);
+    let cases: [Case; 6] = [
         (
             "/loki/api/v1/query_range",
             vec![("query", r#"{app="x""#.to_owned())],

@@ -121,7 +121,7 @@ async fn not_found(request: Request) -> Response {
             "no route for {} {}; Weir's API is under /api/v1 (search, histogram, tail, labels, cluster, dlq), \
              plus /healthz, /readyz and /metrics; ingest: /v1/logs (OTLP), \
              /loki/api/v1/push, /_bulk; LogQL: /loki/api/v1/query_range, /query, /labels, \
-             /series",
+             /series, /tail; Elasticsearch: /_search, /_msearch, /{{index}}/_mapping",
             request.method(),
             request.uri().path()
         ),
