@@ -127,6 +127,87 @@ async fn the_official_elasticsearch_client_bulk_indexes_through_its_product_chec
     n.stop().await;
 }
 
+/// A document that carries an `_id` is stored once per tenant and index, whatever request
+/// brings it again (Filebeat and Logstash resend only the failed items, in a new bulk):
+/// `create` answers 409 and `index` 200 `updated`, as Elasticsearch does; the same `_id`
+/// in another index, or another tenant, is another document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_with_an_id_is_stored_once_whatever_request_brings_it() {
+    let n = TestNode::start().await;
+    let bulk = |tenant: &'static str, lines: Vec<String>| {
+        let http = n.http.clone();
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .post(format!("{http}/_bulk"))
+                .header("content-type", "application/x-ndjson")
+                .header("X-Scope-OrgID", tenant)
+                .body(lines.join("\n") + "\n")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    let (action, r) = i.as_object().unwrap().iter().next().unwrap();
+                    format!("{action} {} {}", r["_id"].as_str().unwrap(), r["status"])
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+    let doc = |action: &str, index: &str, id: &str, msg: &str| {
+        vec![
+            format!(r#"{{"{action}":{{"_index":"{index}","_id":"{id}"}}}}"#),
+            format!(r#"{{"message":"{msg}","service":"shop"}}"#),
+        ]
+    };
+    let first = [
+        doc("create", "logs", "a1", "idmark one"),
+        doc("create", "logs", "a2", "idmark two"),
+    ]
+    .concat();
+    assert_eq!(
+        bulk("acme", first).await,
+        ["create a1 201", "create a2 201"]
+    );
+    // A new request: a1 again (resent alone, with another neighbour), a3 new, a1 twice
+    // in one request, a2 through `index`, a1 in another index.
+    let second = [
+        doc("create", "logs", "a3", "idmark three"),
+        doc("create", "logs", "a1", "idmark one"),
+        doc("index", "logs", "a2", "idmark two"),
+        doc("create", "logs", "a3", "idmark three"),
+        doc("create", "other", "a1", "idmark one elsewhere"),
+    ]
+    .concat();
+    let got = bulk("acme", second).await;
+    assert_eq!(got[1], "create a1 409");
+    assert_eq!(got[2], "index a2 200");
+    assert_eq!(got[4], "create a1 201");
+    let mut a3: Vec<&str> = vec![&got[0], &got[3]];
+    a3.sort();
+    assert_eq!(
+        a3,
+        ["create a3 201", "create a3 409"],
+        "one of the two copies in one request is stored"
+    );
+    // Another tenant's a1 is its own document.
+    assert_eq!(
+        bulk("other", doc("create", "logs", "a1", "idmark one")).await,
+        ["create a1 201"]
+    );
+    let body = hits(&n, "idmark", "acme", 4).await;
+    assert_eq!(
+        body["total"], 4,
+        "a1, a2, a3 in logs and a1 in other: {body}"
+    );
+    n.stop().await;
+}
+
 fn loki_push(streams: Vec<(&str, Vec<(i64, &str)>)>) -> Vec<u8> {
     let req = PushRequest {
         streams: streams

@@ -185,8 +185,85 @@ fn api_error(e: &ApiError) -> Response {
 enum ItemEnd {
     /// Stored as the append request's record at this position.
     Stored { op: BulkOp, position: u32 },
+    /// A document with an `_id`: appended on its own under a key made of its index and
+    /// id, so that it is stored once however often it is sent (see [`append_by_id`]).
+    ById { op: BulkOp, outcome: ByIdOutcome },
     /// Refused before it reached the append path.
     Refused(BulkItemError),
+}
+
+/// What became of a document appended by its `_id`.
+enum ByIdOutcome {
+    /// Waiting to be appended: the record.
+    Pending(weir_proto::v1::Record),
+    /// Stored now.
+    Stored,
+    /// Stored before (a retry, or another request with the same `_id`).
+    AlreadyStored,
+    /// Refused by the append path: the reason.
+    Refused(String),
+    /// Not appended (the node is full or a shard has no leader): retry the item.
+    Failed(ApiError),
+}
+
+/// `_id` documents appended at once per request.
+const BY_ID_CONCURRENCY: usize = 32;
+
+/// Appends each document that carries an `_id` as its own request with the producer key
+/// `es_bulk_id/<index>/<id>` (producer keys are per tenant) and sequence 1: the raft
+/// layer's idempotency table then stores it once, and answers a later copy as a
+/// duplicate, whichever request it comes in, as long as the key is remembered
+/// (`storage.dedup_producers_max` producers per shard, least recently used forgotten
+/// first). A copy lands on the same shard when its stream fields (service, namespace,
+/// pod, cluster) are the same, which is what a retry sends.
+async fn append_by_id(st: &NodeState, tenant: &str, ends: &mut [ItemEnd]) {
+    use futures_util::stream::{self, StreamExt};
+    let pending: Vec<(usize, AppendRequest)> = ends
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(at, end)| match end {
+            ItemEnd::ById { op, outcome } => {
+                let ByIdOutcome::Pending(record) = std::mem::replace(outcome, ByIdOutcome::Stored)
+                else {
+                    return None;
+                };
+                Some((
+                    at,
+                    AppendRequest {
+                        tenant: tenant.to_owned(),
+                        records: vec![record],
+                        producer_id: format!(
+                            "es_bulk_id/{}/{}",
+                            op.index,
+                            op.id.as_deref().unwrap_or_default()
+                        ),
+                        sequence: 1,
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    let results: Vec<(usize, ByIdOutcome)> = stream::iter(pending)
+        .map(|(at, req)| async move {
+            let outcome = match st.appender.append_via(Protocol::EsBulk, req).await {
+                Ok(resp) if !resp.rejected.is_empty() => {
+                    ByIdOutcome::Refused(resp.rejected[0].reason.clone())
+                }
+                Ok(resp) if resp.duplicate => ByIdOutcome::AlreadyStored,
+                Ok(_) => ByIdOutcome::Stored,
+                Err(e) => ByIdOutcome::Failed(e),
+            };
+            (at, outcome)
+        })
+        .buffer_unordered(BY_ID_CONCURRENCY)
+        .collect()
+        .await;
+    for (at, done) in results {
+        if let ItemEnd::ById { outcome, .. } = &mut ends[at] {
+            *outcome = done;
+        }
+    }
 }
 
 async fn bulk(
@@ -223,6 +300,10 @@ async fn bulk(
             }
         };
         match to_record(&mut op) {
+            Ok(record) if op.id.is_some() => ends.push(ItemEnd::ById {
+                op,
+                outcome: ByIdOutcome::Pending(record),
+            }),
             Ok(record) => {
                 timestamped &= record.timestamp_ns != 0;
                 ends.push(ItemEnd::Stored {
@@ -248,6 +329,7 @@ async fn bulk(
             Err(e) => return api_error(&e),
         }
     }
+    append_by_id(st, &tenant, &mut ends).await;
     let items: Vec<BulkItemAnswer> = ends
         .into_iter()
         .map(|end| item_answer(end, &rejected, duplicate))
@@ -404,35 +486,67 @@ fn item_answer(
                     ),
                 };
             }
-            let (status, result, error) = match (duplicate, op.action) {
-                (true, BulkAction::Create) => (
-                    409,
-                    None,
-                    Some(ItemError {
-                        kind: "version_conflict_engine_exception",
-                        reason: format!("[{id}]: version conflict, document already exists (a retried request Weir had stored)"),
-                    }),
-                ),
-                (true, _) => (200, Some("updated"), None),
-                (false, _) => (201, Some("created"), None),
-            };
-            BulkItemAnswer {
-                action,
-                outcome: ItemOutcome {
-                    _index: op.index,
-                    _id: Some(id),
-                    _version: Some(1),
-                    result,
-                    _shards: Some(Shards {
-                        total: 1,
-                        successful: 1,
-                        failed: 0,
-                    }),
-                    status,
-                    error,
+            stored_answer(op, id, duplicate)
+        }
+        ItemEnd::ById { op, outcome } => {
+            let action = action_name(op.action);
+            let id = op.id.clone().unwrap_or_default();
+            match outcome {
+                ByIdOutcome::Stored | ByIdOutcome::Pending(_) => stored_answer(op, id, false),
+                ByIdOutcome::AlreadyStored => stored_answer(op, id, true),
+                ByIdOutcome::Refused(reason) => BulkItemAnswer {
+                    action,
+                    outcome: refused(op.index, Some(id), "document_parsing_exception", reason),
                 },
+                ByIdOutcome::Failed(e) => {
+                    let status = e.http_status();
+                    let kind = match status {
+                        429 => "es_rejected_execution_exception",
+                        503 => "unavailable_shards_exception",
+                        _ => "exception",
+                    };
+                    let mut outcome = refused(op.index, Some(id), kind, e.message);
+                    outcome.status = status;
+                    BulkItemAnswer { action, outcome }
+                }
             }
         }
+    }
+}
+
+/// The answer for a stored item: 201 `created`; for a copy of one stored before, 409
+/// `version_conflict_engine_exception` to a `create` (as Elasticsearch answers) and 200
+/// `updated` to an `index` (Weir keeps the first version: records are not replaced).
+fn stored_answer(op: BulkOp, id: String, duplicate: bool) -> BulkItemAnswer {
+    let (status, result, error) = match (duplicate, op.action) {
+        (true, BulkAction::Create) => (
+            409,
+            None,
+            Some(ItemError {
+                kind: "version_conflict_engine_exception",
+                reason: format!(
+                    "[{id}]: version conflict, document already exists (Weir had stored it)"
+                ),
+            }),
+        ),
+        (true, _) => (200, Some("updated"), None),
+        (false, _) => (201, Some("created"), None),
+    };
+    BulkItemAnswer {
+        action: action_name(op.action),
+        outcome: ItemOutcome {
+            _index: op.index,
+            _id: Some(id),
+            _version: Some(1),
+            result,
+            _shards: Some(Shards {
+                total: 1,
+                successful: 1,
+                failed: 0,
+            }),
+            status,
+            error,
+        },
     }
 }
 
