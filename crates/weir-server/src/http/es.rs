@@ -195,7 +195,7 @@ enum ItemEnd {
 /// What became of a document appended by its `_id`.
 enum ByIdOutcome {
     /// Waiting to be appended: the record.
-    Pending(weir_proto::v1::Record),
+    Pending(Box<weir_proto::v1::Record>),
     /// Stored now.
     Stored,
     /// Stored before (a retry, or another request with the same `_id`).
@@ -231,7 +231,7 @@ async fn append_by_id(st: &NodeState, tenant: &str, ends: &mut [ItemEnd]) {
                     at,
                     AppendRequest {
                         tenant: tenant.to_owned(),
-                        records: vec![record],
+                        records: vec![*record],
                         producer_id: format!(
                             "es_bulk_id/{}/{}",
                             op.index,
@@ -302,7 +302,7 @@ async fn bulk(
         match to_record(&mut op) {
             Ok(record) if op.id.is_some() => ends.push(ItemEnd::ById {
                 op,
-                outcome: ByIdOutcome::Pending(record),
+                outcome: ByIdOutcome::Pending(Box::new(record)),
             }),
             Ok(record) => {
                 timestamped &= record.timestamp_ns != 0;
