@@ -182,6 +182,34 @@ impl Params {
     }
 }
 
+/// What every Loki query endpoint reads first: its parameters (the query string, and
+/// for `POST` a form body) and its tenant.
+struct LokiRequest {
+    p: Params,
+    tenant: String,
+    /// `X-Loki-Response-Encoding-Flags: categorize-labels` was sent.
+    categorized: bool,
+}
+
+impl axum::extract::FromRequest<Ctx> for LokiRequest {
+    type Rejection = LokiError;
+
+    async fn from_request(req: axum::extract::Request, ctx: &Ctx) -> Result<Self, LokiError> {
+        let method = req.method().clone();
+        let raw = req.uri().query().map(str::to_owned);
+        let tenant = tenant(req.headers(), &ctx.st)?;
+        let categorized = categorize(req.headers());
+        let body = Bytes::from_request(req, ctx)
+            .await
+            .map_err(|e| bad(format!("cannot read the request body: {e}")))?;
+        Ok(LokiRequest {
+            p: Params::read(&method, raw, &body)?,
+            tenant,
+            categorized,
+        })
+    }
+}
+
 /// A Loki time: an RFC 3339 date, seconds with a fraction, or an integer (seconds when it
 /// has ten digits or fewer, else nanoseconds), as Loki's own parser reads it.
 pub fn parse_time(v: &str) -> Option<i64> {
@@ -377,12 +405,12 @@ fn direction_of(p: &Params) -> Result<Direction, LokiError> {
 
 async fn query_range(
     State(ctx): State<Ctx>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
+    LokiRequest {
+        p,
+        tenant,
+        categorized,
+    }: LokiRequest,
 ) -> Answer {
-    let p = Params::read(&method, raw, &body)?;
     let st = &ctx.st;
     let expr = parse_query(p.get("query"))?;
     let (start, end) = p.range(st)?;
@@ -409,8 +437,7 @@ async fn query_range(
         instant: false,
         limits: limits(st),
     };
-    let categorized = categorize(&headers);
-    let (result, stats, took) = run(&ctx, tenant(&headers, st)?, move |src| {
+    let (result, stats, took) = run(&ctx, tenant, move |src| {
         weir_logql::evaluate(&expr, &params, src)
     })
     .await?;
@@ -477,14 +504,7 @@ async fn tail(
     }))
 }
 
-async fn instant(
-    State(ctx): State<Ctx>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Answer {
-    let p = Params::read(&method, raw, &body)?;
+async fn instant(State(ctx): State<Ctx>, LokiRequest { p, tenant, .. }: LokiRequest) -> Answer {
     let st = &ctx.st;
     let expr = parse_query(p.get("query"))?;
     if matches!(expr, Expr::Log(_)) {
@@ -502,7 +522,7 @@ async fn instant(
         instant: true,
         limits: limits(st),
     };
-    let (result, stats, took) = run(&ctx, tenant(&headers, st)?, move |src| {
+    let (result, stats, took) = run(&ctx, tenant, move |src| {
         weir_logql::evaluate(&expr, &params, src)
     })
     .await?;
@@ -558,17 +578,9 @@ async fn fold_entries<T: Send + 'static>(
     Ok((acc, stats))
 }
 
-async fn labels(
-    State(ctx): State<Ctx>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Answer {
-    let p = Params::read(&method, raw, &body)?;
+async fn labels(State(ctx): State<Ctx>, LokiRequest { p, tenant, .. }: LokiRequest) -> Answer {
     let st = &ctx.st;
     let range = p.range(st)?;
-    let tenant = tenant(&headers, st)?;
     let (names, stats) = match p.get("query") {
         Some(q) => {
             let sel = selector_of(q)?;
@@ -603,15 +615,10 @@ async fn labels(
 async fn label_values(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
+    LokiRequest { p, tenant, .. }: LokiRequest,
 ) -> Answer {
-    let p = Params::read(&method, raw, &body)?;
     let st = &ctx.st;
     let range = p.range(st)?;
-    let tenant = tenant(&headers, st)?;
     let (values, stats) = match p.get("query") {
         Some(q) => {
             let sel = selector_of(q)?;
@@ -666,21 +673,14 @@ fn matches(p: &Params) -> Result<Vec<weir_logql::LogExpr>, LokiError> {
     Ok(sels)
 }
 
-async fn series(
-    State(ctx): State<Ctx>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Answer {
-    let p = Params::read(&method, raw, &body)?;
+async fn series(State(ctx): State<Ctx>, LokiRequest { p, tenant, .. }: LokiRequest) -> Answer {
     let st = &ctx.st;
     let range = p.range(st)?;
     let sels = matches(&p)?;
     let max = st.config.query.series_max;
     let (set, stats) = fold_entries(
         &ctx,
-        tenant(&headers, st)?,
+        tenant,
         sels,
         range,
         BTreeSet::new(),
@@ -699,14 +699,7 @@ async fn series(
     Ok(success(json!(set.into_iter().collect::<Vec<_>>()), &stats))
 }
 
-async fn index_stats(
-    State(ctx): State<Ctx>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Answer {
-    let p = Params::read(&method, raw, &body)?;
+async fn index_stats(State(ctx): State<Ctx>, LokiRequest { p, tenant, .. }: LokiRequest) -> Answer {
     let st = &ctx.st;
     let range = p.range(st)?;
     let sel = selector_of(p.get("query").unwrap_or(""))?;
@@ -718,7 +711,7 @@ async fn index_stats(
     }
     let (acc, _) = fold_entries(
         &ctx,
-        tenant(&headers, st)?,
+        tenant,
         vec![sel],
         range,
         Acc::default(),
