@@ -1,4 +1,4 @@
-//! LogQL over Weir's index: the [`Source`] the `weir-logql` engine reads.
+//! LogQL over Weir's index: the [`weir_logql::Source`] the `weir-logql` engine reads.
 //!
 //! The engine asks for the entries of a stream selector in a time range, in time order;
 //! this module turns the selector's equality matchers and the `|=` needles the engine
