@@ -59,17 +59,22 @@ const MAPPING_SAMPLE: usize = 1_000;
 /// The search routes; `es.rs` mounts them under its product-header layer.
 pub fn routes() -> Router<Arc<NodeState>> {
     Router::new()
-        .route("/_search", get(search_all).post(search_all))
-        .route("/{index}/_search", get(search_index).post(search_index))
-        .route("/_msearch", get(msearch_all).post(msearch_all))
-        .route("/{index}/_msearch", get(msearch_index).post(msearch_index))
-        .route("/_mapping", get(mapping_all))
-        .route("/{index}/_mapping", get(mapping_index))
-        .route("/_field_caps", get(field_caps_all).post(field_caps_all))
+        .route("/_search", get(search_route).post(search_route))
+        .route("/{index}/_search", get(search_route).post(search_route))
+        .route("/_msearch", get(msearch_route).post(msearch_route))
+        .route("/{index}/_msearch", get(msearch_route).post(msearch_route))
+        .route("/_mapping", get(mapping_route))
+        .route("/{index}/_mapping", get(mapping_route))
+        .route("/_field_caps", get(field_caps_route).post(field_caps_route))
         .route(
             "/{index}/_field_caps",
-            get(field_caps_index).post(field_caps_index),
+            get(field_caps_route).post(field_caps_route),
         )
+}
+
+/// The index expression of a route: the `{index}` segment, or `_all` where there is none.
+fn index_of(index: Option<Path<String>>) -> String {
+    index.map_or_else(|| "_all".to_owned(), |Path(i)| i)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -117,23 +122,14 @@ fn json_body(st: &NodeState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, 
 // ---------------------------------------------------------------------------------------
 // _search
 
-async fn search_all(
+async fn search_route(
     State(st): State<Arc<NodeState>>,
+    index: Option<Path<String>>,
     headers: HeaderMap,
     UrlQuery(params): UrlQuery<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    search(&st, "_all", &headers, &params, body).await
-}
-
-async fn search_index(
-    State(st): State<Arc<NodeState>>,
-    Path(index): Path<String>,
-    headers: HeaderMap,
-    UrlQuery(params): UrlQuery<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
-    search(&st, &index, &headers, &params, body).await
+    search(&st, &index_of(index), &headers, &params, body).await
 }
 
 async fn search(
@@ -830,23 +826,14 @@ fn insert_path(obj: &mut Map<String, Value>, key: &str, value: Value) {
 // ---------------------------------------------------------------------------------------
 // _msearch
 
-async fn msearch_all(
+async fn msearch_route(
     State(st): State<Arc<NodeState>>,
+    index: Option<Path<String>>,
     headers: HeaderMap,
     UrlQuery(params): UrlQuery<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    msearch(&st, "_all", &headers, &params, body).await
-}
-
-async fn msearch_index(
-    State(st): State<Arc<NodeState>>,
-    Path(index): Path<String>,
-    headers: HeaderMap,
-    UrlQuery(params): UrlQuery<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
-    msearch(&st, &index, &headers, &params, body).await
+    msearch(&st, &index_of(index), &headers, &params, body).await
 }
 
 /// One search of an `_msearch`: its index expression and body, or why its lines were
@@ -1014,16 +1001,12 @@ fn index_names(expr: &str, tenant: &str) -> Vec<String> {
     names
 }
 
-async fn mapping_all(State(st): State<Arc<NodeState>>, headers: HeaderMap) -> Response {
-    mapping(&st, "_all", &headers).await
-}
-
-async fn mapping_index(
+async fn mapping_route(
     State(st): State<Arc<NodeState>>,
-    Path(index): Path<String>,
+    index: Option<Path<String>>,
     headers: HeaderMap,
 ) -> Response {
-    mapping(&st, &index, &headers).await
+    mapping(&st, &index_of(index), &headers).await
 }
 
 async fn mapping(st: &NodeState, index: &str, headers: &HeaderMap) -> Response {
@@ -1069,23 +1052,14 @@ fn insert_mapping(props: &mut Map<String, Value>, name: &str, kind: &str) {
     }
 }
 
-async fn field_caps_all(
+async fn field_caps_route(
     State(st): State<Arc<NodeState>>,
+    index: Option<Path<String>>,
     headers: HeaderMap,
     UrlQuery(params): UrlQuery<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    field_caps(&st, "_all", &headers, &params, body).await
-}
-
-async fn field_caps_index(
-    State(st): State<Arc<NodeState>>,
-    Path(index): Path<String>,
-    headers: HeaderMap,
-    UrlQuery(params): UrlQuery<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
-    field_caps(&st, &index, &headers, &params, body).await
+    field_caps(&st, &index_of(index), &headers, &params, body).await
 }
 
 async fn field_caps(
