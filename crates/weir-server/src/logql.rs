@@ -98,13 +98,7 @@ pub fn prefilter(selector: &[Matcher], hints: &Hints) -> Query {
     let mut all = Vec::new();
     for m in selector {
         if m.op == MatchOp::Eq && !m.value.is_empty() {
-            all.push(Query::Match(Match {
-                field: Some(index_field(&m.name).to_owned()),
-                pattern: Pattern::Phrase {
-                    text: m.value.clone(),
-                    slop: 0,
-                },
-            }));
+            all.push(equal(&m.name, &m.value));
         }
     }
     for alternatives in &hints.line_contains_all {
@@ -146,12 +140,37 @@ fn and(mut qs: Vec<Query>) -> Query {
     }
 }
 
-/// The index field behind a LogQL label name (Grafana's aliases map to the record field).
-fn index_field(name: &str) -> &str {
+/// The index query every record whose stream label `name` is `value` matches (see
+/// [`entry_of`] for where a stream label comes from).
+///
+/// - `service`, `namespace`, `pod`, `cluster`, `level`: the record field (no label may
+///   take these names, so the field is the label); a level that is not a canonical name
+///   matches no record.
+/// - `service_name`, `detected_level`: a label of that name if the record has one, else
+///   the service or level, so either.
+/// - Any other name: the label, which the index query also finds among attributes of
+///   that name (more than needed, never less).
+fn equal(name: &str, value: &str) -> Query {
+    let exact = |field: &str| {
+        Query::Match(Match {
+            field: Some(field.to_owned()),
+            pattern: Pattern::Phrase {
+                text: value.to_owned(),
+                slop: 0,
+            },
+        })
+    };
+    let canonical_level = Level::from_canonical(value).is_some();
     match name {
-        "service_name" => "service",
-        "detected_level" => "level",
-        other => other,
+        "level" if canonical_level => exact("level"),
+        // Records always have a canonical level: nothing else can match.
+        "level" => Query::Not(Box::new(Query::All)),
+        "service_name" => Query::Or(vec![exact("service"), exact("service_name")]),
+        "detected_level" if canonical_level => {
+            Query::Or(vec![exact("level"), exact("detected_level")])
+        }
+        "detected_level" => exact("detected_level"),
+        other => exact(other),
     }
 }
 
@@ -378,12 +397,21 @@ mod tests {
         let q = prefilter(&l.selector, &weir_logql::hints(&l));
         assert_eq!(
             q.to_string(),
-            r#"app:"api" AND service:"pay" AND timeout"#,
+            r#"app:"api" AND (service:"pay" OR service_name:"pay") AND timeout"#,
             "the `or` group has an alternative without a whole word, so it cannot narrow"
         );
         let l = sel(r#"{app="api"} |= " disk full " or " oom ""#);
         let q = prefilter(&l.selector, &weir_logql::hints(&l));
         assert_eq!(q.to_string(), r#"app:"api" AND ((disk AND full) OR oom)"#);
+    }
+
+    #[test]
+    fn grafanas_names_find_a_label_of_that_name_or_the_field() {
+        let l = sel(r#"{detected_level="warn", level="WARNING"}"#);
+        assert_eq!(
+            prefilter(&l.selector, &weir_logql::hints(&l)).to_string(),
+            r#"(level:"warn" OR detected_level:"warn") AND NOT *"#
+        );
     }
 
     #[test]

@@ -85,7 +85,17 @@ fn records(n: usize, end: i64, span_secs: i64, ties: bool) -> Vec<Record> {
                 level: levels[g.next(3) as usize].into(),
                 body: body.into_bytes(),
                 service: services[g.next(3) as usize].into(),
-                labels: labels(&[("app", apps[g.next(2) as usize]), ("env", "prod")]),
+                labels: if i % 10 == 0 {
+                    // A label Grafana's name for the service stands for, differing from
+                    // the service: LogQL sees the label, the pre-filter must too.
+                    labels(&[
+                        ("app", apps[g.next(2) as usize]),
+                        ("env", "prod"),
+                        ("service_name", "legacy"),
+                    ])
+                } else {
+                    labels(&[("app", apps[g.next(2) as usize]), ("env", "prod")])
+                },
                 attributes: labels(&[("request_id", &format!("r{i}"))]),
                 ..Default::default()
             }
@@ -175,6 +185,8 @@ async fn every_query_answers_what_reading_every_line_gives() {
     let log_queries = [
         r#"{service="pay"}"#,
         r#"{service_name=~"pa.*|cart", level!="info"}"#,
+        r#"{service_name="legacy"}"#,
+        r#"{service_name="pay", detected_level="warn"}"#,
         r#"{app="web"} |= "declined""#,
         r#"{app="web"} |= "order 1" != "declined""#,
         r#"{env="prod"} |= " order 2 " or "/cart/3 ""#,
@@ -321,7 +333,8 @@ async fn grafana_and_logcli_get_lokis_shapes() {
     let (_, body) = get(&node, "/loki/api/v1/label/service_name/values", &range).await;
     assert_eq!(
         json(&body)["data"],
-        serde_json::json!(["auth", "cart", "pay"])
+        serde_json::json!(["auth", "cart", "legacy", "pay"]),
+        "the service field's values and those of a service_name label"
     );
     let mut with_query = range.to_vec();
     with_query.push(("query", r#"{service="pay"}"#.to_owned()));

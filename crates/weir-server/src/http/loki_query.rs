@@ -638,18 +638,22 @@ async fn label_values(
             .await?
         }
         None => {
-            let field = match name.as_str() {
-                "service_name" => "service",
-                "detected_level" => "level",
-                other => other,
+            // Grafana's names are a label of that name where a record has one, else the
+            // record's service or level: the values of both.
+            let fields: &[&str] = match name.as_str() {
+                "service_name" => &["service_name", "service"],
+                "detected_level" => &["detected_level", "level"],
+                other => &[other],
             };
-            let values: BTreeSet<String> = st
-                .searcher
-                .label_values(tenant, field.to_owned(), range.0, range.1)
-                .await
-                .map_err(|e| LokiError(StatusCode::INTERNAL_SERVER_ERROR, e.message))?
-                .into_iter()
-                .collect();
+            let mut values = BTreeSet::new();
+            for field in fields {
+                values.extend(
+                    st.searcher
+                        .label_values(tenant.clone(), (*field).to_owned(), range.0, range.1)
+                        .await
+                        .map_err(|e| LokiError(StatusCode::INTERNAL_SERVER_ERROR, e.message))?,
+                );
+            }
             (values, Arc::default())
         }
     };
