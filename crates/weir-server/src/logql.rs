@@ -11,9 +11,10 @@
 //! # Labels
 //!
 //! A record's stream labels are its labels plus its non-empty standard fields `service`,
-//! `namespace`, `pod`, `cluster` and `level`, with `service_name` (the service) and
-//! `detected_level` (the level) as Grafana names them. Its structured metadata is its
-//! attributes plus `trace_id` and `span_id`.
+//! `namespace`, `pod`, `cluster` and `level` (no label may take those names), with
+//! `service_name` (the service) and `detected_level` (the level) as Grafana names them,
+//! unless the record has a label of that name. Its structured metadata is its attributes
+//! plus `trace_id` and `span_id`.
 //!
 //! # Reading in windows
 //!
