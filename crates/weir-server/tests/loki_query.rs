@@ -507,3 +507,112 @@ async fn bad_queries_get_lokis_errors_naming_what_was_wrong() {
     assert_eq!(status, 200);
     node.stop().await;
 }
+
+/// A LogQL string literal for `s`.
+fn lit(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `s` as a regex that matches itself.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let meta = "\\.+*?()|[]{}^$#&-~".contains(c);
+            meta.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// One generated query: a selector of one or two matchers, up to two line filters whose
+/// needles are random pieces of stored lines (cut anywhere, so that they begin and end
+/// inside words as often as not: the pre-filter's hard case), sometimes an `or`, a parser,
+/// and sometimes a metric aggregation around it.
+fn generated_query(g: &mut Lcg, lines: &[String]) -> (String, bool) {
+    let matchers = [
+        r#"service="pay""#,
+        r#"service_name="legacy""#,
+        r#"service_name="cart""#,
+        r#"app="web""#,
+        r#"env="prod""#,
+        r#"level="warn""#,
+        r#"detected_level="error""#,
+        r#"service=~"pa.*|auth""#,
+    ];
+    let mut selector = vec![matchers[g.next(matchers.len() as u64) as usize]];
+    if g.next(2) == 0 {
+        selector.push(r#"app!="worker""#);
+    }
+    let mut q = format!("{{{}}}", selector.join(", "));
+    for _ in 0..g.next(3) {
+        let line = &lines[g.next(lines.len() as u64) as usize];
+        let chars: Vec<char> = line.chars().collect();
+        let len = 2 + g.next(10) as usize;
+        let at = g.next(chars.len().saturating_sub(len).max(1) as u64) as usize;
+        let piece: String = chars[at..(at + len).min(chars.len())].iter().collect();
+        let other = &lines[g.next(lines.len() as u64) as usize];
+        let other: String = other.chars().skip(3).take(6).collect();
+        q.push_str(&match g.next(5) {
+            0 => format!(" != {}", lit(&piece)),
+            1 => format!(" |~ {}", lit(&regex_escape(&piece))),
+            2 => format!(" |= {} or {}", lit(&piece), lit(&other)),
+            _ => format!(" |= {}", lit(&piece)),
+        });
+    }
+    if g.next(4) == 0 {
+        q.push_str(" | logfmt");
+    }
+    match g.next(4) {
+        0 => (format!("sum by (level) (count_over_time({q} [1m]))"), true),
+        1 => (format!("sum(bytes_over_time({q} [5m]))"), true),
+        _ => (q, false),
+    }
+}
+
+/// Generated queries (see [`generated_query`]) answer over HTTP, with the index
+/// pre-filter and the windowed reader, exactly what the engine gives reading every
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_queries_answer_what_reading_every_line_gives() {
+    let end = now_ns() - 5 * NS;
+    let (node, all) = node_with(400, end, 400, false).await;
+    let (start, stop) = (end - 500 * NS, end + NS);
+    let lines: Vec<String> = all.0.iter().map(|e| e.line.clone()).collect();
+    let mut g = Lcg(2026);
+    let mut matched = 0;
+    for _ in 0..60 {
+        let (q, metric) = generated_query(&mut g, &lines);
+        let mut params = vec![
+            ("query", q.clone()),
+            ("start", start.to_string()),
+            ("end", stop.to_string()),
+        ];
+        let engine_params = if metric {
+            params.push(("step", "30s".to_owned()));
+            QueryParams {
+                start_ns: start,
+                end_ns: stop,
+                step_ns: 30 * NS,
+                ..QueryParams::default()
+            }
+        } else {
+            params.push(("limit", "1000".to_owned()));
+            QueryParams {
+                start_ns: start,
+                end_ns: stop,
+                limit: 1000,
+                direction: Direction::Backward,
+                ..QueryParams::default()
+            }
+        };
+        let (status, body) = get(&node, "/loki/api/v1/query_range", &params).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        let want = brute(&all, &q, &engine_params);
+        matched += usize::from(want.as_array().is_some_and(|a| !a.is_empty()));
+        assert_eq!(json(&body)["data"]["result"], want, "{q}");
+    }
+    assert!(
+        matched >= 20,
+        "only {matched} of 60 generated queries match anything"
+    );
+    node.stop().await;
+}
