@@ -616,3 +616,103 @@ async fn generated_queries_answer_what_reading_every_line_gives() {
     );
     node.stop().await;
 }
+
+/// `index/volume` and `volume_range` (Grafana's Logs Drilldown): the bytes of the lines
+/// per label set of the selector's labels (or `targetLabels`), largest first, or per
+/// label name with `aggregateBy=labels`; the same bytes as the records sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_the_bytes_of_the_lines_per_label_set() {
+    let end = now_ns() - 5 * NS;
+    let (node, all) = node_with(300, end, 300, false).await;
+    let (start, stop) = (end - 400 * NS, end + NS);
+    let bytes_where = |f: &dyn Fn(&weir_logql::Entry) -> bool| -> u64 {
+        all.0
+            .iter()
+            .filter(|e| f(e))
+            .map(|e| e.line.len() as u64)
+            .sum()
+    };
+    let range = [("start", start.to_string()), ("end", stop.to_string())];
+    let ask = |extra: Vec<(&'static str, String)>, path: &'static str| {
+        let mut params = range.to_vec();
+        params.extend(extra);
+        let node = &node;
+        async move {
+            let (status, body) = get(node, path, &params).await;
+            assert_eq!(status, 200, "{body}");
+            json(&body)["data"].clone()
+        }
+    };
+    let v = ask(
+        vec![("query", r#"{service="pay"}"#.to_owned())],
+        "/loki/api/v1/index/volume",
+    )
+    .await;
+    assert_eq!(v["resultType"], "vector");
+    assert_eq!(
+        v["result"][0]["metric"],
+        serde_json::json!({"service": "pay"})
+    );
+    let pay = bytes_where(&|e| e.stream.get("service").is_some_and(|s| s == "pay"));
+    assert_eq!(v["result"][0]["value"][1], pay.to_string());
+
+    let v = ask(
+        vec![
+            ("query", r#"{env="prod"}"#.to_owned()),
+            ("targetLabels", "app".to_owned()),
+        ],
+        "/loki/api/v1/index/volume",
+    )
+    .await;
+    let got: Vec<(String, String)> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["app"].as_str().unwrap().to_owned(),
+                s["value"][1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = ["web", "worker"]
+        .iter()
+        .map(|a| {
+            let b = bytes_where(&|e| e.stream.get("app").is_some_and(|s| s == a));
+            ((*a).to_owned(), b.to_string())
+        })
+        .collect();
+    want.sort_by(|a, b| {
+        b.1.parse::<u64>()
+            .unwrap()
+            .cmp(&a.1.parse::<u64>().unwrap())
+    });
+    assert_eq!(got, want, "largest first");
+
+    let v = ask(
+        vec![
+            ("query", r#"{env="prod"}"#.to_owned()),
+            ("aggregateBy", "labels".to_owned()),
+        ],
+        "/loki/api/v1/index/volume",
+    )
+    .await;
+    assert_eq!(v["result"][0]["metric"], serde_json::json!({"env": ""}));
+    assert_eq!(
+        v["result"][0]["value"][1],
+        bytes_where(&|_| true).to_string()
+    );
+
+    let v = ask(
+        vec![
+            ("query", r#"{service="pay"}"#.to_owned()),
+            ("step", "60s".to_owned()),
+        ],
+        "/loki/api/v1/index/volume_range",
+    )
+    .await;
+    assert_eq!(v["resultType"], "matrix");
+    let points = v["result"][0]["values"].as_array().unwrap();
+    assert!(points.len() > 4, "{v}");
+    node.stop().await;
+}

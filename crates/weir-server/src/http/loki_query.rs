@@ -7,6 +7,8 @@
 //! - `/loki/api/v1/labels` (also `/label`), `/loki/api/v1/label/{name}/values`: from the
 //!   index's label terms, or, with `query`, from the records the selector picks.
 //! - `/loki/api/v1/series` (`match[]`, `match`), `/loki/api/v1/index/stats`.
+//! - `/loki/api/v1/index/volume` and `volume_range`: bytes per label set, evaluated as
+//!   the LogQL query `sum by (<labels>) (bytes_over_time(<selector>[<range>]))`.
 //! - `/loki/api/v1/tail`: live tail over WebSocket (see [`super::tail`]).
 //!
 //! Parameters come from the query string or, for `POST`, a form body, as Loki takes them.
@@ -67,6 +69,11 @@ pub fn router(st: Arc<NodeState>) -> Router {
         .route(
             "/loki/api/v1/index/stats",
             get(index_stats).post(index_stats),
+        )
+        .route("/loki/api/v1/index/volume", get(volume).post(volume))
+        .route(
+            "/loki/api/v1/index/volume_range",
+            get(volume_range).post(volume_range),
         )
         .route("/loki/api/v1/tail", get(tail))
         .with_state(Ctx { st, slots })
@@ -734,6 +741,169 @@ async fn index_stats(State(ctx): State<Ctx>, LokiRequest { p, tenant, .. }: Loki
         "entries": acc.entries,
     }))
     .into_response())
+}
+
+/// The LogQL queries behind a volume request, each with the labels its series carry when
+/// `aggregateBy=labels` (one query per label name, its series labelled `{name=""}`).
+fn volume_queries(p: &Params, range: &str) -> Result<Vec<(String, Option<String>)>, LokiError> {
+    let q = p
+        .get("query")
+        .ok_or_else(|| bad("query parameter is required"))?;
+    let sel = selector_of(q)?;
+    if !sel.pipeline.is_empty() {
+        return Err(bad(format!(
+            "{q:?}: volume takes a stream selector only, without filters"
+        )));
+    }
+    let labels: Vec<String> = match p.get("targetLabels") {
+        Some(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => {
+            let mut names: Vec<String> = sel.selector.iter().map(|m| m.name.clone()).collect();
+            names.dedup();
+            names
+        }
+    };
+    if let Some(bad_name) = labels.iter().find(|l| {
+        !l.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }) {
+        return Err(bad(format!(
+            "targetLabels: {bad_name:?} is not a label name"
+        )));
+    }
+    let selector = sel.to_string();
+    match p.get("aggregateBy").unwrap_or("series") {
+        "series" => Ok(vec![(
+            format!(
+                "sum by ({}) (bytes_over_time({selector}[{range}]))",
+                labels.join(", ")
+            ),
+            None,
+        )]),
+        "labels" => Ok(labels
+            .into_iter()
+            .map(|l| {
+                let with = format!("{}, {l}=~\".+\"}}", selector.trim_end_matches('}'));
+                (format!("sum(bytes_over_time({with}[{range}]))"), Some(l))
+            })
+            .collect()),
+        other => Err(bad(format!(
+            "aggregateBy must be series or labels, not {other:?}"
+        ))),
+    }
+}
+
+/// Runs the volume queries; the series (or samples) with the most bytes first, at most
+/// `limit` (default 100).
+async fn volume_answer(
+    ctx: &Ctx,
+    tenant: String,
+    p: &Params,
+    params: QueryParams,
+    range: &str,
+) -> Answer {
+    let limit = match p.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad(format!("invalid limit {v:?}")))?,
+    };
+    let queries = volume_queries(p, range)?;
+    let (results, stats, _) = run(ctx, tenant, move |src| {
+        let mut out = Vec::new();
+        for (q, label) in queries {
+            let expr = weir_logql::parse(&q).map_err(EngineError::Parse)?;
+            out.push((weir_logql::evaluate(&expr, &params, src)?, label));
+        }
+        Ok(out)
+    })
+    .await?;
+    let relabel = |labels: &mut weir_logql::Labels, label: &Option<String>| {
+        if let Some(l) = label {
+            *labels = [(l.clone(), String::new())].into();
+        }
+    };
+    let mut samples = Vec::new();
+    let mut series = Vec::new();
+    for (result, label) in results {
+        match result {
+            QueryResult::Vector(v) => samples.extend(v.into_iter().map(|mut s| {
+                relabel(&mut s.labels, &label);
+                s
+            })),
+            QueryResult::Matrix(m) => series.extend(m.into_iter().map(|mut s| {
+                relabel(&mut s.labels, &label);
+                s
+            })),
+            _ => {}
+        }
+    }
+    let data = if series.is_empty() {
+        samples.sort_by(|a, b| {
+            b.value
+                .total_cmp(&a.value)
+                .then_with(|| a.labels.cmp(&b.labels))
+        });
+        samples.truncate(limit);
+        QueryResult::Vector(samples).to_loki_json(false)
+    } else {
+        let total = |s: &weir_logql::Series| s.points.iter().map(|(_, v)| v).sum::<f64>();
+        series.sort_by(|a, b| {
+            total(b)
+                .total_cmp(&total(a))
+                .then_with(|| a.labels.cmp(&b.labels))
+        });
+        series.truncate(limit);
+        QueryResult::Matrix(series).to_loki_json(false)
+    };
+    Ok(success(data, &stats))
+}
+
+/// `index/volume`: bytes per label set over `(start, end]`, as a vector at `end`.
+async fn volume(State(ctx): State<Ctx>, LokiRequest { p, tenant, .. }: LokiRequest) -> Answer {
+    let (start, end) = p.range(&ctx.st)?;
+    let range = weir_logql::units::format_duration((end - start).max(1));
+    let params = QueryParams {
+        start_ns: end,
+        end_ns: end,
+        step_ns: 0,
+        limit: 1,
+        direction: Direction::Backward,
+        instant: true,
+        limits: limits(&ctx.st),
+    };
+    volume_answer(&ctx, tenant, &p, params, &range).await
+}
+
+/// `index/volume_range`: bytes per label set in each step, as a matrix.
+async fn volume_range(
+    State(ctx): State<Ctx>,
+    LokiRequest { p, tenant, .. }: LokiRequest,
+) -> Answer {
+    let (start, end) = p.range(&ctx.st)?;
+    let step = match p.get("step") {
+        Some(s) => parse_step(s)
+            .ok_or_else(|| bad(format!("invalid step {s:?}: a duration (15s) or seconds")))?,
+        None => ((end - start) / NS / 250).max(1) * NS,
+    };
+    let range = weir_logql::units::format_duration(step);
+    let params = QueryParams {
+        start_ns: start,
+        end_ns: end,
+        step_ns: step,
+        limit: 1,
+        direction: Direction::Backward,
+        instant: false,
+        limits: limits(&ctx.st),
+    };
+    volume_answer(&ctx, tenant, &p, params, &range).await
 }
 
 #[cfg(test)]
