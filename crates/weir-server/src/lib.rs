@@ -211,6 +211,9 @@ impl Node {
         // Replays in HTTP handlers watch the mirror's stop signal; without it the HTTP
         // server's graceful shutdown would wait for them.
         self.mirror.signal_stop();
+        // Open tails end here; the HTTP server's graceful shutdown would wait for them.
+        let tail = self.state.tail.clone();
+        tokio::task::spawn_blocking(move || tail.stop()).await?;
         let grpc = self.grpc_task.await;
         let http = self.http_task.await;
         if let Some(t) = self.peer_task {
@@ -223,9 +226,7 @@ impl Node {
         self.mirror.shutdown().await;
         let raft = self.raft.clone();
         let indexers = self.indexers;
-        let tail = self.state.tail.clone();
         tokio::task::spawn_blocking(move || {
-            tail.stop();
             raft.shutdown();
             for i in indexers {
                 i.stop();

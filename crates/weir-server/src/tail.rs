@@ -29,7 +29,9 @@ const READ_BYTES_MAX: usize = 4 << 20;
 pub struct TailHub {
     raft: Arc<RaftNode>,
     shards: u32,
-    tx: broadcast::Sender<Arc<StoredBatch>>,
+    /// `None` once stopped: with the last sender gone, every reader's stream ends, so
+    /// that open tails do not hold up the HTTP server's graceful shutdown.
+    tx: Mutex<Option<broadcast::Sender<Arc<StoredBatch>>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Option<Vec<JoinHandle<()>>>>,
 }
@@ -41,7 +43,7 @@ impl TailHub {
         Arc::new(TailHub {
             raft,
             shards,
-            tx,
+            tx: Mutex::new(Some(tx)),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(None),
         })
@@ -50,15 +52,19 @@ impl TailHub {
     /// Batches committed from now on.
     ///
     /// # Errors
-    /// When a reader thread cannot be started.
+    /// When the node is stopping, or a reader thread cannot be started.
     pub fn subscribe(&self) -> anyhow::Result<broadcast::Receiver<Arc<StoredBatch>>> {
-        let rx = self.tx.subscribe();
+        let sender = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sender) = sender.as_ref() else {
+            anyhow::bail!("the node is stopping");
+        };
+        let rx = sender.subscribe();
         let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         if threads.is_none() {
             let mut started = Vec::new();
             for shard in 0..self.shards {
                 let log = self.raft.committed_log(shard);
-                let (tx, stop) = (self.tx.clone(), self.stop.clone());
+                let (tx, stop) = (sender.clone(), self.stop.clone());
                 started.push(
                     std::thread::Builder::new()
                         .name(format!("weir-tail-{shard}"))
@@ -70,9 +76,10 @@ impl TailHub {
         Ok(rx)
     }
 
-    /// Stops the reader threads and waits for them.
+    /// Stops the reader threads and waits for them; every reader's stream then ends.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         let threads = self
             .threads
             .lock()

@@ -174,3 +174,44 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A node stops while tails are open (an SSE reader and a Loki WebSocket): their streams
+/// end, and the HTTP server's graceful shutdown does not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tails_end_when_the_node_stops() {
+    use futures_util::StreamExt;
+    let node = TestNode::start().await;
+    let mut sse = reqwest::Client::new()
+        .get(format!("{}/api/v1/tail", node.http))
+        .query(&[("query", r#"{service="pay"}"#)])
+        .send()
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/loki/api/v1/tail?query={}",
+        node.http.replace("http://", "ws://"),
+        urlencode(r#"{service="pay"}"#)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let _history = next_json(&mut ws).await;
+    tokio::time::timeout(Duration::from_secs(15), node.stop())
+        .await
+        .expect("the node stops with tails open");
+    // Both streams end (the SSE body finishes, the socket closes or errors).
+    let sse_end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = sse.chunk().await {}
+    })
+    .await;
+    assert!(sse_end.is_ok(), "the SSE stream ended");
+    let ws_end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ws_end.is_ok(), "the WebSocket ended");
+}
