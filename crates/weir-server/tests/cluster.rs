@@ -272,6 +272,19 @@ async fn without_a_quorum_appends_fail_retryably_in_bounded_time_and_search_says
     let v = search(lone, "before").await;
     assert_eq!(v["partial"], true, "{v}");
     assert_eq!(v["missing_shards"], serde_json::json!([0, 1]), "{v}");
+    // The Loki API says so in Loki's way: a `warnings` entry naming the shards.
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/loki/api/v1/query_range", http(lone)))
+        .query(&[("query", r#"{service="checkout"} |= "before""#)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "success", "{v}");
+    let warning = v["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("shards [0, 1]"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
