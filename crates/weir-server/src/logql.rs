@@ -161,33 +161,47 @@ fn equal(name: &str, value: &str) -> Query {
             },
         })
     };
-    let canonical_level = Level::from_canonical(value).is_some();
-    match name {
-        "level" if canonical_level => exact("level"),
-        // Records always have a canonical level: nothing else can match.
-        "level" => Query::Not(Box::new(Query::All)),
-        "service_name" => Query::Or(vec![exact("service"), exact("service_name")]),
-        "detected_level" if canonical_level => {
-            Query::Or(vec![exact("level"), exact("detected_level")])
-        }
-        "detected_level" => exact("detected_level"),
-        other => exact(other),
+    // Records always have a canonical level: another level value is in no record field.
+    let in_field = |field: &str| field != "level" || Level::from_canonical(value).is_some();
+    match (name, field_of_alias(name)) {
+        ("level", _) if !in_field("level") => Query::Not(Box::new(Query::All)),
+        (alias, Some(field)) if in_field(field) => Query::Or(vec![exact(field), exact(alias)]),
+        (other, _) => exact(other),
     }
+}
+
+/// Grafana's names for two record fields: a stream label `service_name` or
+/// `detected_level` where the record has a label of that name, else the field.
+pub const GRAFANA_ALIASES: [(&str, &str); 2] =
+    [("service_name", "service"), ("detected_level", "level")];
+
+/// The record field a Grafana alias stands for, if `name` is one.
+pub fn field_of_alias(name: &str) -> Option<&'static str> {
+    GRAFANA_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map(|(_, field)| *field)
 }
 
 /// A stored record as a LogQL entry (see the module docs for the labels).
 pub fn entry_of(r: StoredRecord) -> Entry {
     let mut stream: Labels = r.labels.into_iter().collect();
     let level = Level::from_u32(r.level).map(Level::as_str).unwrap_or("");
-    for (name, value) in [
+    let fields = [
         ("service", r.service.as_str()),
         ("namespace", r.namespace.as_str()),
         ("pod", r.pod.as_str()),
         ("cluster", r.cluster.as_str()),
         ("level", level),
-        ("service_name", r.service.as_str()),
-        ("detected_level", level),
-    ] {
+    ];
+    let aliases = GRAFANA_ALIASES.iter().map(|(alias, field)| {
+        let value = fields
+            .iter()
+            .find(|(f, _)| f == field)
+            .map_or("", |(_, v)| *v);
+        (*alias, value)
+    });
+    for (name, value) in fields.into_iter().chain(aliases) {
         if !value.is_empty() {
             stream
                 .entry(name.to_owned())

@@ -604,11 +604,10 @@ async fn labels(State(ctx): State<Ctx>, LokiRequest { p, tenant, .. }: LokiReque
                 .map_err(|e| LokiError(StatusCode::INTERNAL_SERVER_ERROR, e.message))?
                 .into_iter()
                 .collect();
-            if names.contains("service") {
-                names.insert("service_name".to_owned());
-            }
-            if names.contains("level") {
-                names.insert("detected_level".to_owned());
+            for (alias, field) in crate::logql::GRAFANA_ALIASES {
+                if names.contains(field) {
+                    names.insert(alias.to_owned());
+                }
             }
             (names, Arc::default())
         }
@@ -647,16 +646,14 @@ async fn label_values(
         None => {
             // Grafana's names are a label of that name where a record has one, else the
             // record's service or level: the values of both.
-            let fields: &[&str] = match name.as_str() {
-                "service_name" => &["service_name", "service"],
-                "detected_level" => &["detected_level", "level"],
-                other => &[other],
-            };
+            let fields: Vec<&str> = std::iter::once(name.as_str())
+                .chain(crate::logql::field_of_alias(&name))
+                .collect();
             let mut values = BTreeSet::new();
             for field in fields {
                 values.extend(
                     st.searcher
-                        .label_values(tenant.clone(), (*field).to_owned(), range.0, range.1)
+                        .label_values(tenant.clone(), field.to_owned(), range.0, range.1)
                         .await
                         .map_err(|e| LokiError(StatusCode::INTERNAL_SERVER_ERROR, e.message))?,
                 );
