@@ -116,9 +116,14 @@ async fn wait_health(m: &Member, want: &str) -> serde_json::Value {
 }
 
 async fn search(m: &Member, q: &str) -> serde_json::Value {
+    get_json(m, "/api/v1/search", &[("q", q), ("limit", "100")]).await
+}
+
+/// GET `path` on `m` with `params`, as JSON.
+async fn get_json(m: &Member, path: &str, params: &[(&str, &str)]) -> serde_json::Value {
     reqwest::Client::new()
-        .get(format!("{}/api/v1/search", http(m)))
-        .query(&[("q", q), ("limit", "100")])
+        .get(format!("{}{path}", http(m)))
+        .query(params)
         .send()
         .await
         .unwrap()
@@ -273,15 +278,12 @@ async fn without_a_quorum_appends_fail_retryably_in_bounded_time_and_search_says
     assert_eq!(v["partial"], true, "{v}");
     assert_eq!(v["missing_shards"], serde_json::json!([0, 1]), "{v}");
     // The Loki API says so in Loki's way: a `warnings` entry naming the shards.
-    let v: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/loki/api/v1/query_range", http(lone)))
-        .query(&[("query", r#"{service="checkout"} |= "before""#)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = get_json(
+        lone,
+        "/loki/api/v1/query_range",
+        &[("query", r#"{service="checkout"} |= "before""#)],
+    )
+    .await;
     assert_eq!(v["status"], "success", "{v}");
     let warning = v["warnings"][0].as_str().unwrap_or_default();
     assert!(warning.contains("shards [0, 1]"), "{v}");
@@ -517,7 +519,6 @@ async fn logql_and_histograms_gather_every_shard_on_every_node() {
             .await
             .expect("append accepted");
     }
-    let client = reqwest::Client::new();
     for m in &members {
         let deadline = Instant::now() + Duration::from_secs(15);
         while search(m, "logql0 OR logql1 OR logql2").await["total"] != 120 {
@@ -528,18 +529,10 @@ async fn logql_and_histograms_gather_every_shard_on_every_node() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let v: serde_json::Value = client
-            .get(format!("{}/loki/api/v1/query", http(m)))
-            .query(&[(
+        let v: serde_json::Value = get_json(m, "/loki/api/v1/query", &[(
                 "query",
                 r#"sum by (stream) (count_over_time({service="checkout"} |~ "logql[0-2] item" [10m]))"#,
-            )])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            )]).await;
         assert!(v.get("warnings").is_none(), "{v}");
         let mut per_stream: Vec<(String, String)> = v["data"]["result"]
             .as_array()
@@ -557,15 +550,12 @@ async fn logql_and_histograms_gather_every_shard_on_every_node() {
             (0..5).map(|s| (format!("s{s}"), "24".to_owned())).collect();
         assert_eq!(per_stream, want, "node {}: {v}", m.cfg.cluster.node_id);
 
-        let v: serde_json::Value = client
-            .get(format!("{}/loki/api/v1/query_range", http(m)))
-            .query(&[("query", r#"{stream="s3"} |= "logql1""#), ("limit", "100")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: serde_json::Value = get_json(
+            m,
+            "/loki/api/v1/query_range",
+            &[("query", r#"{stream="s3"} |= "logql1""#), ("limit", "100")],
+        )
+        .await;
         let lines: usize = v["data"]["result"]
             .as_array()
             .unwrap()
@@ -574,15 +564,15 @@ async fn logql_and_histograms_gather_every_shard_on_every_node() {
             .sum();
         assert_eq!(lines, 8, "node {}: {v}", m.cfg.cluster.node_id);
 
-        let h: weir_proto::api::search::HistogramResponse = client
-            .get(format!("{}/api/v1/histogram", http(m)))
-            .query(&[("q", "logql0 OR logql1 OR logql2"), ("interval", "1h")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: weir_proto::api::search::HistogramResponse = serde_json::from_value(
+            get_json(
+                m,
+                "/api/v1/histogram",
+                &[("q", "logql0 OR logql1 OR logql2"), ("interval", "1h")],
+            )
+            .await,
+        )
+        .unwrap();
         assert_eq!(
             (h.total, h.partial),
             (120, false),
