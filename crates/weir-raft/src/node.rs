@@ -2095,7 +2095,20 @@ impl CommittedLog for ShardLog {
         // range ends, so a caller always makes progress.
         while next <= hi && out.is_empty() {
             raw.clear();
-            self.reader.read_range(next, hi, max_bytes, &mut raw)?;
+            if let Err(e) = self.reader.read_range(next, hi, max_bytes, &mut raw) {
+                // A snapshot install or compaction may drop the segments between the check
+                // above and this read: the caller learns the range was compacted, as the
+                // contract says, rather than a WAL error.
+                let first = self.first_index();
+                if next < first {
+                    return Err(Error::Compacted {
+                        shard: self.shard,
+                        index: next,
+                        first,
+                    });
+                }
+                return Err(e);
+            }
             let Some(last) = raw.last().map(|(i, _)| *i) else {
                 break;
             };
