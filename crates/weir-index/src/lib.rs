@@ -54,6 +54,7 @@
 //! ```
 
 mod collect;
+mod count;
 mod durable;
 mod idkey;
 mod page;
@@ -63,6 +64,9 @@ mod shard;
 
 use std::path::PathBuf;
 
+pub use count::{
+    merge_counts, CountRequest, GroupCounts, LabelFilter, LabelSource, ValuePredicate,
+};
 pub use page::{merge, Cursor, Hit, HitKey, ShardHits, Sort};
 pub use query::{
     parse_query, Match, Pattern, Query, QueryError, BODY_FIELD, EXACT_FIELDS, MAX_NESTING,

@@ -609,6 +609,25 @@ impl ShardIndex {
         Ok(ShardHits { hits, total })
     }
 
+    /// Counts `req.tenant`'s records per group of label values and time bucket, from the
+    /// index alone (see [`crate::CountRequest`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a bucket layout that is empty or needs more than
+    /// `req.cells_max` counters; tantivy and I/O errors.
+    pub fn count(&self, req: &crate::CountRequest) -> Result<Vec<crate::GroupCounts>> {
+        let tenant = tenant_or_default(&req.tenant);
+        let parts: Vec<(Searcher, PathBuf)> = self
+            .overlapping(req.origin_ns, req.end_ns())
+            .iter()
+            .map(|p| (p.reader.searcher(), p.dir.clone()))
+            .collect();
+        self.partitions_searched
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        crate::count::count(&parts, &self.fields, tenant, req)
+    }
+
     fn fetch(
         &self,
         searcher: &Searcher,
