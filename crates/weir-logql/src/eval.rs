@@ -12,7 +12,7 @@ use crate::ast::*;
 use crate::error::{EngineError, Result};
 use crate::pipeline::{CompiledUnwrap, Pipeline, ERROR_LABEL};
 use crate::result::{QueryResult, Sample, Series, Stream, StreamEntry};
-use crate::source::{hints, Direction, Source};
+use crate::source::{hints, CountRequest, Direction, Source};
 use crate::vector::{self, SeriesVec, Value};
 use crate::{Entry, Labels};
 
@@ -453,6 +453,11 @@ impl<'a> Pushdown<'a> {
 
 fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>, push: Option<&Pushdown<'_>>) -> Result<SeriesVec> {
     let range = range_ns(ra, ctx.params)?;
+    if let Some(p) = push {
+        if let Some(counted) = count_range(ra, ctx, p, range)? {
+            return Ok(counted);
+        }
+    }
     let pipeline = Pipeline::new(&ra.log)?;
     let unwrap = ra.unwrap.as_ref().map(|u| CompiledUnwrap {
         label: u.label.clone(),
@@ -511,6 +516,93 @@ fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>, push: Option<&Pushdown<'_>>) -> Resu
         out.sort_by(|a, b| a.0.cmp(&b.0));
     }
     Ok(out)
+}
+
+/// The most buckets the engine asks a source to count.
+const COUNT_BUCKETS_MAX: usize = 1 << 20;
+
+/// A pushed-down `sum` over `count_over_time` or `rate` of a bare selector, answered by
+/// [`Source::count`] when the source can count without reading: the buckets are the
+/// greatest common divisor of the step and the range, so that every entry of a bucket
+/// falls in the same step windows. `None` when the query is not of that shape or the
+/// source cannot count it.
+fn count_range(
+    ra: &RangeAgg,
+    ctx: &Ctx<'_>,
+    p: &Pushdown<'_>,
+    range: i64,
+) -> Result<Option<SeriesVec>> {
+    let only_drops_error = ra.log.pipeline.iter().all(|s| match s {
+        Stage::Drop { labels } => labels
+            .iter()
+            .all(|l| matches!(l, LabelSel::Name(n) if n == ERROR_LABEL)),
+        _ => false,
+    });
+    let counts_lines = matches!(ra.op, RangeOp::CountOverTime | RangeOp::Rate);
+    if p.op != VectorOp::Sum
+        || !counts_lines
+        || ra.unwrap.is_some()
+        || ra.grouping.is_some()
+        || !only_drops_error
+    {
+        return Ok(None);
+    }
+    let group_by: &[String] = match p.groupings.first() {
+        Some(None) | None => &[],
+        Some(Some(g)) if !g.without => &g.labels,
+        Some(Some(_)) => return Ok(None),
+    };
+    // One step (an instant query) has one window: one bucket.
+    let width = if ctx.steps.n == 1 {
+        range
+    } else {
+        gcd(ctx.steps.step, range)
+    };
+    let span = ctx.steps.last() - ctx.steps.start;
+    let buckets = usize::try_from(span / width + range / width).unwrap_or(usize::MAX);
+    if width <= 0 || buckets == 0 || buckets > COUNT_BUCKETS_MAX {
+        return Ok(None);
+    }
+    let off = ra.offset_ns;
+    let origin = ctx
+        .steps
+        .start
+        .saturating_sub(off)
+        .saturating_sub(range)
+        .saturating_add(1);
+    let req = CountRequest {
+        selector: &ra.log.selector,
+        group_by,
+        origin_ns: origin,
+        width_ns: width,
+        buckets,
+    };
+    let Some(groups) = ctx.source.count(&req) else {
+        return Ok(None);
+    };
+    let mut acc = RangeAcc::new(ra, ctx.steps, range, ctx.params.limits, Some(p.op));
+    for (labels, counts) in groups? {
+        let key = p.key(&labels);
+        for (k, n) in counts.into_iter().enumerate() {
+            if n > 0 {
+                let ts = origin
+                    .saturating_add(width.saturating_mul(k as i64))
+                    .saturating_add(off);
+                acc.add_count(key.clone(), ts, n)?;
+            }
+        }
+    }
+    let mut out = acc.finish()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Some(out))
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    let (mut a, mut b) = (a.unsigned_abs(), b.unsigned_abs());
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    i64::try_from(a).unwrap_or(0)
 }
 
 /// A range aggregation's series labels: with `unwrap`, the unwrapped label goes, and
@@ -634,6 +726,19 @@ impl<'a> RangeAcc<'a> {
         let op = self.ra.op;
         for acc in &mut self.series[i].1[lo..=hi] {
             update(acc, op, ts, v);
+        }
+        Ok(())
+    }
+
+    /// Adds `n` entries at time `ts` to a counting aggregation (`count_over_time`,
+    /// `rate` without `unwrap`: their value depends only on the count).
+    fn add_count(&mut self, labels: Labels, ts: i64, n: u64) -> Result<()> {
+        let Some((lo, hi)) = self.step_span(ts) else {
+            return Ok(());
+        };
+        let i = self.series_index(labels)?;
+        for acc in &mut self.series[i].1[lo..=hi] {
+            acc.count += n;
         }
         Ok(())
     }

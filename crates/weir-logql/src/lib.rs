@@ -121,7 +121,7 @@ pub use matcher::{MatchOp, Matcher};
 pub use parser::{parse, MAX_DEPTH};
 pub use pipeline::{Pipeline, Processed};
 pub use result::{QueryResult, Sample, Series, Stream, StreamEntry};
-pub use source::{hints, Direction, EntryIter, Hints, Source};
+pub use source::{hints, CountRequest, Direction, EntryIter, GroupCounts, Hints, Source};
 
 /// A label set, sorted by name.
 pub type Labels = std::collections::BTreeMap<String, String>;

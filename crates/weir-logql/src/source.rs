@@ -5,7 +5,7 @@ use std::str::FromStr;
 use crate::ast::{LineFilterOp, LogExpr, Stage};
 use crate::error::EngineError;
 use crate::matcher::Matcher;
-use crate::Entry;
+use crate::{Entry, Labels};
 
 /// The order entries are read and returned in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,6 +72,27 @@ impl Hints {
 /// An iterator of entries, or of the error that stopped the source.
 pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry, EngineError>> + 'a>;
 
+/// A count of entries per group and time bucket that the engine may ask of a source in
+/// place of reading the entries (see [`Source::count`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CountRequest<'a> {
+    /// The entries counted: those whose stream labels satisfy every matcher.
+    pub selector: &'a [Matcher],
+    /// The stream labels whose values make a group.
+    pub group_by: &'a [String],
+    /// Bucket `k` holds the entries with `origin_ns + k * width_ns <= ts < origin_ns +
+    /// (k + 1) * width_ns`.
+    pub origin_ns: i64,
+    /// Bucket width, > 0.
+    pub width_ns: i64,
+    /// Number of buckets, > 0.
+    pub buckets: usize,
+}
+
+/// Per group (the `group_by` labels it has, with their values), the entries in each
+/// bucket.
+pub type GroupCounts = Vec<(Labels, Vec<u64>)>;
+
 /// The storage layer, as the engine sees it.
 pub trait Source {
     /// Every entry in `[start_ns, end_ns)` whose stream labels satisfy `selector`, in the
@@ -89,4 +110,17 @@ pub trait Source {
         end_ns: i64,
         direction: Direction,
     ) -> Result<EntryIter<'_>, EngineError>;
+
+    /// Counts entries per group and bucket without reading them, when the source can do
+    /// so exactly: the answer must equal counting, per bucket, the entries
+    /// [`Source::select`] returns that satisfy the selector, keyed by the values of the
+    /// `group_by` labels each has. `None` when it cannot (the engine then reads the
+    /// entries); the default.
+    ///
+    /// The engine asks only where a count is the whole answer: `sum` (by labels, or
+    /// without grouping) over `count_over_time` or `rate` of a selector with no line
+    /// filter or parser.
+    fn count(&self, _req: &CountRequest<'_>) -> Option<Result<GroupCounts, EngineError>> {
+        None
+    }
 }

@@ -30,6 +30,10 @@ pub struct VecSource {
     pub entries: Vec<Entry>,
     pub use_hints: bool,
     pub selects: Cell<usize>,
+    /// Answer [`Source::count`] (by counting the entries) instead of declining.
+    pub use_counts: bool,
+    /// How many counts were asked.
+    pub counts: Cell<usize>,
 }
 
 impl VecSource {
@@ -38,6 +42,8 @@ impl VecSource {
             entries,
             use_hints: false,
             selects: Cell::new(0),
+            use_counts: false,
+            counts: Cell::new(0),
         }
     }
 }
@@ -65,6 +71,32 @@ impl Source for VecSource {
             out.reverse();
         }
         Ok(Box::new(out.into_iter().map(Ok)))
+    }
+
+    fn count(&self, req: &CountRequest<'_>) -> Option<Result<GroupCounts, EngineError>> {
+        if !self.use_counts {
+            return None;
+        }
+        self.counts.set(self.counts.get() + 1);
+        let mut groups: std::collections::BTreeMap<Labels, Vec<u64>> = Default::default();
+        let end = req.origin_ns + req.width_ns * req.buckets as i64;
+        for e in &self.entries {
+            if e.ts_ns < req.origin_ns || e.ts_ns >= end {
+                continue;
+            }
+            if !req.selector.iter().all(|m| m.matches_labels(&e.stream)) {
+                continue;
+            }
+            let key: Labels = e
+                .stream
+                .iter()
+                .filter(|(k, _)| req.group_by.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let counts = groups.entry(key).or_insert_with(|| vec![0; req.buckets]);
+            counts[((e.ts_ns - req.origin_ns) / req.width_ns) as usize] += 1;
+        }
+        Some(Ok(groups.into_iter().collect()))
     }
 }
 
