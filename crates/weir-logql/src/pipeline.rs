@@ -565,31 +565,129 @@ fn json_all(st: &mut State<'_>) {
         return;
     };
     let mut out = Vec::new();
-    flatten(&map, None, &mut out);
+    flatten(&map, None, &mut Vec::new(), &mut |k, _, v| out.push((k, v)));
     for (k, v) in out {
         st.set_extracted(&k, v);
     }
 }
 
-fn flatten(
-    map: &serde_json::Map<String, serde_json::Value>,
+/// Calls `out(label, path, value)` for every scalar of a JSON object, nested objects
+/// flattened with `_`; `path` is the keys from the root as the line writes them (what
+/// field detection reports as `jsonPath`, so a client can name the value in `| json`).
+fn flatten<'m, F: FnMut(String, &[&'m str], String)>(
+    map: &'m serde_json::Map<String, serde_json::Value>,
     prefix: Option<&str>,
-    out: &mut Vec<(String, String)>,
+    path: &mut Vec<&'m str>,
+    out: &mut F,
 ) {
     for (k, v) in map {
         let key = match prefix {
             None => sanitize(k, true),
             Some(p) => format!("{p}_{}", sanitize(k, false)),
         };
+        path.push(k);
         match v {
-            serde_json::Value::Object(inner) => flatten(inner, Some(&key), out),
+            serde_json::Value::Object(inner) => flatten(inner, Some(&key), path, out),
             other => {
                 if let Some(s) = json_scalar(other) {
-                    out.push((key, s));
+                    out(key, path, s);
                 }
             }
         }
+        path.pop();
     }
+}
+
+/// The parser field detection read a line with (see [`line_fields`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LineFormat {
+    /// The line is a JSON object.
+    Json,
+    /// Anything else, read as logfmt (which may find nothing in prose).
+    Logfmt,
+}
+
+impl LineFormat {
+    /// The parser's name in LogQL and in Loki's `detected_fields` answer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineFormat::Json => "json",
+            LineFormat::Logfmt => "logfmt",
+        }
+    }
+}
+
+/// One field of a line, as the `json` or `logfmt` stage would extract it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineField {
+    /// The label name the stage gives it (sanitised, nested JSON keys joined with `_`,
+    /// `_extracted` appended when the stream has a label of that name).
+    pub name: String,
+    /// Its value (never empty: labels with an empty value do not exist).
+    pub value: String,
+    /// For a JSON field, the keys from the root to the value as the line writes them,
+    /// unsanitised (`{"a":{"b-c":1}}` gives `["a", "b-c"]` for `a_b_c`); empty for logfmt.
+    pub json_path: Vec<String>,
+}
+
+/// The fields of `line` as Loki's field detection finds them: the `json` stage's labels
+/// when the line is a JSON object, else the `logfmt` stage's (Loki tries json, then
+/// logfmt). Names are the ones `| json` or `| logfmt` would give on a stream labelled
+/// `stream`; a name seen twice keeps its last value. Sorted by name.
+///
+/// ```
+/// use weir_logql::pipeline::{line_fields, LineFormat};
+/// use weir_logql::Labels;
+///
+/// let stream: Labels = [("app".to_string(), "pay".to_string())].into();
+/// let (format, fields) = line_fields(r#"{"app":"x","req":{"id":7}}"#, &stream);
+/// assert_eq!(format, LineFormat::Json);
+/// assert_eq!(fields[0].name, "app_extracted");
+/// assert_eq!(fields[1].name, "req_id");
+/// assert_eq!(fields[1].json_path, ["req", "id"]);
+/// let (format, fields) = line_fields("took=5ms ok", &stream);
+/// assert_eq!((format, fields.len()), (LineFormat::Logfmt, 1));
+/// ```
+pub fn line_fields(line: &str, stream: &Labels) -> (LineFormat, Vec<LineField>) {
+    let mut found: std::collections::BTreeMap<String, LineField> = Default::default();
+    let mut set = |name: String, value: String, json_path: Vec<String>| {
+        if name.is_empty() {
+            return;
+        }
+        let name = if stream.contains_key(&name) {
+            format!("{name}_extracted")
+        } else {
+            name
+        };
+        // As `set_extracted`: an empty value removes the label an earlier key set.
+        if value.is_empty() {
+            found.remove(&name);
+        } else {
+            found.insert(
+                name.clone(),
+                LineField {
+                    name,
+                    value,
+                    json_path,
+                },
+            );
+        }
+    };
+    let format = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(map)) => {
+            flatten(&map, None, &mut Vec::new(), &mut |k, path, v| {
+                set(k, v, path.iter().map(|p| p.to_string()).collect())
+            });
+            LineFormat::Json
+        }
+        _ => {
+            for (k, v) in logfmt_pairs(line) {
+                set(sanitize(&k, true), v, Vec::new());
+            }
+            LineFormat::Logfmt
+        }
+    };
+    (format, found.into_values().collect())
 }
 
 fn json_fields(fields: &[(String, Vec<PathElem>)], st: &mut State<'_>) {
@@ -838,5 +936,93 @@ fn typed_filter(
             }
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(kv: &[(&str, &str)]) -> Labels {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Field detection must name a field exactly as `| json` / `| logfmt` would, or a
+    /// filter Grafana builds from a detected field matches nothing.
+    #[test]
+    fn line_fields_are_named_as_the_parsers_name_them() {
+        let s = stream(&[("app", "pay"), ("level", "info")]);
+        for line in [
+            r#"{"app":"x","user-id":"u1","req":{"path":"/a","2nd":true},"n":null,"arr":[1]}"#,
+            r#"app=x user-id=u1 req_path=/a took="5 ms" empty= bare"#,
+        ] {
+            let (format, fields) = line_fields(line, &s);
+            let entry = Entry {
+                ts_ns: 0,
+                line: line.to_string(),
+                stream: s.clone(),
+                metadata: Labels::new(),
+            };
+            let stage = if format == LineFormat::Json {
+                "json"
+            } else {
+                "logfmt"
+            };
+            assert_eq!(stage, format.as_str());
+            let query = crate::parse(&format!(r#"{{app="pay"}} | {stage}"#)).unwrap();
+            let crate::Expr::Log(log) = query else {
+                unreachable!()
+            };
+            let parsed = Pipeline::new(&log).unwrap().process(&entry).unwrap().parsed;
+            let got: Labels = fields
+                .iter()
+                .map(|f| (f.name.clone(), f.value.clone()))
+                .collect();
+            assert_eq!(got, parsed, "{line}");
+        }
+    }
+
+    #[test]
+    fn json_fields_carry_their_path_as_written() {
+        let (format, fields) = line_fields(
+            r#"{"status":200,"user-id":"u1","req":{"2nd":{"x.y":1.5}}}"#,
+            &stream(&[("status", "s")]),
+        );
+        assert_eq!(format, LineFormat::Json);
+        let paths: Vec<(&str, Vec<&str>)> = fields
+            .iter()
+            .map(|f| {
+                (
+                    f.name.as_str(),
+                    f.json_path.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("req_2nd_x_y", vec!["req", "2nd", "x.y"]),
+                ("status_extracted", vec!["status"]),
+                ("user_id", vec!["user-id"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_a_json_object_is_read_as_logfmt() {
+        for line in [r#"[1,2]"#, r#"{"a":1} trailing"#, "plain words only", ""] {
+            let (format, _) = line_fields(line, &Labels::new());
+            assert_eq!(format, LineFormat::Logfmt, "{line}");
+        }
+        let (_, fields) = line_fields("plain words only", &Labels::new());
+        assert!(fields.is_empty());
+        let (_, fields) = line_fields("a=1 a=2 b=3 b=", &Labels::new());
+        let got: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.value.as_str()))
+            .collect();
+        assert_eq!(got, [("a", "2")]);
     }
 }
