@@ -9,6 +9,8 @@
 //! - `/loki/api/v1/series` (`match[]`, `match`), `/loki/api/v1/index/stats`.
 //! - `/loki/api/v1/index/volume` and `volume_range`: bytes per label set, evaluated as
 //!   the LogQL query `sum by (<labels>) (bytes_over_time(<selector>[<range>]))`.
+//! - `/loki/api/v1/detected_fields`, `/loki/api/v1/detected_field/{name}/values`: the
+//!   fields of a sample of the query's lines (see [`super::loki_detected`]).
 //! - `/loki/api/v1/tail`: live tail over WebSocket (see [`super::tail`]).
 //!
 //! Parameters come from the query string or, for `POST`, a form body, as Loki takes them.
@@ -45,8 +47,8 @@ const ENCODING_FLAGS: &str = "x-loki-response-encoding-flags";
 
 /// The router's state: the node, and the slots queries wait for.
 #[derive(Clone)]
-struct Ctx {
-    st: Arc<NodeState>,
+pub(super) struct Ctx {
+    pub(super) st: Arc<NodeState>,
     slots: Arc<Semaphore>,
 }
 
@@ -75,6 +77,15 @@ pub fn router(st: Arc<NodeState>) -> Router {
             "/loki/api/v1/index/volume_range",
             get(volume_range).post(volume_range),
         )
+        .route(
+            "/loki/api/v1/detected_fields",
+            get(super::loki_detected::detected_fields).post(super::loki_detected::detected_fields),
+        )
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(super::loki_detected::detected_field_values)
+                .post(super::loki_detected::detected_field_values),
+        )
         .route("/loki/api/v1/tail", get(tail))
         .with_state(Ctx { st, slots })
 }
@@ -93,7 +104,7 @@ impl IntoResponse for LokiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> LokiError {
+pub(super) fn bad(msg: impl Into<String>) -> LokiError {
     LokiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -113,11 +124,11 @@ impl From<EngineError> for LokiError {
     }
 }
 
-type Answer = Result<Response, LokiError>;
+pub(super) type Answer = Result<Response, LokiError>;
 
 /// The request's parameters, from the query string and (for `POST`) a form body; a
 /// repeated name keeps every value in order.
-struct Params(Vec<(String, String)>);
+pub(super) struct Params(Vec<(String, String)>);
 
 impl Params {
     fn read(method: &Method, raw: Option<String>, body: &Bytes) -> Result<Params, LokiError> {
@@ -132,7 +143,7 @@ impl Params {
         Ok(Params(all))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()
@@ -162,7 +173,7 @@ impl Params {
 
     /// `start` and `end`, with Loki's defaults (`since`, else the last hour, up to now); checked against
     /// `query.range_hours_max`.
-    fn range(&self, st: &NodeState) -> Result<(i64, i64), LokiError> {
+    pub(super) fn range(&self, st: &NodeState) -> Result<(i64, i64), LokiError> {
         let now = weir_proto::now_ns();
         let end = self.time("end", now)?;
         // `since` (a duration back from `end`) stands in for `start`, as in Loki.
@@ -191,9 +202,9 @@ impl Params {
 
 /// What every Loki query endpoint reads first: its parameters (the query string, and
 /// for `POST` a form body) and its tenant.
-struct LokiRequest {
-    p: Params,
-    tenant: String,
+pub(super) struct LokiRequest {
+    pub(super) p: Params,
+    pub(super) tenant: String,
     /// `X-Loki-Response-Encoding-Flags: categorize-labels` was sent.
     categorized: bool,
 }
@@ -246,14 +257,14 @@ fn tenant(headers: &HeaderMap, st: &NodeState) -> Result<String, LokiError> {
     push_tenant(headers, &st.config).map_err(|e| bad(e.0.message))
 }
 
-fn parse_query(q: Option<&str>) -> Result<Expr, LokiError> {
+pub(super) fn parse_query(q: Option<&str>) -> Result<Expr, LokiError> {
     let q = q.ok_or_else(|| bad("query parameter is required"))?;
     weir_logql::parse(q).map_err(|e| bad(e.to_string()))
 }
 
 /// Runs `f` over an [`IndexSource`] on the blocking pool, holding a query slot; the
 /// source stops when the deadline passes or the request is dropped (client gone).
-async fn run<T: Send + 'static>(
+pub(super) async fn run<T: Send + 'static>(
     ctx: &Ctx,
     tenant: String,
     f: impl FnOnce(&IndexSource) -> Result<T, EngineError> + Send + 'static,
@@ -308,7 +319,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// The engine's limits from `[query]`.
-fn limits(st: &NodeState) -> weir_logql::Limits {
+pub(super) fn limits(st: &NodeState) -> weir_logql::Limits {
     let q = &st.config.query;
     weir_logql::Limits {
         max_series: q.series_max,

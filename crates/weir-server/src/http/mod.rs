@@ -23,6 +23,7 @@ pub mod es_search;
 pub mod histogram;
 pub mod ingest;
 pub mod loki;
+pub mod loki_detected;
 pub mod loki_query;
 pub mod otlp;
 pub mod serve;
