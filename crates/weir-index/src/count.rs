@@ -8,7 +8,8 @@
 //! Per segment, each label named by a filter or a grouping becomes an array from document
 //! to value ordinal, filled by walking the postings of the label's terms in the `labels`
 //! field (`tenant \0 name \0 value`, which holds stream labels and the standard fields
-//! alike, never attributes). The tenant's postings then drive the count. The answer is
+//! alike, never attributes). The request's query (the tenant's records, narrowed by a
+//! Weir query if one is given) then drives the count. The answer is
 //! exact: a record matches a filter when the value its label has (or `""` without one)
 //! passes the filter's predicate, as LogQL's matchers compare.
 
@@ -16,9 +17,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tantivy::query::EnableScoring;
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocId, DocSet, Searcher, SegmentReader, Term, TERMINATED};
+use tantivy::{DocId, DocSet, Searcher, SegmentReader, TERMINATED};
 
+use crate::query::Query;
 use crate::schema::{label_prefix, Fields, F_TIMESTAMP};
 use crate::{Error, Result};
 
@@ -58,6 +61,12 @@ pub struct LabelFilter {
 pub struct CountRequest {
     /// Whose records. Empty means [`weir_proto::DEFAULT_TENANT`].
     pub tenant: String,
+    /// Only records matching this query ([`Query::All`]: every record of the tenant).
+    pub query: Query,
+    /// Only records in `[start_ns, end_ns)` (besides the buckets' span).
+    pub start_ns: i64,
+    /// See `start_ns`.
+    pub end_ns: i64,
     /// Every filter must pass.
     pub filters: Vec<LabelFilter>,
     /// The labels whose values make a group, in this order.
@@ -76,9 +85,17 @@ pub struct CountRequest {
 
 impl CountRequest {
     /// The end of the last bucket, exclusive.
-    pub fn end_ns(&self) -> i64 {
+    pub fn buckets_end_ns(&self) -> i64 {
         let span = i128::from(self.width_ns) * self.buckets as i128;
         (i128::from(self.origin_ns) + span).min(i128::from(i64::MAX)) as i64
+    }
+
+    /// The times counted: `[start, end)`, the buckets' span within the request's range.
+    pub fn span(&self) -> (i64, i64) {
+        (
+            self.origin_ns.max(self.start_ns),
+            self.buckets_end_ns().min(self.end_ns),
+        )
     }
 }
 
@@ -186,11 +203,18 @@ pub(crate) fn count(
             "a count needs a positive bucket width and at least one bucket".into(),
         ));
     }
-    let (lo, hi) = (req.origin_ns, req.end_ns());
+    let (lo, hi) = req.span();
     let mut out: Vec<GroupCounts> = Vec::new();
+    if lo >= hi {
+        return Ok(out);
+    }
+    let query = fields.filtered(fields.translate(&req.query, tenant), tenant, &[], None);
     for (searcher, dir) in parts {
+        let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         for seg in searcher.segment_readers() {
-            let found = count_segment(seg, dir, fields, tenant, req, lo, hi)?;
+            let mut docs = weight.scorer(seg, 1.0)?;
+            let span = (lo, hi);
+            let found = count_segment(seg, &mut docs, dir, fields, tenant, req, span)?;
             merge_counts(&mut out, found);
             if out.len().saturating_mul(req.buckets) > req.cells_max {
                 return Err(too_many(req));
@@ -207,25 +231,16 @@ fn too_many(req: &CountRequest) -> Error {
     ))
 }
 
+/// Counts the documents of `docs` (the query's matches in `seg`) in `[lo, hi)`.
 fn count_segment(
     seg: &SegmentReader,
+    docs: &mut dyn DocSet,
     dir: &Path,
     fields: &Fields,
     tenant: &str,
     req: &CountRequest,
-    lo: i64,
-    hi: i64,
+    (lo, hi): (i64, i64),
 ) -> Result<Vec<GroupCounts>> {
-    let inv = seg.inverted_index(fields.tenant)?;
-    let Some(mut docs) = inv
-        .read_postings(
-            &Term::from_field_text(fields.tenant, tenant),
-            IndexRecordOption::Basic,
-        )
-        .map_err(|e| Error::io(dir, e))?
-    else {
-        return Ok(Vec::new());
-    };
     let timestamps = seg.fast_fields().i64(F_TIMESTAMP)?;
     // Each filter as a table of which ordinals pass.
     let mut filters = Vec::with_capacity(req.filters.len());
@@ -297,7 +312,7 @@ fn count_segment(
             };
             last_key = key;
         }
-        let bucket = ((i128::from(ts) - i128::from(lo)) / i128::from(width)) as usize;
+        let bucket = ((i128::from(ts) - i128::from(req.origin_ns)) / i128::from(width)) as usize;
         counts[last_slot * req.buckets + bucket] += 1;
     }
     let mut out = Vec::with_capacity(keys.len());

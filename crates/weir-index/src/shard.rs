@@ -619,7 +619,7 @@ impl ShardIndex {
     pub fn count(&self, req: &crate::CountRequest) -> Result<Vec<crate::GroupCounts>> {
         let tenant = tenant_or_default(&req.tenant);
         let parts: Vec<(Searcher, PathBuf)> = self
-            .overlapping(req.origin_ns, req.end_ns())
+            .overlapping(req.span().0, req.span().1)
             .iter()
             .map(|p| (p.reader.searcher(), p.dir.clone()))
             .collect();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use weir_index::{
-    merge_counts, CountRequest, Error, GroupCounts, IndexOptions, LabelFilter, LabelSource,
-    ShardIndex,
+    merge_counts, parse_query, CountRequest, Error, GroupCounts, IndexOptions, LabelFilter,
+    LabelSource, Query, ShardIndex,
 };
 use weir_proto::v1::{StoredBatch, StoredRecord};
 use weir_proto::{Level, ShardId};
@@ -95,15 +95,31 @@ fn source(name: &str) -> LabelSource {
     }
 }
 
+/// What the queries of the test match, written out on the record.
+fn query_matches(kind: u8, r: &StoredRecord) -> bool {
+    let app1 =
+        |m: &std::collections::HashMap<String, String>| m.get("app").is_some_and(|v| v == "app1");
+    match kind {
+        0 => true,
+        1 => r.level == Level::Warn as u32 || r.level == Level::Error as u32,
+        // A name that is not a standard field is a label or an attribute.
+        _ => app1(&r.labels) || app1(&r.attributes),
+    }
+}
+
+const QUERIES: [&str; 3] = ["*", "level:warn OR level:error", "app:app1"];
+
 fn brute(
     records: &[(bool, StoredRecord)],
+    query: u8,
     filters: &[(String, String, bool)],
     group_by: &[String],
     req: &CountRequest,
 ) -> BTreeMap<Vec<Option<String>>, Vec<u64>> {
     let mut out = BTreeMap::new();
+    let (lo, hi) = req.span();
     for (acme, r) in records {
-        if !acme || r.timestamp_ns < req.origin_ns || r.timestamp_ns >= req.end_ns() {
+        if !acme || r.timestamp_ns < lo || r.timestamp_ns >= hi || !query_matches(query, r) {
             continue;
         }
         let s = stream(r);
@@ -123,7 +139,7 @@ fn as_map(groups: Vec<GroupCounts>) -> BTreeMap<Vec<Option<String>>, Vec<u64>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(16))]
 
     #[test]
     fn counts_from_the_index_equal_counting_the_records(
@@ -137,6 +153,8 @@ proptest! {
         width_s in 1..2_000i64,
         buckets in 1..12usize,
         chunk in 1..80usize,
+        query in 0..3u8,
+        range in prop::option::of((0..3 * 3_600i64, 0..3 * 3_600i64)),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let ix = ShardIndex::open(dir.path(), ShardId(0), IndexOptions::default()).unwrap();
@@ -166,6 +184,9 @@ proptest! {
         let group_by: Vec<String> = group_by.into_iter().map(str::to_owned).collect();
         let req = CountRequest {
             tenant: "acme".into(),
+            query: parse_query(QUERIES[query as usize]).unwrap(),
+            start_ns: range.map_or(i64::MIN, |(a, _)| T0 + a * SEC),
+            end_ns: range.map_or(i64::MAX, |(a, b)| T0 + a.max(b) * SEC),
             filters: filters
                 .iter()
                 .map(|(n, v, eq)| {
@@ -180,7 +201,7 @@ proptest! {
             cells_max: 1 << 20,
         };
         let got = as_map(ix.count(&req).unwrap());
-        let want = brute(&records, &filters, &group_by, &req);
+        let want = brute(&records, query, &filters, &group_by, &req);
         // Groups whose every bucket is 0 are not reported.
         let want: BTreeMap<_, _> = want.into_iter().filter(|(_, c)| c.iter().any(|n| *n > 0)).collect();
         prop_assert_eq!(got, want);
@@ -213,6 +234,9 @@ fn a_count_past_its_counter_bound_is_refused() {
     ix.commit().unwrap();
     let req = CountRequest {
         tenant: "acme".into(),
+        query: Query::All,
+        start_ns: i64::MIN,
+        end_ns: i64::MAX,
         filters: vec![],
         group_by: vec![LabelSource::label("service")],
         origin_ns: T0,
