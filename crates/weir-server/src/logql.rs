@@ -48,6 +48,9 @@ pub struct ReadStats {
     pub bytes: AtomicU64,
     /// Index pages fetched.
     pub pages: AtomicU64,
+    /// Records counted from the index without being read (metric queries that only
+    /// count lines: see [`weir_logql::Source::count`]).
+    pub counted: AtomicU64,
     /// Shards no node answered for (the answer is partial).
     pub missing_shards: Mutex<Vec<u32>>,
 }
@@ -222,7 +225,74 @@ pub fn entry_of(r: StoredRecord) -> Entry {
     }
 }
 
+/// Most counters (groups × buckets, 8 bytes each) one count may hold per shard: 32 MiB.
+/// A count needing more reads the records instead, bounded by the engine's limits.
+const COUNT_CELLS_MAX: usize = 4 << 20;
+
+/// Where the value of stream label `name` comes from in the index's label terms (see
+/// [`entry_of`]): a Grafana alias is the record's label of that name where it has one,
+/// else the field it stands for.
+fn label_source(name: &str) -> weir_index::LabelSource {
+    match field_of_alias(name) {
+        Some(field) => weir_index::LabelSource {
+            names: vec![field.to_owned(), name.to_owned()],
+        },
+        None => weir_index::LabelSource::label(name),
+    }
+}
+
 impl weir_logql::Source for IndexSource {
+    /// Counts from the index when every shard is live here; the answer is exact because
+    /// the index's label terms hold exactly the stream labels [`entry_of`] gives
+    /// (standard fields and labels, never attributes).
+    fn count(
+        &self,
+        req: &weir_logql::CountRequest<'_>,
+    ) -> Option<Result<weir_logql::GroupCounts, EngineError>> {
+        let filters = req
+            .selector
+            .iter()
+            .map(|m| {
+                let m = m.clone();
+                weir_index::LabelFilter {
+                    label: label_source(&m.name),
+                    accepts: Arc::new(move |v: &str| m.matches(v)),
+                }
+            })
+            .collect();
+        let request = weir_index::CountRequest {
+            tenant: self.tenant.clone(),
+            query: Query::All,
+            start_ns: i64::MIN,
+            end_ns: i64::MAX,
+            filters,
+            group_by: req.group_by.iter().map(|g| label_source(g)).collect(),
+            origin_ns: req.origin_ns,
+            width_ns: req.width_ns,
+            buckets: req.buckets,
+            cells_max: COUNT_CELLS_MAX,
+        };
+        let groups = match self.rt.block_on(self.searcher.count_local(request))? {
+            Ok(groups) => groups,
+            // Too many counters: reading the records is bounded by the engine instead.
+            Err(e) if e.kind == weir_proto::ErrorKind::InvalidArgument => return None,
+            Err(e) => return Some(Err(EngineError::Source(e.message))),
+        };
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            let labels: Labels = req
+                .group_by
+                .iter()
+                .zip(g.values)
+                .filter_map(|(name, v)| v.map(|v| (name.clone(), v)))
+                .collect();
+            let n: u64 = g.counts.iter().sum();
+            self.stats.counted.fetch_add(n, Ordering::Relaxed);
+            out.push((labels, g.counts));
+        }
+        Some(Ok(out))
+    }
+
     fn select(
         &self,
         selector: &[Matcher],

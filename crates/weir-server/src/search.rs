@@ -338,6 +338,38 @@ impl Searcher {
         Ok(results)
     }
 
+    /// Counts per group and time bucket over every shard, from this node's indexes
+    /// ([`ShardIndex::count`]); `None` when some shard is not live here (a cluster
+    /// replica cut off or behind), since counts are not asked of peers: the caller then
+    /// reads the records through [`Searcher::search`], which fans out.
+    pub async fn count_local(
+        &self,
+        req: weir_index::CountRequest,
+    ) -> Option<Result<Vec<weir_index::GroupCounts>, ApiError>> {
+        let (local, remote) = self.plan();
+        if !remote.is_empty() || local.len() != self.indexes.len() {
+            return None;
+        }
+        let req = Arc::new(req);
+        let tasks: Vec<_> = self
+            .indexes
+            .iter()
+            .map(|ix| {
+                let (ix, req) = (ix.clone(), req.clone());
+                tokio::task::spawn_blocking(move || ix.count(&req))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(found)) => weir_index::merge_counts(&mut out, found),
+                Ok(Err(e)) => return Some(Err(index_error(e))),
+                Err(e) => return Some(Err(join_error(e))),
+            }
+        }
+        Some(Ok(out))
+    }
+
     /// Label names used by `tenant` in the range, over all shards.
     ///
     /// # Errors

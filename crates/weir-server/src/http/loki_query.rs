@@ -330,7 +330,8 @@ pub(super) fn limits(st: &NodeState) -> weir_logql::Limits {
 
 /// Loki's `stats` object, summary part, from what the query read.
 fn stats_json(stats: &ReadStats, took: Duration, returned: usize) -> Value {
-    let lines = stats.records.load(Ordering::Relaxed);
+    // Lines counted from the index were processed too, without being read.
+    let lines = stats.records.load(Ordering::Relaxed) + stats.counted.load(Ordering::Relaxed);
     let bytes = stats.bytes.load(Ordering::Relaxed);
     let secs = took.as_secs_f64().max(1e-9);
     json!({
