@@ -355,6 +355,41 @@ impl Run<'_> {
         Ok(out.into_iter().map(|(_, n)| n).collect())
     }
 
+    /// The count of `f`'s records in each of `buckets` buckets of `width` ns from
+    /// `origin`, in one pass over the index's timestamp column per shard; `None` when a
+    /// shard is not live on this node (the caller counts bucket by bucket, which fans
+    /// out to peers).
+    async fn bucket_counts(
+        &self,
+        f: &SearchFilter,
+        origin: i64,
+        width: i64,
+        buckets: usize,
+    ) -> Result<Option<Vec<u64>>, EsError> {
+        let req = weir_index::CountRequest {
+            tenant: self.tenant.clone(),
+            query: f.query.clone(),
+            start_ns: f.start_ns,
+            end_ns: f.end_ns,
+            filters: Vec::new(),
+            group_by: Vec::new(),
+            origin_ns: origin,
+            width_ns: width,
+            buckets,
+            cells_max: buckets,
+        };
+        match self.st.searcher.count_local(req).await {
+            None => Ok(None),
+            Some(Err(e)) => Err(from_api(e)),
+            Some(Ok(groups)) => Ok(Some(
+                groups
+                    .into_iter()
+                    .next()
+                    .map_or_else(|| vec![0; buckets], |g| g.counts),
+            )),
+        }
+    }
+
     /// Reads every record `f` matches, oldest first, within `query.records_scanned_max`
     /// for the whole search.
     async fn scan(
@@ -487,6 +522,11 @@ impl Run<'_> {
                 }
             })
             .await?;
+            counts
+        } else if let Some(counts) = self
+            .bucket_counts(&scope, first, h.interval_ns, keys.len())
+            .await?
+        {
             counts
         } else {
             self.counts(keys.iter().map(|k| bucket_scope(*k)).collect())

@@ -3,9 +3,11 @@
 //! `interval` (a duration: `30s`, `5m`; chosen from the range when absent, about 60
 //! buckets of a round width). Without `end` the range ends now.
 //!
-//! Each (bucket, level) is one count-only search through the [`crate::search::Searcher`]
-//! (every shard, here or on a peer), so the counts are exactly what a search of that
-//! bucket would report as `total`, on one node or a cluster. At most
+//! When every shard is live on this node, the counts come from one pass per shard over
+//! the query's matches in the index (the timestamp column and the level terms, no stored
+//! record read). Otherwise each (bucket, level) is one count-only search through the
+//! [`crate::search::Searcher`] (every shard, here or on a peer). Either way the counts are
+//! exactly what a search of that bucket and level would report as `total`. At most
 //! `search.histogram_buckets_max` buckets.
 
 use std::collections::{BTreeMap, HashMap};
@@ -116,6 +118,100 @@ pub(super) async fn histogram(
     } else {
         req.levels.clone()
     };
+    let mut buckets: Vec<Bucket> = (0..n)
+        .map(|b| {
+            let start_ns = first + b as i64 * step;
+            Bucket {
+                start: rfc3339(start_ns),
+                start_ns,
+                count: 0,
+                levels: BTreeMap::new(),
+            }
+        })
+        .collect();
+    let mut missing = Vec::new();
+    if let Some(counted) = count_here(&st, &req, &levels, first, step, n).await {
+        for (level, counts) in counted? {
+            for (b, c) in counts.into_iter().enumerate().filter(|(_, c)| *c > 0) {
+                buckets[b].count += c;
+                *buckets[b].levels.entry(level).or_default() += c;
+            }
+        }
+    } else {
+        count_bucket_by_bucket(&st, &req, &params, &levels, (first, step, n), &mut buckets)
+            .await
+            .map_err(HttpError::from)?
+            .into_iter()
+            .for_each(|s| missing.push(s));
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    Ok(Json(HistogramResponse {
+        start: rfc3339(req.start_ns),
+        end: rfc3339(req.end_ns),
+        interval_ms: (step / MS) as u64,
+        total: buckets.iter().map(|b| b.count).sum(),
+        buckets,
+        took_ms: started.elapsed().as_millis() as u64,
+        notices,
+        partial: !missing.is_empty(),
+        missing_shards: missing,
+    }))
+}
+
+/// The counts per level and bucket in one pass over each shard's index on this node
+/// ([`crate::search::Searcher::count_local`]); `None` when a shard is not live here.
+async fn count_here(
+    st: &NodeState,
+    req: &SearchRequest,
+    levels: &[Level],
+    first: i64,
+    step: i64,
+    n: usize,
+) -> Option<Result<Vec<(Level, Vec<u64>)>, ApiError>> {
+    let wanted: Vec<&'static str> = levels.iter().map(|l| l.as_str()).collect();
+    let count = weir_index::CountRequest {
+        tenant: req.tenant.clone(),
+        query: req.query.clone(),
+        start_ns: req.start_ns,
+        end_ns: req.end_ns,
+        filters: vec![weir_index::LabelFilter {
+            label: weir_index::LabelSource::label("level"),
+            accepts: Arc::new(move |v: &str| wanted.contains(&v)),
+        }],
+        group_by: vec![weir_index::LabelSource::label("level")],
+        origin_ns: first,
+        width_ns: step,
+        buckets: n,
+        cells_max: n.saturating_mul(Level::ALL.len() + 1),
+    };
+    let groups = match st.searcher.count_local(count).await? {
+        Ok(g) => g,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(Ok(groups
+        .into_iter()
+        .filter_map(|g| {
+            let level = g
+                .values
+                .first()?
+                .as_deref()
+                .and_then(Level::from_canonical)?;
+            Some((level, g.counts))
+        })
+        .collect()))
+}
+
+/// The counts as a count-only search per (bucket, level), through the searcher (every
+/// shard, here or on a peer); returns the shards nobody answered for.
+async fn count_bucket_by_bucket(
+    st: &NodeState,
+    req: &SearchRequest,
+    params: &HashMap<String, String>,
+    levels: &[Level],
+    (first, step, n): (i64, i64, usize),
+    buckets: &mut [Bucket],
+) -> Result<Vec<u32>, ApiError> {
     let query_text = params.get("q").cloned().unwrap_or_default();
     let cells: Vec<(usize, Level)> = (0..n)
         .flat_map(|b| levels.iter().map(move |l| (b, *l)))
@@ -143,17 +239,6 @@ pub(super) async fn histogram(
         .buffer_unordered(CONCURRENT_COUNTS)
         .collect::<Vec<_>>()
         .await;
-    let mut buckets: Vec<Bucket> = (0..n)
-        .map(|b| {
-            let start_ns = first + b as i64 * step;
-            Bucket {
-                start: rfc3339(start_ns),
-                start_ns,
-                count: 0,
-                levels: BTreeMap::new(),
-            }
-        })
-        .collect();
     let mut missing = Vec::new();
     for (b, level, page) in counts {
         let page = page?;
@@ -163,19 +248,7 @@ pub(super) async fn histogram(
             buckets[b].levels.insert(level, page.total);
         }
     }
-    missing.sort_unstable();
-    missing.dedup();
-    Ok(Json(HistogramResponse {
-        start: rfc3339(req.start_ns),
-        end: rfc3339(req.end_ns),
-        interval_ms: (step / MS) as u64,
-        total: buckets.iter().map(|b| b.count).sum(),
-        buckets,
-        took_ms: started.elapsed().as_millis() as u64,
-        notices,
-        partial: !missing.is_empty(),
-        missing_shards: missing,
-    }))
+    Ok(missing)
 }
 
 #[cfg(test)]
