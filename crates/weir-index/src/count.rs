@@ -190,10 +190,10 @@ impl Ordinals {
     }
 }
 
-/// Counts over the segments of `parts` (a searcher and the directory of each time
-/// partition).
+/// Counts over the segments of `parts` (a searcher, the directory and whether long tokens
+/// are marked, of each time partition).
 pub(crate) fn count(
-    parts: &[(Searcher, PathBuf)],
+    parts: &[(Searcher, PathBuf, bool)],
     fields: &Fields,
     tenant: &str,
     req: &CountRequest,
@@ -208,8 +208,13 @@ pub(crate) fn count(
     if lo >= hi {
         return Ok(out);
     }
-    let query = fields.filtered(fields.translate(&req.query, tenant), tenant, &[], None);
-    for (searcher, dir) in parts {
+    for (searcher, dir, marked) in parts {
+        let query = fields.filtered(
+            fields.translate(&req.query, tenant, *marked),
+            tenant,
+            &[],
+            None,
+        );
         let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         for seg in searcher.segment_readers() {
             let mut docs = weight.scorer(seg, 1.0)?;

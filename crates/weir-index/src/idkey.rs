@@ -248,7 +248,7 @@ mod tests {
     /// The bodies of the documents `q` finds.
     fn found(ix: &Index, f: &Fields, q: &str) -> Vec<String> {
         let searcher = ix.reader().unwrap().searcher();
-        let query = f.translate(&parse_query(q).unwrap(), "default");
+        let query = f.translate(&parse_query(q).unwrap(), "default", true);
         let mut bodies: Vec<String> = searcher
             .search(query.as_ref(), &DocSetCollector)
             .unwrap()

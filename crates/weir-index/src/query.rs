@@ -85,6 +85,9 @@ pub enum Pattern {
     /// A quoted string followed by `*` (`"quick bro"*`): the phrase whose last word is a
     /// prefix. In an exact field, a prefix of the value.
     PhrasePrefix(String),
+    /// A word between two `*` (`*clin*`): a body word containing it (letters and digits
+    /// only, lower-cased). Body only.
+    Infix(String),
 }
 
 /// A syntax error, with the byte offset in the query where it was found.
@@ -164,7 +167,10 @@ impl Keyword {
 /// A bare token as read: the unescaped text and whether it ended in an unescaped `*`.
 struct Bare {
     text: String,
+    /// Ends in an unescaped `*`.
     star: bool,
+    /// Starts with an unescaped `*` followed by more (`*clin*`).
+    leading: bool,
 }
 
 fn is_boundary(c: char) -> bool {
@@ -391,6 +397,16 @@ impl<'a> Parser<'a> {
     fn read_bare(&mut self, stop_at_colon: bool) -> Result<Bare, QueryError> {
         let mut text = String::new();
         let mut star = false;
+        // `*word*`: an infix; the leading star is taken here, the trailing one below.
+        let leading = self.peek() == Some('*')
+            && self
+                .rest()
+                .chars()
+                .nth(1)
+                .is_some_and(|c| !is_boundary(c) && c != '*' && !(stop_at_colon && c == ':'));
+        if leading {
+            self.pos += 1;
+        }
         while let Some(c) = self.peek() {
             if is_boundary(c) || (stop_at_colon && c == ':') {
                 break;
@@ -414,7 +430,11 @@ impl<'a> Parser<'a> {
                 _ => text.push(c),
             }
         }
-        Ok(Bare { text, star })
+        Ok(Bare {
+            text,
+            star,
+            leading,
+        })
     }
 
     fn parse_field_or_word(&mut self) -> Result<Query, QueryError> {
@@ -428,10 +448,17 @@ impl<'a> Parser<'a> {
                 // Only reachable on a stray ':' which is handled above, or an empty token.
                 return Err(self.err_at(at, "expected a term"));
             }
-            let pattern = if name.star {
-                Pattern::Prefix(name.text)
-            } else {
-                Pattern::Word(name.text)
+            let pattern = match (name.leading, name.star) {
+                (true, true) => infix(&name.text).map_err(|m| self.err_at(at, m))?,
+                (true, false) => return Err(self.err_at(
+                    at,
+                    format!(
+                        "a leading '*' needs a trailing one: *{}* finds a body word containing it",
+                        name.text
+                    ),
+                )),
+                (false, true) => Pattern::Prefix(name.text),
+                (false, false) => Pattern::Word(name.text),
             };
             return Ok(Query::Match(Match {
                 field: None,
@@ -442,7 +469,7 @@ impl<'a> Parser<'a> {
         if name.text.is_empty() {
             return Err(self.err_at(at, "expected a field name before ':'"));
         }
-        if name.star {
+        if name.star || name.leading {
             return Err(self.err_at(at, "a field name cannot contain '*'"));
         }
         let field = name.text;
@@ -466,6 +493,14 @@ impl<'a> Parser<'a> {
             Some('"') => self.parse_quoted(Some(&field))?,
             Some(_) => {
                 let value = self.read_bare(false)?;
+                if value.leading {
+                    return Err(self.err_at(
+                        value_at,
+                        format!(
+                            "'{field}:*...' is not supported: a value can be matched whole or by prefix ({field}:a*)"
+                        ),
+                    ));
+                }
                 if value.text.is_empty() {
                     return Err(self.err_at(
                         value_at,
@@ -553,6 +588,18 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// The pattern of `*text*`: letters and digits only (a body word cannot hold anything
+/// else), lower-cased as the body is indexed.
+fn infix(text: &str) -> Result<Pattern, String> {
+    if text.chars().all(char::is_alphanumeric) {
+        Ok(Pattern::Infix(text.to_lowercase()))
+    } else {
+        Err(format!(
+            "*{text}* is refused: a body word holds only letters and digits, so the text between              the stars must too (search \"{text}\" as a phrase instead)"
+        ))
+    }
+}
+
 /// Field-specific checks done at parse time so that errors carry a position: `level`
 /// values must name a level or one of its aliases ([`Level::from_alias`], the table ingest
 /// uses; normalised to the canonical name); a
@@ -586,6 +633,7 @@ fn check_field_pattern(field: &str, pattern: Pattern) -> Result<Pattern, String>
             )),
         },
         Pattern::Prefix(v) | Pattern::PhrasePrefix(v) => Ok(Pattern::Prefix(v.to_lowercase())),
+        Pattern::Infix(v) => Err(format!("'level:*{v}*' is not supported")),
     }
 }
 
@@ -663,6 +711,11 @@ fn print_query(q: &Query, out: &mut String) {
                 }
                 Pattern::PhrasePrefix(text) => {
                     push_quoted(out, text);
+                    out.push('*');
+                }
+                Pattern::Infix(text) => {
+                    out.push('*');
+                    push_escaped_bare(out, text, true);
                     out.push('*');
                 }
             }
@@ -813,6 +866,22 @@ mod tests {
     }
 
     #[test]
+    fn a_word_between_stars_is_a_body_word_containing_it() {
+        assert_eq!(
+            parse_query("*Clin*").unwrap(),
+            Query::Match(Match {
+                field: None,
+                pattern: Pattern::Infix("clin".into()),
+            })
+        );
+        assert!(err("*a-b*").message.contains("only letters and digits"));
+        assert!(err("*clin").message.contains("needs a trailing one"));
+        assert!(err("body:*clin*").message.contains("not supported"));
+        assert!(err("*x*:y").message.contains("field name cannot contain"));
+        assert_eq!(parse_query("\\*clin*").unwrap().to_string(), "\\*clin*");
+    }
+
+    #[test]
     fn errors_carry_positions() {
         let e = err("(error OR warn");
         assert_eq!(e.position, 14);
@@ -871,6 +940,7 @@ mod tests {
             "f\\:g:v",
             "\"quick bro\"*",
             "pod:api*",
+            "*clin* AND a*",
         ] {
             let parsed = parse_query(q).unwrap();
             let printed = parsed.to_string();
@@ -902,7 +972,13 @@ mod tests {
                 (text(), 0u32..5).prop_map(|(text, slop)| Pattern::Phrase { text, slop }),
                 text().prop_map(Pattern::PhrasePrefix),
             ];
-            (field, pattern).prop_map(|(field, pattern)| {
+            let infix = "[a-z0-9]{1,8}".prop_map(|t| {
+                Query::Match(Match {
+                    field: None,
+                    pattern: Pattern::Infix(t),
+                })
+            });
+            let other = (field, pattern).prop_map(|(field, pattern)| {
                 let pattern = match (&field, pattern) {
                     // Slop only in the body: drop it elsewhere, as the parser demands.
                     (Some(f), Pattern::Phrase { text, .. }) if f != BODY_FIELD => {
@@ -911,7 +987,8 @@ mod tests {
                     (_, p) => p,
                 };
                 Query::Match(Match { field, pattern })
-            })
+            });
+            prop_oneof![4 => other, 1 => infix]
         }
 
         fn query() -> impl Strategy<Value = Query> {

@@ -19,7 +19,7 @@ use std::ops::Bound;
 use prost::Message;
 use tantivy::query::{
     AllQuery, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhrasePrefixQuery, PhraseQuery,
-    Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
+    Query as TQuery, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, Value, FAST, STORED, STRING,
@@ -158,26 +158,30 @@ impl Fields {
             d.add_text(self.attrs, attr_term(k, v));
         }
         d.add_text(self.body, &r.body);
+        if has_long_word(&r.body) {
+            d.add_text(self.label_names, LONG_TOKEN_MARKER);
+        }
         d.add_u64(self.log_index, log_index);
         d.add_u64(self.offset, u64::from(offset));
         d.add_bytes(self.record, &r.encode_to_vec());
         d
     }
 
-    /// The tantivy query for a parsed query, within `tenant` (label terms carry it).
-    pub fn translate(&self, q: &Query, tenant: &str) -> Box<dyn TQuery> {
+    /// The tantivy query for a parsed query, within `tenant` (label terms carry it), for a
+    /// partition whose documents carry the long-token marker (`marked`) or not.
+    pub fn translate(&self, q: &Query, tenant: &str, marked: bool) -> Box<dyn TQuery> {
         match q {
             Query::All => Box::new(AllQuery),
-            Query::Match(m) => self.translate_match(m, tenant),
+            Query::Match(m) => self.translate_match(m, tenant, marked),
             Query::And(children) => {
                 let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
                 for c in children {
                     match c {
                         Query::Not(inner) => {
-                            clauses.push((Occur::MustNot, self.translate(inner, tenant)))
+                            clauses.push((Occur::MustNot, self.translate(inner, tenant, marked)))
                         }
                         Query::All => {}
-                        other => clauses.push((Occur::Must, self.translate(other, tenant))),
+                        other => clauses.push((Occur::Must, self.translate(other, tenant, marked))),
                     }
                 }
                 if !clauses.iter().any(|(o, _)| *o == Occur::Must) {
@@ -189,19 +193,22 @@ impl Fields {
             Query::Or(children) => Box::new(BooleanQuery::new(
                 children
                     .iter()
-                    .map(|c| (Occur::Should, self.translate(c, tenant)))
+                    .map(|c| (Occur::Should, self.translate(c, tenant, marked)))
                     .collect(),
             )),
             Query::Not(inner) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
-                (Occur::MustNot, self.translate(inner, tenant)),
+                (Occur::MustNot, self.translate(inner, tenant, marked)),
             ])),
         }
     }
 
-    fn translate_match(&self, m: &Match, tenant: &str) -> Box<dyn TQuery> {
+    fn translate_match(&self, m: &Match, tenant: &str, marked: bool) -> Box<dyn TQuery> {
         let field = m.field.as_deref().filter(|f| *f != BODY_FIELD);
         let Some(name) = field else {
+            if let Pattern::Infix(fragment) = &m.pattern {
+                return self.infix_query(fragment, marked);
+            }
             return self.body_query(&m.pattern);
         };
         let id = match name {
@@ -247,9 +254,36 @@ impl Fields {
         ]))
     }
 
+    /// Body words containing `fragment` (letters and digits, lower case, as the parser
+    /// leaves it): every body term containing it, plus every document whose body had a
+    /// word too long to be indexed ([`LONG_TOKEN_MARKER`]), which may hold the fragment.
+    /// Where documents are not marked, every document.
+    fn infix_query(&self, fragment: &str, marked: bool) -> Box<dyn TQuery> {
+        if !marked {
+            return Box::new(AllQuery);
+        }
+        let pattern = format!(".*{}.*", regex_syntax_escape(fragment));
+        let words: Box<dyn TQuery> = match RegexQuery::from_pattern(&pattern, self.body) {
+            Ok(q) => Box::new(q),
+            // Cannot happen for letters and digits; narrowing nothing is still sound.
+            Err(_) => return Box::new(AllQuery),
+        };
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Should, words),
+            (
+                Occur::Should,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.label_names, LONG_TOKEN_MARKER),
+                    IndexRecordOption::Basic,
+                )),
+            ),
+        ]))
+    }
+
     fn body_query(&self, p: &Pattern) -> Box<dyn TQuery> {
         let (text, slop, prefix) = match p {
             Pattern::Word(w) => (w.as_str(), 0, false),
+            Pattern::Infix(_) => return Box::new(EmptyQuery),
             Pattern::Phrase { text, slop } => (text.as_str(), *slop, false),
             Pattern::Prefix(t) | Pattern::PhrasePrefix(t) => (t.as_str(), 0, true),
         };
@@ -339,14 +373,54 @@ fn exact_query(field: Field, prefix: &str, p: &Pattern) -> Box<dyn TQuery> {
             q.set_max_expansions(MAX_PREFIX_EXPANSIONS);
             Box::new(q)
         }
+        // The parser takes an infix in the body only.
+        Pattern::Infix(_) => Box::new(EmptyQuery),
     }
+}
+
+/// The term, in the `label_names` field, of a document whose body has a word of
+/// [`LONG_WORD_BYTES`] or more, which the analyzer drops: an infix lookup in the body
+/// terms cannot see such a word, so it takes these documents too. It starts with `\0`, so
+/// no tenant's label name prefix (`tenant \0`) reaches it.
+pub(crate) const LONG_TOKEN_MARKER: &str = "\0long-body-word";
+
+/// Body words this long (bytes) or longer are not indexed.
+pub(crate) const LONG_WORD_BYTES: usize = 40;
+
+/// Whether `body` has a word the analyzer drops (a run of letters and digits of
+/// [`LONG_WORD_BYTES`] or more, as the tokenizer splits).
+fn has_long_word(body: &str) -> bool {
+    let mut run = 0;
+    for c in body.chars() {
+        if c.is_alphanumeric() {
+            run += c.len_utf8();
+            if run >= LONG_WORD_BYTES {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
+/// `s` with regex metacharacters escaped (letters and digits pass as they are).
+fn regex_syntax_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !c.is_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The body analyzer: tantivy's `default` (split on non-alphanumerics, drop tokens over 40
 /// bytes, lower-case). Queries are tokenized the same way as documents.
 pub(crate) fn body_analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(40))
+        .filter(RemoveLongFilter::limit(LONG_WORD_BYTES))
         .filter(LowerCaser)
         .build()
 }
@@ -372,7 +446,7 @@ pub fn complete_body_tokens(needle: &str) -> Vec<String> {
             (false, Some(s)) => {
                 start = None;
                 let touches_edge = s == 0 || i == needle.len();
-                if !touches_edge && i - s < 40 {
+                if !touches_edge && i - s < LONG_WORD_BYTES {
                     out.push(needle[s..i].to_lowercase());
                 }
             }

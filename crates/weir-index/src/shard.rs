@@ -160,7 +160,15 @@ struct Partition {
     dir: PathBuf,
     index: Index,
     reader: IndexReader,
+    /// Every document of the partition carries the long-token marker where its body had
+    /// a word the index dropped ([`crate::schema::LONG_TOKEN_MARKER`]): body-word infix
+    /// lookups are sound here. Partitions created before the marker existed lack it.
+    long_tokens_marked: bool,
 }
+
+/// The file whose presence in a partition directory says its documents carry the
+/// long-token marker from the start.
+const LONG_TOKENS_MARKED: &str = "weir-long-tokens-marked";
 
 struct OpenWriter {
     writer: IndexWriter<TantivyDocument>,
@@ -455,6 +463,8 @@ impl ShardIndex {
         }
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         drop(Index::create_in_dir(&tmp, self.fields.schema.clone())?);
+        let marked = tmp.join(LONG_TOKENS_MARKED);
+        fs::write(&marked, b"").map_err(|e| Error::io(&marked, e))?;
         fsync_dir(&tmp)?;
         fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
         fsync_dir(&self.dir)?;
@@ -568,7 +578,6 @@ impl ShardIndex {
         let parts = self.overlapping(req.start_ns, req.end_ns);
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
-        let user = self.fields.translate(&req.query, tenant);
         let collector = TopCollector {
             sort: req.sort,
             n,
@@ -581,9 +590,10 @@ impl ShardIndex {
         for (i, p) in parts.iter().enumerate() {
             let range =
                 (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
-            let q = self
+            let user = self
                 .fields
-                .filtered(user.box_clone(), tenant, &req.levels, range);
+                .translate(&req.query, tenant, p.long_tokens_marked);
+            let q = self.fields.filtered(user, tenant, &req.levels, range);
             let searcher = p.reader.searcher();
             let found = searcher.search(q.as_ref(), &collector)?;
             total += found.total;
@@ -618,10 +628,10 @@ impl ShardIndex {
     /// `req.cells_max` counters; tantivy and I/O errors.
     pub fn count(&self, req: &crate::CountRequest) -> Result<Vec<crate::GroupCounts>> {
         let tenant = tenant_or_default(&req.tenant);
-        let parts: Vec<(Searcher, PathBuf)> = self
+        let parts: Vec<(Searcher, PathBuf, bool)> = self
             .overlapping(req.span().0, req.span().1)
             .iter()
-            .map(|p| (p.reader.searcher(), p.dir.clone()))
+            .map(|p| (p.reader.searcher(), p.dir.clone(), p.long_tokens_marked))
             .collect();
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
@@ -1053,6 +1063,7 @@ fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partiti
         .try_into()?;
     Ok(Partition {
         key,
+        long_tokens_marked: dir.join(LONG_TOKENS_MARKED).exists(),
         dir,
         index,
         reader,
