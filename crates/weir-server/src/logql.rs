@@ -97,7 +97,8 @@ impl IndexSource {
 }
 
 /// The index query for a selector and the engine's hints: the equality matchers as exact
-/// label values, each hinted needle as its complete tokens; `*` when nothing narrows.
+/// label values, each hinted needle as its complete tokens or, without one, as a body
+/// word containing its longest fragment (`*fragment*`); `*` when nothing narrows.
 pub fn prefilter(selector: &[Matcher], hints: &Hints) -> Query {
     let mut all = Vec::new();
     for m in selector {
@@ -110,9 +111,20 @@ pub fn prefilter(selector: &[Matcher], hints: &Hints) -> Query {
         for needle in alternatives {
             let tokens = weir_index::complete_body_tokens(needle);
             if tokens.is_empty() {
-                // This alternative cannot be narrowed, so neither can the group.
-                any.clear();
-                break;
+                match infix_of(needle) {
+                    Some(fragment) => {
+                        any.push(Query::Match(Match {
+                            field: None,
+                            pattern: Pattern::Infix(fragment),
+                        }));
+                        continue;
+                    }
+                    None => {
+                        // This alternative cannot be narrowed, so neither can the group.
+                        any.clear();
+                        break;
+                    }
+                }
             }
             let words: Vec<Query> = tokens
                 .into_iter()
@@ -134,6 +146,23 @@ pub fn prefilter(selector: &[Matcher], hints: &Hints) -> Query {
         }
     }
     and(all)
+}
+
+/// Shortest fragment worth an infix lookup: shorter ones are in too many words to narrow
+/// anything, and cost a scan of the term dictionary all the same.
+const INFIX_MIN_BYTES: usize = 3;
+
+/// For a needle without a complete word: its longest run of ASCII letters and digits, lower
+/// case, which every line containing the needle has inside one of its words (the run may
+/// continue in the line on either side, but never across a non-alphanumeric character).
+/// ASCII only, because lower-casing some other scripts depends on the letters around
+/// (Greek's final sigma), so a lower-cased fragment could differ from the indexed word.
+fn infix_of(needle: &str) -> Option<String> {
+    needle
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|run| run.is_ascii() && run.len() >= INFIX_MIN_BYTES)
+        .max_by_key(|run| run.len())
+        .map(str::to_ascii_lowercase)
 }
 
 fn and(mut qs: Vec<Query>) -> Query {
@@ -488,6 +517,16 @@ mod tests {
         let l = sel(r#"{app="api"} |= " disk full " or " oom ""#);
         let q = prefilter(&l.selector, &weir_logql::hints(&l));
         assert_eq!(q.to_string(), r#"app:"api" AND ((disk AND full) OR oom)"#);
+    }
+
+    #[test]
+    fn a_needle_without_a_whole_word_narrows_by_its_longest_fragment() {
+        let l = sel(r#"{app="api"} |= "4bf92f35" |= "id=Declined" |= "é-x" "#);
+        assert_eq!(
+            prefilter(&l.selector, &weir_logql::hints(&l)).to_string(),
+            r#"app:"api" AND *4bf92f35* AND *declined*"#,
+            "fragments touch the needle's ends, so only an infix is sound; 'é' and 'x' are too short or not ASCII"
+        );
     }
 
     #[test]
