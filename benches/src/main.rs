@@ -533,7 +533,9 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
         .first()
         .map(|h| h.body.clone())
         .unwrap_or_default();
-    logql_cases(&client, &addr, &needle, iterations).await?;
+    // A needle that is one fragment (no whole word): the record's trace id as a line
+    // filter, which the index narrows by an infix lookup over its body terms.
+    logql_cases(&client, &addr, &needle, &trace, iterations).await?;
     es_cases(&client, &addr, iterations).await
 }
 
@@ -641,9 +643,11 @@ async fn logql_cases(
     client: &reqwest::Client,
     addr: &str,
     needle: &str,
+    fragment: &str,
     iterations: usize,
 ) -> anyhow::Result<()> {
     let base = addr.trim_end_matches('/');
+    let fragment_q = format!("{{env=\"bench\"}} |= {fragment:?}");
     let now = now_ns();
     let hour_ago = (now - 3_600_000_000_000).to_string();
     let day_ago = (now - 86_400_000_000_000).to_string();
@@ -657,6 +661,17 @@ async fn logql_cases(
             "query_range",
             vec![
                 ("query", needle_q.as_str()),
+                ("start", day_ago.as_str()),
+                ("end", now_s.as_str()),
+                ("limit", "100"),
+            ],
+            iterations,
+        ),
+        (
+            "logql one-fragment needle (1 day)",
+            "query_range",
+            vec![
+                ("query", fragment_q.as_str()),
                 ("start", day_ago.as_str()),
                 ("end", now_s.as_str()),
                 ("limit", "100"),
