@@ -464,7 +464,11 @@ impl ShardIndex {
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         drop(Index::create_in_dir(&tmp, self.fields.schema.clone())?);
         let marked = tmp.join(LONG_TOKENS_MARKED);
-        fs::write(&marked, b"").map_err(|e| Error::io(&marked, e))?;
+        fs::write(
+            &marked,
+            b"documents with a body word of 40 bytes or more carry a marker term\n",
+        )
+        .map_err(|e| Error::io(&marked, e))?;
         fsync_dir(&tmp)?;
         fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
         fsync_dir(&self.dir)?;

@@ -493,10 +493,13 @@ impl Fetcher {
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        let have = tokio::fs::metadata(dest).await.map_or(0, |m| m.len());
-        if have == f.bytes && file_crc(dest).await? == f.crc32 {
+        let existing = tokio::fs::metadata(dest).await.ok().map(|m| m.len());
+        // An empty file in the manifest is kept only if it exists (a missing file also has
+        // no bytes, but its CRC cannot be read).
+        if existing == Some(f.bytes) && file_crc(dest).await? == f.crc32 {
             return Ok(());
         }
+        let have = existing.unwrap_or(0);
         let mut offset = if resume && have < f.bytes { have } else { 0 };
         let mut out = tokio::fs::OpenOptions::new()
             .create(true)
