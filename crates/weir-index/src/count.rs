@@ -22,7 +22,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, DocSet, Searcher, SegmentReader, TERMINATED};
 
 use crate::query::Query;
-use crate::schema::{label_prefix, Fields, F_TIMESTAMP};
+use crate::schema::{label_prefix, prefix_range, Fields, F_TIMESTAMP};
 use crate::{Error, Result};
 
 /// Where a stream label's value comes from: the label terms of each name, a later name's
@@ -149,13 +149,7 @@ impl Ordinals {
         let mut values: Vec<String> = Vec::new();
         let mut ordinal: HashMap<String, u32> = HashMap::new();
         for name in &src.names {
-            // Every prefix ends in the '\0' separator, so its terms are exactly those in
-            // [prefix, prefix with its last byte bumped to '\x01').
-            let lo = label_prefix(tenant, name).into_bytes();
-            let mut hi = lo.clone();
-            if let Some(last) = hi.last_mut() {
-                *last += 1;
-            }
+            let (lo, hi) = prefix_range(&label_prefix(tenant, name));
             let mut stream = inv
                 .terms()
                 .range()

@@ -450,13 +450,15 @@ impl<'a> Parser<'a> {
             }
             let pattern = match (name.leading, name.star) {
                 (true, true) => infix(&name.text).map_err(|m| self.err_at(at, m))?,
-                (true, false) => return Err(self.err_at(
-                    at,
-                    format!(
+                (true, false) => {
+                    return Err(self.err_at(
+                        at,
+                        format!(
                         "a leading '*' needs a trailing one: *{}* finds a body word containing it",
                         name.text
                     ),
-                )),
+                    ))
+                }
                 (false, true) => Pattern::Prefix(name.text),
                 (false, false) => Pattern::Word(name.text),
             };

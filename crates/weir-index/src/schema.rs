@@ -480,6 +480,18 @@ pub(crate) fn label_term(tenant: &str, name: &str, value: &str) -> String {
     format!("{tenant}\0{name}\0{value}")
 }
 
+/// The term range `[lo, hi)` of every term starting with `prefix`, which ends in the `\0`
+/// separator: its last byte bumped to `\x01` bounds it above.
+pub(crate) fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    debug_assert!(prefix.ends_with('\0'), "prefixes end in the separator");
+    let lo = prefix.as_bytes().to_vec();
+    let mut hi = lo.clone();
+    if let Some(last) = hi.last_mut() {
+        *last += 1;
+    }
+    (lo, hi)
+}
+
 pub(crate) fn label_prefix(tenant: &str, name: &str) -> String {
     format!("{tenant}\0{name}\0")
 }

@@ -710,17 +710,7 @@ impl ShardIndex {
         if start_ns >= end_ns {
             return Ok(out);
         }
-        // Every prefix ends in the '\0' separator, so the terms starting with it are
-        // exactly those in [prefix, prefix with its last byte bumped to '\x01').
-        debug_assert!(
-            prefix.ends_with('\0'),
-            "label prefixes end in the separator"
-        );
-        let lo = prefix.as_bytes().to_vec();
-        let mut hi = lo.clone();
-        if let Some(last) = hi.last_mut() {
-            *last += 1;
-        }
+        let (lo, hi) = crate::schema::prefix_range(prefix);
         for p in self.overlapping(start_ns, end_ns) {
             let searcher = p.reader.searcher();
             for seg in searcher.segment_readers() {

@@ -465,12 +465,7 @@ fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>, push: Option<&Pushdown<'_>>) -> Resu
         post_filters: u.post_filters.clone(),
     });
     let off = ra.offset_ns;
-    let lo = ctx
-        .steps
-        .start
-        .saturating_sub(off)
-        .saturating_sub(range)
-        .saturating_add(1);
+    let lo = first_window_start(ctx.steps, off, range);
     let hi = ctx.steps.last().saturating_sub(off).saturating_add(1);
     let iter = ctx.source.select(
         &ra.log.selector,
@@ -564,12 +559,7 @@ fn count_range(
         return Ok(None);
     }
     let off = ra.offset_ns;
-    let origin = ctx
-        .steps
-        .start
-        .saturating_sub(off)
-        .saturating_sub(range)
-        .saturating_add(1);
+    let origin = first_window_start(ctx.steps, off, range);
     let req = CountRequest {
         selector: &ra.log.selector,
         group_by,
@@ -595,6 +585,16 @@ fn count_range(
     let mut out = acc.finish()?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Some(out))
+}
+
+/// The earliest entry time the first step's window `(t - range, t]` holds, `offset`
+/// shifting it back: inclusive, in entry time.
+fn first_window_start(steps: Steps, offset: i64, range: i64) -> i64 {
+    steps
+        .start
+        .saturating_sub(offset)
+        .saturating_sub(range)
+        .saturating_add(1)
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
