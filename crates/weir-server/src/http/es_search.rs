@@ -355,6 +355,34 @@ impl Run<'_> {
         Ok(out.into_iter().map(|(_, n)| n).collect())
     }
 
+    /// For a scope bounded on both sides, the count of each bucket from the scope's first
+    /// to its last (widened to the extended bounds), as [`Self::bucket_counts`] gives them,
+    /// with the first bucket's key; `None` for an unbounded or empty scope, too many
+    /// buckets, or a shard not live here.
+    async fn bounded_bucket_counts(
+        &self,
+        h: &DateHistogram,
+        scope: &SearchFilter,
+    ) -> Result<Option<(i64, Vec<u64>)>, EsError> {
+        let (lo, hi) = (scope.start_ns, scope.end_ns);
+        if lo == i64::MIN || hi == i64::MAX || lo >= hi || scope.is_empty() {
+            return Ok(None);
+        }
+        let data = (h.bucket_of(lo), h.bucket_of(hi - 1));
+        let (first, last) = match extended_buckets(h, Some(data)) {
+            Some(e) => (data.0.min(e.0), data.1.max(e.1)),
+            None => data,
+        };
+        let n = (i128::from(last) - i128::from(first)) / i128::from(h.interval_ns) + 1;
+        if n > self.st.config.search.histogram_buckets_max as i128 {
+            return Ok(None);
+        }
+        Ok(self
+            .bucket_counts(scope, first, h.interval_ns, n as usize)
+            .await?
+            .map(|counts| (first, counts)))
+    }
+
     /// The count of `f`'s records in each of `buckets` buckets of `width` ns from
     /// `origin`, in one pass over the index's timestamp column per shard; `None` when a
     /// shard is not live on this node (the caller counts bucket by bucket, which fans
@@ -454,7 +482,13 @@ impl Run<'_> {
         if let Some((lo, hi)) = h.hard_bounds {
             scope = scope.within(lo, hi.saturating_add(1));
         }
-        let total = self.count(&scope).await?;
+        // A bounded scope counted here in one pass: its total is the buckets' sum, so it is
+        // not counted again.
+        let counted = self.bounded_bucket_counts(h, &scope).await?;
+        let total = match &counted {
+            Some((_, counts)) => counts.iter().sum(),
+            None => self.count(&scope).await?,
+        };
         let (mut lo, mut hi) = (scope.start_ns, scope.end_ns);
         if total > 0 && (lo == i64::MIN || hi == i64::MAX) {
             // No bound in the query: the buckets run from the first to the last record.
@@ -466,27 +500,7 @@ impl Run<'_> {
             }
         }
         let data = (total > 0 && lo < hi).then(|| (h.bucket_of(lo), h.bucket_of(hi - 1)));
-        let extended = (h.min_doc_count == 0)
-            .then_some(h.extended_bounds)
-            .flatten()
-            .map(|(a, b)| {
-                let (a, b) = match h.hard_bounds {
-                    Some((x, y)) => (a.max(x), b.min(y)),
-                    None => (a, b),
-                };
-                let a = if a == i64::MIN {
-                    data.map_or(b, |d| d.0)
-                } else {
-                    a
-                };
-                let b = if b == i64::MAX {
-                    data.map_or(a, |d| d.1)
-                } else {
-                    b
-                };
-                (h.bucket_of(a), h.bucket_of(b))
-            })
-            .filter(|(a, b)| a <= b);
+        let extended = extended_buckets(h, data);
         let (first, last) = match (data, extended) {
             (Some(d), Some(e)) => (d.0.min(e.0), d.1.max(e.1)),
             (Some(d), None) => d,
@@ -496,41 +510,38 @@ impl Run<'_> {
         let n = (i128::from(last) - i128::from(first)) / i128::from(h.interval_ns) + 1;
         let max = self.st.config.search.histogram_buckets_max;
         if n > max as i128 {
-            return Err(EsError {
-                status: 400,
-                kind: "too_many_buckets_exception",
-                reason: format!(
-                    "{n} buckets of {} ms, limit {max} (search.histogram_buckets_max); use a \
-                     wider interval or a shorter range",
-                    h.interval_ns / MS
-                ),
-            });
+            return Err(too_many_buckets(n, h.interval_ns, max));
         }
         let keys: Vec<i64> = (0..n as i64).map(|i| first + i * h.interval_ns).collect();
         let bucket_scope = |k: i64| scope.within(k, k.saturating_add(h.interval_ns));
-        let counts = if total == 0 {
-            vec![0; keys.len()]
-        } else if total <= SCAN_PAGE as u64 && keys.len() > SCAN_BUCKETS_MIN {
-            // Few records in many buckets: reading their times is one page instead of a
-            // search per bucket, and gives the same counts.
-            let mut counts = vec![0u64; keys.len()];
-            self.scan(&scope, |r| {
-                let i = (i128::from(h.bucket_of(r.timestamp_ns)) - i128::from(first))
-                    / i128::from(h.interval_ns);
-                if let Some(c) = usize::try_from(i).ok().and_then(|i| counts.get_mut(i)) {
-                    *c += 1;
-                }
-            })
-            .await?;
-            counts
-        } else if let Some(counts) = self
-            .bucket_counts(&scope, first, h.interval_ns, keys.len())
-            .await?
-        {
-            counts
-        } else {
-            self.counts(keys.iter().map(|k| bucket_scope(*k)).collect())
+        let counts = match counted {
+            // Counted over the same buckets (the scope is bounded, so `data` is its range).
+            Some((at, counts)) if at == first && counts.len() == keys.len() => counts,
+            _ if total == 0 => vec![0; keys.len()],
+            _ if total <= SCAN_PAGE as u64 && keys.len() > SCAN_BUCKETS_MIN => {
+                // Few records in many buckets: reading their times is one page instead of a
+                // search per bucket, and gives the same counts.
+                let mut counts = vec![0u64; keys.len()];
+                self.scan(&scope, |r| {
+                    let i = (i128::from(h.bucket_of(r.timestamp_ns)) - i128::from(first))
+                        / i128::from(h.interval_ns);
+                    if let Some(c) = usize::try_from(i).ok().and_then(|i| counts.get_mut(i)) {
+                        *c += 1;
+                    }
+                })
+                .await?;
+                counts
+            }
+            _ => match self
+                .bucket_counts(&scope, first, h.interval_ns, keys.len())
                 .await?
+            {
+                Some(counts) => counts,
+                None => {
+                    self.counts(keys.iter().map(|k| bucket_scope(*k)).collect())
+                        .await?
+                }
+            },
         };
         // Buckets run from the first to the last that holds records, widened to the
         // extended bounds: the query's range alone does not make empty buckets.
@@ -695,6 +706,44 @@ impl Run<'_> {
             v["value_as_string"] = key_as_string(ms * MS, false).into();
         }
         Ok(v)
+    }
+}
+
+/// The buckets (first and last key) that `min_doc_count: 0` with `extended_bounds` asks
+/// for, within the hard bounds; an open end reaches to the data's buckets.
+fn extended_buckets(h: &DateHistogram, data: Option<(i64, i64)>) -> Option<(i64, i64)> {
+    (h.min_doc_count == 0)
+        .then_some(h.extended_bounds)
+        .flatten()
+        .map(|(a, b)| {
+            let (a, b) = match h.hard_bounds {
+                Some((x, y)) => (a.max(x), b.min(y)),
+                None => (a, b),
+            };
+            let a = if a == i64::MIN {
+                data.map_or(b, |d| d.0)
+            } else {
+                a
+            };
+            let b = if b == i64::MAX {
+                data.map_or(a, |d| d.1)
+            } else {
+                b
+            };
+            (h.bucket_of(a), h.bucket_of(b))
+        })
+        .filter(|(a, b)| a <= b)
+}
+
+fn too_many_buckets(n: i128, interval_ns: i64, max: usize) -> EsError {
+    EsError {
+        status: 400,
+        kind: "too_many_buckets_exception",
+        reason: format!(
+            "{n} buckets of {} ms, limit {max} (search.histogram_buckets_max); use a \
+             wider interval or a shorter range",
+            interval_ns / MS
+        ),
     }
 }
 
