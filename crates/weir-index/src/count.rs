@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use tantivy::query::EnableScoring;
@@ -241,22 +242,33 @@ fn count_segment(
     (lo, hi): (i64, i64),
 ) -> Result<Vec<GroupCounts>> {
     let timestamps = seg.fast_fields().i64(F_TIMESTAMP)?;
+    // Each label once, however many filters and groupings name it (`{level=~"warn|error"}`
+    // grouped by level).
+    let mut read: Vec<(LabelSource, Rc<Ordinals>)> = Vec::new();
+    let mut ordinals = |src: &LabelSource| -> Result<Rc<Ordinals>> {
+        if let Some((_, o)) = read.iter().find(|(s, _)| s == src) {
+            return Ok(o.clone());
+        }
+        let o = Rc::new(Ordinals::read(seg, dir, fields, tenant, src)?);
+        read.push((src.clone(), o.clone()));
+        Ok(o)
+    };
     // Each filter as a table of which ordinals pass.
     let mut filters = Vec::with_capacity(req.filters.len());
     for f in &req.filters {
-        let ords = Ordinals::read(seg, dir, fields, tenant, &f.label)?;
+        let ords = ordinals(&f.label)?;
         let passes: Vec<bool> = (0..=ords.values.len() as u32)
             .map(|o| (f.accepts)(ords.value(o).unwrap_or("")))
             .collect();
         if !passes.iter().any(|p| *p) {
             return Ok(Vec::new());
         }
-        filters.push((ords.of_doc, passes));
+        filters.push((ords, passes));
     }
     let groups = req
         .group_by
         .iter()
-        .map(|g| Ordinals::read(seg, dir, fields, tenant, g))
+        .map(&mut ordinals)
         .collect::<Result<Vec<_>>>()?;
     // A group is the mixed-radix number of its ordinals; its counters are found by hash
     // (the number of possible combinations may be large, the ones present are few).
@@ -287,8 +299,8 @@ fn count_segment(
         if ts < lo || ts >= hi {
             continue;
         }
-        for (of_doc, passes) in &filters {
-            if !passes[of_doc[d as usize] as usize] {
+        for (ords, passes) in &filters {
+            if !passes[ords.of_doc[d as usize] as usize] {
                 continue 'docs;
             }
         }

@@ -346,8 +346,7 @@ impl Searcher {
         &self,
         req: weir_index::CountRequest,
     ) -> Option<Result<Vec<weir_index::GroupCounts>, ApiError>> {
-        let (local, remote) = self.plan();
-        if !remote.is_empty() || local.len() != self.indexes.len() {
+        if self.plan().0.len() != self.indexes.len() {
             return None;
         }
         let req = Arc::new(req);
