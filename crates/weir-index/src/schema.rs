@@ -19,7 +19,7 @@ use std::ops::Bound;
 use prost::Message;
 use tantivy::query::{
     AllQuery, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhrasePrefixQuery, PhraseQuery,
-    Query as TQuery, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
+    Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, Value, FAST, STORED, STRING,
@@ -63,6 +63,8 @@ pub(crate) struct Fields {
     pub log_index: Field,
     pub offset: Field,
     pub record: Field,
+    /// Body words of searched segments, for infix lookups.
+    pub infix: std::sync::Arc<crate::infix::InfixCache>,
 }
 
 impl Fields {
@@ -103,6 +105,9 @@ impl Fields {
             log_index,
             offset,
             record,
+            infix: std::sync::Arc::new(crate::infix::InfixCache::new(
+                crate::infix::DEFAULT_INFIX_CACHE_BYTES,
+            )),
         }
     }
 
@@ -262,12 +267,11 @@ impl Fields {
         if !marked {
             return Box::new(AllQuery);
         }
-        let pattern = format!(".*{}.*", regex_syntax_escape(fragment));
-        let words: Box<dyn TQuery> = match RegexQuery::from_pattern(&pattern, self.body) {
-            Ok(q) => Box::new(q),
-            // Cannot happen for letters and digits; narrowing nothing is still sound.
-            Err(_) => return Box::new(AllQuery),
-        };
+        let words: Box<dyn TQuery> = Box::new(crate::infix::InfixQuery {
+            field: self.body,
+            fragment: fragment.to_owned(),
+            cache: self.infix.clone(),
+        });
         Box::new(BooleanQuery::new(vec![
             (Occur::Should, words),
             (
@@ -402,18 +406,6 @@ fn has_long_word(body: &str) -> bool {
         }
     }
     false
-}
-
-/// `s` with regex metacharacters escaped (letters and digits pass as they are).
-fn regex_syntax_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if !c.is_alphanumeric() {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The body analyzer: tantivy's `default` (split on non-alphanumerics, drop tokens over 40

@@ -67,6 +67,10 @@ pub struct IndexOptions {
     pub max_open_writers: usize,
     /// Indexing threads per partition writer. Default 1.
     pub writer_threads: usize,
+    /// Where infix lookups keep each searched segment's body words; share one among the
+    /// shards of a node to bound them together. Default: a cache of its own of
+    /// [`crate::DEFAULT_INFIX_CACHE_BYTES`].
+    pub infix_cache: Arc<crate::InfixCache>,
 }
 
 impl Default for IndexOptions {
@@ -76,6 +80,7 @@ impl Default for IndexOptions {
             writer_memory_bytes: 64 << 20,
             max_open_writers: 2,
             writer_threads: 1,
+            infix_cache: Arc::new(crate::InfixCache::new(crate::DEFAULT_INFIX_CACHE_BYTES)),
         }
     }
 }
@@ -247,7 +252,8 @@ impl ShardIndex {
             fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let fields = Fields::new();
+        let mut fields = Fields::new();
+        fields.infix = opts.infix_cache.clone();
         let (ckpt, parts, committed) = load(dir, shard, &fields)?;
         tracing::info!(
             shard = shard.0,

@@ -363,6 +363,9 @@ pub struct SearchConfig {
     pub limit_max: usize,
     /// Most buckets one histogram may have.
     pub histogram_buckets_max: usize,
+    /// Memory for infix lookups (`*fragment*`, a LogQL needle that is not a whole word):
+    /// the body words of recently searched index segments, shared by all shards.
+    pub infix_cache_bytes: usize,
 }
 
 impl Default for SearchConfig {
@@ -372,6 +375,7 @@ impl Default for SearchConfig {
             limit_max: 10_000,
             // Grafana asks for 1-minute buckets over a day (1,440).
             histogram_buckets_max: 2_000,
+            infix_cache_bytes: weir_index::DEFAULT_INFIX_CACHE_BYTES,
         }
     }
 }

@@ -174,6 +174,11 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Most buckets one histogram (GET /api/v1/histogram) may have.",
     ),
     (
+        "search.infix_cache_bytes",
+        "Memory for infix lookups (*fragment*, a LogQL needle that is not a whole word): \
+         the body words of recently searched index segments, kept for the next lookup.",
+    ),
+    (
         "query.range_hours_max",
         "Longest time range one LogQL query may span.",
     ),

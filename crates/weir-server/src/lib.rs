@@ -457,11 +457,13 @@ fn start_indexers(
 ) -> anyhow::Result<(Vec<Arc<ShardIndex>>, Vec<Indexer>)> {
     let mut indexes = Vec::new();
     let mut indexers = Vec::new();
+    let infix_cache = Arc::new(weir_index::InfixCache::new(config.search.infix_cache_bytes));
     for shard in 0..raft.shard_count() {
         let dir = config.data_dir.join(format!("shard-{shard}")).join("index");
         let opts = IndexOptions {
             partition_span_secs: config.index.partition_span_secs,
             writer_memory_bytes: config.index.writer_memory_bytes,
+            infix_cache: infix_cache.clone(),
             ..Default::default()
         };
         let index = Arc::new(
