@@ -922,11 +922,40 @@ pub struct SearchPlan {
     pub after: Option<Cursor>,
     /// The aggregations, in request order.
     pub aggs: Vec<NamedAgg>,
+    /// How exactly `hits.total` is counted (`track_total_hits`).
+    pub track_total: TrackTotal,
+}
+
+/// `track_total_hits`: how far `hits.total` counts. Elasticsearch counts exactly up to
+/// 10,000 by default and then answers `{"value": 10000, "relation": "gte"}`, which lets a
+/// search sorted by time stop once it has its page and that many matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackTotal {
+    /// `true`: every match counted.
+    Exact,
+    /// A number (default 10,000): counted exactly below it, else at least it.
+    UpTo(u64),
+    /// `false`: no `hits.total`.
+    Off,
+}
+
+/// Elasticsearch's default `track_total_hits`.
+pub const TRACK_TOTAL_DEFAULT: u64 = 10_000;
+
+fn track_total(v: Option<&Value>) -> Result<TrackTotal> {
+    match v {
+        None | Some(Value::Null) => Ok(TrackTotal::UpTo(TRACK_TOTAL_DEFAULT)),
+        Some(Value::Bool(true)) => Ok(TrackTotal::Exact),
+        Some(Value::Bool(false)) => Ok(TrackTotal::Off),
+        // -1 is Elasticsearch's own spelling of "exact" in some versions' clients.
+        Some(Value::Number(n)) if n.as_i64() == Some(-1) => Ok(TrackTotal::Exact),
+        Some(v) => Ok(TrackTotal::UpTo(as_u64(v, "track_total_hits")?)),
+    }
 }
 
 /// The body keys Weir accepts without using them: refusing them breaks Grafana and
 /// Kibana (COMPAT.md).
-const IGNORED_KEYS: [&str; 17] = [
+const IGNORED_KEYS: [&str; 16] = [
     "highlight",
     "script_fields",
     "docvalue_fields",
@@ -935,7 +964,6 @@ const IGNORED_KEYS: [&str; 17] = [
     "seq_no_primary_term",
     "_source",
     "fields",
-    "track_total_hits",
     "track_scores",
     "timeout",
     "terminate_after",
@@ -968,6 +996,7 @@ pub fn parse_search(body: &Value, now_ns: i64) -> Result<SearchPlan> {
                 | "aggs"
                 | "aggregations"
                 | "post_filter"
+                | "track_total_hits"
         ) && !IGNORED_KEYS.contains(&k.as_str())
         {
             return Err(EsError::parsing(format!(
@@ -1011,6 +1040,7 @@ pub fn parse_search(body: &Value, now_ns: i64) -> Result<SearchPlan> {
         sort,
         after,
         aggs,
+        track_total: track_total(o.get("track_total_hits"))?,
     })
 }
 

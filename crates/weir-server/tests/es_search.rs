@@ -284,6 +284,69 @@ async fn grafanas_msearch_logs_and_metric_queries_count_what_was_sent() {
     n.stop().await;
 }
 
+/// A search sorted by time reads its range in windows from the newest end and stops once
+/// it has its page and `track_total_hits` matches: the page must be the one a full read
+/// gives, and the total a lower bound ("gte") only when counting stopped early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_sorted_search_stops_counting_at_track_total_hits_with_the_same_page() {
+    let n = TestNode::start().await;
+    let base = base_ms();
+    let sent = records(base);
+    ingest(&n, &sent).await;
+    let end = base + 10 * MINUTE_MS;
+    let mut newest: Vec<i64> = sent.iter().map(|s| s.ts_ms).collect();
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    let oldest: Vec<i64> = newest.iter().rev().copied().collect();
+
+    let search = |order: &'static str, track: Value| {
+        let mut body = json!({"size": 7,
+            "query": {"range": {"@timestamp": {"gte": base, "lte": end, "format": "epoch_millis"}}},
+            "sort": [{"@timestamp": {"order": order, "unmapped_type": "boolean"}}]});
+        if !track.is_null() {
+            body["track_total_hits"] = track;
+        }
+        let url = format!("{}/weir-shop/_search", n.http);
+        async move {
+            let (status, page, _) = post(&url, "application/json", body.to_string()).await;
+            assert_eq!(status, 200, "{page}");
+            let times: Vec<i64> = page["hits"]["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["sort"][0].as_i64().unwrap())
+                .collect();
+            (times, page["hits"].get("total").cloned())
+        }
+    };
+    // The first window (the last minute) holds 6 records: the page of 7 needs a second.
+    for (track, total) in [
+        (json!(20), Some(json!({"value": 20, "relation": "gte"}))),
+        (json!(true), Some(json!({"value": 60, "relation": "eq"}))),
+        (Value::Null, Some(json!({"value": 60, "relation": "eq"}))),
+        (json!(100), Some(json!({"value": 60, "relation": "eq"}))),
+        (json!(false), None),
+    ] {
+        let (times, got) = search("desc", track.clone()).await;
+        assert_eq!(
+            times,
+            newest[..7],
+            "newest page with track_total_hits {track}"
+        );
+        assert_eq!(got, total, "total with track_total_hits {track}");
+    }
+    let (times, got) = search("asc", json!(20)).await;
+    assert_eq!(times, oldest[..7], "oldest page, ascending");
+    assert_eq!(got, Some(json!({"value": 20, "relation": "gte"})));
+    let (status, page) = get(&format!(
+        "{}/weir-shop/_search?size=1&sort=@timestamp:desc&track_total_hits=5&rest_total_hits_as_int=true",
+        n.http
+    ))
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["hits"]["total"], 5, "{page}");
+    assert_eq!(page["hits"]["hits"][0]["sort"][0], newest[0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_pages_aggregates_and_describes_fields_as_elasticsearch_does() {
     let n = TestNode::start().await;

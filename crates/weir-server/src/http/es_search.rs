@@ -40,7 +40,7 @@ use weir_proto::{ApiError, Level};
 use super::ingest::{decoded_body, push_tenant};
 use crate::es_query::{
     self, exact, Agg, DateHistogram, EsError, FieldRef, Metric, NamedAgg, SearchFilter, Terms,
-    TermsOrder, TIME_FIELD,
+    TermsOrder, TrackTotal, TIME_FIELD,
 };
 use crate::search::{Page, RemoteSearch};
 use crate::state::NodeState;
@@ -161,7 +161,7 @@ async fn search(
     }
 }
 
-/// `q`, `size`, `from` and `sort` of the URL, into the body (they win, as in
+/// `q`, `size`, `from`, `sort` and `track_total_hits` of the URL, into the body (they win, as in
 /// Elasticsearch). Other URL parameters are accepted and ignored.
 fn url_params_into_body(params: &HashMap<String, String>, body: &mut Value) -> Result<(), EsError> {
     let Some(o) = body.as_object_mut() else {
@@ -169,6 +169,14 @@ fn url_params_into_body(params: &HashMap<String, String>, body: &mut Value) -> R
     };
     if let Some(q) = params.get("q") {
         o.insert("query".into(), json!({"query_string": {"query": q}}));
+    }
+    if let Some(t) = params.get("track_total_hits") {
+        let v = match t.trim() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            n => Value::from(n.to_owned()),
+        };
+        o.insert("track_total_hits".into(), v);
     }
     for k in ["size", "from"] {
         if let Some(v) = params.get(k) {
@@ -225,24 +233,30 @@ async fn run(
     let timeout = Duration::from_millis(st.config.query.timeout_ms);
     let work = async {
         let page = r
-            .search(&filter, plan.from + plan.size, plan.sort, plan.after)
+            .hits(
+                &filter,
+                plan.from + plan.size,
+                plan.sort,
+                plan.after,
+                plan.track_total,
+            )
             .await?;
         let aggs = r.aggs(&plan.aggs, &filter, None).await?;
         Ok::<_, EsError>((page, aggs))
     };
-    let (page, aggs) = tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| EsError {
-            status: 503,
-            kind: "search_timeout_exception",
-            reason: format!(
-                "the search ran past its timeout of {} ms (query.timeout_ms); narrow the \
+    let ((hits, total), aggs) =
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| EsError {
+                status: 503,
+                kind: "search_timeout_exception",
+                reason: format!(
+                    "the search ran past its timeout of {} ms (query.timeout_ms); narrow the \
                  time range or the query",
-                st.config.query.timeout_ms
-            ),
-        })??;
-    let hits: Vec<Value> = page
-        .hits
+                    st.config.query.timeout_ms
+                ),
+            })??;
+    let hits: Vec<Value> = hits
         .into_iter()
         .skip(plan.from)
         .map(|h| hit_json(h, plan.sort, tenant))
@@ -255,17 +269,19 @@ async fn run(
     } else {
         Value::Null
     };
-    let total = if total_as_int {
-        json!(page.total)
-    } else {
-        json!({"value": page.total, "relation": "eq"})
-    };
     let mut answer = json!({
         "took": started.elapsed().as_millis() as u64,
         "timed_out": false,
         "_shards": r.shards(),
-        "hits": {"total": total, "max_score": max_score, "hits": hits},
+        "hits": {"max_score": max_score, "hits": hits},
     });
+    if let Some(t) = total {
+        answer["hits"]["total"] = if total_as_int {
+            json!(t.value)
+        } else {
+            json!({"value": t.value, "relation": if t.exact { "eq" } else { "gte" }})
+        };
+    }
     if !plan.aggs.is_empty() {
         answer["aggregations"] = Value::Object(aggs);
     }
@@ -294,6 +310,73 @@ impl Run<'_> {
                 .collect();
         }
         v
+    }
+
+    /// The first `n` hits in `sort` order and `hits.total` as `track` asks.
+    ///
+    /// Sorted by time without a cursor and without an exact total, the range is read in
+    /// windows from its newest end (oldest for an ascending sort), a minute first and
+    /// eight times wider each time: once the page is full and `track`'s count reached,
+    /// the older windows cannot change the answer and are not read. Grafana's logs query
+    /// (500 newest hits of an hour) then reads the last minute or so instead of every
+    /// match of the hour.
+    async fn hits(
+        &self,
+        f: &SearchFilter,
+        n: usize,
+        sort: Sort,
+        after: Option<Cursor>,
+        track: TrackTotal,
+    ) -> Result<(Vec<Hit>, Option<Total>), EsError> {
+        let desc = sort == Sort::TimeDesc;
+        // An unbounded end is no place to start windows from.
+        let bounded = if desc {
+            f.end_ns < i64::MAX
+        } else {
+            f.start_ns > i64::MIN
+        };
+        let windowed = matches!(sort, Sort::TimeDesc | Sort::TimeAsc)
+            && after.is_none()
+            && track != TrackTotal::Exact
+            && bounded
+            && !f.is_empty();
+        if !windowed {
+            let page = self.search(f, n, sort, after).await?;
+            return Ok((page.hits, Total::of(track, page.total, true)));
+        }
+        let (lo, hi) = (f.start_ns, f.end_ns);
+        let mut edge = if desc { hi } else { lo };
+        let mut hits: Vec<Hit> = Vec::with_capacity(n.min(weir_index::MAX_LIMIT));
+        let mut total = 0u64;
+        let mut width = FIRST_WINDOW_NS;
+        loop {
+            let (ws, we) = if desc {
+                (edge.saturating_sub(width).max(lo), edge)
+            } else {
+                (edge, edge.saturating_add(width).min(hi))
+            };
+            let last = if desc { ws == lo } else { we == hi };
+            let page = self
+                .search(&f.within(ws, we), n - hits.len(), sort, None)
+                .await?;
+            total += page.total;
+            // Every hit of this window is older (newer, ascending) than those before it.
+            hits.extend(page.hits);
+            if last {
+                return Ok((hits, Total::of(track, total, true)));
+            }
+            if hits.len() >= n {
+                match track {
+                    TrackTotal::Off => return Ok((hits, None)),
+                    TrackTotal::UpTo(m) if total >= m => {
+                        return Ok((hits, Total::of(track, total, false)))
+                    }
+                    _ => {}
+                }
+            }
+            edge = if desc { ws } else { we };
+            width = width.saturating_mul(8);
+        }
     }
 
     /// One page through the searcher (every shard), noting missing shards.
@@ -711,6 +794,38 @@ impl Run<'_> {
 
 /// The buckets (first and last key) that `min_doc_count: 0` with `extended_bounds` asks
 /// for, within the hard bounds; an open end reaches to the data's buckets.
+/// The first window a time-sorted search reads (see [`Run::hits`]): one minute.
+const FIRST_WINDOW_NS: i64 = 60_000_000_000;
+
+/// `hits.total`: a count, exact or a lower bound (`"relation": "gte"`).
+#[derive(Clone, Copy, Debug)]
+struct Total {
+    value: u64,
+    exact: bool,
+}
+
+impl Total {
+    /// What `track_total_hits` shows of `counted` matches; `complete` when every match
+    /// was counted.
+    fn of(track: TrackTotal, counted: u64, complete: bool) -> Option<Total> {
+        match track {
+            TrackTotal::Off => None,
+            TrackTotal::Exact => Some(Total {
+                value: counted,
+                exact: true,
+            }),
+            TrackTotal::UpTo(m) if counted > m || (counted == m && !complete) => Some(Total {
+                value: m,
+                exact: false,
+            }),
+            TrackTotal::UpTo(_) => Some(Total {
+                value: counted,
+                exact: true,
+            }),
+        }
+    }
+}
+
 fn extended_buckets(h: &DateHistogram, data: Option<(i64, i64)>) -> Option<(i64, i64)> {
     (h.min_doc_count == 0)
         .then_some(h.extended_bounds)
