@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use tantivy::columnar::ColumnIndex;
 use tantivy::query::EnableScoring;
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocId, DocSet, Searcher, SegmentReader, TERMINATED};
+use tantivy::{DocId, DocSet, Searcher, SegmentReader, COLLECT_BLOCK_BUFFER_LEN, TERMINATED};
 
 use crate::query::Query;
 use crate::schema::{label_prefix, prefix_range, Fields, F_TIMESTAMP};
@@ -285,46 +286,64 @@ fn count_segment(
     let mut counts: Vec<u64> = Vec::new();
     let (mut last_key, mut last_slot) = (u64::MAX, 0usize);
     let alive = seg.alive_bitset();
-    let width = req.width_ns;
-    let mut doc: DocId = docs.doc();
-    'docs: while doc != TERMINATED {
-        let d = doc;
-        doc = docs.advance();
-        if alive.is_some_and(|a| !a.is_alive(d)) {
-            continue;
+    let mut bucket_of = BucketOf::new(req.origin_ns, req.width_ns);
+    // Documents a block at a time (one virtual call per block), and their timestamps in
+    // one call when every document has one (the column then maps document to row).
+    let full = matches!(timestamps.index, ColumnIndex::Full);
+    let mut block = [0 as DocId; COLLECT_BLOCK_BUFFER_LEN];
+    let mut times = [0i64; COLLECT_BLOCK_BUFFER_LEN];
+    loop {
+        let n = docs.fill_buffer(&mut block);
+        if n == 0 {
+            break;
         }
-        let Some(ts) = timestamps.first(d) else {
-            continue;
-        };
-        if ts < lo || ts >= hi {
-            continue;
+        if full {
+            timestamps.values.get_vals(&block[..n], &mut times[..n]);
         }
-        for (ords, passes) in &filters {
-            if !passes[ords.of_doc[d as usize] as usize] {
-                continue 'docs;
+        'docs: for (i, &d) in block[..n].iter().enumerate() {
+            if alive.is_some_and(|a| !a.is_alive(d)) {
+                continue;
             }
-        }
-        let mut key = 0u64;
-        for (g, r) in groups.iter().zip(&radix) {
-            key = key * r + u64::from(g.of_doc[d as usize]);
-        }
-        if key != last_key {
-            last_slot = match slots.get(&key) {
-                Some(&s) => s,
-                None => {
-                    if (keys.len() + 1).saturating_mul(req.buckets) > req.cells_max {
-                        return Err(too_many(req));
-                    }
-                    keys.push(key);
-                    counts.resize(counts.len() + req.buckets, 0);
-                    slots.insert(key, keys.len() - 1);
-                    keys.len() - 1
+            let ts = if full {
+                times[i]
+            } else {
+                match timestamps.first(d) {
+                    Some(ts) => ts,
+                    None => continue,
                 }
             };
-            last_key = key;
+            if ts < lo || ts >= hi {
+                continue;
+            }
+            for (ords, passes) in &filters {
+                if !passes[ords.of_doc[d as usize] as usize] {
+                    continue 'docs;
+                }
+            }
+            let mut key = 0u64;
+            for (g, r) in groups.iter().zip(&radix) {
+                key = key * r + u64::from(g.of_doc[d as usize]);
+            }
+            if key != last_key {
+                last_slot = match slots.get(&key) {
+                    Some(&s) => s,
+                    None => {
+                        if (keys.len() + 1).saturating_mul(req.buckets) > req.cells_max {
+                            return Err(too_many(req));
+                        }
+                        keys.push(key);
+                        counts.resize(counts.len() + req.buckets, 0);
+                        slots.insert(key, keys.len() - 1);
+                        keys.len() - 1
+                    }
+                };
+                last_key = key;
+            }
+            counts[last_slot * req.buckets + bucket_of.bucket(ts)] += 1;
         }
-        let bucket = ((i128::from(ts) - i128::from(req.origin_ns)) / i128::from(width)) as usize;
-        counts[last_slot * req.buckets + bucket] += 1;
+        if n < COLLECT_BLOCK_BUFFER_LEN {
+            break;
+        }
     }
     let mut out = Vec::with_capacity(keys.len());
     for (slot, mut key) in keys.into_iter().enumerate() {
@@ -340,4 +359,39 @@ fn count_segment(
         });
     }
     Ok(out)
+}
+
+/// The bucket of a timestamp, `(ts - origin) / width`, remembering the last bucket's
+/// bounds: records come roughly in time order, so most fall in the bucket of the one
+/// before and need no division (a 128-bit division per record was an eighth of a count's
+/// time).
+struct BucketOf {
+    origin: i64,
+    width: i64,
+    /// `[start, end)` of the last bucket found, and its number.
+    last: (i64, i64, usize),
+}
+
+impl BucketOf {
+    fn new(origin: i64, width: i64) -> BucketOf {
+        BucketOf {
+            origin,
+            width,
+            last: (0, 0, 0),
+        }
+    }
+
+    /// The bucket of `ts`, which is at or after the origin.
+    #[inline]
+    fn bucket(&mut self, ts: i64) -> usize {
+        let (start, end, n) = self.last;
+        if ts >= start && ts < end {
+            return n;
+        }
+        let n = ((i128::from(ts) - i128::from(self.origin)) / i128::from(self.width)) as usize;
+        let start = i128::from(self.origin) + n as i128 * i128::from(self.width);
+        let clamp = |v: i128| v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        self.last = (clamp(start), clamp(start + i128::from(self.width)), n);
+        n
+    }
 }

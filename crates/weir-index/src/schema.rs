@@ -193,6 +193,10 @@ impl Fields {
                     // tantivy matches nothing with only negative clauses.
                     clauses.push((Occur::Must, Box::new(AllQuery)));
                 }
+                if clauses.len() == 1 && clauses[0].0 == Occur::Must {
+                    // One clause is that clause (an `AllQuery` then stays recognisable).
+                    return clauses.remove(0).1;
+                }
                 Box::new(BooleanQuery::new(clauses))
             }
             Query::Or(children) => Box::new(BooleanQuery::new(
@@ -323,19 +327,23 @@ impl Fields {
         levels: &[Level],
         range: Option<(i64, i64)>,
     ) -> Box<dyn TQuery> {
-        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = vec![
-            (Occur::Must, user),
-            (
-                Occur::Must,
-                Box::new(ConstScoreQuery::new(
-                    Box::new(TermQuery::new(
-                        Term::from_field_text(self.tenant, tenant),
-                        IndexRecordOption::Basic,
-                    )),
-                    0.0,
+        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::with_capacity(4);
+        // "Everything" adds nothing to the tenant's term but an intersection to walk; the
+        // tenant's term then scores as it would have (1 per document).
+        let everything = user.is::<AllQuery>();
+        if !everything {
+            clauses.push((Occur::Must, user));
+        }
+        clauses.push((
+            Occur::Must,
+            Box::new(ConstScoreQuery::new(
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.tenant, tenant),
+                    IndexRecordOption::Basic,
                 )),
-            ),
-        ];
+                if everything { 1.0 } else { 0.0 },
+            )),
+        ));
         if !levels.is_empty() {
             let terms = levels
                 .iter()
