@@ -594,10 +594,17 @@ impl ShardIndex {
             after: req.after,
             shard: self.shard.0,
         };
-        let mut searchers: Vec<Searcher> = Vec::with_capacity(parts.len());
+        let mut searchers: Vec<Option<Searcher>> = vec![None; parts.len()];
         let mut top = TopN::new(req.sort, n);
         let mut total = 0;
-        for (i, p) in parts.iter().enumerate() {
+        // Newest partition first for a newest-first sort, so that older ones find the top
+        // full and are only counted (see `search_by_time`).
+        let mut order: Vec<usize> = (0..parts.len()).collect();
+        if req.sort == Sort::TimeDesc {
+            order.reverse();
+        }
+        for i in order {
+            let p = &parts[i];
             let range =
                 (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
             let user = self
@@ -605,16 +612,23 @@ impl ShardIndex {
                 .translate(&req.query, tenant, p.long_tokens_marked);
             let q = self.fields.filtered(user, tenant, &req.levels, range);
             let searcher = p.reader.searcher();
-            let found = searcher.search(q.as_ref(), &collector)?;
-            total += found.total;
-            for c in found.top {
-                top.push(Candidate { part: i, ..c });
+            if req.sort == Sort::Score {
+                let found = searcher.search(q.as_ref(), &collector)?;
+                total += found.total;
+                for c in found.top {
+                    top.push(Candidate { part: i, ..c });
+                }
+            } else {
+                total += search_by_time(&searcher, q.as_ref(), &collector, &mut top, i)?;
             }
-            searchers.push(searcher);
+            searchers[i] = Some(searcher);
         }
         let mut hits = Vec::new();
         for c in top.into_sorted() {
-            let record = self.fetch(&searchers[c.part], c.doc, &parts[c.part].dir)?;
+            let Some(searcher) = &searchers[c.part] else {
+                continue;
+            };
+            let record = self.fetch(searcher, c.doc, &parts[c.part].dir)?;
             hits.push(Hit {
                 key: c.key,
                 score: if req.sort == Sort::Score {
@@ -1024,6 +1038,49 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
         }
     }
     fsync_dir(dst)
+}
+
+/// Collects `query`'s matches in `searcher` into `top` (a time sort), returning how many
+/// there are. Segments are visited from the one with the newest record (oldest, for an
+/// ascending sort); once `top` is full of records newer than everything a segment holds,
+/// the segment's matches are only counted (no timestamps read, no candidates ranked). A
+/// partition's recent segments then give the page and its large merged ones are counted.
+fn search_by_time(
+    searcher: &Searcher,
+    query: &dyn tantivy::query::Query,
+    collector: &TopCollector,
+    top: &mut TopN,
+    part: usize,
+) -> Result<u64> {
+    use tantivy::collector::Collector;
+    let weight = query.weight(tantivy::query::EnableScoring::disabled_from_searcher(
+        searcher,
+    ))?;
+    let desc = collector.sort == Sort::TimeDesc;
+    let mut segments = Vec::with_capacity(searcher.segment_readers().len());
+    for (ord, seg) in searcher.segment_readers().iter().enumerate() {
+        let ts = seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?;
+        let edge = if desc { ts.max_value() } else { ts.min_value() };
+        segments.push((ord as u32, seg, edge));
+    }
+    if desc {
+        segments.sort_by_key(|s| std::cmp::Reverse(s.2));
+    } else {
+        segments.sort_by_key(|s| s.2);
+    }
+    let mut total = 0u64;
+    for (ord, seg, edge) in segments {
+        if collector.n == 0 || top.cannot_take_timestamp(edge) {
+            total += u64::from(weight.count(seg)?);
+            continue;
+        }
+        let found = collector.collect_segment(weight.as_ref(), ord, seg)?;
+        total += found.total;
+        for c in found.top {
+            top.push(Candidate { part, ..c });
+        }
+    }
+    Ok(total)
 }
 
 fn tenant_or_default(t: &str) -> &str {
