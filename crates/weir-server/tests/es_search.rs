@@ -337,6 +337,25 @@ async fn a_time_sorted_search_stops_counting_at_track_total_hits_with_the_same_p
     let (times, got) = search("asc", json!(20)).await;
     assert_eq!(times, oldest[..7], "oldest page, ascending");
     assert_eq!(got, Some(json!({"value": 20, "relation": "gte"})));
+    // Aggregations only (`size: 0`, scored): the total counts the same way.
+    for (track, total) in [
+        (json!(20), json!({"value": 20, "relation": "gte"})),
+        (json!(true), json!({"value": 60, "relation": "eq"})),
+    ] {
+        let body = json!({"size": 0, "track_total_hits": track,
+            "query": {"range": {"@timestamp": {"gte": base, "lte": end, "format": "epoch_millis"}}}});
+        let (status, page, _) = post(
+            &format!("{}/weir-shop/_search", n.http),
+            "application/json",
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(
+            page["hits"]["total"], total,
+            "size 0, track_total_hits {track}"
+        );
+    }
     let (status, page) = get(&format!(
         "{}/weir-shop/_search?size=1&sort=@timestamp:desc&track_total_hits=5&rest_total_hits_as_int=true",
         n.http

@@ -319,7 +319,8 @@ impl Run<'_> {
     /// eight times wider each time: once the page is full and `track`'s count reached,
     /// the older windows cannot change the answer and are not read. Grafana's logs query
     /// (500 newest hits of an hour) then reads the last minute or so instead of every
-    /// match of the hour.
+    /// match of the hour, and so does a search for aggregations only (`size: 0`), whose
+    /// total is all it needs from the hits.
     async fn hits(
         &self,
         f: &SearchFilter,
@@ -328,14 +329,15 @@ impl Run<'_> {
         after: Option<Cursor>,
         track: TrackTotal,
     ) -> Result<(Vec<Hit>, Option<Total>), EsError> {
-        let desc = sort == Sort::TimeDesc;
+        // Without hits to return the order does not matter: count from the newest end.
+        let desc = sort != Sort::TimeAsc;
         // An unbounded end is no place to start windows from.
         let bounded = if desc {
             f.end_ns < i64::MAX
         } else {
             f.start_ns > i64::MIN
         };
-        let windowed = matches!(sort, Sort::TimeDesc | Sort::TimeAsc)
+        let windowed = (matches!(sort, Sort::TimeDesc | Sort::TimeAsc) || n == 0)
             && after.is_none()
             && track != TrackTotal::Exact
             && bounded
@@ -356,8 +358,9 @@ impl Run<'_> {
                 (edge, edge.saturating_add(width).min(hi))
             };
             let last = if desc { ws == lo } else { we == hi };
+            let window_sort = if n == 0 { Sort::TimeDesc } else { sort };
             let page = self
-                .search(&f.within(ws, we), n - hits.len(), sort, None)
+                .search(&f.within(ws, we), n - hits.len(), window_sort, None)
                 .await?;
             total += page.total;
             // Every hit of this window is older (newer, ascending) than those before it.
