@@ -601,6 +601,8 @@ async fn first_admin_key(
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty());
     let limits = config.limits.to_limits();
+    let started = std::time::Instant::now();
+    let mut warned = false;
     loop {
         keys.refresh();
         let saved = std::fs::read_to_string(&path)
@@ -654,6 +656,17 @@ async fn first_admin_key(
                 }
                 Err(e) => tracing::debug!(error = %e, "first admin key not stored yet; retrying"),
             }
+        }
+        if !warned && started.elapsed() > Duration::from_secs(30) {
+            warned = true;
+            tracing::warn!(
+                leader = ?raft.leader_of(keytable::KEY_SHARD),
+                "this node's admin key ({} or {}) is not in the key table yet: only the leader of \
+                 shard 0 registers one; give every node the same {}",
+                path.display(),
+                auth::BOOTSTRAP_KEY_ENV,
+                auth::BOOTSTRAP_KEY_ENV
+            );
         }
         tokio::select! {
             _ = tokio::time::sleep(keytable::REFRESH_INTERVAL) => {}
