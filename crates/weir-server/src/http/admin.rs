@@ -23,6 +23,10 @@ use super::HttpError;
 use crate::auth::{Caller, StoreError};
 use crate::state::NodeState;
 
+/// Marks a request one node forwarded to another: it is not forwarded again, so two
+/// nodes that each believe the other leads cannot pass it back and forth.
+const FORWARDED: &str = "x-weir-forwarded";
+
 /// The admin routes (their need, admin, is in [`super::access::ROUTES`]).
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
@@ -104,6 +108,14 @@ async fn forward(
     headers: &HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
+    if headers.contains_key(FORWARDED) {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "the node this request was forwarded to does not lead the key table either \
+             (leadership is moving); retry",
+        )
+        .into());
+    }
     let leader = leader.or_else(|| st.raft.leader_of(crate::keytable::KEY_SHARD));
     let member = leader.and_then(|id| st.config.cluster.nodes.iter().find(|m| m.id == id));
     let Some(member) = member.filter(|m| !m.http.is_empty() && m.id != st.raft.node_id()) else {
@@ -120,6 +132,7 @@ async fn forward(
     let mut req = reqwest::Client::new()
         .request(method, &url)
         .timeout(std::time::Duration::from_secs(15))
+        .header(FORWARDED, st.raft.node_id().to_string())
         .body(body);
     for name in [
         axum::http::header::AUTHORIZATION,
