@@ -48,6 +48,8 @@ target/release/weir dev-cluster --dir "$DIR" --base-port $BASE --shards "$SHARDS
 CLUSTER=$!
 BENCH=""
 trap 'kill ${BENCH:-} $CLUSTER $ES $LOKI 2>/dev/null; wait $CLUSTER 2>/dev/null; rm -rf "$DIR"' EXIT
+. benches/lib.sh
+use_dev_key "$DIR"
 for _ in $(seq 1 120); do
   target/release/weir cluster status --addr "http://127.0.0.1:$((BASE + 1))" 2>/dev/null | grep -q "health: ok" && break
   sleep 0.5

@@ -19,6 +19,7 @@ target/release/weir dev-cluster --dir "$DIR" --base-port $BASE >"$DIR/dev-cluste
 CLUSTER=$!
 trap 'kill $CLUSTER 2>/dev/null; wait $CLUSTER 2>/dev/null; rm -rf "$DIR"' EXIT
 . benches/lib.sh
+use_dev_key "$DIR"
 healthy() { wait_healthy target/release/weir $((BASE + 1)) 120; }
 healthy
 echo "== max rate"

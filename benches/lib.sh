@@ -13,3 +13,12 @@ wait_healthy() {
   echo "cluster not healthy after $tries tries" >&2
   return 1
 }
+
+# use_dev_key DIR: waits for the admin key `weir dev-cluster` writes to DIR (keys are on
+# in the dev cluster) and exports it as WEIR_KEY, which weir and weir-bench present.
+use_dev_key() {
+  local dir=$1
+  for _ in $(seq 1 100); do [ -s "$dir/admin.key" ] && break; sleep 0.1; done
+  WEIR_KEY=$(cat "$dir/admin.key")
+  export WEIR_KEY
+}

@@ -28,6 +28,9 @@ for _ in $(seq 1 100); do [ -f "$DIR/node3.toml" ] && break; sleep 0.1; done
 sleep 1
 kill $CLUSTER; wait $CLUSTER 2>/dev/null || true
 rm -rf "$DIR"/node1 "$DIR"/node2 "$DIR"/node3
+# Keys are on in dev-cluster configs: every node registers the same first admin key.
+WEIR_ADMIN_KEY=$(cat "$DIR/admin.key")
+export WEIR_ADMIN_KEY WEIR_KEY=$WEIR_ADMIN_KEY
 PIDS=
 for n in 1 2 3; do
   sed -i 's/^\[storage\]$/[storage]\nsegment_size_bytes = 8388608/' "$DIR/node$n.toml"

@@ -3,7 +3,8 @@
 # start three containers, wait for health "ok", push through node 2, find every record by
 # searching each node, check the io backend is the fallback (io_uring is blocked in
 # containers), SIGKILL the leader of shard 0 and push again through a surviving node,
-# then tear everything down. Exits non-zero on any failure. Needs a Docker engine and
+# then tear everything down. Keys are on: every command presents the admin key, and a
+# search without one must be refused. Exits non-zero on any failure. Needs a Docker engine and
 # docker-compose (or the compose plugin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else C
 PROJECT=weir-smoke-$$
 DC=("${COMPOSE[@]}" -p "$PROJECT" -f docker/docker-compose.yml)
 WEIR=${WEIR:-target/debug/weir}
+# Keys are on in the compose cluster: one admin key for every node and for our commands.
+WEIR_ADMIN_KEY=${WEIR_ADMIN_KEY:-$("$WEIR" keys generate)}
+export WEIR_ADMIN_KEY WEIR_KEY=$WEIR_ADMIN_KEY
 PROFILE=${PROFILE:-test} docker/build.sh
 cleanup() { "${DC[@]}" logs --no-color > "${TMPDIR:-/tmp}/$PROJECT.log" 2>&1 || true; "${DC[@]}" down -v >/dev/null 2>&1 || true; }
 trap cleanup EXIT
@@ -38,4 +42,6 @@ HTTP=$(( PORT + 1 ))
 for _ in $(seq 1 40); do [ "$(count http://127.0.0.1:$HTTP failover)" = 100 ] && break; sleep 0.25; done
 n=$(count http://127.0.0.1:$HTTP failover)
 [ "$n" = 100 ] || { echo "after failover node weir$SURVIVOR finds $n of 100 records" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:24318/api/v1/search || true)
+[ "$code" = 401 ] || { echo "a search without a key answered $code, expected 401" >&2; exit 1; }
 echo "compose smoke test passed"

@@ -232,6 +232,11 @@ async fn push_grpc(
     loop {
         let mut r = tonic::Request::new(req.clone());
         r.set_timeout(Duration::from_secs(15));
+        if let Some(v) = key_header() {
+            if let Ok(v) = v.to_str().unwrap_or_default().parse() {
+                r.metadata_mut().insert("authorization", v);
+            }
+        }
         match clients[current].append(r).await {
             Ok(_) => {
                 tally.acked(t, req.records.len(), n_bytes);
@@ -317,6 +322,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     } = args;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        .default_headers(key_headers())
         .build()?;
     let lines = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -480,8 +486,31 @@ fn raw_fsync_bandwidth(dir: &std::path::Path, chunk: usize, dur: Duration) -> an
     Ok(written / t.elapsed().as_secs_f64())
 }
 
+/// `Authorization: Bearer $WEIR_KEY` when the variable is set: a node with access keys on
+/// (the dev cluster) refuses requests without one.
+fn key_header() -> Option<reqwest::header::HeaderValue> {
+    static VALUE: std::sync::OnceLock<Option<reqwest::header::HeaderValue>> =
+        std::sync::OnceLock::new();
+    VALUE
+        .get_or_init(|| {
+            let key = std::env::var("WEIR_KEY").ok().filter(|k| !k.is_empty())?;
+            format!("Bearer {}", key.trim()).parse().ok()
+        })
+        .clone()
+}
+
+fn key_headers() -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Some(v) = key_header() {
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    h
+}
+
 async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .default_headers(key_headers())
+        .build()?;
     let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
     let sample: SearchResponse = client
         .get(&url)

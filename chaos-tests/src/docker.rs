@@ -20,6 +20,9 @@ pub struct DockerCluster {
     /// Holds the override and the node configs it mounts.
     _configs: Option<tempfile::TempDir>,
     compose: Vec<String>,
+    /// The first admin key of every node (`WEIR_ADMIN_KEY`): keys are on in the compose
+    /// cluster, and the harness presents this one.
+    admin_key: String,
     killed: HashSet<u64>,
     isolated: HashSet<u64>,
     /// Faults injected so far.
@@ -95,7 +98,13 @@ impl DockerCluster {
             files.push(over);
             Some(dir)
         };
+        let admin_key = std::env::var("WEIR_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(new_key);
+        crate::set_api_key(admin_key.clone());
         let c = DockerCluster {
+            admin_key,
             project: format!("weir-chaos-{}", std::process::id()),
             files,
             _configs: configs,
@@ -112,6 +121,7 @@ impl DockerCluster {
     fn dc(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.compose[0]);
         cmd.args(&self.compose[1..]).args(["-p", &self.project]);
+        cmd.env("WEIR_ADMIN_KEY", &self.admin_key);
         for f in &self.files {
             cmd.arg("-f").arg(f);
         }
@@ -219,4 +229,19 @@ impl Drop for DockerCluster {
     fn drop(&mut self) {
         let _ = self.dc(&["down", "-v"]);
     }
+}
+
+/// A new access key in Weir's format (`weir_<16 hex digits>_<43 base64url characters>`),
+/// as `weir keys generate` prints: the compose nodes register it as their first admin key.
+fn new_key() -> String {
+    use rand::Rng as _;
+    const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let id: String = (0..16)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect();
+    let secret: String = (0..43)
+        .map(|_| B64URL[rng.random_range(0..B64URL.len())] as char)
+        .collect();
+    format!("weir_{id}_{secret}")
 }

@@ -470,6 +470,10 @@ impl Writer {
                     if let Some(mut c) = client {
                         let mut r = tonic::Request::new(req.clone());
                         r.set_timeout(Duration::from_secs(7));
+                        if let Some(v) = api_key().and_then(|k| format!("Bearer {k}").parse().ok())
+                        {
+                            r.metadata_mut().insert("authorization", v);
+                        }
                         match c.append(r).await {
                             Ok(resp) => {
                                 let resp = resp.into_inner();
@@ -538,9 +542,37 @@ impl Verdict {
     }
 }
 
+/// The access key the harness presents to a cluster with keys on (the compose cluster):
+/// set by [`set_api_key`], else `$WEIR_KEY`; none for the local processes (loopback,
+/// keys off).
+static API_KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Makes every later request of the harness present `key`. Only the first call counts.
+pub fn set_api_key(key: String) {
+    let _ = API_KEY.set(Some(key));
+}
+
+fn api_key() -> Option<&'static str> {
+    API_KEY
+        .get_or_init(|| std::env::var("WEIR_KEY").ok().filter(|k| !k.is_empty()))
+        .as_deref()
+}
+
+/// An HTTP client presenting [`api_key`], if any.
+fn http_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(v) = api_key().and_then(|k| format!("Bearer {k}").parse().ok()) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Every record node `http` returns for the chaos writers' bodies, with its count.
 pub async fn read_all(http: SocketAddr) -> anyhow::Result<HashMap<String, usize>> {
-    let client = reqwest::Client::new();
+    let client = http_client();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as i64;
@@ -744,7 +776,7 @@ impl Faults for Cluster {
 
 /// `GET /api/v1/cluster` of the node at `http`.
 pub async fn status_of(http: SocketAddr) -> anyhow::Result<ClusterStatus> {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .get(format!("http://{http}/api/v1/cluster"))
         .timeout(Duration::from_secs(3))
         .send()

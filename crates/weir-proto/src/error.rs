@@ -18,6 +18,11 @@ pub enum ErrorKind {
     NotFound,
     /// A bug or an inconsistency inside Weir.
     Internal,
+    /// The request carries no valid access key (none, unknown, revoked or malformed).
+    Unauthenticated,
+    /// The access key is valid but does not allow this: a scope it lacks, or a tenant
+    /// it does not belong to.
+    PermissionDenied,
 }
 
 /// An error as answered to a client: a kind and a message saying what was wrong and what
@@ -52,6 +57,8 @@ impl ApiError {
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::Internal => tonic::Code::Internal,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
         }
     }
 
@@ -63,6 +70,8 @@ impl ApiError {
             ErrorKind::Unavailable => 503,
             ErrorKind::NotFound => 404,
             ErrorKind::Internal => 500,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied => 403,
         }
     }
 

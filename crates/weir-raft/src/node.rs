@@ -2011,6 +2011,19 @@ impl ShardLog {
             .copied()
     }
 
+    /// Every applied cursor whose name starts with `prefix`, in no order: a cursor is
+    /// also how a node-wide record that must be replicated, survive compaction and travel
+    /// with snapshots is kept (weir-server's access keys), under a prefix of its own.
+    pub fn cursors_with_prefix(&self, prefix: &str) -> Vec<(String, u64)> {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, position)| (name.clone(), *position))
+            .collect()
+    }
+
     /// Whether this node leads the shard and has applied every entry committed before its
     /// term (as of the raft thread's last round), so that [`ShardLog::cursor`] is current.
     /// After a restart or an election this turns true only once the log is re-applied.

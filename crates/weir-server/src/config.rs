@@ -36,6 +36,25 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Syslog listeners (`[[syslog]]` tables); none by default.
     pub syslog: Vec<crate::syslog::SyslogConfig>,
+    /// Access keys (docs/security.md).
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: whether requests need an access key.
+///
+/// ```toml
+/// [auth]
+/// enabled = true     # every request but health needs a key; first start writes admin.key
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require an access key on every request but the health probes. The first start
+    /// with it on writes an admin key to `<data_dir>/admin.key` (mode 0600).
+    pub enabled: bool,
+    /// Let a node without keys listen beyond loopback (`weir server --insecure`): anyone
+    /// who reaches the ports reads and writes every tenant.
+    pub insecure: bool,
 }
 
 /// `[cluster]`: static membership. Every node of a cluster has the same `nodes` list and
@@ -176,8 +195,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("weir-data"),
-            grpc_addr: "0.0.0.0:4317".parse().expect("literal address"),
-            http_addr: "0.0.0.0:4318".parse().expect("literal address"),
+            // Loopback: a node reachable from elsewhere must be told so, with keys on
+            // (auth.enabled) or knowingly open (auth.insecure).
+            grpc_addr: "127.0.0.1:4317".parse().expect("literal address"),
+            http_addr: "127.0.0.1:4318".parse().expect("literal address"),
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
@@ -187,6 +208,7 @@ impl Default for Config {
             mirror: MirrorConfig::default(),
             cluster: ClusterConfig::default(),
             syslog: Vec::new(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -445,6 +467,29 @@ impl Config {
             .map_err(|e| anyhow::anyhow!(crate::config_keys::with_suggestion(e.to_string())))?;
         cfg.validate()?;
         Ok((cfg, warnings))
+    }
+
+    /// Refuses a node that listens beyond loopback with no access keys, unless it is
+    /// told to run open (`auth.insecure`).
+    ///
+    /// # Errors
+    /// Names the address, the keys that allow it and what each means.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.auth.enabled || self.auth.insecure {
+            return Ok(());
+        }
+        for (key, addr) in [("http_addr", self.http_addr), ("grpc_addr", self.grpc_addr)] {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "{key} {addr} listens beyond loopback, and access keys are off: anyone who \
+                 reaches it could read and write every tenant. Turn keys on with \
+                 auth.enabled = true (or `weir server --auth`; the first start writes an \
+                 admin key to {}), or run open on purpose with auth.insecure = true \
+                 (`weir server --insecure`)",
+                self.data_dir.join(crate::auth::ADMIN_KEY_FILE).display()
+            );
+        }
+        Ok(())
     }
 
     /// Checks values that parse but cannot work.

@@ -208,6 +208,14 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Sinks to Elasticsearch and Loki, [[mirror.sinks]] tables: docs/mirrors.md.",
     ),
     ("syslog", "Syslog listeners, [[syslog]] tables: listen, transport (udp|tcp), tenant, message_bytes_max, connections_max. None by default."),
+    (
+        "auth.enabled",
+        "Require an access key on every request but health; first start writes <data_dir>/admin.key.",
+    ),
+    (
+        "auth.insecure",
+        "Let a node without keys listen beyond loopback (anyone reaching it reads every tenant).",
+    ),
     ("cluster.node_id", "This node's id, one of cluster.nodes."),
     (
         "cluster.peer_addr",
@@ -490,6 +498,12 @@ mod tests {
             ),
             ("weir-server/src/grpc.rs", include_str!("grpc.rs")),
             ("weir-server/src/append.rs", include_str!("append.rs")),
+            ("weir-server/src/config.rs", include_str!("config.rs")),
+            ("weir-server/src/auth.rs", include_str!("auth.rs")),
+            (
+                "docs/security.md",
+                include_str!("../../../docs/security.md"),
+            ),
             ("docs/ingest.md", include_str!("../../../docs/ingest.md")),
             (
                 "docs/query-language.md",
@@ -498,7 +512,7 @@ mod tests {
             ("README.md", include_str!("../../../README.md")),
         ];
         let sections = [
-            "limits.", "storage.", "search.", "index.", "cluster.", "http.", "query.",
+            "limits.", "storage.", "search.", "index.", "cluster.", "http.", "query.", "auth.",
         ];
         let mut checked = 0;
         for (file, text) in texts {

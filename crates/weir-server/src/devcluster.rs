@@ -11,6 +11,24 @@ pub fn ports(base: u16, id: u64) -> (u16, u16, u16) {
     (p, p + 1, p + 2)
 }
 
+/// The admin key of the local cluster in `dir` (`dir/admin.key`, mode 0600): the one a
+/// previous run wrote, or a new one. Every node is started with it in `WEIR_ADMIN_KEY`.
+///
+/// # Errors
+/// The file cannot be read or written.
+pub fn admin_key(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join(crate::auth::ADMIN_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(k) if crate::auth::parse_key(k.trim()).is_some() => return Ok(k.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let (key, _, _) = crate::auth::generate_key();
+    crate::auth::write_private(&path, format!("{key}\n").as_bytes())?;
+    Ok(key)
+}
+
 /// The TOML configuration of node `id` of an `n`-node loopback cluster with data under
 /// `dir/node<id>`. `extra` is appended as is (more sections or keys of the top level must
 /// come before any table, so `extra` should only add tables).
@@ -25,6 +43,9 @@ pub fn config(dir: &Path, base: u16, n: u64, id: u64, shards: u32, extra: &str) 
     let _ = writeln!(s, "grpc_addr = \"127.0.0.1:{grpc}\"");
     let _ = writeln!(s, "http_addr = \"127.0.0.1:{http}\"");
     let _ = writeln!(s, "\n[storage]\nshards = {shards}\n");
+    // Keys on, as a real cluster runs: every node registers the same admin key on its
+    // first start (`WEIR_ADMIN_KEY`, set by `weir dev-cluster` from `dir/admin.key`).
+    let _ = writeln!(s, "[auth]\nenabled = true\n");
     let _ = writeln!(
         s,
         "[cluster]\nnode_id = {id}\npeer_addr = \"127.0.0.1:{peer}\""
@@ -54,5 +75,6 @@ mod tests {
         assert_eq!(cfg.http_addr.port(), 14328);
         assert_eq!(cfg.cluster.peer_addr.port(), 14329);
         assert_eq!(cfg.cluster.nodes[2].peer, "127.0.0.1:14339");
+        assert!(cfg.auth.enabled);
     }
 }

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod append;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod config_keys;
@@ -21,6 +22,7 @@ pub mod es_query;
 pub mod grpc;
 pub mod http;
 pub mod indexer;
+pub mod keytable;
 pub mod logql;
 pub mod metrics;
 pub mod peer;
@@ -67,6 +69,8 @@ pub struct Node {
     indexers: Vec<Indexer>,
     mirror: Arc<weir_mirror::Mirror>,
     state: Arc<NodeState>,
+    /// The key table's refresher and, on a cluster, the first admin key's proposer.
+    key_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -77,6 +81,7 @@ impl Node {
     /// Bad configuration, a corrupt log, ports in use.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.validate()?;
+        config.check_exposure()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let (stop, stop_rx) = watch::channel(false);
@@ -88,6 +93,9 @@ impl Node {
         } = join_cluster(&config, &stop_rx).await?;
         let links = peer.as_ref().map(|p| p.links.clone());
         let raft = open_raft(&config, rejoining, links.clone()).await?;
+        let keys = keytable::RaftKeyStore::new(raft.clone());
+        let mut key_tasks = vec![keys.spawn_refresher(stop_rx.clone())];
+        let auth = Arc::new(auth::Auth::new(config.auth.enabled, keys.clone()));
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
         raft.require_cursors(weir_mirror::config::cursor_names(&config.mirror.sinks));
@@ -146,6 +154,7 @@ impl Node {
             cluster_id,
             indexer_failed,
             tail: tail::TailHub::new(raft.clone(), config.storage.shards),
+            auth: auth.clone(),
         });
         let mut syslog_addrs = Vec::new();
         for l in &config.syslog {
@@ -158,7 +167,30 @@ impl Node {
             .await?;
             syslog_addrs.push(listener.addr);
         }
-        let front = start_front_door(&config, appender, state.clone(), stop_rx).await?;
+        let front = start_front_door(
+            &config,
+            appender,
+            auth.clone(),
+            state.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
+        if config.auth.enabled {
+            let first_key = first_admin_key(config.clone(), raft.clone(), keys, stop_rx);
+            if config.cluster.is_clustered() {
+                // The others may not be up yet: the key comes when shard 0 has a leader.
+                key_tasks.push(tokio::spawn(async move {
+                    if let Err(e) = first_key.await {
+                        tracing::error!(error = %format!("{e:#}"), "no first admin key");
+                    }
+                }));
+            } else {
+                // A single node leads at once: its key is there when `start` returns.
+                tokio::time::timeout(Duration::from_secs(30), first_key)
+                    .await
+                    .context("the first admin key was not committed within 30 s")??;
+            }
+        }
         tracing::info!(grpc_addr = %front.grpc_addr, http_addr = %front.http_addr, data_dir = %config.data_dir.display(), backend = %raft.io_backend(), "weir node listening");
         Ok(Node {
             grpc_addr: front.grpc_addr,
@@ -173,6 +205,7 @@ impl Node {
             indexers,
             mirror,
             state,
+            key_tasks,
         })
     }
 
@@ -214,6 +247,9 @@ impl Node {
         // Open tails end here; the HTTP server's graceful shutdown would wait for them.
         let tail = self.state.tail.clone();
         tokio::task::spawn_blocking(move || tail.stop()).await?;
+        for t in self.key_tasks {
+            let _ = t.await;
+        }
         let grpc = self.grpc_task.await;
         let http = self.http_task.await;
         if let Some(t) = self.peer_task {
@@ -547,6 +583,100 @@ async fn finish_rejoin(
     }
 }
 
+/// With keys on, makes sure the cluster has an admin key this machine can use: the key
+/// in `<data_dir>/admin.key` if a previous start wrote one, else the one `WEIR_ADMIN_KEY`
+/// holds (every node of a cluster given the same), else, when the key table is empty, a
+/// new one. The node that leads shard 0 proposes it (the table's group); the file is
+/// written (mode 0600) before the proposal, so a crash in between loses nothing, and a
+/// generated key is printed once. Ends when the key is in the table (or, with no key of
+/// its own to bring, when the table has one), or when the node stops.
+async fn first_admin_key(
+    config: Config,
+    raft: Arc<RaftNode>,
+    keys: Arc<keytable::RaftKeyStore>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use auth::KeyStore as _;
+    let path = config.data_dir.join(auth::ADMIN_KEY_FILE);
+    let given = std::env::var(auth::BOOTSTRAP_KEY_ENV)
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty());
+    let limits = config.limits.to_limits();
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        keys.refresh();
+        let saved = std::fs::read_to_string(&path)
+            .ok()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty());
+        let mine = saved.clone().or_else(|| given.clone());
+        let known = |k: &str| auth::parse_key(k).is_some_and(|p| keys.get(p.id).is_some());
+        match &mine {
+            Some(k) if known(k) => {
+                if saved.is_none() {
+                    auth::write_private(&path, format!("{k}\n").as_bytes())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                return Ok(());
+            }
+            None if !keys.list().is_empty() => {
+                tracing::info!(
+                    "the key table has keys already (made on another node); this node wrote no admin.key"
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        if raft.committed_log(keytable::KEY_SHARD).is_leader() {
+            let request = weir_proto::api::keys::CreateKeyRequest {
+                tenants: Vec::new(),
+                scopes: weir_proto::api::keys::Scope::ALL.to_vec(),
+                note: "first admin key".into(),
+            };
+            let (stored, created) = auth::prepare_key(request, &limits, mine.as_deref())
+                .map_err(|e| anyhow::anyhow!("cannot make the first admin key: {}", e.message))?;
+            if saved.is_none() {
+                auth::write_private(&path, format!("{}\n", created.key).as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            match keys.insert(stored).await {
+                Ok(()) if mine.is_none() => {
+                    // Once, on the console that started the node; the file keeps it.
+                    eprintln!(
+                        "weir: access keys are on; the first admin key (shown only now, also \
+                         in {} with mode 0600):\n\n    {}\n",
+                        path.display(),
+                        created.key
+                    );
+                    return Ok(());
+                }
+                Ok(()) => {
+                    tracing::info!(key = %created.info.id, file = %path.display(), "registered the first admin key");
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(error = %e, "first admin key not stored yet; retrying"),
+            }
+        }
+        if !warned && started.elapsed() > Duration::from_secs(30) {
+            warned = true;
+            tracing::warn!(
+                leader = ?raft.leader_of(keytable::KEY_SHARD),
+                "this node's admin key ({} or {}) is not in the key table yet: only the leader of \
+                 shard 0 registers one; give every node the same {}",
+                path.display(),
+                auth::BOOTSTRAP_KEY_ENV,
+                auth::BOOTSTRAP_KEY_ENV
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(keytable::REFRESH_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
 /// The client-facing servers, listening.
 struct FrontDoor {
     grpc_addr: SocketAddr,
@@ -559,6 +689,7 @@ struct FrontDoor {
 async fn start_front_door(
     config: &Config,
     appender: Arc<Appender>,
+    auth: Arc<auth::Auth>,
     state: Arc<NodeState>,
     stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<FrontDoor> {
@@ -570,7 +701,7 @@ async fn start_front_door(
         .with_context(|| format!("cannot listen on http_addr {}", config.http_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let (ingest, otlp) = grpc::GrpcIngest::services(appender);
+    let (ingest, otlp) = grpc::GrpcIngest::services(appender, auth);
     let mut rx = stop_rx.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()

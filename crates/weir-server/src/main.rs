@@ -29,6 +29,10 @@ use weir_server::Config;
     about = "Weir: a durable, searchable log buffer in front of Elasticsearch and Loki"
 )]
 struct Cli {
+    /// Access key for the node's API (else $WEIR_KEY, else ./weir-data/admin.key or
+    /// $WEIR_DATA_DIR/admin.key when readable).
+    #[arg(long, global = true)]
+    key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +57,14 @@ enum Command {
         /// rejoin without voting until caught up (docs/cluster.md).
         #[arg(long)]
         rejoin: bool,
+        /// Require access keys (auth.enabled); the first start writes an admin key to
+        /// the data directory.
+        #[arg(long)]
+        auth: bool,
+        /// Listen beyond loopback without access keys (auth.insecure): anyone who
+        /// reaches the node reads and writes every tenant.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Send lines (from FILE or stdin) as log records, in batches.
     Push(PushArgs),
@@ -63,9 +75,9 @@ enum Command {
         /// HTTP endpoint.
         #[arg(long, default_value = "http://127.0.0.1:4318")]
         addr: String,
-        /// Tenant.
-        #[arg(long, default_value = "default")]
-        tenant: String,
+        /// Tenant (default: the key's, or `default`).
+        #[arg(long)]
+        tenant: Option<String>,
         /// Print each record as JSON (one per line) instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -76,9 +88,9 @@ enum Command {
         /// HTTP endpoint.
         #[arg(long, default_value = "http://127.0.0.1:4318")]
         addr: String,
-        /// Tenant.
-        #[arg(long, default_value = "default")]
-        tenant: String,
+        /// Tenant (default: the key's, or `default`).
+        #[arg(long)]
+        tenant: Option<String>,
         /// Start (RFC 3339 or unix ns); default one hour before the end.
         #[arg(long, conflicts_with = "since")]
         start: Option<String>,
@@ -135,6 +147,16 @@ enum Command {
         #[arg(long)]
         extra_config: Option<PathBuf>,
     },
+    /// Access keys: create (the secret is shown once), list, revoke. Admin key needed.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Tenants that keys name or that the node ingested for. Admin key needed.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
     /// Dead-letter logs of the mirrors: records a backend refused for good.
     Dlq {
         #[command(subcommand)]
@@ -166,6 +188,61 @@ enum ClusterCommand {
         #[arg(long, default_value = "http://127.0.0.1:4318")]
         addr: String,
         /// Print the answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// A tenant the key belongs to (repeatable); none: every tenant (operator key).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// Scopes, comma separated: write, read, admin (admin only without --tenant).
+        #[arg(long, value_delimiter = ',', value_parser = weir_proto::api::keys::Scope::parse, required = true)]
+        scope: Vec<weir_proto::api::keys::Scope>,
+        /// A note for people: who or what uses it.
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a new key without asking a node: for `WEIR_ADMIN_KEY`, the first admin key
+    /// every node of a cluster registers on its first start.
+    Generate,
+    /// Revoke a key: requests with it are refused from then on.
+    Revoke {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// The key's id (from `weir keys list`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// List tenants.
+    List {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -208,6 +285,48 @@ enum DlqCommand {
     },
 }
 
+/// The access key the command presents: `--key`, else `$WEIR_KEY`, else the admin key
+/// file a node wrote to its data directory on this machine (`$WEIR_DATA_DIR`, else
+/// `./weir-data`). Set once in `main`.
+static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn find_key(given: Option<String>) -> Option<String> {
+    if let Some(k) = given.or_else(|| std::env::var("WEIR_KEY").ok()) {
+        return Some(k.trim().to_owned()).filter(|k| !k.is_empty());
+    }
+    let dir =
+        std::env::var_os("WEIR_DATA_DIR").map_or_else(|| PathBuf::from("weir-data"), PathBuf::from);
+    std::fs::read_to_string(dir.join(weir_server::auth::ADMIN_KEY_FILE))
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+}
+
+fn key() -> Option<&'static str> {
+    KEY.get().and_then(|k| k.as_deref())
+}
+
+/// An HTTP client that presents the key (if any) on every request.
+fn http_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(v) =
+        key().and_then(|k| reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
+fn with_tenant(req: reqwest::RequestBuilder, tenant: Option<String>) -> reqwest::RequestBuilder {
+    match tenant {
+        Some(t) => req.header(weir_server::http::TENANT_HEADER, t),
+        None => req,
+    }
+}
+
 /// No request body, for [`api`].
 const NO_BODY: Option<&()> = None;
 
@@ -220,7 +339,7 @@ async fn api<T: serde::de::DeserializeOwned>(
     body: Option<&impl serde::Serialize>,
 ) -> anyhow::Result<T> {
     let url = format!("{}{path}", addr.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().request(method, &url);
+    let mut req = http_client().request(method, &url);
     if let Some(b) = body {
         req = req.json(b);
     }
@@ -254,6 +373,118 @@ async fn read_answer<T: serde::de::DeserializeOwned>(
                 .unwrap_or("body")
         )
     })
+}
+
+/// A gRPC request carrying the key (if any) as metadata `authorization`.
+fn authorized<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Some(v) = key().and_then(|k| format!("Bearer {k}").parse().ok()) {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+async fn keys_command(c: KeysCommand) -> anyhow::Result<()> {
+    use weir_proto::api::keys::{CreateKeyRequest, CreatedKey, KeyInfo, KeysResponse};
+    match c {
+        KeysCommand::Create {
+            addr,
+            tenants,
+            scope,
+            note,
+            json,
+        } => {
+            let body = CreateKeyRequest {
+                tenants,
+                scopes: scope,
+                note,
+            };
+            let k: CreatedKey =
+                api(&addr, reqwest::Method::POST, "/api/v1/keys", Some(&body)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&k)?);
+                return Ok(());
+            }
+            println!("{}", k.key);
+            eprintln!(
+                "key {} for {} with scopes {}: shown only now, keep it safe.\nElasticsearch clients (api_key): {}",
+                k.info.id,
+                tenants_text(&k.info.tenants),
+                scopes_text(&k.info.scopes),
+                k.api_key_encoded
+            );
+        }
+        KeysCommand::List { addr, json } => {
+            let r: KeysResponse = api(&addr, reqwest::Method::GET, "/api/v1/keys", NO_BODY).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!(
+                "{:<18} {:<8} {:<18} {:<24} NOTE",
+                "ID", "STATE", "SCOPES", "TENANTS"
+            );
+            for k in r.keys {
+                let state = if k.revoked_ns.is_some() {
+                    "revoked"
+                } else {
+                    "valid"
+                };
+                println!(
+                    "{:<18} {:<8} {:<18} {:<24} {}",
+                    k.id,
+                    state,
+                    scopes_text(&k.scopes),
+                    tenants_text(&k.tenants),
+                    k.note
+                );
+            }
+        }
+        KeysCommand::Generate => println!("{}", weir_server::auth::generate_key().0),
+        KeysCommand::Revoke { addr, id } => {
+            let k: KeyInfo = api(
+                &addr,
+                reqwest::Method::DELETE,
+                &format!("/api/v1/keys/{id}"),
+                NO_BODY,
+            )
+            .await?;
+            println!("key {} revoked ({})", k.id, tenants_text(&k.tenants));
+        }
+    }
+    Ok(())
+}
+
+fn tenants_text(t: &[String]) -> String {
+    if t.is_empty() {
+        "every tenant".into()
+    } else {
+        t.join(",")
+    }
+}
+
+fn scopes_text(s: &[weir_proto::api::keys::Scope]) -> String {
+    s.iter().map(|s| s.name()).collect::<Vec<_>>().join(",")
+}
+
+async fn tenants_command(c: TenantsCommand) -> anyhow::Result<()> {
+    let TenantsCommand::List { addr, json } = c;
+    let r: weir_proto::api::keys::TenantsResponse =
+        api(&addr, reqwest::Method::GET, "/api/v1/tenants", NO_BODY).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("{:<32} {:>5} INGESTED", "TENANT", "KEYS");
+    for t in r.tenants {
+        println!(
+            "{:<32} {:>5} {}",
+            t.name,
+            t.keys,
+            if t.ingested { "yes" } else { "no" }
+        );
+    }
+    Ok(())
 }
 
 async fn cluster_command(c: ClusterCommand) -> anyhow::Result<()> {
@@ -391,9 +622,9 @@ struct PushArgs {
     /// gRPC endpoint.
     #[arg(long, default_value = "http://127.0.0.1:4317")]
     addr: String,
-    /// Tenant.
-    #[arg(long, default_value = "default")]
-    tenant: String,
+    /// Tenant (default: the key's, or `default`).
+    #[arg(long)]
+    tenant: Option<String>,
     /// service of every record.
     #[arg(long, default_value = "")]
     service: String,
@@ -438,6 +669,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let _ = KEY.set(find_key(cli.key.clone()));
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -462,6 +694,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_addr,
                 http_addr,
                 rejoin,
+                auth,
+                insecure,
             } => {
                 let mut cfg = match config {
                     Some(p) => Config::from_file(&p)?,
@@ -477,11 +711,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     cfg.http_addr = a;
                 }
                 cfg.cluster.rejoin = rejoin;
+                cfg.auth.enabled |= auth;
+                cfg.auth.insecure |= insecure;
                 weir_server::run(cfg, shutdown_signal()).await
             }
             Command::Push(args) => push(args).await,
             Command::Cluster { command } => cluster_command(command).await,
             Command::Dlq { command } => dlq_command(command).await,
+            Command::Keys { command } => keys_command(command).await,
+            Command::Tenants { command } => tenants_command(command).await,
             Command::Config { command } => config_command(command),
             Command::DevCluster {
                 dir,
@@ -572,7 +810,7 @@ fn parse_duration_ns(s: &str) -> Result<i64, String> {
 #[allow(clippy::too_many_arguments)]
 async fn query_command(
     addr: String,
-    tenant: String,
+    tenant: Option<String>,
     start: Option<String>,
     end: Option<String>,
     level: Option<String>,
@@ -586,9 +824,7 @@ async fn query_command(
     params.extend(end.map(|s| ("end", s)));
     params.extend(level.map(|s| ("level", s)));
     let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .header(weir_server::http::TENANT_HEADER, tenant)
+    let resp = with_tenant(http_client().get(&url), tenant)
         .query(&params)
         .send()
         .await
@@ -626,14 +862,12 @@ async fn query_command(
 /// counts by level.
 async fn histogram_command(
     addr: String,
-    tenant: String,
+    tenant: Option<String>,
     params: Vec<(&str, String)>,
     json: bool,
 ) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/histogram", addr.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .header(weir_server::http::TENANT_HEADER, tenant)
+    let resp = with_tenant(http_client().get(&url), tenant)
         .query(&params)
         .send()
         .await
@@ -685,14 +919,12 @@ async fn histogram_command(
 /// `weir tail`: reads the node's Server-Sent Events and prints each record as it commits.
 async fn tail_command(
     addr: String,
-    tenant: String,
+    tenant: Option<String>,
     query: String,
     json: bool,
 ) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/tail", addr.trim_end_matches('/'));
-    let mut resp = reqwest::Client::new()
-        .get(&url)
-        .header(weir_server::http::TENANT_HEADER, tenant)
+    let mut resp = with_tenant(http_client().get(&url), tenant)
         .query(&[("query", &query)])
         .send()
         .await
@@ -762,6 +994,8 @@ async fn dev_cluster(
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
     let exe = std::env::current_exe().context("cannot find the weir binary")?;
+    let key = weir_server::devcluster::admin_key(&dir)
+        .with_context(|| format!("cannot read or write the admin key in {}", dir.display()))?;
     let mut children = Vec::new();
     for id in 1..=nodes {
         let path = dir.join(format!("node{id}.toml"));
@@ -770,7 +1004,7 @@ async fn dev_cluster(
             weir_server::devcluster::config(&dir, base, nodes, id, shards, &extra),
         )
         .with_context(|| format!("cannot write {}", path.display()))?;
-        let child = start_dev_node(&exe, &dir, id)?;
+        let child = start_dev_node(&exe, &dir, id, &key)?;
         let (g, h, p) = weir_server::devcluster::ports(base, id);
         println!(
             "node {id}: grpc 127.0.0.1:{g}  http 127.0.0.1:{h}  peer 127.0.0.1:{p}  log {}",
@@ -779,7 +1013,12 @@ async fn dev_cluster(
         children.push(Some(child));
     }
     println!(
-        "status: weir cluster status --addr http://127.0.0.1:{}",
+        "admin key: {} (every node's; pass it as WEIR_KEY or --key)",
+        dir.join(weir_server::auth::ADMIN_KEY_FILE).display()
+    );
+    println!(
+        "status: WEIR_KEY=$(cat {}) weir cluster status --addr http://127.0.0.1:{}",
+        dir.join(weir_server::auth::ADMIN_KEY_FILE).display(),
         base + 1
     );
     println!("type `restart N` and Enter to restart node N; Ctrl-C stops the cluster");
@@ -818,6 +1057,7 @@ fn start_dev_node(
     exe: &std::path::Path,
     dir: &std::path::Path,
     id: u64,
+    key: &str,
 ) -> anyhow::Result<tokio::process::Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -826,6 +1066,7 @@ fn start_dev_node(
     tokio::process::Command::new(exe)
         .args(["server", "--config"])
         .arg(dir.join(format!("node{id}.toml")))
+        .env(weir_server::auth::BOOTSTRAP_KEY_ENV, key)
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(std::process::Stdio::null())
@@ -873,7 +1114,8 @@ async fn dev_command(
         }
         let _ = child.wait().await;
     }
-    children[id - 1] = Some(start_dev_node(exe, dir, id as u64)?);
+    let key = weir_server::devcluster::admin_key(dir)?;
+    children[id - 1] = Some(start_dev_node(exe, dir, id as u64, &key)?);
     println!("node {id} restarted");
     Ok(())
 }
@@ -1013,7 +1255,7 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
 /// or a single line is refused.
 struct BatchSender<'a> {
     client: &'a mut IngestClient<tonic::transport::Channel>,
-    tenant: String,
+    tenant: Option<String>,
     producer_id: Option<String>,
     seq: u64,
     tally: PushTally,
@@ -1044,14 +1286,14 @@ impl BatchSender<'_> {
         self.seq += 1;
         let seq = self.seq;
         let req = AppendRequest {
-            tenant: self.tenant.clone(),
+            tenant: self.tenant.clone().unwrap_or_default(),
             producer_id: self.producer_id.clone().unwrap_or_default(),
             sequence: seq,
             records: lines.iter().map(|l| l.record.clone()).collect(),
         };
         let mut attempt = 0u32;
         let resp = loop {
-            match self.client.append(req.clone()).await {
+            match self.client.append(authorized(req.clone())).await {
                 Ok(r) => break r.into_inner(),
                 Err(s) if too_large(&s) => return Ok(Sent::TooLarge(s.message().to_owned())),
                 Err(s)

@@ -228,6 +228,16 @@ impl IngestMetrics {
         self.latency[protocol.index()].observe(took);
     }
 
+    /// Every tenant counted since the node started, by name.
+    pub fn tenants(&self) -> std::collections::BTreeSet<String> {
+        self.by_tenant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+
     fn update(&self, protocol: Protocol, tenant: &str, f: impl FnOnce(&mut Counts)) {
         let mut map = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
         let key = (protocol, tenant.to_owned());

@@ -31,6 +31,8 @@ pub struct NodeState {
     pub indexer_failed: Vec<Arc<std::sync::Mutex<Option<String>>>>,
     /// Committed records as they commit, for live tails.
     pub tail: Arc<crate::tail::TailHub>,
+    /// Access keys: who may do what.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl NodeState {

@@ -9,7 +9,17 @@ use std::process::{Command, Stdio};
 use common::*;
 
 fn weir(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+    weir_env(args, stdin, &[])
+}
+
+/// [`weir`] with these environment variables set (and `WEIR_KEY` removed unless given).
+fn weir_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.env_remove("WEIR_KEY").env_remove("WEIR_DATA_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .args(args)
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::piped())
@@ -223,8 +233,105 @@ fn dev_cluster_reports_a_dead_node_and_restarts_it() {
     );
     writeln!(stdin, "restart 1").unwrap();
     wait_for("node 1 restarted");
+    // Keys are on, and the node registered the cluster's admin key (WEIR_ADMIN_KEY).
+    let key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+    // Written by the node once its first admin key is committed (it has just restarted).
+    let node_key_file = dir.path().join("node1").join("admin.key");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !node_key_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let node_key = std::fs::read_to_string(&node_key_file).unwrap();
+    assert_eq!(key.trim(), node_key.trim());
+    assert!(key.starts_with("weir_"), "{key}");
     // SAFETY: kill(2) on the dev-cluster process this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// `weir keys` and `weir tenants` against a node with keys on: the admin key is found in
+/// the data directory (`WEIR_DATA_DIR`), a created key is printed once and works, a
+/// revoked one is refused, and a command without a key says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_created_listed_used_and_revoked_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.auth.enabled = true;
+    let n = TestNode::start_with(dir, cfg).await;
+    let data = n.dir.path().to_str().unwrap().to_owned();
+    let admin = [("WEIR_DATA_DIR", data.as_str())];
+    let (code, out, err) = weir_env(
+        &[
+            "keys",
+            "create",
+            "--addr",
+            &n.http,
+            "--tenant",
+            "acme",
+            "--scope",
+            "write,read",
+            "--note",
+            "ci",
+        ],
+        b"",
+        &admin,
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = out.trim().to_owned();
+    assert!(key.starts_with("weir_"), "{out}");
+    assert!(
+        err.contains("shown only now") && err.contains("acme"),
+        "{err}"
+    );
+    let id = weir_server::auth::parse_key(&key).unwrap().id.to_owned();
+
+    let (code, out, err) = weir_env(&["keys", "list", "--addr", &n.http], b"", &admin);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&id) && out.contains("write,read") && out.contains("acme"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(weir_server::auth::parse_key(&key).unwrap().secret),
+        "{out}"
+    );
+
+    let (code, out, err) = weir_env(
+        &["push", "--addr", &n.grpc, "--key", &key, "--service", "cli"],
+        b"hello from acme\n",
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let mut found = String::new();
+    for _ in 0..40 {
+        let (code, out, err) = weir_env(
+            &["query", "--addr", &n.http, "hello"],
+            b"",
+            &[("WEIR_KEY", key.as_str())],
+        );
+        assert_eq!(code, 0, "{err}");
+        found = out;
+        if found.contains("hello from acme") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(found.contains("hello from acme"), "{found}");
+
+    let (code, out, err) = weir_env(&["tenants", "list", "--addr", &n.http], b"", &admin);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("acme")), "{out}");
+
+    let (code, _, err) = weir_env(&["query", "--addr", &n.http, ""], b"", &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("401") && err.contains("access key"), "{err}");
+
+    let (code, out, err) = weir_env(&["keys", "revoke", "--addr", &n.http, &id], b"", &admin);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let (code, _, err) = weir_env(&["query", "--addr", &n.http, "--key", &key, ""], b"", &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("revoked"), "{err}");
+    n.stop().await;
 }

@@ -584,3 +584,93 @@ async fn logql_and_histograms_gather_every_shard_on_every_node() {
         m.node.take().unwrap().shutdown().await.unwrap();
     }
 }
+
+/// Keys are cluster state (raft entries of shard 0's group): a key created through any
+/// node (a follower forwards to the leader) is valid on every node, and its revocation
+/// holds on every node within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_on_any_node_works_everywhere_and_its_revocation_holds_everywhere_within_a_second(
+) {
+    use weir_proto::api::keys::{CreateKeyRequest, CreatedKey, Scope};
+    let admin = weir_server::auth::generate_key().0;
+    let mut cfgs = configs();
+    for (dir, cfg) in &mut cfgs {
+        cfg.auth.enabled = true;
+        // The same first admin key on every node, as WEIR_ADMIN_KEY would give it.
+        std::fs::write(dir.path().join("admin.key"), format!("{admin}\n")).unwrap();
+    }
+    let starts = cfgs
+        .iter()
+        .map(|(_, c)| tokio::spawn(Node::start(c.clone())))
+        .collect::<Vec<_>>();
+    let mut members = Vec::new();
+    for ((dir, cfg), s) in cfgs.into_iter().zip(starts) {
+        let node = s.await.unwrap().expect("node starts");
+        members.push(Member {
+            cfg,
+            node: Some(node),
+            _dir: dir,
+        });
+    }
+    let client = reqwest::Client::new();
+    let status_with = |m: &Member, key: &str, path: &str| {
+        let req = client.get(format!("{}{path}", http(m))).bearer_auth(key);
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    let until = |want: u16, key: String, path: &'static str, secs: u64| {
+        let members = &members;
+        let status_with = &status_with;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            for m in members {
+                loop {
+                    let got = status_with(m, &key, path).await;
+                    if got == want {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} answers {got} to {path}, not {want}, after {secs} s",
+                        m.cfg.cluster.node_id
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    };
+    // The first admin key reaches the table once shard 0 has a leader.
+    until(200, admin.clone(), "/api/v1/keys", 30).await;
+
+    // Created through each node in turn (two of them forward to the leader).
+    for m in &members {
+        let created: CreatedKey = client
+            .post(format!("{}/api/v1/keys", http(m)))
+            .bearer_auth(&admin)
+            .json(&CreateKeyRequest {
+                tenants: vec!["acme".into()],
+                scopes: vec![Scope::Read],
+                note: format!("made through node {}", m.cfg.cluster.node_id),
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        until(200, created.key.clone(), "/api/v1/search", 2).await;
+
+        let revoked = client
+            .delete(format!("{}/api/v1/keys/{}", http(m), created.info.id))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), 200, "{}", revoked.text().await.unwrap());
+        let t = Instant::now();
+        until(401, created.key.clone(), "/api/v1/search", 1).await;
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    for m in &mut members {
+        m.node.take().unwrap().shutdown().await.unwrap();
+    }
+}

@@ -832,3 +832,113 @@ async fn lag_seconds_never_reads_zero_while_a_backlog_is_being_drained() {
     assert_es_exactly(&es, &want);
     node.stop().await;
 }
+
+/// Dead letters are a tenant's data: a tenant's key lists, counts and shows only its own
+/// (another tenant's is "not found"), replay needs an operator's admin key, and the
+/// operator sees every tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_only_its_own_dead_letters_and_replay_is_admin() {
+    use weir_proto::api::keys::{CreateKeyRequest, CreatedKey, Scope};
+    let (es, loki) = start_pair().await;
+    es.fail_items(|source| {
+        source["message"]
+            .as_str()
+            .filter(|m| m.starts_with("poison"))
+            .map(|_| ItemFault::mapper_parsing("failed to parse field [attributes.x]"))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sinks_config(dir.path(), &es.url(), &loki.url());
+    cfg.auth.enabled = true;
+    let node = TestNode::start_with(dir, cfg).await;
+    let admin = std::fs::read_to_string(node.dir.path().join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for tenant in ["acme", "beta"] {
+        let k: CreatedKey = http
+            .post(format!("{}/api/v1/keys", node.http))
+            .bearer_auth(&admin)
+            .json(&CreateKeyRequest {
+                tenants: vec![tenant.into()],
+                scopes: vec![Scope::Write, Scope::Read],
+                note: String::new(),
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(batch("", &format!("poison-{tenant}"), 1));
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", k.key).parse().unwrap(),
+        );
+        node.client().await.append(req).await.unwrap();
+        keys.push(k.key);
+    }
+    let get = |key: &str, path: &str| {
+        let req = http.get(format!("{}{path}", node.http)).bearer_auth(key);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let all: DlqListResponse = loop {
+        let (_, body) = get(&admin, "/api/v1/dlq/es").await;
+        let v: DlqListResponse = serde_json::from_str(&body).unwrap();
+        if v.total == 2 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two dead letters expected: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seq_of = |tenant: &str| {
+        all.dead_letters
+            .iter()
+            .find(|l| l.tenant == tenant)
+            .unwrap()
+            .seq
+    };
+    let (acme, beta) = (&keys[0], &keys[1]);
+
+    let (status, body) = get(acme, "/api/v1/dlq/es").await;
+    assert_eq!(status, 200, "{body}");
+    let mine: DlqListResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(mine.total, 1, "{body}");
+    assert_eq!(mine.dead_letters[0].tenant, "acme");
+    assert!(!body.contains("poison-beta"), "{body}");
+    let (_, body) = get(acme, "/api/v1/dlq").await;
+    let sinks: DlqSinksResponse = serde_json::from_str(&body).unwrap();
+    let es_sink = sinks.sinks.iter().find(|s| s.sink == "es").unwrap();
+    assert_eq!(es_sink.dead_letters, 1, "{body}");
+    let (status, _) = get(acme, &format!("/api/v1/dlq/es/{}", seq_of("acme"))).await;
+    assert_eq!(status, 200);
+    let (status, body) = get(acme, &format!("/api/v1/dlq/es/{}", seq_of("beta"))).await;
+    assert_eq!(status, 404, "another tenant's dead letter: {body}");
+    assert!(!body.contains("poison-beta"), "{body}");
+    let (status, body) = get(beta, &format!("/api/v1/dlq/es/{}", seq_of("beta"))).await;
+    assert_eq!(status, 200, "{body}");
+
+    let replay = http
+        .post(format!("{}/api/v1/dlq/es/replay", node.http))
+        .bearer_auth(acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 403);
+    let replay = http
+        .post(format!("{}/api/v1/dlq/es/replay", node.http))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 200, "{}", replay.text().await.unwrap());
+    node.stop().await;
+}

@@ -7,6 +7,7 @@
 //! - [`cluster`]: `GET /api/v1/cluster`.
 //! - [`mirror`]: the status of a mirror sink (part of the cluster status).
 //! - [`dlq`]: the dead-letter endpoints under `/api/v1/dlq`.
+//! - [`keys`]: access keys and tenants under `/api/v1/keys` and `/api/v1/tenants`.
 //! - [`error`]: the body of every API error.
 //!
 //! Every type deserializes exactly what it serializes (the unit tests round-trip each
@@ -34,6 +35,7 @@
 pub mod cluster;
 pub mod dlq;
 pub mod error;
+pub mod keys;
 pub mod labels;
 pub mod mirror;
 pub mod search;

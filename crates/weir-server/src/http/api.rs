@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,7 +17,8 @@ use weir_proto::api::labels::{LabelValuesResponse, LabelsResponse};
 use weir_proto::api::{cluster::ClusterStatus, search};
 use weir_proto::{ApiError, Level};
 
-use super::{tenant, HttpError};
+use super::HttpError;
+use crate::auth::Caller;
 use crate::state::NodeState;
 
 /// Weir's own routes.
@@ -61,11 +62,11 @@ fn hit(h: Hit, with_score: bool) -> search::Hit {
 
 async fn search(
     State(st): State<Arc<NodeState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<search::SearchResponse>, HttpError> {
     let started = Instant::now();
-    let (req, notices) = parse_search(&params, tenant(&headers, &st.config)?, &st.config)?;
+    let (req, notices) = parse_search(&params, caller.tenant, &st.config)?;
     let (start, end) = (rfc3339(req.start_ns), rfc3339(req.end_ns));
     let limit = req.limit;
     let with_score = matches!(req.sort, Sort::Score);
@@ -233,27 +234,24 @@ pub use weir_mirror::item::rfc3339;
 
 async fn labels(
     State(st): State<Arc<NodeState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<LabelsResponse>, HttpError> {
     let (start, end) = time_range(&params, &st.config, &mut Vec::new())?;
-    let labels = st
-        .searcher
-        .label_names(tenant(&headers, &st.config)?, start, end)
-        .await?;
+    let labels = st.searcher.label_names(caller.tenant, start, end).await?;
     Ok(Json(LabelsResponse { labels }))
 }
 
 async fn label_values(
     State(st): State<Arc<NodeState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<LabelValuesResponse>, HttpError> {
     let (start, end) = time_range(&params, &st.config, &mut Vec::new())?;
     let values = st
         .searcher
-        .label_values(tenant(&headers, &st.config)?, name.clone(), start, end)
+        .label_values(caller.tenant, name.clone(), start, end)
         .await?;
     Ok(Json(LabelValuesResponse {
         label: name,
@@ -338,24 +336,47 @@ fn mirror_error(e: weir_mirror::Error) -> HttpError {
     HttpError(ApiError::new(kind, e.to_string()))
 }
 
-/// `GET /api/v1/dlq`: each sink and how many dead letters it holds.
-async fn dlq_sinks(State(st): State<Arc<NodeState>>) -> Json<DlqSinksResponse> {
-    let sinks = st
-        .mirror
-        .status()
-        .into_iter()
-        .map(|s| DlqSink {
+/// Whether `caller` may see a dead letter of `tenant`: its own tenant's, or every one
+/// for an operator with the admin scope (and everyone where keys are off).
+fn sees_dead_letter(caller: &Caller, tenant: &str) -> bool {
+    caller.tenant == tenant || sees_every_dead_letter(caller)
+}
+
+fn sees_every_dead_letter(caller: &Caller) -> bool {
+    caller.operator && caller.scopes.has(weir_proto::api::keys::Scope::Admin)
+}
+
+/// `GET /api/v1/dlq`: each sink and how many dead letters it holds (of the caller's
+/// tenant, unless the caller is an operator).
+async fn dlq_sinks(
+    State(st): State<Arc<NodeState>>,
+    caller: Caller,
+) -> Result<Json<DlqSinksResponse>, HttpError> {
+    let mut sinks = Vec::new();
+    for s in st.mirror.status() {
+        let dead_letters = if sees_dead_letter(&caller, "\0every tenant") {
+            s.dead_letters_held
+        } else {
+            st.mirror
+                .dead_letters(&s.name)
+                .map_err(mirror_error)?
+                .iter()
+                .filter(|l| l.item.tenant == caller.tenant)
+                .count()
+        };
+        sinks.push(DlqSink {
             backend: s.backend,
-            dead_letters: s.dead_letters_held,
+            dead_letters,
             sink: s.name,
-        })
-        .collect();
-    Json(DlqSinksResponse { sinks })
+        });
+    }
+    Ok(Json(DlqSinksResponse { sinks }))
 }
 
 /// `GET /api/v1/dlq/{sink}?limit=N&after=SEQ`: dead letters, oldest first.
 async fn dlq_list(
     State(st): State<Arc<NodeState>>,
+    caller: Caller,
     Path(sink): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<DlqListResponse>, HttpError> {
@@ -370,7 +391,8 @@ async fn dlq_list(
     };
     let limit = num("limit", 100)? as usize;
     let after = num("after", 0)?;
-    let all = st.mirror.dead_letters(&sink).map_err(mirror_error)?;
+    let mut all = st.mirror.dead_letters(&sink).map_err(mirror_error)?;
+    all.retain(|l| sees_dead_letter(&caller, &l.item.tenant));
     let total = all.len();
     let dead_letters = all
         .iter()
@@ -388,6 +410,7 @@ async fn dlq_list(
 /// `GET /api/v1/dlq/{sink}/{seq}`: one dead letter.
 async fn dlq_show(
     State(st): State<Arc<NodeState>>,
+    caller: Caller,
     Path((sink, seq)): Path<(String, String)>,
 ) -> Result<Json<DeadLetter>, HttpError> {
     let seq: u64 = seq.parse().map_err(|_| {
@@ -396,8 +419,10 @@ async fn dlq_show(
         )))
     })?;
     let all = st.mirror.dead_letters(&sink).map_err(mirror_error)?;
+    // Another tenant's dead letter is answered as absent: its existence is not the
+    // caller's to know.
     all.iter()
-        .find(|l| l.seq == seq)
+        .find(|l| l.seq == seq && sees_dead_letter(&caller, &l.item.tenant))
         .map(|l| Json(l.to_api()))
         .ok_or_else(|| {
             HttpError(ApiError::new(

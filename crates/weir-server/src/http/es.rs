@@ -29,7 +29,8 @@ use weir_ingest::{BulkAction, BulkItemError, BulkOp};
 use weir_proto::v1::AppendRequest;
 use weir_proto::ApiError;
 
-use super::ingest::{decoded_body, push_tenant};
+use super::ingest::decoded_body;
+use crate::auth::Caller;
 use crate::protocol::{keyed, request_key, Protocol};
 use crate::state::NodeState;
 
@@ -138,17 +139,23 @@ async fn accepted(method: axum::http::Method) -> Response {
     Json(json!({ "acknowledged": true })).into_response()
 }
 
-async fn bulk_root(State(st): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
-    bulk(&st, &headers, body, None).await
+async fn bulk_root(
+    State(st): State<Arc<NodeState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    bulk(&st, caller.tenant, &headers, body, None).await
 }
 
 async fn bulk_index(
     State(st): State<Arc<NodeState>>,
+    caller: Caller,
     Path(index): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    bulk(&st, &headers, body, Some(&index)).await
+    bulk(&st, caller.tenant, &headers, body, Some(&index)).await
 }
 
 /// An Elasticsearch error answer: `{"error":{"type","reason"},"status"}`.
@@ -268,15 +275,12 @@ async fn append_by_id(st: &NodeState, tenant: &str, ends: &mut [ItemEnd]) {
 
 async fn bulk(
     st: &NodeState,
+    tenant: String,
     headers: &HeaderMap,
     body: Bytes,
     path_index: Option<&str>,
 ) -> Response {
     let started = std::time::Instant::now();
-    let tenant = match push_tenant(headers, &st.config) {
-        Ok(t) => t,
-        Err(e) => return api_error(&e.0),
-    };
     let body = match decoded_body(headers, body, &st.config) {
         Ok(b) => b,
         Err(e) => return api_error(&e.0),

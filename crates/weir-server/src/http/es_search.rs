@@ -10,7 +10,7 @@
 //!   attribute keys of its latest records.
 //!
 //! Index names: the tenant's virtual index `weir-<tenant>` (every record), or the
-//! `es.index` that `_bulk` kept. The tenant is `X-Scope-OrgID`, else Weir's header.
+//! `es.index` that `_bulk` kept. The tenant is the caller's (`http::access`).
 //!
 //! Hits and counts go through the [`crate::search::Searcher`] (every shard, here or on a
 //! peer), so the answer is the same on one node or a cluster; a shard nobody answered
@@ -37,7 +37,8 @@ use serde_json::{json, Map, Value};
 use weir_index::{Cursor, Hit, SearchRequest, Sort, StoredRecord};
 use weir_proto::{ApiError, Level};
 
-use super::ingest::{decoded_body, push_tenant};
+use super::ingest::decoded_body;
+use crate::auth::Caller;
 use crate::es_query::{
     self, exact, Agg, DateHistogram, EsError, FieldRef, Metric, NamedAgg, SearchFilter, Terms,
     TermsOrder, TrackTotal, TIME_FIELD,
@@ -111,10 +112,6 @@ fn from_api(e: ApiError) -> EsError {
     }
 }
 
-fn tenant_of(st: &NodeState, headers: &HeaderMap) -> Result<String, EsError> {
-    push_tenant(headers, &st.config).map_err(|e| from_api(e.0))
-}
-
 fn json_body(st: &NodeState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, EsError> {
     decoded_body(headers, body, &st.config).map_err(|e| from_api(e.0))
 }
@@ -124,23 +121,33 @@ fn json_body(st: &NodeState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, 
 
 async fn search_route(
     State(st): State<Arc<NodeState>>,
+    caller: Caller,
     index: Option<Path<String>>,
     headers: HeaderMap,
     UrlQuery(params): UrlQuery<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    search(&st, &index_of(index), &headers, &params, body).await
+    search(
+        &st,
+        &caller.tenant,
+        &index_of(index),
+        &headers,
+        &params,
+        body,
+    )
+    .await
 }
 
 async fn search(
     st: &NodeState,
+    tenant: &str,
     index: &str,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     body: Bytes,
 ) -> Response {
     let answer = async {
-        let tenant = tenant_of(st, headers)?;
+        let tenant = tenant.to_owned();
         let body = json_body(st, headers, body)?;
         let mut body: Value = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Object(Map::new())
@@ -1035,12 +1042,21 @@ fn insert_path(obj: &mut Map<String, Value>, key: &str, value: Value) {
 
 async fn msearch_route(
     State(st): State<Arc<NodeState>>,
+    caller: Caller,
     index: Option<Path<String>>,
     headers: HeaderMap,
     UrlQuery(params): UrlQuery<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    msearch(&st, &index_of(index), &headers, &params, body).await
+    msearch(
+        &st,
+        &caller.tenant,
+        &index_of(index),
+        &headers,
+        &params,
+        body,
+    )
+    .await
 }
 
 /// One search of an `_msearch`: its index expression and body, or why its lines were
@@ -1080,6 +1096,7 @@ fn msearch_items(body: &[u8], path_index: &str) -> Result<Vec<MsearchItem>, EsEr
 
 async fn msearch(
     st: &NodeState,
+    tenant: &str,
     index: &str,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -1090,7 +1107,7 @@ async fn msearch(
         .get("rest_total_hits_as_int")
         .is_some_and(|v| v != "false");
     let prepared = (|| {
-        let tenant = tenant_of(st, headers)?;
+        let tenant = tenant.to_owned();
         let body = json_body(st, headers, body)?;
         Ok::<_, EsError>((tenant, msearch_items(&body, index)?))
     })();
@@ -1210,15 +1227,15 @@ fn index_names(expr: &str, tenant: &str) -> Vec<String> {
 
 async fn mapping_route(
     State(st): State<Arc<NodeState>>,
+    caller: Caller,
     index: Option<Path<String>>,
-    headers: HeaderMap,
 ) -> Response {
-    mapping(&st, &index_of(index), &headers).await
+    mapping(&st, &caller.tenant, &index_of(index)).await
 }
 
-async fn mapping(st: &NodeState, index: &str, headers: &HeaderMap) -> Response {
+async fn mapping(st: &NodeState, tenant: &str, index: &str) -> Response {
     let answer = async {
-        let tenant = tenant_of(st, headers)?;
+        let tenant = tenant.to_owned();
         let fields = fields_of(st, &tenant, index).await?;
         let mut properties = Map::new();
         for (name, kind) in &fields {
@@ -1261,23 +1278,33 @@ fn insert_mapping(props: &mut Map<String, Value>, name: &str, kind: &str) {
 
 async fn field_caps_route(
     State(st): State<Arc<NodeState>>,
+    caller: Caller,
     index: Option<Path<String>>,
     headers: HeaderMap,
     UrlQuery(params): UrlQuery<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    field_caps(&st, &index_of(index), &headers, &params, body).await
+    field_caps(
+        &st,
+        &caller.tenant,
+        &index_of(index),
+        &headers,
+        &params,
+        body,
+    )
+    .await
 }
 
 async fn field_caps(
     st: &NodeState,
+    tenant: &str,
     index: &str,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     body: Bytes,
 ) -> Response {
     let answer = async {
-        let tenant = tenant_of(st, headers)?;
+        let tenant = tenant.to_owned();
         let body: Value =
             serde_json::from_slice(&json_body(st, headers, body)?).unwrap_or(Value::Null);
         let wanted: Vec<String> = match params.get("fields") {

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use weir_index::{SearchRequest, Sort};
@@ -23,7 +22,8 @@ use weir_proto::api::search::{Bucket, HistogramResponse};
 use weir_proto::{ApiError, Level};
 
 use super::api::{parse_search, rfc3339};
-use super::{tenant, HttpError};
+use super::HttpError;
+use crate::auth::Caller;
 use crate::search::RemoteSearch;
 use crate::state::NodeState;
 
@@ -80,7 +80,7 @@ fn interval_ns(
 
 pub(super) async fn histogram(
     State(st): State<Arc<NodeState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(mut params): Query<HashMap<String, String>>,
 ) -> Result<Json<HistogramResponse>, HttpError> {
     let started = Instant::now();
@@ -98,7 +98,7 @@ pub(super) async fn histogram(
     params
         .entry("end".to_owned())
         .or_insert_with(|| crate::append::now_ns().to_string());
-    let (req, mut notices) = parse_search(&params, tenant(&headers, &st.config)?, &st.config)?;
+    let (req, mut notices) = parse_search(&params, caller.tenant, &st.config)?;
     let span = req.end_ns - req.start_ns;
     let step = interval_ns(interval.as_ref(), span, &mut notices)?;
     // Buckets start on multiples of the width, so that two histograms line up.

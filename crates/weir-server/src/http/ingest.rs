@@ -1,6 +1,6 @@
 //! What the HTTP ingest protocols (OTLP/HTTP, Loki push, Elasticsearch bulk) share: the
-//! tenant header they use, the body's content encoding undone within the request limit,
-//! and the retry hint on overload.
+//! body's content encoding undone within the request limit, and the retry hint on
+//! overload. (Their tenant is the caller's: [`super::access`].)
 
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
@@ -11,18 +11,6 @@ use crate::config::Config;
 
 /// Loki's (and Grafana's, Promtail's, Mimir's) tenant header.
 pub const SCOPE_ORG_ID: &str = "x-scope-orgid";
-
-/// The tenant of a push: `X-Scope-OrgID` when present (what Loki clients send), else
-/// Weir's own header, with the same rules and errors as every other path.
-///
-/// # Errors
-/// 400 naming the header and the rule it breaks.
-pub fn push_tenant(headers: &HeaderMap, config: &Config) -> Result<String, HttpError> {
-    match super::tenant_in(headers, SCOPE_ORG_ID, config)? {
-        Some(t) => Ok(t),
-        None => super::tenant(headers, config),
-    }
-}
 
 /// The request body with its `Content-Encoding` undone (`gzip`, `snappy`, `identity` or
 /// none), inflated no further than `limits.batch_bytes_max`; the result is checked

@@ -21,7 +21,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use weir_proto::ApiError;
 
-use super::ingest::{decoded_body, media_type, push_tenant, with_retry_after};
+use super::ingest::{decoded_body, media_type, with_retry_after};
+use crate::auth::Caller;
 use crate::protocol::{keyed, merge_rejections, request_key, Protocol};
 use crate::state::NodeState;
 
@@ -35,8 +36,13 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .with_state(state)
 }
 
-async fn push(State(st): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
-    match handle(&st, &headers, body).await {
+async fn push(
+    State(st): State<Arc<NodeState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&st, &caller.tenant, &headers, body).await {
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Ok(Some(refused)) => (StatusCode::BAD_REQUEST, refused).into_response(),
         Err(e) => {
@@ -50,10 +56,10 @@ async fn push(State(st): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes)
 /// Stores a push; `Some(text)` when entries were refused (the rest is stored).
 async fn handle(
     st: &NodeState,
+    tenant: &str,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Option<String>, ApiError> {
-    let tenant = push_tenant(headers, &st.config).map_err(|e| e.0)?;
     // The key hashes the decoded body as it came (re-encoding the request to hash it
     // would cost a second encode per push).
     let (req, content) = if media_type(headers) == "application/json" {
@@ -79,7 +85,7 @@ async fn handle(
     });
     let key = request_key(Protocol::Loki, &content, timestamped);
     drop(content);
-    let (mut append, mut rejected) = weir_ingest::loki_to_append(req, &tenant);
+    let (mut append, mut rejected) = weir_ingest::loki_to_append(req, tenant);
     st.metrics.count_rejected(&rejected);
     if !append.records.is_empty() {
         keyed(&mut append, key);

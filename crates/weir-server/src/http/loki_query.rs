@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use weir_logql::{Direction, EngineError, Expr, QueryParams, QueryResult};
 
-use super::ingest::push_tenant;
+use crate::auth::Caller;
 use crate::logql::{Budget, IndexSource, ReadStats};
 use crate::state::NodeState;
 
@@ -215,7 +215,17 @@ impl axum::extract::FromRequest<Ctx> for LokiRequest {
     async fn from_request(req: axum::extract::Request, ctx: &Ctx) -> Result<Self, LokiError> {
         let method = req.method().clone();
         let raw = req.uri().query().map(str::to_owned);
-        let tenant = tenant(req.headers(), &ctx.st)?;
+        // Checked by `http::access` before any handler runs.
+        let tenant = req
+            .extensions()
+            .get::<Caller>()
+            .map(|c| c.tenant.clone())
+            .ok_or_else(|| {
+                LokiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the route is mounted outside the access layer".to_owned(),
+                )
+            })?;
         let categorized = categorize(req.headers());
         let body = Bytes::from_request(req, ctx)
             .await
@@ -251,10 +261,6 @@ fn parse_step(v: &str) -> Option<i64> {
         return (ns.is_finite() && ns > 0.0 && ns < 9.2e18).then_some(ns as i64);
     }
     weir_logql::units::parse_range_duration(v).filter(|d| *d > 0)
-}
-
-fn tenant(headers: &HeaderMap, st: &NodeState) -> Result<String, LokiError> {
-    push_tenant(headers, &st.config).map_err(|e| bad(e.0.message))
 }
 
 pub(super) fn parse_query(q: Option<&str>) -> Result<Expr, LokiError> {
@@ -473,13 +479,13 @@ const TAIL_DELAY_SECS_MAX: u64 = 5;
 
 async fn tail(
     State(ctx): State<Ctx>,
+    caller: Caller,
     ws: axum::extract::WebSocketUpgrade,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Answer {
     let p = Params::read(&Method::GET, raw, &Bytes::new())?;
     let st = &ctx.st;
-    let tenant = tenant(&headers, st)?;
+    let tenant = caller.tenant;
     let query = p.get("query").map(str::to_owned);
     let filter =
         super::tail::Filter::new(query.as_ref(), tenant.clone()).map_err(|e| bad(e.message))?;

@@ -11,12 +11,17 @@
 //! - [`loki_query`]: the Loki query API (LogQL: `query_range`, `query`, labels, series).
 //! - [`es`]: Elasticsearch `_bulk` and the handshakes its clients make; [`es_search`]:
 //!   its search API (`_search`, `_msearch`, `_mapping`, `_field_caps`).
-//! - [`ingest`]: what the ingest protocols share (tenant header, content encoding).
+//! - [`ingest`]: what the ingest protocols share (content encoding, retry hint).
+//! - [`access`]: every route's need (scope) in one table, and the one extractor that
+//!   turns a request's key and tenant header into a [`Caller`](crate::auth::Caller).
+//! - [`admin`]: access keys and tenants (`/api/v1/keys`, `/api/v1/tenants`).
 //!
 //! Every answer of 400 and above has a body that says what was wrong: the API's own JSON
 //! `{"error": ...}`, or, for what the router or the limits refuse before a handler runs
 //! (404, 405, 413, 414, 431), the same shape written by the front door itself.
 
+pub mod access;
+pub mod admin;
 pub mod api;
 pub mod es;
 pub mod es_search;
@@ -53,6 +58,12 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .merge(loki::router(state.clone()))
         .merge(loki_query::router(state.clone()))
         .merge(es::router(state.clone()))
+        .merge(admin::router(state.clone()))
+        // Per route (it reads the matched path): every handler runs with a checked caller.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state, explain_errors))
@@ -78,17 +89,6 @@ impl IntoResponse for HttpError {
 
 fn error_response(status: StatusCode, error: String) -> Response {
     (status, Json(ErrorBody { error })).into_response()
-}
-
-/// The tenant a request names in [`TENANT_HEADER`], checked by the rules ingest applies
-/// (so a name that could never hold data is an error, not an empty answer). Absent or
-/// empty means [`DEFAULT_TENANT`].
-///
-/// # Errors
-/// 400 naming the rule: not ASCII, too long (`limits.tenant_bytes_max`), a character
-/// outside `A-Z a-z 0-9 _ . -`, or `.`/`..`.
-pub fn tenant(headers: &HeaderMap, config: &Config) -> Result<String, HttpError> {
-    Ok(tenant_in(headers, TENANT_HEADER, config)?.unwrap_or_else(|| DEFAULT_TENANT.to_owned()))
 }
 
 /// The tenant header `name` names, checked by the ingest rules; `None` when absent.

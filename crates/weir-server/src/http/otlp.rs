@@ -24,7 +24,8 @@ use prost::Message;
 use weir_proto::otlp::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use weir_proto::ApiError;
 
-use super::ingest::{decoded_body, media_type, push_tenant, with_retry_after};
+use super::ingest::{decoded_body, media_type, with_retry_after};
+use crate::auth::Caller;
 use crate::protocol::Protocol;
 use crate::state::NodeState;
 
@@ -53,7 +54,12 @@ enum Encoding {
     Json,
 }
 
-async fn export(State(st): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn export(
+    State(st): State<Arc<NodeState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let encoding = match media_type(&headers).as_str() {
         "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
         "application/json" => Encoding::Json,
@@ -67,7 +73,7 @@ async fn export(State(st): State<Arc<NodeState>>, headers: HeaderMap, body: Byte
             )
         }
     };
-    match handle(&st, &headers, body, encoding).await {
+    match handle(&st, &caller.tenant, &headers, body, encoding).await {
         Ok(resp) => answer(encoding, &resp),
         Err(e) => {
             let status =
@@ -79,11 +85,11 @@ async fn export(State(st): State<Arc<NodeState>>, headers: HeaderMap, body: Byte
 
 async fn handle(
     st: &NodeState,
+    tenant: &str,
     headers: &HeaderMap,
     body: Bytes,
     encoding: Encoding,
 ) -> Result<ExportLogsServiceResponse, ApiError> {
-    let tenant = push_tenant(headers, &st.config).map_err(|e| e.0)?;
     let body = decoded_body(headers, body, &st.config).map_err(|e| e.0)?;
     let req = match encoding {
         Encoding::Protobuf => ExportLogsServiceRequest::decode(body.clone()).map_err(|e| {
@@ -93,7 +99,7 @@ async fn handle(
             weir_ingest::decode_otlp_json(&body).map_err(|e| ApiError::invalid(e.to_string()))?
         }
     };
-    crate::protocol::export_otlp(&st.appender, Protocol::OtlpHttp, req, &tenant, Some(&body)).await
+    crate::protocol::export_otlp(&st.appender, Protocol::OtlpHttp, req, tenant, Some(&body)).await
 }
 
 fn answer(encoding: Encoding, resp: &ExportLogsServiceResponse) -> Response {

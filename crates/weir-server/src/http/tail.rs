@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
@@ -32,7 +31,8 @@ use weir_logql::{Expr, LogExpr, Pipeline};
 use weir_proto::api::search::Hit;
 use weir_proto::{ApiError, Level};
 
-use super::{tenant, HttpError};
+use super::HttpError;
+use crate::auth::Caller;
 use crate::state::NodeState;
 
 /// One reader's filter.
@@ -125,10 +125,10 @@ impl Filter {
 
 pub(super) async fn tail(
     State(st): State<Arc<NodeState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
-    let filter = Filter::new(params.get("query"), tenant(&headers, &st.config)?)?;
+    let filter = Filter::new(params.get("query"), caller.tenant)?;
     let rx = st.tail.subscribe().map_err(|e| {
         ApiError::new(
             weir_proto::ErrorKind::Internal,
