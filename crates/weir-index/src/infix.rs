@@ -175,6 +175,35 @@ impl InfixCache {
     }
 }
 
+impl InfixCache {
+    /// Copies the words of `field` in `segment` ahead of a lookup, unless they are kept
+    /// already or would fill the cache past nine tenths of its budget (warming never
+    /// evicts: a cache too small for the recent segments is left to lookups). Returns
+    /// whether it copied.
+    ///
+    /// # Errors
+    /// As [`InfixCache::words`].
+    pub fn warm(&self, segment: &SegmentReader, field: Field) -> tantivy::Result<bool> {
+        let key = (segment.segment_id(), field);
+        let held = match self.inner.lock() {
+            Ok(c) if c.entries.contains_key(&key) => return Ok(false),
+            Ok(c) => c.bytes,
+            Err(_) => return Ok(false),
+        };
+        let inverted = segment.inverted_index(field)?;
+        // Words average well under 16 bytes; an estimate keeps a large segment from being
+        // copied only to be refused.
+        let estimate = usize::try_from(inverted.terms().num_terms())
+            .unwrap_or(usize::MAX)
+            .saturating_mul(16);
+        if held.saturating_add(estimate) > self.budget / 10 * 9 {
+            return Ok(false);
+        }
+        self.words(segment, field)?;
+        Ok(true)
+    }
+}
+
 /// Documents with a word of `field` containing `fragment` (ASCII letters and digits, in
 /// the analyzer's lower case), through an [`InfixCache`].
 #[derive(Clone)]

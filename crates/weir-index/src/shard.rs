@@ -920,6 +920,31 @@ impl ShardIndex {
             .sum()
     }
 
+    /// Copies the body words of segments no infix lookup has seen yet into the infix
+    /// cache (see [`crate::InfixCache::warm`]), so that the first `*fragment*` (or LogQL
+    /// needle that is not a whole word) after a commit or a merge does not pay for it.
+    /// Returns how many segments were copied.
+    ///
+    /// # Errors
+    /// tantivy and I/O errors reading a term dictionary.
+    pub fn warm_infix(&self) -> Result<usize> {
+        let parts: Vec<Arc<Partition>> = self.read_parts().values().rev().cloned().collect();
+        let mut copied = 0;
+        // Newest partition first: that is where needles are looked for most.
+        for p in parts {
+            if !p.long_tokens_marked {
+                continue;
+            }
+            let searcher = p.reader.searcher();
+            for seg in searcher.segment_readers() {
+                if self.fields.infix.warm(seg, self.fields.body)? {
+                    copied += 1;
+                }
+            }
+        }
+        Ok(copied)
+    }
+
     /// Number of time partitions.
     pub fn partition_count(&self) -> usize {
         self.read_parts().len()

@@ -1048,3 +1048,42 @@ fn a_time_sorted_page_over_many_segments_equals_ranking_every_match() {
         }
     }
 }
+
+/// Warming copies each segment's body words once, and never past nine tenths of the
+/// cache's budget: a cache too small is left to the lookups themselves.
+#[test]
+fn warming_copies_each_new_segment_once_and_stays_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = open(dir.path(), 0);
+    for k in 0..3 {
+        let records = (0..20)
+            .map(|i| {
+                rec(
+                    T0 + i,
+                    Level::Info,
+                    "svc",
+                    &format!("order {k}x{i} declined"),
+                )
+            })
+            .collect();
+        ix.add_batch(k + 1, &batch("acme", records)).unwrap();
+        ix.commit().unwrap();
+    }
+    assert_eq!(ix.warm_infix().unwrap(), 3, "three segments, each copied");
+    assert_eq!(ix.warm_infix().unwrap(), 0, "nothing new");
+    let found = ix.search(&req("*eclin*")).unwrap().total;
+    assert_eq!(found, 60);
+    drop(ix);
+
+    let opts = IndexOptions {
+        infix_cache: Arc::new(weir_index::InfixCache::new(64)),
+        ..IndexOptions::default()
+    };
+    let ix = ShardIndex::open(dir.path(), ShardId(0), opts).unwrap();
+    assert_eq!(ix.warm_infix().unwrap(), 0, "a 64-byte cache holds none");
+    assert_eq!(
+        ix.search(&req("*eclin*")).unwrap().total,
+        60,
+        "lookups still work"
+    );
+}

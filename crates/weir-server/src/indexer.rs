@@ -138,6 +138,11 @@ fn run(
         if dirty && (last_commit.elapsed() >= settings.commit_interval || stopping) {
             index.commit()?;
             raft.compact(shard, index.checkpoint() + 1);
+            // New and merged segments' body words, for the next infix lookup; a failure
+            // only leaves that lookup to copy them.
+            if let Err(e) = index.warm_infix() {
+                tracing::warn!(shard, error = %e, "copying body words for infix lookups failed");
+            }
             last_commit = Instant::now();
             dirty = false;
         }
