@@ -1026,17 +1026,20 @@ async fn dev_cluster(
     let stop = shutdown_signal();
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut stdin_open = true;
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            line = commands.recv() => match line {
+            line = commands.recv(), if stdin_open => match line {
                 Some(line) => {
                     if let Err(e) = dev_command(&line, &exe, &dir, &mut children).await {
                         eprintln!("{e:#}");
                     }
                 }
-                // No terminal (or it closed): keep running until a signal.
-                None => commands = tokio::sync::mpsc::channel(1).1,
+                // No terminal (or it closed): keep running until a signal. (A fresh
+                // channel with its sender dropped would answer `None` at once, forever:
+                // a busy loop.)
+                None => stdin_open = false,
             },
             _ = tick.tick() => report_exited(&dir, &mut children),
         }
