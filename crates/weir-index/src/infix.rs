@@ -29,8 +29,10 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::termdict::TermDictionary;
 use tantivy::{BitSet, DocId, Score, SegmentReader, TantivyError};
 
-/// Default bound of an [`InfixCache`]: 256 MiB.
-pub const DEFAULT_INFIX_CACHE_BYTES: usize = 256 << 20;
+/// Default bound of an [`InfixCache`]: 512 MiB. Body words take ~25 bytes per record of
+/// typical application logs (ids, hex keys and numbers are most of them): this holds
+/// the words of ~20 M records.
+pub const DEFAULT_INFIX_CACHE_BYTES: usize = 512 << 20;
 
 /// A segment's words of one field, grouped by length in bytes.
 pub struct BodyWords {

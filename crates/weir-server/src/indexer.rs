@@ -101,6 +101,11 @@ fn run(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let shard = log.shard();
+    // What the index already holds, ready for infix lookups after a restart (new
+    // segments are copied after each commit, below).
+    if let Err(e) = index.warm_infix() {
+        tracing::warn!(shard, error = %e, "copying body words for infix lookups failed");
+    }
     let mut next = index.checkpoint() + 1;
     let mut dirty = false;
     let mut last_commit = Instant::now();
