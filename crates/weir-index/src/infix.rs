@@ -90,7 +90,7 @@ impl BodyWords {
     }
 }
 
-/// The [`BodyWords`] of recently searched segments, bounded in bytes; shared by every
+/// The body words ([`BodyWords`]) of recently searched segments, bounded in bytes; shared by every
 /// shard of a node.
 pub struct InfixCache {
     budget: usize,
@@ -195,9 +195,7 @@ impl InfixCache {
         let inverted = segment.inverted_index(field)?;
         // Words average well under 16 bytes; an estimate keeps a large segment from being
         // copied only to be refused.
-        let estimate = usize::try_from(inverted.terms().num_terms())
-            .unwrap_or(usize::MAX)
-            .saturating_mul(16);
+        let estimate = inverted.terms().num_terms().saturating_mul(16);
         if held.saturating_add(estimate) > self.budget / 10 * 9 {
             return Ok(false);
         }
