@@ -180,28 +180,38 @@ impl InfixCache {
 impl InfixCache {
     /// Copies the words of `field` in `segment` ahead of a lookup, unless they are kept
     /// already or would fill the cache past nine tenths of its budget (warming never
-    /// evicts: a cache too small for the recent segments is left to lookups). Returns
-    /// whether it copied.
+    /// evicts: a cache too small for the recent segments is left to lookups).
     ///
     /// # Errors
     /// As [`InfixCache::words`].
-    pub fn warm(&self, segment: &SegmentReader, field: Field) -> tantivy::Result<bool> {
+    pub fn warm(&self, segment: &SegmentReader, field: Field) -> tantivy::Result<Warmed> {
         let key = (segment.segment_id(), field);
         let held = match self.inner.lock() {
-            Ok(c) if c.entries.contains_key(&key) => return Ok(false),
+            Ok(c) if c.entries.contains_key(&key) => return Ok(Warmed::Held),
             Ok(c) => c.bytes,
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(Warmed::Full),
         };
         let inverted = segment.inverted_index(field)?;
         // Words average well under 16 bytes; an estimate keeps a large segment from being
         // copied only to be refused.
         let estimate = inverted.terms().num_terms().saturating_mul(16);
         if held.saturating_add(estimate) > self.budget / 10 * 9 {
-            return Ok(false);
+            return Ok(Warmed::Full);
         }
         self.words(segment, field)?;
-        Ok(true)
+        Ok(Warmed::Copied)
     }
+}
+
+/// What [`InfixCache::warm`] did with a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Warmed {
+    /// Its words were copied.
+    Copied,
+    /// They were held already.
+    Held,
+    /// They would fill the cache past nine tenths of its budget; not copied.
+    Full,
 }
 
 /// Documents with a word of `field` containing `fragment` (ASCII letters and digits, in

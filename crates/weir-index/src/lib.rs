@@ -68,7 +68,7 @@ use std::path::PathBuf;
 pub use count::{
     merge_counts, CountRequest, GroupCounts, LabelFilter, LabelSource, ValuePredicate,
 };
-pub use infix::{BodyWords, InfixCache, DEFAULT_INFIX_CACHE_BYTES};
+pub use infix::{BodyWords, InfixCache, Warmed, DEFAULT_INFIX_CACHE_BYTES};
 pub use page::{merge, Cursor, Hit, HitKey, ShardHits, Sort};
 pub use query::{
     parse_query, Match, Pattern, Query, QueryError, BODY_FIELD, EXACT_FIELDS, MAX_NESTING,

@@ -68,7 +68,8 @@ pub(crate) struct Fields {
 }
 
 impl Fields {
-    pub fn new() -> Fields {
+    /// The schema's fields; infix lookups keep body words in `infix`.
+    pub fn new(infix: std::sync::Arc<crate::infix::InfixCache>) -> Fields {
         let mut b = Schema::builder();
         let num_indexed_fast = NumericOptions::default().set_indexed().set_fast();
         let timestamp = b.add_i64_field(F_TIMESTAMP, num_indexed_fast.clone());
@@ -105,9 +106,7 @@ impl Fields {
             log_index,
             offset,
             record,
-            infix: std::sync::Arc::new(crate::infix::InfixCache::new(
-                crate::infix::DEFAULT_INFIX_CACHE_BYTES,
-            )),
+            infix,
         }
     }
 

@@ -252,8 +252,7 @@ impl ShardIndex {
             fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut fields = Fields::new();
-        fields.infix = opts.infix_cache.clone();
+        let fields = Fields::new(opts.infix_cache.clone());
         let (ckpt, parts, committed) = load(dir, shard, &fields)?;
         tracing::info!(
             shard = shard.0,
@@ -594,7 +593,7 @@ impl ShardIndex {
             after: req.after,
             shard: self.shard.0,
         };
-        let mut searchers: Vec<Option<Searcher>> = vec![None; parts.len()];
+        let searchers: Vec<Searcher> = parts.iter().map(|p| p.reader.searcher()).collect();
         let mut top = TopN::new(req.sort, n);
         let mut total = 0;
         // Newest partition first for a newest-first sort, so that older ones find the top
@@ -611,7 +610,7 @@ impl ShardIndex {
                 .fields
                 .translate(&req.query, tenant, p.long_tokens_marked);
             let q = self.fields.filtered(user, tenant, &req.levels, range);
-            let searcher = p.reader.searcher();
+            let searcher = &searchers[i];
             if req.sort == Sort::Score {
                 let found = searcher.search(q.as_ref(), &collector)?;
                 total += found.total;
@@ -619,16 +618,12 @@ impl ShardIndex {
                     top.push(Candidate { part: i, ..c });
                 }
             } else {
-                total += search_by_time(&searcher, q.as_ref(), &collector, &mut top, i)?;
+                total += search_by_time(searcher, q.as_ref(), &collector, &mut top, i)?;
             }
-            searchers[i] = Some(searcher);
         }
         let mut hits = Vec::new();
         for c in top.into_sorted() {
-            let Some(searcher) = &searchers[c.part] else {
-                continue;
-            };
-            let record = self.fetch(searcher, c.doc, &parts[c.part].dir)?;
+            let record = self.fetch(&searchers[c.part], c.doc, &parts[c.part].dir)?;
             hits.push(Hit {
                 key: c.key,
                 score: if req.sort == Sort::Score {
@@ -937,8 +932,11 @@ impl ShardIndex {
             }
             let searcher = p.reader.searcher();
             for seg in searcher.segment_readers() {
-                if self.fields.infix.warm(seg, self.fields.body)? {
-                    copied += 1;
+                match self.fields.infix.warm(seg, self.fields.body)? {
+                    crate::infix::Warmed::Copied => copied += 1,
+                    crate::infix::Warmed::Held => {}
+                    // Older segments would not fit either: stop asking after every commit.
+                    crate::infix::Warmed::Full => return Ok(copied),
                 }
             }
         }
