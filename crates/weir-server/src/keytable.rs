@@ -116,6 +116,9 @@ pub fn parse_key_entry(name: &str, created_ns: u64) -> Option<StoredKey> {
 pub struct RaftKeyStore {
     raft: Arc<RaftNode>,
     table: RwLock<Arc<BTreeMap<String, Arc<StoredKey>>>>,
+    /// The entries the table was last built from (sorted): a refresh that finds the same
+    /// ones keeps the table instead of parsing every key again.
+    built_from: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 impl RaftKeyStore {
@@ -124,6 +127,7 @@ impl RaftKeyStore {
         let s = Arc::new(RaftKeyStore {
             raft,
             table: RwLock::new(Arc::default()),
+            built_from: std::sync::Mutex::new(vec![(String::new(), u64::MAX)]),
         });
         s.refresh();
         s
@@ -132,15 +136,24 @@ impl RaftKeyStore {
     /// Reads the applied entries again.
     pub fn refresh(&self) {
         let log = self.raft.committed_log(KEY_SHARD);
-        let mut table: BTreeMap<String, StoredKey> = log
-            .cursors_with_prefix(KEY)
-            .into_iter()
-            .filter_map(|(name, at)| parse_key_entry(&name, at))
+        let mut entries = log.cursors_with_prefix(KEY);
+        entries.extend(log.cursors_with_prefix(REVOKED));
+        entries.sort_unstable();
+        {
+            let mut built_from = self.built_from.lock().unwrap_or_else(|p| p.into_inner());
+            if *built_from == entries {
+                return;
+            }
+            built_from.clone_from(&entries);
+        }
+        let mut table: BTreeMap<String, StoredKey> = entries
+            .iter()
+            .filter_map(|(name, at)| parse_key_entry(name, *at))
             .map(|k| (k.id.clone(), k))
             .collect();
-        for (name, at) in log.cursors_with_prefix(REVOKED) {
+        for (name, at) in &entries {
             if let Some(k) = name.strip_prefix(REVOKED).and_then(|id| table.get_mut(id)) {
-                k.revoked_ns = Some(i64::try_from(at).unwrap_or(i64::MAX));
+                k.revoked_ns = Some(i64::try_from(*at).unwrap_or(i64::MAX));
             }
         }
         let table = table.into_iter().map(|(id, k)| (id, Arc::new(k))).collect();
