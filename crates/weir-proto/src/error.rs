@@ -33,6 +33,10 @@ pub struct ApiError {
     pub kind: ErrorKind,
     /// Lower-case message naming what was wrong.
     pub message: String,
+    /// When a retry may succeed, where the server knows (a tenant's rate limit refills at
+    /// a known pace): HTTP answers it as `Retry-After`; `None` leaves the front end's
+    /// default.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -41,7 +45,23 @@ impl ApiError {
         ApiError {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// This error, telling the client to retry after `d`.
+    #[must_use]
+    pub fn retry_after(mut self, d: std::time::Duration) -> Self {
+        self.retry_after = Some(d);
+        self
+    }
+
+    /// Whole seconds a client should wait before retrying (at least 1), as `Retry-After`
+    /// says it.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after
+            .map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .max(1)
     }
 
     /// Shorthand for [`ErrorKind::InvalidArgument`].

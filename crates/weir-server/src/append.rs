@@ -21,6 +21,10 @@ pub struct Appender {
     limits: weir_ingest::Limits,
     commit_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Each tenant's rates and streams.
+    limiter: Arc<crate::tenants::TenantLimiter>,
+    /// Each tenant's filters and sampling.
+    rules: Arc<crate::rules::RuleTable>,
 }
 
 impl Appender {
@@ -29,13 +33,15 @@ impl Appender {
         &self.metrics
     }
 
-    /// An appender proposing into `raft`.
+    /// An appender proposing into `raft`, under each tenant's limits and rules.
     pub fn new(
         raft: Arc<RaftNode>,
         links: Option<Arc<PeerLinks>>,
         limits: weir_ingest::Limits,
         commit_timeout: Duration,
         metrics: Arc<Metrics>,
+        limiter: Arc<crate::tenants::TenantLimiter>,
+        rules: Arc<crate::rules::RuleTable>,
     ) -> Self {
         // gRPC counts an Append's records on the wire, before decoding it.
         weir_proto::codec::set_append_records_max(limits.batch_records_max);
@@ -45,6 +51,8 @@ impl Appender {
             limits,
             commit_timeout,
             metrics,
+            limiter,
+            rules,
         }
     }
 
@@ -57,7 +65,8 @@ impl Appender {
     ///
     /// # Errors
     /// InvalidArgument for a request that breaks a whole-request limit; ResourceExhausted
-    /// when the node is overloaded or the disk is full; Unavailable when the commit did not
+    /// when the node is overloaded, the disk is full or the tenant is over a limit
+    /// ([`crate::tenants`]); Unavailable when the commit did not
     /// happen within the commit timeout or the node is stopping. After a retryable error
     /// some pieces may be stored: retry with the same `producer_id` and `sequence` to
     /// avoid storing them twice.
@@ -92,7 +101,7 @@ impl Appender {
             Ok(r) => {
                 let rejected = r.rejected.len() as u64;
                 let (accepted, deduplicated) = if r.duplicate {
-                    (0, submitted.saturating_sub(rejected))
+                    (0, submitted.saturating_sub(rejected + r.dropped))
                 } else {
                     (r.accepted, 0)
                 };
@@ -133,6 +142,10 @@ impl Appender {
         let producer = (!normalized.producer_id.is_empty())
             .then(|| format!("{tenant}\u{0}{}", normalized.producer_id));
         let sequence = normalized.sequence;
+        // The tenant's rules first (what they drop costs nothing more), then its limits
+        // over what is left; a refusal stores nothing of the request.
+        let dropped = self.rules.apply(&tenant, &mut normalized.records);
+        self.limiter.admit(&tenant, &normalized.records)?;
         let accepted = normalized.records.len() as u64;
         let rejected = std::mem::take(&mut normalized.rejected);
         let bodies_repaired = normalized.bodies_repaired;
@@ -142,6 +155,7 @@ impl Appender {
             rejected,
             duplicate: false,
             bodies_repaired,
+            dropped,
         };
         if accepted == 0 {
             return Ok(response);

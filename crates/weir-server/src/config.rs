@@ -38,6 +38,11 @@ pub struct Config {
     pub syslog: Vec<crate::syslog::SyslogConfig>,
     /// Access keys (docs/security.md).
     pub auth: AuthConfig,
+    /// The limits of every tenant (docs/tenants.md); 0: no limit.
+    pub tenant_limits: crate::tenants::TenantLimits,
+    /// One tenant's own limits (`[[tenants]]` tables): name and the keys of
+    /// `[tenant_limits]` it sets differently.
+    pub tenants: Vec<crate::tenants::TenantOverride>,
 }
 
 /// `[auth]`: whether requests need an access key.
@@ -209,6 +214,8 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             syslog: Vec::new(),
             auth: AuthConfig::default(),
+            tenant_limits: crate::tenants::TenantLimits::default(),
+            tenants: Vec::new(),
         }
     }
 }

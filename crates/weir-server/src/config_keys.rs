@@ -216,6 +216,15 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "auth.insecure",
         "Let a node without keys listen beyond loopback (anyone reaching it reads every tenant).",
     ),
+    ("tenant_limits.ingest_lines_per_sec", "Lines per second the cluster accepts for each tenant (each node: its share, divided by the members); 0: no limit. Over it: 429 with Retry-After."),
+    ("tenant_limits.ingest_bytes_per_sec", "Bytes per second (body, labels, attributes) the cluster accepts for each tenant; 0: no limit."),
+    ("tenant_limits.ingest_lines_burst", "Lines a node accepts at once above its share of the rate; 0: one second of the cluster-wide rate."),
+    ("tenant_limits.ingest_bytes_burst", "Bytes a node accepts at once above its share of the rate; 0: one second of the rate."),
+    ("tenant_limits.streams_max", "Streams of a tenant active at once on a node (a stream stays active 30 min after its last record); 0: no limit."),
+    ("tenant_limits.query_range_hours_max", "Longest time range one query of a tenant may span; 0: query.range_hours_max."),
+    ("tenant_limits.query_timeout_ms", "Time one query of a tenant may run; 0: query.timeout_ms."),
+    ("tenant_limits.queries_concurrent_max", "Queries of one tenant running at once on a node; one more is answered 429. 0: only query.concurrent_max."),
+    ("tenants", "One tenant's own limits, [[tenants]] tables: name, and any key of [tenant_limits]. None by default."),
     ("cluster.node_id", "This node's id, one of cluster.nodes."),
     (
         "cluster.peer_addr",
@@ -500,6 +509,7 @@ mod tests {
             ("weir-server/src/append.rs", include_str!("append.rs")),
             ("weir-server/src/config.rs", include_str!("config.rs")),
             ("weir-server/src/auth.rs", include_str!("auth.rs")),
+            ("weir-server/src/tenants.rs", include_str!("tenants.rs")),
             (
                 "docs/security.md",
                 include_str!("../../../docs/security.md"),
@@ -512,7 +522,15 @@ mod tests {
             ("README.md", include_str!("../../../README.md")),
         ];
         let sections = [
-            "limits.", "storage.", "search.", "index.", "cluster.", "http.", "query.", "auth.",
+            "limits.",
+            "storage.",
+            "search.",
+            "index.",
+            "cluster.",
+            "http.",
+            "query.",
+            "auth.",
+            "tenant_limits.",
         ];
         let mut checked = 0;
         for (file, text) in texts {

@@ -183,28 +183,36 @@ impl RaftKeyStore {
     }
 
     async fn propose(&self, name: &str, position: u64) -> Result<(), StoreError> {
-        if name.len() > weir_raft::CURSOR_NAME_BYTES_MAX {
-            return Err(StoreError::Invalid(format!(
-                "key table entry of {} bytes, limit {}",
-                name.len(),
-                weir_raft::CURSOR_NAME_BYTES_MAX
-            )));
-        }
-        let proposal = self
-            .raft
-            .propose_cursor(KEY_SHARD, name, position)
-            .map_err(raft_error)?;
-        match tokio::time::timeout(Duration::from_secs(10), proposal).await {
-            Ok(Ok(Ok(_))) => {
-                self.refresh();
-                Ok(())
-            }
-            Ok(Ok(Err(e))) => Err(raft_error(e)),
-            Ok(Err(_)) => Err(StoreError::Unavailable("the raft layer stopped".into())),
-            Err(_) => Err(StoreError::Unavailable(
-                "the key table entry was not committed within 10 s (no quorum?); retry".into(),
-            )),
-        }
+        propose_entry(&self.raft, name, position).await?;
+        self.refresh();
+        Ok(())
+    }
+}
+
+/// Proposes the named entry `name = value` to shard 0's group and waits for its commit
+/// (at most 10 s): how the key table and the ingest rules ([`crate::rules`]) change.
+///
+/// # Errors
+/// Invalid for a name over the limit; NotLeader off the group's leader; Unavailable
+/// without a commit.
+pub async fn propose_entry(raft: &RaftNode, name: &str, value: u64) -> Result<(), StoreError> {
+    if name.len() > weir_raft::CURSOR_NAME_BYTES_MAX {
+        return Err(StoreError::Invalid(format!(
+            "cluster table entry of {} bytes, limit {}",
+            name.len(),
+            weir_raft::CURSOR_NAME_BYTES_MAX
+        )));
+    }
+    let proposal = raft
+        .propose_cursor(KEY_SHARD, name, value)
+        .map_err(raft_error)?;
+    match tokio::time::timeout(Duration::from_secs(10), proposal).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(raft_error(e)),
+        Ok(Err(_)) => Err(StoreError::Unavailable("the raft layer stopped".into())),
+        Err(_) => Err(StoreError::Unavailable(
+            "the entry was not committed within 10 s (no quorum?); retry".into(),
+        )),
     }
 }
 

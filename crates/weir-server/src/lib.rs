@@ -27,12 +27,14 @@ pub mod logql;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;
+pub mod rules;
 pub mod search;
 pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod syslog;
 pub mod tail;
+pub mod tenants;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -69,7 +71,8 @@ pub struct Node {
     indexers: Vec<Indexer>,
     mirror: Arc<weir_mirror::Mirror>,
     state: Arc<NodeState>,
-    /// The key table's refresher and, on a cluster, the first admin key's proposer.
+    /// The key and rule tables' refreshers and, on a cluster, the first admin key's
+    /// proposer.
     key_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -96,6 +99,13 @@ impl Node {
         let keys = keytable::RaftKeyStore::new(raft.clone());
         let mut key_tasks = vec![keys.spawn_refresher(stop_rx.clone())];
         let auth = Arc::new(auth::Auth::new(config.auth.enabled, keys.clone()));
+        let rules = rules::RuleTable::new(Some(raft.clone()));
+        key_tasks.push(rules.spawn_refresher(stop_rx.clone()));
+        let limiter = Arc::new(tenants::TenantLimiter::new(
+            config.tenant_limits.clone(),
+            &config.tenants,
+            config.cluster.nodes.len(),
+        )?);
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
         raft.require_cursors(weir_mirror::config::cursor_names(&config.mirror.sinks));
@@ -106,6 +116,8 @@ impl Node {
             config.limits.to_limits(),
             Duration::from_millis(config.storage.commit_timeout_ms),
             metrics.clone(),
+            limiter.clone(),
+            rules.clone(),
         ));
         let mirror = Arc::new(
             weir_mirror::Mirror::start(
@@ -155,6 +167,8 @@ impl Node {
             indexer_failed,
             tail: tail::TailHub::new(raft.clone(), config.storage.shards),
             auth: auth.clone(),
+            limiter,
+            rules,
         });
         let mut syslog_addrs = Vec::new();
         for l in &config.syslog {

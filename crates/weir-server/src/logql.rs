@@ -59,8 +59,10 @@ pub struct ReadStats {
 pub struct Budget {
     /// When the query is answered 503.
     pub deadline: Instant,
-    /// The timeout, for the message (`query.timeout_ms`).
+    /// The timeout, for the message.
     pub timeout_ms: u64,
+    /// The key that set it (`query.timeout_ms`, or the tenant's `query_timeout_ms`).
+    pub timeout_key: String,
     /// Set when the client went away.
     pub cancelled: Arc<AtomicBool>,
     /// Most records the query may read (`query.records_scanned_max`).
@@ -376,9 +378,9 @@ impl Pages<'_> {
                 what: "query.timeout_ms",
                 limit: usize::try_from(b.timeout_ms).unwrap_or(usize::MAX),
                 message: format!(
-                    "the query ran past its timeout of {} ms (query.timeout_ms); narrow the \
-                     selector or the time range",
-                    b.timeout_ms
+                    "the query ran past its timeout of {} ms ({}); narrow the selector or the \
+                     time range",
+                    b.timeout_ms, b.timeout_key
                 ),
             });
         }

@@ -157,6 +157,12 @@ enum Command {
         #[command(subcommand)]
         command: TenantsCommand,
     },
+    /// Per-tenant ingest rules: filters and sampling, applied before the log, in effect
+    /// on every node within a second. Admin key needed.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Dead-letter logs of the mirrors: records a backend refused for good.
     Dlq {
         #[command(subcommand)]
@@ -246,6 +252,108 @@ enum TenantsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// List the rules in effect (of one tenant, or all).
+    List {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// Only this tenant's rules.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set (create or replace) a rule.
+    Set {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        #[command(flatten)]
+        rule: RuleArgs,
+    },
+    /// Count what a rule would drop of the tenant's last hour, before setting it.
+    DryRun {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        #[command(flatten)]
+        rule: RuleArgs,
+    },
+    /// Delete a rule.
+    Delete {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// The tenant.
+        tenant: String,
+        /// The rule's id.
+        id: String,
+    },
+}
+
+/// A rule on the command line: `weir rules set acme info-payment --order 30 --action
+/// sample --rate 0.1 --level info --service payment-api`.
+#[derive(clap::Args)]
+struct RuleArgs {
+    /// The tenant whose ingest it applies to.
+    tenant: String,
+    /// The rule's id within the tenant ([A-Za-z0-9_.-]).
+    id: String,
+    /// Rules are tried in ascending order; the first that matches decides.
+    #[arg(long, default_value_t = 0)]
+    order: u32,
+    /// keep, drop or sample.
+    #[arg(long, value_parser = parse_action)]
+    action: weir_proto::api::rules::Action,
+    /// For sample: the share kept, 0 to 1 (0.1: one record in ten).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Match records of these levels (comma separated or repeated).
+    #[arg(long = "level", value_delimiter = ',')]
+    levels: Vec<String>,
+    /// Match records of these services (comma separated or repeated).
+    #[arg(long = "service", value_delimiter = ',')]
+    services: Vec<String>,
+    /// Match records with this stream label, NAME=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_pair)]
+    labels: Vec<(String, String)>,
+    /// Match records with this attribute, NAME=VALUE (repeatable).
+    #[arg(long = "attribute", value_parser = parse_pair)]
+    attributes: Vec<(String, String)>,
+    /// Match records whose body matches this regular expression.
+    #[arg(long)]
+    body: Option<String>,
+}
+
+impl RuleArgs {
+    fn spec(&self) -> weir_proto::api::rules::RuleSpec {
+        weir_proto::api::rules::RuleSpec {
+            order: self.order,
+            action: Some(self.action),
+            rate: self.rate,
+            levels: self.levels.clone(),
+            services: self.services.clone(),
+            labels: self.labels.iter().cloned().collect(),
+            attributes: self.attributes.iter().cloned().collect(),
+            body: self.body.clone(),
+        }
+    }
+}
+
+fn parse_action(s: &str) -> Result<weir_proto::api::rules::Action, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| format!("{s:?}: keep, drop or sample"))
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: NAME=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -487,6 +595,61 @@ async fn tenants_command(c: TenantsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn rules_command(c: RulesCommand) -> anyhow::Result<()> {
+    use weir_proto::api::rules::{DryRunResponse, Rule, RulesResponse};
+    match c {
+        RulesCommand::List { addr, tenant, json } => {
+            let path = match &tenant {
+                Some(t) => format!("/api/v1/rules?tenant={t}"),
+                None => "/api/v1/rules".to_owned(),
+            };
+            let r: RulesResponse = api(&addr, reqwest::Method::GET, &path, NO_BODY).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!("{:<20} {:<20} {:>6} RULE", "TENANT", "ID", "ORDER");
+            for rule in r.rules {
+                let mut spec = serde_json::to_value(&rule.spec)?;
+                if let Some(m) = spec.as_object_mut() {
+                    m.remove("order");
+                }
+                println!(
+                    "{:<20} {:<20} {:>6} {spec}",
+                    rule.tenant, rule.id, rule.spec.order
+                );
+            }
+        }
+        RulesCommand::Set { addr, rule } => {
+            let path = format!("/api/v1/rules/{}/{}", rule.tenant, rule.id);
+            let r: Rule = api(&addr, reqwest::Method::PUT, &path, Some(&rule.spec())).await?;
+            println!("rule {} of tenant {} set", r.id, r.tenant);
+        }
+        RulesCommand::DryRun { addr, rule } => {
+            let path = format!("/api/v1/rules/{}/{}/dry-run", rule.tenant, rule.id);
+            let r: DryRunResponse =
+                api(&addr, reqwest::Method::POST, &path, Some(&rule.spec())).await?;
+            println!(
+                "over {} stored records{}: the rule would decide {} and drop {}",
+                r.records,
+                if r.truncated {
+                    " (the newest; the range holds more)"
+                } else {
+                    ""
+                },
+                r.matched,
+                r.would_drop
+            );
+        }
+        RulesCommand::Delete { addr, tenant, id } => {
+            let path = format!("/api/v1/rules/{tenant}/{id}");
+            let r: Rule = api(&addr, reqwest::Method::DELETE, &path, NO_BODY).await?;
+            println!("rule {} of tenant {} deleted", r.id, r.tenant);
+        }
+    }
+    Ok(())
+}
+
 async fn cluster_command(c: ClusterCommand) -> anyhow::Result<()> {
     let ClusterCommand::Status { addr, json } = c;
     let v: ClusterStatus = api(&addr, reqwest::Method::GET, "/api/v1/cluster", NO_BODY).await?;
@@ -720,6 +883,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Dlq { command } => dlq_command(command).await,
             Command::Keys { command } => keys_command(command).await,
             Command::Tenants { command } => tenants_command(command).await,
+            Command::Rules { command } => rules_command(command).await,
             Command::Config { command } => config_command(command),
             Command::DevCluster {
                 dir,

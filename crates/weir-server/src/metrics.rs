@@ -22,6 +22,73 @@ impl Counter {
     }
 }
 
+/// A counter per pair of label values (tenant and limit, tenant and rule): as many
+/// series as pairs that occurred, which the tenants and their rules or limits bound.
+pub struct LabeledCounters {
+    name: &'static str,
+    help: &'static str,
+    labels: (&'static str, &'static str),
+    by: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+}
+
+impl LabeledCounters {
+    /// Counters rendered as `name{a="..",b=".."}`.
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: (&'static str, &'static str),
+    ) -> Self {
+        LabeledCounters {
+            name,
+            help,
+            labels,
+            by: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Adds `n` to the series of `(a, b)`.
+    pub fn inc(&self, a: &str, b: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut by = self.by.lock().unwrap_or_else(|p| p.into_inner());
+        match by.get_mut(&(a.to_owned(), b.to_owned())) {
+            Some(v) => *v += n,
+            None => {
+                by.insert((a.to_owned(), b.to_owned()), n);
+            }
+        }
+    }
+
+    /// The series of `(a, b)`.
+    pub fn get(&self, a: &str, b: &str) -> u64 {
+        let by = self.by.lock().unwrap_or_else(|p| p.into_inner());
+        by.get(&(a.to_owned(), b.to_owned())).copied().unwrap_or(0)
+    }
+
+    /// Appends the samples in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let (name, (la, lb)) = (self.name, self.labels);
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", self.help);
+        let by = self.by.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for ((a, b), v) in by {
+            let _ = writeln!(
+                out,
+                "{name}{{{la}=\"{}\",{lb}=\"{}\"}} {v}",
+                escape_label(&a),
+                escape_label(&b)
+            );
+        }
+    }
+}
+
+/// A label value as the text format needs it (`\`, `"` and newlines escaped).
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Upper bounds of the latency histogram buckets, seconds.
 const BUCKETS_S: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,

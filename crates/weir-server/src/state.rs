@@ -33,6 +33,10 @@ pub struct NodeState {
     pub tail: Arc<crate::tail::TailHub>,
     /// Access keys: who may do what.
     pub auth: Arc<crate::auth::Auth>,
+    /// Each tenant's limits.
+    pub limiter: Arc<crate::tenants::TenantLimiter>,
+    /// Each tenant's ingest rules.
+    pub rules: Arc<crate::rules::RuleTable>,
 }
 
 impl NodeState {

@@ -86,6 +86,20 @@ fn sample(path: &str, word: &str) -> (Method, String, Option<(&'static str, Stri
         "/api/v1/keys" => get("/api/v1/keys"),
         "/api/v1/keys/{id}" => (Method::DELETE, "/api/v1/keys/0000000000000000".into(), None),
         "/api/v1/tenants" => get("/api/v1/tenants"),
+        "/api/v1/rules" => get("/api/v1/rules"),
+        "/api/v1/rules/{tenant}/{id}" => (
+            Method::PUT,
+            "/api/v1/rules/acme/r1".into(),
+            Some((
+                json,
+                r#"{"action":"drop","body":"never-matches-anything"}"#.into(),
+            )),
+        ),
+        "/api/v1/rules/{tenant}/{id}/dry-run" => (
+            Method::POST,
+            "/api/v1/rules/acme/r1/dry-run".into(),
+            Some((json, r#"{"action":"drop"}"#.into())),
+        ),
         "/healthz"
         | "/readyz"
         | "/ready"

@@ -8,6 +8,7 @@
 //! - [`mirror`]: the status of a mirror sink (part of the cluster status).
 //! - [`dlq`]: the dead-letter endpoints under `/api/v1/dlq`.
 //! - [`keys`]: access keys and tenants under `/api/v1/keys` and `/api/v1/tenants`.
+//! - [`rules`]: per-tenant ingest rules (filters, sampling) under `/api/v1/rules`.
 //! - [`error`]: the body of every API error.
 //!
 //! Every type deserializes exactly what it serializes (the unit tests round-trip each
@@ -38,6 +39,7 @@ pub mod error;
 pub mod keys;
 pub mod labels;
 pub mod mirror;
+pub mod rules;
 pub mod search;
 
 #[cfg(test)]

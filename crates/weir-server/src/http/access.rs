@@ -77,6 +77,9 @@ pub const ROUTES: &[RouteNeed] = &[
     r("/api/v1/keys", ADMIN),
     r("/api/v1/keys/{id}", ADMIN),
     r("/api/v1/tenants", ADMIN),
+    r("/api/v1/rules", ADMIN),
+    r("/api/v1/rules/{tenant}/{id}", ADMIN),
+    r("/api/v1/rules/{tenant}/{id}/dry-run", ADMIN),
     r("/healthz", Need::Open),
     r("/readyz", Need::Open),
     // OTLP.

@@ -1,22 +1,24 @@
-//! Access keys and tenants over HTTP (admin scope; bodies in
-//! [`weir_proto::api::keys`]): what `weir keys` and `weir tenants` call.
+//! Access keys, tenants and their ingest rules over HTTP (admin scope; bodies in
+//! [`weir_proto::api::keys`] and [`weir_proto::api::rules`]): what `weir keys`,
+//! `weir tenants` and `weir rules` call.
 //!
-//! A change of the key table is proposed by the node that leads its raft group
-//! ([`crate::keytable`]); any other node forwards the request there (to the leader's
-//! advertised HTTP address, `cluster.nodes[].http`) with the caller's credentials, which
-//! are valid there since every node holds the same table.
+//! A change of the key table or the rules is proposed by the node that leads their raft
+//! group ([`crate::keytable`], [`crate::rules`]); any other node forwards the request
+//! there (to the leader's advertised HTTP address, `cluster.nodes[].http`) with the
+//! caller's credentials, which are valid there since every node holds the same table.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use weir_proto::api::keys::{
     CreateKeyRequest, CreatedKey, KeyInfo, KeysResponse, TenantInfo, TenantsResponse,
 };
+use weir_proto::api::rules::{DryRunResponse, Rule, RuleSpec, RulesResponse};
 use weir_proto::{ApiError, ErrorKind};
 
 use super::HttpError;
@@ -33,6 +35,12 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/api/v1/keys", get(list).post(create))
         .route("/api/v1/keys/{id}", delete(revoke))
         .route("/api/v1/tenants", get(tenants))
+        .route("/api/v1/rules", get(list_rules))
+        .route(
+            "/api/v1/rules/{tenant}/{id}",
+            delete(delete_rule).put(set_rule),
+        )
+        .route("/api/v1/rules/{tenant}/{id}/dry-run", post(dry_run))
         .with_state(state)
 }
 
@@ -111,8 +119,8 @@ async fn forward(
     if headers.contains_key(FORWARDED) {
         return Err(ApiError::new(
             ErrorKind::Unavailable,
-            "the node this request was forwarded to does not lead the key table either \
-             (leadership is moving); retry",
+            "the node this request was forwarded to does not lead the cluster's key and \
+             rule table either (leadership is moving); retry",
         )
         .into());
     }
@@ -122,8 +130,8 @@ async fn forward(
         return Err(ApiError::new(
             ErrorKind::Unavailable,
             format!(
-                "the key table's group has no leader this node can reach (leader: {leader:?}; \
-                 its cluster.nodes[].http must be set); retry"
+                "the key and rule table's group has no leader this node can reach (leader: \
+                 {leader:?}; its cluster.nodes[].http must be set); retry"
             ),
         )
         .into());
@@ -146,7 +154,7 @@ async fn forward(
         ApiError::new(
             ErrorKind::Unavailable,
             format!(
-                "cannot forward to node {} ({url}), which leads the key table: {e}",
+                "cannot forward to node {} ({url}), which leads the key and rule table: {e}",
                 member.id
             ),
         )
@@ -191,4 +199,189 @@ fn tenant_entry<'a>(m: &'a mut BTreeMap<String, TenantInfo>, name: &str) -> &'a 
         keys: 0,
         ingested: false,
     })
+}
+
+/// `GET /api/v1/rules` (`?tenant=` for one): every ingest rule in effect on this node.
+async fn list_rules(
+    State(st): State<Arc<NodeState>>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Json<RulesResponse> {
+    Json(RulesResponse {
+        rules: st.rules.list(params.get("tenant").map(String::as_str)),
+    })
+}
+
+/// The tenant a rules path names, as ingest spells it.
+fn rule_tenant(st: &NodeState, tenant: &str) -> Result<String, ApiError> {
+    weir_ingest::normalize_tenant(tenant, &st.config.limits.to_limits())
+        .map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+fn rule_spec(body: &[u8]) -> Result<RuleSpec, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(format!(
+            "the body must be a rule as JSON, like {{\"order\":30,\"action\":\"sample\",\
+             \"rate\":0.1,\"levels\":[\"info\"],\"services\":[\"payment-api\"]}}: {e}"
+        ))
+    })
+}
+
+/// `PUT /api/v1/rules/{tenant}/{id}`: sets a rule; every node applies it within a second
+/// of the commit.
+async fn set_rule(
+    State(st): State<Arc<NodeState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    let tenant = rule_tenant(&st, &tenant)?;
+    let spec = rule_spec(&body)?;
+    match st.rules.set(&tenant, &id, spec).await {
+        Ok(rule) => {
+            tracing::info!(%tenant, rule = %id, by = ?caller.key_id, "ingest rule set");
+            Ok(Json::<Rule>(rule).into_response())
+        }
+        Err(StoreError::NotLeader { leader }) => {
+            let path = format!("/api/v1/rules/{tenant}/{id}");
+            forward(&st, leader, Method::PUT, &path, &headers, body).await
+        }
+        Err(e) => Err(crate::rules::store_error(e).into()),
+    }
+}
+
+/// `DELETE /api/v1/rules/{tenant}/{id}`.
+async fn delete_rule(
+    State(st): State<Arc<NodeState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    let tenant = rule_tenant(&st, &tenant)?;
+    match st.rules.delete(&tenant, &id).await {
+        Ok(rule) => {
+            tracing::info!(%tenant, rule = %id, by = ?caller.key_id, "ingest rule deleted");
+            Ok(Json::<Rule>(rule).into_response())
+        }
+        Err(StoreError::NotLeader { leader }) => {
+            let path = format!("/api/v1/rules/{tenant}/{id}");
+            forward(
+                &st,
+                leader,
+                Method::DELETE,
+                &path,
+                &headers,
+                Default::default(),
+            )
+            .await
+        }
+        Err(e) => Err(crate::rules::store_error(e).into()),
+    }
+}
+
+/// Records a dry run reads at most: the newest of the range, when it holds more.
+pub const DRY_RUN_RECORDS_MAX: u64 = 1_000_000;
+
+/// `POST /api/v1/rules/{tenant}/{id}/dry-run`: what the rule would drop of the tenant's
+/// stored records of the last hour (or `start`..`end`, RFC 3339 or unix ns), were it in
+/// place among the tenant's other rules. Read through the search path, newest first.
+async fn dry_run(
+    State(st): State<Arc<NodeState>>,
+    Path((tenant, id)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Result<Json<DryRunResponse>, HttpError> {
+    let tenant = rule_tenant(&st, &tenant)?;
+    let spec = rule_spec(&body)?;
+    let candidate = crate::rules::Compiled::new(Rule {
+        tenant: tenant.clone(),
+        id: id.clone(),
+        updated_ns: weir_proto::now_ns(),
+        spec,
+    })
+    .map_err(ApiError::invalid)?;
+    let mut rules: Vec<Arc<crate::rules::Compiled>> = st
+        .rules
+        .of(&tenant)
+        .map(|r| r.iter().filter(|c| c.rule.id != id).cloned().collect())
+        .unwrap_or_default();
+    rules.push(Arc::new(candidate));
+    rules.sort_by(|a, b| (a.rule.spec.order, &a.rule.id).cmp(&(b.rule.spec.order, &b.rule.id)));
+    let me = rules
+        .iter()
+        .position(|c| c.rule.id == id)
+        .unwrap_or_default();
+    let time = |name: &str, default: i64| -> Result<i64, ApiError> {
+        match params.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .or_else(|| weir_ingest::parse_rfc3339(v))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("{name} {v:?}: RFC 3339 or unix nanoseconds"))
+                }),
+        }
+    };
+    let end = time("end", weir_proto::now_ns())?;
+    let start = time("start", end - 3_600_000_000_000)?;
+    let mut out = DryRunResponse {
+        start_ns: start,
+        end_ns: end,
+        note: "counts stored records only: what rules already dropped at ingest is not stored"
+            .into(),
+        ..Default::default()
+    };
+    let mut after = None;
+    let page_size = st.config.search.limit_max.min(weir_index::MAX_LIMIT).max(1);
+    loop {
+        let request = weir_index::SearchRequest {
+            query: weir_index::Query::All,
+            tenant: tenant.clone(),
+            start_ns: start,
+            end_ns: end,
+            levels: Vec::new(),
+            limit: page_size,
+            sort: weir_index::Sort::TimeDesc,
+            after: after.take(),
+        };
+        let page = st
+            .limiter
+            .query(
+                &tenant,
+                None,
+                &st.config.query,
+                st.searcher.search(crate::search::RemoteSearch {
+                    request,
+                    query: String::new(),
+                }),
+            )
+            .await?;
+        for h in &page.hits {
+            out.records += 1;
+            if first_match(&rules, &h.record) == Some(me) {
+                out.matched += 1;
+                if crate::rules::decide(&rules, &h.record) != crate::rules::Decision::Keep {
+                    out.would_drop += 1;
+                }
+            }
+        }
+        if out.records >= DRY_RUN_RECORDS_MAX && page.next.is_some() {
+            out.truncated = true;
+            break;
+        }
+        match page.next {
+            Some(next) if !page.hits.is_empty() => after = Some(next),
+            _ => break,
+        }
+    }
+    Ok(Json(out))
+}
+
+/// The position of the first rule of `rules` that matches `r`.
+fn first_match(
+    rules: &[Arc<crate::rules::Compiled>],
+    r: &weir_proto::v1::StoredRecord,
+) -> Option<usize> {
+    rules.iter().position(|c| c.matches(r))
 }

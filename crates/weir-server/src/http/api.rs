@@ -71,12 +71,19 @@ async fn search(
     let limit = req.limit;
     let with_score = matches!(req.sort, Sort::Score);
     let query = params.get("q").cloned().unwrap_or_default();
+    let tenant = req.tenant.clone();
+    let range = Some((req.start_ns, req.end_ns));
     let page = st
-        .searcher
-        .search(crate::search::RemoteSearch {
-            request: req,
-            query,
-        })
+        .limiter
+        .query(
+            &tenant,
+            range,
+            &st.config.query,
+            st.searcher.search(crate::search::RemoteSearch {
+                request: req,
+                query,
+            }),
+        )
         .await?;
     st.metrics.searches.inc_by(1);
     st.metrics.search_latency.observe(started.elapsed());
@@ -273,6 +280,9 @@ async fn readyz(State(st): State<Arc<NodeState>>) -> Response {
 async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
     let mut out = st.metrics.render();
     st.mirror.render_metrics(&mut out);
+    st.limiter.refused.render(&mut out);
+    st.rules.sampled_out.render(&mut out);
+    st.rules.filtered.render(&mut out);
     render_cluster_metrics(&st, &mut out);
     ([("content-type", "text/plain; version=0.0.4")], out)
 }

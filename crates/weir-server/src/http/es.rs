@@ -160,6 +160,11 @@ async fn bulk_index(
 
 /// An Elasticsearch error answer: `{"error":{"type","reason"},"status"}`.
 fn es_error(status: StatusCode, kind: &str, reason: &str) -> Response {
+    es_error_retry(status, kind, reason, 1)
+}
+
+/// [`es_error`] whose 429 or 503 says to retry after `secs`.
+fn es_error_retry(status: StatusCode, kind: &str, reason: &str, secs: u64) -> Response {
     let mut r = (
         status,
         Json(json!({
@@ -171,7 +176,7 @@ fn es_error(status: StatusCode, kind: &str, reason: &str) -> Response {
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut().insert(
             axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
+            HeaderValue::from(secs.max(1)),
         );
     }
     r
@@ -185,7 +190,7 @@ fn api_error(e: &ApiError) -> Response {
         400 => "illegal_argument_exception",
         _ => "exception",
     };
-    es_error(status, kind, &e.message)
+    es_error_retry(status, kind, &e.message, e.retry_after_secs())
 }
 
 /// How one bulk item ends, in request order.

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query as UrlQuery, State};
@@ -237,7 +237,12 @@ async fn run(
         missing: Mutex::default(),
         scanned: AtomicU64::new(0),
     };
-    let timeout = Duration::from_millis(st.config.query.timeout_ms);
+    let (timeout, timeout_key) = st.limiter.query_timeout(tenant, st.config.query.timeout_ms);
+    let _slot = st.limiter.query_slot(tenant).map_err(|e| EsError {
+        status: 429,
+        kind: "es_rejected_execution_exception",
+        reason: e.message,
+    })?;
     let work = async {
         let page = r
             .hits(
@@ -258,9 +263,9 @@ async fn run(
                 status: 503,
                 kind: "search_timeout_exception",
                 reason: format!(
-                    "the search ran past its timeout of {} ms (query.timeout_ms); narrow the \
+                    "the search ran past its timeout of {} ms ({timeout_key}); narrow the \
                  time range or the query",
-                    st.config.query.timeout_ms
+                    timeout.as_millis()
                 ),
             })??;
     let hits: Vec<Value> = hits

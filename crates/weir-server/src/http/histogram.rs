@@ -99,6 +99,9 @@ pub(super) async fn histogram(
         .entry("end".to_owned())
         .or_insert_with(|| crate::append::now_ns().to_string());
     let (req, mut notices) = parse_search(&params, caller.tenant, &st.config)?;
+    st.limiter
+        .check_range(&req.tenant, req.start_ns, req.end_ns, u64::MAX)?;
+    let _slot = st.limiter.query_slot(&req.tenant)?;
     let span = req.end_ns - req.start_ns;
     let step = interval_ns(interval.as_ref(), span, &mut notices)?;
     // Buckets start on multiples of the width, so that two histograms line up.

@@ -60,14 +60,16 @@ pub fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// Adds `Retry-After: 1` to a 429 or 503 answer: every client of these protocols backs
-/// off on it (OTLP exporters honour it; Promtail, Alloy, Fluent Bit and Vector retry).
-pub fn with_retry_after(mut response: Response) -> Response {
+/// Adds `Retry-After` to a 429 or 503 answer: `secs` (the error's
+/// [`weir_proto::ApiError::retry_after_secs`]: 1 unless it knows better, as a tenant's rate
+/// limit does). Every client of these protocols backs off on it (OTLP exporters honour
+/// it; Promtail, Alloy, Fluent Bit and Vector retry).
+pub fn with_retry_after(mut response: Response, secs: u64) -> Response {
     let status = response.status().as_u16();
     if status == 429 || status == 503 {
         response.headers_mut().insert(
             axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
+            HeaderValue::from(secs.max(1)),
         );
     }
     response

@@ -48,7 +48,10 @@ async fn push(
         Err(e) => {
             let status =
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            with_retry_after((status, format!("{}\n", e.message)).into_response())
+            with_retry_after(
+                (status, format!("{}\n", e.message)).into_response(),
+                e.retry_after_secs(),
+            )
         }
     }
 }

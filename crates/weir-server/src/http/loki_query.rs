@@ -128,7 +128,7 @@ pub(super) type Answer = Result<Response, LokiError>;
 
 /// The request's parameters, from the query string and (for `POST`) a form body; a
 /// repeated name keeps every value in order.
-pub(super) struct Params(Vec<(String, String)>);
+pub(super) struct Params(Vec<(String, String)>, String);
 
 impl Params {
     fn read(method: &Method, raw: Option<String>, body: &Bytes) -> Result<Params, LokiError> {
@@ -140,7 +140,7 @@ impl Params {
                 .map_err(|e| bad(format!("the form body is not URL-encoded: {e}")))?;
             all.extend(form);
         }
-        Ok(Params(all))
+        Ok(Params(all, String::new()))
     }
 
     pub(super) fn get(&self, name: &str) -> Option<&str> {
@@ -172,7 +172,7 @@ impl Params {
     }
 
     /// `start` and `end`, with Loki's defaults (`since`, else the last hour, up to now); checked against
-    /// `query.range_hours_max`.
+    /// `query.range_hours_max` and the tenant's `query_range_hours_max`.
     pub(super) fn range(&self, st: &NodeState) -> Result<(i64, i64), LokiError> {
         let now = weir_proto::now_ns();
         let end = self.time("end", now)?;
@@ -196,6 +196,9 @@ impl Params {
                 span_hours
             )));
         }
+        st.limiter
+            .check_range(&self.1, start, end, max_hours)
+            .map_err(|e| bad(e.message))?;
         Ok((start, end))
     }
 }
@@ -230,8 +233,11 @@ impl axum::extract::FromRequest<Ctx> for LokiRequest {
         let body = Bytes::from_request(req, ctx)
             .await
             .map_err(|e| bad(format!("cannot read the request body: {e}")))?;
+        let mut p = Params::read(&method, raw, &body)?;
+        // The range check applies the tenant's own limit.
+        p.1.clone_from(&tenant);
         Ok(LokiRequest {
-            p: Params::read(&method, raw, &body)?,
+            p,
             tenant,
             categorized,
         })
@@ -277,7 +283,13 @@ pub(super) async fn run<T: Send + 'static>(
 ) -> Result<(T, Arc<ReadStats>, Duration), LokiError> {
     let cfg = &ctx.st.config.query;
     let started = Instant::now();
-    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let (timeout, timeout_key) = ctx.st.limiter.query_timeout(&tenant, cfg.timeout_ms);
+    // The tenant's own slot first: a tenant at its limit does not take the node's.
+    let _tenant_slot = ctx
+        .st
+        .limiter
+        .query_slot(&tenant)
+        .map_err(|e| LokiError(StatusCode::TOO_MANY_REQUESTS, e.message))?;
     let _slot = tokio::time::timeout(timeout, ctx.slots.clone().acquire_owned())
         .await
         .map_err(|_| {
@@ -298,7 +310,8 @@ pub(super) async fn run<T: Send + 'static>(
         tokio::runtime::Handle::current(),
         Budget {
             deadline: started + timeout,
-            timeout_ms: cfg.timeout_ms,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_key,
             cancelled,
             records_max: cfg.records_scanned_max,
         },

@@ -83,7 +83,8 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ingest::with_retry_after(error_response(status, self.0.message))
+        let secs = self.0.retry_after_secs();
+        ingest::with_retry_after(error_response(status, self.0.message), secs)
     }
 }
 

@@ -78,7 +78,7 @@ async fn export(
         Err(e) => {
             let status =
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            with_retry_after(error(encoding, status, &e.message))
+            with_retry_after(error(encoding, status, &e.message), e.retry_after_secs())
         }
     }
 }
