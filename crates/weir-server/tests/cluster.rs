@@ -674,3 +674,108 @@ async fn a_key_made_on_any_node_works_everywhere_and_its_revocation_holds_everyw
         m.node.take().unwrap().shutdown().await.unwrap();
     }
 }
+
+/// Ingest rules are cluster state too: a rule set through any node holds on every node
+/// within a second, and a sampling rule decides the same records the same way whichever
+/// node receives them (its hash is of the record's content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_set_through_any_node_holds_everywhere_within_a_second_and_samples_alike_on_every_node(
+) {
+    use weir_proto::api::rules::{Action, RuleSpec, RulesResponse};
+    let members = start_all().await;
+    let client = reqwest::Client::new();
+    let spec = RuleSpec {
+        action: Some(Action::Sample),
+        rate: Some(0.2),
+        levels: vec!["info".into()],
+        ..Default::default()
+    };
+    // One rule per tenant, each set through another node (followers forward).
+    for (i, m) in members.iter().enumerate() {
+        let resp = client
+            .put(format!("{}/api/v1/rules/t{i}/info-20", http(m)))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let set = Instant::now();
+        for other in &members {
+            loop {
+                let listed: RulesResponse = client
+                    .get(format!("{}/api/v1/rules?tenant=t{i}", http(other)))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if listed.rules.len() == 1 {
+                    break;
+                }
+                assert!(
+                    set.elapsed() < Duration::from_secs(1),
+                    "node {} lacks the rule of t{i} after {:?}",
+                    other.cfg.cluster.node_id,
+                    set.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // The same records (fixed times) to each node, for its tenant.
+    let t0 = common::now_ns() - 30_000_000_000;
+    let records: Vec<_> = (0..2000)
+        .map(|i| {
+            let mut r = record(&format!("order {i} shipped"));
+            r.timestamp_ns = t0 + i * 1000;
+            r
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let r = append(
+            m,
+            AppendRequest {
+                tenant: format!("t{i}"),
+                records: records.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.accepted + r.dropped, 2000);
+        kept.push(r.accepted);
+    }
+    assert!(kept.iter().all(|k| *k == kept[0]), "kept per node: {kept:?}");
+    assert!((300..=500).contains(&kept[0]), "kept {} of 2000 at 20%", kept[0]);
+    // And the same records, as node 1 finds them for each tenant.
+    let mut sets = Vec::new();
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = client
+                .get(format!("{}/api/v1/search", http(&members[0])))
+                .header("x-weir-tenant", format!("t{i}"))
+                .query(&[("start", "0"), ("limit", "1000")])
+                .send()
+                .await
+                .unwrap();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            if body["total"].as_u64() == Some(kept[0]) {
+                let mut b = bodies(&body);
+                b.sort();
+                sets.push(b);
+                break;
+            }
+            assert!(Instant::now() < deadline, "t{i}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(sets[0], sets[1]);
+    assert_eq!(sets[1], sets[2]);
+    let mut members = members;
+    for m in &mut members {
+        m.node.take().unwrap().shutdown().await.unwrap();
+    }
+}
