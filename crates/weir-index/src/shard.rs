@@ -750,6 +750,51 @@ impl ShardIndex {
         Ok(out)
     }
 
+    /// A tenant's own retention: deletes `tenant`'s records from every partition whose
+    /// time range ends at or before `cutoff_ns` (the other tenants' records stay until the
+    /// index's retention drops the whole partition), and commits. Returns how many
+    /// partitions held records of the tenant. A partition without any is not touched, so
+    /// calling this again costs one count per old partition.
+    ///
+    /// # Errors
+    ///
+    /// tantivy and I/O errors, after which the index refuses writes ([`Error::Poisoned`])
+    /// until reopened.
+    pub fn delete_tenant_before(&self, tenant: &str, cutoff_ns: i64) -> Result<usize> {
+        use tantivy::query::{Query as _, TermQuery};
+        let mut ws = self.lock_write()?;
+        let term = tantivy::Term::from_field_text(self.fields.tenant, tenant);
+        let old: Vec<Arc<Partition>> = self
+            .read_parts()
+            .values()
+            .filter(|p| p.key.end_ns() <= cutoff_ns)
+            .cloned()
+            .collect();
+        let mut touched = 0;
+        let result = (|| {
+            for part in old {
+                let q = TermQuery::new(term.clone(), tantivy::schema::IndexRecordOption::Basic);
+                if q.count(&part.reader.searcher())? == 0 {
+                    continue;
+                }
+                let adding = ws.last_added;
+                let w = self.writer_for(&mut ws, part.key, adding, &BTreeSet::new())?;
+                w.writer.delete_term(term.clone());
+                w.pending = true;
+                touched += 1;
+                tracing::info!(partition = %part.key.dir_name(), %tenant, "tenant retention deleted its records");
+            }
+            if touched > 0 {
+                self.commit_locked(&mut ws)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            ws.poisoned = true;
+        }
+        result.map(|()| touched)
+    }
+
     /// Retention: deletes every partition whose time range ends at or before `cutoff_ns`,
     /// with any records it had pending, and from then on skips records older than
     /// `cutoff_ns` (so a replay does not bring them back). Returns how many partitions

@@ -21,12 +21,16 @@ use crate::metrics::Metrics;
 const READ_BYTES_MAX: usize = 8 << 20;
 
 /// How an indexer commits and expires.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct IndexerSettings {
     /// Commit (make searchable) at most this often.
     pub commit_interval: Duration,
     /// Drop index partitions whose records are all older than this; `None` keeps all.
     pub retention: Option<Duration>,
+    /// Tenants' own retentions (shorter ones delete the tenant's records from whole
+    /// partitions that end before them); applied at each retention check and as soon as
+    /// they change.
+    pub tenant_retention: Option<Arc<crate::rules::RuleTable>>,
 }
 
 /// How often retention is checked.
@@ -110,6 +114,7 @@ fn run(
     let mut dirty = false;
     let mut last_commit = Instant::now();
     let mut last_retention: Option<Instant> = None;
+    let mut retention_seen = u64::MAX;
     loop {
         let stopping = stop.load(Ordering::Acquire);
         let watermark = log.wait_for(
@@ -151,14 +156,39 @@ fn run(
             last_commit = Instant::now();
             dirty = false;
         }
-        if let Some(keep) = settings.retention {
-            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_CHECK) {
-                last_retention = Some(Instant::now());
+        let due = last_retention.is_none_or(|t| t.elapsed() >= RETENTION_CHECK);
+        let retention_changed = settings
+            .tenant_retention
+            .as_ref()
+            .is_some_and(|r| r.retention_version() != retention_seen);
+        if due {
+            last_retention = Some(Instant::now());
+            if let Some(keep) = settings.retention {
                 let cutoff = crate::append::now_ns()
                     .saturating_sub(keep.as_nanos().min(i64::MAX as u128) as i64);
                 let dropped = index.drop_partitions_before(cutoff)?;
                 if dropped > 0 {
                     tracing::info!(shard, dropped, "index partitions past retention dropped");
+                }
+            }
+        }
+        if let Some(rules) = settings
+            .tenant_retention
+            .as_ref()
+            .filter(|_| due || retention_changed)
+        {
+            retention_seen = rules.retention_version();
+            for (tenant, days) in rules.retentions().iter() {
+                let keep = Duration::from_secs(u64::from(*days) * 86_400);
+                if settings.retention.is_some_and(|global| global <= keep) {
+                    // The whole partitions go first.
+                    continue;
+                }
+                let cutoff = crate::append::now_ns()
+                    .saturating_sub(keep.as_nanos().min(i64::MAX as u128) as i64);
+                let touched = index.delete_tenant_before(tenant, cutoff)?;
+                if touched > 0 {
+                    tracing::info!(shard, %tenant, days, partitions = touched, "a tenant's records past its retention deleted");
                 }
             }
         }

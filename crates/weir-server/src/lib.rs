@@ -109,7 +109,7 @@ impl Node {
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
         raft.require_cursors(weir_mirror::config::cursor_names(&config.mirror.sinks));
-        let (indexes, indexers) = start_indexers(&config, &raft, &metrics)?;
+        let (indexes, indexers) = start_indexers(&config, &raft, &metrics, &rules)?;
         let appender = Arc::new(Appender::new(
             raft.clone(),
             links.clone(),
@@ -504,6 +504,7 @@ fn start_indexers(
     config: &Config,
     raft: &Arc<RaftNode>,
     metrics: &Arc<Metrics>,
+    rules: &Arc<rules::RuleTable>,
 ) -> anyhow::Result<(Vec<Arc<ShardIndex>>, Vec<Indexer>)> {
     let mut indexes = Vec::new();
     let mut indexers = Vec::new();
@@ -528,6 +529,7 @@ fn start_indexers(
                 commit_interval: Duration::from_millis(config.index.commit_interval_ms),
                 retention: (config.index.retention_secs > 0)
                     .then(|| Duration::from_secs(config.index.retention_secs)),
+                tenant_retention: Some(rules.clone()),
             },
             metrics.clone(),
         )?);

@@ -284,6 +284,17 @@ enum RulesCommand {
         #[command(flatten)]
         rule: RuleArgs,
     },
+    /// Set a tenant's own retention (shorter than the index's), or show every tenant's.
+    Retention {
+        /// HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        addr: String,
+        /// The tenant; none: list.
+        tenant: Option<String>,
+        /// Days its records are kept; 0: the index's retention.
+        #[arg(long)]
+        days: Option<u32>,
+    },
     /// Delete a rule.
     Delete {
         /// HTTP endpoint.
@@ -641,6 +652,30 @@ async fn rules_command(c: RulesCommand) -> anyhow::Result<()> {
                 r.would_drop
             );
         }
+        RulesCommand::Retention { addr, tenant, days } => match (tenant, days) {
+            (Some(tenant), Some(days)) => {
+                let _: weir_proto::api::rules::TenantRetention = api(
+                    &addr,
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/retention/{tenant}"),
+                    Some(&weir_proto::api::rules::RetentionSpec { days }),
+                )
+                .await?;
+                println!("tenant {tenant}: records kept {days} days (0: the index's retention)");
+            }
+            (None, None) => {
+                let r: weir_proto::api::rules::RetentionResponse =
+                    api(&addr, reqwest::Method::GET, "/api/v1/retention", NO_BODY).await?;
+                println!(
+                    "every tenant: {} days (index.retention_secs)",
+                    r.default_days
+                );
+                for t in r.tenants {
+                    println!("{:<32} {} days", t.tenant, t.days);
+                }
+            }
+            _ => anyhow::bail!("give a tenant and --days to set a retention, or neither to list"),
+        },
         RulesCommand::Delete { addr, tenant, id } => {
             let path = format!("/api/v1/rules/{tenant}/{id}");
             let r: Rule = api(&addr, reqwest::Method::DELETE, &path, NO_BODY).await?;

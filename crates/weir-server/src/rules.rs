@@ -6,7 +6,9 @@
 //! on every replica, compacted, snapshotted and replayed with the group:
 //!
 //! - `\u{2}rule/<tenant>/<id>/<the spec as JSON>` = time it was set (ns);
-//! - `\u{2}ruledel/<tenant>/<id>` = time it was deleted (ns).
+//! - `\u{2}ruledel/<tenant>/<id>` = time it was deleted (ns);
+//! - `\u{2}retention/<tenant>/<days>` = time it was set (ns): the tenant's own retention,
+//!   the newest setting winning (0 days: the index's `index.retention_secs`).
 //!
 //! A rule is the newest version of its `(tenant, id)`, unless a deletion is newer. Every
 //! node rebuilds its table from the entries every [`crate::keytable::REFRESH_INTERVAL`],
@@ -34,6 +36,7 @@ use crate::metrics::LabeledCounters;
 
 const RULE: &str = "\u{2}rule/";
 const DELETED: &str = "\u{2}ruledel/";
+const RETENTION: &str = "\u{2}retention/";
 /// Bytes of a rule id.
 pub const RULE_ID_BYTES_MAX: usize = 64;
 
@@ -205,6 +208,10 @@ pub struct RuleTable {
     raft: Option<Arc<RaftNode>>,
     by_tenant: RwLock<Arc<HashMap<String, Arc<Vec<Arc<Compiled>>>>>>,
     built_from: std::sync::Mutex<Vec<(String, u64)>>,
+    /// Each tenant's own retention in days, where set (not 0).
+    retention: RwLock<Arc<BTreeMap<String, u32>>>,
+    /// Bumped whenever the retentions change, so that indexers apply a new one at once.
+    retention_version: std::sync::atomic::AtomicU64,
     /// Records dropped by sampling rules, by tenant and rule.
     pub sampled_out: LabeledCounters,
     /// Records dropped by filter rules, by tenant and rule.
@@ -218,6 +225,8 @@ impl RuleTable {
             raft,
             by_tenant: RwLock::default(),
             built_from: std::sync::Mutex::new(vec![(String::new(), u64::MAX)]),
+            retention: RwLock::default(),
+            retention_version: std::sync::atomic::AtomicU64::new(0),
             sampled_out: LabeledCounters::new(
                 "weir_ingest_sampled_out_total",
                 "records a tenant's sampling rule did not store, by tenant and rule",
@@ -294,6 +303,7 @@ impl RuleTable {
         let log = raft.committed_log(KEY_SHARD);
         let mut entries = log.cursors_with_prefix(RULE);
         entries.extend(log.cursors_with_prefix(DELETED));
+        entries.extend(log.cursors_with_prefix(RETENTION));
         entries.sort_unstable();
         {
             let mut built_from = self.built_from.lock().unwrap_or_else(|p| p.into_inner());
@@ -305,7 +315,20 @@ impl RuleTable {
         // (tenant, id) -> newest version (time, spec JSON); then deletions.
         let mut newest: BTreeMap<(String, String), (u64, &str)> = BTreeMap::new();
         let mut deleted: HashMap<(String, String), u64> = HashMap::new();
+        let mut retention: HashMap<&str, (u64, u32)> = HashMap::new();
         for (name, at) in &entries {
+            if let Some((tenant, days)) = name
+                .strip_prefix(RETENTION)
+                .and_then(|rest| rest.split_once('/'))
+            {
+                let Ok(days) = days.parse::<u32>() else {
+                    continue;
+                };
+                if retention.get(tenant).is_none_or(|(when, _)| when < at) {
+                    retention.insert(tenant, (*at, days));
+                }
+                continue;
+            }
             if let Some(rest) = name.strip_prefix(RULE) {
                 let mut parts = rest.splitn(3, '/');
                 let (Some(t), Some(id), Some(spec)) = (parts.next(), parts.next(), parts.next())
@@ -358,6 +381,40 @@ impl RuleTable {
             })
             .collect();
         *self.by_tenant.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_tenant);
+        let retention: BTreeMap<String, u32> = retention
+            .into_iter()
+            .filter(|(_, (_, days))| *days > 0)
+            .map(|(t, (_, days))| (t.to_owned(), days))
+            .collect();
+        let mut current = self.retention.write().unwrap_or_else(|p| p.into_inner());
+        if **current != retention {
+            *current = Arc::new(retention);
+            self.retention_version
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Each tenant's own retention in days (tenants without one are not listed).
+    pub fn retentions(&self) -> Arc<BTreeMap<String, u32>> {
+        self.retention
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever [`RuleTable::retentions`] does.
+    pub fn retention_version(&self) -> u64 {
+        self.retention_version
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sets `tenant`'s retention to `days` (0: the index's own).
+    ///
+    /// # Errors
+    /// As [`RuleTable::set`].
+    pub async fn set_retention(&self, tenant: &str, days: u32) -> Result<(), StoreError> {
+        self.propose(&format!("{RETENTION}{tenant}/{days}"), weir_proto::now_ns())
+            .await
     }
 
     /// Refreshes every [`crate::keytable::REFRESH_INTERVAL`] until `stop` turns true.

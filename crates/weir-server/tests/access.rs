@@ -87,6 +87,12 @@ fn sample(path: &str, word: &str) -> (Method, String, Option<(&'static str, Stri
         "/api/v1/keys/{id}" => (Method::DELETE, "/api/v1/keys/0000000000000000".into(), None),
         "/api/v1/tenants" => get("/api/v1/tenants"),
         "/api/v1/rules" => get("/api/v1/rules"),
+        "/api/v1/retention" => get("/api/v1/retention"),
+        "/api/v1/retention/{tenant}" => (
+            Method::PUT,
+            "/api/v1/retention/acme".into(),
+            Some((json, r#"{"days":0}"#.into())),
+        ),
         "/api/v1/rules/{tenant}/{id}" => (
             Method::PUT,
             "/api/v1/rules/acme/r1".into(),

@@ -747,8 +747,15 @@ async fn a_rule_set_through_any_node_holds_everywhere_within_a_second_and_sample
         assert_eq!(r.accepted + r.dropped, 2000);
         kept.push(r.accepted);
     }
-    assert!(kept.iter().all(|k| *k == kept[0]), "kept per node: {kept:?}");
-    assert!((300..=500).contains(&kept[0]), "kept {} of 2000 at 20%", kept[0]);
+    assert!(
+        kept.iter().all(|k| *k == kept[0]),
+        "kept per node: {kept:?}"
+    );
+    assert!(
+        (300..=500).contains(&kept[0]),
+        "kept {} of 2000 at 20%",
+        kept[0]
+    );
     // And the same records, as node 1 finds them for each tenant.
     let mut sets = Vec::new();
     for i in 0..3 {

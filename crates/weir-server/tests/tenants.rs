@@ -396,3 +396,53 @@ async fn sampling_rules_keep_their_share_decide_alike_for_the_same_records_and_a
     assert!(resp.text().await.unwrap().contains("share from 0 to 1"));
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_retention_deletes_its_old_records_and_leaves_other_tenants_alone() {
+    let n = TestNode::start().await;
+    let three_days_ago = now_ns() - 3 * 86_400_000_000_000;
+    for tenant in ["short", "long"] {
+        let mut records = generated("api", "info", 50, three_days_ago);
+        records.extend(generated("api", "warn", 20, now_ns() - 1_000_000_000));
+        let r = n
+            .append(AppendRequest {
+                tenant: tenant.into(),
+                records,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.accepted, 70);
+        assert_eq!(wait_total(&n, tenant, "", 70).await, 70);
+    }
+    let resp = reqwest::Client::new()
+        .put(format!("{}/api/v1/retention/short", n.http))
+        .json(&serde_json::json!({"days": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    // Applied by each indexer as soon as it sees the setting.
+    assert_eq!(wait_total(&n, "short", "", 20).await, 20);
+    assert_eq!(total(&n, "short", "warn").await, 20, "recent records stay");
+    assert_eq!(
+        total(&n, "long", "").await,
+        70,
+        "another tenant keeps its records"
+    );
+    let listed: serde_json::Value = reqwest::get(format!("{}/api/v1/retention", n.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["tenants"],
+        serde_json::json!([{"tenant": "short", "days": 1}])
+    );
+    // The deletion is committed: it holds after a restart.
+    let n = n.restart().await;
+    assert_eq!(total(&n, "short", "").await, 20);
+    assert_eq!(total(&n, "long", "").await, 70);
+    n.stop().await;
+}

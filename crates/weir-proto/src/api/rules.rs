@@ -6,6 +6,8 @@
 //! - `DELETE /api/v1/rules/{tenant}/{id}`: the deleted [`Rule`].
 //! - `POST /api/v1/rules/{tenant}/{id}/dry-run` with a [`RuleSpec`]: [`DryRunResponse`],
 //!   what the rule would have dropped of the last hour's records had it been in place.
+//! - `GET /api/v1/retention`: [`RetentionResponse`]; `PUT /api/v1/retention/{tenant}` with
+//!   a [`RetentionSpec`]: a tenant's own retention, shorter than the index's.
 //!
 //! A tenant's rules are tried in ascending `order` (then id) and the first whose
 //! conditions all hold decides: `keep`, `drop`, or `sample` (keep a share `rate` of the
@@ -98,6 +100,33 @@ pub struct DryRunResponse {
     pub truncated: bool,
     /// Records already dropped by rules at ingest are not stored and not counted here.
     pub note: String,
+}
+
+/// `PUT /api/v1/retention/{tenant}`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSpec {
+    /// Days the tenant's records are kept; 0: as long as the index keeps every record
+    /// (`index.retention_secs`).
+    pub days: u32,
+}
+
+/// One tenant's retention.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TenantRetention {
+    /// The tenant.
+    pub tenant: String,
+    /// Days its records are kept.
+    pub days: u32,
+}
+
+/// `GET /api/v1/retention`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct RetentionResponse {
+    /// Days the index keeps every record (`index.retention_secs`), 0: forever.
+    pub default_days: f64,
+    /// The tenants with a retention of their own.
+    pub tenants: Vec<TenantRetention>,
 }
 
 #[cfg(test)]

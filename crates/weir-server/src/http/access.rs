@@ -80,6 +80,8 @@ pub const ROUTES: &[RouteNeed] = &[
     r("/api/v1/rules", ADMIN),
     r("/api/v1/rules/{tenant}/{id}", ADMIN),
     r("/api/v1/rules/{tenant}/{id}/dry-run", ADMIN),
+    r("/api/v1/retention", ADMIN),
+    r("/api/v1/retention/{tenant}", ADMIN),
     r("/healthz", Need::Open),
     r("/readyz", Need::Open),
     // OTLP.

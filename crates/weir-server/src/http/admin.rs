@@ -13,12 +13,15 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use weir_proto::api::keys::{
     CreateKeyRequest, CreatedKey, KeyInfo, KeysResponse, TenantInfo, TenantsResponse,
 };
-use weir_proto::api::rules::{DryRunResponse, Rule, RuleSpec, RulesResponse};
+use weir_proto::api::rules::{
+    DryRunResponse, RetentionResponse, RetentionSpec, Rule, RuleSpec, RulesResponse,
+    TenantRetention,
+};
 use weir_proto::{ApiError, ErrorKind};
 
 use super::HttpError;
@@ -41,6 +44,8 @@ pub fn router(state: Arc<NodeState>) -> Router {
             delete(delete_rule).put(set_rule),
         )
         .route("/api/v1/rules/{tenant}/{id}/dry-run", post(dry_run))
+        .route("/api/v1/retention", get(list_retention))
+        .route("/api/v1/retention/{tenant}", put(set_retention))
         .with_state(state)
 }
 
@@ -384,4 +389,51 @@ fn first_match(
     r: &weir_proto::v1::StoredRecord,
 ) -> Option<usize> {
     rules.iter().position(|c| c.matches(r))
+}
+
+/// `GET /api/v1/retention`: the index's retention and the tenants' own.
+async fn list_retention(State(st): State<Arc<NodeState>>) -> Json<RetentionResponse> {
+    Json(RetentionResponse {
+        default_days: st.config.index.retention_secs as f64 / 86_400.0,
+        tenants: st
+            .rules
+            .retentions()
+            .iter()
+            .map(|(tenant, days)| TenantRetention {
+                tenant: tenant.clone(),
+                days: *days,
+            })
+            .collect(),
+    })
+}
+
+/// `PUT /api/v1/retention/{tenant}`: the tenant's records in index partitions that end
+/// more than `days` ago are deleted, on every node, from the next check of each indexer
+/// (at once when the setting arrives, then every minute).
+async fn set_retention(
+    State(st): State<Arc<NodeState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    let tenant = rule_tenant(&st, &tenant)?;
+    let spec: RetentionSpec = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!("the body must be JSON like {{\"days\": 7}}: {e}"))
+    })?;
+    match st.rules.set_retention(&tenant, spec.days).await {
+        Ok(()) => {
+            tracing::info!(%tenant, days = spec.days, by = ?caller.key_id, "tenant retention set");
+            Ok(Json(TenantRetention {
+                tenant,
+                days: spec.days,
+            })
+            .into_response())
+        }
+        Err(StoreError::NotLeader { leader }) => {
+            let path = format!("/api/v1/retention/{tenant}");
+            forward(&st, leader, Method::PUT, &path, &headers, body).await
+        }
+        Err(e) => Err(crate::rules::store_error(e).into()),
+    }
 }
