@@ -515,6 +515,7 @@ mod tests {
                 include_str!("../../../docs/security.md"),
             ),
             ("docs/ingest.md", include_str!("../../../docs/ingest.md")),
+            ("docs/tenants.md", include_str!("../../../docs/tenants.md")),
             (
                 "docs/query-language.md",
                 include_str!("../../../docs/query-language.md"),
