@@ -175,9 +175,35 @@ pub async fn authorize(
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Err(e) => refusal(e),
+        Err(e) => refusal_for(path.as_str(), request.headers(), e),
     }
 }
+
+/// [`refusal`] in the shape the route's API family answers errors in, since each client
+/// reads its own: Elasticsearch's `security_exception`, an OTLP `Status`, Loki's plain
+/// text; Weir's own API and the rest, `{"error": ...}`.
+fn refusal_for(path: &str, headers: &axum::http::HeaderMap, e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = if path == "/v1/logs" {
+        super::otlp::refusal(headers, status, &e.message)
+    } else if path.starts_with("/loki/") || path.starts_with("/api/prom/") {
+        (status, format!("{}\n", e.message)).into_response()
+    } else if path == "/" || path.starts_with("/_") || path.starts_with("/{index}") {
+        super::es::security_refusal(status, &e.message)
+    } else {
+        return refusal(e);
+    };
+    if e.kind == ErrorKind::Unauthenticated {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(CHALLENGES),
+        );
+    }
+    response
+}
+
+/// What a 401 offers a client to answer with.
+const CHALLENGES: &str = "Bearer realm=\"weir\", Basic realm=\"weir\", ApiKey";
 
 fn caller_of(st: &NodeState, request: &Request, need: Need) -> Result<Caller, ApiError> {
     let headers = request.headers();
@@ -209,7 +235,7 @@ fn refusal(e: ApiError) -> Response {
     if unauthenticated {
         response.headers_mut().insert(
             axum::http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"weir\", Basic realm=\"weir\", ApiKey"),
+            HeaderValue::from_static(CHALLENGES),
         );
     }
     response

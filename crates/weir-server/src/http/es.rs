@@ -158,6 +158,12 @@ async fn bulk_index(
     bulk(&st, caller.tenant, &headers, body, Some(&index)).await
 }
 
+/// A refusal before the handler (no key, wrong scope) as Elasticsearch answers it with
+/// security on: a `security_exception`.
+pub(super) fn security_refusal(status: StatusCode, reason: &str) -> Response {
+    es_error(status, "security_exception", reason)
+}
+
 /// An Elasticsearch error answer: `{"error":{"type","reason"},"status"}`.
 fn es_error(status: StatusCode, kind: &str, reason: &str) -> Response {
     es_error_retry(status, kind, reason, 1)

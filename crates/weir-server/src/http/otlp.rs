@@ -148,6 +148,16 @@ fn error(encoding: Encoding, status: StatusCode, message: &str) -> Response {
     }
 }
 
+/// A refusal before the handler (no key, wrong scope) as an OTLP exporter reads it: a
+/// `google.rpc.Status` in the request's encoding (JSON unless it sent protobuf).
+pub(super) fn refusal(headers: &HeaderMap, status: StatusCode, message: &str) -> Response {
+    let encoding = match media_type(headers).as_str() {
+        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
+        _ => Encoding::Json,
+    };
+    error(encoding, status, message)
+}
+
 /// The `google.rpc.Code` that goes with an HTTP status (per the OTLP/HTTP spec's mapping).
 fn grpc_code(status: StatusCode) -> i32 {
     match status.as_u16() {
@@ -156,6 +166,8 @@ fn grpc_code(status: StatusCode) -> i32 {
         429 => 8,       // RESOURCE_EXHAUSTED
         503 => 14,      // UNAVAILABLE
         404 => 5,       // NOT_FOUND
+        401 => 16,      // UNAUTHENTICATED
+        403 => 7,       // PERMISSION_DENIED
         _ => 13,        // INTERNAL
     }
 }
