@@ -1,0 +1,296 @@
+//! The cost model of ingest: CPU µs per record for each stage a record passes through on
+//! its way to being searchable, measured one stage at a time over the same records, and,
+//! as the floor, tantivy indexing only the bodies of those records with the same commit
+//! cadence and merge policy.
+//!
+//! `cargo bench -p weir-bench --bench cost` (`WEIR_BENCH_COST_RECORDS`, default 400,000).
+//! Each stage runs alone, so the process's CPU time (getrusage: user + system, every
+//! thread, tantivy's merge threads included) over the stage is the stage's. Stages:
+//!
+//! 1. decode: prost decoding of `AppendRequest`s of 1,000 records (the gRPC body);
+//! 2. normalize: `weir_ingest::normalize` (validation, levels, UTF-8 repair);
+//! 3. shard + encode: `split_by_shard` into 4 shards and the `StoredBatch` encoding;
+//! 4. wal: each piece appended to its shard's WAL, the 4 flushed together and waited for
+//!    (the std backend: pwrite + fdatasync), as the raft thread's group commit does;
+//! 5. index: four `ShardIndex`es, one thread each, committed every 250 ms as the node's
+//!    indexers do, then closed (merges finished): the whole record (every field, terms,
+//!    fast fields, the stored record);
+//! 6. floor: the same four threads and cadence, a tantivy index of one `TEXT` field, the
+//!    body, nothing stored.
+//!
+//! Raft's own work (messages, the Ready loop) is not a stage here: the node's total CPU per
+//! record under `weir-bench ingest` less these stages bounds it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use weir_index::{IndexOptions, ShardIndex};
+use weir_proto::v1::{AppendRequest, Record, StoredBatch};
+use weir_proto::ShardId;
+use weir_wal::{IoBackendChoice, IoThread, Wal, WalOptions};
+
+#[path = "common/gen.rs"]
+mod gen;
+use gen::{cpu_secs, Gen};
+
+const BATCH: usize = 1000;
+const SHARDS: u32 = 4;
+const COMMIT_EVERY: Duration = Duration::from_millis(250);
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument runs nothing else here.
+    let total: usize = std::env::var("WEIR_BENCH_COST_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400_000);
+    let now = weir_proto::now_ns();
+    let mut gen = Gen(0x9e37_79b9_7f4a_7c15);
+    // The records as an agent sends them, stamped now (1 µs apart) so that none is too old.
+    let wire: Vec<Vec<u8>> = (0..total / BATCH)
+        .map(|b| {
+            let records = (0..BATCH)
+                .map(|j| {
+                    let i = (b * BATCH + j) as u64;
+                    let s = gen.record(i, total as u64);
+                    Record {
+                        timestamp_ns: now + i as i64 * 1000,
+                        level: ["", "trace", "debug", "info", "warn", "error", "fatal"]
+                            [s.level as usize]
+                            .into(),
+                        body: s.body.into_bytes(),
+                        service: s.service,
+                        namespace: s.namespace,
+                        pod: s.pod,
+                        cluster: s.cluster,
+                        labels: s.labels,
+                        attributes: s.attributes,
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                    }
+                })
+                .collect();
+            AppendRequest {
+                tenant: "default".into(),
+                records,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    let n = (wire.len() * BATCH) as f64;
+    let raw_bytes: usize = wire.iter().map(Vec::len).sum();
+    println!(
+        "cost model: {} records, {:.0} bytes each on the wire, {} shards, commit every {} ms",
+        n,
+        raw_bytes as f64 / n,
+        SHARDS,
+        COMMIT_EVERY.as_millis()
+    );
+    let mut rows = Vec::new();
+
+    let (requests, cpu) = stage(|| {
+        wire.iter()
+            .map(|b| AppendRequest::decode(b.as_slice()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    rows.push(("decode (prost)", cpu));
+
+    let limits = weir_ingest::Limits::default();
+    let (normalized, cpu) = stage(|| {
+        requests
+            .into_iter()
+            .map(|r| {
+                let n = weir_ingest::normalize(r, now, &limits).unwrap();
+                assert!(n.rejected.is_empty(), "{:?}", n.rejected.first());
+                n
+            })
+            .collect::<Vec<_>>()
+    });
+    rows.push(("normalize", cpu));
+
+    let (pieces, cpu) = stage(|| {
+        normalized
+            .into_iter()
+            .map(|n| {
+                weir_ingest::split_by_shard(n, SHARDS, now)
+                    .into_iter()
+                    .map(|(shard, batch, _)| (shard.0, batch.encode_to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    });
+    rows.push(("shard + encode", cpu));
+    let stored_bytes: usize = pieces.iter().flatten().map(|(_, b)| b.len()).sum();
+
+    let wal_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let io = IoThread::start(IoBackendChoice::Std).unwrap();
+    let mut wals: Vec<Wal> = (0..SHARDS)
+        .map(|s| {
+            let d = wal_dir.path().join(format!("shard-{s}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Wal::open(&d, WalOptions::default(), io.clone()).unwrap()
+        })
+        .collect();
+    let ((), cpu) = stage(|| {
+        let mut next = vec![0u64; SHARDS as usize];
+        for round in &pieces {
+            let mut tickets = Vec::new();
+            for (shard, bytes) in round {
+                let s = *shard as usize;
+                next[s] += 1;
+                wals[s].append(next[s], bytes).unwrap();
+            }
+            for w in &mut wals {
+                tickets.push(w.flush().unwrap());
+            }
+            for t in tickets {
+                t.wait().unwrap();
+            }
+        }
+    });
+    rows.push(("wal append + group fsync", cpu));
+    drop(wals);
+
+    // Per shard: its batches in log order.
+    let mut by_shard: Vec<Vec<StoredBatch>> = vec![Vec::new(); SHARDS as usize];
+    for round in &pieces {
+        for (shard, bytes) in round {
+            by_shard[*shard as usize].push(StoredBatch::decode(bytes.as_slice()).unwrap());
+        }
+    }
+    let by_shard = Arc::new(by_shard);
+
+    let index_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ((), cpu) = stage(|| {
+        let threads: Vec<_> = (0..SHARDS)
+            .map(|s| {
+                let path = index_dir.path().join(format!("shard-{s}"));
+                let batches = by_shard.clone();
+                std::thread::spawn(move || {
+                    let ix = ShardIndex::open(&path, ShardId(s), IndexOptions::default()).unwrap();
+                    let mut last = Instant::now();
+                    for (i, b) in batches[s as usize].iter().enumerate() {
+                        ix.add_batch(i as u64 + 1, b).unwrap();
+                        if last.elapsed() >= COMMIT_EVERY {
+                            ix.commit().unwrap();
+                            last = Instant::now();
+                        }
+                    }
+                    ix.close().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    rows.push(("index: whole record, merges included", cpu));
+    let index_bytes = dir_bytes(index_dir.path());
+    let mut by_kind = std::collections::BTreeMap::new();
+    bytes_by_extension(index_dir.path(), &mut by_kind);
+
+    let floor_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ((), cpu) = stage(|| {
+        let threads: Vec<_> = (0..SHARDS)
+            .map(|s| {
+                let path = floor_dir.path().join(format!("shard-{s}"));
+                let batches = by_shard.clone();
+                std::thread::spawn(move || body_only(&path, &batches[s as usize]))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    rows.push(("floor: tantivy, body only, merges included", cpu));
+    let floor_bytes = dir_bytes(floor_dir.path());
+
+    println!("| stage | CPU s | µs a record |");
+    println!("| --- | --- | --- |");
+    for (name, cpu) in &rows {
+        println!("| {name} | {cpu:.2} | {:.2} |", cpu * 1e6 / n);
+    }
+    let index = rows[4].1;
+    let floor = rows[5].1;
+    println!(
+        "whole record / floor: {:.2}x; index {:.0} bytes a record ({:.2} of the stored \
+         record's {:.0} bytes), floor {:.0} bytes a record",
+        index / floor,
+        index_bytes as f64 / n,
+        index_bytes as f64 / stored_bytes as f64,
+        stored_bytes as f64 / n,
+        floor_bytes as f64 / n
+    );
+    let kinds: Vec<String> = by_kind
+        .iter()
+        .filter(|(_, b)| **b as f64 / n >= 0.5)
+        .map(|(k, b)| format!("{k} {:.0}", *b as f64 / n))
+        .collect();
+    println!("index bytes a record by file kind: {}", kinds.join(", "));
+}
+
+/// Bytes under `p` by file extension (tantivy: `store` the stored records, `idx`
+/// postings, `pos` positions, `term` term dictionaries, `fast` fast fields).
+fn bytes_by_extension(p: &std::path::Path, out: &mut std::collections::BTreeMap<String, u64>) {
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            bytes_by_extension(&e.path(), out);
+        } else {
+            let ext = e
+                .path()
+                .extension()
+                .map_or_else(|| "other".to_owned(), |x| x.to_string_lossy().into_owned());
+            *out.entry(ext).or_default() += m.len();
+        }
+    }
+}
+
+/// Runs `f` and returns what it made and the process CPU seconds it took.
+fn stage<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let before = cpu_secs();
+    let out = f();
+    (out, cpu_secs() - before)
+}
+
+/// The floor: a tantivy index of the bodies alone, with the node's writer settings (one
+/// indexing thread, 64 MiB), the default merge policy, a commit every 250 ms.
+fn body_only(path: &std::path::Path, batches: &[StoredBatch]) {
+    use tantivy::schema::{Schema, TEXT};
+    std::fs::create_dir_all(path).unwrap();
+    let mut b = Schema::builder();
+    let body = b.add_text_field("body", TEXT);
+    let index = tantivy::Index::create_in_dir(path, b.build()).unwrap();
+    let opts = IndexOptions::default();
+    let mut w: tantivy::IndexWriter<tantivy::TantivyDocument> = index
+        .writer_with_num_threads(opts.writer_threads, opts.writer_memory_bytes)
+        .unwrap();
+    let mut last = Instant::now();
+    for batch in batches {
+        for r in &batch.records {
+            let mut d = tantivy::TantivyDocument::default();
+            d.add_text(body, &r.body);
+            w.add_document(d).unwrap();
+        }
+        if last.elapsed() >= COMMIT_EVERY {
+            w.commit().unwrap();
+            last = Instant::now();
+        }
+    }
+    w.commit().unwrap();
+    w.wait_merging_threads().unwrap();
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
