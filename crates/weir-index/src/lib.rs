@@ -74,7 +74,7 @@ pub use query::{
     parse_query, Match, Pattern, Query, QueryError, BODY_FIELD, EXACT_FIELDS, MAX_NESTING,
 };
 pub use schema::complete_body_tokens;
-pub use shard::{IndexOptions, SearchRequest, ShardIndex, MAX_LIMIT};
+pub use shard::{DocStore, IndexOptions, SearchRequest, ShardIndex, MAX_LIMIT};
 pub use weir_proto::v1::{StoredBatch, StoredRecord};
 
 /// Everything that can go wrong in this crate.

@@ -71,6 +71,21 @@ pub struct IndexOptions {
     /// shards of a node to bound them together. Default: a cache of its own of
     /// [`crate::DEFAULT_INFIX_CACHE_BYTES`].
     pub infix_cache: Arc<crate::InfixCache>,
+    /// How new partitions compress their stored records. Default [`DocStore::Zstd`].
+    pub docstore: DocStore,
+}
+
+/// How a partition's document store (the records as stored) is compressed, chosen when
+/// the partition is created: existing partitions keep theirs, and a mix reads fine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DocStore {
+    /// zstd (level 3): records take about 40% less disk than with lz4 (random ids in hex
+    /// are where lz4, without entropy coding, finds nothing), and reading them back costs
+    /// more CPU (benches/RESULTS.md, the cost model).
+    #[default]
+    Zstd,
+    /// lz4: cheaper to read back, larger.
+    Lz4,
 }
 
 impl Default for IndexOptions {
@@ -81,6 +96,7 @@ impl Default for IndexOptions {
             max_open_writers: 2,
             writer_threads: 1,
             infix_cache: Arc::new(crate::InfixCache::new(crate::DEFAULT_INFIX_CACHE_BYTES)),
+            docstore: DocStore::default(),
         }
     }
 }
@@ -172,9 +188,9 @@ struct Partition {
 }
 
 /// Bytes of records the document store compresses together. tantivy's default (16 KiB)
-/// leaves lz4 little to find across records; larger blocks compress the stored records
-/// better at the price of decompressing more to fetch one hit (tantivy caches recent
-/// blocks). Set when a partition is created; existing partitions keep theirs.
+/// leaves the compressor less to find across records; larger blocks compress the stored
+/// records better at the price of decompressing more to fetch one hit (tantivy caches
+/// recent blocks). Set when a partition is created; existing partitions keep theirs.
 const DOCSTORE_BLOCK_BYTES: usize = 64 << 10;
 
 /// The file whose presence in a partition directory says its documents carry the
@@ -478,11 +494,14 @@ impl ShardIndex {
                 .schema(self.fields.schema.clone())
                 .settings(tantivy::IndexSettings {
                     docstore_blocksize: DOCSTORE_BLOCK_BYTES,
-                    docstore_compression: tantivy::store::Compressor::Zstd(
-                        tantivy::store::ZstdCompressor {
-                            compression_level: Some(3),
-                        },
-                    ),
+                    docstore_compression: match self.opts.docstore {
+                        DocStore::Zstd => {
+                            tantivy::store::Compressor::Zstd(tantivy::store::ZstdCompressor {
+                                compression_level: Some(3),
+                            })
+                        }
+                        DocStore::Lz4 => tantivy::store::Compressor::Lz4,
+                    },
                     ..Default::default()
                 })
                 .create_in_dir(&tmp)?,

@@ -367,6 +367,9 @@ pub struct IndexConfig {
     pub writer_memory_bytes: usize,
     /// Records older than this are dropped with their partition; 0 keeps everything.
     pub retention_secs: u64,
+    /// How new partitions compress the stored records: `zstd` (smaller) or `lz4`
+    /// (cheaper to read back).
+    pub docstore_compression: String,
 }
 
 impl Default for IndexConfig {
@@ -376,6 +379,24 @@ impl Default for IndexConfig {
             commit_interval_ms: 250,
             writer_memory_bytes: 64 << 20,
             retention_secs: 7 * 24 * 3600,
+            docstore_compression: "zstd".into(),
+        }
+    }
+}
+
+impl IndexConfig {
+    /// `docstore_compression` as the index takes it.
+    ///
+    /// # Errors
+    /// Neither `zstd` nor `lz4`.
+    pub fn docstore(&self) -> anyhow::Result<weir_index::DocStore> {
+        match self.docstore_compression.as_str() {
+            "zstd" => Ok(weir_index::DocStore::Zstd),
+            "lz4" => Ok(weir_index::DocStore::Lz4),
+            other => anyhow::bail!(
+                "index.docstore_compression is {other:?}: \"zstd\" (smaller) or \"lz4\" \
+                 (cheaper to read back)"
+            ),
         }
     }
 }
@@ -526,6 +547,7 @@ impl Config {
             self.storage.proposal_queue_len > 0,
             "storage.proposal_queue_len must be positive"
         );
+        self.index.docstore()?;
         anyhow::ensure!(
             self.index.partition_span_secs >= 60,
             "index.partition_span_secs must be at least 60"

@@ -162,6 +162,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Records older than this are dropped with their partition; 0 keeps all.",
     ),
     (
+        "index.docstore_compression",
+        "How new index partitions compress the stored records: zstd (smaller) or lz4 (cheaper to read back).",
+    ),
+    (
         "search.limit_default",
         "Hits per page when a search gives no limit.",
     ),

@@ -514,6 +514,7 @@ fn start_indexers(
         let opts = IndexOptions {
             partition_span_secs: config.index.partition_span_secs,
             writer_memory_bytes: config.index.writer_memory_bytes,
+            docstore: config.index.docstore()?,
             infix_cache: infix_cache.clone(),
             ..Default::default()
         };
