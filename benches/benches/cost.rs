@@ -9,13 +9,15 @@
 //!
 //! 1. decode: prost decoding of `AppendRequest`s of 1,000 records (the gRPC body);
 //! 2. normalize: `weir_ingest::normalize` (validation, levels, UTF-8 repair);
-//! 3. shard + encode: `split_by_shard` into 4 shards and the `StoredBatch` encoding;
-//! 4. wal: each piece appended to its shard's WAL, the 4 flushed together and waited for
+//! 3. ingest rules: a tenant's tiered rules (`weir_server::rules`), every record hashed;
+//! 4. shard + encode: `split_by_shard` into 4 shards and the `StoredBatch` encoding;
+//! 5. wal: each piece appended to its shard's WAL, the 4 flushed together and waited for
 //!    (the std backend: pwrite + fdatasync), as the raft thread's group commit does;
-//! 5. index: four `ShardIndex`es, one thread each, committed every 250 ms as the node's
+//! 6. index: four `ShardIndex`es, one thread each, committed every 250 ms as the node's
 //!    indexers do, then closed (merges finished): the whole record (every field, terms,
-//!    fast fields, the stored record);
-//! 6. floor: the same four threads and cadence, a tantivy index of one `TEXT` field, the
+//!    fast fields, the stored record), once with each document store compression (zstd,
+//!    lz4), each followed by reading every record back in time-sorted pages;
+//! 7. floor: the same four threads and cadence, a tantivy index of one `TEXT` field, the
 //!    body, nothing stored.
 //!
 //! Raft's own work (messages, the Ready loop) is not a stage here: the node's total CPU per
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use weir_index::{IndexOptions, ShardIndex};
+use weir_index::{DocStore, IndexOptions, ShardIndex};
 use weir_proto::v1::{AppendRequest, Record, StoredBatch};
 use weir_proto::ShardId;
 use weir_wal::{IoBackendChoice, IoThread, Wal, WalOptions};
@@ -94,7 +96,7 @@ fn main() {
             .map(|b| AppendRequest::decode(b.as_slice()).unwrap())
             .collect::<Vec<_>>()
     });
-    rows.push(("decode (prost)", cpu));
+    rows.push(("decode (prost)".into(), cpu));
 
     let limits = weir_ingest::Limits::default();
     let (normalized, cpu) = stage(|| {
@@ -107,7 +109,24 @@ fn main() {
             })
             .collect::<Vec<_>>()
     });
-    rows.push(("normalize", cpu));
+    rows.push(("normalize".into(), cpu));
+
+    // A tenant's tiered rules (errors kept; warn, info and debug sampled at 99.99%, so
+    // that every record is hashed and nearly all go on to the next stages).
+    let rules = tiered_rules();
+    let (normalized, cpu) = stage(|| {
+        normalized
+            .into_iter()
+            .map(|mut n| {
+                n.records.retain(|(_, r)| {
+                    weir_server::rules::decide(&rules, r) == weir_server::rules::Decision::Keep
+                });
+                n
+            })
+            .collect::<Vec<_>>()
+    });
+    rows.push(("ingest rules: 4 rules, sampling hash".into(), cpu));
+    let kept: usize = normalized.iter().map(|n| n.records.len()).sum();
 
     let (pieces, cpu) = stage(|| {
         normalized
@@ -120,7 +139,7 @@ fn main() {
             })
             .collect::<Vec<_>>()
     });
-    rows.push(("shard + encode", cpu));
+    rows.push(("shard + encode".into(), cpu));
     let stored_bytes: usize = pieces.iter().flatten().map(|(_, b)| b.len()).sum();
 
     let wal_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -149,7 +168,7 @@ fn main() {
             }
         }
     });
-    rows.push(("wal append + group fsync", cpu));
+    rows.push(("wal append + group fsync".into(), cpu));
     drop(wals);
 
     // Per shard: its batches in log order.
@@ -161,34 +180,51 @@ fn main() {
     }
     let by_shard = Arc::new(by_shard);
 
-    let index_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let ((), cpu) = stage(|| {
-        let threads: Vec<_> = (0..SHARDS)
-            .map(|s| {
-                let path = index_dir.path().join(format!("shard-{s}"));
-                let batches = by_shard.clone();
-                std::thread::spawn(move || {
-                    let ix = ShardIndex::open(&path, ShardId(s), IndexOptions::default()).unwrap();
-                    let mut last = Instant::now();
-                    for (i, b) in batches[s as usize].iter().enumerate() {
-                        ix.add_batch(i as u64 + 1, b).unwrap();
-                        if last.elapsed() >= COMMIT_EVERY {
-                            ix.commit().unwrap();
-                            last = Instant::now();
+    // The whole record, once per document store compression, then every record read back.
+    let mut stores = Vec::new();
+    for (name, docstore) in [("zstd", DocStore::Zstd), ("lz4", DocStore::Lz4)] {
+        let index_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let ((), cpu) = stage(|| {
+            let threads: Vec<_> = (0..SHARDS)
+                .map(|s| {
+                    let path = index_dir.path().join(format!("shard-{s}"));
+                    let batches = by_shard.clone();
+                    std::thread::spawn(move || {
+                        let opts = IndexOptions {
+                            docstore,
+                            ..IndexOptions::default()
+                        };
+                        let ix = ShardIndex::open(&path, ShardId(s), opts).unwrap();
+                        let mut last = Instant::now();
+                        for (i, b) in batches[s as usize].iter().enumerate() {
+                            ix.add_batch(i as u64 + 1, b).unwrap();
+                            if last.elapsed() >= COMMIT_EVERY {
+                                ix.commit().unwrap();
+                                last = Instant::now();
+                            }
                         }
-                    }
-                    ix.close().unwrap();
+                        ix.close().unwrap();
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-    });
-    rows.push(("index: whole record, merges included", cpu));
-    let index_bytes = dir_bytes(index_dir.path());
-    let mut by_kind = std::collections::BTreeMap::new();
-    bytes_by_extension(index_dir.path(), &mut by_kind);
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+        rows.push((
+            format!("index ({name} store): whole record, merges included"),
+            cpu,
+        ));
+        let (read, cpu) = stage(|| read_back(index_dir.path()));
+        assert_eq!(read, kept as u64, "every record reads back");
+        rows.push((
+            format!("read back ({name} store): every record, time-sorted pages"),
+            cpu,
+        ));
+        let mut by_kind = std::collections::BTreeMap::new();
+        bytes_by_extension(index_dir.path(), &mut by_kind);
+        stores.push((name, dir_bytes(index_dir.path()), by_kind));
+    }
 
     let floor_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let ((), cpu) = stage(|| {
@@ -203,7 +239,7 @@ fn main() {
             t.join().unwrap();
         }
     });
-    rows.push(("floor: tantivy, body only, merges included", cpu));
+    rows.push(("floor: tantivy, body only, merges included".into(), cpu));
     let floor_bytes = dir_bytes(floor_dir.path());
 
     println!("| stage | CPU s | µs a record |");
@@ -211,23 +247,70 @@ fn main() {
     for (name, cpu) in &rows {
         println!("| {name} | {cpu:.2} | {:.2} |", cpu * 1e6 / n);
     }
-    let index = rows[4].1;
-    let floor = rows[5].1;
+    let floor = rows[rows.len() - 1].1;
     println!(
-        "whole record / floor: {:.2}x; index {:.0} bytes a record ({:.2} of the stored \
-         record's {:.0} bytes), floor {:.0} bytes a record",
-        index / floor,
-        index_bytes as f64 / n,
-        index_bytes as f64 / stored_bytes as f64,
-        stored_bytes as f64 / n,
+        "whole record / floor: zstd store {:.2}x, lz4 store {:.2}x (floor {:.0} bytes a record)",
+        rows[5].1 / floor,
+        rows[7].1 / floor,
         floor_bytes as f64 / n
     );
-    let kinds: Vec<String> = by_kind
-        .iter()
-        .filter(|(_, b)| **b as f64 / n >= 0.5)
-        .map(|(k, b)| format!("{k} {:.0}", *b as f64 / n))
-        .collect();
-    println!("index bytes a record by file kind: {}", kinds.join(", "));
+    for (name, bytes, by_kind) in &stores {
+        let kinds: Vec<String> = by_kind
+            .iter()
+            .filter(|(_, b)| **b as f64 / n >= 0.5)
+            .map(|(k, b)| format!("{k} {:.0}", *b as f64 / n))
+            .collect();
+        println!(
+            "{name} store: index {:.0} bytes a record ({:.2} of the stored record's {:.0} \
+             bytes, {:.2} of the {:.0} bytes on the wire); by file kind: {}",
+            *bytes as f64 / n,
+            *bytes as f64 / stored_bytes as f64,
+            stored_bytes as f64 / n,
+            *bytes as f64 / raw_bytes as f64,
+            raw_bytes as f64 / n,
+            kinds.join(", ")
+        );
+    }
+}
+
+/// Reads every record of every shard index under `dir` back, newest first, in pages of
+/// [`weir_index::MAX_LIMIT`] (what a scanning LogQL query does); returns how many.
+fn read_back(dir: &std::path::Path) -> u64 {
+    let mut read = 0;
+    for s in 0..SHARDS {
+        let ix = ShardIndex::open(
+            &dir.join(format!("shard-{s}")),
+            ShardId(s),
+            IndexOptions::default(),
+        )
+        .unwrap();
+        let mut after = None;
+        loop {
+            let req = weir_index::SearchRequest {
+                query: weir_index::Query::All,
+                tenant: "default".into(),
+                start_ns: 0,
+                end_ns: i64::MAX,
+                levels: Vec::new(),
+                limit: weir_index::MAX_LIMIT,
+                sort: weir_index::Sort::TimeDesc,
+                after: after.take(),
+            };
+            let hits = ix.search(&req).unwrap();
+            let (page, _, next) =
+                weir_index::merge(vec![hits], req.sort, req.limit, req.after.as_ref());
+            read += page
+                .iter()
+                .map(|h| u64::from(!h.record.body.is_empty()))
+                .sum::<u64>();
+            match next {
+                Some(c) if !page.is_empty() => after = Some(c),
+                _ => break,
+            }
+        }
+        ix.close().unwrap();
+    }
+    read
 }
 
 /// Bytes under `p` by file extension (tantivy: `store` the stored records, `idx`
@@ -245,6 +328,34 @@ fn bytes_by_extension(p: &std::path::Path, out: &mut std::collections::BTreeMap<
             *out.entry(ext).or_default() += m.len();
         }
     }
+}
+
+/// The tiered pipeline of docs/tenants.md, at rates that keep nearly everything.
+fn tiered_rules() -> Vec<Arc<weir_server::rules::Compiled>> {
+    use weir_proto::api::rules::{Action, Rule, RuleSpec};
+    let rule = |id: &str, order: u32, action: Action, rate: Option<f64>, levels: &[&str]| {
+        Arc::new(
+            weir_server::rules::Compiled::new(Rule {
+                tenant: "default".into(),
+                id: id.into(),
+                updated_ns: 0,
+                spec: RuleSpec {
+                    order,
+                    action: Some(action),
+                    rate,
+                    levels: levels.iter().map(|l| l.to_string()).collect(),
+                    ..Default::default()
+                },
+            })
+            .unwrap(),
+        )
+    };
+    vec![
+        rule("errors", 10, Action::Keep, None, &["error", "fatal"]),
+        rule("warn", 20, Action::Sample, Some(0.9999), &["warn"]),
+        rule("info", 30, Action::Sample, Some(0.9999), &["info"]),
+        rule("debug", 50, Action::Sample, Some(0.9999), &["debug"]),
+    ]
 }
 
 /// Runs `f` and returns what it made and the process CPU seconds it took.
