@@ -90,11 +90,16 @@ pub struct PeerLinks {
 impl PeerLinks {
     /// Clients for every member but this node. Must run inside a tokio runtime (it starts
     /// the lane tasks). The lanes send with the cluster id in `cluster_id` (set once the
-    /// node agreed on it).
+    /// node agreed on it). With `tls` (peer TLS on), every connection is mutual TLS: the
+    /// other's certificate must name the host of its `peer` address.
     ///
     /// # Errors
     /// A peer address that is not a valid URI authority.
-    pub fn new(cfg: &ClusterConfig, cluster_id: Arc<Mutex<String>>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        cfg: &ClusterConfig,
+        cluster_id: Arc<Mutex<String>>,
+        tls: Option<Arc<crate::tls::ClientTls>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut peers = HashMap::new();
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -106,7 +111,7 @@ impl PeerLinks {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(5));
-            let client = PeerClient::new(endpoint.connect_lazy())
+            let client = PeerClient::new(crate::tls::lazy_channel(endpoint, tls.as_ref()))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             let mut lanes = Vec::with_capacity(LANES);
@@ -497,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_lane_drops_and_counts_instead_of_growing() {
-        let links = PeerLinks::new(&config(4), Arc::default()).unwrap();
+        let links = PeerLinks::new(&config(4), Arc::default(), None).unwrap();
         for _ in 0..100 {
             // Shard 0: always the same lane.
             links.send(2, 0, vec![0u8; 16]);

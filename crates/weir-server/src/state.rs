@@ -33,6 +33,9 @@ pub struct NodeState {
     pub tail: Arc<crate::tail::TailHub>,
     /// Access keys: who may do what.
     pub auth: Arc<crate::auth::Auth>,
+    /// TLS toward the other members' HTTP ports (`[tls]` with `peer_ca_file`), for the
+    /// requests this node forwards.
+    pub tls_http_client: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl NodeState {
