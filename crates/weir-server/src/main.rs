@@ -33,6 +33,16 @@ struct Cli {
     /// $WEIR_DATA_DIR/admin.key when readable).
     #[arg(long, global = true)]
     key: Option<String>,
+    /// CA bundle (PEM) that an https:// node's certificate must chain to (default: the
+    /// public roots).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a node that asks for one (tls.client_ca_file).
+    #[arg(long, global = true, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, global = true, requires = "client_cert")]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -306,18 +316,30 @@ fn key() -> Option<&'static str> {
     KEY.get().and_then(|k| k.as_deref())
 }
 
-/// An HTTP client that presents the key (if any) on every request.
-fn http_client() -> reqwest::Client {
+/// `--ca`, `--client-cert` and `--client-key`. Set once in `main`.
+static TLS_FILES: std::sync::OnceLock<weir_server::tls::ClientFiles> = std::sync::OnceLock::new();
+
+/// The client TLS files with `alpn`, if `--ca` or a client certificate was given.
+fn tls_files(alpn: &'static [&'static [u8]]) -> Option<weir_server::tls::ClientFiles> {
+    let f = TLS_FILES.get()?;
+    (f.ca.is_some() || f.identity.is_some())
+        .then(|| weir_server::tls::ClientFiles { alpn, ..f.clone() })
+}
+
+/// An HTTP client that presents the key (if any) on every request, and trusts `--ca`.
+fn http_client() -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(v) =
         key().and_then(|k| reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
     {
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap_or_default()
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(files) = tls_files(weir_server::tls::ALPN_HTTP) {
+        let tls = weir_server::tls::ClientTls::load(files)?;
+        builder = builder.use_preconfigured_tls((*tls.current()).clone());
+    }
+    Ok(builder.build()?)
 }
 
 fn with_tenant(req: reqwest::RequestBuilder, tenant: Option<String>) -> reqwest::RequestBuilder {
@@ -339,7 +361,7 @@ async fn api<T: serde::de::DeserializeOwned>(
     body: Option<&impl serde::Serialize>,
 ) -> anyhow::Result<T> {
     let url = format!("{}{path}", addr.trim_end_matches('/'));
-    let mut req = http_client().request(method, &url);
+    let mut req = http_client()?.request(method, &url);
     if let Some(b) = body {
         req = req.json(b);
     }
@@ -670,6 +692,15 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let _ = KEY.set(find_key(cli.key.clone()));
+    let _ = TLS_FILES.set(weir_server::tls::ClientFiles {
+        ca: cli.ca.clone().map(|p| ("--ca", p)),
+        identity: cli
+            .client_cert
+            .clone()
+            .zip(cli.client_key.clone())
+            .map(|(c, k)| [("--client-cert", c), ("--client-key", k)]),
+        alpn: weir_server::tls::ALPN_HTTP,
+    });
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -824,7 +855,7 @@ async fn query_command(
     params.extend(end.map(|s| ("end", s)));
     params.extend(level.map(|s| ("level", s)));
     let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
-    let resp = with_tenant(http_client().get(&url), tenant)
+    let resp = with_tenant(http_client()?.get(&url), tenant)
         .query(&params)
         .send()
         .await
@@ -867,7 +898,7 @@ async fn histogram_command(
     json: bool,
 ) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/histogram", addr.trim_end_matches('/'));
-    let resp = with_tenant(http_client().get(&url), tenant)
+    let resp = with_tenant(http_client()?.get(&url), tenant)
         .query(&params)
         .send()
         .await
@@ -924,7 +955,7 @@ async fn tail_command(
     json: bool,
 ) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/tail", addr.trim_end_matches('/'));
-    let mut resp = with_tenant(http_client().get(&url), tenant)
+    let mut resp = with_tenant(http_client()?.get(&url), tenant)
         .query(&[("query", &query)])
         .send()
         .await
@@ -1165,11 +1196,28 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         file,
     } = args;
     let batch = batch.max(1);
-    let mut client = IngestClient::connect(addr.clone()).await.map_err(|e| {
+    let (uri, https) = weir_server::tls::strip_https(&addr);
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .with_context(|| format!("--addr {addr} is not a URI"))?;
+    let channel = if https {
+        let files =
+            tls_files(weir_server::tls::ALPN_GRPC).unwrap_or(weir_server::tls::ClientFiles {
+                alpn: weir_server::tls::ALPN_GRPC,
+                ..Default::default()
+            });
+        let tls = weir_server::tls::ClientTls::load(files)?;
+        endpoint
+            .connect_with_connector(weir_server::tls::Connector::new(tls))
+            .await
+    } else {
+        endpoint.connect().await
+    };
+    let mut client = IngestClient::new(channel.map_err(|e| {
         anyhow::anyhow!(
-            "cannot connect to {addr}: {e}\nhint: is a node running there? `weir server` starts one"
+            "cannot connect to {addr}: {e:#}\nhint: is a node running there? `weir server` starts \
+             one; an https node's certificate must chain to --ca"
         )
-    })?;
+    })?);
     let input: Box<dyn BufRead> = match &file {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
