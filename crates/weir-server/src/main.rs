@@ -156,6 +156,15 @@ enum Command {
         /// `[[mirror.sinks]]`).
         #[arg(long)]
         extra_config: Option<PathBuf>,
+        /// TLS on gRPC and HTTP too (commands then need `https://` and `--ca
+        /// DIR/tls/ca.crt`). The members always speak mutual TLS with each other.
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Certificates: a CA and the members' certificates (`weir tls generate`).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
     },
     /// Access keys: create (the secret is shown once), list, revoke. Admin key needed.
     Keys {
@@ -200,6 +209,29 @@ enum ClusterCommand {
         /// Print the answer as JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Writes a new CA (DIR/ca.crt, DIR/ca.key) and a certificate per node
+    /// (DIR/node<i>.crt, DIR/node<i>.key), each for server and client use: every member's
+    /// tls.peer_ca_file is ca.crt, and its tls.cert_file/key_file (or peer_cert_file/
+    /// peer_key_file) its node<i> pair. Keys are written with mode 0600; keep ca.key off
+    /// the nodes.
+    Generate {
+        /// Where the files go; an existing CA there is never overwritten.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// A name every node's certificate carries: a DNS name or an IP address, `{i}`
+        /// replaced by the node's number (`--name 'weir-{i}.example.net'`). Repeatable;
+        /// the host of each member's `peer` (and `grpc`, `http`) address must be one.
+        /// Default: localhost and 127.0.0.1.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
 }
 
@@ -758,7 +790,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 nodes,
                 shards,
                 extra_config,
-            } => dev_cluster(dir, base_port, nodes, shards, extra_config).await,
+                tls,
+            } => dev_cluster(dir, base_port, nodes, shards, extra_config, tls).await,
+            Command::Tls {
+                command: TlsCommand::Generate { dir, nodes, names },
+            } => tls_generate(&dir, nodes, names),
             Command::Tail {
                 addr,
                 tenant,
@@ -1001,9 +1037,22 @@ async fn tail_command(
 
 /// A request that did not reach the node, with a hint.
 fn unreachable_node(addr: &str, e: reqwest::Error) -> anyhow::Error {
+    // reqwest says "error sending request"; the why (refused, a certificate that does not
+    // verify) is in its sources.
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        why.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    let tls = if addr.starts_with("https://") {
+        "; an https node's certificate must chain to --ca (default: the public roots)"
+    } else {
+        ""
+    };
     anyhow::anyhow!(
-        "cannot reach {addr}: {e}\nhint: is a node running there? `weir server` starts one; \
-         --addr names another"
+        "cannot reach {addr}: {why}\nhint: is a node running there? `weir server` starts one; \
+         --addr names another{tls}"
     )
 }
 
@@ -1015,6 +1064,7 @@ async fn dev_cluster(
     nodes: u64,
     shards: u32,
     extra_config: Option<PathBuf>,
+    tls: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     let extra = match &extra_config {
@@ -1027,9 +1077,14 @@ async fn dev_cluster(
     let exe = std::env::current_exe().context("cannot find the weir binary")?;
     let key = weir_server::devcluster::admin_key(&dir)
         .with_context(|| format!("cannot read or write the admin key in {}", dir.display()))?;
+    let certs = dev_certificates(&dir.join("tls"), nodes)?;
     let mut children = Vec::new();
     for id in 1..=nodes {
         let path = dir.join(format!("node{id}.toml"));
+        let extra = format!(
+            "{}{extra}",
+            weir_server::devcluster::tls_table(&certs, id, tls)
+        );
         std::fs::write(
             &path,
             weir_server::devcluster::config(&dir, base, nodes, id, shards, &extra),
@@ -1047,10 +1102,19 @@ async fn dev_cluster(
         "admin key: {} (every node's; pass it as WEIR_KEY or --key)",
         dir.join(weir_server::auth::ADMIN_KEY_FILE).display()
     );
+    let (scheme, ca) = if tls {
+        ("https", format!(" --ca {}", certs.ca.display()))
+    } else {
+        ("http", String::new())
+    };
     println!(
-        "status: WEIR_KEY=$(cat {}) weir cluster status --addr http://127.0.0.1:{}",
+        "status: WEIR_KEY=$(cat {}) weir cluster status --addr {scheme}://127.0.0.1:{}{ca}",
         dir.join(weir_server::auth::ADMIN_KEY_FILE).display(),
         base + 1
+    );
+    println!(
+        "the members speak mutual TLS with the certificates in {}",
+        certs.ca.parent().unwrap_or(&dir).display()
     );
     println!("type `restart N` and Enter to restart node N; Ctrl-C stops the cluster");
     let mut commands = stdin_lines();
@@ -1084,6 +1148,56 @@ async fn dev_cluster(
     for mut c in children.into_iter().flatten() {
         let _ = c.wait().await;
     }
+    Ok(())
+}
+
+/// The local cluster's certificates in `dir`: the ones a previous run made, or new ones.
+fn dev_certificates(
+    dir: &std::path::Path,
+    nodes: u64,
+) -> anyhow::Result<weir_server::tls::ClusterFiles> {
+    let files = weir_server::tls::ClusterFiles::in_dir(dir, nodes);
+    if !dir.join("ca.key").exists() {
+        let names = ["localhost", "127.0.0.1"].map(String::from);
+        return weir_server::tls::write_cluster_files(dir, nodes, &names);
+    }
+    let missing = files
+        .nodes
+        .iter()
+        .flat_map(|(c, k)| [c, k])
+        .find(|p| !p.exists());
+    if let Some(p) = missing {
+        anyhow::bail!(
+            "{} is missing: {} was made for fewer nodes; remove it and start again for new \
+             certificates",
+            p.display(),
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
+/// `weir tls generate`.
+fn tls_generate(dir: &std::path::Path, nodes: u64, names: Vec<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
+    let names = if names.is_empty() {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    } else {
+        names
+    };
+    let files = weir_server::tls::write_cluster_files(dir, nodes, &names)?;
+    println!(
+        "CA: {} (its key: {}; keep it off the nodes)",
+        files.ca.display(),
+        dir.join("ca.key").display()
+    );
+    for (i, (cert, key)) in files.nodes.iter().enumerate() {
+        println!("node {}: {} {}", i + 1, cert.display(), key.display());
+    }
+    println!(
+        "each node: [tls] peer_ca_file = ca.crt, cert_file and key_file = its pair (or \
+         peer_cert_file and peer_key_file for the peer port only); clients: --ca ca.crt"
+    );
     Ok(())
 }
 

@@ -524,6 +524,79 @@ pub fn generate(common_name: &str, nodes: &[Vec<String>]) -> anyhow::Result<Gene
     })
 }
 
+/// The files [`write_cluster_files`] writes into a directory.
+pub struct ClusterFiles {
+    /// `ca.crt`.
+    pub ca: PathBuf,
+    /// `node<i>.crt` and `node<i>.key`, node 1 first.
+    pub nodes: Vec<(PathBuf, PathBuf)>,
+}
+
+impl ClusterFiles {
+    /// The files of a cluster of `nodes` in `dir`, whether or not they exist.
+    pub fn in_dir(dir: &Path, nodes: u64) -> ClusterFiles {
+        ClusterFiles {
+            ca: dir.join("ca.crt"),
+            nodes: (1..=nodes)
+                .map(|i| {
+                    (
+                        dir.join(format!("node{i}.crt")),
+                        dir.join(format!("node{i}.key")),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes a new CA (`ca.crt`, `ca.key`) and a certificate for each of `nodes` nodes
+/// (`node<i>.crt`, `node<i>.key`) into `dir`, private keys with mode 0600. Each node's
+/// certificate carries `names` (DNS names or IP addresses), `{i}` replaced by its number,
+/// and serves as server and as client (the members' mutual TLS).
+///
+/// # Errors
+/// `dir` already holds a CA key (it is never overwritten), a name that is neither a DNS
+/// name nor an IP address, or a file that cannot be written.
+pub fn write_cluster_files(
+    dir: &Path,
+    nodes: u64,
+    names: &[String],
+) -> anyhow::Result<ClusterFiles> {
+    let ca_key = dir.join("ca.key");
+    anyhow::ensure!(
+        !ca_key.exists(),
+        "{} already exists: a CA is never overwritten (its certificates would stop \
+         verifying). Remove the directory's files or choose another --dir",
+        ca_key.display()
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let per_node: Vec<Vec<String>> = (1..=nodes)
+        .map(|i| {
+            names
+                .iter()
+                .map(|n| n.replace("{i}", &i.to_string()))
+                .collect()
+        })
+        .collect();
+    let g = generate("weir cluster CA", &per_node)?;
+    let files = ClusterFiles::in_dir(dir, nodes);
+    let write = |path: &Path, text: &str, private: bool| -> anyhow::Result<()> {
+        if private {
+            crate::auth::write_private(path, text.as_bytes())
+        } else {
+            std::fs::write(path, text)
+        }
+        .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(&ca_key, &g.ca_key, true)?;
+    write(&files.ca, &g.ca_cert, false)?;
+    for ((cert, key), (cert_pem, key_pem)) in files.nodes.iter().zip(&g.nodes) {
+        write(cert, cert_pem, false)?;
+        write(key, key_pem, true)?;
+    }
+    Ok(files)
+}
+
 /// Every TLS config of a node, as `[tls]` sets them.
 #[derive(Default)]
 pub struct NodeTls {

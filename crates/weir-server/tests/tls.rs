@@ -497,3 +497,74 @@ retry_backoff_max_ms = 200
     assert_eq!(untrusted_es.doc_count(), 0);
     node.shutdown().await.unwrap();
 }
+
+/// Runs the `weir` binary with `stdin`; returns its exit code, stdout and stderr.
+fn weir(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .env_remove("WEIR_KEY")
+        .env_remove("WEIR_DATA_DIR")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `weir tls generate` makes certificates a node serves; `weir push` and `weir query`
+/// reach it over https with `--ca`, and fail, saying so, without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_ca_and_generates_the_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.display().to_string();
+    let (code, out, err) = weir(
+        &["tls", "generate", "--dir", &certs_arg, "--nodes", "1"],
+        b"",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node1.crt"), "{out}");
+    let (code, _, err) = weir(&["tls", "generate", "--dir", &certs_arg], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("never overwritten"), "{err}");
+    let mut cfg = test_config(&dir.path().join("data"));
+    cfg.tls.cert_file = certs.join("node1.crt");
+    cfg.tls.key_file = certs.join("node1.key");
+    let node = Node::start(cfg).await.unwrap();
+    let ca = certs.join("ca.crt").display().to_string();
+    let grpc_url = format!("https://localhost:{}", node.grpc_addr().port());
+    let http_url = format!("https://127.0.0.1:{}", node.http_addr().port());
+
+    let (code, _, err) = weir(
+        &["push", "--addr", &grpc_url, "--ca", &ca],
+        b"over the cli\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = weir(&["query", "--addr", &http_url, "--ca", &ca, "cli"], b"");
+        assert_eq!(code, 0, "{err}");
+        if out.contains("over the cli") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never found: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without --ca the public roots do not know this CA.
+    let (code, _, err) = weir(&["query", "--addr", &http_url, "cli"], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("certificate"), "{err}");
+    let (code, _, err) = weir(&["push", "--addr", &grpc_url], b"x\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("--ca"), "{err}");
+    node.shutdown().await.unwrap();
+}
