@@ -302,46 +302,6 @@ fn excerpt(b: &[u8]) -> String {
     s.trim().replace('\n', " ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use weir_testkit::elasticsearch::{EsOptions, FakeElasticsearch};
-
-    fn sink(url: &str, auth: &str) -> Sink {
-        let cfg: SinkConfig = toml::from_str(&format!(
-            "name = \"es\"\ntype = \"elasticsearch\"\nurl = \"{url}\"\n{auth}"
-        ))
-        .unwrap();
-        Sink::new(&cfg, "c1").unwrap()
-    }
-
-    #[tokio::test]
-    async fn basic_auth_and_api_key_reach_elasticsearch_as_it_expects_them() {
-        let es = FakeElasticsearch::start_with(EsOptions {
-            basic_auth: Some(("elastic".into(), "changeme".into())),
-            api_key: Some("aWQ6a2V5".into()),
-            ..EsOptions::default()
-        })
-        .await
-        .unwrap();
-        let ok = sink(&es.url(), "username = \"elastic\"\npassword = \"changeme\"");
-        ok.install_template().await.unwrap();
-        let key = sink(&es.url(), "api_key = \"aWQ6a2V5\"");
-        key.install_template().await.unwrap();
-        let wrong = sink(&es.url(), "username = \"elastic\"\npassword = \"nope\"");
-        let e = wrong.install_template().await.unwrap_err();
-        assert!(
-            matches!(e, crate::Error::TemplateRefused { status: 401, .. }),
-            "{e}"
-        );
-        let none = sink(&es.url(), "");
-        assert!(
-            none.install_template().await.is_err(),
-            "no credentials, no access"
-        );
-    }
-}
-
 /// `builder` with the sink's TLS keys: its CA bundle instead of the public roots, its
 /// client certificate, or no verification at all.
 ///
@@ -402,4 +362,44 @@ fn with_tls(
         builder = builder.danger_accept_invalid_certs(true);
     }
     Ok(builder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_testkit::elasticsearch::{EsOptions, FakeElasticsearch};
+
+    fn sink(url: &str, auth: &str) -> Sink {
+        let cfg: SinkConfig = toml::from_str(&format!(
+            "name = \"es\"\ntype = \"elasticsearch\"\nurl = \"{url}\"\n{auth}"
+        ))
+        .unwrap();
+        Sink::new(&cfg, "c1").unwrap()
+    }
+
+    #[tokio::test]
+    async fn basic_auth_and_api_key_reach_elasticsearch_as_it_expects_them() {
+        let es = FakeElasticsearch::start_with(EsOptions {
+            basic_auth: Some(("elastic".into(), "changeme".into())),
+            api_key: Some("aWQ6a2V5".into()),
+            ..EsOptions::default()
+        })
+        .await
+        .unwrap();
+        let ok = sink(&es.url(), "username = \"elastic\"\npassword = \"changeme\"");
+        ok.install_template().await.unwrap();
+        let key = sink(&es.url(), "api_key = \"aWQ6a2V5\"");
+        key.install_template().await.unwrap();
+        let wrong = sink(&es.url(), "username = \"elastic\"\npassword = \"nope\"");
+        let e = wrong.install_template().await.unwrap_err();
+        assert!(
+            matches!(e, crate::Error::TemplateRefused { status: 401, .. }),
+            "{e}"
+        );
+        let none = sink(&es.url(), "");
+        assert!(
+            none.install_template().await.is_err(),
+            "no credentials, no access"
+        );
+    }
 }

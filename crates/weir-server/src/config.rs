@@ -55,7 +55,8 @@ pub struct AuthConfig {
     /// with it on writes an admin key to `<data_dir>/admin.key` (mode 0600).
     pub enabled: bool,
     /// Let a node without keys listen beyond loopback (`weir server --insecure`): anyone
-    /// who reaches the ports reads and writes every tenant.
+    /// who reaches the ports reads and writes every tenant. Also lets a cluster's peer port
+    /// listen beyond loopback without mutual TLS (`tls.peer_ca_file`).
     pub insecure: bool,
 }
 
@@ -806,8 +807,10 @@ mod tests {
     /// alone lets anyone in); on a cluster's peer port, mutual TLS; else `auth.insecure`.
     #[test]
     fn exposure_beyond_loopback_needs_keys_client_certificates_or_insecure() {
-        let mut cfg = Config::default();
-        cfg.http_addr = "0.0.0.0:4318".parse().unwrap();
+        let mut cfg = Config {
+            http_addr: "0.0.0.0:4318".parse().unwrap(),
+            ..Config::default()
+        };
         let e = cfg.check_exposure().unwrap_err().to_string();
         assert!(
             e.contains("tls.client_ca_file") && e.contains("auth.enabled"),

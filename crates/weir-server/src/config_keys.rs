@@ -214,7 +214,8 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "auth.insecure",
-        "Let a node without keys listen beyond loopback (anyone reaching it reads every tenant).",
+        "Let a node without keys listen beyond loopback (anyone reaching it reads every tenant), \
+         and a cluster's peer port without mutual TLS.",
     ),
     (
         "tls.cert_file",

@@ -71,8 +71,9 @@ enum Command {
         /// the data directory.
         #[arg(long)]
         auth: bool,
-        /// Listen beyond loopback without access keys (auth.insecure): anyone who
-        /// reaches the node reads and writes every tenant.
+        /// Listen beyond loopback without access keys, and a cluster's peer port without
+        /// mutual TLS (auth.insecure): anyone who reaches the node reads and writes every
+        /// tenant.
         #[arg(long)]
         insecure: bool,
     },

@@ -128,7 +128,7 @@ async fn forward(
         )
         .into());
     };
-    let (client, scheme) = forward_client(&st)?;
+    let (client, scheme) = forward_client(st)?;
     let url = format!("{scheme}://{}{path}", member.http);
     let mut req = client
         .request(method, &url)
