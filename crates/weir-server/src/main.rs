@@ -840,11 +840,14 @@ fn config_command(c: ConfigCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ConfigCommand::Check { file } => {
-            let (_, warnings) = Config::from_toml_str(
+            let (cfg, warnings) = Config::from_toml_str(
                 &std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?,
             )
             .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            // The TLS files as the server would load them, on this machine.
+            weir_server::tls::NodeTls::load(&cfg.tls)
+                .with_context(|| format!("{}: a TLS file does not load", file.display()))?;
             for w in &warnings {
                 eprintln!("warning: {w}");
             }

@@ -536,6 +536,24 @@ async fn the_cli_speaks_tls_with_ca_and_generates_the_certificates() {
     let (code, _, err) = weir(&["tls", "generate", "--dir", &certs_arg], b"");
     assert_ne!(code, 0);
     assert!(err.contains("never overwritten"), "{err}");
+    // `weir config check` loads the files as the server would.
+    let file = dir.path().join("weir.toml");
+    for (key, code_wanted) in [("node1.key", 0), ("missing.key", 1)] {
+        let text = format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            certs.join("node1.crt").display().to_string(),
+            certs.join(key).display().to_string()
+        );
+        std::fs::write(&file, text).unwrap();
+        let (code, _, err) = weir(&["config", "check", file.to_str().unwrap()], b"");
+        assert_eq!(code, code_wanted, "{err}");
+        if code != 0 {
+            assert!(
+                err.contains("tls.key_file") && err.contains("missing.key"),
+                "{err}"
+            );
+        }
+    }
     let mut cfg = test_config(&dir.path().join("data"));
     cfg.tls.cert_file = certs.join("node1.crt");
     cfg.tls.key_file = certs.join("node1.key");
