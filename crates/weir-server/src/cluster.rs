@@ -295,6 +295,7 @@ pub async fn agree_cluster_id(
     let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
         let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut unreached: Vec<(u64, String)> = Vec::new();
         let mut reached = 0usize;
         for p in links.all() {
             let mut req = tonic::Request::new(HelloRequest {
@@ -321,7 +322,10 @@ pub async fn agree_cluster_id(
                         seen.push((p.id, r.cluster_id));
                     }
                 }
-                Err(s) => p.failed(s.message()),
+                Err(s) => {
+                    p.failed(s.message());
+                    unreached.push((p.id, status_causes(&s)));
+                }
             }
         }
         if let Some(mine) = &local {
@@ -360,6 +364,11 @@ pub async fn agree_cluster_id(
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
+            // Why a member is not reached: down, or (with tls.peer_ca_file) a certificate
+            // one side does not accept.
+            for (peer, error) in &unreached {
+                tracing::warn!(peer, error = %error, "cannot reach this member yet");
+            }
             if links.me == lowest {
                 tracing::info!(
                     reached,
@@ -466,6 +475,22 @@ async fn ask_every_peer(
         }
     }
     targets
+}
+
+/// A failed call's message and its causes (the message can be "transport error", a cause
+/// "received fatal alert: DecryptError": a certificate the other side refused).
+fn status_causes(s: &tonic::Status) -> String {
+    let mut out = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 #[cfg(test)]
