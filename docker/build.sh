@@ -18,6 +18,10 @@ else
   cargo build --locked --profile "$PROFILE" -p weir-server --bin weir
   BIN="target/$DIR/weir"
 fi
+# The compose cluster's certificates (its members speak mutual TLS): made once, kept.
+if [ ! -f docker/tls/ca.key ]; then
+  "$BIN" tls generate --dir docker/tls --nodes 3 --name 'weir{i}' --name localhost >/dev/null
+fi
 CTX=$(mktemp -d "${TMPDIR:-/tmp}/weir-image.XXXXXX")
 trap 'rm -rf "$CTX"' EXIT
 ROOT="$CTX/rootfs"

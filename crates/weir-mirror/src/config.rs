@@ -3,6 +3,8 @@
 //! One struct for both backends keeps the file flat; keys that belong to the other
 //! backend are refused by name in [`SinkConfig::validate`].
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// Which backend a sink writes to: the API's type, since status and the dead-letter
@@ -30,7 +32,7 @@ pub struct SinkConfig {
     /// `elasticsearch` or `loki`.
     #[serde(rename = "type")]
     pub backend: Backend,
-    /// Base URL, e.g. `http://es:9200` or `http://loki:3100`. Only `http` for now.
+    /// Base URL, e.g. `https://es:9200` or `http://loki:3100`.
     pub url: String,
     /// Tenants sent to this sink; empty sends every tenant.
     #[serde(default)]
@@ -105,6 +107,19 @@ pub struct SinkConfig {
     pub structured_metadata: Option<Vec<String>>,
     /// `protobuf` (default) or `json`.
     pub format: Option<LokiFormat>,
+
+    // TLS (an https url)
+    /// CA bundle (PEM) the backend's certificate must chain to, instead of the public
+    /// roots built into Weir (Mozilla's).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to a backend that asks for one.
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of `client_cert_file` (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub client_key_file: Option<PathBuf>,
+    /// Accept any certificate the backend presents: encrypted, but to whoever answers.
+    /// For a test bench only; logged as a warning at start.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
 }
 
 fn d_batch_bytes() -> usize {
@@ -196,13 +211,18 @@ impl SinkConfig {
                 "mirror sink name {n:?} must be 1-64 characters of a-z, 0-9, _ and -"
             ));
         }
-        let rest = self.url.strip_prefix("http://").ok_or_else(|| {
-            if self.url.starts_with("https://") {
-                format!("{}: https is not supported yet; put a TLS-terminating proxy in front or use http", key("url"))
-            } else {
-                format!("{} must start with http://, not {:?}", key("url"), self.url)
-            }
-        })?;
+        let https = self.url.starts_with("https://");
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"))
+            .ok_or_else(|| {
+                format!(
+                    "{} must start with http:// or https://, not {:?}",
+                    key("url"),
+                    self.url
+                )
+            })?;
         if rest.is_empty() || rest.starts_with('/') {
             return Err(format!("{} has no host: {:?}", key("url"), self.url));
         }
@@ -253,6 +273,31 @@ impl SinkConfig {
             return Err(format!(
                 "{}: give either tenants (only these) or exclude_tenants (all but these), not both",
                 key("exclude_tenants")
+            ));
+        }
+        let tls_keys = [
+            ("ca_file", self.ca_file.is_some()),
+            ("client_cert_file", self.client_cert_file.is_some()),
+            ("client_key_file", self.client_key_file.is_some()),
+            ("tls_insecure_skip_verify", self.tls_insecure_skip_verify),
+        ];
+        if let Some((k, _)) = tls_keys.iter().find(|(_, set)| *set && !https) {
+            return Err(format!(
+                "{} applies to an https url, and this sink's url is {:?}",
+                key(k),
+                self.url
+            ));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(format!(
+                "{}: client_cert_file and client_key_file go together",
+                key("client_cert_file")
+            ));
+        }
+        if self.tls_insecure_skip_verify && self.ca_file.is_some() {
+            return Err(format!(
+                "{}: a ca_file is not used when verification is off; remove one of them",
+                key("tls_insecure_skip_verify")
             ));
         }
         if self.username.is_some() != self.password.is_some() {
@@ -342,10 +387,35 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_with_what_to_do() {
-        let c = parse("name = \"l\"\ntype = \"loki\"\nurl = \"https://loki:3100\"\n");
-        let e = c.validate().unwrap_err();
-        assert!(e.contains("https is not supported"), "{e}");
+    fn tls_keys_need_an_https_url_and_go_together() {
+        let https = "name = \"l\"\ntype = \"loki\"\nurl = \"https://loki:3100\"\n";
+        parse(https).validate().unwrap();
+        parse(&format!("{https}ca_file = \"/ca.crt\"\nclient_cert_file = \"/c.crt\"\nclient_key_file = \"/c.key\"\n"))
+            .validate()
+            .unwrap();
+        let e = parse(
+            "name = \"l\"\ntype = \"loki\"\nurl = \"http://loki:3100\"\nca_file = \"/ca.crt\"\n",
+        )
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.contains("mirror.sinks[name=l].ca_file") && e.contains("https"),
+            "{e}"
+        );
+        let e = parse(&format!("{https}client_cert_file = \"/c.crt\"\n"))
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("client_key_file"), "{e}");
+        let e = parse(&format!(
+            "{https}ca_file = \"/ca.crt\"\ntls_insecure_skip_verify = true\n"
+        ))
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("tls_insecure_skip_verify"), "{e}");
+        let e = parse("name = \"l\"\ntype = \"loki\"\nurl = \"ftp://loki\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("http:// or https://"), "{e}");
     }
 
     #[test]

@@ -82,17 +82,16 @@ impl Sink {
     /// The index pattern does not parse (see [`SinkConfig::validate`], which callers run
     /// first), or the HTTP client cannot be built.
     pub fn new(cfg: &SinkConfig, cluster: &str) -> crate::Result<Sink> {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5000)))
-            .pool_max_idle_per_host(cfg.concurrency)
-            .build()
-            .map_err(|e| {
-                crate::Error::Config(format!(
-                    "mirror sink {}: cannot build http client: {e}",
-                    cfg.name
-                ))
-            })?;
+            .pool_max_idle_per_host(cfg.concurrency);
+        let client = with_tls(builder, cfg)?.build().map_err(|e| {
+            crate::Error::Config(format!(
+                "mirror sink {}: cannot build http client: {e}",
+                cfg.name
+            ))
+        })?;
         let kind = match cfg.backend {
             Backend::Elasticsearch => Kind::Elasticsearch {
                 pattern: IndexPattern::parse(cfg.index_pattern()).map_err(crate::Error::Config)?,
@@ -264,8 +263,16 @@ fn transport_error(e: reqwest::Error) -> Attempt {
     } else {
         "transport"
     };
+    // reqwest's message is "error sending request for url (...)": the why (refused, a
+    // certificate that does not verify) is in its sources.
+    let mut reason = format!("{metric}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason.push_str(&format!(": {s}"));
+        source = s.source();
+    }
     Attempt::Retry {
-        reason: format!("{metric}: {e}"),
+        reason,
         metric,
         retry_after: None,
     }
@@ -293,6 +300,68 @@ fn retry_status(status: u16, headers: &reqwest::header::HeaderMap, body: &[u8]) 
 fn excerpt(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(&b[..b.len().min(300)]);
     s.trim().replace('\n', " ")
+}
+
+/// `builder` with the sink's TLS keys: its CA bundle instead of the public roots, its
+/// client certificate, or no verification at all.
+///
+/// # Errors
+/// A file that cannot be read or is not PEM, named by its key.
+fn with_tls(
+    mut builder: reqwest::ClientBuilder,
+    cfg: &SinkConfig,
+) -> crate::Result<reqwest::ClientBuilder> {
+    let key = |k: &str| format!("mirror.sinks[name={}].{k}", cfg.name);
+    let read = |k: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            crate::Error::Config(format!("{} {}: cannot read it: {e}", key(k), p.display()))
+        })
+    };
+    if let Some(ca) = &cfg.ca_file {
+        let pem = read("ca_file", ca)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            crate::Error::Config(format!(
+                "{} {}: not PEM certificates: {e}",
+                key("ca_file"),
+                ca.display()
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(crate::Error::Config(format!(
+                "{} {}: no certificate in it",
+                key("ca_file"),
+                ca.display()
+            )));
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    if let (Some(cert), Some(k)) = (&cfg.client_cert_file, &cfg.client_key_file) {
+        let mut pem = read("client_cert_file", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("client_key_file", k)?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            crate::Error::Config(format!(
+                "{} {} with {} {}: not a PEM certificate and key: {e}",
+                key("client_cert_file"),
+                cert.display(),
+                key("client_key_file"),
+                k.display()
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    if cfg.tls_insecure_skip_verify {
+        tracing::warn!(
+            sink = %cfg.name,
+            "tls_insecure_skip_verify: this sink accepts any certificate; records go to whoever answers at {}",
+            cfg.url
+        );
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    Ok(builder)
 }
 
 #[cfg(test)]

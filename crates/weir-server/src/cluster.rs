@@ -90,11 +90,16 @@ pub struct PeerLinks {
 impl PeerLinks {
     /// Clients for every member but this node. Must run inside a tokio runtime (it starts
     /// the lane tasks). The lanes send with the cluster id in `cluster_id` (set once the
-    /// node agreed on it).
+    /// node agreed on it). With `tls` (peer TLS on), every connection is mutual TLS: the
+    /// other's certificate must name the host of its `peer` address.
     ///
     /// # Errors
     /// A peer address that is not a valid URI authority.
-    pub fn new(cfg: &ClusterConfig, cluster_id: Arc<Mutex<String>>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        cfg: &ClusterConfig,
+        cluster_id: Arc<Mutex<String>>,
+        tls: Option<Arc<crate::tls::ClientTls>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut peers = HashMap::new();
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -106,7 +111,7 @@ impl PeerLinks {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(5));
-            let client = PeerClient::new(endpoint.connect_lazy())
+            let client = PeerClient::new(crate::tls::lazy_channel(endpoint, tls.as_ref()))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             let mut lanes = Vec::with_capacity(LANES);
@@ -290,6 +295,7 @@ pub async fn agree_cluster_id(
     let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
         let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut unreached: Vec<(u64, String)> = Vec::new();
         let mut reached = 0usize;
         for p in links.all() {
             let mut req = tonic::Request::new(HelloRequest {
@@ -316,7 +322,10 @@ pub async fn agree_cluster_id(
                         seen.push((p.id, r.cluster_id));
                     }
                 }
-                Err(s) => p.failed(s.message()),
+                Err(s) => {
+                    p.failed(s.message());
+                    unreached.push((p.id, status_causes(&s)));
+                }
             }
         }
         if let Some(mine) = &local {
@@ -355,6 +364,11 @@ pub async fn agree_cluster_id(
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
+            // Why a member is not reached: down, or (with tls.peer_ca_file) a certificate
+            // one side does not accept.
+            for (peer, error) in &unreached {
+                tracing::warn!(peer, error = %error, "cannot reach this member yet");
+            }
             if links.me == lowest {
                 tracing::info!(
                     reached,
@@ -463,6 +477,22 @@ async fn ask_every_peer(
     targets
 }
 
+/// A failed call's message and its causes (the message can be "transport error", a cause
+/// "received fatal alert: DecryptError": a certificate the other side refused).
+fn status_causes(s: &tonic::Status) -> String {
+    let mut out = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,7 +527,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_lane_drops_and_counts_instead_of_growing() {
-        let links = PeerLinks::new(&config(4), Arc::default()).unwrap();
+        let links = PeerLinks::new(&config(4), Arc::default(), None).unwrap();
         for _ in 0..100 {
             // Shard 0: always the same lane.
             links.send(2, 0, vec![0u8; 16]);

@@ -43,6 +43,8 @@ pub struct Config {
     /// One tenant's own limits (`[[tenants]]` tables): name and the keys of
     /// `[tenant_limits]` it sets differently.
     pub tenants: Vec<crate::tenants::TenantOverride>,
+    /// TLS on the three ports and between members (docs/security.md).
+    pub tls: TlsConfig,
 }
 
 /// `[auth]`: whether requests need an access key.
@@ -58,8 +60,147 @@ pub struct AuthConfig {
     /// with it on writes an admin key to `<data_dir>/admin.key` (mode 0600).
     pub enabled: bool,
     /// Let a node without keys listen beyond loopback (`weir server --insecure`): anyone
-    /// who reaches the ports reads and writes every tenant.
+    /// who reaches the ports reads and writes every tenant. Also lets a cluster's peer port
+    /// listen beyond loopback without mutual TLS (`tls.peer_ca_file`).
     pub insecure: bool,
+}
+
+/// `[tls]`: TLS on the client ports (gRPC 4317, HTTP 4318) and mutual TLS between the
+/// members of a cluster (peer port 4319, both ways). A path left empty is not set.
+///
+/// ```toml
+/// [tls]
+/// cert_file = "/etc/weir/node.crt"      # chain, leaf first (PEM): 4317 and 4318 speak TLS
+/// key_file = "/etc/weir/node.key"
+/// client_ca_file = "/etc/weir/clients-ca.crt"  # optional: clients must present a cert it signed
+/// peer_ca_file = "/etc/weir/cluster-ca.crt"    # members speak mutual TLS, verified against it
+/// ```
+///
+/// The files are read again when they change (polled every `reload_interval_secs`): new
+/// connections get the new certificate, open ones keep theirs. A change that does not load
+/// (a key that does not match its certificate) is logged and the previous files stay in use.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM, leaf first) for 4317 and 4318. Empty: both
+    /// ports speak plaintext.
+    pub cert_file: PathBuf,
+    /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA bundle (PEM) that clients' certificates must chain to on 4317 and 4318. Empty:
+    /// no client certificate is asked for.
+    pub client_ca_file: PathBuf,
+    /// The cluster's CA bundle (PEM). Set: the peer port requires a client certificate
+    /// that chains to it, and this node dials the others over TLS, verifying their
+    /// certificates against it and presenting its own. Every member sets it, or none.
+    pub peer_ca_file: PathBuf,
+    /// This node's certificate on the peer port, as server and as client (needs both
+    /// extended key usages). Empty: `cert_file`.
+    pub peer_cert_file: PathBuf,
+    /// The private key of `peer_cert_file`. Empty: `key_file`.
+    pub peer_key_file: PathBuf,
+    /// How often the files' modification times are checked for a reload.
+    pub reload_interval_secs: u64,
+    /// Time a client has to finish its TLS handshake; a slower one is disconnected.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            peer_ca_file: PathBuf::new(),
+            peer_cert_file: PathBuf::new(),
+            peer_key_file: PathBuf::new(),
+            reload_interval_secs: 10,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `Some(path)` when a path key is set (not empty).
+fn set(p: &Path) -> Option<&Path> {
+    (!p.as_os_str().is_empty()).then_some(p)
+}
+
+impl TlsConfig {
+    /// Whether gRPC and HTTP speak TLS.
+    pub fn enabled(&self) -> bool {
+        set(&self.cert_file).is_some()
+    }
+
+    /// Whether gRPC and HTTP accept only clients with a certificate from `client_ca_file`.
+    pub fn requires_client_certs(&self) -> bool {
+        self.enabled() && set(&self.client_ca_file).is_some()
+    }
+
+    /// Whether the peer port and the connections to the other members use mutual TLS.
+    pub fn peer_enabled(&self) -> bool {
+        set(&self.peer_ca_file).is_some()
+    }
+
+    /// The certificate and key files of the peer port (keys named for errors), when peer
+    /// TLS is on.
+    pub fn peer_identity(&self) -> Option<[(&'static str, &Path); 2]> {
+        if !self.peer_enabled() {
+            return None;
+        }
+        Some(match set(&self.peer_cert_file) {
+            Some(cert) => [
+                ("tls.peer_cert_file", cert),
+                ("tls.peer_key_file", &self.peer_key_file),
+            ],
+            None => [
+                ("tls.cert_file", &self.cert_file),
+                ("tls.key_file", &self.key_file),
+            ],
+        })
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let pairs = [
+            (
+                "tls.cert_file",
+                &self.cert_file,
+                "tls.key_file",
+                &self.key_file,
+            ),
+            (
+                "tls.peer_cert_file",
+                &self.peer_cert_file,
+                "tls.peer_key_file",
+                &self.peer_key_file,
+            ),
+        ];
+        for (a, pa, b, pb) in pairs {
+            anyhow::ensure!(
+                set(pa).is_some() == set(pb).is_some(),
+                "{a} and {b} go together: set both or neither"
+            );
+        }
+        anyhow::ensure!(
+            set(&self.client_ca_file).is_none() || self.enabled(),
+            "tls.client_ca_file needs tls.cert_file and tls.key_file (a client certificate is \
+             asked for during a TLS handshake)"
+        );
+        anyhow::ensure!(
+            set(&self.peer_cert_file).is_none() || self.peer_enabled(),
+            "tls.peer_cert_file needs tls.peer_ca_file (the CA the members' certificates \
+             chain to)"
+        );
+        anyhow::ensure!(
+            !self.peer_enabled() || self.enabled() || set(&self.peer_cert_file).is_some(),
+            "tls.peer_ca_file needs this node's certificate: tls.peer_cert_file and \
+             tls.peer_key_file, or tls.cert_file and tls.key_file"
+        );
+        anyhow::ensure!(
+            self.reload_interval_secs > 0 && self.handshake_timeout_ms > 0,
+            "tls.reload_interval_secs and tls.handshake_timeout_ms must be positive"
+        );
+        Ok(())
+    }
 }
 
 /// `[cluster]`: static membership. Every node of a cluster has the same `nodes` list and
@@ -216,6 +357,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tenant_limits: crate::tenants::TenantLimits::default(),
             tenants: Vec::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -497,26 +639,39 @@ impl Config {
         Ok((cfg, warnings))
     }
 
-    /// Refuses a node that listens beyond loopback with no access keys, unless it is
-    /// told to run open (`auth.insecure`).
+    /// Refuses a node that listens beyond loopback with nobody authenticated, unless it
+    /// is told to run open (`auth.insecure`): on gRPC and HTTP, access keys or TLS with
+    /// client certificates (TLS alone encrypts, but lets anyone in); on the peer port of a
+    /// cluster, mutual TLS between the members.
     ///
     /// # Errors
     /// Names the address, the keys that allow it and what each means.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
-        if self.auth.enabled || self.auth.insecure {
+        if self.auth.insecure {
             return Ok(());
         }
-        for (key, addr) in [("http_addr", self.http_addr), ("grpc_addr", self.grpc_addr)] {
-            anyhow::ensure!(
-                addr.ip().is_loopback(),
-                "{key} {addr} listens beyond loopback, and access keys are off: anyone who \
-                 reaches it could read and write every tenant. Turn keys on with \
-                 auth.enabled = true (or `weir server --auth`; the first start writes an \
-                 admin key to {}), or run open on purpose with auth.insecure = true \
-                 (`weir server --insecure`)",
-                self.data_dir.join(crate::auth::ADMIN_KEY_FILE).display()
-            );
+        if !self.auth.enabled && !self.tls.requires_client_certs() {
+            for (key, addr) in [("http_addr", self.http_addr), ("grpc_addr", self.grpc_addr)] {
+                anyhow::ensure!(
+                    addr.ip().is_loopback(),
+                    "{key} {addr} listens beyond loopback, and access keys are off: anyone who \
+                     reaches it could read and write every tenant. Turn keys on with \
+                     auth.enabled = true (or `weir server --auth`; the first start writes an \
+                     admin key to {}), or require client certificates (tls.cert_file, \
+                     tls.key_file and tls.client_ca_file), or run open on purpose with \
+                     auth.insecure = true (`weir server --insecure`)",
+                    self.data_dir.join(crate::auth::ADMIN_KEY_FILE).display()
+                );
+            }
         }
+        let peer = self.cluster.peer_addr;
+        anyhow::ensure!(
+            !self.cluster.is_clustered() || peer.ip().is_loopback() || self.tls.peer_enabled(),
+            "cluster.peer_addr {peer} listens beyond loopback without TLS: anyone who reaches \
+             it could send raft messages, read every shard and fetch snapshots. Give the \
+             members mutual TLS with tls.peer_ca_file (the cluster's CA; `weir tls generate` \
+             makes one), or run the peer port open on purpose with auth.insecure = true"
+        );
         Ok(())
     }
 
@@ -563,6 +718,7 @@ impl Config {
         );
         weir_mirror::config::validate_sinks(&self.mirror.sinks)?;
         self.cluster.validate()?;
+        self.tls.validate()?;
         let limits = self.limits.to_limits();
         let mut addrs = std::collections::HashSet::new();
         for l in &self.syslog {
@@ -643,6 +799,76 @@ mod tests {
         let single: Config = toml::from_str("").unwrap();
         assert_eq!(single.cluster.voters(), vec![1]);
         assert!(!single.cluster.is_clustered());
+    }
+
+    #[test]
+    fn tls_keys_that_cannot_work_together_are_named() {
+        let check = |text: &str| {
+            toml::from_str::<Config>(text)
+                .unwrap()
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            check("[tls]\ncert_file = \"a.crt\"\nkey_file = \"a.key\"\n"),
+            None
+        );
+        let e = check("[tls]\ncert_file = \"a.crt\"\n").unwrap();
+        assert!(e.contains("tls.cert_file and tls.key_file"), "{e}");
+        let e = check("[tls]\nclient_ca_file = \"ca.crt\"\n").unwrap();
+        assert!(e.contains("tls.client_ca_file needs tls.cert_file"), "{e}");
+        let e = check("[tls]\npeer_ca_file = \"ca.crt\"\n").unwrap();
+        assert!(e.contains("tls.peer_ca_file needs"), "{e}");
+        let e = check("[tls]\npeer_cert_file = \"p.crt\"\npeer_key_file = \"p.key\"\n").unwrap();
+        assert!(
+            e.contains("tls.peer_cert_file needs tls.peer_ca_file"),
+            "{e}"
+        );
+        let peer_only = "[tls]\npeer_ca_file = \"ca.crt\"\npeer_cert_file = \"p.crt\"\npeer_key_file = \"p.key\"\n";
+        assert_eq!(check(peer_only), None);
+        let cfg: Config = toml::from_str(peer_only).unwrap();
+        assert!(cfg.tls.peer_enabled() && !cfg.tls.enabled());
+        assert_eq!(cfg.tls.peer_identity().unwrap()[0].0, "tls.peer_cert_file");
+    }
+
+    /// Who may listen beyond loopback: on gRPC and HTTP, keys or client certificates (TLS
+    /// alone lets anyone in); on a cluster's peer port, mutual TLS; else `auth.insecure`.
+    #[test]
+    fn exposure_beyond_loopback_needs_keys_client_certificates_or_insecure() {
+        let mut cfg = Config {
+            http_addr: "0.0.0.0:4318".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = cfg.check_exposure().unwrap_err().to_string();
+        assert!(
+            e.contains("tls.client_ca_file") && e.contains("auth.enabled"),
+            "{e}"
+        );
+        cfg.tls.cert_file = "n.crt".into();
+        cfg.tls.key_file = "n.key".into();
+        assert!(
+            cfg.check_exposure().is_err(),
+            "TLS without client certificates"
+        );
+        cfg.tls.client_ca_file = "ca.crt".into();
+        cfg.check_exposure().unwrap();
+
+        let three = "[auth]\nenabled = true\n[cluster]\nnode_id = 1\npeer_addr = \"0.0.0.0:4319\"\n[[cluster.nodes]]\nid = 1\npeer = \"a:4319\"\n[[cluster.nodes]]\nid = 2\npeer = \"b:4319\"\n";
+        let mut cfg: Config = toml::from_str(three).unwrap();
+        let e = cfg.check_exposure().unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.peer_addr 0.0.0.0:4319") && e.contains("tls.peer_ca_file"),
+            "{e}"
+        );
+        cfg.tls.peer_ca_file = "ca.crt".into();
+        cfg.check_exposure().unwrap();
+        cfg.tls.peer_ca_file = PathBuf::new();
+        cfg.auth.insecure = true;
+        cfg.check_exposure().unwrap();
+        cfg.auth.insecure = false;
+        cfg.cluster.peer_addr = "127.0.0.1:4319".parse().unwrap();
+        cfg.check_exposure().unwrap();
     }
 
     #[test]

@@ -218,7 +218,37 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "auth.insecure",
-        "Let a node without keys listen beyond loopback (anyone reaching it reads every tenant).",
+        "Let a node without keys listen beyond loopback (anyone reaching it reads every tenant), \
+         and a cluster's peer port without mutual TLS.",
+    ),
+    (
+        "tls.cert_file",
+        "This node's certificate chain (PEM) for gRPC and HTTP; empty: plaintext.",
+    ),
+    ("tls.key_file", "The private key of tls.cert_file (PEM)."),
+    (
+        "tls.client_ca_file",
+        "CA bundle (PEM) client certificates must chain to on gRPC and HTTP; empty: none asked.",
+    ),
+    (
+        "tls.peer_ca_file",
+        "The cluster's CA (PEM): set, members speak mutual TLS on the peer port, both ways.",
+    ),
+    (
+        "tls.peer_cert_file",
+        "This node's certificate on the peer port, as server and client; empty: tls.cert_file.",
+    ),
+    (
+        "tls.peer_key_file",
+        "The private key of tls.peer_cert_file; empty: tls.key_file.",
+    ),
+    (
+        "tls.reload_interval_secs",
+        "How often the TLS files are checked; a changed file is loaded for new connections.",
+    ),
+    (
+        "tls.handshake_timeout_ms",
+        "Time a client has to finish its TLS handshake before it is disconnected.",
     ),
     ("tenant_limits.ingest_lines_per_sec", "Lines per second the cluster accepts for each tenant (each node: its share, divided by the members); 0: no limit. Over it: 429 with Retry-After."),
     ("tenant_limits.ingest_bytes_per_sec", "Bytes per second (body, labels, attributes) the cluster accepts for each tenant; 0: no limit."),
@@ -514,6 +544,7 @@ mod tests {
             ("weir-server/src/config.rs", include_str!("config.rs")),
             ("weir-server/src/auth.rs", include_str!("auth.rs")),
             ("weir-server/src/tenants.rs", include_str!("tenants.rs")),
+            ("weir-server/src/tls.rs", include_str!("tls.rs")),
             (
                 "docs/security.md",
                 include_str!("../../../docs/security.md"),
@@ -536,6 +567,7 @@ mod tests {
             "query.",
             "auth.",
             "tenant_limits.",
+            "tls.",
         ];
         let mut checked = 0;
         for (file, text) in texts {

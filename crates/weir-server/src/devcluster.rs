@@ -61,6 +61,34 @@ pub fn config(dir: &Path, base: u16, n: u64, id: u64, shards: u32, extra: &str) 
     s
 }
 
+/// The `[tls]` table of node `id` of a loopback cluster whose certificates are `files`
+/// (`weir tls generate`): mutual TLS between the members, and TLS on gRPC and HTTP too
+/// when `client_ports`.
+pub fn tls_table(files: &crate::tls::ClusterFiles, id: u64, client_ports: bool) -> String {
+    let Some((cert, key)) = usize::try_from(id - 1)
+        .ok()
+        .and_then(|i| files.nodes.get(i))
+    else {
+        return String::new();
+    };
+    let (cert, key, ca) = (cert.display(), key.display(), files.ca.display());
+    if client_ports {
+        format!(
+            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\npeer_ca_file = {:?}\n",
+            cert.to_string(),
+            key.to_string(),
+            ca.to_string()
+        )
+    } else {
+        format!(
+            "\n[tls]\npeer_cert_file = {:?}\npeer_key_file = {:?}\npeer_ca_file = {:?}\n",
+            cert.to_string(),
+            key.to_string(),
+            ca.to_string()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +104,20 @@ mod tests {
         assert_eq!(cfg.cluster.peer_addr.port(), 14329);
         assert_eq!(cfg.cluster.nodes[2].peer, "127.0.0.1:14339");
         assert!(cfg.auth.enabled);
+    }
+
+    #[test]
+    fn the_tls_table_gives_peers_mutual_tls_and_optionally_the_client_ports() {
+        let files = crate::tls::ClusterFiles::in_dir(Path::new("/tmp/x/tls"), 3);
+        for client_ports in [false, true] {
+            let extra = tls_table(&files, 2, client_ports);
+            let text = config(Path::new("/tmp/x"), 14317, 3, 2, 4, &extra);
+            let cfg: crate::Config = toml::from_str(&text).unwrap();
+            cfg.validate().unwrap();
+            assert!(cfg.tls.peer_enabled());
+            assert_eq!(cfg.tls.enabled(), client_ports);
+            let [(_, cert), _] = cfg.tls.peer_identity().unwrap();
+            assert_eq!(cert, Path::new("/tmp/x/tls/node2.crt"));
+        }
     }
 }

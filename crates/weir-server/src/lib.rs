@@ -35,6 +35,7 @@ pub mod status;
 pub mod syslog;
 pub mod tail;
 pub mod tenants;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct Node {
     /// The key and rule tables' refreshers and, on a cluster, the first admin key's
     /// proposer.
     key_tasks: Vec<JoinHandle<()>>,
+    /// Reloads the TLS files when they change (when `[tls]` names any).
+    tls_task: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -85,15 +88,22 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.validate()?;
         config.check_exposure()?;
+        let tls = tls::NodeTls::load(&config.tls)?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let (stop, stop_rx) = watch::channel(false);
+        let tls_task = (tls.clients.is_some() || tls.peer_server.is_some()).then(|| {
+            tls.spawn_reloader(
+                Duration::from_secs(config.tls.reload_interval_secs),
+                stop_rx.clone(),
+            )
+        });
         let metrics = Arc::new(Metrics::default());
         let Membership {
             cluster_id,
             rejoining,
             peer,
-        } = join_cluster(&config, &stop_rx).await?;
+        } = join_cluster(&config, &tls, &stop_rx).await?;
         let links = peer.as_ref().map(|p| p.links.clone());
         let raft = open_raft(&config, rejoining, links.clone()).await?;
         let keys = keytable::RaftKeyStore::new(raft.clone());
@@ -169,6 +179,7 @@ impl Node {
             auth: auth.clone(),
             limiter,
             rules,
+            tls_http_client: tls.http_client.clone(),
         });
         let mut syslog_addrs = Vec::new();
         for l in &config.syslog {
@@ -183,6 +194,7 @@ impl Node {
         }
         let front = start_front_door(
             &config,
+            tls.clients.clone(),
             appender,
             auth.clone(),
             state.clone(),
@@ -220,6 +232,7 @@ impl Node {
             mirror,
             state,
             key_tasks,
+            tls_task,
         })
     }
 
@@ -261,7 +274,7 @@ impl Node {
         // Open tails end here; the HTTP server's graceful shutdown would wait for them.
         let tail = self.state.tail.clone();
         tokio::task::spawn_blocking(move || tail.stop()).await?;
-        for t in self.key_tasks {
+        for t in self.key_tasks.into_iter().chain(self.tls_task) {
             let _ = t.await;
         }
         let grpc = self.grpc_task.await;
@@ -391,6 +404,7 @@ struct PeerStart {
 /// cluster id with the other members; a single node founds its own cluster id.
 async fn join_cluster(
     config: &Config,
+    tls: &tls::NodeTls,
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<Membership> {
     let (local_id, was_rejoining) = read_node_file(config)?;
@@ -412,7 +426,8 @@ async fn join_cluster(
     // The peer service starts first: the others ask it for the cluster id while this
     // node agrees on it with them.
     let shared_id = Arc::new(std::sync::Mutex::new(local_id.clone().unwrap_or_default()));
-    let links = cluster::PeerLinks::new(&config.cluster, shared_id.clone())?;
+    let links =
+        cluster::PeerLinks::new(&config.cluster, shared_id.clone(), tls.peer_client.clone())?;
     let service = peer::PeerService::new(
         config.cluster.node_id,
         config.storage.shards,
@@ -429,18 +444,32 @@ async fn join_cluster(
         })?;
     let addr = listener.local_addr()?;
     let mut rx = stop_rx.clone();
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(
-                weir_proto::v1::peer_server::PeerServer::new(service.clone())
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20),
-            )
-            .serve_with_incoming_shutdown(tokio_stream_incoming(listener), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }),
-    );
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            weir_proto::v1::peer_server::PeerServer::new(service.clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        );
+    let stopped = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // With peer TLS, a connection without a certificate from the cluster's CA ends in
+    // the handshake: it reaches no service.
+    let task = match &tls.peer_server {
+        Some(t) => tokio::spawn(server.serve_with_incoming_shutdown(
+            tls::incoming(
+                listener,
+                t.clone(),
+                handshake_timeout(config),
+                stop_rx.clone(),
+            ),
+            stopped,
+        )),
+        None => tokio::spawn(
+            server.serve_with_incoming_shutdown(tokio_stream_incoming(listener), stopped),
+        ),
+    };
     let agreed =
         cluster::agree_cluster_id(&links, local_id.clone(), config.storage.shards, stop_rx).await?;
     // A node that was rejoining when it stopped has not caught up yet: it rejoins
@@ -705,6 +734,7 @@ struct FrontDoor {
 /// Binds and serves gRPC (Append, OTLP) and HTTP until `stop_rx` turns true.
 async fn start_front_door(
     config: &Config,
+    tls: Option<Arc<tls::ServerTls>>,
     appender: Arc<Appender>,
     auth: Arc<auth::Auth>,
     state: Arc<NodeState>,
@@ -720,19 +750,36 @@ async fn start_front_door(
     let http_addr = http_listener.local_addr()?;
     let (ingest, otlp) = grpc::GrpcIngest::services(appender, auth);
     let mut rx = stop_rx.clone();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ingest)
-            .add_service(otlp)
-            .serve_with_incoming_shutdown(tokio_stream_incoming(grpc_listener), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }),
-    );
+    let grpc = tonic::transport::Server::builder()
+        .add_service(ingest)
+        .add_service(otlp);
+    let stopped = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_task = match &tls {
+        Some(t) => tokio::spawn(grpc.serve_with_incoming_shutdown(
+            tls::incoming(
+                grpc_listener,
+                t.clone(),
+                handshake_timeout(config),
+                stop_rx.clone(),
+            ),
+            stopped,
+        )),
+        None => tokio::spawn(
+            grpc.serve_with_incoming_shutdown(tokio_stream_incoming(grpc_listener), stopped),
+        ),
+    };
     let app = http::router(state);
+    let handshake_ms = config.tls.handshake_timeout_ms;
     let http_task = tokio::spawn(http::serve::serve(
         http_listener,
         app,
         config.http.clone(),
+        tls.map(|t| http::serve::HttpTls {
+            config: t,
+            handshake_timeout: Duration::from_millis(handshake_ms),
+        }),
         stop_rx,
     ));
     Ok(FrontDoor {
@@ -741,6 +788,10 @@ async fn start_front_door(
         grpc_task,
         http_task,
     })
+}
+
+fn handshake_timeout(config: &Config) -> Duration {
+    Duration::from_millis(config.tls.handshake_timeout_ms)
 }
 
 fn tokio_stream_incoming(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {

@@ -33,6 +33,16 @@ struct Cli {
     /// $WEIR_DATA_DIR/admin.key when readable).
     #[arg(long, global = true)]
     key: Option<String>,
+    /// CA bundle (PEM) that an https:// node's certificate must chain to (default: the
+    /// public roots).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a node that asks for one (tls.client_ca_file).
+    #[arg(long, global = true, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, global = true, requires = "client_cert")]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,8 +71,9 @@ enum Command {
         /// the data directory.
         #[arg(long)]
         auth: bool,
-        /// Listen beyond loopback without access keys (auth.insecure): anyone who
-        /// reaches the node reads and writes every tenant.
+        /// Listen beyond loopback without access keys, and a cluster's peer port without
+        /// mutual TLS (auth.insecure): anyone who reaches the node reads and writes every
+        /// tenant.
         #[arg(long)]
         insecure: bool,
     },
@@ -146,6 +157,15 @@ enum Command {
         /// `[[mirror.sinks]]`).
         #[arg(long)]
         extra_config: Option<PathBuf>,
+        /// TLS on gRPC and HTTP too (commands then need `https://` and `--ca
+        /// DIR/tls/ca.crt`). The members always speak mutual TLS with each other.
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Certificates: a CA and the members' certificates (`weir tls generate`).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
     },
     /// Access keys: create (the secret is shown once), list, revoke. Admin key needed.
     Keys {
@@ -196,6 +216,29 @@ enum ClusterCommand {
         /// Print the answer as JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Writes a new CA (DIR/ca.crt, DIR/ca.key) and a certificate per node
+    /// (DIR/node<i>.crt, DIR/node<i>.key), each for server and client use: every member's
+    /// tls.peer_ca_file is ca.crt, and its tls.cert_file/key_file (or peer_cert_file/
+    /// peer_key_file) its node<i> pair. Keys are written with mode 0600; keep ca.key off
+    /// the nodes.
+    Generate {
+        /// Where the files go; an existing CA there is never overwritten.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// A name every node's certificate carries: a DNS name or an IP address, `{i}`
+        /// replaced by the node's number (`--name 'weir-{i}.example.net'`). Repeatable;
+        /// the host of each member's `peer` (and `grpc`, `http`) address must be one.
+        /// Default: localhost and 127.0.0.1.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
 }
 
@@ -425,18 +468,30 @@ fn key() -> Option<&'static str> {
     KEY.get().and_then(|k| k.as_deref())
 }
 
-/// An HTTP client that presents the key (if any) on every request.
-fn http_client() -> reqwest::Client {
+/// `--ca`, `--client-cert` and `--client-key`. Set once in `main`.
+static TLS_FILES: std::sync::OnceLock<weir_server::tls::ClientFiles> = std::sync::OnceLock::new();
+
+/// The client TLS files with `alpn`, if `--ca` or a client certificate was given.
+fn tls_files(alpn: &'static [&'static [u8]]) -> Option<weir_server::tls::ClientFiles> {
+    let f = TLS_FILES.get()?;
+    (f.ca.is_some() || f.identity.is_some())
+        .then(|| weir_server::tls::ClientFiles { alpn, ..f.clone() })
+}
+
+/// An HTTP client that presents the key (if any) on every request, and trusts `--ca`.
+fn http_client() -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(v) =
         key().and_then(|k| reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
     {
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap_or_default()
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(files) = tls_files(weir_server::tls::ALPN_HTTP) {
+        let tls = weir_server::tls::ClientTls::load(files)?;
+        builder = builder.use_preconfigured_tls((*tls.current()).clone());
+    }
+    Ok(builder.build()?)
 }
 
 fn with_tenant(req: reqwest::RequestBuilder, tenant: Option<String>) -> reqwest::RequestBuilder {
@@ -458,7 +513,7 @@ async fn api<T: serde::de::DeserializeOwned>(
     body: Option<&impl serde::Serialize>,
 ) -> anyhow::Result<T> {
     let url = format!("{}{path}", addr.trim_end_matches('/'));
-    let mut req = http_client().request(method, &url);
+    let mut req = http_client()?.request(method, &url);
     if let Some(b) = body {
         req = req.json(b);
     }
@@ -868,6 +923,15 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let _ = KEY.set(find_key(cli.key.clone()));
+    let _ = TLS_FILES.set(weir_server::tls::ClientFiles {
+        ca: cli.ca.clone().map(|p| ("--ca", p)),
+        identity: cli
+            .client_cert
+            .clone()
+            .zip(cli.client_key.clone())
+            .map(|(c, k)| [("--client-cert", c), ("--client-key", k)]),
+        alpn: weir_server::tls::ALPN_HTTP,
+    });
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -926,7 +990,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 nodes,
                 shards,
                 extra_config,
-            } => dev_cluster(dir, base_port, nodes, shards, extra_config).await,
+                tls,
+            } => dev_cluster(dir, base_port, nodes, shards, extra_config, tls).await,
+            Command::Tls {
+                command: TlsCommand::Generate { dir, nodes, names },
+            } => tls_generate(&dir, nodes, names),
             Command::Tail {
                 addr,
                 tenant,
@@ -971,11 +1039,14 @@ fn config_command(c: ConfigCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ConfigCommand::Check { file } => {
-            let (_, warnings) = Config::from_toml_str(
+            let (cfg, warnings) = Config::from_toml_str(
                 &std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?,
             )
             .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            // The TLS files as the server would load them, on this machine.
+            weir_server::tls::NodeTls::load(&cfg.tls)
+                .with_context(|| format!("{}: a TLS file does not load", file.display()))?;
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
@@ -1023,7 +1094,7 @@ async fn query_command(
     params.extend(end.map(|s| ("end", s)));
     params.extend(level.map(|s| ("level", s)));
     let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
-    let resp = with_tenant(http_client().get(&url), tenant)
+    let resp = with_tenant(http_client()?.get(&url), tenant)
         .query(&params)
         .send()
         .await
@@ -1066,7 +1137,7 @@ async fn histogram_command(
     json: bool,
 ) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/histogram", addr.trim_end_matches('/'));
-    let resp = with_tenant(http_client().get(&url), tenant)
+    let resp = with_tenant(http_client()?.get(&url), tenant)
         .query(&params)
         .send()
         .await
@@ -1123,7 +1194,7 @@ async fn tail_command(
     json: bool,
 ) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/tail", addr.trim_end_matches('/'));
-    let mut resp = with_tenant(http_client().get(&url), tenant)
+    let mut resp = with_tenant(http_client()?.get(&url), tenant)
         .query(&[("query", &query)])
         .send()
         .await
@@ -1169,9 +1240,22 @@ async fn tail_command(
 
 /// A request that did not reach the node, with a hint.
 fn unreachable_node(addr: &str, e: reqwest::Error) -> anyhow::Error {
+    // reqwest says "error sending request"; the why (refused, a certificate that does not
+    // verify) is in its sources.
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        why.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    let tls = if addr.starts_with("https://") {
+        "; an https node's certificate must chain to --ca (default: the public roots)"
+    } else {
+        ""
+    };
     anyhow::anyhow!(
-        "cannot reach {addr}: {e}\nhint: is a node running there? `weir server` starts one; \
-         --addr names another"
+        "cannot reach {addr}: {why}\nhint: is a node running there? `weir server` starts one; \
+         --addr names another{tls}"
     )
 }
 
@@ -1183,6 +1267,7 @@ async fn dev_cluster(
     nodes: u64,
     shards: u32,
     extra_config: Option<PathBuf>,
+    tls: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     let extra = match &extra_config {
@@ -1195,9 +1280,14 @@ async fn dev_cluster(
     let exe = std::env::current_exe().context("cannot find the weir binary")?;
     let key = weir_server::devcluster::admin_key(&dir)
         .with_context(|| format!("cannot read or write the admin key in {}", dir.display()))?;
+    let certs = dev_certificates(&dir.join("tls"), nodes)?;
     let mut children = Vec::new();
     for id in 1..=nodes {
         let path = dir.join(format!("node{id}.toml"));
+        let extra = format!(
+            "{}{extra}",
+            weir_server::devcluster::tls_table(&certs, id, tls)
+        );
         std::fs::write(
             &path,
             weir_server::devcluster::config(&dir, base, nodes, id, shards, &extra),
@@ -1215,10 +1305,19 @@ async fn dev_cluster(
         "admin key: {} (every node's; pass it as WEIR_KEY or --key)",
         dir.join(weir_server::auth::ADMIN_KEY_FILE).display()
     );
+    let (scheme, ca) = if tls {
+        ("https", format!(" --ca {}", certs.ca.display()))
+    } else {
+        ("http", String::new())
+    };
     println!(
-        "status: WEIR_KEY=$(cat {}) weir cluster status --addr http://127.0.0.1:{}",
+        "status: WEIR_KEY=$(cat {}) weir cluster status --addr {scheme}://127.0.0.1:{}{ca}",
         dir.join(weir_server::auth::ADMIN_KEY_FILE).display(),
         base + 1
+    );
+    println!(
+        "the members speak mutual TLS with the certificates in {}",
+        certs.ca.parent().unwrap_or(&dir).display()
     );
     println!("type `restart N` and Enter to restart node N; Ctrl-C stops the cluster");
     let mut commands = stdin_lines();
@@ -1252,6 +1351,56 @@ async fn dev_cluster(
     for mut c in children.into_iter().flatten() {
         let _ = c.wait().await;
     }
+    Ok(())
+}
+
+/// The local cluster's certificates in `dir`: the ones a previous run made, or new ones.
+fn dev_certificates(
+    dir: &std::path::Path,
+    nodes: u64,
+) -> anyhow::Result<weir_server::tls::ClusterFiles> {
+    let files = weir_server::tls::ClusterFiles::in_dir(dir, nodes);
+    if !dir.join("ca.key").exists() {
+        let names = ["localhost", "127.0.0.1"].map(String::from);
+        return weir_server::tls::write_cluster_files(dir, nodes, &names);
+    }
+    let missing = files
+        .nodes
+        .iter()
+        .flat_map(|(c, k)| [c, k])
+        .find(|p| !p.exists());
+    if let Some(p) = missing {
+        anyhow::bail!(
+            "{} is missing: {} was made for fewer nodes; remove it and start again for new \
+             certificates",
+            p.display(),
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
+/// `weir tls generate`.
+fn tls_generate(dir: &std::path::Path, nodes: u64, names: Vec<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
+    let names = if names.is_empty() {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    } else {
+        names
+    };
+    let files = weir_server::tls::write_cluster_files(dir, nodes, &names)?;
+    println!(
+        "CA: {} (its key: {}; keep it off the nodes)",
+        files.ca.display(),
+        dir.join("ca.key").display()
+    );
+    for (i, (cert, key)) in files.nodes.iter().enumerate() {
+        println!("node {}: {} {}", i + 1, cert.display(), key.display());
+    }
+    println!(
+        "each node: [tls] peer_ca_file = ca.crt, cert_file and key_file = its pair (or \
+         peer_cert_file and peer_key_file for the peer port only); clients: --ca ca.crt"
+    );
     Ok(())
 }
 
@@ -1364,11 +1513,28 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         file,
     } = args;
     let batch = batch.max(1);
-    let mut client = IngestClient::connect(addr.clone()).await.map_err(|e| {
+    let (uri, https) = weir_server::tls::strip_https(&addr);
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .with_context(|| format!("--addr {addr} is not a URI"))?;
+    let channel = if https {
+        let files =
+            tls_files(weir_server::tls::ALPN_GRPC).unwrap_or(weir_server::tls::ClientFiles {
+                alpn: weir_server::tls::ALPN_GRPC,
+                ..Default::default()
+            });
+        let tls = weir_server::tls::ClientTls::load(files)?;
+        endpoint
+            .connect_with_connector(weir_server::tls::Connector::new(tls))
+            .await
+    } else {
+        endpoint.connect().await
+    };
+    let mut client = IngestClient::new(channel.map_err(|e| {
         anyhow::anyhow!(
-            "cannot connect to {addr}: {e}\nhint: is a node running there? `weir server` starts one"
+            "cannot connect to {addr}: {e:#}\nhint: is a node running there? `weir server` starts \
+             one; an https node's certificate must chain to --ca"
         )
-    })?;
+    })?);
     let input: Box<dyn BufRead> = match &file {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,

@@ -37,6 +37,9 @@ pub struct NodeState {
     pub limiter: Arc<crate::tenants::TenantLimiter>,
     /// Each tenant's ingest rules.
     pub rules: Arc<crate::rules::RuleTable>,
+    /// TLS toward the other members' HTTP ports (`[tls]` with `peer_ca_file`), for the
+    /// requests this node forwards.
+    pub tls_http_client: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl NodeState {

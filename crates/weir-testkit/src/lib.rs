@@ -53,6 +53,7 @@ mod json;
 pub mod loki;
 pub mod ports;
 mod server;
+pub mod tls;
 mod util;
 
 use std::net::SocketAddr;

@@ -141,8 +141,9 @@ async fn forward(
         )
         .into());
     };
-    let url = format!("http://{}{path}", member.http);
-    let mut req = reqwest::Client::new()
+    let (client, scheme) = forward_client(st)?;
+    let url = format!("{scheme}://{}{path}", member.http);
+    let mut req = client
         .request(method, &url)
         .timeout(std::time::Duration::from_secs(15))
         .header(FORWARDED, st.raft.node_id().to_string())
@@ -436,4 +437,25 @@ async fn set_retention(
         }
         Err(e) => Err(crate::rules::store_error(e).into()),
     }
+}
+
+/// The client that forwards to another member's HTTP port: https when this cluster's HTTP
+/// ports speak TLS (`tls.cert_file`), verified against the cluster's CA and presenting
+/// this node's peer certificate when `tls.peer_ca_file` is set, else against the public
+/// roots.
+fn forward_client(st: &NodeState) -> Result<(reqwest::Client, &'static str), HttpError> {
+    if !st.config.tls.enabled() {
+        return Ok((reqwest::Client::new(), "http"));
+    }
+    let builder = match &st.tls_http_client {
+        Some(tls) => reqwest::Client::builder().use_preconfigured_tls((*tls.current()).clone()),
+        None => reqwest::Client::builder(),
+    };
+    let client = builder.build().map_err(|e| {
+        ApiError::new(
+            ErrorKind::Internal,
+            format!("cannot build the https client to forward this request: {e}"),
+        )
+    })?;
+    Ok((client, "https"))
 }
