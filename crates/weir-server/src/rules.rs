@@ -136,7 +136,7 @@ impl Compiled {
     /// Whether every condition holds for `r`.
     pub fn matches(&self, r: &StoredRecord) -> bool {
         (self.levels == 0 || (r.level < 8 && self.levels & (1 << r.level) != 0))
-            && (self.services.is_empty() || self.services.iter().any(|s| *s == r.service))
+            && (self.services.is_empty() || self.services.contains(&r.service))
             && self
                 .labels
                 .iter()
@@ -211,10 +211,13 @@ pub fn content_hash(r: &StoredRecord) -> u64 {
     z ^ (z >> 31)
 }
 
+/// One tenant's rules, in the order they are tried.
+pub type TenantRules = Arc<Vec<Arc<Compiled>>>;
+
 /// The rules of every tenant, as this node last read them, and their counters.
 pub struct RuleTable {
     raft: Option<Arc<RaftNode>>,
-    by_tenant: RwLock<Arc<HashMap<String, Arc<Vec<Arc<Compiled>>>>>>,
+    by_tenant: RwLock<Arc<HashMap<String, TenantRules>>>,
     built_from: std::sync::Mutex<Vec<(String, u64)>>,
     /// Each tenant's own retention in days, where set (not 0).
     retention: RwLock<Arc<BTreeMap<String, u32>>>,
@@ -251,7 +254,7 @@ impl RuleTable {
     }
 
     /// `tenant`'s rules in the order they are tried; `None` when it has none.
-    pub fn of(&self, tenant: &str) -> Option<Arc<Vec<Arc<Compiled>>>> {
+    pub fn of(&self, tenant: &str) -> Option<TenantRules> {
         let all = self.by_tenant.read().unwrap_or_else(|p| p.into_inner());
         if all.is_empty() {
             return None;

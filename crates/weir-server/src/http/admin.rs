@@ -339,7 +339,7 @@ async fn dry_run(
         ..Default::default()
     };
     let mut after = None;
-    let page_size = st.config.search.limit_max.min(weir_index::MAX_LIMIT).max(1);
+    let page_size = st.config.search.limit_max.clamp(1, weir_index::MAX_LIMIT);
     loop {
         let request = weir_index::SearchRequest {
             query: weir_index::Query::All,
