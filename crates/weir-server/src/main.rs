@@ -222,9 +222,9 @@ enum ClusterCommand {
 #[derive(Subcommand)]
 enum TlsCommand {
     /// Writes a new CA (DIR/ca.crt, DIR/ca.key) and a certificate per node
-    /// (DIR/node<i>.crt, DIR/node<i>.key), each for server and client use: every member's
+    /// (DIR/nodeN.crt, DIR/nodeN.key), each for server and client use: every member's
     /// tls.peer_ca_file is ca.crt, and its tls.cert_file/key_file (or peer_cert_file/
-    /// peer_key_file) its node<i> pair. Keys are written with mode 0600; keep ca.key off
+    /// peer_key_file) its nodeN pair. Keys are written with mode 0600; keep ca.key off
     /// the nodes.
     Generate {
         /// Where the files go; an existing CA there is never overwritten.
