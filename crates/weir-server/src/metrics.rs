@@ -28,7 +28,11 @@ pub struct LabeledCounters {
     name: &'static str,
     help: &'static str,
     labels: (&'static str, &'static str),
-    by: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// First label's value -> second label's value -> count: a lookup borrows the
+    /// values, so counting an existing series allocates nothing.
+    by: std::sync::Mutex<
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    >,
 }
 
 impl LabeledCounters {
@@ -52,10 +56,14 @@ impl LabeledCounters {
             return;
         }
         let mut by = self.by.lock().unwrap_or_else(|p| p.into_inner());
-        match by.get_mut(&(a.to_owned(), b.to_owned())) {
+        let inner = match by.get_mut(a) {
+            Some(inner) => inner,
+            None => by.entry(a.to_owned()).or_default(),
+        };
+        match inner.get_mut(b) {
             Some(v) => *v += n,
             None => {
-                by.insert((a.to_owned(), b.to_owned()), n);
+                inner.insert(b.to_owned(), n);
             }
         }
     }
@@ -63,7 +71,10 @@ impl LabeledCounters {
     /// The series of `(a, b)`.
     pub fn get(&self, a: &str, b: &str) -> u64 {
         let by = self.by.lock().unwrap_or_else(|p| p.into_inner());
-        by.get(&(a.to_owned(), b.to_owned())).copied().unwrap_or(0)
+        by.get(a)
+            .and_then(|inner| inner.get(b))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Appends the samples in the Prometheus text format.
@@ -71,12 +82,15 @@ impl LabeledCounters {
         let (name, (la, lb)) = (self.name, self.labels);
         let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", self.help);
         let by = self.by.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for ((a, b), v) in by {
+        for (a, b, v) in by
+            .iter()
+            .flat_map(|(a, inner)| inner.iter().map(move |(b, v)| (a, b, v)))
+        {
             let _ = writeln!(
                 out,
                 "{name}{{{la}=\"{}\",{lb}=\"{}\"}} {v}",
-                escape_label(&a),
-                escape_label(&b)
+                escape_label(a),
+                escape_label(b)
             );
         }
     }

@@ -165,15 +165,15 @@ struct TenantState {
 }
 
 /// A tenant's limits as this node enforces them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Effective {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Effective<'a> {
     /// The limits.
-    pub limits: TenantLimits,
+    pub limits: &'a TenantLimits,
     /// Whether they come from a `[[tenants]]` table.
     pub overridden: bool,
 }
 
-impl Effective {
+impl Effective<'_> {
     /// The config key of `field` for this tenant (for refusals).
     pub fn key(&self, field: &str) -> String {
         key_of(self.overridden, field)
@@ -231,14 +231,14 @@ impl TenantLimiter {
     }
 
     /// `tenant`'s limits.
-    pub fn of(&self, tenant: &str) -> Effective {
+    pub fn of(&self, tenant: &str) -> Effective<'_> {
         match self.overrides.get(tenant) {
             Some(l) => Effective {
-                limits: l.clone(),
+                limits: l,
                 overridden: true,
             },
             None => Effective {
-                limits: self.defaults.clone(),
+                limits: &self.defaults,
                 overridden: false,
             },
         }
@@ -256,7 +256,7 @@ impl TenantLimiter {
     /// InvalidArgument for a batch larger than the burst, which no wait admits.
     pub fn admit(&self, tenant: &str, records: &[(u32, StoredRecord)]) -> Result<(), ApiError> {
         let eff = self.of(tenant);
-        let l = &eff.limits;
+        let l = eff.limits;
         if l.ingest_lines_per_sec == 0 && l.ingest_bytes_per_sec == 0 && l.streams_max == 0 {
             return Ok(());
         }

@@ -40,6 +40,21 @@ async fn loki_push(
     (status, retry, resp.text().await.unwrap())
 }
 
+/// Appends `records` for `tenant` over gRPC; panics unless the node answers.
+async fn append_as(
+    n: &TestNode,
+    tenant: &str,
+    records: Vec<weir_proto::v1::Record>,
+) -> weir_proto::v1::AppendResponse {
+    n.append(AppendRequest {
+        tenant: tenant.into(),
+        records,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn total(n: &TestNode, tenant: &str, q: &str) -> u64 {
     let (status, body) = n
         .search_raw(&[("q", q), ("start", "0"), ("limit", "1")], Some(tenant))
@@ -236,14 +251,7 @@ async fn sampling_rules_keep_their_share_decide_alike_for_the_same_records_and_a
     let errors = generated("payment-api", "error", 200, t0);
     let debug = generated("checkout", "debug", 500, t0);
     // Before any rule: the dry run of "drop debug" over what tenant "pre" stored.
-    let pre = n
-        .append(AppendRequest {
-            tenant: "pre".into(),
-            records: debug.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let pre = append_as(&n, "pre", debug.clone()).await;
     assert_eq!(pre.accepted, 500);
     assert_eq!(wait_total(&n, "pre", "", 500).await, 500);
     let resp = reqwest::Client::new()
@@ -297,14 +305,7 @@ async fn sampling_rules_keep_their_share_decide_alike_for_the_same_records_and_a
         let mut records = info.clone();
         records.extend(errors.clone());
         records.extend(debug.clone());
-        let r = n
-            .append(AppendRequest {
-                tenant: tenant.into(),
-                records,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let r = append_as(&n, tenant, records).await;
         assert_eq!(r.accepted + r.dropped, 10_700, "{r:?}");
         stored.push(r.accepted);
     }
@@ -344,14 +345,7 @@ async fn sampling_rules_keep_their_share_decide_alike_for_the_same_records_and_a
     };
     assert_eq!(page("a").await, page("b").await);
     // A retry of the same records (a new request) keeps the same ones again.
-    let r = n
-        .append(AppendRequest {
-            tenant: "a".into(),
-            records: info.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let r = append_as(&n, "a", info.clone()).await;
     assert_eq!(r.accepted, kept_info);
     assert_eq!(
         metric(
@@ -376,14 +370,7 @@ async fn sampling_rules_keep_their_share_decide_alike_for_the_same_records_and_a
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let r = n
-        .append(AppendRequest {
-            tenant: "a".into(),
-            records: generated("payment-api", "info", 100, t0 + 1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let r = append_as(&n, "a", generated("payment-api", "info", 100, t0 + 1)).await;
     assert_eq!((r.accepted, r.dropped), (100, 0));
     // A bad rule is refused naming what is wrong.
     let resp = reqwest::Client::new()
@@ -404,14 +391,7 @@ async fn a_tenants_retention_deletes_its_old_records_and_leaves_other_tenants_al
     for tenant in ["short", "long"] {
         let mut records = generated("api", "info", 50, three_days_ago);
         records.extend(generated("api", "warn", 20, now_ns() - 1_000_000_000));
-        let r = n
-            .append(AppendRequest {
-                tenant: tenant.into(),
-                records,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let r = append_as(&n, tenant, records).await;
         assert_eq!(r.accepted, 70);
         assert_eq!(wait_total(&n, tenant, "", 70).await, 70);
     }

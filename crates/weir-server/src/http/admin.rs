@@ -365,9 +365,10 @@ async fn dry_run(
             .await?;
         for h in &page.hits {
             out.records += 1;
-            if first_match(&rules, &h.record) == Some(me) {
+            // The rule decides the records it is the first to match.
+            if rules.iter().position(|c| c.matches(&h.record)) == Some(me) {
                 out.matched += 1;
-                if crate::rules::decide(&rules, &h.record) != crate::rules::Decision::Keep {
+                if !rules[me].keeps(&h.record) {
                     out.would_drop += 1;
                 }
             }
@@ -382,14 +383,6 @@ async fn dry_run(
         }
     }
     Ok(Json(out))
-}
-
-/// The position of the first rule of `rules` that matches `r`.
-fn first_match(
-    rules: &[Arc<crate::rules::Compiled>],
-    r: &weir_proto::v1::StoredRecord,
-) -> Option<usize> {
-    rules.iter().position(|c| c.matches(r))
 }
 
 /// `GET /api/v1/retention`: the index's retention and the tenants' own.

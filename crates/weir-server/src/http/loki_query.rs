@@ -128,7 +128,11 @@ pub(super) type Answer = Result<Response, LokiError>;
 
 /// The request's parameters, from the query string and (for `POST`) a form body; a
 /// repeated name keeps every value in order.
-pub(super) struct Params(Vec<(String, String)>, String);
+pub(super) struct Params {
+    pairs: Vec<(String, String)>,
+    /// The caller's tenant, whose own range limit [`Params::range`] applies.
+    tenant: String,
+}
 
 impl Params {
     fn read(method: &Method, raw: Option<String>, body: &Bytes) -> Result<Params, LokiError> {
@@ -140,11 +144,14 @@ impl Params {
                 .map_err(|e| bad(format!("the form body is not URL-encoded: {e}")))?;
             all.extend(form);
         }
-        Ok(Params(all, String::new()))
+        Ok(Params {
+            pairs: all,
+            tenant: String::new(),
+        })
     }
 
     pub(super) fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.pairs
             .iter()
             .rev()
             .find(|(k, _)| k == name)
@@ -153,7 +160,7 @@ impl Params {
     }
 
     fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
+        self.pairs
             .iter()
             .filter(move |(k, _)| k == name)
             .map(|(_, v)| v.as_str())
@@ -197,7 +204,7 @@ impl Params {
             )));
         }
         st.limiter
-            .check_range(&self.1, start, end, max_hours)
+            .check_range(&self.tenant, start, end, max_hours)
             .map_err(|e| bad(e.message))?;
         Ok((start, end))
     }
@@ -235,7 +242,7 @@ impl axum::extract::FromRequest<Ctx> for LokiRequest {
             .map_err(|e| bad(format!("cannot read the request body: {e}")))?;
         let mut p = Params::read(&method, raw, &body)?;
         // The range check applies the tenant's own limit.
-        p.1.clone_from(&tenant);
+        p.tenant.clone_from(&tenant);
         Ok(LokiRequest {
             p,
             tenant,
