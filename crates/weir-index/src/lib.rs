@@ -56,6 +56,8 @@
 mod collect;
 mod count;
 mod durable;
+mod exclude;
+pub mod head;
 mod idkey;
 mod infix;
 mod page;
@@ -68,6 +70,7 @@ use std::path::PathBuf;
 pub use count::{
     merge_counts, CountRequest, GroupCounts, LabelFilter, LabelSource, ValuePredicate,
 };
+pub use head::{HeadEntry, RecordMatcher};
 pub use infix::{BodyWords, InfixCache, Warmed, DEFAULT_INFIX_CACHE_BYTES};
 pub use page::{merge, Cursor, Hit, HitKey, ShardHits, Sort};
 pub use query::{

@@ -16,6 +16,7 @@
 
 use std::ops::Bound;
 
+use crate::exclude::Excluded;
 use prost::Message;
 use tantivy::query::{
     AllQuery, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhrasePrefixQuery, PhraseQuery,
@@ -181,9 +182,10 @@ impl Fields {
                 let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
                 for c in children {
                     match c {
-                        Query::Not(inner) => {
-                            clauses.push((Occur::MustNot, self.translate(inner, tenant, marked)))
-                        }
+                        Query::Not(inner) => clauses.push((
+                            Occur::MustNot,
+                            Box::new(Excluded(self.translate(inner, tenant, marked))),
+                        )),
                         Query::All => {}
                         other => clauses.push((Occur::Must, self.translate(other, tenant, marked))),
                     }
@@ -206,7 +208,10 @@ impl Fields {
             )),
             Query::Not(inner) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
-                (Occur::MustNot, self.translate(inner, tenant, marked)),
+                (
+                    Occur::MustNot,
+                    Box::new(Excluded(self.translate(inner, tenant, marked))),
+                ),
             ])),
         }
     }
@@ -325,8 +330,9 @@ impl Fields {
         tenant: &str,
         levels: &[Level],
         range: Option<(i64, i64)>,
+        through: Option<u64>,
     ) -> Box<dyn TQuery> {
-        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::with_capacity(4);
+        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::with_capacity(5);
         // "Everything" adds nothing to the tenant's term but an intersection to walk; the
         // tenant's term then scores as it would have (1 per document).
         let everything = user.is::<AllQuery>();
@@ -367,6 +373,19 @@ impl Fields {
                 )),
             ));
         }
+        if let Some(through) = through {
+            // Entries after `through` are answered from the log's head (crate::head).
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(RangeQuery::new(
+                        Bound::Unbounded,
+                        Bound::Included(Term::from_field_u64(self.log_index, through)),
+                    )),
+                    0.0,
+                )),
+            ));
+        }
         Box::new(BooleanQuery::new(clauses))
     }
 }
@@ -400,7 +419,7 @@ pub(crate) const LONG_WORD_BYTES: usize = 40;
 
 /// Whether `body` has a word the analyzer drops (a run of letters and digits of
 /// [`LONG_WORD_BYTES`] or more, as the tokenizer splits).
-fn has_long_word(body: &str) -> bool {
+pub(crate) fn has_long_word(body: &str) -> bool {
     let mut run = 0;
     for c in body.chars() {
         if c.is_alphanumeric() {
