@@ -193,6 +193,7 @@ pub(crate) fn count(
     fields: &Fields,
     tenant: &str,
     req: &CountRequest,
+    through: Option<u64>,
 ) -> Result<Vec<GroupCounts>> {
     if req.width_ns <= 0 || req.buckets == 0 {
         return Err(Error::InvalidArgument(
@@ -210,6 +211,7 @@ pub(crate) fn count(
             tenant,
             &[],
             None,
+            through,
         );
         let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         for seg in searcher.segment_readers() {
@@ -225,7 +227,7 @@ pub(crate) fn count(
     Ok(out)
 }
 
-fn too_many(req: &CountRequest) -> Error {
+pub(crate) fn too_many(req: &CountRequest) -> Error {
     Error::InvalidArgument(format!(
         "the count needs more than {} counters ({} buckets per group)",
         req.cells_max, req.buckets

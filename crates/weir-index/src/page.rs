@@ -116,6 +116,9 @@ pub struct ShardHits {
     pub hits: Vec<Hit>,
     /// Every match in the time range, ignoring the cursor.
     pub total: u64,
+    /// Records read from the log's head (committed, not yet indexed) to answer, rather
+    /// than looked up in the index.
+    pub scanned: u64,
 }
 
 /// `Less` when `a` comes before `b` in `sort` order.
@@ -389,10 +392,12 @@ mod tests {
         let a = ShardHits {
             hits: vec![hit(key(9, 0, 1, 0), 0.0), hit(key(5, 0, 1, 1), 0.0)],
             total: 3,
+            scanned: 0,
         };
         let b = ShardHits {
             hits: vec![hit(key(9, 1, 1, 0), 0.0), hit(key(7, 1, 2, 0), 0.0)],
             total: 2,
+            scanned: 0,
         };
         let (hits, total, next) = merge(vec![a, b], Sort::TimeDesc, 2, None);
         assert_eq!(total, 5);
@@ -408,10 +413,12 @@ mod tests {
         let a = ShardHits {
             hits: vec![hit(key(1, 0, 1, 0), 3.0), hit(key(2, 0, 1, 1), 1.0)],
             total: 2,
+            scanned: 0,
         };
         let b = ShardHits {
             hits: vec![hit(key(3, 1, 1, 0), 2.0)],
             total: 1,
+            scanned: 0,
         };
         let (hits, total, next) = merge(vec![a.clone(), b.clone()], Sort::Score, 2, None);
         assert_eq!(total, 3);

@@ -31,7 +31,8 @@ use weir_proto::{Level, ShardId, DEFAULT_TENANT};
 
 use crate::collect::{Candidate, TopCollector, TopN};
 use crate::durable::{fsync_dir, write_atomic};
-use crate::page::{Cursor, Hit, ShardHits, Sort};
+use crate::head::{HeadEntry, RecordMatcher};
+use crate::page::{compare, Cursor, Hit, ShardHits, Sort};
 use crate::query::Query;
 use crate::schema::{label_name_term, label_prefix, stored_record, Fields};
 use crate::{Error, Result};
@@ -238,6 +239,10 @@ pub struct ShardIndex {
     parts: RwLock<BTreeMap<PartKey, Arc<Partition>>>,
     write: Mutex<WriteState>,
     checkpoint: AtomicU64,
+    /// Held (write) while readers are reloaded and the checkpoint advanced, (read) while a
+    /// search takes its searchers and the checkpoint: a search's searchers then hold every
+    /// record up to the checkpoint it read, which is where its scan of the head begins.
+    view: RwLock<()>,
     partitions_searched: AtomicU64,
 }
 
@@ -298,6 +303,7 @@ impl ShardIndex {
                 closed: false,
             }),
             checkpoint: AtomicU64::new(ckpt.checkpoint),
+            view: RwLock::new(()),
             partitions_searched: AtomicU64::new(0),
         })
     }
@@ -573,12 +579,17 @@ impl ShardIndex {
         for key in &committed {
             ws.committed.insert(*key, up_to);
         }
-        if up_to > self.checkpoint() {
+        let advance = up_to > self.checkpoint();
+        if advance {
             self.write_checkpoint(up_to, ws.dropped_before_ns)?;
-            self.checkpoint.store(up_to, Ordering::Release);
         }
+        // Readers first, then the checkpoint, in one step as searches see it.
+        let _view = self.view.write().unwrap_or_else(|e| e.into_inner());
         for key in committed {
             self.reload(key)?;
+        }
+        if advance {
+            self.checkpoint.store(up_to, Ordering::Release);
         }
         Ok(())
     }
@@ -603,6 +614,20 @@ impl ShardIndex {
     /// [`Error::BadCursor`] for a cursor of another sort; [`Error::InvalidArgument`] for
     /// an empty range or a limit over [`MAX_LIMIT`]; tantivy errors.
     pub fn search(&self, req: &SearchRequest) -> Result<ShardHits> {
+        self.search_with_head(req, &[])
+    }
+
+    /// Searches as [`ShardIndex::search`] does, and the records of `head` too: the
+    /// committed log entries after the checkpoint, decoded, in log order (see
+    /// [`crate::head`]). The index answers for the entries up to its checkpoint, `head`
+    /// for those after it, so each record is answered once; `head` must be read before
+    /// this call (entries the index holds by then are skipped). The answer's `scanned`
+    /// counts the head's records read.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardIndex::search`].
+    pub fn search_with_head(&self, req: &SearchRequest, head: &[HeadEntry]) -> Result<ShardHits> {
         if let Some(c) = &req.after {
             c.check_sort(req.sort)?;
         }
@@ -622,7 +647,7 @@ impl ShardIndex {
                 .saturating_add(req.limit),
             _ => req.limit,
         };
-        let parts = self.overlapping(req.start_ns, req.end_ns);
+        let (through, parts, searchers) = self.view(req.start_ns, req.end_ns, head);
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
         let collector = TopCollector {
@@ -631,7 +656,6 @@ impl ShardIndex {
             after: req.after,
             shard: self.shard.0,
         };
-        let searchers: Vec<Searcher> = parts.iter().map(|p| p.reader.searcher()).collect();
         let mut top = TopN::new(req.sort, n);
         let mut total = 0;
         // Newest partition first for a newest-first sort, so that older ones find the top
@@ -647,7 +671,9 @@ impl ShardIndex {
             let user = self
                 .fields
                 .translate(&req.query, tenant, p.long_tokens_marked);
-            let q = self.fields.filtered(user, tenant, &req.levels, range);
+            let q = self
+                .fields
+                .filtered(user, tenant, &req.levels, range, through);
             let searcher = &searchers[i];
             if req.sort == Sort::Score {
                 let found = searcher.search(q.as_ref(), &collector)?;
@@ -673,7 +699,53 @@ impl ShardIndex {
                 record,
             });
         }
-        Ok(ShardHits { hits, total })
+        let indexed = ShardHits {
+            hits,
+            total,
+            scanned: 0,
+        };
+        let Some(through) = through else {
+            return Ok(indexed);
+        };
+        let matcher = RecordMatcher::new(&req.query, tenant, &req.levels, req.start_ns, req.end_ns);
+        let scanned = crate::head::search_entries(
+            &matcher,
+            head,
+            through,
+            self.shard.0,
+            req.sort,
+            req.after.as_ref(),
+            n,
+        );
+        let mut hits: Vec<Hit> = indexed.hits.into_iter().chain(scanned.hits).collect();
+        hits.sort_by(|a, b| compare(req.sort, &a.key, a.score, &b.key, b.score));
+        hits.truncate(n);
+        Ok(ShardHits {
+            hits,
+            total: indexed.total + scanned.total,
+            scanned: scanned.scanned,
+        })
+    }
+
+    /// The partitions overlapping `[start_ns, end_ns)` with their searchers, and, when
+    /// `head` holds entries after the checkpoint, that checkpoint: the index then answers
+    /// for entries up to it (a partition may hold later ones: a writer evicted, or
+    /// committed before a crash) and the head for the rest.
+    fn view(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        head: &[HeadEntry],
+    ) -> (Option<u64>, Vec<Arc<Partition>>, Vec<Searcher>) {
+        let _view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let checkpoint = self.checkpoint();
+        let parts = self.overlapping(start_ns, end_ns);
+        let searchers = parts.iter().map(|p| p.reader.searcher()).collect();
+        let through = head
+            .last()
+            .is_some_and(|(i, _)| *i > checkpoint)
+            .then_some(checkpoint);
+        (through, parts, searchers)
     }
 
     /// Counts `req.tenant`'s records per group of label values and time bucket, from the
@@ -684,15 +756,39 @@ impl ShardIndex {
     /// [`Error::InvalidArgument`] for a bucket layout that is empty or needs more than
     /// `req.cells_max` counters; tantivy and I/O errors.
     pub fn count(&self, req: &crate::CountRequest) -> Result<Vec<crate::GroupCounts>> {
+        self.count_with_head(req, &[]).map(|(counts, _)| counts)
+    }
+
+    /// Counts as [`ShardIndex::count`] does, and the records of `head` after the
+    /// checkpoint too (see [`ShardIndex::search_with_head`]); also returns the number of
+    /// head records read.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardIndex::count`].
+    pub fn count_with_head(
+        &self,
+        req: &crate::CountRequest,
+        head: &[HeadEntry],
+    ) -> Result<(Vec<crate::GroupCounts>, u64)> {
         let tenant = tenant_or_default(&req.tenant);
-        let parts: Vec<(Searcher, PathBuf, bool)> = self
-            .overlapping(req.span().0, req.span().1)
+        let (through, parts, searchers) = self.view(req.span().0, req.span().1, head);
+        let parts: Vec<(Searcher, PathBuf, bool)> = parts
             .iter()
-            .map(|p| (p.reader.searcher(), p.dir.clone(), p.long_tokens_marked))
+            .zip(searchers)
+            .map(|(p, s)| (s, p.dir.clone(), p.long_tokens_marked))
             .collect();
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
-        crate::count::count(&parts, &self.fields, tenant, req)
+        let mut counts = crate::count::count(&parts, &self.fields, tenant, req, through)?;
+        let scanned = match through {
+            Some(through) => crate::head::count_entries(req, head, through, &mut counts),
+            None => 0,
+        };
+        if counts.len().saturating_mul(req.buckets) > req.cells_max {
+            return Err(crate::count::too_many(req));
+        }
+        Ok((counts, scanned))
     }
 
     fn fetch(
@@ -973,12 +1069,14 @@ impl ShardIndex {
             fsync_dir(parent)?;
         }
         let (ckpt, parts, committed) = load(&self.dir, self.shard, &self.fields)?;
+        let view = self.view.write().unwrap_or_else(|e| e.into_inner());
         *self.parts.write().unwrap_or_else(|e| e.into_inner()) = parts;
         ws.last_added = ckpt.checkpoint;
         ws.dropped_before_ns = ckpt.dropped_before_ns;
         ws.committed = committed;
         ws.poisoned = false;
         self.checkpoint.store(ckpt.checkpoint, Ordering::Release);
+        drop(view);
         if let Err(e) = fs::remove_dir_all(&old) {
             tracing::warn!(path = %old.display(), error = %e, "cannot remove the replaced index");
         }
