@@ -25,6 +25,8 @@ pub struct Appender {
     limiter: Arc<crate::tenants::TenantLimiter>,
     /// Each tenant's filters and sampling.
     rules: Arc<crate::rules::RuleTable>,
+    /// The shards' unindexed heads: an append waits while its shard's is full.
+    heads: Option<Arc<crate::head::Heads>>,
 }
 
 impl Appender {
@@ -53,7 +55,16 @@ impl Appender {
             metrics,
             limiter,
             rules,
+            heads: None,
         }
+    }
+
+    /// Makes appends wait while a shard's head (committed, not yet indexed) is over its
+    /// bound ([`crate::head::Heads::wait_for_room`]).
+    #[must_use]
+    pub fn with_heads(mut self, heads: Arc<crate::head::Heads>) -> Self {
+        self.heads = Some(heads);
+        self
     }
 
     /// The limits requests are checked against.
@@ -162,6 +173,11 @@ impl Appender {
         }
         let pieces = weir_ingest::split_by_shard(normalized, self.raft.shard_count(), now);
         let deadline = tokio::time::Instant::now() + self.commit_timeout;
+        if let Some(heads) = &self.heads {
+            // Backpressure: the index must keep up within the head's bound.
+            let shards: Vec<u32> = pieces.iter().map(|(s, _, _)| s.0).collect();
+            heads.wait_for_room(&shards, deadline).await?;
+        }
         let mut placed = Vec::with_capacity(pieces.len());
         for (shard, batch, _positions) in pieces {
             let key = producer

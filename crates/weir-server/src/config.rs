@@ -512,6 +512,9 @@ pub struct IndexConfig {
     /// How new partitions compress the stored records: `zstd` (smaller) or `lz4`
     /// (cheaper to read back).
     pub docstore_compression: String,
+    /// Log payload bytes per shard committed but not yet indexed that searches scan (the
+    /// head, [`crate::head`]); past it, appends to the shard wait for the indexer.
+    pub head_bytes_max: usize,
 }
 
 impl Default for IndexConfig {
@@ -522,6 +525,7 @@ impl Default for IndexConfig {
             writer_memory_bytes: 64 << 20,
             retention_secs: 7 * 24 * 3600,
             docstore_compression: "zstd".into(),
+            head_bytes_max: 64 << 20,
         }
     }
 }
@@ -706,6 +710,10 @@ impl Config {
         anyhow::ensure!(
             self.index.partition_span_secs >= 60,
             "index.partition_span_secs must be at least 60"
+        );
+        anyhow::ensure!(
+            self.index.head_bytes_max >= 1 << 20,
+            "index.head_bytes_max must be at least 1 MiB (1048576): appends wait while a shard's head is over it"
         );
         anyhow::ensure!(self.index.commit_interval_ms > 0 && self.index.commit_interval_ms <= 1000, "index.commit_interval_ms must be between 1 and 1000 (records must be searchable within a second)");
         anyhow::ensure!(

@@ -151,7 +151,11 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "index.commit_interval_ms",
-        "How often the indexer commits: records are searchable within it.",
+        "How often the indexer commits; records committed since are found by scanning the log's head.",
+    ),
+    (
+        "index.head_bytes_max",
+        "Bytes of committed log per shard that searches may scan while the index lags; past it, appends wait (then 429).",
     ),
     (
         "index.writer_memory_bytes",

@@ -15,6 +15,7 @@ use weir_index::ShardIndex;
 use weir_proto::v1::StoredBatch;
 use weir_raft::{CommittedLog, RaftNode, ShardLog};
 
+use crate::head::ShardHead;
 use crate::metrics::Metrics;
 
 /// Bytes of log read per step.
@@ -53,6 +54,19 @@ impl Indexer {
         settings: IndexerSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Indexer> {
+        Indexer::start_with_head(log, index, raft, settings, metrics, None)
+    }
+
+    /// [`Indexer::start`], taking its batches from the shard's head where it holds them
+    /// (decoded once for searches and the index), else from the log.
+    pub fn start_with_head(
+        log: Arc<ShardLog>,
+        index: Arc<ShardIndex>,
+        raft: Arc<RaftNode>,
+        settings: IndexerSettings,
+        metrics: Arc<Metrics>,
+        head: Option<Arc<ShardHead>>,
+    ) -> anyhow::Result<Indexer> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let failed = Arc::new(std::sync::Mutex::new(None));
@@ -63,7 +77,7 @@ impl Indexer {
             .name(format!("weir-index-{shard}"))
             .spawn(move || {
                 lower_priority();
-                if let Err(e) = run(&log, &index, &raft, &settings, &metrics, &s) {
+                if let Err(e) = run(&log, &index, head.as_deref(), &raft, &settings, &metrics, &s) {
                     tracing::error!(shard, error = %e, "indexer stopped; searches of this shard will lag until restart");
                     *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("shard {shard}: {e:#}"));
                 }
@@ -99,6 +113,7 @@ impl Indexer {
 fn run(
     log: &ShardLog,
     index: &ShardIndex,
+    head: Option<&ShardHead>,
     raft: &RaftNode,
     settings: &IndexerSettings,
     metrics: &Metrics,
@@ -129,21 +144,35 @@ fn run(
         // installed before the log jumps past what this replica held).
         next = next.max(index.checkpoint() + 1);
         if watermark >= next {
-            let entries = log.read(next, watermark, READ_BYTES_MAX)?;
-            // An empty read means the whole range held no payload (raft no-ops).
-            let scanned_to = entries.last().map_or(watermark, |e| e.index);
-            for e in &entries {
-                let batch = StoredBatch::decode(e.data.as_slice()).map_err(|err| {
-                    anyhow::anyhow!(
-                        "shard {shard}: entry {} is not a StoredBatch: {err}",
-                        e.index
-                    )
-                })?;
-                metrics.records_indexed.inc_by(batch.records.len() as u64);
-                index.add_batch(e.index, &batch)?;
+            if let Some((held, read_to)) = head.and_then(|h| h.batches_from(next, READ_BYTES_MAX)) {
+                if held.is_empty() && read_to <= next {
+                    // The head reader has not read it yet; it wakes on the same commit.
+                    std::thread::sleep(Duration::from_millis(1));
+                } else {
+                    for (i, batch) in &held {
+                        metrics.records_indexed.inc_by(batch.records.len() as u64);
+                        index.add_batch(*i, batch)?;
+                    }
+                    next = read_to;
+                    dirty |= !held.is_empty();
+                }
+            } else {
+                let entries = log.read(next, watermark, READ_BYTES_MAX)?;
+                // An empty read means the whole range held no payload (raft no-ops).
+                let scanned_to = entries.last().map_or(watermark, |e| e.index);
+                for e in &entries {
+                    let batch = StoredBatch::decode(e.data.as_slice()).map_err(|err| {
+                        anyhow::anyhow!(
+                            "shard {shard}: entry {} is not a StoredBatch: {err}",
+                            e.index
+                        )
+                    })?;
+                    metrics.records_indexed.inc_by(batch.records.len() as u64);
+                    index.add_batch(e.index, &batch)?;
+                }
+                next = scanned_to + 1;
+                dirty |= !entries.is_empty();
             }
-            next = scanned_to + 1;
-            dirty |= !entries.is_empty();
         }
         if dirty && (last_commit.elapsed() >= settings.commit_interval || stopping) {
             index.commit()?;

@@ -20,6 +20,7 @@ pub mod config_keys;
 pub mod devcluster;
 pub mod es_query;
 pub mod grpc;
+pub mod head;
 pub mod http;
 pub mod indexer;
 pub mod keytable;
@@ -70,6 +71,7 @@ pub struct Node {
     syslog_addrs: Vec<SocketAddr>,
     raft: Arc<RaftNode>,
     indexers: Vec<Indexer>,
+    heads: Arc<head::Heads>,
     mirror: Arc<weir_mirror::Mirror>,
     state: Arc<NodeState>,
     /// The key and rule tables' refreshers and, on a cluster, the first admin key's
@@ -119,16 +121,19 @@ impl Node {
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
         raft.require_cursors(weir_mirror::config::cursor_names(&config.mirror.sinks));
-        let (indexes, indexers) = start_indexers(&config, &raft, &metrics, &rules)?;
-        let appender = Arc::new(Appender::new(
-            raft.clone(),
-            links.clone(),
-            config.limits.to_limits(),
-            Duration::from_millis(config.storage.commit_timeout_ms),
-            metrics.clone(),
-            limiter.clone(),
-            rules.clone(),
-        ));
+        let (indexes, indexers, heads) = start_indexers(&config, &raft, &metrics, &rules)?;
+        let appender = Arc::new(
+            Appender::new(
+                raft.clone(),
+                links.clone(),
+                config.limits.to_limits(),
+                Duration::from_millis(config.storage.commit_timeout_ms),
+                metrics.clone(),
+                limiter.clone(),
+                rules.clone(),
+            )
+            .with_heads(heads.clone()),
+        );
         let mirror = Arc::new(
             weir_mirror::Mirror::start(
                 config.mirror.sinks.clone(),
@@ -147,6 +152,7 @@ impl Node {
                 links,
                 indexer_failed: indexer_failed.clone(),
             }),
+            Some(heads.clone()),
         ));
         let (peer_task, peer_addr) = match peer {
             Some(p) => {
@@ -229,6 +235,7 @@ impl Node {
             syslog_addrs,
             raft,
             indexers,
+            heads,
             mirror,
             state,
             key_tasks,
@@ -289,7 +296,9 @@ impl Node {
         self.mirror.shutdown().await;
         let raft = self.raft.clone();
         let indexers = self.indexers;
+        let heads = self.heads;
         tokio::task::spawn_blocking(move || {
+            heads.stop();
             raft.shutdown();
             for i in indexers {
                 i.stop();
@@ -528,13 +537,14 @@ async fn open_raft(
     Ok(Arc::new(raft))
 }
 
-/// Opens each shard's index and starts its indexer thread on the shard's committed log.
+/// Opens each shard's index, starts following each shard's head (what the index does not
+/// hold yet) and starts its indexer thread on the shard's committed log.
 fn start_indexers(
     config: &Config,
     raft: &Arc<RaftNode>,
     metrics: &Arc<Metrics>,
     rules: &Arc<rules::RuleTable>,
-) -> anyhow::Result<(Vec<Arc<ShardIndex>>, Vec<Indexer>)> {
+) -> anyhow::Result<(Vec<Arc<ShardIndex>>, Vec<Indexer>, Arc<head::Heads>)> {
     let mut indexes = Vec::new();
     let mut indexers = Vec::new();
     let infix_cache = Arc::new(weir_index::InfixCache::new(config.search.infix_cache_bytes));
@@ -547,11 +557,15 @@ fn start_indexers(
             infix_cache: infix_cache.clone(),
             ..Default::default()
         };
-        let index = Arc::new(
+        indexes.push(Arc::new(
             ShardIndex::open(&dir, ShardId(shard), opts)
                 .with_context(|| format!("cannot open index {}", dir.display()))?,
-        );
-        indexers.push(Indexer::start(
+        ));
+    }
+    let heads = head::Heads::start(raft, &indexes, config.index.head_bytes_max)?;
+    for (shard, index) in indexes.iter().enumerate() {
+        let shard = shard as u32;
+        indexers.push(Indexer::start_with_head(
             raft.committed_log(shard),
             index.clone(),
             raft.clone(),
@@ -562,10 +576,10 @@ fn start_indexers(
                 tenant_retention: Some(rules.clone()),
             },
             metrics.clone(),
+            heads.shard(shard).cloned(),
         )?);
-        indexes.push(index);
     }
-    Ok((indexes, indexers))
+    Ok((indexes, indexers, heads))
 }
 
 /// Readies the peer service (raft, forwarded appends, searches, snapshots) and, on a node

@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_index::{Cursor, Hit, HitKey, SearchRequest, ShardHits, ShardIndex, Sort};
+use weir_index::{Cursor, HeadEntry, Hit, HitKey, SearchRequest, ShardHits, ShardIndex, Sort};
 use weir_proto::v1::{PeerHit, ShardHitsProto, ShardLabelsRequest, ShardSearchRequest};
 use weir_proto::{ApiError, ErrorKind};
-use weir_raft::RaftNode;
+use weir_raft::{CommittedLog, RaftNode};
 
 use crate::cluster::PeerLinks;
+use crate::head::Heads;
 
 /// One page of merged results.
 pub struct Page {
@@ -28,12 +29,19 @@ pub struct Page {
     pub next: Option<Cursor>,
     /// Shards no node could answer for: the page lacks their hits.
     pub missing_shards: Vec<u32>,
+    /// Records read from the shards' log heads (committed, not yet indexed) rather than
+    /// looked up in the index.
+    pub scanned: u64,
 }
 
 /// Searches every shard (here or on a peer) and merges.
 pub struct Searcher {
     indexes: Vec<Arc<ShardIndex>>,
     cluster: Option<ClusterView>,
+    /// The committed entries each index does not hold yet ([`crate::head`]).
+    heads: Option<Arc<Heads>>,
+    /// Records searches read from the heads.
+    scanned: std::sync::atomic::AtomicU64,
 }
 
 /// What the searcher needs to know of the cluster.
@@ -116,6 +124,7 @@ pub fn shard_hits_to_proto(shard: u32, h: ShardHits) -> ShardHitsProto {
     ShardHitsProto {
         shard,
         total: h.total,
+        scanned: h.scanned,
         hits: h
             .hits
             .into_iter()
@@ -135,6 +144,7 @@ pub fn shard_hits_to_proto(shard: u32, h: ShardHits) -> ShardHitsProto {
 fn shard_hits_from_proto(p: ShardHitsProto) -> ShardHits {
     ShardHits {
         total: p.total,
+        scanned: p.scanned,
         hits: p
             .hits
             .into_iter()
@@ -170,8 +180,49 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
 
 impl Searcher {
     /// A searcher over `indexes` (one per shard), and the cluster when there is one.
-    pub fn new(indexes: Vec<Arc<ShardIndex>>, cluster: Option<ClusterView>) -> Self {
-        Searcher { indexes, cluster }
+    pub fn new(
+        indexes: Vec<Arc<ShardIndex>>,
+        cluster: Option<ClusterView>,
+        heads: Option<Arc<Heads>>,
+    ) -> Self {
+        Searcher {
+            indexes,
+            cluster,
+            heads,
+            scanned: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Each shard's head (bytes and entries held) and the records searches scanned there,
+    /// in the Prometheus text format.
+    pub fn render_head_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let Some(heads) = &self.heads else { return };
+        let _ = writeln!(out, "# HELP weir_index_head_bytes Committed log bytes the index does not hold yet, which searches scan (bound: index.head_bytes_max).\n# TYPE weir_index_head_bytes gauge");
+        for shard in 0..self.indexes.len() as u32 {
+            if let Some(h) = heads.shard(shard) {
+                let _ = writeln!(
+                    out,
+                    "weir_index_head_bytes{{shard=\"{shard}\"}} {}",
+                    h.bytes()
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP weir_search_head_records_scanned_total Records searches read from the head rather than looked up in the index.\n# TYPE weir_search_head_records_scanned_total counter");
+        let _ = writeln!(
+            out,
+            "weir_search_head_records_scanned_total {}",
+            self.scanned.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    /// The head of `shard` as it is now (empty without heads).
+    fn head_of(&self, shard: u32) -> Vec<HeadEntry> {
+        self.heads
+            .as_ref()
+            .and_then(|h| h.shard(shard))
+            .map(|h| h.snapshot())
+            .unwrap_or_default()
     }
 
     /// The last log index of `shard` this node has indexed (0 for an unknown shard).
@@ -192,8 +243,18 @@ impl Searcher {
             .lock()
             .map(|g| g.is_some())
             .unwrap_or(true);
-        // A replica rejoining without its data, or far behind, answers from elsewhere.
-        !failed && c.raft.leader_of(shard).is_some() && c.raft.is_current(shard, 10_000)
+        // A replica rejoining without its data, or far behind, or whose head stopped
+        // short of the log (its index lags past twice the head's bound), answers from
+        // elsewhere.
+        let head_complete = self
+            .heads
+            .as_ref()
+            .and_then(|h| h.shard(shard))
+            .is_none_or(|h| h.complete(c.raft.committed_log(shard).watermark()));
+        !failed
+            && head_complete
+            && c.raft.leader_of(shard).is_some()
+            && c.raft.is_current(shard, 10_000)
     }
 
     /// For each shard not live here, the peers to ask, best first: the shard's leader,
@@ -241,12 +302,16 @@ impl Searcher {
         results.extend(remote_hits);
         missing.extend(remote_missing);
         missing.sort_unstable();
+        let scanned = results.iter().map(|r| r.scanned).sum();
+        self.scanned
+            .fetch_add(scanned, std::sync::atomic::Ordering::Relaxed);
         let (hits, total, next) = weir_index::merge(results, sort, limit, after.as_ref());
         Ok(Page {
             hits,
             total,
             next,
             missing_shards: missing,
+            scanned,
         })
     }
 
@@ -329,7 +394,12 @@ impl Searcher {
                 .ok_or_else(|| ApiError::invalid(format!("no shard {shard}")))?
                 .clone();
             let req = req.clone();
-            tasks.push((shard, tokio::task::spawn_blocking(move || ix.search(&req))));
+            // The head is read before the index (see ShardIndex::search_with_head).
+            let head = self.head_of(shard);
+            tasks.push((
+                shard,
+                tokio::task::spawn_blocking(move || ix.search_with_head(&req, &head)),
+            ));
         }
         let mut results = Vec::with_capacity(tasks.len());
         for (shard, t) in tasks {
@@ -353,15 +423,17 @@ impl Searcher {
         let tasks: Vec<_> = self
             .indexes
             .iter()
-            .map(|ix| {
+            .enumerate()
+            .map(|(shard, ix)| {
                 let (ix, req) = (ix.clone(), req.clone());
-                tokio::task::spawn_blocking(move || ix.count(&req))
+                let head = self.head_of(shard as u32);
+                tokio::task::spawn_blocking(move || ix.count_with_head(&req, &head))
             })
             .collect();
         let mut out = Vec::new();
         for t in tasks {
             match t.await {
-                Ok(Ok(found)) => weir_index::merge_counts(&mut out, found),
+                Ok(Ok((found, _))) => weir_index::merge_counts(&mut out, found),
                 Ok(Err(e)) => return Some(Err(index_error(e))),
                 Err(e) => return Some(Err(join_error(e))),
             }

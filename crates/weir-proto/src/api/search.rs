@@ -36,6 +36,10 @@ pub struct SearchResponse {
     /// The shards missing from a partial page. Absent when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_shards: Vec<u32>,
+    /// Records read from the log's head (committed, not yet indexed) rather than looked up
+    /// in the index: the newest records, found before the index holds them.
+    #[serde(default)]
+    pub scanned_records: u64,
 }
 
 /// One record of a search answer.
@@ -147,6 +151,7 @@ mod tests {
             notices: vec!["limit 5000 capped to 1000 (search.limit_max)".into()],
             partial: true,
             missing_shards: vec![2, 3],
+            scanned_records: 12,
         };
         round_trip(&page);
     }
@@ -164,6 +169,7 @@ mod tests {
             notices: Vec::new(),
             partial: false,
             missing_shards: Vec::new(),
+            scanned_records: 0,
         };
         let json = round_trip(&page);
         for absent in [

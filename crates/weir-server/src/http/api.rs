@@ -98,6 +98,7 @@ async fn search(
         notices,
         partial: !page.missing_shards.is_empty(),
         missing_shards: page.missing_shards,
+        scanned_records: page.scanned,
     }))
 }
 
@@ -283,6 +284,7 @@ async fn metrics(State(st): State<Arc<NodeState>>) -> impl IntoResponse {
     st.limiter.refused.render(&mut out);
     st.rules.sampled_out.render(&mut out);
     st.rules.filtered.render(&mut out);
+    st.searcher.render_head_metrics(&mut out);
     render_cluster_metrics(&st, &mut out);
     ([("content-type", "text/plain; version=0.0.4")], out)
 }

@@ -408,6 +408,7 @@ impl Run<'_> {
                 total: 0,
                 next: None,
                 missing_shards: Vec::new(),
+                scanned: 0,
             });
         }
         let page = self
