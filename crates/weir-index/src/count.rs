@@ -188,12 +188,21 @@ impl Ordinals {
 
 /// Counts over the segments of `parts` (a searcher, the directory and whether long tokens
 /// are marked, of each time partition).
+/// One partition as a count reads it.
+pub(crate) struct CountPart {
+    pub searcher: Searcher,
+    pub dir: PathBuf,
+    /// Its documents carry the long-token marker.
+    pub marked: bool,
+    /// Only documents of log entries up to this (the rest is the head's).
+    pub through: Option<u64>,
+}
+
 pub(crate) fn count(
-    parts: &[(Searcher, PathBuf, bool)],
+    parts: &[CountPart],
     fields: &Fields,
     tenant: &str,
     req: &CountRequest,
-    through: Option<u64>,
 ) -> Result<Vec<GroupCounts>> {
     if req.width_ns <= 0 || req.buckets == 0 {
         return Err(Error::InvalidArgument(
@@ -205,13 +214,19 @@ pub(crate) fn count(
     if lo >= hi {
         return Ok(out);
     }
-    for (searcher, dir, marked) in parts {
+    for CountPart {
+        searcher,
+        dir,
+        marked,
+        through,
+    } in parts
+    {
         let query = fields.filtered(
             fields.translate(&req.query, tenant, *marked),
             tenant,
             &[],
             None,
-            through,
+            *through,
         );
         let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         for seg in searcher.segment_readers() {

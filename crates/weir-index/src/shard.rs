@@ -186,6 +186,9 @@ struct Partition {
     /// a word the index dropped ([`crate::schema::LONG_TOKEN_MARKER`]): body-word infix
     /// lookups are sound here. Partitions created before the marker existed lack it.
     long_tokens_marked: bool,
+    /// The commit payload (last log index added) its reader was last reloaded at: no
+    /// searchable document of it comes from a later entry.
+    visible_through: AtomicU64,
 }
 
 /// Bytes of records the document store compresses together. tantivy's default (16 KiB)
@@ -457,7 +460,7 @@ impl ShardIndex {
                         };
                         commit_writer(&mut w.writer, complete_up_to)?;
                         ws.committed.insert(lru, complete_up_to);
-                        self.reload(lru)?;
+                        self.reload(lru, complete_up_to)?;
                     }
                     w.writer.wait_merging_threads()?;
                     tracing::debug!(partition = %lru.dir_name(), "closed partition writer");
@@ -536,9 +539,11 @@ impl ShardIndex {
         self.parts.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn reload(&self, key: PartKey) -> Result<()> {
+    /// Makes partition `key`'s documents up to commit payload `through` searchable.
+    fn reload(&self, key: PartKey, through: u64) -> Result<()> {
         if let Some(p) = self.read_parts().get(&key) {
             p.reader.reload()?;
+            p.visible_through.fetch_max(through, Ordering::AcqRel);
         }
         Ok(())
     }
@@ -586,7 +591,7 @@ impl ShardIndex {
         // Readers first, then the checkpoint, in one step as searches see it.
         let _view = self.view.write().unwrap_or_else(|e| e.into_inner());
         for key in committed {
-            self.reload(key)?;
+            self.reload(key, up_to)?;
         }
         if advance {
             self.checkpoint.store(up_to, Ordering::Release);
@@ -648,6 +653,8 @@ impl ShardIndex {
             _ => req.limit,
         };
         let (through, parts, searchers) = self.view(req.start_ns, req.end_ns, head);
+        let cut =
+            |p: &Partition| through.filter(|t| p.visible_through.load(Ordering::Acquire) > *t);
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
         let collector = TopCollector {
@@ -673,7 +680,7 @@ impl ShardIndex {
                 .translate(&req.query, tenant, p.long_tokens_marked);
             let q = self
                 .fields
-                .filtered(user, tenant, &req.levels, range, through);
+                .filtered(user, tenant, &req.levels, range, cut(p));
             let searcher = &searchers[i];
             if req.sort == Sort::Score {
                 let found = searcher.search(q.as_ref(), &collector)?;
@@ -729,8 +736,9 @@ impl ShardIndex {
 
     /// The partitions overlapping `[start_ns, end_ns)` with their searchers, and, when
     /// `head` holds entries after the checkpoint, that checkpoint: the index then answers
-    /// for entries up to it (a partition may hold later ones: a writer evicted, or
-    /// committed before a crash) and the head for the rest.
+    /// for entries up to it and the head for the rest. A partition whose reader may show
+    /// later entries (a writer evicted, or committed before a crash:
+    /// `visible_through` past the checkpoint) is cut at it by a `log_index` clause.
     fn view(
         &self,
         start_ns: i64,
@@ -773,14 +781,19 @@ impl ShardIndex {
     ) -> Result<(Vec<crate::GroupCounts>, u64)> {
         let tenant = tenant_or_default(&req.tenant);
         let (through, parts, searchers) = self.view(req.span().0, req.span().1, head);
-        let parts: Vec<(Searcher, PathBuf, bool)> = parts
+        let parts: Vec<crate::count::CountPart> = parts
             .iter()
             .zip(searchers)
-            .map(|(p, s)| (s, p.dir.clone(), p.long_tokens_marked))
+            .map(|(p, searcher)| crate::count::CountPart {
+                searcher,
+                dir: p.dir.clone(),
+                marked: p.long_tokens_marked,
+                through: through.filter(|t| p.visible_through.load(Ordering::Acquire) > *t),
+            })
             .collect();
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
-        let mut counts = crate::count::count(&parts, &self.fields, tenant, req, through)?;
+        let mut counts = crate::count::count(&parts, &self.fields, tenant, req)?;
         let scanned = match through {
             Some(through) => crate::head::count_entries(req, head, through, &mut counts),
             None => 0,
@@ -1206,6 +1219,7 @@ fn load(dir: &Path, shard: ShardId, fields: &Fields) -> Result<Loaded> {
         };
         let part = open_partition(key, path, fields)?;
         let payload = partition_payload(&part)?;
+        part.visible_through.store(payload, Ordering::Release);
         committed.insert(key, payload);
         parts.insert(key, Arc::new(part));
     }
@@ -1328,6 +1342,7 @@ fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partiti
         dir,
         index,
         reader,
+        visible_through: AtomicU64::new(0),
     })
 }
 
