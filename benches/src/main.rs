@@ -103,9 +103,13 @@ struct IngestArgs {
     /// export, a Loki push or an Elasticsearch bulk request.
     #[arg(long, value_enum, default_value = "grpc")]
     protocol: BenchProtocol,
-    /// HTTP endpoint, for the HTTP protocols.
+    /// HTTP endpoint, for the HTTP protocols and the search probe.
     #[arg(long, default_value = "http://127.0.0.1:4318")]
     http_addr: String,
+    /// Every this many ms, append one record with a unique word and search for it until
+    /// found, reporting the time from its ack to the first search that finds it (0: off).
+    #[arg(long, default_value_t = 0)]
+    probe_ms: u64,
 }
 
 const SERVICES: [&str; 16] = [
@@ -319,6 +323,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         seed,
         protocol,
         http_addr,
+        probe_ms,
     } = args;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -396,12 +401,25 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             }
         }));
     }
+    let probe = (probe_ms > 0).then(|| {
+        tokio::spawn(probe_search(
+            addrs[0].clone(),
+            http.clone(),
+            http_addr.clone(),
+            Duration::from_millis(probe_ms),
+            stop.clone(),
+        ))
+    });
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let probed = match probe {
+        Some(p) => Some(p.await??),
+        None => None,
+    };
     let (l, b) = (lines.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let mb_s = b as f64 / secs / 1e6;
     println!(
@@ -420,6 +438,17 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         errors.load(Ordering::Relaxed),
         &acks.lock().unwrap(),
     );
+    if let Some((h, within_1s, lost)) = probed {
+        println!(
+            "  searchable   ack to found: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} probes; {} of them within 1 s; {} not found within 30 s",
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            h.max() as f64 / 1e3,
+            h.len(),
+            within_1s,
+            lost
+        );
+    }
     if let Some(dir) = fsync_dir {
         let chunk = (b / l.max(1)) as usize * batch;
         let raw = raw_fsync_bandwidth(&dir, chunk.max(4096), Duration::from_secs(5))?;
@@ -432,6 +461,74 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         println!("  ratio        {:.0}% of raw fsync'd bandwidth (body bytes; the WAL also writes labels, attributes and framing)", 100.0 * mb_s * 1e6 / raw);
     }
     Ok(())
+}
+
+/// Every `every`, appends one record carrying a unique word and searches for it until it
+/// is found: the histogram of µs from its ack to the first search that finds it, how many
+/// were found within 1 s, and how many were not found within 30 s.
+async fn probe_search(
+    grpc: String,
+    http: reqwest::Client,
+    http_addr: String,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let ch = tonic::transport::Endpoint::from_shared(grpc)?.connect_lazy();
+    let mut client = IngestClient::new(ch);
+    let mut h = Histogram::<u64>::new(3)?;
+    let (mut within_1s, mut lost) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(every);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let word = format!("probe{:016x}", rand::random::<u64>());
+        let mut req = tonic::Request::new(AppendRequest {
+            records: vec![Record {
+                timestamp_ns: now_ns(),
+                level: "info".into(),
+                body: format!("search probe {word}").into_bytes(),
+                service: "weir-bench-probe".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        for (k, v) in key_headers().iter() {
+            if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
+                if let Ok(k) = tonic::metadata::MetadataKey::from_bytes(k.as_str().as_bytes()) {
+                    req.metadata_mut().insert(k, v);
+                }
+            }
+        }
+        if client.append(req).await.is_err() {
+            continue;
+        }
+        let acked = Instant::now();
+        let found = loop {
+            let resp = http
+                .get(format!("{http_addr}/api/v1/search"))
+                .query(&[("q", word.as_str()), ("limit", "1")])
+                .send()
+                .await;
+            if let Ok(r) = resp {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["total"].as_u64() == Some(1) {
+                        break Some(acked.elapsed());
+                    }
+                }
+            }
+            if acked.elapsed() > Duration::from_secs(30) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        match found {
+            Some(d) => {
+                h.record(d.as_micros() as u64)?;
+                within_1s += u64::from(d <= Duration::from_secs(1));
+            }
+            None => lost += 1,
+        }
+    }
+    Ok((h, within_1s, lost))
 }
 
 /// Prints throughput, ack latency, errors and the longest stretch without an ack.
@@ -848,6 +945,7 @@ async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
         seed: 7,
         protocol: BenchProtocol::Grpc,
         http_addr: format!("http://{}", node.http_addr()),
+        probe_ms: 0,
     }));
     let t0 = Instant::now();
     let cpu0 = CpuSplit::now();

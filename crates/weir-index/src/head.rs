@@ -34,7 +34,83 @@ use crate::query::{Match, Pattern, Query, BODY_FIELD};
 use crate::schema::{body_analyzer, has_long_word};
 
 /// One committed log entry of the head: its raft index and its decoded batch.
-pub type HeadEntry = (u64, Arc<StoredBatch>);
+pub type HeadEntry = (u64, Arc<HeadBatch>);
+
+/// A decoded batch of the head, with its ASCII bodies lower-cased once, back to back, so
+/// that a search finds the records holding a word by one substring search over the batch
+/// instead of looking at every record.
+#[derive(Debug)]
+pub struct HeadBatch {
+    /// The batch as committed.
+    pub batch: StoredBatch,
+    /// The bodies of ASCII records, lower-cased, each followed by `\n`; a non-ASCII body
+    /// (whose lower case may change its length) is left out and always examined.
+    lowered: String,
+    /// Each record's span in `lowered`, `None` for a non-ASCII body.
+    spans: Vec<Option<(u32, u32)>>,
+    /// (start in `lowered`, record) of the ASCII records, in order.
+    ascii: Vec<(u32, u32)>,
+    /// The non-ASCII records.
+    other: Vec<u32>,
+}
+
+impl HeadBatch {
+    /// Prepares `batch` for scanning.
+    pub fn new(batch: StoredBatch) -> HeadBatch {
+        let total: usize = batch.records.iter().map(|r| r.body.len() + 1).sum();
+        let mut lowered = String::with_capacity(total);
+        let mut spans = Vec::with_capacity(batch.records.len());
+        let mut ascii = Vec::with_capacity(batch.records.len());
+        let mut other = Vec::new();
+        for (i, r) in batch.records.iter().enumerate() {
+            let fits = lowered.len() + r.body.len() < u32::MAX as usize;
+            if r.body.is_ascii() && fits {
+                let start = lowered.len() as u32;
+                lowered.extend(r.body.chars().map(|c| c.to_ascii_lowercase()));
+                spans.push(Some((start, lowered.len() as u32)));
+                ascii.push((start, i as u32));
+                lowered.push('\n');
+            } else {
+                spans.push(None);
+                other.push(i as u32);
+            }
+        }
+        HeadBatch {
+            batch,
+            lowered,
+            spans,
+            ascii,
+            other,
+        }
+    }
+
+    /// Record `i`'s body, lower-cased, when it is ASCII.
+    fn lowered(&self, i: usize) -> Option<&str> {
+        let (start, end) = self.spans[i]?;
+        self.lowered.get(start as usize..end as usize)
+    }
+
+    /// The records that may match a query every match of which contains `word`
+    /// (lower-case): those whose ASCII body holds it, and every non-ASCII one; in order.
+    fn candidates(&self, word: &memmem::Finder<'_>) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for at in word.find_iter(self.lowered.as_bytes()) {
+            // The record whose body holds offset `at`.
+            let k = self.ascii.partition_point(|(s, _)| (*s as usize) <= at);
+            if let Some(&(_, i)) = k.checked_sub(1).and_then(|k| self.ascii.get(k)) {
+                if out.last() != Some(&(i as usize)) {
+                    out.push(i as usize);
+                }
+            }
+        }
+        if !self.other.is_empty() {
+            out.extend(self.other.iter().map(|i| *i as usize));
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+}
 
 /// A [`Query`] compiled for deciding records one by one.
 #[derive(Debug)]
@@ -105,6 +181,9 @@ impl StdField {
 #[derive(Debug)]
 pub struct RecordMatcher {
     root: Node,
+    /// The longest body word every match contains, searched in a batch's lower-cased
+    /// bodies to pick the records worth deciding.
+    required: Option<memmem::Finder<'static>>,
     tenant: String,
     levels: Vec<Level>,
     start_ns: i64,
@@ -114,18 +193,16 @@ pub struct RecordMatcher {
 /// What one record's body looks like to the query, computed once per record and only
 /// when a body clause asks.
 #[derive(Default)]
-struct BodyView {
-    lowered: Option<Option<String>>,
+struct BodyView<'b> {
+    /// The body lower-cased when it is ASCII, as the head prepared it (then a token's
+    /// absence is a cheap substring test).
+    lowered: Option<&'b str>,
     tokens: Option<Vec<(usize, String)>>,
 }
 
-impl BodyView {
-    /// The body lower-cased, when it is ASCII (then a token's absence is a cheap
-    /// substring test); `None` otherwise.
-    fn ascii_lowered(&mut self, body: &str) -> Option<&str> {
+impl BodyView<'_> {
+    fn ascii_lowered(&mut self, _body: &str) -> Option<&str> {
         self.lowered
-            .get_or_insert_with(|| body.is_ascii().then(|| body.to_ascii_lowercase()))
-            .as_deref()
     }
 
     fn tokens(&mut self, body: &str) -> &[(usize, String)] {
@@ -153,8 +230,14 @@ impl RecordMatcher {
         start_ns: i64,
         end_ns: i64,
     ) -> RecordMatcher {
+        let root = compile(query);
+        let required = required_words(&root)
+            .into_iter()
+            .max_by_key(|w| w.len())
+            .map(|w| memmem::Finder::new(w.as_bytes()).into_owned());
         RecordMatcher {
-            root: compile(query),
+            root,
+            required,
             tenant: tenant_or_default(tenant).to_owned(),
             levels: levels.to_vec(),
             start_ns,
@@ -169,6 +252,12 @@ impl RecordMatcher {
 
     /// Whether record `r` (of a batch of this tenant) matches.
     pub fn matches(&self, r: &StoredRecord) -> bool {
+        let lowered = r.body.is_ascii().then(|| r.body.to_ascii_lowercase());
+        self.matches_lowered(r, lowered.as_deref())
+    }
+
+    /// [`RecordMatcher::matches`] with the body already lower-cased when it is ASCII.
+    fn matches_lowered(&self, r: &StoredRecord, lowered: Option<&str>) -> bool {
         if r.timestamp_ns < self.start_ns || r.timestamp_ns >= self.end_ns {
             return false;
         }
@@ -177,7 +266,26 @@ impl RecordMatcher {
         {
             return false;
         }
-        eval(&self.root, r, &mut BodyView::default())
+        eval(
+            &self.root,
+            r,
+            &mut BodyView {
+                lowered,
+                tokens: None,
+            },
+        )
+    }
+
+    /// The records of `b` that match, in order.
+    fn matching<'b>(&self, b: &'b HeadBatch) -> Vec<(usize, &'b StoredRecord)> {
+        let check = |i: usize| {
+            let r = &b.batch.records[i];
+            self.matches_lowered(r, b.lowered(i)).then_some((i, r))
+        };
+        match &self.required {
+            Some(word) => b.candidates(word).into_iter().filter_map(check).collect(),
+            None => (0..b.batch.records.len()).filter_map(check).collect(),
+        }
     }
 }
 
@@ -186,6 +294,16 @@ fn tenant_or_default(t: &str) -> &str {
         DEFAULT_TENANT
     } else {
         t
+    }
+}
+
+/// Body words (lower-case) that every record matching `n` contains as a substring of its
+/// lower-cased body: the tokens of word, phrase and prefix clauses, through ANDs.
+fn required_words(n: &Node) -> Vec<String> {
+    match n {
+        Node::Body { terms, .. } => terms.iter().map(|(_, t)| t.clone()).collect(),
+        Node::And(c) => c.iter().flat_map(required_words).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -252,7 +370,7 @@ fn same(have: &str, want: &str, prefix: bool) -> bool {
     }
 }
 
-fn eval(n: &Node, r: &StoredRecord, body: &mut BodyView) -> bool {
+fn eval(n: &Node, r: &StoredRecord, body: &mut BodyView<'_>) -> bool {
     match n {
         Node::All => true,
         Node::Nothing => false,
@@ -377,15 +495,12 @@ pub(crate) fn search_entries(
     let mut found: Vec<(HitKey, &StoredRecord)> = Vec::new();
     let mut total = 0u64;
     let mut scanned = 0u64;
-    for (log_index, batch) in entries {
-        if *log_index <= after_index || !matcher.tenant_matches(batch) {
+    for (log_index, b) in entries {
+        if *log_index <= after_index || !matcher.tenant_matches(&b.batch) {
             continue;
         }
-        scanned += batch.records.len() as u64;
-        for (offset, r) in batch.records.iter().enumerate() {
-            if !matcher.matches(r) {
-                continue;
-            }
+        scanned += b.batch.records.len() as u64;
+        for (offset, r) in matcher.matching(b) {
             total += 1;
             let key = HitKey {
                 timestamp_ns: r.timestamp_ns,
@@ -428,15 +543,12 @@ pub(crate) fn count_entries(
     let matcher = RecordMatcher::new(&req.query, &req.tenant, &[], lo, hi);
     let mut groups: HashMap<Vec<Option<String>>, Vec<u64>> = HashMap::new();
     let mut scanned = 0u64;
-    for (log_index, batch) in entries {
-        if *log_index <= after_index || !matcher.tenant_matches(batch) {
+    for (log_index, b) in entries {
+        if *log_index <= after_index || !matcher.tenant_matches(&b.batch) {
             continue;
         }
-        scanned += batch.records.len() as u64;
-        for r in &batch.records {
-            if !matcher.matches(r) {
-                continue;
-            }
+        scanned += b.batch.records.len() as u64;
+        for (_, r) in matcher.matching(b) {
             if !req
                 .filters
                 .iter()

@@ -70,7 +70,7 @@ use std::path::PathBuf;
 pub use count::{
     merge_counts, CountRequest, GroupCounts, LabelFilter, LabelSource, ValuePredicate,
 };
-pub use head::{HeadEntry, RecordMatcher};
+pub use head::{HeadBatch, HeadEntry, RecordMatcher};
 pub use infix::{BodyWords, InfixCache, Warmed, DEFAULT_INFIX_CACHE_BYTES};
 pub use page::{merge, Cursor, Hit, HitKey, ShardHits, Sort};
 pub use query::{

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use weir_index::{
-    parse_query, CountRequest, HeadEntry, Hit, IndexOptions, LabelFilter, LabelSource, Query,
-    SearchRequest, ShardIndex, Sort,
+    parse_query, CountRequest, HeadBatch, HeadEntry, Hit, IndexOptions, LabelFilter, LabelSource,
+    Query, SearchRequest, ShardIndex, Sort,
 };
 use weir_proto::v1::{StoredBatch, StoredRecord};
 use weir_proto::{Level, ShardId};
@@ -140,11 +140,11 @@ fn entries(records: &[StoredRecord], tenant_of: impl Fn(usize) -> &'static str) 
         .map(|(i, chunk)| {
             (
                 i as u64 + 1,
-                Arc::new(StoredBatch {
+                Arc::new(HeadBatch::new(StoredBatch {
                     tenant: tenant_of(i).into(),
                     records: chunk.to_vec(),
                     ..Default::default()
-                }),
+                })),
             )
         })
         .collect()
@@ -172,8 +172,8 @@ fn three(log: Vec<HeadEntry>) -> Three {
         },
     );
     for (i, b) in &log {
-        all.add_batch(*i, b).unwrap();
-        half.add_batch(*i, b).unwrap();
+        all.add_batch(*i, &b.batch).unwrap();
+        half.add_batch(*i, &b.batch).unwrap();
         if *i as usize == log.len() / 2 {
             half.commit().unwrap();
         }

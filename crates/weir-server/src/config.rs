@@ -525,7 +525,7 @@ impl Default for IndexConfig {
             writer_memory_bytes: 64 << 20,
             retention_secs: 7 * 24 * 3600,
             docstore_compression: "zstd".into(),
-            head_bytes_max: 64 << 20,
+            head_bytes_max: 16 << 20,
         }
     }
 }

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prost::Message;
-use weir_index::{HeadEntry, ShardIndex};
+use weir_index::{HeadBatch, HeadEntry, ShardIndex};
 use weir_proto::v1::StoredBatch;
 use weir_proto::{ApiError, ErrorKind};
 use weir_raft::{CommittedLog, RaftNode};
@@ -47,7 +47,7 @@ pub struct ShardHead {
 /// What a head holds, under one lock so that readers see the entries and how far they
 /// reach together.
 struct Held {
-    entries: VecDeque<(u64, Arc<StoredBatch>, usize)>,
+    entries: VecDeque<(u64, Arc<HeadBatch>, usize)>,
     /// Every payload entry in `[covered_from, next)` above the index checkpoint is held.
     covered_from: u64,
     next: u64,
@@ -143,7 +143,8 @@ impl ShardHead {
     fn push(&self, entries: Vec<(u64, StoredBatch, usize)>, next: u64) {
         let mut held = self.lock();
         for (index, batch, bytes) in entries {
-            held.entries.push_back((index, Arc::new(batch), bytes));
+            held.entries
+                .push_back((index, Arc::new(HeadBatch::new(batch)), bytes));
             self.bytes.fetch_add(bytes, Ordering::AcqRel);
         }
         held.next = next;

@@ -149,9 +149,9 @@ fn run(
                     // The head reader has not read it yet; it wakes on the same commit.
                     std::thread::sleep(Duration::from_millis(1));
                 } else {
-                    for (i, batch) in &held {
-                        metrics.records_indexed.inc_by(batch.records.len() as u64);
-                        index.add_batch(*i, batch)?;
+                    for (i, b) in &held {
+                        metrics.records_indexed.inc_by(b.batch.records.len() as u64);
+                        index.add_batch(*i, &b.batch)?;
                     }
                     next = read_to;
                     dirty |= !held.is_empty();
