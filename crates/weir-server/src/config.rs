@@ -503,7 +503,8 @@ impl LimitsConfig {
 pub struct IndexConfig {
     /// Time span of one index partition (retention drops whole partitions).
     pub partition_span_secs: u64,
-    /// How often the indexer commits (records become searchable).
+    /// How often the indexer commits. Records are searchable before (the head is
+    /// scanned); fewer commits make fewer segments to merge.
     pub commit_interval_ms: u64,
     /// Memory per partition writer.
     pub writer_memory_bytes: usize,
@@ -521,7 +522,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
             partition_span_secs: 3600,
-            commit_interval_ms: 250,
+            commit_interval_ms: 1000,
             writer_memory_bytes: 64 << 20,
             retention_secs: 7 * 24 * 3600,
             docstore_compression: "zstd".into(),
@@ -715,7 +716,7 @@ impl Config {
             self.index.head_bytes_max >= 1 << 20,
             "index.head_bytes_max must be at least 1 MiB (1048576): appends wait while a shard's head is over it"
         );
-        anyhow::ensure!(self.index.commit_interval_ms > 0 && self.index.commit_interval_ms <= 1000, "index.commit_interval_ms must be between 1 and 1000 (records must be searchable within a second)");
+        anyhow::ensure!(self.index.commit_interval_ms > 0 && self.index.commit_interval_ms <= 10_000, "index.commit_interval_ms must be between 1 and 10000: what is committed between index commits is held in the head (index.head_bytes_max) and scanned by every search");
         anyhow::ensure!(
             self.http.connections_max > 0 && self.http.header_read_timeout_ms > 0,
             "http.connections_max and http.header_read_timeout_ms must be positive"

@@ -1,6 +1,7 @@
 //! One indexer thread per shard: reads the committed log from the index checkpoint and
-//! feeds the shard's index, committing at most every `commit_interval_ms` so records are
-//! searchable within a second of their acknowledgement.
+//! feeds the shard's index, committing at most every `commit_interval_ms`. Records are
+//! searchable before the index commits them: searches scan the shard's head
+//! ([`crate::head`]), from which the indexer also takes its decoded batches.
 //!
 //! Architecture invariant: the indexer sees the log only through `CommittedLog`; the WAL
 //! below the index checkpoint may then be removed (`RaftNode::compact`).
