@@ -153,7 +153,25 @@ enum StdField {
     Cluster,
 }
 
+const STD_FIELDS: [StdField; 5] = [
+    StdField::Level,
+    StdField::Service,
+    StdField::Namespace,
+    StdField::Pod,
+    StdField::Cluster,
+];
+
 impl StdField {
+    fn name(self) -> &'static str {
+        match self {
+            StdField::Level => "level",
+            StdField::Service => "service",
+            StdField::Namespace => "namespace",
+            StdField::Pod => "pod",
+            StdField::Cluster => "cluster",
+        }
+    }
+
     fn of(name: &str) -> Option<StdField> {
         Some(match name {
             "level" => StdField::Level,
@@ -578,6 +596,64 @@ pub(crate) fn count_entries(
             .collect(),
     );
     scanned
+}
+
+/// The stream label names of `tenant`'s head records in `[start_ns, end_ns)`, with those of
+/// `service`, `namespace`, `pod`, `cluster` and `level` that have a value, as
+/// [`crate::ShardIndex::label_names`] lists them from the index.
+pub fn label_names(
+    entries: &[HeadEntry],
+    tenant: &str,
+    start_ns: i64,
+    end_ns: i64,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in head_records(entries, tenant, start_ns, end_ns) {
+        for f in STD_FIELDS {
+            if !f.value(r).is_empty() {
+                out.insert(f.name().to_owned());
+            }
+        }
+        out.extend(r.labels.keys().cloned());
+    }
+    out
+}
+
+/// The values of label `name` in `tenant`'s head records in `[start_ns, end_ns)`, as
+/// [`crate::ShardIndex::label_values`] lists them from the index (a standard field's value
+/// is a label value of its name).
+pub fn label_values(
+    entries: &[HeadEntry],
+    tenant: &str,
+    name: &str,
+    start_ns: i64,
+    end_ns: i64,
+) -> std::collections::BTreeSet<String> {
+    let std = StdField::of(name);
+    let mut out = std::collections::BTreeSet::new();
+    for r in head_records(entries, tenant, start_ns, end_ns) {
+        if let Some(v) = std.map(|f| f.value(r)).filter(|v| !v.is_empty()) {
+            out.insert(v.to_owned());
+        }
+        if let Some(v) = r.labels.get(name) {
+            out.insert(v.clone());
+        }
+    }
+    out
+}
+
+fn head_records<'e>(
+    entries: &'e [HeadEntry],
+    tenant: &str,
+    start_ns: i64,
+    end_ns: i64,
+) -> impl Iterator<Item = &'e StoredRecord> + 'e {
+    let tenant = tenant_or_default(tenant).to_owned();
+    entries
+        .iter()
+        .filter(move |(_, b)| tenant_or_default(&b.batch.tenant) == tenant)
+        .flat_map(|(_, b)| b.batch.records.iter())
+        .filter(move |r| r.timestamp_ns >= start_ns && r.timestamp_ns < end_ns)
 }
 
 /// The value a record's label terms give `src` (a later name's value replacing an earlier

@@ -465,8 +465,25 @@ impl Searcher {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, ApiError> {
-        self.union(shards, move |ix| ix.label_names(&tenant, start, end))
-            .await
+        let heads = self.heads_of(shards);
+        let mut names = self
+            .union(shards, {
+                let tenant = tenant.clone();
+                move |ix| ix.label_names(&tenant, start, end)
+            })
+            .await?;
+        // Names of records committed since the index's last commit.
+        for head in &heads {
+            names.extend(weir_index::head::label_names(head, &tenant, start, end));
+        }
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The heads of `shards` as they are now.
+    fn heads_of(&self, shards: &[u32]) -> Vec<Vec<HeadEntry>> {
+        shards.iter().map(|s| self.head_of(*s)).collect()
     }
 
     /// Values of label `name` over the given shards of this node.
@@ -481,10 +498,21 @@ impl Searcher {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, ApiError> {
-        self.union(shards, move |ix| {
-            ix.label_values(&tenant, &name, start, end)
-        })
-        .await
+        let heads = self.heads_of(shards);
+        let mut values = self
+            .union(shards, {
+                let (tenant, name) = (tenant.clone(), name.clone());
+                move |ix| ix.label_values(&tenant, &name, start, end)
+            })
+            .await?;
+        for head in &heads {
+            values.extend(weir_index::head::label_values(
+                head, &tenant, &name, start, end,
+            ));
+        }
+        values.sort_unstable();
+        values.dedup();
+        Ok(values)
     }
 
     /// Label names (`name` empty) or values of `name`, over every shard: here where the
