@@ -378,6 +378,21 @@ impl ShardIndex {
     /// I/O errors, after which the index refuses writes ([`Error::Poisoned`]) until
     /// reopened.
     pub fn add_batch(&self, log_index: u64, batch: &StoredBatch) -> Result<()> {
+        self.add_batch_since(log_index, batch, i64::MIN)
+    }
+
+    /// [`ShardIndex::add_batch`], leaving out the records older than `since_ns` as well
+    /// (a tenant's own retention), each record keeping its position in the batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardIndex::add_batch`].
+    pub fn add_batch_since(
+        &self,
+        log_index: u64,
+        batch: &StoredBatch,
+        since_ns: i64,
+    ) -> Result<()> {
         let mut ws = self.lock_write()?;
         if log_index <= self.checkpoint() {
             tracing::debug!(log_index, "entry already indexed; skipped");
@@ -394,7 +409,7 @@ impl ShardIndex {
         // one go: a writer evicted meanwhile is then complete up to `log_index`.
         let mut by_part: BTreeMap<PartKey, Vec<(u32, &StoredRecord)>> = BTreeMap::new();
         for (offset, r) in batch.records.iter().enumerate() {
-            if r.timestamp_ns < ws.dropped_before_ns {
+            if r.timestamp_ns < ws.dropped_before_ns || r.timestamp_ns < since_ns {
                 continue;
             }
             let key = PartKey::for_timestamp(r.timestamp_ns, self.opts.partition_span_secs);
@@ -921,7 +936,9 @@ impl ShardIndex {
         let result = (|| {
             for part in old {
                 let q = TermQuery::new(term.clone(), tantivy::schema::IndexRecordOption::Basic);
-                if q.count(&part.reader.searcher())? == 0 {
+                // Records added but not committed yet are the writer's to delete too.
+                let pending = ws.writers.get(&part.key).is_some_and(|w| w.pending);
+                if !pending && q.count(&part.reader.searcher())? == 0 {
                     continue;
                 }
                 let adding = ws.last_added;

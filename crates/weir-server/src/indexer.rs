@@ -152,7 +152,7 @@ fn run(
                 } else {
                     for (i, b) in &held {
                         metrics.records_indexed.inc_by(b.batch.records.len() as u64);
-                        index.add_batch(*i, &b.batch)?;
+                        index.add_batch_since(*i, &b.batch, kept_since(settings, &b.batch))?;
                     }
                     next = read_to;
                     dirty |= !held.is_empty();
@@ -169,7 +169,7 @@ fn run(
                         )
                     })?;
                     metrics.records_indexed.inc_by(batch.records.len() as u64);
-                    index.add_batch(e.index, &batch)?;
+                    index.add_batch_since(e.index, &batch, kept_since(settings, &batch))?;
                 }
                 next = scanned_to + 1;
                 dirty |= !entries.is_empty();
@@ -226,6 +226,25 @@ fn run(
             return Ok(());
         }
     }
+}
+
+/// The oldest record time the batch's tenant keeps (its own retention, when shorter than
+/// the index's): older records are not indexed, so a record indexed after its tenant's
+/// retention ran is not kept past it either.
+fn kept_since(settings: &IndexerSettings, batch: &StoredBatch) -> i64 {
+    let Some(rules) = &settings.tenant_retention else {
+        return i64::MIN;
+    };
+    let tenant = if batch.tenant.is_empty() {
+        weir_proto::DEFAULT_TENANT
+    } else {
+        batch.tenant.as_str()
+    };
+    let Some(days) = rules.retentions().get(tenant).copied() else {
+        return i64::MIN;
+    };
+    let keep = Duration::from_secs(u64::from(days) * 86_400);
+    crate::append::now_ns().saturating_sub(keep.as_nanos().min(i64::MAX as u128) as i64)
 }
 
 /// Indexing is the node's largest CPU consumer and can catch up later; acknowledgements
