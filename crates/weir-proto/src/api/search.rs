@@ -37,9 +37,13 @@ pub struct SearchResponse {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_shards: Vec<u32>,
     /// Records read from the log's head (committed, not yet indexed) rather than looked up
-    /// in the index: the newest records, found before the index holds them.
-    #[serde(default)]
+    /// in the index: the newest records, found before the index holds them. Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub scanned_records: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One record of a search answer.
@@ -178,6 +182,7 @@ mod tests {
             "partial",
             "missing_shards",
             "score",
+            "scanned_records",
         ] {
             assert!(!json.contains(absent), "{absent} left out: {json}");
         }
