@@ -473,7 +473,7 @@ fn phrase_matches(
         .filter(|(_, t)| is(0, t))
         .map(|(p, _)| (*p as i64 - terms[0].0 as i64, 0))
         .collect();
-    for i in 1..terms.len() {
+    for (i, (query_pos, _)) in terms.iter().enumerate().skip(1) {
         if states.is_empty() {
             return false;
         }
@@ -482,7 +482,7 @@ fn phrase_matches(
             if !is(i, t) {
                 continue;
             }
-            let at = *p as i64 - terms[i].0 as i64;
+            let at = *p as i64 - *query_pos as i64;
             let best = states
                 .iter()
                 .map(|(s, spent)| spent.saturating_add(s.abs_diff(at) as u32))

@@ -537,6 +537,9 @@ async fn open_raft(
     Ok(Arc::new(raft))
 }
 
+/// Each shard's index, its indexer, and every shard's head.
+type IndexParts = (Vec<Arc<ShardIndex>>, Vec<Indexer>, Arc<head::Heads>);
+
 /// Opens each shard's index, starts following each shard's head (what the index does not
 /// hold yet) and starts its indexer thread on the shard's committed log.
 fn start_indexers(
@@ -544,7 +547,7 @@ fn start_indexers(
     raft: &Arc<RaftNode>,
     metrics: &Arc<Metrics>,
     rules: &Arc<rules::RuleTable>,
-) -> anyhow::Result<(Vec<Arc<ShardIndex>>, Vec<Indexer>, Arc<head::Heads>)> {
+) -> anyhow::Result<IndexParts> {
     let mut indexes = Vec::new();
     let mut indexers = Vec::new();
     let infix_cache = Arc::new(weir_index::InfixCache::new(config.search.infix_cache_bytes));
