@@ -26,12 +26,13 @@ use std::sync::Arc;
 
 use memchr::memmem;
 use weir_proto::v1::{StoredBatch, StoredRecord};
-use weir_proto::{Level, DEFAULT_TENANT};
+use weir_proto::Level;
 
 use crate::count::{CountRequest, GroupCounts, LabelSource};
 use crate::page::{compare, Cursor, Hit, HitKey, ShardHits, Sort};
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
-use crate::schema::{body_analyzer, has_long_word};
+use crate::schema::{body_tokens, has_long_word};
+use crate::shard::tenant_or_default;
 
 /// One committed log entry of the head: its raft index and its decoded batch.
 pub type HeadEntry = (u64, Arc<HeadBatch>);
@@ -224,18 +225,8 @@ impl BodyView<'_> {
     }
 
     fn tokens(&mut self, body: &str) -> &[(usize, String)] {
-        self.tokens.get_or_insert_with(|| tokens_of(body))
+        self.tokens.get_or_insert_with(|| body_tokens(body))
     }
-}
-
-fn tokens_of(text: &str) -> Vec<(usize, String)> {
-    let mut analyzer = body_analyzer();
-    let mut stream = analyzer.token_stream(text);
-    let mut out = Vec::new();
-    while let Some(t) = stream.next() {
-        out.push((t.position, t.text.clone()));
-    }
-    out
 }
 
 impl RecordMatcher {
@@ -307,14 +298,6 @@ impl RecordMatcher {
     }
 }
 
-fn tenant_or_default(t: &str) -> &str {
-    if t.is_empty() {
-        DEFAULT_TENANT
-    } else {
-        t
-    }
-}
-
 /// Body words (lower-case) that every record matching `n` contains as a substring of its
 /// lower-cased body: the tokens of word, phrase and prefix clauses, through ANDs.
 fn required_words(n: &Node) -> Vec<String> {
@@ -344,7 +327,7 @@ fn compile_match(m: &Match) -> Node {
             Pattern::Phrase { text, slop } => (text.as_str(), *slop, false),
             Pattern::Prefix(t) | Pattern::PhrasePrefix(t) => (t.as_str(), 0, true),
         };
-        let terms = tokens_of(text);
+        let terms = body_tokens(text);
         if terms.is_empty() {
             return Node::Nothing;
         }
@@ -678,7 +661,7 @@ mod tests {
     use super::*;
 
     fn toks(s: &str) -> Vec<(usize, String)> {
-        tokens_of(s)
+        body_tokens(s)
     }
 
     #[test]

@@ -475,7 +475,7 @@ pub fn complete_body_tokens(needle: &str) -> Vec<String> {
 }
 
 /// The body tokens of `text` with their positions.
-fn body_tokens(text: &str) -> Vec<(usize, String)> {
+pub(crate) fn body_tokens(text: &str) -> Vec<(usize, String)> {
     let mut analyzer = body_analyzer();
     let mut stream = analyzer.token_stream(text);
     let mut out = Vec::new();

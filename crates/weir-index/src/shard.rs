@@ -1318,7 +1318,7 @@ fn search_by_time(
     Ok(total)
 }
 
-fn tenant_or_default(t: &str) -> &str {
+pub(crate) fn tenant_or_default(t: &str) -> &str {
     if t.is_empty() {
         DEFAULT_TENANT
     } else {
