@@ -35,6 +35,28 @@ pub const KEY_SHARD: u32 = 0;
 /// replication itself.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 
+/// The applied shard-0 cursor entries under `prefixes`, sorted, when they differ from what
+/// `built_from` holds (which then takes them); `None` when nothing changed. The key table
+/// and the rule table rebuild from these only when they change.
+pub(crate) fn changed_entries(
+    raft: &RaftNode,
+    prefixes: &[&str],
+    built_from: &std::sync::Mutex<Vec<(String, u64)>>,
+) -> Option<Vec<(String, u64)>> {
+    let log = raft.committed_log(KEY_SHARD);
+    let mut entries: Vec<(String, u64)> = prefixes
+        .iter()
+        .flat_map(|p| log.cursors_with_prefix(p))
+        .collect();
+    entries.sort_unstable();
+    let mut built = built_from.lock().unwrap_or_else(|p| p.into_inner());
+    if *built == entries {
+        return None;
+    }
+    built.clone_from(&entries);
+    Some(entries)
+}
+
 fn scope_letters(scopes: &[Scope]) -> String {
     scopes
         .iter()
@@ -135,17 +157,9 @@ impl RaftKeyStore {
 
     /// Reads the applied entries again.
     pub fn refresh(&self) {
-        let log = self.raft.committed_log(KEY_SHARD);
-        let mut entries = log.cursors_with_prefix(KEY);
-        entries.extend(log.cursors_with_prefix(REVOKED));
-        entries.sort_unstable();
-        {
-            let mut built_from = self.built_from.lock().unwrap_or_else(|p| p.into_inner());
-            if *built_from == entries {
-                return;
-            }
-            built_from.clone_from(&entries);
-        }
+        let Some(entries) = changed_entries(&self.raft, &[KEY, REVOKED], &self.built_from) else {
+            return;
+        };
         let mut table: BTreeMap<String, StoredKey> = entries
             .iter()
             .filter_map(|(name, at)| parse_key_entry(name, *at))

@@ -31,7 +31,6 @@ use weir_proto::{ApiError, ErrorKind};
 use weir_raft::RaftNode;
 
 use crate::auth::StoreError;
-use crate::keytable::KEY_SHARD;
 use crate::metrics::LabeledCounters;
 
 const RULE: &str = "\u{2}rule/";
@@ -311,18 +310,11 @@ impl RuleTable {
         let Some(raft) = &self.raft else {
             return;
         };
-        let log = raft.committed_log(KEY_SHARD);
-        let mut entries = log.cursors_with_prefix(RULE);
-        entries.extend(log.cursors_with_prefix(DELETED));
-        entries.extend(log.cursors_with_prefix(RETENTION));
-        entries.sort_unstable();
-        {
-            let mut built_from = self.built_from.lock().unwrap_or_else(|p| p.into_inner());
-            if *built_from == entries {
-                return;
-            }
-            built_from.clone_from(&entries);
-        }
+        let Some(entries) =
+            crate::keytable::changed_entries(raft, &[RULE, DELETED, RETENTION], &self.built_from)
+        else {
+            return;
+        };
         // (tenant, id) -> newest version (time, spec JSON); then deletions.
         let mut newest: BTreeMap<(String, String), (u64, &str)> = BTreeMap::new();
         let mut deleted: HashMap<(String, String), u64> = HashMap::new();
