@@ -16,7 +16,7 @@
 //! that has it all (on a cluster) or say how many committed entries they could not see.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -36,9 +36,6 @@ const ROOM_POLL: Duration = Duration::from_millis(5);
 pub struct ShardHead {
     held: Mutex<Held>,
     bytes: AtomicUsize,
-    /// The next log index the follower will read (a copy of `Held::next` for readers that
-    /// need no lock).
-    next: AtomicU64,
     /// The follower has stopped reading at twice the bound.
     stalled: AtomicBool,
     max_bytes: usize,
@@ -62,7 +59,6 @@ impl ShardHead {
                 next,
             }),
             bytes: AtomicUsize::new(0),
-            next: AtomicU64::new(next),
             stalled: AtomicBool::new(false),
             max_bytes,
         }
@@ -82,20 +78,10 @@ impl ShardHead {
         self.bytes.load(Ordering::Acquire)
     }
 
-    /// Entries held.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Whether the head holds every committed entry up to `watermark` that the index does
     /// not: false only while the follower is stalled at twice the bound, behind it.
     pub fn complete(&self, watermark: u64) -> bool {
-        !self.stalled.load(Ordering::Acquire) || self.next.load(Ordering::Acquire) > watermark
+        !self.stalled.load(Ordering::Acquire) || self.lock().next > watermark
     }
 
     /// The held batches from log index `from` on, up to about `max_bytes` (at least one),
@@ -148,7 +134,6 @@ impl ShardHead {
             self.bytes.fetch_add(bytes, Ordering::AcqRel);
         }
         held.next = next;
-        self.next.store(next, Ordering::Release);
     }
 
     /// Moves the read position past entries not read (a snapshot moved the index past
@@ -158,7 +143,6 @@ impl ShardHead {
         if next > held.next {
             held.next = next;
             held.covered_from = next;
-            self.next.store(next, Ordering::Release);
         }
     }
 }
@@ -166,7 +150,6 @@ impl ShardHead {
 /// Every shard's head and the threads that fill them.
 pub struct Heads {
     shards: Vec<Arc<ShardHead>>,
-    max_bytes: usize,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -201,7 +184,6 @@ impl Heads {
         }
         Ok(Arc::new(Heads {
             shards,
-            max_bytes,
             stop,
             threads: Mutex::new(threads),
         }))
@@ -226,7 +208,7 @@ impl Heads {
             let Some(head) = self.shard(shard) else {
                 continue;
             };
-            while head.bytes() >= self.max_bytes {
+            while head.bytes() >= head.max_bytes {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(ApiError::new(
                         ErrorKind::ResourceExhausted,
@@ -235,7 +217,7 @@ impl Heads {
                              index.head_bytes_max = {}: ingest is faster than indexing; \
                              retry, or raise the bound (searches scan the head)",
                             head.bytes(),
-                            self.max_bytes
+                            head.max_bytes
                         ),
                     )
                     .retry_after(Duration::from_secs(1)));
@@ -258,7 +240,7 @@ impl Heads {
 
 /// Follows one shard's committed log until `stop`, holding what the index does not.
 fn follow(log: &dyn CommittedLog, index: &ShardIndex, head: &ShardHead, stop: &AtomicBool) {
-    let mut next = head.next.load(Ordering::Acquire);
+    let mut next = head.lock().next;
     while !stop.load(Ordering::Acquire) {
         let checkpoint = index.checkpoint();
         head.prune(checkpoint);
