@@ -4,15 +4,22 @@
 //!
 //! | field | term | used for |
 //! | --- | --- | --- |
-//! | `tenant`, `service`, `namespace`, `pod`, `cluster` | the value | exact match, prefix |
+//! | `tenant` | the value | every search's tenant filter, tenant retention |
 //! | `trace_id`, `span_id` | the id's 12-hex-digit key ([`crate::idkey`]); the whole id in documents indexed before keys | exact lookup |
-//! | `level` | canonical name (`warn`) | level filter, `level:` |
-//! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level) | `name:value`, label values API |
-//! | `label_names` | `tenant \0 name` | label names API |
+//! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level: its canonical name, `warn`) | `name:value` (standard fields included), the level filter, label names and values APIs, counts by label |
+//! | `label_names` | [`LONG_TOKEN_MARKER`] only (and `tenant \0 name` in documents indexed before label names were read off `labels`) | infix lookups |
 //! | `attrs` | `key \0 value` | `key:value` |
+//! | `service`, `namespace`, `pod`, `cluster`, `level` | nothing (the value, in documents indexed before they were read off `labels`) | kept so that old partitions' schemas still match |
 //!
-//! Label terms carry the tenant so that the label APIs, which read term dictionaries
-//! directly, never show one tenant another's names.
+//! Every record's standard fields are in `labels` anyway (the label APIs need them there),
+//! so they are indexed once, there: a term of its own field and a `label_names` term for
+//! every label cost indexing CPU and disk in every document and answered nothing `labels`
+//! does not. Label terms carry the tenant so that the label APIs, which read term
+//! dictionaries directly, never show one tenant another's names.
+//!
+//! No exact field keeps field norms: they are only read to score, and a term of an exact
+//! field scores the same in every document that has it. Partitions written with them
+//! open all the same ([`compatible`]).
 
 use std::ops::Bound;
 
@@ -23,8 +30,8 @@ use tantivy::query::{
     Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
-    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, Value, FAST, STORED, STRING,
-    TEXT,
+    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing,
+    TextOptions, Value, FAST, STORED, TEXT,
 };
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
 use tantivy::{TantivyDocument, Term};
@@ -40,6 +47,9 @@ pub(crate) const MAX_PREFIX_EXPANSIONS: u32 = 100_000;
 /// How many terms the last word of a multi-word phrase prefix may expand to.
 pub(crate) const MAX_PHRASE_PREFIX_EXPANSIONS: u32 = 1_000;
 
+/// The standard fields that are labels of every record that has them (in `labels`).
+pub(crate) const STANDARD_LABELS: [&str; 5] = ["service", "namespace", "pod", "cluster", "level"];
+
 pub(crate) const F_TIMESTAMP: &str = "timestamp_ns";
 pub(crate) const F_LOG_INDEX: &str = "log_index";
 pub(crate) const F_OFFSET: &str = "offset";
@@ -49,12 +59,7 @@ pub(crate) const F_OFFSET: &str = "offset";
 pub(crate) struct Fields {
     pub schema: Schema,
     pub timestamp: Field,
-    pub level: Field,
     pub tenant: Field,
-    pub service: Field,
-    pub namespace: Field,
-    pub pod: Field,
-    pub cluster: Field,
     pub trace_id: Field,
     pub span_id: Field,
     pub labels: Field,
@@ -73,18 +78,27 @@ impl Fields {
     pub fn new(infix: std::sync::Arc<crate::infix::InfixCache>) -> Fields {
         let mut b = Schema::builder();
         let num_indexed_fast = NumericOptions::default().set_indexed().set_fast();
+        // Untokenized, document ids only, no field norms (see the module doc).
+        let exact = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
+        );
         let timestamp = b.add_i64_field(F_TIMESTAMP, num_indexed_fast.clone());
-        let level = b.add_text_field("level", STRING);
-        let tenant = b.add_text_field("tenant", STRING);
-        let service = b.add_text_field("service", STRING);
-        let namespace = b.add_text_field("namespace", STRING);
-        let pod = b.add_text_field("pod", STRING);
-        let cluster = b.add_text_field("cluster", STRING);
-        let trace_id = b.add_text_field("trace_id", STRING);
-        let span_id = b.add_text_field("span_id", STRING);
-        let labels = b.add_text_field("labels", STRING);
-        let label_names = b.add_text_field("label_names", STRING);
-        let attrs = b.add_text_field("attrs", STRING);
+        // The standard fields' own fields take no terms any more (the module doc); they
+        // stay, in their places, so that earlier partitions' schemas still match.
+        b.add_text_field("level", exact.clone());
+        let tenant = b.add_text_field("tenant", exact.clone());
+        b.add_text_field("service", exact.clone());
+        b.add_text_field("namespace", exact.clone());
+        b.add_text_field("pod", exact.clone());
+        b.add_text_field("cluster", exact.clone());
+        let trace_id = b.add_text_field("trace_id", exact.clone());
+        let span_id = b.add_text_field("span_id", exact.clone());
+        let labels = b.add_text_field("labels", exact.clone());
+        let label_names = b.add_text_field("label_names", exact.clone());
+        let attrs = b.add_text_field("attrs", exact);
         let body = b.add_text_field(BODY_FIELD, TEXT);
         let log_index = b.add_u64_field(F_LOG_INDEX, num_indexed_fast);
         let offset = b.add_u64_field(F_OFFSET, FAST);
@@ -92,12 +106,7 @@ impl Fields {
         Fields {
             schema: b.build(),
             timestamp,
-            level,
             tenant,
-            service,
-            namespace,
-            pod,
-            cluster,
             trace_id,
             span_id,
             labels,
@@ -109,18 +118,6 @@ impl Fields {
             record,
             infix,
         }
-    }
-
-    /// The exact field behind a standard field name, if it is one.
-    fn exact(&self, name: &str) -> Option<Field> {
-        Some(match name {
-            "level" => self.level,
-            "service" => self.service,
-            "namespace" => self.namespace,
-            "pod" => self.pod,
-            "cluster" => self.cluster,
-            _ => return None,
-        })
     }
 
     /// The document for one record of entry `log_index` at position `offset` in its batch.
@@ -136,17 +133,15 @@ impl Fields {
         d.add_text(self.tenant, tenant);
         let level = Level::from_u32(r.level).map(Level::as_str);
         let standard = [
-            ("service", self.service, r.service.as_str()),
-            ("namespace", self.namespace, r.namespace.as_str()),
-            ("pod", self.pod, r.pod.as_str()),
-            ("cluster", self.cluster, r.cluster.as_str()),
-            ("level", self.level, level.unwrap_or("")),
+            ("service", r.service.as_str()),
+            ("namespace", r.namespace.as_str()),
+            ("pod", r.pod.as_str()),
+            ("cluster", r.cluster.as_str()),
+            ("level", level.unwrap_or("")),
         ];
-        for (name, field, value) in standard {
+        for (name, value) in standard {
             if !value.is_empty() {
-                d.add_text(field, value);
                 d.add_text(self.labels, label_term(tenant, name, value));
-                d.add_text(self.label_names, label_name_term(tenant, name));
             }
         }
         if !r.trace_id.is_empty() {
@@ -157,7 +152,6 @@ impl Fields {
         }
         for (k, v) in &r.labels {
             d.add_text(self.labels, label_term(tenant, k, v));
-            d.add_text(self.label_names, label_name_term(tenant, k));
         }
         for (k, v) in &r.attributes {
             d.add_text(self.attrs, attr_term(k, v));
@@ -232,8 +226,8 @@ impl Fields {
         if let Some((field, kind)) = id {
             return self.id_query(field, kind, &m.pattern);
         }
-        if let Some(f) = self.exact(name) {
-            return exact_query(f, "", &m.pattern);
+        if STANDARD_LABELS.contains(&name) {
+            return exact_query(self.labels, &label_prefix(tenant, name), &m.pattern);
         }
         // A stream label or an attribute.
         let label = exact_query(self.labels, &label_prefix(tenant, name), &m.pattern);
@@ -352,7 +346,7 @@ impl Fields {
         if !levels.is_empty() {
             let terms = levels
                 .iter()
-                .map(|l| Term::from_field_text(self.level, l.as_str()));
+                .map(|l| Term::from_field_text(self.labels, &label_term(tenant, "level", l.as_str())));
             clauses.push((
                 Occur::Must,
                 Box::new(ConstScoreQuery::new(
@@ -388,6 +382,30 @@ impl Fields {
         }
         Box::new(BooleanQuery::new(clauses))
     }
+}
+
+/// Whether a partition written with schema `old` reads and takes documents as `new`
+/// describes: the same fields, in the same order, of the same types and options, except
+/// that an exact field may keep field norms (partitions written before they were dropped
+/// have them; nothing but scoring reads them, and an exact term scores the same either
+/// way).
+pub(crate) fn compatible(old: &Schema, new: &Schema) -> bool {
+    let norms_ignored = |s: &Schema| -> Vec<serde_json::Value> {
+        s.fields()
+            .map(|(_, entry)| {
+                let mut v = serde_json::to_value(entry).unwrap_or_default();
+                if let Some(indexing) = v.pointer_mut("/options/indexing") {
+                    if indexing.get("tokenizer").and_then(|t| t.as_str()) == Some("raw") {
+                        if let Some(o) = indexing.as_object_mut() {
+                            o.remove("fieldnorms");
+                        }
+                    }
+                }
+                v
+            })
+            .collect()
+    };
+    old == new || norms_ignored(old) == norms_ignored(new)
 }
 
 /// An exact (or prefix) match on a raw field whose terms are `prefix ++ value`.
@@ -514,10 +532,6 @@ pub(crate) fn label_prefix(tenant: &str, name: &str) -> String {
     format!("{tenant}\0{name}\0")
 }
 
-pub(crate) fn label_name_term(tenant: &str, name: &str) -> String {
-    format!("{tenant}\0{name}")
-}
-
 fn attr_term(key: &str, value: &str) -> String {
     format!("{key}\0{value}")
 }
@@ -529,6 +543,7 @@ fn attr_prefix(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn body_tokens_split_on_non_alphanumerics_and_lower_case() {
@@ -537,5 +552,40 @@ mod tests {
             .map(|(_, t)| t)
             .collect();
         assert_eq!(toks, ["connection", "reset", "by", "peer"]);
+    }
+
+    /// Partitions written when exact fields kept field norms must still open.
+    #[test]
+    fn a_schema_with_field_norms_on_exact_fields_is_compatible() {
+        use tantivy::schema::STRING;
+        let new = Fields::new(Arc::new(crate::InfixCache::new(1 << 20))).schema;
+        let rebuild = |exact: &dyn Fn() -> TextOptions, body: TextOptions| {
+            let mut b = Schema::builder();
+            for (_, entry) in new.fields() {
+                let name = entry.name();
+                match entry.field_type() {
+                    tantivy::schema::FieldType::Str(_) if name == BODY_FIELD => {
+                        b.add_text_field(name, body.clone());
+                    }
+                    tantivy::schema::FieldType::Str(_) => {
+                        b.add_text_field(name, exact());
+                    }
+                    _ => {
+                        b.add_field(entry.clone());
+                    }
+                }
+            }
+            b.build()
+        };
+        let with_norms = rebuild(&|| STRING, TEXT);
+        assert_ne!(with_norms, new, "the old schema differs in field norms");
+        assert!(compatible(&with_norms, &new));
+        // A body without positions (not a norms difference) is not compatible.
+        let no_positions = rebuild(&|| STRING, tantivy::schema::STRING);
+        assert!(!compatible(&no_positions, &new));
+        // Nor is a missing field.
+        let mut b = Schema::builder();
+        b.add_text_field(BODY_FIELD, TEXT);
+        assert!(!compatible(&b.build(), &new));
     }
 }

@@ -34,7 +34,7 @@ use crate::durable::{fsync_dir, write_atomic};
 use crate::head::{HeadEntry, RecordMatcher};
 use crate::page::{compare, Cursor, Hit, ShardHits, Sort};
 use crate::query::Query;
-use crate::schema::{label_name_term, label_prefix, stored_record, Fields};
+use crate::schema::{label_prefix, stored_record, Fields};
 use crate::{Error, Result};
 
 const NS_PER_SEC: i64 = 1_000_000_000;
@@ -850,9 +850,48 @@ impl ShardIndex {
     ///
     /// tantivy and I/O errors.
     pub fn label_names(&self, tenant: &str, start_ns: i64, end_ns: i64) -> Result<Vec<String>> {
-        let prefix = label_name_term(tenant_or_default(tenant), "");
-        let names = self.terms_with_prefix(self.fields.label_names, &prefix, start_ns, end_ns)?;
-        Ok(names.into_iter().collect())
+        let mut out = BTreeSet::new();
+        if start_ns >= end_ns {
+            return Ok(Vec::new());
+        }
+        // The names are read off the label terms (`tenant \0 name \0 value`): one range
+        // per name, each starting past every value of the name before it, so the cost is
+        // per name, not per value.
+        let tenant = tenant_or_default(tenant);
+        let (lo, hi) = crate::schema::prefix_range(&format!("{tenant}\0"));
+        for p in self.overlapping(start_ns, end_ns) {
+            let searcher = p.reader.searcher();
+            for seg in searcher.segment_readers() {
+                let inv = seg.inverted_index(self.fields.labels)?;
+                let mut from = lo.clone();
+                loop {
+                    let mut stream = inv
+                        .terms()
+                        .range()
+                        .ge(&from)
+                        .lt(&hi)
+                        .into_stream()
+                        .map_err(|e| Error::io(&p.dir, e))?;
+                    if !stream.advance() {
+                        break;
+                    }
+                    let rest = &stream.key()[lo.len()..];
+                    let Some(end) = rest.iter().position(|&b| b == 0) else {
+                        break;
+                    };
+                    if let Ok(name) = std::str::from_utf8(&rest[..end]) {
+                        if !out.contains(name) {
+                            out.insert(name.to_owned());
+                        }
+                    }
+                    // Past every `tenant \0 name \0 …`: the separator bumped to `\x01`.
+                    from.truncate(lo.len());
+                    from.extend_from_slice(&rest[..end]);
+                    from.push(1);
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// Values of label `name` (a stream label, or one of `service`, `namespace`, `pod`,
@@ -1343,7 +1382,7 @@ fn commit_writer(w: &mut IndexWriter<TantivyDocument>, payload: u64) -> Result<(
 
 fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partition> {
     let index = Index::open_in_dir(&dir)?;
-    if index.schema() != fields.schema {
+    if !crate::schema::compatible(&index.schema(), &fields.schema) {
         return Err(Error::Corrupt {
             path: dir,
             reason: "partition was written with another schema".into(),

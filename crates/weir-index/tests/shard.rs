@@ -1087,3 +1087,128 @@ fn warming_copies_each_new_segment_once_and_stays_within_the_budget() {
         "lookups still work"
     );
 }
+
+/// A partition written before the standard fields were indexed only as labels, with
+/// field norms on every exact field and a `label_names` term per label, built here with
+/// tantivy exactly as that schema and document layout were: it must open, and every query
+/// kind that reads those fields (`service:`, `level:`, the level filter, label names and
+/// values) must answer from it as from a partition written now.
+#[test]
+fn a_partition_written_with_the_earlier_layout_opens_and_answers_the_same() {
+    use prost::Message;
+    use tantivy::schema::{BytesOptions, NumericOptions, Schema, FAST, STORED, STRING, TEXT};
+
+    let dir = tempfile::tempdir().unwrap();
+    let old_dir = dir.path().join("old");
+    let new_dir = dir.path().join("new");
+    let records = vec![
+        rec(T0 + 10, Level::Error, "api", "connection reset by peer"),
+        rec(T0 + 20, Level::Info, "web", "request completed"),
+        {
+            let mut r = rec(T0 + 30, Level::Warn, "api", "slow query detected");
+            r.labels.insert("app".into(), "checkout".into());
+            r
+        },
+    ];
+
+    // The earlier layout, field for field.
+    std::fs::create_dir_all(&old_dir).unwrap();
+    open(&old_dir, 0).close().unwrap();
+    let part = old_dir.join(format!("part_{}_3600", T0 / 1_000_000_000));
+    std::fs::create_dir(&part).unwrap();
+    let mut b = Schema::builder();
+    let num = NumericOptions::default().set_indexed().set_fast();
+    let timestamp = b.add_i64_field("timestamp_ns", num.clone());
+    let level = b.add_text_field("level", STRING);
+    let tenant = b.add_text_field("tenant", STRING);
+    let service = b.add_text_field("service", STRING);
+    let namespace = b.add_text_field("namespace", STRING);
+    let pod = b.add_text_field("pod", STRING);
+    let cluster = b.add_text_field("cluster", STRING);
+    b.add_text_field("trace_id", STRING);
+    b.add_text_field("span_id", STRING);
+    let labels = b.add_text_field("labels", STRING);
+    let label_names = b.add_text_field("label_names", STRING);
+    b.add_text_field("attrs", STRING);
+    let body = b.add_text_field("body", TEXT);
+    let log_index = b.add_u64_field("log_index", num);
+    let offset = b.add_u64_field("offset", FAST);
+    let stored = b.add_bytes_field("record", BytesOptions::from(STORED));
+    let index = tantivy::Index::create_in_dir(&part, b.build()).unwrap();
+    let mut w: tantivy::IndexWriter<tantivy::TantivyDocument> =
+        index.writer_with_num_threads(1, 15_000_000).unwrap();
+    for (i, r) in records.iter().enumerate() {
+        let mut d = tantivy::TantivyDocument::new();
+        d.add_i64(timestamp, r.timestamp_ns);
+        d.add_text(tenant, "acme");
+        let lvl = Level::from_u32(r.level).unwrap().as_str();
+        for (name, field, value) in [
+            ("service", service, r.service.as_str()),
+            ("namespace", namespace, r.namespace.as_str()),
+            ("pod", pod, r.pod.as_str()),
+            ("cluster", cluster, r.cluster.as_str()),
+            ("level", level, lvl),
+        ] {
+            d.add_text(field, value);
+            d.add_text(labels, format!("acme\0{name}\0{value}"));
+            d.add_text(label_names, format!("acme\0{name}"));
+        }
+        for (k, v) in &r.labels {
+            d.add_text(labels, format!("acme\0{k}\0{v}"));
+            d.add_text(label_names, format!("acme\0{k}"));
+        }
+        d.add_text(body, &r.body);
+        d.add_u64(log_index, 1);
+        d.add_u64(offset, i as u64);
+        d.add_bytes(stored, &r.encode_to_vec());
+        w.add_document(d).unwrap();
+    }
+    let mut prepared = w.prepare_commit().unwrap();
+    prepared.set_payload("1");
+    prepared.commit().unwrap();
+    drop(w);
+    // The shard's checkpoint covers entry 1, as the commit that wrote the partition did.
+    let ckpt = old_dir.join("checkpoint.json");
+    let text = std::fs::read_to_string(&ckpt).unwrap();
+    assert!(text.contains(r#""checkpoint":0"#), "{text}");
+    std::fs::write(&ckpt, text.replace(r#""checkpoint":0"#, r#""checkpoint":1"#)).unwrap();
+
+    let new = open(&new_dir, 0);
+    new.add_batch(1, &batch("acme", records)).unwrap();
+    new.commit().unwrap();
+    let old = open(&old_dir, 0);
+
+    for ix in [&old, &new] {
+        assert_eq!(search(ix, "service:api").len(), 2);
+        assert_eq!(search(ix, "service:we*"), ["request completed"]);
+        assert_eq!(search(ix, "level:warn"), ["slow query detected"]);
+        assert_eq!(search(ix, "app:checkout"), ["slow query detected"]);
+        let mut r = req("");
+        r.levels = vec![Level::Error, Level::Warn];
+        assert_eq!(ix.search(&r).unwrap().total, 2);
+        assert_eq!(
+            ix.label_names("acme", i64::MIN, i64::MAX).unwrap(),
+            ["app", "cluster", "level", "namespace", "pod", "service"]
+        );
+        assert_eq!(
+            ix.label_values("acme", "service", i64::MIN, i64::MAX)
+                .unwrap(),
+            ["api", "web"]
+        );
+        assert!(ix.label_names("other", i64::MIN, i64::MAX).unwrap().is_empty());
+    }
+    // The old partition takes new records, in the new layout, beside its old ones.
+    old.add_batch(
+        2,
+        &batch("acme", vec![rec(T0 + 40, Level::Warn, "db", "vacuum started")]),
+    )
+    .unwrap();
+    old.commit().unwrap();
+    assert_eq!(search(&old, "level:warn").len(), 2);
+    assert_eq!(search(&old, "service:db"), ["vacuum started"]);
+    assert_eq!(
+        old.label_values("acme", "service", i64::MIN, i64::MAX)
+            .unwrap(),
+        ["api", "db", "web"]
+    );
+}
