@@ -77,7 +77,9 @@ impl Fields {
     /// The schema's fields; infix lookups keep body words in `infix`.
     pub fn new(infix: std::sync::Arc<crate::infix::InfixCache>) -> Fields {
         let mut b = Schema::builder();
-        let num_indexed_fast = NumericOptions::default().set_indexed().set_fast();
+        // Columns only: range queries on a fast field read the column (tantivy's
+        // `RangeQuery`), so terms of these would be written and never read.
+        let num_fast = NumericOptions::default().set_fast();
         // Untokenized, document ids only, no field norms (see the module doc).
         let exact = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
@@ -85,7 +87,7 @@ impl Fields {
                 .set_index_option(IndexRecordOption::Basic)
                 .set_fieldnorms(false),
         );
-        let timestamp = b.add_i64_field(F_TIMESTAMP, num_indexed_fast.clone());
+        let timestamp = b.add_i64_field(F_TIMESTAMP, num_fast.clone());
         // The standard fields' own fields take no terms any more (the module doc); they
         // stay, in their places, so that earlier partitions' schemas still match.
         b.add_text_field("level", exact.clone());
@@ -100,7 +102,7 @@ impl Fields {
         let label_names = b.add_text_field("label_names", exact.clone());
         let attrs = b.add_text_field("attrs", exact);
         let body = b.add_text_field(BODY_FIELD, TEXT);
-        let log_index = b.add_u64_field(F_LOG_INDEX, num_indexed_fast);
+        let log_index = b.add_u64_field(F_LOG_INDEX, num_fast);
         let offset = b.add_u64_field(F_OFFSET, FAST);
         let record = b.add_bytes_field("record", BytesOptions::from(STORED));
         Fields {
@@ -386,11 +388,14 @@ impl Fields {
 
 /// Whether a partition written with schema `old` reads and takes documents as `new`
 /// describes: the same fields, in the same order, of the same types and options, except
-/// that an exact field may keep field norms (partitions written before they were dropped
-/// have them; nothing but scoring reads them, and an exact term scores the same either
-/// way).
+/// for what only costs and is never read. Partitions written before these were dropped
+/// have them:
+///
+/// - field norms of an exact field (only scoring reads them, and an exact term scores
+///   the same in every document);
+/// - terms of a numeric fast field (range queries read the column).
 pub(crate) fn compatible(old: &Schema, new: &Schema) -> bool {
-    let norms_ignored = |s: &Schema| -> Vec<serde_json::Value> {
+    let unread_dropped = |s: &Schema| -> Vec<serde_json::Value> {
         s.fields()
             .map(|(_, entry)| {
                 let mut v = serde_json::to_value(entry).unwrap_or_default();
@@ -401,11 +406,18 @@ pub(crate) fn compatible(old: &Schema, new: &Schema) -> bool {
                         }
                     }
                 }
+                let numeric = matches!(v.get("type").and_then(|t| t.as_str()), Some("i64" | "u64"));
+                if let Some(o) = v.get_mut("options").and_then(|o| o.as_object_mut()) {
+                    if numeric && o.get("fast") == Some(&serde_json::Value::Bool(true)) {
+                        o.remove("indexed");
+                        o.remove("fieldnorms");
+                    }
+                }
                 v
             })
             .collect()
     };
-    old == new || norms_ignored(old) == norms_ignored(new)
+    old == new || unread_dropped(old) == unread_dropped(new)
 }
 
 /// An exact (or prefix) match on a raw field whose terms are `prefix ++ value`.
@@ -554,9 +566,10 @@ mod tests {
         assert_eq!(toks, ["connection", "reset", "by", "peer"]);
     }
 
-    /// Partitions written when exact fields kept field norms must still open.
+    /// Partitions written when exact fields kept field norms and the timestamp and log
+    /// index had terms must still open.
     #[test]
-    fn a_schema_with_field_norms_on_exact_fields_is_compatible() {
+    fn a_schema_with_field_norms_on_exact_fields_and_indexed_columns_is_compatible() {
         use tantivy::schema::STRING;
         let new = Fields::new(Arc::new(crate::InfixCache::new(1 << 20))).schema;
         let rebuild = |exact: &dyn Fn() -> TextOptions, body: TextOptions| {
@@ -570,6 +583,12 @@ mod tests {
                     tantivy::schema::FieldType::Str(_) => {
                         b.add_text_field(name, exact());
                     }
+                    tantivy::schema::FieldType::I64(_) => {
+                        b.add_i64_field(name, NumericOptions::default().set_indexed().set_fast());
+                    }
+                    tantivy::schema::FieldType::U64(o) if o.is_fast() && name != F_OFFSET => {
+                        b.add_u64_field(name, NumericOptions::default().set_indexed().set_fast());
+                    }
                     _ => {
                         b.add_field(entry.clone());
                     }
@@ -578,7 +597,7 @@ mod tests {
             b.build()
         };
         let with_norms = rebuild(&|| STRING, TEXT);
-        assert_ne!(with_norms, new, "the old schema differs in field norms");
+        assert_ne!(with_norms, new, "the old schema differs in norms and terms");
         assert!(compatible(&with_norms, &new));
         // A body without positions (not a norms difference) is not compatible.
         let no_positions = rebuild(&|| STRING, tantivy::schema::STRING);

@@ -1089,7 +1089,8 @@ fn warming_copies_each_new_segment_once_and_stays_within_the_budget() {
 }
 
 /// A partition written before the standard fields were indexed only as labels, with
-/// field norms on every exact field and a `label_names` term per label, built here with
+/// field norms on every exact field, a `label_names` term per label and terms for the
+/// timestamp and log index, built here with
 /// tantivy exactly as that schema and document layout were: it must open, and every query
 /// kind that reads those fields (`service:`, `level:`, the level filter, label names and
 /// values) must answer from it as from a partition written now.
@@ -1117,6 +1118,7 @@ fn a_partition_written_with_the_earlier_layout_opens_and_answers_the_same() {
     let part = old_dir.join(format!("part_{}_3600", T0 / 1_000_000_000));
     std::fs::create_dir(&part).unwrap();
     let mut b = Schema::builder();
+    // The timestamp and log index had terms too.
     let num = NumericOptions::default().set_indexed().set_fast();
     let timestamp = b.add_i64_field("timestamp_ns", num.clone());
     let level = b.add_text_field("level", STRING);
@@ -1186,6 +1188,9 @@ fn a_partition_written_with_the_earlier_layout_opens_and_answers_the_same() {
         let mut r = req("");
         r.levels = vec![Level::Error, Level::Warn];
         assert_eq!(ix.search(&r).unwrap().total, 2);
+        let mut r = req("");
+        (r.start_ns, r.end_ns) = (T0 + 15, T0 + 30);
+        assert_eq!(bodies(&ix.search(&r).unwrap()), ["request completed"]);
         assert_eq!(
             ix.label_names("acme", i64::MIN, i64::MAX).unwrap(),
             ["app", "cluster", "level", "namespace", "pod", "service"]
