@@ -611,17 +611,19 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/search", addr.trim_end_matches('/'));
     let sample: SearchResponse = client
         .get(&url)
-        .query(&[("limit", "1"), ("start", "0")])
+        .query(&[("limit", "100"), ("start", "0")])
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
-    let trace = sample
+    // A record of the load, not one of `ingest --probe-ms`'s probes (they have no ids).
+    let sampled = sample
         .hits
-        .first()
-        .map(|h| h.trace_id.clone())
-        .context("the node holds no records: run `weir-bench ingest` first")?;
+        .iter()
+        .find(|h| !h.trace_id.is_empty())
+        .context("the node holds no records with a trace id: run `weir-bench ingest` first")?;
+    let trace = sampled.trace_id.clone();
     println!("query: {} records in the node", sample.total);
     let now = now_ns();
     let five_min_ago = (now - 300_000_000_000).to_string();
@@ -654,11 +656,7 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
         ),
     ];
     search_cases(&client, &url, cases, iterations).await?;
-    let needle = sample
-        .hits
-        .first()
-        .map(|h| h.body.clone())
-        .unwrap_or_default();
+    let needle = sampled.body.clone();
     // A needle that is one fragment (no whole word): the record's trace id as a line
     // filter, which the index narrows by an infix lookup over its body terms.
     logql_cases(&client, &addr, &needle, &trace, iterations).await?;

@@ -77,7 +77,9 @@ pub use query::{
     parse_query, Match, Pattern, Query, QueryError, BODY_FIELD, EXACT_FIELDS, MAX_NESTING,
 };
 pub use schema::complete_body_tokens;
-pub use shard::{DocStore, IndexOptions, SearchRequest, ShardIndex, MAX_LIMIT};
+pub use shard::{
+    DocStore, IndexOptions, SearchRequest, ShardIndex, DEFAULT_MERGE_FAN_IN, MAX_LIMIT,
+};
 pub use weir_proto::v1::{StoredBatch, StoredRecord};
 
 /// Everything that can go wrong in this crate.

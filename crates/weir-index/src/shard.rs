@@ -74,7 +74,17 @@ pub struct IndexOptions {
     pub infix_cache: Arc<crate::InfixCache>,
     /// How new partitions compress their stored records. Default [`DocStore::Zstd`].
     pub docstore: DocStore,
+    /// How many segments of about the same size a partition gathers before they are
+    /// merged into one (tantivy's log merge policy). Every commit makes a segment; a
+    /// record is rewritten once per level, and a larger fan-in makes fewer levels (less
+    /// merging CPU) at the price of more segments for a search to open. Default
+    /// [`DEFAULT_MERGE_FAN_IN`].
+    pub merge_fan_in: usize,
 }
+
+/// The default [`IndexOptions::merge_fan_in`] (tantivy's own default is 8; the
+/// measurement behind this one is in benches/RESULTS.md).
+pub const DEFAULT_MERGE_FAN_IN: usize = 16;
 
 /// How a partition's document store (the records as stored) is compressed, chosen when
 /// the partition is created: existing partitions keep theirs, and a mix reads fine.
@@ -98,6 +108,7 @@ impl Default for IndexOptions {
             writer_threads: 1,
             infix_cache: Arc::new(crate::InfixCache::new(crate::DEFAULT_INFIX_CACHE_BYTES)),
             docstore: DocStore::default(),
+            merge_fan_in: DEFAULT_MERGE_FAN_IN,
         }
     }
 }
@@ -483,9 +494,12 @@ impl ShardIndex {
             }
             let part = self.partition_or_create(key)?;
             ws.committed.entry(key).or_insert(0);
-            let writer = part
+            let writer: IndexWriter<TantivyDocument> = part
                 .index
                 .writer_with_num_threads(self.opts.writer_threads, self.opts.writer_memory_bytes)?;
+            let mut policy = tantivy::merge_policy::LogMergePolicy::default();
+            policy.set_min_num_segments(self.opts.merge_fan_in.max(2));
+            writer.set_merge_policy(Box::new(policy));
             ws.writers.insert(
                 key,
                 OpenWriter {

@@ -516,6 +516,8 @@ pub struct IndexConfig {
     /// Log payload bytes per shard committed but not yet indexed that searches scan (the
     /// head, [`crate::head`]); past it, appends to the shard wait for the indexer.
     pub head_bytes_max: usize,
+    /// Segments of about the same size a partition gathers before merging them.
+    pub merge_fan_in: usize,
 }
 
 impl Default for IndexConfig {
@@ -527,6 +529,7 @@ impl Default for IndexConfig {
             retention_secs: 7 * 24 * 3600,
             docstore_compression: "zstd".into(),
             head_bytes_max: 16 << 20,
+            merge_fan_in: weir_index::DEFAULT_MERGE_FAN_IN,
         }
     }
 }
@@ -716,6 +719,11 @@ impl Config {
             self.index.head_bytes_max >= 1 << 20,
             "index.head_bytes_max must be at least 1 MiB (1048576): appends wait while a shard's head is over it"
         );
+        anyhow::ensure!(
+            (2..=64).contains(&self.index.merge_fan_in),
+            "index.merge_fan_in is {}: it must be between 2 and 64 (segments merged at once)",
+            self.index.merge_fan_in
+        );
         anyhow::ensure!(self.index.commit_interval_ms > 0 && self.index.commit_interval_ms <= 10_000, "index.commit_interval_ms must be between 1 and 10000: what is committed between index commits is held in the head (index.head_bytes_max) and scanned by every search");
         anyhow::ensure!(
             self.http.connections_max > 0 && self.http.header_read_timeout_ms > 0,
@@ -885,5 +893,16 @@ mod tests {
         let cfg: Config = toml::from_str("[storage]\nio_backend = \"mmap\"\n").unwrap();
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("storage.io_backend"), "{e}");
+    }
+
+    #[test]
+    fn a_merge_fan_in_out_of_range_is_named() {
+        for bad in [0, 1, 65] {
+            let cfg: Config = toml::from_str(&format!("[index]\nmerge_fan_in = {bad}\n")).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("index.merge_fan_in") && e.contains("64"), "{e}");
+        }
+        let cfg: Config = toml::from_str("[index]\nmerge_fan_in = 32\n").unwrap();
+        cfg.validate().unwrap();
     }
 }

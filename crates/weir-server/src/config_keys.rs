@@ -158,6 +158,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Bytes of committed log per shard that searches may scan while the index lags; past it, appends wait (then 429).",
     ),
     (
+        "index.merge_fan_in",
+        "Segments of about the same size an index partition gathers before merging them into one: more means less merging CPU and more segments per search (2 to 64).",
+    ),
+    (
         "index.writer_memory_bytes",
         "Indexing memory per partition writer.",
     ),

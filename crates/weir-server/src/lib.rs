@@ -557,6 +557,7 @@ fn start_indexers(
             partition_span_secs: config.index.partition_span_secs,
             writer_memory_bytes: config.index.writer_memory_bytes,
             docstore: config.index.docstore()?,
+            merge_fan_in: config.index.merge_fan_in,
             infix_cache: infix_cache.clone(),
             ..Default::default()
         };
