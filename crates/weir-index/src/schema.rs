@@ -30,8 +30,8 @@ use tantivy::query::{
     Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
-    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing,
-    TextOptions, Value, FAST, STORED, TEXT,
+    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions,
+    Value, FAST, STORED, TEXT,
 };
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
 use tantivy::{TantivyDocument, Term};
@@ -346,9 +346,9 @@ impl Fields {
             )),
         ));
         if !levels.is_empty() {
-            let terms = levels
-                .iter()
-                .map(|l| Term::from_field_text(self.labels, &label_term(tenant, "level", l.as_str())));
+            let terms = levels.iter().map(|l| {
+                Term::from_field_text(self.labels, &label_term(tenant, "level", l.as_str()))
+            });
             clauses.push((
                 Occur::Must,
                 Box::new(ConstScoreQuery::new(

@@ -1173,7 +1173,11 @@ fn a_partition_written_with_the_earlier_layout_opens_and_answers_the_same() {
     let ckpt = old_dir.join("checkpoint.json");
     let text = std::fs::read_to_string(&ckpt).unwrap();
     assert!(text.contains(r#""checkpoint":0"#), "{text}");
-    std::fs::write(&ckpt, text.replace(r#""checkpoint":0"#, r#""checkpoint":1"#)).unwrap();
+    std::fs::write(
+        &ckpt,
+        text.replace(r#""checkpoint":0"#, r#""checkpoint":1"#),
+    )
+    .unwrap();
 
     let new = open(&new_dir, 0);
     new.add_batch(1, &batch("acme", records)).unwrap();
@@ -1200,12 +1204,18 @@ fn a_partition_written_with_the_earlier_layout_opens_and_answers_the_same() {
                 .unwrap(),
             ["api", "web"]
         );
-        assert!(ix.label_names("other", i64::MIN, i64::MAX).unwrap().is_empty());
+        assert!(ix
+            .label_names("other", i64::MIN, i64::MAX)
+            .unwrap()
+            .is_empty());
     }
     // The old partition takes new records, in the new layout, beside its old ones.
     old.add_batch(
         2,
-        &batch("acme", vec![rec(T0 + 40, Level::Warn, "db", "vacuum started")]),
+        &batch(
+            "acme",
+            vec![rec(T0 + 40, Level::Warn, "db", "vacuum started")],
+        ),
     )
     .unwrap();
     old.commit().unwrap();
