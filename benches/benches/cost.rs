@@ -18,6 +18,8 @@
 //!    the whole record (every field, terms, fast fields, the stored record), once with
 //!    each document store compression (zstd, lz4), each followed by reading every record
 //!    back in time-sorted pages;
+//!    After the zstd one, every partition's segments are merged into one: the CPU of one
+//!    merge level, which a node pays once per level as a partition's segments grow;
 //! 7. floor: the same four threads and cadence, a tantivy index of one `TEXT` field, the
 //!    body, nothing stored.
 //!
@@ -183,6 +185,7 @@ fn main() {
 
     // The whole record, once per document store compression, then every record read back.
     let mut stores = Vec::new();
+    let mut merge_row = None;
     for (name, docstore) in [("zstd", DocStore::Zstd), ("lz4", DocStore::Lz4)] {
         let index_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let ((), cpu) = stage(|| {
@@ -225,6 +228,16 @@ fn main() {
         let mut by_kind = std::collections::BTreeMap::new();
         bytes_by_extension(index_dir.path(), &mut by_kind);
         stores.push((name, dir_bytes(index_dir.path()), by_kind));
+        if docstore == DocStore::Zstd {
+            // What one merge level costs: every partition's segments merged into one, so
+            // that every record is rewritten once. A node pays this once per level.
+            let ((), cpu) = stage(|| merge_everything(index_dir.path()));
+            merge_row = Some(rows.len());
+            rows.push((
+                "merge (zstd store): every record rewritten once".into(),
+                cpu,
+            ));
+        }
     }
 
     let floor_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -249,12 +262,23 @@ fn main() {
         println!("| {name} | {cpu:.2} | {:.2} |", cpu * 1e6 / n);
     }
     let floor = rows[rows.len() - 1].1;
+    let cpu_of = |prefix: &str| {
+        rows.iter()
+            .find(|(name, _)| name.starts_with(prefix))
+            .map_or(f64::NAN, |(_, cpu)| *cpu)
+    };
     println!(
         "whole record / floor: zstd store {:.2}x, lz4 store {:.2}x (floor {:.0} bytes a record)",
-        rows[5].1 / floor,
-        rows[7].1 / floor,
+        cpu_of("index (zstd") / floor,
+        cpu_of("index (lz4") / floor,
         floor_bytes as f64 / n
     );
+    if let Some(row) = merge_row {
+        println!(
+            "one merge level / indexing (zstd store): {:.2}",
+            rows[row].1 / cpu_of("index (zstd")
+        );
+    }
     for (name, bytes, by_kind) in &stores {
         let kinds: Vec<String> = by_kind
             .iter()
@@ -357,6 +381,41 @@ fn tiered_rules() -> Vec<Arc<weir_server::rules::Compiled>> {
         rule("info", 30, Action::Sample, Some(0.9999), &["info"]),
         rule("debug", 50, Action::Sample, Some(0.9999), &["debug"]),
     ]
+}
+
+/// Merges the segments of every partition of every shard index under `dir` into one
+/// segment, one thread a shard, with tantivy's writer as the node's (one thread, 64 MiB).
+fn merge_everything(dir: &std::path::Path) {
+    let parts: Vec<std::path::PathBuf> = (0..SHARDS)
+        .flat_map(|s| {
+            std::fs::read_dir(dir.join(format!("shard-{s}")))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+        })
+        .collect();
+    let threads: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            std::thread::spawn(move || {
+                let index = tantivy::Index::open_in_dir(&part).unwrap();
+                let opts = IndexOptions::default();
+                let mut w: tantivy::IndexWriter<tantivy::TantivyDocument> = index
+                    .writer_with_num_threads(opts.writer_threads, opts.writer_memory_bytes)
+                    .unwrap();
+                w.set_merge_policy(Box::new(tantivy::merge_policy::NoMergePolicy));
+                let ids = index.searchable_segment_ids().unwrap();
+                if ids.len() > 1 {
+                    w.merge(&ids).wait().unwrap();
+                }
+                w.wait_merging_threads().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }
 
 /// Runs `f` and returns what it made and the process CPU seconds it took.
