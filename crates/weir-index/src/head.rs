@@ -31,7 +31,7 @@ use weir_proto::Level;
 use crate::count::{CountRequest, GroupCounts, LabelSource};
 use crate::page::{compare, Cursor, Hit, HitKey, ShardHits, Sort};
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
-use crate::schema::{body_tokens, has_long_word};
+use crate::schema::{body_tokens, has_long_word, StdField, STD_FIELDS};
 use crate::shard::tenant_or_default;
 
 /// One committed log entry of the head: its raft index and its decoded batch.
@@ -143,56 +143,6 @@ enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Not(Box<Node>),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum StdField {
-    Level,
-    Service,
-    Namespace,
-    Pod,
-    Cluster,
-}
-
-const STD_FIELDS: [StdField; 5] = [
-    StdField::Level,
-    StdField::Service,
-    StdField::Namespace,
-    StdField::Pod,
-    StdField::Cluster,
-];
-
-impl StdField {
-    fn name(self) -> &'static str {
-        match self {
-            StdField::Level => "level",
-            StdField::Service => "service",
-            StdField::Namespace => "namespace",
-            StdField::Pod => "pod",
-            StdField::Cluster => "cluster",
-        }
-    }
-
-    fn of(name: &str) -> Option<StdField> {
-        Some(match name {
-            "level" => StdField::Level,
-            "service" => StdField::Service,
-            "namespace" => StdField::Namespace,
-            "pod" => StdField::Pod,
-            "cluster" => StdField::Cluster,
-            _ => return None,
-        })
-    }
-
-    fn value(self, r: &StoredRecord) -> &str {
-        match self {
-            StdField::Level => Level::from_u32(r.level).map_or("", Level::as_str),
-            StdField::Service => &r.service,
-            StdField::Namespace => &r.namespace,
-            StdField::Pod => &r.pod,
-            StdField::Cluster => &r.cluster,
-        }
-    }
 }
 
 /// Decides a query, a tenant, levels and a time range on records, with the index's

@@ -47,8 +47,58 @@ pub(crate) const MAX_PREFIX_EXPANSIONS: u32 = 100_000;
 /// How many terms the last word of a multi-word phrase prefix may expand to.
 pub(crate) const MAX_PHRASE_PREFIX_EXPANSIONS: u32 = 1_000;
 
-/// The standard fields that are labels of every record that has them (in `labels`).
-pub(crate) const STANDARD_LABELS: [&str; 5] = ["service", "namespace", "pod", "cluster", "level"];
+/// The standard fields that are also labels of every record that has them: indexed only
+/// as `labels` terms (the module doc), and decided on head records by value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StdField {
+    Level,
+    Service,
+    Namespace,
+    Pod,
+    Cluster,
+}
+
+pub(crate) const STD_FIELDS: [StdField; 5] = [
+    StdField::Level,
+    StdField::Service,
+    StdField::Namespace,
+    StdField::Pod,
+    StdField::Cluster,
+];
+
+impl StdField {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StdField::Level => "level",
+            StdField::Service => "service",
+            StdField::Namespace => "namespace",
+            StdField::Pod => "pod",
+            StdField::Cluster => "cluster",
+        }
+    }
+
+    pub(crate) fn of(name: &str) -> Option<StdField> {
+        Some(match name {
+            "level" => StdField::Level,
+            "service" => StdField::Service,
+            "namespace" => StdField::Namespace,
+            "pod" => StdField::Pod,
+            "cluster" => StdField::Cluster,
+            _ => return None,
+        })
+    }
+
+    /// The record's value of the field; empty when it has none.
+    pub(crate) fn value(self, r: &StoredRecord) -> &str {
+        match self {
+            StdField::Level => Level::from_u32(r.level).map_or("", Level::as_str),
+            StdField::Service => &r.service,
+            StdField::Namespace => &r.namespace,
+            StdField::Pod => &r.pod,
+            StdField::Cluster => &r.cluster,
+        }
+    }
+}
 
 pub(crate) const F_TIMESTAMP: &str = "timestamp_ns";
 pub(crate) const F_LOG_INDEX: &str = "log_index";
@@ -133,17 +183,10 @@ impl Fields {
         let mut d = TantivyDocument::new();
         d.add_i64(self.timestamp, r.timestamp_ns);
         d.add_text(self.tenant, tenant);
-        let level = Level::from_u32(r.level).map(Level::as_str);
-        let standard = [
-            ("service", r.service.as_str()),
-            ("namespace", r.namespace.as_str()),
-            ("pod", r.pod.as_str()),
-            ("cluster", r.cluster.as_str()),
-            ("level", level.unwrap_or("")),
-        ];
-        for (name, value) in standard {
+        for f in STD_FIELDS {
+            let value = f.value(r);
             if !value.is_empty() {
-                d.add_text(self.labels, label_term(tenant, name, value));
+                d.add_text(self.labels, label_term(tenant, f.name(), value));
             }
         }
         if !r.trace_id.is_empty() {
@@ -228,7 +271,7 @@ impl Fields {
         if let Some((field, kind)) = id {
             return self.id_query(field, kind, &m.pattern);
         }
-        if STANDARD_LABELS.contains(&name) {
+        if StdField::of(name).is_some() {
             return exact_query(self.labels, &label_prefix(tenant, name), &m.pattern);
         }
         // A stream label or an attribute.

@@ -202,6 +202,15 @@ struct Partition {
     visible_through: AtomicU64,
 }
 
+impl Partition {
+    /// The `log_index` bound a search of this partition needs when the index answers for
+    /// entries up to `through` (the rest being the head's): `through` if its reader may
+    /// show later entries, else none.
+    fn cut(&self, through: Option<u64>) -> Option<u64> {
+        through.filter(|t| self.visible_through.load(Ordering::Acquire) > *t)
+    }
+}
+
 /// Bytes of records the document store compresses together. tantivy's default (16 KiB)
 /// leaves the compressor less to find across records; larger blocks compress the stored
 /// records better at the price of decompressing more to fetch one hit (tantivy caches
@@ -682,8 +691,6 @@ impl ShardIndex {
             _ => req.limit,
         };
         let (through, parts, searchers) = self.view(req.start_ns, req.end_ns, head);
-        let cut =
-            |p: &Partition| through.filter(|t| p.visible_through.load(Ordering::Acquire) > *t);
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
         let collector = TopCollector {
@@ -709,7 +716,7 @@ impl ShardIndex {
                 .translate(&req.query, tenant, p.long_tokens_marked);
             let q = self
                 .fields
-                .filtered(user, tenant, &req.levels, range, cut(p));
+                .filtered(user, tenant, &req.levels, range, p.cut(through));
             let searcher = &searchers[i];
             if req.sort == Sort::Score {
                 let found = searcher.search(q.as_ref(), &collector)?;
@@ -817,7 +824,7 @@ impl ShardIndex {
                 searcher,
                 dir: p.dir.clone(),
                 marked: p.long_tokens_marked,
-                through: through.filter(|t| p.visible_through.load(Ordering::Acquire) > *t),
+                through: p.cut(through),
             })
             .collect();
         self.partitions_searched
@@ -864,48 +871,9 @@ impl ShardIndex {
     ///
     /// tantivy and I/O errors.
     pub fn label_names(&self, tenant: &str, start_ns: i64, end_ns: i64) -> Result<Vec<String>> {
-        let mut out = BTreeSet::new();
-        if start_ns >= end_ns {
-            return Ok(Vec::new());
-        }
-        // The names are read off the label terms (`tenant \0 name \0 value`): one range
-        // per name, each starting past every value of the name before it, so the cost is
-        // per name, not per value.
-        let tenant = tenant_or_default(tenant);
-        let (lo, hi) = crate::schema::prefix_range(&format!("{tenant}\0"));
-        for p in self.overlapping(start_ns, end_ns) {
-            let searcher = p.reader.searcher();
-            for seg in searcher.segment_readers() {
-                let inv = seg.inverted_index(self.fields.labels)?;
-                let mut from = lo.clone();
-                loop {
-                    let mut stream = inv
-                        .terms()
-                        .range()
-                        .ge(&from)
-                        .lt(&hi)
-                        .into_stream()
-                        .map_err(|e| Error::io(&p.dir, e))?;
-                    if !stream.advance() {
-                        break;
-                    }
-                    let rest = &stream.key()[lo.len()..];
-                    let Some(end) = rest.iter().position(|&b| b == 0) else {
-                        break;
-                    };
-                    if let Ok(name) = std::str::from_utf8(&rest[..end]) {
-                        if !out.contains(name) {
-                            out.insert(name.to_owned());
-                        }
-                    }
-                    // Past every `tenant \0 name \0 …`: the separator bumped to `\x01`.
-                    from.truncate(lo.len());
-                    from.extend_from_slice(&rest[..end]);
-                    from.push(1);
-                }
-            }
-        }
-        Ok(out.into_iter().collect())
+        let prefix = format!("{}\0", tenant_or_default(tenant));
+        let names = self.label_terms(&prefix, LabelPart::Name, start_ns, end_ns)?;
+        Ok(names.into_iter().collect())
     }
 
     /// Values of label `name` (a stream label, or one of `service`, `namespace`, `pod`,
@@ -923,16 +891,19 @@ impl ShardIndex {
         end_ns: i64,
     ) -> Result<Vec<String>> {
         let prefix = label_prefix(tenant_or_default(tenant), name);
-        let values = self.terms_with_prefix(self.fields.labels, &prefix, start_ns, end_ns)?;
+        let values = self.label_terms(&prefix, LabelPart::Rest, start_ns, end_ns)?;
         Ok(values.into_iter().collect())
     }
 
-    /// The suffixes of the terms of `field` starting with `prefix`, over the partitions
-    /// overlapping the range.
-    fn terms_with_prefix(
+    /// What follows `prefix` (ending in the `\0` separator) in the label terms
+    /// (`tenant \0 name \0 value`) of the partitions overlapping the range: all of it, or
+    /// only up to the next separator. For the latter each part is found once per segment,
+    /// by a range starting past every term that shares it, so listing label names costs
+    /// one range per name, not one step per value.
+    fn label_terms(
         &self,
-        field: tantivy::schema::Field,
         prefix: &str,
+        part: LabelPart,
         start_ns: i64,
         end_ns: i64,
     ) -> Result<BTreeSet<String>> {
@@ -944,21 +915,39 @@ impl ShardIndex {
         for p in self.overlapping(start_ns, end_ns) {
             let searcher = p.reader.searcher();
             for seg in searcher.segment_readers() {
-                let inv = seg.inverted_index(field)?;
-                let mut stream = inv
-                    .terms()
-                    .range()
-                    .ge(&lo)
-                    .lt(&hi)
-                    .into_stream()
-                    .map_err(|e| Error::io(&p.dir, e))?;
-                while stream.advance() {
-                    let suffix = &stream.key()[lo.len()..];
-                    if let Ok(s) = std::str::from_utf8(suffix) {
-                        if !out.contains(s) {
-                            out.insert(s.to_string());
+                let inv = seg.inverted_index(self.fields.labels)?;
+                let mut from = lo.clone();
+                'seek: loop {
+                    let mut stream = inv
+                        .terms()
+                        .range()
+                        .ge(&from)
+                        .lt(&hi)
+                        .into_stream()
+                        .map_err(|e| Error::io(&p.dir, e))?;
+                    while stream.advance() {
+                        let rest = &stream.key()[lo.len()..];
+                        let item = match part {
+                            LabelPart::Rest => rest,
+                            LabelPart::Name => match rest.iter().position(|&b| b == 0) {
+                                Some(end) => &rest[..end],
+                                None => continue,
+                            },
+                        };
+                        if let Ok(s) = std::str::from_utf8(item) {
+                            if !out.contains(s) {
+                                out.insert(s.to_owned());
+                            }
+                        }
+                        if let LabelPart::Name = part {
+                            // Past every `prefix name \0 …`: the separator bumped to `\x01`.
+                            from.truncate(lo.len());
+                            from.extend_from_slice(item);
+                            from.push(1);
+                            continue 'seek;
                         }
                     }
+                    break;
                 }
             }
         }
@@ -1369,6 +1358,15 @@ fn search_by_time(
         }
     }
     Ok(total)
+}
+
+/// Which part of a label term [`ShardIndex::label_terms`] lists.
+#[derive(Clone, Copy)]
+enum LabelPart {
+    /// Up to the next separator: the label name.
+    Name,
+    /// Everything after the prefix: the value.
+    Rest,
 }
 
 pub(crate) fn tenant_or_default(t: &str) -> &str {

@@ -1227,3 +1227,43 @@ fn a_partition_written_with_the_earlier_layout_opens_and_answers_the_same() {
         ["api", "db", "web"]
     );
 }
+
+/// Label names are read off the label terms, skipping past each name's values: a name
+/// that another name starts with, and one with many values, must neither hide nor repeat
+/// a name, nor show one of another tenant.
+#[test]
+fn label_names_skip_each_names_values_and_miss_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = open(dir.path(), 0);
+    let mut records = Vec::new();
+    for (i, (k, v)) in [
+        ("app", "a"),
+        ("app", "b"),
+        ("app_tier", "x"),
+        ("appz", "y"),
+        ("b", "1"),
+    ]
+    .into_iter()
+    .chain((0..50).map(|i| ("many", if i % 2 == 0 { "even" } else { "odd" })))
+    .enumerate()
+    {
+        let mut r = rec(T0 + i as i64, Level::Info, "", "x");
+        (r.namespace, r.pod, r.cluster) = (String::new(), String::new(), String::new());
+        r.labels.insert(k.into(), format!("{v}{i}"));
+        records.push(r);
+    }
+    ix.add_batch(1, &batch("acme", records)).unwrap();
+    ix.add_batch(2, &batch("other", vec![rec(T0, Level::Info, "api", "y")]))
+        .unwrap();
+    ix.commit().unwrap();
+    assert_eq!(
+        ix.label_names("acme", i64::MIN, i64::MAX).unwrap(),
+        ["app", "app_tier", "appz", "b", "level", "many"]
+    );
+    assert_eq!(
+        ix.label_values("acme", "many", i64::MIN, i64::MAX)
+            .unwrap()
+            .len(),
+        50
+    );
+}
