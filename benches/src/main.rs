@@ -234,13 +234,8 @@ async fn push_grpc(
 ) -> usize {
     let t = Instant::now();
     loop {
-        let mut r = tonic::Request::new(req.clone());
+        let mut r = grpc_request(req.clone());
         r.set_timeout(Duration::from_secs(15));
-        if let Some(v) = key_header() {
-            if let Ok(v) = v.to_str().unwrap_or_default().parse() {
-                r.metadata_mut().insert("authorization", v);
-            }
-        }
         match clients[current].append(r).await {
             Ok(_) => {
                 tally.acked(t, req.records.len(), n_bytes);
@@ -481,7 +476,7 @@ async fn probe_search(
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let word = format!("probe{:016x}", rand::random::<u64>());
-        let mut req = tonic::Request::new(AppendRequest {
+        let req = grpc_request(AppendRequest {
             records: vec![Record {
                 timestamp_ns: now_ns(),
                 level: "info".into(),
@@ -491,13 +486,6 @@ async fn probe_search(
             }],
             ..Default::default()
         });
-        for (k, v) in key_headers().iter() {
-            if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
-                if let Ok(k) = tonic::metadata::MetadataKey::from_bytes(k.as_str().as_bytes()) {
-                    req.metadata_mut().insert(k, v);
-                }
-            }
-        }
         if client.append(req).await.is_err() {
             continue;
         }
@@ -585,6 +573,17 @@ fn raw_fsync_bandwidth(dir: &std::path::Path, chunk: usize, dur: Duration) -> an
 
 /// `Authorization: Bearer $WEIR_KEY` when the variable is set: a node with access keys on
 /// (the dev cluster) refuses requests without one.
+/// A gRPC request carrying the access key of `WEIR_KEY`, if set.
+fn grpc_request<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(v) = key_header() {
+        if let Ok(v) = v.to_str().unwrap_or_default().parse() {
+            r.metadata_mut().insert("authorization", v);
+        }
+    }
+    r
+}
+
 fn key_header() -> Option<reqwest::header::HeaderValue> {
     static VALUE: std::sync::OnceLock<Option<reqwest::header::HeaderValue>> =
         std::sync::OnceLock::new();
