@@ -331,6 +331,11 @@ impl ShardIndex {
         })
     }
 
+    /// The shard's index directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The shard this index belongs to.
     pub fn shard(&self) -> ShardId {
         self.shard
@@ -1088,6 +1093,63 @@ impl ShardIndex {
         Ok(self.checkpoint())
     }
 
+    /// Writes into `dest` (which must not exist) hard links to the files of this index's
+    /// last commit, for a replica of the same shard that copies the index instead of
+    /// building it (segment replication), and returns the checkpoint they hold. Unlike
+    /// [`ShardIndex::export`], nothing is committed and the writers stay open: merges go
+    /// on meanwhile. Each partition's files are the segments its `meta.json` lists, read
+    /// and linked while tantivy's meta lock is held, so that no garbage collection after a
+    /// merge removes one in between; a merge that ends meanwhile changes which segments
+    /// hold the records, not which records there are, and commits (which would) wait for
+    /// this to finish. The copy's `.managed.json` lists its files, so that a replica that
+    /// later writes to it lets tantivy collect them once merged away.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `dest` exists; [`Error::Corrupt`] for a
+    /// `meta.json` that does not parse; tantivy and I/O errors (the index is unchanged).
+    pub fn publish(&self, dest: &Path) -> Result<u64> {
+        if dest.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot publish the index of shard {} into {}: it exists",
+                self.shard.0,
+                dest.display()
+            )));
+        }
+        let ws = self.lock_write()?;
+        fs::create_dir(dest).map_err(|e| Error::io(dest, e))?;
+        let parts: Vec<Arc<Partition>> = self.read_parts().values().cloned().collect();
+        for part in parts {
+            publish_partition(&part, &dest.join(part.key.dir_name()))?;
+        }
+        let checkpoint = self.checkpoint();
+        write_ckpt(
+            &dest.join(CHECKPOINT_FILE),
+            &CheckpointFile {
+                format: CHECKPOINT_FORMAT.into(),
+                version: CHECKPOINT_VERSION,
+                shard: self.shard.0,
+                checkpoint,
+                dropped_before_ns: ws.dropped_before_ns,
+            },
+        )?;
+        drop(ws);
+        fsync_dir(dest)?;
+        Ok(checkpoint)
+    }
+
+    /// [`ShardIndex::install`], unless this index holds records added and not committed
+    /// yet (its own indexer is writing): then nothing changes and `Ok(None)` says so, for
+    /// the caller to try again once the indexer stopped. A copy taken while this replica
+    /// was idle therefore never drops records its indexer already moved past.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardIndex::install`].
+    pub fn install_if_idle(&self, src: &Path) -> Result<Option<u64>> {
+        self.install_copy(src, true)
+    }
+
     /// Replaces this index by `src`, an [`ShardIndex::export`] of another replica of the
     /// same shard, moved into place (it must be on the same file system). What was added
     /// and not committed is dropped: a replica installs a copy only when it is behind it.
@@ -1100,6 +1162,11 @@ impl ShardIndex {
     /// not an index; [`Error::InvalidArgument`] when it is behind this index's
     /// checkpoint; I/O and tantivy errors (the old index then stays).
     pub fn install(&self, src: &Path) -> Result<u64> {
+        self.install_copy(src, false)
+            .map(|c| c.expect("installed when not required to be idle"))
+    }
+
+    fn install_copy(&self, src: &Path, only_if_idle: bool) -> Result<Option<u64>> {
         // Checked before anything changes: a bad copy leaves the index as it was.
         let ckpt_path = src.join(CHECKPOINT_FILE);
         if !ckpt_path.is_file() {
@@ -1109,6 +1176,9 @@ impl ShardIndex {
             });
         }
         let (copy, _, _) = load(src, self.shard, &self.fields)?;
+        if only_if_idle && copy.checkpoint < self.checkpoint() {
+            return Ok(None);
+        }
         if copy.checkpoint < self.checkpoint() {
             // The indexer only moves forward: what lies between would never be indexed.
             return Err(Error::InvalidArgument(format!(
@@ -1122,6 +1192,10 @@ impl ShardIndex {
         let mut ws = self.write.lock().unwrap_or_else(|p| p.into_inner());
         if ws.closed {
             return Err(Error::Closed { shard: self.shard });
+        }
+        if only_if_idle && (ws.last_added > self.checkpoint() || copy.checkpoint < self.checkpoint())
+        {
+            return Ok(None);
         }
         for (_, w) in ws.writers.drain() {
             if let Err(e) = w.writer.wait_merging_threads() {
@@ -1157,7 +1231,7 @@ impl ShardIndex {
             checkpoint = ckpt.checkpoint,
             "index replaced by a copy from another replica"
         );
-        Ok(ckpt.checkpoint)
+        Ok(Some(ckpt.checkpoint))
     }
 
     /// Number of searchable (committed) records.
@@ -1315,6 +1389,79 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
         }
     }
     fsync_dir(dst)
+}
+
+/// The extensions of a segment's files (tantivy's `SegmentComponent`s but the deletes,
+/// whose file name carries an opstamp, and the temporary store of a merge in progress).
+const SEGMENT_FILE_EXTENSIONS: [&str; 6] = ["idx", "pos", "term", "store", "fast", "fieldnorm"];
+
+/// What [`publish_partition`] reads of a `meta.json`.
+#[derive(Deserialize)]
+struct MetaSegments {
+    segments: Vec<MetaSegment>,
+}
+
+#[derive(Deserialize)]
+struct MetaSegment {
+    segment_id: String,
+    deletes: Option<MetaDeletes>,
+}
+
+#[derive(Deserialize)]
+struct MetaDeletes {
+    opstamp: u64,
+}
+
+/// Links the files of `part`'s last `meta.json` into `dest` (see [`ShardIndex::publish`]).
+fn publish_partition(part: &Partition, dest: &Path) -> Result<()> {
+    use tantivy::directory::Directory as _;
+    fs::create_dir(dest).map_err(|e| Error::io(dest, e))?;
+    let _meta_lock = part
+        .index
+        .directory()
+        .acquire_lock(&tantivy::directory::META_LOCK)
+        .map_err(|e| Error::Tantivy(tantivy::TantivyError::from(e)))?;
+    let meta_path = part.dir.join("meta.json");
+    let meta = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+    let listed: MetaSegments = serde_json::from_slice(&meta).map_err(|e| Error::Corrupt {
+        path: meta_path.clone(),
+        reason: format!("not a tantivy meta.json: {e}"),
+    })?;
+    let mut files = vec!["meta.json".to_string()];
+    for seg in &listed.segments {
+        let id = seg.segment_id.replace('-', "");
+        let mut names: Vec<String> = SEGMENT_FILE_EXTENSIONS
+            .iter()
+            .map(|ext| format!("{id}.{ext}"))
+            .collect();
+        if let Some(d) = &seg.deletes {
+            names.push(format!("{id}.{}.del", d.opstamp));
+        }
+        for name in names {
+            let from = part.dir.join(&name);
+            match fs::hard_link(&from, dest.join(&name)) {
+                Ok(()) => files.push(name),
+                // A component this segment does not have (no positions, say).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => {
+                    fs::copy(&from, dest.join(&name)).map_err(|e| Error::io(&from, e))?;
+                    files.push(name);
+                }
+            }
+        }
+    }
+    write_atomic(&dest.join("meta.json"), &meta)?;
+    if part.long_tokens_marked {
+        let marker = dest.join(LONG_TOKENS_MARKED);
+        fs::hard_link(part.dir.join(LONG_TOKENS_MARKED), &marker)
+            .map_err(|e| Error::io(&marker, e))?;
+    }
+    let managed = serde_json::to_vec(&files).map_err(|e| Error::Corrupt {
+        path: dest.to_path_buf(),
+        reason: format!("cannot list the published files: {e}"),
+    })?;
+    write_atomic(&dest.join(".managed.json"), &managed)?;
+    fsync_dir(dest)
 }
 
 /// Collects `query`'s matches in `searcher` into `top` (a time sort), returning how many

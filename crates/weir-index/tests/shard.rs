@@ -829,6 +829,125 @@ fn an_exported_copy_installed_on_another_replica_holds_the_same_records_and_take
 }
 
 #[test]
+fn a_published_copy_holds_the_last_commit_while_merges_run_and_an_idle_replica_takes_it() {
+    const ENTRIES: u64 = 24;
+    let leader_dir = tempfile::tempdir().unwrap();
+    // Merges as soon as two segments of a size exist, so they run during the publishing.
+    let opts = || IndexOptions {
+        merge_fan_in: 2,
+        ..Default::default()
+    };
+    let leader = ShardIndex::open(leader_dir.path(), ShardId(0), opts()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut published = Vec::new();
+    // Each entry spreads over seven hourly partitions, more than the writers kept open:
+    // adding one commits evicted partitions past the checkpoint, as on a real node.
+    let entry_batch = |entry: u64| {
+        let records = (0..25)
+            .map(|i| {
+                let n = entry * 25 + i;
+                rec(T0 + (n as i64 % 7) * HOUR, Level::Info, "svc", &format!("tick {n}"))
+            })
+            .collect();
+        batch("acme", records)
+    };
+    for entry in 1..=ENTRIES {
+        leader.add_batch(entry, &entry_batch(entry)).unwrap();
+        if entry % 2 == 0 {
+            leader.commit().unwrap();
+        }
+        // Taken after every entry: the odd ones have one entry added and not committed.
+        let dest = out.path().join(format!("copy-{entry}"));
+        let checkpoint = leader.publish(&dest).unwrap();
+        assert_eq!(
+            checkpoint,
+            entry - entry % 2,
+            "a copy holds the last commit, not what was added since"
+        );
+        published.push((dest, checkpoint));
+    }
+    assert!(
+        leader.publish(&published[0].0).is_err(),
+        "publishing over an existing directory is refused"
+    );
+    // Every copy opens as an index of its own, holds every record up to its checkpoint,
+    // and replaying the log after it (as the replica's indexer would) gives every record
+    // once.
+    // (Some of them: each replay is slow. The eleventh and the last stay as published,
+    // for the replicas below.)
+    for n in [0, 1, 6, 13, 20] {
+        let (dest, checkpoint) = &published[n];
+        let copy = ShardIndex::open(dest, ShardId(0), IndexOptions::default()).unwrap();
+        assert_eq!(copy.checkpoint(), *checkpoint);
+        assert!(copy.doc_count() >= checkpoint * 25, "copy at {checkpoint}");
+        for entry in checkpoint + 1..=ENTRIES {
+            copy.add_batch(entry, &entry_batch(entry)).unwrap();
+        }
+        copy.commit().unwrap();
+        assert_eq!(copy.doc_count(), ENTRIES * 25, "copy at {checkpoint}, replayed");
+        copy.close().unwrap();
+    }
+
+    // A replica that is writing (added, not committed) keeps its index.
+    let busy_dir = tempfile::tempdir().unwrap();
+    let busy = open(busy_dir.path(), 0);
+    busy.add_batch(1, &batch("acme", vec![rec(T0, Level::Info, "svc", "tick 25")]))
+        .unwrap();
+    let (newest, newest_ckpt) = published.last().unwrap().clone();
+    assert_eq!(busy.install_if_idle(&newest).unwrap(), None);
+    assert!(newest.exists(), "a refused copy is left where it is");
+    busy.commit().unwrap();
+    assert_eq!(busy.doc_count(), 1);
+
+    // An idle replica takes it, and a copy behind it is refused the same way.
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica = ShardIndex::open(replica_dir.path(), ShardId(0), opts()).unwrap();
+    assert_eq!(replica.install_if_idle(&newest).unwrap(), Some(newest_ckpt));
+    assert_eq!(replica.doc_count(), newest_ckpt * 25);
+    assert_eq!(search(&replica, "600").len(), 1);
+    let (older, _) = published[10].clone();
+    assert_eq!(replica.install_if_idle(&older).unwrap(), None);
+    assert_eq!(replica.checkpoint(), newest_ckpt);
+
+    // It then indexes the tail itself (it became leader), and merges collect the copied
+    // segments too: the copy's `.managed.json` lists them.
+    for entry in newest_ckpt + 1..newest_ckpt + 13 {
+        let records = (0..25)
+            .map(|i| rec(T0 + (i % 7) * HOUR, Level::Info, "svc", "later"))
+            .collect();
+        replica.add_batch(entry, &batch("acme", records)).unwrap();
+        replica.commit().unwrap();
+    }
+    replica.close().unwrap();
+    assert_eq!(replica.doc_count(), (newest_ckpt + 12) * 25);
+    for part in std::fs::read_dir(replica_dir.path()).unwrap() {
+        let part = part.unwrap().path();
+        if !part.is_dir() {
+            continue;
+        }
+        let meta = std::fs::read_to_string(part.join("meta.json")).unwrap();
+        for f in std::fs::read_dir(&part).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".idx") {
+                let hyphenated = format!(
+                    "{}-{}-{}-{}-{}",
+                    &id[..8],
+                    &id[8..12],
+                    &id[12..16],
+                    &id[16..20],
+                    &id[20..]
+                );
+                assert!(
+                    meta.contains(&hyphenated),
+                    "{} holds segment {id}, merged away and not collected",
+                    part.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn a_copy_of_another_shard_or_no_index_is_refused_and_the_index_stays() {
     let dir = tempfile::tempdir().unwrap();
     let other = many(dir.path(), 1, 40);
