@@ -1193,7 +1193,8 @@ impl ShardIndex {
         if ws.closed {
             return Err(Error::Closed { shard: self.shard });
         }
-        if only_if_idle && (ws.last_added > self.checkpoint() || copy.checkpoint < self.checkpoint())
+        if only_if_idle
+            && (ws.last_added > self.checkpoint() || copy.checkpoint < self.checkpoint())
         {
             return Ok(None);
         }

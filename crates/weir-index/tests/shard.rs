@@ -846,7 +846,12 @@ fn a_published_copy_holds_the_last_commit_while_merges_run_and_an_idle_replica_t
         let records = (0..25)
             .map(|i| {
                 let n = entry * 25 + i;
-                rec(T0 + (n as i64 % 7) * HOUR, Level::Info, "svc", &format!("tick {n}"))
+                rec(
+                    T0 + (n as i64 % 7) * HOUR,
+                    Level::Info,
+                    "svc",
+                    &format!("tick {n}"),
+                )
             })
             .collect();
         batch("acme", records)
@@ -884,15 +889,22 @@ fn a_published_copy_holds_the_last_commit_while_merges_run_and_an_idle_replica_t
             copy.add_batch(entry, &entry_batch(entry)).unwrap();
         }
         copy.commit().unwrap();
-        assert_eq!(copy.doc_count(), ENTRIES * 25, "copy at {checkpoint}, replayed");
+        assert_eq!(
+            copy.doc_count(),
+            ENTRIES * 25,
+            "copy at {checkpoint}, replayed"
+        );
         copy.close().unwrap();
     }
 
     // A replica that is writing (added, not committed) keeps its index.
     let busy_dir = tempfile::tempdir().unwrap();
     let busy = open(busy_dir.path(), 0);
-    busy.add_batch(1, &batch("acme", vec![rec(T0, Level::Info, "svc", "tick 25")]))
-        .unwrap();
+    busy.add_batch(
+        1,
+        &batch("acme", vec![rec(T0, Level::Info, "svc", "tick 25")]),
+    )
+    .unwrap();
     let (newest, newest_ckpt) = published.last().unwrap().clone();
     assert_eq!(busy.install_if_idle(&newest).unwrap(), None);
     assert!(newest.exists(), "a refused copy is left where it is");

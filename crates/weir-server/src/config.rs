@@ -234,6 +234,12 @@ pub struct ClusterConfig {
     /// long costs bounded disk, not a growing WAL on every node.
     #[serde(alias = "replica_log_max_bytes")]
     pub replica_log_bytes_max: u64,
+    /// Followers copy the shard leader's index segments instead of indexing every record
+    /// again (docs/cluster.md, "Segment replication"). Off: every replica indexes.
+    pub segment_replication: bool,
+    /// How often a follower asks each shard's leader for the segments of its last index
+    /// commit. What was committed since is searched in the follower's head meanwhile.
+    pub segment_sync_interval_ms: u64,
     /// Start as a rejoining node (`weir server --rejoin`): the data directory is a copy of
     /// another member's, not this node's own (docs/cluster.md). Not a file key.
     #[serde(skip)]
@@ -248,6 +254,8 @@ impl Default for ClusterConfig {
             nodes: Vec::new(),
             peer_queue_len: 4096,
             replica_log_bytes_max: 4 << 30,
+            segment_replication: true,
+            segment_sync_interval_ms: 1000,
             rejoin: false,
         }
     }
@@ -291,6 +299,12 @@ impl ClusterConfig {
         anyhow::ensure!(
             self.peer_queue_len > 0,
             "cluster.peer_queue_len must be positive"
+        );
+        anyhow::ensure!(
+            (100..=60_000).contains(&self.segment_sync_interval_ms),
+            "cluster.segment_sync_interval_ms must be between 100 and 60000, not {}: followers \
+             search what their leader committed since its last sync in their head",
+            self.segment_sync_interval_ms
         );
         if self.nodes.is_empty() {
             return Ok(());
@@ -904,5 +918,24 @@ mod tests {
         }
         let cfg: Config = toml::from_str("[index]\nmerge_fan_in = 32\n").unwrap();
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn a_segment_sync_interval_out_of_range_is_named() {
+        for bad in [0, 99, 60_001] {
+            let cfg: Config =
+                toml::from_str(&format!("[cluster]\nsegment_sync_interval_ms = {bad}\n")).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("cluster.segment_sync_interval_ms") && e.contains("60000"),
+                "{e}"
+            );
+        }
+        let cfg: Config = toml::from_str(
+            "[cluster]\nsegment_sync_interval_ms = 250\nsegment_replication = false\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert!(!cfg.cluster.segment_replication);
     }
 }

@@ -284,6 +284,14 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "cluster.replica_log_bytes_max",
         "WAL kept per shard for a replica that is behind; past it, it catches up by snapshot.",
     ),
+    (
+        "cluster.segment_replication",
+        "Followers copy each shard leader's index segments instead of indexing again; false: every replica indexes.",
+    ),
+    (
+        "cluster.segment_sync_interval_ms",
+        "How often a follower fetches a shard leader's newest index segments (100 to 60000).",
+    ),
 ];
 
 /// The meaning of `key` (a dotted path), if it is one.

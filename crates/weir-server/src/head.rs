@@ -73,6 +73,11 @@ impl ShardHead {
             .collect()
     }
 
+    /// The bound `index.head_bytes_max`, past which appends wait.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Log payload bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)

@@ -33,6 +33,9 @@ pub struct IndexerSettings {
     /// partitions that end before them); applied at each retention check and as soon as
     /// they change.
     pub tenant_retention: Option<Arc<crate::rules::RuleTable>>,
+    /// On a cluster: whether this replica indexes the shard itself now or copies its
+    /// leader's segments ([`crate::segments`]); `None` indexes always.
+    pub segments: Option<crate::segments::SegmentReplication>,
 }
 
 /// How often retention is checked.
@@ -133,6 +136,25 @@ fn run(
     let mut retention_seen = u64::MAX;
     loop {
         let stopping = stop.load(Ordering::Acquire);
+        let local = settings
+            .segments
+            .as_ref()
+            .is_none_or(|s| s.indexes_locally(shard, log));
+        if !local {
+            // A follower copying its leader's segments: what it indexed while replication
+            // lagged is committed, so that the next copy (which needs an idle index) can
+            // replace it; then it waits. Retention comes with the copies.
+            if dirty {
+                index.commit()?;
+                dirty = false;
+            }
+            if stopping {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            next = next.max(index.checkpoint() + 1);
+            continue;
+        }
         let watermark = log.wait_for(
             next - 1,
             if dirty {

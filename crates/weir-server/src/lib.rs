@@ -30,6 +30,7 @@ pub mod peer;
 pub mod protocol;
 pub mod rules;
 pub mod search;
+pub mod segments;
 pub mod snapshot;
 pub mod state;
 pub mod status;
@@ -121,7 +122,8 @@ impl Node {
         // Before any indexer can ask for compaction: the WAL must keep what the mirrors
         // have not delivered from the first moment.
         raft.require_cursors(weir_mirror::config::cursor_names(&config.mirror.sinks));
-        let (indexes, indexers, heads) = start_indexers(&config, &raft, &metrics, &rules)?;
+        let (indexes, indexers, heads, segments) =
+            start_indexers(&config, &raft, &metrics, &rules)?;
         let appender = Arc::new(
             Appender::new(
                 raft.clone(),
@@ -157,11 +159,17 @@ impl Node {
         let (peer_task, peer_addr) = match peer {
             Some(p) => {
                 let addr = p.addr;
+                if let Some(t) =
+                    segments.spawn_follower(raft.clone(), p.links.clone(), stop_rx.clone())
+                {
+                    key_tasks.push(t);
+                }
                 let task = serve_peers(
                     p,
                     &config,
                     &raft,
                     indexes,
+                    segments,
                     &searcher,
                     &metrics,
                     rejoining,
@@ -537,8 +545,13 @@ async fn open_raft(
     Ok(Arc::new(raft))
 }
 
-/// Each shard's index, its indexer, and every shard's head.
-type IndexParts = (Vec<Arc<ShardIndex>>, Vec<Indexer>, Arc<head::Heads>);
+/// Each shard's index, its indexer, every shard's head, and segment replication.
+type IndexParts = (
+    Vec<Arc<ShardIndex>>,
+    Vec<Indexer>,
+    Arc<head::Heads>,
+    segments::SegmentReplication,
+);
 
 /// Opens each shard's index, starts following each shard's head (what the index does not
 /// hold yet) and starts its indexer thread on the shard's committed log.
@@ -567,6 +580,15 @@ fn start_indexers(
         ));
     }
     let heads = head::Heads::start(raft, &indexes, config.index.head_bytes_max)?;
+    let segments = segments::SegmentReplication::new(
+        &config.data_dir,
+        config.cluster.node_id,
+        config.cluster.is_clustered() && config.cluster.segment_replication,
+        Duration::from_millis(config.cluster.segment_sync_interval_ms),
+        indexes.clone(),
+        heads.clone(),
+        metrics.segments.clone(),
+    );
     for (shard, index) in indexes.iter().enumerate() {
         let shard = shard as u32;
         indexers.push(Indexer::start_with_head(
@@ -578,12 +600,13 @@ fn start_indexers(
                 retention: (config.index.retention_secs > 0)
                     .then(|| Duration::from_secs(config.index.retention_secs)),
                 tenant_retention: Some(rules.clone()),
+                segments: Some(segments.clone()),
             },
             metrics.clone(),
             heads.shard(shard).cloned(),
         )?);
     }
-    Ok((indexes, indexers, heads))
+    Ok((indexes, indexers, heads, segments))
 }
 
 /// Readies the peer service (raft, forwarded appends, searches, snapshots) and, on a node
@@ -594,6 +617,7 @@ fn serve_peers(
     config: &Config,
     raft: &Arc<RaftNode>,
     indexes: Vec<Arc<ShardIndex>>,
+    segments: segments::SegmentReplication,
     searcher: &Arc<Searcher>,
     metrics: &Arc<Metrics>,
     rejoining: bool,
@@ -612,6 +636,7 @@ fn serve_peers(
         searcher: searcher.clone(),
         commit_timeout: Duration::from_millis(config.storage.commit_timeout_ms),
         snapshots,
+        segments,
     });
     if rejoining {
         tokio::spawn(finish_rejoin(

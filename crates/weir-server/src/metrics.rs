@@ -187,6 +187,8 @@ pub struct Metrics {
     pub records_indexed: Counter,
     /// Raft snapshots built, installed and fetched (a cluster only).
     pub snapshots: std::sync::Arc<crate::snapshot::SnapshotCounters>,
+    /// Segment replication: publications, copies installed, bytes (a cluster only).
+    pub segments: std::sync::Arc<crate::segments::SegmentCounters>,
     /// Records and requests per ingest protocol and tenant.
     pub ingest: crate::protocol::IngestMetrics,
     /// Syslog messages received and dropped.
@@ -282,6 +284,36 @@ impl Metrics {
             "weir_snapshot_bytes_fetched_total",
             "bytes of snapshot packages received",
             snap(&self.snapshots.bytes_fetched),
+        );
+        counter(
+            &mut out,
+            "weir_segment_publications_total",
+            "index segment publications built for followers (as a shard leader)",
+            snap(&self.segments.published),
+        );
+        counter(
+            &mut out,
+            "weir_segment_copies_installed_total",
+            "copies of a shard leader's index segments installed (as a follower)",
+            snap(&self.segments.installed),
+        );
+        counter(
+            &mut out,
+            "weir_segment_syncs_failed_total",
+            "segment syncs that failed (retried at the next cluster.segment_sync_interval_ms)",
+            snap(&self.segments.failed),
+        );
+        counter(
+            &mut out,
+            "weir_segment_bytes_fetched_total",
+            "bytes of index segment files received from shard leaders",
+            snap(&self.segments.transfer.bytes_fetched),
+        );
+        counter(
+            &mut out,
+            "weir_segment_bytes_linked_total",
+            "bytes of index segment files a copy took from this replica's own index",
+            snap(&self.segments.bytes_linked),
         );
         self.ingest.render(&mut out);
         self.syslog.render(&mut out);

@@ -12,9 +12,9 @@ use tonic::{Request, Response, Status};
 use weir_proto::v1::peer_server::Peer;
 use weir_proto::v1::{
     ForwardError, ForwardRequest, ForwardResponse, HelloRequest, HelloResponse, RaftBatch,
-    RaftBatchResponse, ShardLabelsRequest, ShardLabelsResponse, ShardSearchRequest,
-    ShardSearchResponse, ShardStatusProto, ShardStatusRequest, ShardStatusResponse, SnapshotChunk,
-    SnapshotFileRequest,
+    RaftBatchResponse, SegmentManifestRequest, SegmentManifestResponse, ShardLabelsRequest,
+    ShardLabelsResponse, ShardSearchRequest, ShardSearchResponse, ShardStatusProto,
+    ShardStatusRequest, ShardStatusResponse, SnapshotChunk, SnapshotFileRequest,
 };
 use weir_raft::{DedupKey, RaftNode, RejoinTarget};
 
@@ -31,6 +31,8 @@ pub struct PeerBackend {
     pub commit_timeout: Duration,
     /// Snapshot packages this node built, served to followers.
     pub snapshots: crate::snapshot::SnapshotStore,
+    /// Segment publications of the shards this node leads, served to followers.
+    pub segments: crate::segments::SegmentReplication,
 }
 
 /// The `weir.v1.Peer` service.
@@ -107,12 +109,33 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::SnapshotFileStream>, Status> {
         let r = req.into_inner();
         let backend = self.check(&r.cluster_id, None)?;
-        let file = backend
-            .snapshots
-            .package_file(r.shard, &r.package, &r.path)?;
+        let file = if r.segments {
+            backend
+                .segments
+                .package_file(r.shard, &r.package, &r.path)?
+        } else {
+            backend
+                .snapshots
+                .package_file(r.shard, &r.package, &r.path)?
+        };
         Ok(Response::new(crate::snapshot::SnapshotStore::stream_file(
             file, r.offset,
         )))
+    }
+
+    async fn segment_manifest(
+        &self,
+        req: Request<SegmentManifestRequest>,
+    ) -> Result<Response<SegmentManifestResponse>, Status> {
+        let r = req.into_inner();
+        let backend = self.check(&r.cluster_id, Some(r.from))?;
+        if r.shard >= self.shards {
+            return Err(Status::invalid_argument(format!(
+                "shard {} does not exist: this cluster has {} shards",
+                r.shard, self.shards
+            )));
+        }
+        Ok(Response::new(backend.segments.manifest(&r).await?))
     }
 
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {

@@ -47,7 +47,7 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// index itself may have merged away); raft builds a new one if a follower still needs it.
 const PACKAGE_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 
-const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
 const MANIFEST_FORMAT: &str = "weir-snapshot";
 const STATE_FILE: &str = "state.bin";
 const INDEX_DIR: &str = "index";
@@ -61,23 +61,24 @@ struct Descriptor {
     manifest_crc32: u32,
 }
 
+/// What a package holds; a segment publication (`crate::segments`) has one too.
 #[derive(Serialize, Deserialize)]
-struct Manifest {
-    format: String,
-    version: u32,
-    shard: u32,
-    index: u64,
-    term: u64,
+pub(crate) struct Manifest {
+    pub(crate) format: String,
+    pub(crate) version: u32,
+    pub(crate) shard: u32,
+    pub(crate) index: u64,
+    pub(crate) term: u64,
     /// The index checkpoint of the package (at or above `index`).
-    checkpoint: u64,
-    files: Vec<FileEntry>,
+    pub(crate) checkpoint: u64,
+    pub(crate) files: Vec<FileEntry>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
-struct FileEntry {
-    path: String,
-    bytes: u64,
-    crc32: u32,
+pub(crate) struct FileEntry {
+    pub(crate) path: String,
+    pub(crate) bytes: u64,
+    pub(crate) crc32: u32,
 }
 
 /// Counters of snapshot traffic, for `/metrics`.
@@ -370,6 +371,7 @@ impl Inner {
             cluster_id: self.links.cluster_id(),
             shard,
             package: d.package.clone(),
+            segments: false,
             counters: self.counters.clone(),
         };
         let manifest_path = staging.join(MANIFEST);
@@ -478,18 +480,25 @@ async fn fetch_files(
 }
 
 /// Fetches the files of one package from one peer.
-struct Fetcher {
-    client: weir_proto::v1::peer_client::PeerClient<tonic::transport::Channel>,
-    cluster_id: String,
-    shard: u32,
-    package: String,
-    counters: Arc<SnapshotCounters>,
+pub(crate) struct Fetcher {
+    pub(crate) client: weir_proto::v1::peer_client::PeerClient<tonic::transport::Channel>,
+    pub(crate) cluster_id: String,
+    pub(crate) shard: u32,
+    pub(crate) package: String,
+    /// The package is a segment publication.
+    pub(crate) segments: bool,
+    pub(crate) counters: Arc<SnapshotCounters>,
 }
 
 impl Fetcher {
     /// Makes `dest` the file `f`: kept when it already is (size and CRC), resumed from
     /// its length when `resume` (a partial file of the same package), else fetched anew.
-    async fn file(&self, f: &FileEntry, dest: &Path, resume: bool) -> anyhow::Result<()> {
+    pub(crate) async fn file(
+        &self,
+        f: &FileEntry,
+        dest: &Path,
+        resume: bool,
+    ) -> anyhow::Result<()> {
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
@@ -528,6 +537,7 @@ impl Fetcher {
                 package: self.package.clone(),
                 path: f.path.clone(),
                 offset,
+                segments: self.segments,
             })
             .await
             .with_context(|| format!("cannot fetch {}", f.path))?
@@ -578,7 +588,12 @@ impl Fetcher {
 
 /// The file `path` of package `package` of `shard` under `root` (see
 /// [`SnapshotStore::package_file`]).
-fn package_file(root: &Path, shard: u32, package: &str, path: &str) -> Result<PathBuf, Status> {
+pub(crate) fn package_file(
+    root: &Path,
+    shard: u32,
+    package: &str,
+    path: &str,
+) -> Result<PathBuf, Status> {
     if !valid_package_id(package) {
         return Err(Status::invalid_argument(format!(
             "{package:?} is not a snapshot package id"
@@ -652,7 +667,7 @@ async fn file_crc(path: &Path) -> anyhow::Result<u32> {
 }
 
 /// Size and CRC-32 of a file, read in chunks.
-fn crc_of(path: &Path) -> anyhow::Result<(u64, u32)> {
+pub(crate) fn crc_of(path: &Path) -> anyhow::Result<(u64, u32)> {
     let (total, h) = hash_file(path, u64::MAX)?;
     Ok((total, h.finalize()))
 }
@@ -705,7 +720,7 @@ fn list_files(base: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> anyhow::Resu
 }
 
 /// Removes every file under `dir` that is not in `keep`, and directories left empty.
-fn remove_unlisted(dir: &Path, keep: &HashSet<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn remove_unlisted(dir: &Path, keep: &HashSet<PathBuf>) -> anyhow::Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
@@ -734,7 +749,7 @@ fn valid_package_id(id: &str) -> bool {
 }
 
 /// A relative path of plain components (no `..`, no root).
-fn safe_relative(path: &str) -> bool {
+pub(crate) fn safe_relative(path: &str) -> bool {
     !path.is_empty()
         && Path::new(path)
             .components()
@@ -798,6 +813,12 @@ mod tests {
         ) -> Answer<ShardStatusResponse> {
             Err(Status::unimplemented("test"))
         }
+        async fn segment_manifest(
+            &self,
+            _: tonic::Request<SegmentManifestRequest>,
+        ) -> Answer<SegmentManifestResponse> {
+            Err(Status::unimplemented("test"))
+        }
     }
 
     const PACKAGE: &str = "120-3-0a1b2c3d";
@@ -852,6 +873,7 @@ mod tests {
             cluster_id: String::new(),
             shard: 0,
             package: PACKAGE.into(),
+            segments: false,
             counters: counters.clone(),
         };
         (f, counters)

@@ -1,0 +1,656 @@
+//! Segment replication: a shard's index is built once, by the replica that leads the shard,
+//! and its followers copy the leader's segments instead of indexing every record again
+//! (docs/cluster.md, "Segment replication").
+//!
+//! - **Leader.** Asked for a shard's segments, it publishes the files of its last index
+//!   commit (`ShardIndex::publish`: hard links, the writers and their merges go on) under
+//!   `<data_dir>/segments/out/shard-<n>/<checkpoint>-<8 hex>/`, with a manifest of every
+//!   file's size and CRC, and serves the files through the snapshot file stream (checksummed
+//!   chunks). A publication is reused while the checkpoint stays; older ones go after
+//!   [`PUBLICATION_KEEP`].
+//! - **Follower.** Every `cluster.segment_sync_interval_ms`, for each shard it does not lead,
+//!   it asks the leader for its manifest. When the leader's checkpoint is past its own
+//!   index's and not past its own committed log (a replica's index is never ahead of its
+//!   log), it assembles the copy in `<data_dir>/segments/in/shard-<n>/`: files its index
+//!   already holds (same path and size: tantivy names segment files by a random id and
+//!   never changes one) are linked, the rest fetched and checked against the manifest. The
+//!   copy replaces the index only while the local indexer is idle
+//!   (`ShardIndex::install_if_idle`), and the WAL is then compacted behind it as an
+//!   indexer commit would.
+//! - **A leader behind.** A leader whose index lags its log asks the other replicas, and
+//!   takes the furthest copy that is further than its own index and not past its log
+//!   (its indexer paused meanwhile): a replica handed its preferred shard soon after it
+//!   came back empty does not index the whole log again, and a new leader takes the
+//!   previous leader's last segments from whichever follower copied them.
+//! - **Who indexes.** [`SegmentReplication::indexes_locally`] tells each shard's indexer
+//!   whether to index itself: on the leader, yes; on a follower, only while replication is
+//!   not keeping up: no answer from the leader for [`stale_after`] the interval, or the
+//!   shard's head at `index.head_bytes_max` (where appends through this node would wait)
+//!   with no copy installed for as long. Records a follower has
+//!   not received as segments yet are searched in its head meanwhile, so nothing committed
+//!   is ever unsearchable; a follower that becomes leader indexes the tail after the last
+//!   segments it installed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use tonic::transport::Channel;
+use tonic::Status;
+use weir_index::ShardIndex;
+use weir_proto::v1::peer_client::PeerClient;
+use weir_proto::v1::{SegmentManifestRequest, SegmentManifestResponse};
+use weir_raft::{CommittedLog, RaftNode};
+
+use crate::cluster::PeerLinks;
+use crate::head::Heads;
+use crate::snapshot::{crc_of, remove_unlisted, safe_relative, Fetcher, FileEntry, Manifest};
+
+/// The manifest's format name (a snapshot package's is another).
+const MANIFEST_FORMAT: &str = "weir-segments";
+
+/// Where a publication holds the index (the manifest's paths begin with it).
+const INDEX_PREFIX: &str = "index/";
+
+/// A publication is kept this long (the newest one always).
+const PUBLICATION_KEEP: Duration = Duration::from_secs(60);
+
+/// Files of a published index whose content changes under the same name; every other
+/// file is a tantivy segment file (named by a random segment id, never rewritten) or the
+/// long-word marker (always the same bytes).
+const MUTABLE_FILES: [&str; 3] = ["meta.json", ".managed.json", "checkpoint.json"];
+
+/// How long a leader taking a copy waits for its own indexer to stop writing.
+const IDLE_WAIT: Duration = Duration::from_secs(3);
+
+/// Replication has stopped keeping up when the leader has not answered for this many
+/// sync intervals (and at least 5 s): the follower then indexes by itself.
+const STALE_INTERVALS: u32 = 5;
+
+/// How long without an answer from the leader makes a follower index by itself.
+fn stale_after(interval: Duration) -> Duration {
+    (interval * STALE_INTERVALS).max(Duration::from_secs(5))
+}
+
+/// Counters of segment replication, for `/metrics`.
+#[derive(Default)]
+pub struct SegmentCounters {
+    /// Publications built here (as a leader).
+    pub published: AtomicU64,
+    /// Copies installed here (as a follower).
+    pub installed: AtomicU64,
+    /// Syncs that failed (retried at the next interval).
+    pub failed: AtomicU64,
+    /// Bytes of segment files received.
+    pub transfer: Arc<crate::snapshot::SnapshotCounters>,
+    /// Bytes of segment files taken from this replica's own index instead of fetched.
+    pub bytes_linked: AtomicU64,
+}
+
+/// The newest publication of a shard.
+struct Published {
+    package: String,
+    checkpoint: u64,
+    manifest: Vec<u8>,
+}
+
+struct Inner {
+    root: PathBuf,
+    node_id: u64,
+    enabled: bool,
+    interval: Duration,
+    started: Instant,
+    indexes: Vec<Arc<ShardIndex>>,
+    heads: Arc<Heads>,
+    /// Per shard: when (ms after `started`) a sync last heard from the leader. Starts at
+    /// 0: a replica that just started gives replication [`stale_after`] to answer.
+    contact: Vec<AtomicU64>,
+    /// Per shard: when (ms after `started`) a copy was last installed.
+    installed: Vec<AtomicU64>,
+    /// Per shard: this replica leads it and takes a copy: its indexer waits.
+    paused: Vec<AtomicBool>,
+    /// Per shard: the indexer last saw this replica lead it.
+    leading: Vec<AtomicBool>,
+    /// Per shard: until when (ms after `started`; 0 = not) a replica that just became
+    /// leader waits for one look at the others' copies before indexing by itself.
+    check_due: Vec<AtomicU64>,
+    /// Wakes the sync loop early (a replica just became leader).
+    wake: tokio::sync::Notify,
+    published: Vec<tokio::sync::Mutex<Option<Published>>>,
+    /// CRC of each segment file published, by its path (segment files never change).
+    crcs: Mutex<HashMap<String, (u64, u32)>>,
+    counters: Arc<SegmentCounters>,
+}
+
+/// This node's half of segment replication; cheap to clone.
+#[derive(Clone)]
+pub struct SegmentReplication(Arc<Inner>);
+
+impl SegmentReplication {
+    /// Replication for a node whose shard indexes are `indexes` (by shard), under
+    /// `<data_dir>/segments`. With `enabled` false (a single node, or
+    /// `cluster.segment_replication = false`) every replica indexes every shard.
+    pub fn new(
+        data_dir: &Path,
+        node_id: u64,
+        enabled: bool,
+        interval: Duration,
+        indexes: Vec<Arc<ShardIndex>>,
+        heads: Arc<Heads>,
+        counters: Arc<SegmentCounters>,
+    ) -> SegmentReplication {
+        let n = indexes.len();
+        SegmentReplication(Arc::new(Inner {
+            root: data_dir.join("segments"),
+            node_id,
+            enabled,
+            interval,
+            started: Instant::now(),
+            indexes,
+            heads,
+            contact: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            installed: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            paused: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            leading: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            check_due: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            wake: tokio::sync::Notify::new(),
+            published: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            crcs: Mutex::default(),
+            counters,
+        }))
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> Arc<SegmentCounters> {
+        self.0.counters.clone()
+    }
+
+    /// Whether the indexer of `shard` indexes by itself now (see the module docs): always
+    /// without replication or on the shard's leader; on a follower only while replication
+    /// is not keeping up.
+    pub fn indexes_locally(&self, shard: u32, log: &weir_raft::ShardLog) -> bool {
+        let inner = &self.0;
+        if !inner.enabled {
+            return true;
+        }
+        if inner.paused[shard as usize].load(Ordering::Acquire) {
+            return false;
+        }
+        let s = shard as usize;
+        if log.is_leader() {
+            if !inner.leading[s].swap(true, Ordering::AcqRel) {
+                // Just became leader: one look at the others' copies first (the sync loop
+                // runs at once), for at most as long as replication may be silent.
+                let until = self.now_ms() + stale_after(inner.interval).as_millis() as u64;
+                inner.check_due[s].store(until, Ordering::Release);
+                inner.wake.notify_one();
+            }
+            let due = inner.check_due[s].load(Ordering::Acquire);
+            return due == 0 || self.now_ms() >= due;
+        }
+        inner.leading[s].store(false, Ordering::Release);
+        let stale = |at: &AtomicU64| {
+            let now = inner.started.elapsed().as_millis() as u64;
+            Duration::from_millis(now.saturating_sub(at.load(Ordering::Acquire)))
+                > stale_after(inner.interval)
+        };
+        if stale(&inner.contact[shard as usize]) {
+            return true;
+        }
+        stale(&inner.installed[shard as usize])
+            && inner
+                .heads
+                .shard(shard)
+                .is_some_and(|h| h.bytes() >= h.max_bytes())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0.started.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self, shard: u32) {
+        self.0.contact[shard as usize].store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Leader: the manifest of the newest publication of `shard`, published now if the
+    /// index committed since the last one. An asker already at this index's checkpoint
+    /// gets checkpoint 0 and no publication.
+    ///
+    /// # Errors
+    /// INTERNAL when the index cannot be published (it says why).
+    pub async fn manifest(
+        &self,
+        req: &SegmentManifestRequest,
+    ) -> Result<SegmentManifestResponse, Status> {
+        let inner = self.0.clone();
+        let shard = req.shard;
+        let index = inner
+            .indexes
+            .get(shard as usize)
+            .ok_or_else(|| Status::invalid_argument(format!("no shard {shard} here")))?
+            .clone();
+        if index.checkpoint() <= req.checkpoint {
+            return Ok(SegmentManifestResponse::default());
+        }
+        let mut newest = inner.published[shard as usize].lock().await;
+        if newest
+            .as_ref()
+            .is_none_or(|p| p.checkpoint < index.checkpoint())
+        {
+            let i = inner.clone();
+            let p = tokio::task::spawn_blocking(move || i.publish(shard, &index))
+                .await
+                .map_err(|e| Status::internal(format!("publishing shard {shard}: {e}")))?
+                .map_err(|e| {
+                    Status::internal(format!("cannot publish the index of shard {shard}: {e:#}"))
+                })?;
+            inner.counters.published.fetch_add(1, Ordering::Relaxed);
+            *newest = Some(p);
+        }
+        let p = newest.as_ref().expect("published above");
+        Ok(SegmentManifestResponse {
+            checkpoint: p.checkpoint,
+            package: p.package.clone(),
+            manifest_crc32: crc32fast::hash(&p.manifest),
+            manifest: p.manifest.clone(),
+        })
+    }
+
+    /// The file `path` of publication `package` of `shard`, for a follower's
+    /// `SnapshotFile` call with `segments` set: only the files its manifest lists.
+    ///
+    /// # Errors
+    /// As [`crate::snapshot::SnapshotStore::package_file`].
+    pub fn package_file(&self, shard: u32, package: &str, path: &str) -> Result<PathBuf, Status> {
+        crate::snapshot::package_file(&self.0.root, shard, package, path)
+    }
+
+    /// Follower: every interval until `stop`, copies the segments of each shard this node
+    /// does not lead from its leader.
+    pub fn spawn_follower(
+        &self,
+        raft: Arc<RaftNode>,
+        links: Arc<PeerLinks>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.0.enabled {
+            return None;
+        }
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.0.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = this.0.wake.notified() => {}
+                    _ = stop.changed() => return,
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                for shard in 0..this.0.indexes.len() as u32 {
+                    match this.sync(shard, &raft, &links).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.0.counters.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(shard, error = %format!("{e:#}"), "segment sync failed; retried at the next interval");
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    /// One sync of `shard` from its leader.
+    async fn sync(
+        &self,
+        shard: u32,
+        raft: &Arc<RaftNode>,
+        links: &Arc<PeerLinks>,
+    ) -> anyhow::Result<Synced> {
+        let inner = &self.0;
+        let Some(leader) = raft.leader_of(shard) else {
+            return Ok(Synced::NoLeader);
+        };
+        if leader == inner.node_id {
+            let caught_up = self.catch_up_as_leader(shard, raft, links).await;
+            inner.check_due[shard as usize].store(0, Ordering::Release);
+            return caught_up;
+        }
+        let index = &inner.indexes[shard as usize];
+        if raft.committed_log(shard).watermark() <= index.checkpoint() {
+            // Nothing committed here that the index lacks: replication keeps up.
+            self.touch(shard);
+            return Ok(Synced::Current);
+        }
+        let (client, resp) = self.ask(links, leader, shard).await?;
+        self.touch(shard);
+        self.take(shard, raft, links, client, resp, false).await
+    }
+
+    /// A leader whose index is far behind its log (a replica handed the shard soon after
+    /// it came back empty, say) takes a copy from the replica whose index is furthest
+    /// instead of indexing everything again; its own indexer pauses meanwhile.
+    async fn catch_up_as_leader(
+        &self,
+        shard: u32,
+        raft: &Arc<RaftNode>,
+        links: &Arc<PeerLinks>,
+    ) -> anyhow::Result<Synced> {
+        let inner = &self.0;
+        let have = inner.indexes[shard as usize].checkpoint();
+        let committed = raft.committed_log(shard).watermark();
+        if committed <= have {
+            return Ok(Synced::Leading);
+        }
+        // A replica answers with nothing unless its index is further than this one's
+        // (as a follower's copy of the previous leader's can be).
+        let mut best = None;
+        for peer in links.all() {
+            match self.ask(links, peer.id, shard).await {
+                Ok((client, resp)) if resp.checkpoint > have && resp.checkpoint <= committed => {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, b): &(_, SegmentManifestResponse)| {
+                            b.checkpoint < resp.checkpoint
+                        })
+                    {
+                        best = Some((client, resp));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(shard, peer = peer.id, error = %format!("{e:#}"), "no segments from this replica")
+                }
+            }
+        }
+        let Some((client, resp)) = best else {
+            return Ok(Synced::Leading);
+        };
+        tracing::info!(
+            shard,
+            index = have,
+            copy = resp.checkpoint,
+            "this leader's index is far behind its log: taking a copy from a replica"
+        );
+        inner.paused[shard as usize].store(true, Ordering::Release);
+        let taken = self.take(shard, raft, links, client, resp, true).await;
+        inner.paused[shard as usize].store(false, Ordering::Release);
+        taken
+    }
+
+    /// Asks `node` for the manifest of its newest publication of `shard`.
+    async fn ask(
+        &self,
+        links: &Arc<PeerLinks>,
+        node: u64,
+        shard: u32,
+    ) -> anyhow::Result<(PeerClient<Channel>, SegmentManifestResponse)> {
+        let inner = &self.0;
+        let peer = links
+            .get(node)
+            .with_context(|| format!("node {node}, asked for shard {shard}, is not a member"))?;
+        let mut client = peer.client.clone();
+        let resp = client
+            .segment_manifest(SegmentManifestRequest {
+                cluster_id: links.cluster_id(),
+                shard,
+                from: inner.node_id,
+                checkpoint: inner.indexes[shard as usize].checkpoint(),
+            })
+            .await
+            .with_context(|| format!("asking node {node} for the segments of shard {shard}"))?
+            .into_inner();
+        Ok((client, resp))
+    }
+
+    /// Fetches the publication `resp` describes (from `client`) and installs it, when it
+    /// is past this replica's index and not past its committed log. With `wait_idle`, the
+    /// install waits up to [`IDLE_WAIT`] for the local indexer to stop writing.
+    async fn take(
+        &self,
+        shard: u32,
+        raft: &Arc<RaftNode>,
+        links: &Arc<PeerLinks>,
+        client: PeerClient<Channel>,
+        resp: SegmentManifestResponse,
+        wait_idle: bool,
+    ) -> anyhow::Result<Synced> {
+        let inner = &self.0;
+        let index = inner.indexes[shard as usize].clone();
+        if resp.checkpoint <= index.checkpoint() {
+            return Ok(Synced::Current);
+        }
+        if resp.checkpoint > raft.committed_log(shard).watermark() {
+            // That index is past this replica's log: wait for the log.
+            return Ok(Synced::LogBehind);
+        }
+        ensure!(
+            crc32fast::hash(&resp.manifest) == resp.manifest_crc32,
+            "the manifest of publication {} of shard {shard} fails its CRC",
+            resp.package
+        );
+        let m: Manifest =
+            serde_json::from_slice(&resp.manifest).context("the segment manifest is not JSON")?;
+        ensure!(
+            m.format == MANIFEST_FORMAT && m.version == 1 && m.shard == shard,
+            "publication {} is no segment manifest of shard {shard} ({} version {}, shard {})",
+            resp.package,
+            m.format,
+            m.version,
+            m.shard
+        );
+        ensure!(
+            m.checkpoint == resp.checkpoint,
+            "publication {} says checkpoint {} and its manifest {}",
+            resp.package,
+            resp.checkpoint,
+            m.checkpoint
+        );
+        let staging = inner.root.join("in").join(format!("shard-{shard}"));
+        let copy = staging.join(INDEX_PREFIX.trim_end_matches('/'));
+        let fetcher = Fetcher {
+            client,
+            cluster_id: links.cluster_id(),
+            shard,
+            package: resp.package.clone(),
+            segments: true,
+            counters: inner.counters.transfer.clone(),
+        };
+        let mut wanted = std::collections::HashSet::new();
+        for f in &m.files {
+            ensure!(
+                safe_relative(&f.path) && f.path.starts_with(INDEX_PREFIX),
+                "unsafe path {:?} in the manifest",
+                f.path
+            );
+            wanted.insert(staging.join(&f.path));
+        }
+        {
+            let staging = staging.clone();
+            tokio::task::spawn_blocking(move || remove_unlisted(&staging, &wanted)).await??;
+        }
+        let own = index.dir().to_path_buf();
+        for f in &m.files {
+            let dest = staging.join(&f.path);
+            let mutable = MUTABLE_FILES
+                .iter()
+                .any(|n| f.path.rsplit('/').next() == Some(n));
+            let own_file = own.join(&f.path[INDEX_PREFIX.len()..]);
+            if !mutable && link_own(&own_file, &dest, f.bytes).await? {
+                inner
+                    .counters
+                    .bytes_linked
+                    .fetch_add(f.bytes, Ordering::Relaxed);
+                continue;
+            }
+            // A segment file's name says what it holds: a partial one is resumed even
+            // from another publication.
+            fetcher.file(f, &dest, !mutable).await?;
+        }
+        let deadline = Instant::now() + if wait_idle { IDLE_WAIT } else { Duration::ZERO };
+        let installed = loop {
+            let (index, copy) = (index.clone(), copy.clone());
+            let installed = tokio::task::spawn_blocking(move || index.install_if_idle(&copy))
+                .await?
+                .with_context(|| format!("cannot install the segments of shard {shard}"))?;
+            if installed.is_some() || Instant::now() >= deadline {
+                break installed;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match installed {
+            Some(checkpoint) => {
+                inner.counters.installed.fetch_add(1, Ordering::Relaxed);
+                inner.installed[shard as usize].store(self.now_ms(), Ordering::Release);
+                // As an indexer commit would: the WAL behind the index may go.
+                raft.compact(shard, checkpoint + 1);
+                tracing::debug!(shard, checkpoint, "segments installed");
+                Ok(Synced::Installed(checkpoint))
+            }
+            None => Ok(Synced::Busy),
+        }
+    }
+}
+
+/// What one sync of a shard did.
+#[derive(Debug, PartialEq, Eq)]
+enum Synced {
+    NoLeader,
+    Leading,
+    /// The index holds everything the leader's does, or everything committed here.
+    Current,
+    /// The leader's index is past this replica's committed log.
+    LogBehind,
+    /// The local indexer was writing; the copy waits for the next sync.
+    Busy,
+    Installed(u64),
+}
+
+/// Makes `dest` a hard link to `own` (this replica's copy of the same segment file) when
+/// it exists with `bytes` bytes; says whether it did.
+async fn link_own(own: &Path, dest: &Path, bytes: u64) -> anyhow::Result<bool> {
+    if tokio::fs::metadata(own).await.ok().map(|m| m.len()) != Some(bytes) {
+        return Ok(false);
+    }
+    if tokio::fs::metadata(dest).await.ok().map(|m| m.len()) == Some(bytes) {
+        return Ok(true);
+    }
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let _ = tokio::fs::remove_file(dest).await;
+    Ok(tokio::fs::hard_link(own, dest).await.is_ok())
+}
+
+impl Inner {
+    /// Publishes the last commit of `shard`'s index (blocking) and removes publications
+    /// superseded more than [`PUBLICATION_KEEP`] ago.
+    fn publish(&self, shard: u32, index: &ShardIndex) -> anyhow::Result<Published> {
+        let shard_dir = self.root.join("out").join(format!("shard-{shard}"));
+        std::fs::create_dir_all(&shard_dir)
+            .with_context(|| format!("cannot create {}", shard_dir.display()))?;
+        remove_superseded(&shard_dir);
+        let tmp = shard_dir.join(format!("{:08x}.tmp", rand::random::<u32>()));
+        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let checkpoint = index
+            .publish(&tmp.join(INDEX_PREFIX.trim_end_matches('/')))
+            .with_context(|| format!("cannot publish the index of shard {shard}"))?;
+        let package = format!("{checkpoint}-{:08x}", rand::random::<u32>());
+        let mut files = Vec::new();
+        list_index_files(&tmp, &tmp, &mut files)?;
+        {
+            let mut crcs = self.crcs.lock().unwrap_or_else(|p| p.into_inner());
+            for f in &mut files {
+                let mutable = MUTABLE_FILES
+                    .iter()
+                    .any(|n| f.path.rsplit('/').next() == Some(n));
+                let known = crcs.get(&f.path).filter(|(b, _)| *b == f.bytes).copied();
+                f.crc32 = match known {
+                    Some((_, crc)) if !mutable => crc,
+                    _ => {
+                        let (bytes, crc) = crc_of(&tmp.join(&f.path))?;
+                        ensure!(bytes == f.bytes, "{} changed while published", f.path);
+                        if !mutable {
+                            crcs.insert(f.path.clone(), (bytes, crc));
+                        }
+                        crc
+                    }
+                };
+            }
+            // Only what the newest publication holds stays cached.
+            let listed: std::collections::HashSet<&str> =
+                files.iter().map(|f| f.path.as_str()).collect();
+            crcs.retain(|p, _| listed.contains(p.as_str()));
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let manifest = serde_json::to_vec_pretty(&Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: 1,
+            shard,
+            index: checkpoint,
+            term: 0,
+            checkpoint,
+            files,
+        })?;
+        weir_wal::durable::atomic_write(&tmp.join(crate::snapshot::MANIFEST), &manifest)
+            .context("cannot write the manifest")?;
+        std::fs::rename(&tmp, shard_dir.join(&package))
+            .with_context(|| format!("cannot rename {}", tmp.display()))?;
+        Ok(Published {
+            package,
+            checkpoint,
+            manifest,
+        })
+    }
+}
+
+/// Every file under `dir`, with paths relative to `base` and sizes (CRCs filled later).
+fn list_index_files(base: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_index_files(base, &path, out)?;
+            continue;
+        }
+        let rel = path
+            .strip_prefix(base)?
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        out.push(FileEntry {
+            path: rel,
+            bytes: entry.metadata()?.len(),
+            crc32: 0,
+        });
+    }
+    Ok(())
+}
+
+/// Removes publications (and half-built ones) of one shard made more than
+/// [`PUBLICATION_KEEP`] ago, but the newest: a follower fetching one that goes resumes its
+/// segment files from the next.
+fn remove_superseded(shard_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(shard_dir) else {
+        return;
+    };
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    all.sort();
+    all.pop();
+    for (modified, path) in all {
+        if modified.elapsed().is_ok_and(|age| age > PUBLICATION_KEEP) {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a superseded segment publication");
+            }
+        }
+    }
+}
