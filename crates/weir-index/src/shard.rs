@@ -1215,7 +1215,12 @@ impl ShardIndex {
         if let Some(parent) = self.dir.parent() {
             fsync_dir(parent)?;
         }
-        let (ckpt, parts, committed) = load(&self.dir, self.shard, &self.fields)?;
+        // A partition whose segments are those it already shows is kept open: on a
+        // replica that installs a copy every second, only the partitions that changed
+        // (the newest, and those a merge rewrote) are opened again.
+        let open_now = self.read_parts().clone();
+        let (ckpt, parts, committed) =
+            load_reusing(&self.dir, self.shard, &self.fields, &open_now)?;
         let view = self.view.write().unwrap_or_else(|e| e.into_inner());
         *self.parts.write().unwrap_or_else(|e| e.into_inner()) = parts;
         ws.last_added = ckpt.checkpoint;
@@ -1300,6 +1305,17 @@ type Loaded = (
 );
 
 fn load(dir: &Path, shard: ShardId, fields: &Fields) -> Result<Loaded> {
+    load_reusing(dir, shard, fields, &BTreeMap::new())
+}
+
+/// [`load`], keeping each partition of `open` whose searcher shows exactly the segments
+/// (and deletes) the partition's `meta.json` in `dir` lists, instead of opening it again.
+fn load_reusing(
+    dir: &Path,
+    shard: ShardId,
+    fields: &Fields,
+    open: &BTreeMap<PartKey, Arc<Partition>>,
+) -> Result<Loaded> {
     let ckpt_path = dir.join(CHECKPOINT_FILE);
     let ckpt = match fs::read(&ckpt_path) {
         Ok(bytes) => {
@@ -1351,6 +1367,11 @@ fn load(dir: &Path, shard: ShardId, fields: &Fields) -> Result<Loaded> {
         let Some(key) = PartKey::parse(&name) else {
             continue;
         };
+        if let Some(p) = open.get(&key).filter(|p| p.dir == path && shows_meta(p)) {
+            committed.insert(key, p.visible_through.load(Ordering::Acquire));
+            parts.insert(key, p.clone());
+            continue;
+        }
         let part = open_partition(key, path, fields)?;
         let payload = partition_payload(&part)?;
         part.visible_through.store(payload, Ordering::Release);
@@ -1400,17 +1421,55 @@ const SEGMENT_FILE_EXTENSIONS: [&str; 6] = ["idx", "pos", "term", "store", "fast
 #[derive(Deserialize)]
 struct MetaSegments {
     segments: Vec<MetaSegment>,
+    payload: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct MetaSegment {
     segment_id: String,
+    max_doc: u32,
     deletes: Option<MetaDeletes>,
 }
 
 #[derive(Deserialize)]
 struct MetaDeletes {
+    num_deleted_docs: u32,
     opstamp: u64,
+}
+
+/// Whether `part`'s searcher shows exactly the segments, with as many documents each,
+/// that the `meta.json` now in its directory lists, and the commit payload it was
+/// reloaded at is the one that `meta.json` carries.
+fn shows_meta(part: &Partition) -> bool {
+    let Ok(bytes) = fs::read(part.dir.join("meta.json")) else {
+        return false;
+    };
+    let Ok(meta) = serde_json::from_slice::<MetaSegments>(&bytes) else {
+        return false;
+    };
+    let payload = meta
+        .payload
+        .as_deref()
+        .map_or(Some(0), |p| p.parse::<u64>().ok());
+    if payload != Some(part.visible_through.load(Ordering::Acquire)) {
+        return false;
+    }
+    let listed: BTreeSet<(String, u32)> = meta
+        .segments
+        .iter()
+        .map(|s| {
+            let deleted = s.deletes.as_ref().map_or(0, |d| d.num_deleted_docs);
+            (s.segment_id.replace('-', ""), s.max_doc - deleted)
+        })
+        .collect();
+    let shown: BTreeSet<(String, u32)> = part
+        .reader
+        .searcher()
+        .segment_readers()
+        .iter()
+        .map(|r| (r.segment_id().uuid_string(), r.num_docs()))
+        .collect();
+    listed == shown
 }
 
 /// Links the files of `part`'s last `meta.json` into `dest` (see [`ShardIndex::publish`]).

@@ -921,6 +921,24 @@ fn a_published_copy_holds_the_last_commit_while_merges_run_and_an_idle_replica_t
     assert_eq!(replica.install_if_idle(&older).unwrap(), None);
     assert_eq!(replica.checkpoint(), newest_ckpt);
 
+    // A later copy in which one partition changed: the others stay open as they were,
+    // the changed one shows the new records.
+    let later = ENTRIES + 1;
+    leader
+        .add_batch(
+            later,
+            &batch("acme", vec![rec(T0, Level::Info, "svc", "tick later")]),
+        )
+        .unwrap();
+    leader.commit().unwrap();
+    let copy = out.path().join("later");
+    assert_eq!(leader.publish(&copy).unwrap(), later);
+    assert_eq!(replica.install_if_idle(&copy).unwrap(), Some(later));
+    assert_eq!(replica.doc_count(), ENTRIES * 25 + 1);
+    assert_eq!(search(&replica, "later"), ["tick later"]);
+    assert_eq!(search(&replica, "600").len(), 1);
+    let newest_ckpt = later;
+
     // It then indexes the tail itself (it became leader), and merges collect the copied
     // segments too: the copy's `.managed.json` lists them.
     for entry in newest_ckpt + 1..newest_ckpt + 13 {
@@ -931,7 +949,7 @@ fn a_published_copy_holds_the_last_commit_while_merges_run_and_an_idle_replica_t
         replica.commit().unwrap();
     }
     replica.close().unwrap();
-    assert_eq!(replica.doc_count(), (newest_ckpt + 12) * 25);
+    assert_eq!(replica.doc_count(), (newest_ckpt + 11) * 25 + 1);
     for part in std::fs::read_dir(replica_dir.path()).unwrap() {
         let part = part.unwrap().path();
         if !part.is_dir() {
