@@ -738,8 +738,11 @@ pub(crate) struct Shard<S: LogStore = WalStorage> {
     /// (until then the dedup table may miss keys committed by a previous term).
     deferred: Vec<Deferred>,
     deferred_max: usize,
-    /// When the WAL was last compacted (each compaction costs a meta flush).
-    last_compact: Option<Instant>,
+    /// Ticks of this shard's clock since it was opened (the raft layer's clock is its
+    /// ticks, so that the simulator can drive it).
+    ticks: u64,
+    /// The tick the WAL was last compacted at (each compaction costs a meta flush).
+    last_compact: Option<u64>,
     /// See [`NodeConfig::replica_log_bytes_max`].
     replica_log_bytes_max: u64,
     /// The applied state of a snapshot being installed, until raft hands it back.
@@ -794,8 +797,9 @@ const MAX_INPUTS_PER_ROUND: usize = 8192;
 /// replica compacts past it (see `Input::Compact`).
 pub(crate) const REPLICAS_CURSOR: &str = "\u{1}replicas";
 
-/// A shard's WAL is compacted at most this often.
-const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
+/// A shard's WAL is compacted at most every this many ticks (10 s at the default 100 ms
+/// tick).
+const COMPACT_INTERVAL_TICKS: u64 = 100;
 
 impl<S: LogStore> Driver<S> {
     /// A driver not attached to a thread: the simulator calls `handle`, `tick_all` and
@@ -833,6 +837,8 @@ impl<S: LogStore> Driver<S> {
                 // count that leader's lease as current forever and ignore every candidate.
                 s.raw.age_leader_lease();
             }
+            s.ticks += 1;
+            s.raw.mut_store().snapshots_mut().tick();
             s.balance(self.node_id);
             s.watch_snapshots();
         }
@@ -1330,6 +1336,7 @@ impl<S: LogStore> Shard<S> {
             waiters: BTreeMap::new(),
             deferred: Vec::new(),
             deferred_max: cfg.proposal_queue_len.max(1),
+            ticks: 0,
             last_compact: None,
             replica_log_bytes_max: cfg.replica_log_bytes_max,
             restore: None,
@@ -1673,16 +1680,16 @@ impl<S: LogStore> Shard<S> {
 /// What the driver's commands do to one shard.
 impl<S: LogStore> Shard<S> {
     /// Compacts the WAL below `below` (see [`RaftNode::compact`]), at most every
-    /// [`COMPACT_INTERVAL`], clamped to what must stay (see [`Shard::compaction_bound`]);
+    /// [`COMPACT_INTERVAL_TICKS`], clamped to what must stay (see [`Shard::compaction_bound`]);
     /// a leader of several voters also moves [`REPLICAS_CURSOR`] first.
     fn compact(&mut self, below: u64, me: u64) {
         if self
             .last_compact
-            .is_some_and(|t| t.elapsed() < COMPACT_INTERVAL)
+            .is_some_and(|t| self.ticks - t < COMPACT_INTERVAL_TICKS)
         {
             return;
         }
-        self.last_compact = Some(Instant::now());
+        self.last_compact = Some(self.ticks);
         let applied = self.log.watermark();
         // A leader keeps what a follower has not got yet (catching up from the log is
         // cheaper than a snapshot), up to a bound: past it, a replica that is far behind

@@ -74,6 +74,6 @@ pub trait Snapshots: Send + Sync + 'static {
 /// before its leader reports the snapshot failed, so raft-rs offers it again.
 pub const SNAPSHOT_TICKS: u64 = 100;
 
-/// A leader keeps the log after a snapshot it handed out for this long, so the follower
-/// that installs it finds the entries that follow it.
-pub(crate) const SNAPSHOT_HOLD: std::time::Duration = std::time::Duration::from_secs(600);
+/// Ticks (10 min at the default 100 ms tick) a leader keeps the log after a snapshot it
+/// handed out, so the follower that installs it finds the entries that follow it.
+pub(crate) const SNAPSHOT_HOLD_TICKS: u64 = 6000;

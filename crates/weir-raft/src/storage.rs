@@ -7,7 +7,6 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -59,16 +58,24 @@ pub(crate) trait LogStore: raft::Storage + Send + 'static {
 
 /// A leader's packaged snapshot, what raft asked for, and how long the log after a
 /// snapshot must be kept. `raft::Storage::snapshot` takes `&self`, hence the cells (the
-/// storage lives on the raft thread only).
+/// storage lives on the raft thread only). Its clock is the shard's ticks (see
+/// [`SnapshotSlot::tick`]), as every other timer of the raft layer, so that the simulator
+/// drives it.
 #[derive(Default)]
 pub(crate) struct SnapshotSlot {
     ready: Option<Snapshot>,
     /// raft asked for a snapshot that is not packaged (or no longer usable).
     wanted: Cell<bool>,
     /// The index whose successors a follower will ask for (a snapshot being built or
-    /// handed out), and since when.
-    held: Cell<Option<(u64, Instant)>>,
+    /// handed out), and the tick it was last so.
+    held: Cell<Option<(u64, u64)>>,
+    /// Ticks since the storage was opened.
+    now: u64,
 }
+
+/// A package for the same index is asked of the node again after this many ticks (30 s
+/// at the default 100 ms tick) when it has not arrived: raft asks at every heartbeat.
+const SNAPSHOT_REBUILD_TICKS: u64 = 300;
 
 impl SnapshotSlot {
     /// What `raft::Storage::snapshot` answers: the packaged snapshot while the log still
@@ -80,8 +87,7 @@ impl SnapshotSlot {
                 if s.get_metadata().index + 1 >= first
                     && s.get_metadata().index >= request_index =>
             {
-                self.held
-                    .set(Some((s.get_metadata().index, Instant::now())));
+                self.held.set(Some((s.get_metadata().index, self.now)));
                 Ok(s.clone())
             }
             _ => {
@@ -93,6 +99,11 @@ impl SnapshotSlot {
         }
     }
 
+    /// One tick of the shard's clock.
+    pub(crate) fn tick(&mut self) {
+        self.now += 1;
+    }
+
     /// Whether raft asked for a snapshot since the last call.
     pub(crate) fn take_wanted(&self) -> bool {
         self.wanted.replace(false)
@@ -100,20 +111,21 @@ impl SnapshotSlot {
 
     /// A package for `index` is being built: keep what follows it.
     pub(crate) fn building(&self, index: u64) {
-        self.held.set(Some((index, Instant::now())));
+        self.held.set(Some((index, self.now)));
     }
 
     /// Whether to ask the node for a package at `index`: not while one for the same index
-    /// was asked for within the last 30 s (raft asks at every heartbeat).
+    /// was asked for within the last [`SNAPSHOT_REBUILD_TICKS`].
     pub(crate) fn should_build(&self, index: u64) -> bool {
         let fresh = self
             .ready
             .as_ref()
             .is_some_and(|s| s.get_metadata().index == index);
         !fresh
-            && !self.held.get().is_some_and(|(i, at)| {
-                i == index && at.elapsed() < std::time::Duration::from_secs(30)
-            })
+            && !self
+                .held
+                .get()
+                .is_some_and(|(i, at)| i == index && self.now - at < SNAPSHOT_REBUILD_TICKS)
     }
 
     /// The node packaged a snapshot.
@@ -122,11 +134,11 @@ impl SnapshotSlot {
     }
 
     /// The lowest index compaction must keep: the one after a snapshot built or handed out
-    /// within [`crate::snapshot::SNAPSHOT_HOLD`].
+    /// within [`crate::snapshot::SNAPSHOT_HOLD_TICKS`].
     pub(crate) fn hold(&self) -> Option<u64> {
         self.held
             .get()
-            .filter(|(_, at)| at.elapsed() < crate::snapshot::SNAPSHOT_HOLD)
+            .filter(|(_, at)| self.now - at < crate::snapshot::SNAPSHOT_HOLD_TICKS)
             .map(|(index, _)| index + 1)
     }
 }

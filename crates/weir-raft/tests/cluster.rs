@@ -121,7 +121,8 @@ impl Cluster {
 
     /// Asks every node but `except` to compact shard 0 as far as it may, twice: the
     /// followers wait for the leader's record of what every replica holds, and compaction
-    /// runs at most every 10 s per shard.
+    /// runs at most every 100 ticks per shard (2 s at the 20 ms tick here; the sleep
+    /// leaves a wide margin for a loaded machine).
     fn compact_all(&self, except: Option<u64>) {
         for round in 0..2 {
             for id in (1..=3).filter(|n| Some(*n) != except) {
