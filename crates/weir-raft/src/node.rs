@@ -368,26 +368,20 @@ impl RaftNode {
                 shard,
                 reason: e.to_string(),
             })?;
-        if message.get_msg_type() == MessageType::MsgSnapshot {
-            // Stepped only once the node has fetched and installed what it describes.
-            let meta = message.get_snapshot().get_metadata();
-            let offer = SnapshotOffer {
-                from: message.from,
-                index: meta.index,
-                term: meta.term,
-                data: message.get_snapshot().data.to_vec(),
-                message,
-            };
-            match self.snapshots.get() {
-                Some(s) => s.fetch(shard, offer),
-                None => tracing::warn!(
-                    shard,
-                    from = offer.from,
-                    "a snapshot was offered, but this node cannot fetch snapshots yet"
-                ),
+        let message = match route(message) {
+            Incoming::Fetch(offer) => {
+                match self.snapshots.get() {
+                    Some(s) => s.fetch(shard, offer),
+                    None => tracing::warn!(
+                        shard,
+                        from = offer.from,
+                        "a snapshot was offered, but this node cannot fetch snapshots yet"
+                    ),
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+            Incoming::Step(message) => message,
+        };
         if self.queued_steps.fetch_add(1, Ordering::AcqRel) >= STEP_QUEUE_LEN {
             self.queued_steps.fetch_sub(1, Ordering::AcqRel);
             return Ok(());
@@ -634,6 +628,31 @@ impl Drop for RaftNode {
     }
 }
 
+/// Where a raft message from a peer goes.
+pub(crate) enum Incoming {
+    /// To raft, at once.
+    Step(raft::eraftpb::Message),
+    /// To the node, which fetches the snapshot it offers before raft sees it (see
+    /// [`crate::snapshot`]).
+    Fetch(SnapshotOffer),
+}
+
+/// Routes a raft message from a peer: a snapshot is an offer the node fetches before it
+/// is stepped; any other message is stepped at once.
+pub(crate) fn route(message: raft::eraftpb::Message) -> Incoming {
+    if message.get_msg_type() != MessageType::MsgSnapshot {
+        return Incoming::Step(message);
+    }
+    let meta = message.get_snapshot().get_metadata();
+    Incoming::Fetch(SnapshotOffer {
+        from: message.from,
+        index: meta.index,
+        term: meta.term,
+        data: message.get_snapshot().data.to_vec(),
+        message,
+    })
+}
+
 /// Opens (recovering) every shard's WAL and raft group.
 fn open_shards(
     cfg: &NodeConfig,
@@ -818,6 +837,13 @@ impl<S: LogStore> Driver<S> {
             node_id,
             snapshots: SnapshotHook::default(),
         }
+    }
+
+    /// Hands a detached driver the node's half of snapshots (what
+    /// [`RaftNode::serve_snapshots`] does for the driver thread).
+    #[cfg(feature = "testing")]
+    pub(crate) fn serve_snapshots(&self, snapshots: Arc<dyn Snapshots>) {
+        let _ = self.snapshots.set(snapshots);
     }
 
     /// Whether some shard still rejoins.

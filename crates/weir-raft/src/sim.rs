@@ -1,27 +1,54 @@
 //! A deterministic simulation of the raft layer: the real `Shard` and `Driver` code of
-//! `node.rs` (proposals, dedup, waiters, rejoin, leader balancing), with the network, the
-//! clock and the disk replaced by simulated ones driven from one seeded random generator.
+//! `node.rs` (proposals, dedup, waiters, rejoin, leader balancing, compaction, snapshots),
+//! with the network, the clock, the disk and the node's index replaced by simulated ones
+//! driven from one seeded random generator.
 //!
 //! - **Network**: every raft message goes into one pool; each step may deliver any of
 //!   them (reordering), drop it, deliver it twice, or hold it while a partition cuts its
 //!   link.
-//! - **Clock**: the raft layer's time is its ticks; the simulator ticks nodes when it
-//!   chooses. raft-rs randomises election timeouts with its own generator, so each
-//!   (node, shard, incarnation) gets a fixed timeout drawn from the seed instead.
+//! - **Clock**: the raft layer's time is its ticks (election timeouts, leader balancing,
+//!   the compaction interval, how long a snapshot's log is held); the simulator ticks
+//!   nodes when it chooses. raft-rs randomises election timeouts with its own generator,
+//!   so each (node, shard, incarnation) gets a fixed timeout drawn from the seed instead.
 //! - **Disk**: [`MemDisk`] keeps what was flushed; a crash loses what was staged and not
 //!   flushed, and a crash *during* a flush keeps a random prefix of it (a torn write).
+//!   Compaction and snapshots really drop entries; the disk keeps the index and term of
+//!   the last one dropped, as the WAL's meta does, and opens with the same recovery.
+//! - **Index**: each node indexes each shard from its own committed log
+//!   (`CommittedLog::read`) at random steps: a checkpoint and the batches indexed, in log
+//!   order (durable across crashes, lost with a wipe). It asks for compaction behind its
+//!   checkpoint (`Input::Compact`, as weir-server's indexer calls `RaftNode::compact`), so
+//!   leaders clamp to what followers hold and, past `replica_log_bytes_max` (drawn per
+//!   run), leave a lagging replica to a snapshot.
+//! - **Snapshots**: the node's half ([`Snapshots`]) packages the leader's index at its
+//!   checkpoint with the applied state raft hands over; a follower fetches the package
+//!   from the node the offer names, through the simulated network (delayed, lost, its
+//!   node crashing mid-fetch or between the index install and the raft install), and
+//!   installs it as weir-server does: not at all when it has committed the snapshot's
+//!   index, the index first and never behind its own, then raft.
+//! - **Segment transfer**: a follower copies its leader's index at the leader's
+//!   checkpoint C and installs the copy only if C is at or above its own checkpoint and
+//!   at or below its own commit index; a leader indexes the tail itself.
 //!
 //! Checked, at every step or at the end:
 //! 1. at most one leader per term per shard;
 //! 2. an entry, once committed on any node, never changes on any node;
 //! 3. after healing (every node up, no partition, no loss), clients' retries of every
 //!    batch are acknowledged (progress resumes) and every acknowledged batch is present
-//!    exactly once on every replica; no batch is present twice.
+//!    exactly once on every replica (its index, then its log after the index checkpoint);
+//!    no batch is present twice;
+//! 4. every index holds exactly the client batches of the committed log up to its
+//!    checkpoint, each once, in log order (so never an entry that was not committed);
+//!    its checkpoint is at or below the node's commit index, unless a snapshot package
+//!    or a restart (whose durable commit index may lag what was indexed) put it ahead,
+//!    which the indexer and segment copies never do; no log is compacted past its
+//!    node's index checkpoint; a leader asked for a snapshot holds an index at or above
+//!    it; after healing every node's index has caught up with what it applied.
 //!
 //! `run(seed, &SimConfig::default())` returns what happened or the first violation, with
 //! the seed to replay it: `WEIR_SIM_SEED=<seed> cargo test -p weir-raft --test sim`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
@@ -32,38 +59,88 @@ use tokio::sync::oneshot;
 
 use crate::codec::{self, DedupKey};
 use crate::internals::RawNodeExt;
-use crate::node::{raft_config, Driver, Input, NodeConfig, Outbox, RejoinTarget, Shard};
+use crate::node::{
+    raft_config, route, Driver, Incoming, Input, NodeConfig, Outbox, RejoinTarget, Shard,
+};
+use crate::snapshot::{SnapshotOffer, SnapshotRequest, Snapshots};
 use crate::storage::{EntrySource, FlushTicket, LogStore};
-use crate::{Committed, Error, Result, ShardLog};
+use crate::{Committed, CommittedLog, Error, Result, ShardLog};
 
-/// What a simulated disk holds for one shard: only what was flushed.
+/// What a simulated disk holds for one shard: only what was flushed. Compaction and
+/// snapshots really drop entries; like the WAL's meta, the disk remembers the index and
+/// term of the last entry dropped.
 #[derive(Default)]
 pub struct MemDisk {
+    /// The entries after `compacted_index`, contiguous.
     entries: Vec<Entry>,
+    /// The last index removed by compaction or replaced by a snapshot (0: none).
+    compacted_index: u64,
+    /// The term of the entry at `compacted_index`.
+    compacted_term: u64,
     hard_state: HardState,
     conf_state: ConfState,
     /// The next flush of this disk crashes the node partway: only a prefix of what was
     /// staged reaches the disk.
     tear_next_flush: bool,
     tear_keep: usize,
-    /// What `save_applied_state` wrote (never, as long as nothing compacts).
+    /// What `save_applied_state` wrote last.
     applied_state: Option<Vec<u8>>,
 }
 
 impl MemDisk {
     fn first(&self) -> u64 {
-        self.entries.first().map_or(1, |e| e.index)
+        self.compacted_index + 1
     }
 
     fn last(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.index)
+        self.entries
+            .last()
+            .map_or(self.compacted_index, |e| e.index)
     }
 
     fn write(&mut self, e: Entry) {
-        let keep = e.index.saturating_sub(self.first()) as usize;
+        assert!(
+            e.index > self.compacted_index,
+            "entry {} written below the compacted index {}",
+            e.index,
+            self.compacted_index
+        );
+        let keep = (e.index - self.first()) as usize;
         self.entries.truncate(keep);
-        debug_assert_eq!(self.last() + 1, e.index, "entries are contiguous");
+        assert_eq!(self.last() + 1, e.index, "entries are contiguous");
         self.entries.push(e);
+    }
+
+    /// Drops the entries below `index`; returns the bytes they took.
+    fn remove_below(&mut self, index: u64) -> u64 {
+        let n = (index.saturating_sub(self.first()) as usize).min(self.entries.len());
+        let mut freed = 0;
+        for e in self.entries.drain(..n) {
+            freed += crate::storage::entry_bytes(&e) as u64;
+            self.compacted_index = e.index;
+            self.compacted_term = e.term;
+        }
+        freed
+    }
+
+    fn bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| crate::storage::entry_bytes(e) as u64)
+            .sum()
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compacted_index {
+            return Ok(self.compacted_term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        self.entries
+            .get((idx - self.first()) as usize)
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 }
 
@@ -77,24 +154,18 @@ pub(crate) struct MemStorage {
 }
 
 impl MemStorage {
+    /// Opens the storage as `WalStorage::open` does: the same recovery of the hard state
+    /// from the durable one and the durable log.
     fn open(shard: u32, me: u64, disk: Arc<Mutex<MemDisk>>, voters: &[u64]) -> Self {
         let hard_state = {
             let mut d = disk.lock().unwrap();
             if d.conf_state.voters.is_empty() {
                 d.conf_state.voters = voters.to_vec();
             }
-            // As WalStorage: a commit index past the durable log came from a torn tail,
-            // and so does a term older than the log's.
-            let last = d.last();
-            if d.hard_state.commit > last {
-                d.hard_state.commit = last;
-            }
-            if let Some(t) = d.entries.last().map(|e| e.term) {
-                let mut hs = d.hard_state.clone();
-                crate::storage::reconcile_term(shard, &mut hs, t, me);
-                d.hard_state = hs;
-            }
-            d.hard_state.clone()
+            let mut hs = d.hard_state.clone();
+            let last_term = d.entries.last().map(|e| e.term);
+            crate::storage::recover_hard_state(shard, me, &mut hs, d.first(), d.last(), last_term);
+            hs
         };
         MemStorage {
             disk,
@@ -103,6 +174,15 @@ impl MemStorage {
             dirty: false,
             snapshots: Default::default(),
         }
+    }
+
+    /// Everything staged reaches the disk, with the hard state.
+    fn write_staged(&mut self, d: &mut MemDisk) {
+        for e in self.staged.drain(..) {
+            d.write(e);
+        }
+        d.hard_state = self.hard_state.clone();
+        self.dirty = false;
     }
 }
 
@@ -154,7 +234,8 @@ impl LogStore for MemStorage {
     }
 
     fn flush(&mut self) -> Result<Done> {
-        let mut d = self.disk.lock().unwrap();
+        let disk = self.disk.clone();
+        let mut d = disk.lock().unwrap();
         if d.tear_next_flush {
             d.tear_next_flush = false;
             let keep = d.tear_keep.min(self.staged.len());
@@ -163,18 +244,29 @@ impl LogStore for MemStorage {
             }
             return Err(simulated_io_error("a crash during fsync"));
         }
-        for e in self.staged.drain(..) {
-            d.write(e);
-        }
-        d.hard_state = self.hard_state.clone();
-        self.dirty = false;
+        self.write_staged(&mut d);
         Ok(Done)
     }
 
     fn commit_staged(&mut self) {}
 
-    fn compact(&mut self, _index: u64) -> Result<u64> {
-        Ok(0)
+    /// As `WalStorage::compact`: the hard state (with the current commit index) is made
+    /// durable first, then the entries below `index` go (exactly those: the simulated disk
+    /// has no segments).
+    fn compact(&mut self, index: u64) -> Result<u64> {
+        let disk = self.disk.clone();
+        let mut d = disk.lock().unwrap();
+        let index = index.min(d.last());
+        assert!(
+            index <= self.hard_state.commit + 1,
+            "compaction below {index} past the commit index {}",
+            self.hard_state.commit
+        );
+        if index <= d.first() {
+            return Ok(0);
+        }
+        self.write_staged(&mut d);
+        Ok(d.remove_below(index))
     }
 
     fn last(&self) -> u64 {
@@ -182,7 +274,7 @@ impl LogStore for MemStorage {
     }
 
     fn disk_bytes(&self) -> u64 {
-        0
+        self.disk.lock().unwrap().bytes()
     }
 
     fn snapshots(&self) -> &crate::storage::SnapshotSlot {
@@ -202,12 +294,19 @@ impl LogStore for MemStorage {
         Ok(self.disk.lock().unwrap().applied_state.clone())
     }
 
-    fn apply_snapshot(&mut self, index: u64, _term: u64, _conf: &ConfState) -> Result<()> {
-        // The simulated disk is never compacted (`compact` above), so no leader asks for
-        // a snapshot and none reaches a follower.
-        Err(simulated_io_error(&format!(
-            "the simulator does not compact, yet a snapshot at {index} arrived"
-        )))
+    /// As `WalStorage::apply_snapshot`: the log is replaced at once, durably, and the
+    /// hard state written with it is the one staged, its commit index raised to `index`.
+    fn apply_snapshot(&mut self, index: u64, term: u64, conf: &ConfState) -> Result<()> {
+        let mut d = self.disk.lock().unwrap();
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        d.hard_state = self.hard_state.clone();
+        d.conf_state = conf.clone();
+        d.entries.clear();
+        d.compacted_index = index;
+        d.compacted_term = term;
+        self.staged.clear();
+        self.dirty = false;
+        Ok(())
     }
 }
 
@@ -234,23 +333,16 @@ impl raft::Storage for MemStorage {
         if high > d.last() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
+        if low >= high {
+            return Ok(Vec::new());
+        }
         let max = max_size.into().unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
         let range = &d.entries[(low - d.first()) as usize..(high - d.first()) as usize];
         Ok(crate::storage::within_size(range.iter(), max))
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let d = self.disk.lock().unwrap();
-        if idx == 0 {
-            return Ok(0);
-        }
-        if idx < d.first() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        d.entries
-            .get((idx - d.first()) as usize)
-            .map(|e| e.term)
-            .ok_or(raft::Error::Store(StorageError::Unavailable))
+        self.disk.lock().unwrap().term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -347,8 +439,9 @@ impl Default for SimConfig {
     }
 }
 
-/// A committed entry as first seen: term, context, data.
-type CommittedEntry = (u64, Vec<u8>, Vec<u8>);
+/// A committed entry as first seen: term, context, data, and whether it is a client's
+/// batch (what an indexer indexes: neither a no-op, a cursor nor a configuration change).
+type CommittedEntry = (u64, Vec<u8>, Vec<u8>, bool);
 
 /// What a simulation did.
 #[derive(Clone, Debug, Default)]
@@ -371,6 +464,14 @@ pub struct SimReport {
     pub wipes: u64,
     /// Leader elections seen (distinct (shard, term) with a leader).
     pub elections: u64,
+    /// Compactions that removed entries from a node's log.
+    pub compactions: u64,
+    /// Snapshot packages built by leaders.
+    pub snapshots_built: u64,
+    /// Snapshots raft took on a follower (after the index copy was installed).
+    pub snapshots_installed: u64,
+    /// Copies of a leader's index a follower installed (moving its checkpoint forward).
+    pub segment_copies: u64,
 }
 
 /// A property that did not hold.
@@ -394,10 +495,105 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// A node's index of one shard, as weir-index builds it from the committed log: the
+/// client batches indexed, in log order, and the checkpoint (the last log index covered).
+/// Durable across crashes (the index commits what it holds), lost with a wipe.
+#[derive(Clone, Debug, Default)]
+struct SimIndex {
+    checkpoint: u64,
+    batches: Vec<Vec<u8>>,
+}
+
+/// A snapshot package on its leader's disk (`snapshots/out/shard-N/<package>/`): the index
+/// at its checkpoint and the raft layer's applied state. It outlives a crash of its node,
+/// not a wipe; a newer package of the same shard supersedes it.
+struct Package {
+    /// Index into `Sim::nodes` of the node that built it.
+    node: usize,
+    shard: u32,
+    index: SimIndex,
+    state: Vec<u8>,
+}
+
+/// Work of a node's snapshot half or of a segment transfer, in flight until the
+/// simulator finishes it (or the node that started it crashes: `incarnation`).
+enum Job {
+    /// A leader packages its index for a snapshot (`Snapshots::build`).
+    Build {
+        node: usize,
+        incarnation: u64,
+        shard: u32,
+        request: SnapshotRequest,
+    },
+    /// A follower fetches the package an offer names and installs it
+    /// (`Snapshots::fetch`); `started` once it checked whether it still needs it.
+    Fetch {
+        node: usize,
+        incarnation: u64,
+        shard: u32,
+        offer: Box<SnapshotOffer>,
+        started: bool,
+    },
+    /// A follower copies its leader's index at the leader's checkpoint.
+    Copy {
+        node: usize,
+        incarnation: u64,
+        shard: u32,
+        index: SimIndex,
+    },
+}
+
+/// The simulated node's half of snapshots: it queues the work for the simulator, ignoring
+/// a repeat while the same shard is being built or fetched (as weir-server's does).
+struct SimSnapshots {
+    node: usize,
+    incarnation: u64,
+    jobs: Arc<Mutex<Vec<Job>>>,
+    building: Mutex<BTreeSet<u32>>,
+    fetching: Mutex<BTreeSet<u32>>,
+}
+
+impl Snapshots for SimSnapshots {
+    fn build(&self, shard: u32, request: SnapshotRequest) {
+        if self.building.lock().unwrap().insert(shard) {
+            self.jobs.lock().unwrap().push(Job::Build {
+                node: self.node,
+                incarnation: self.incarnation,
+                shard,
+                request,
+            });
+        }
+    }
+
+    fn fetch(&self, shard: u32, offer: SnapshotOffer) {
+        if self.fetching.lock().unwrap().insert(shard) {
+            self.jobs.lock().unwrap().push(Job::Fetch {
+                node: self.node,
+                incarnation: self.incarnation,
+                shard,
+                offer: Box::new(offer),
+                started: false,
+            });
+        }
+    }
+}
+
 struct SimNode {
     id: u64,
     disks: Vec<Arc<Mutex<MemDisk>>>,
     driver: Option<Driver<MemStorage>>,
+    /// Each shard's committed log, as the node's consumers see it.
+    logs: Vec<Arc<ShardLog>>,
+    /// Each shard's index (see [`SimIndex`]).
+    indexes: Vec<SimIndex>,
+    /// Per shard, the highest checkpoint the index reached other than from this node's
+    /// own commit index: a snapshot package (its checkpoint is at or above the snapshot's
+    /// index, so ahead of the log it replaces) or a restart (the durable commit index may
+    /// lag what was applied and indexed). Up to it the index may be ahead of the commit
+    /// index; the indexer and segment copies never put it further.
+    index_ahead: Vec<u64>,
+    /// The node's half of snapshots in its current incarnation.
+    snapshots: Option<Arc<SimSnapshots>>,
     /// Entries checked against the committed record, per shard.
     checked: Vec<u64>,
     /// Durable: the node was wiped and has not finished rejoining (`weir-node.json` says
@@ -433,6 +629,14 @@ struct Sim {
     committed: Vec<BTreeMap<u64, CommittedEntry>>,
     batches: Vec<Batch>,
     next_seq: Vec<u64>,
+    /// Snapshot builds and fetches and segment copies in flight.
+    jobs: Arc<Mutex<Vec<Job>>>,
+    /// Snapshot packages on the leaders' disks, by id.
+    packages: BTreeMap<u64, Package>,
+    next_package: u64,
+    /// A leader's log past this many bytes no longer waits for lagging replicas (drawn
+    /// per run, so that leaders sometimes leave a replica to catch up by snapshot).
+    replica_log_bytes_max: u64,
     report: SimReport,
     step: u64,
     /// `WEIR_SIM_TRACE=1`: print every fault as it happens.
@@ -447,15 +651,25 @@ impl Sim {
                 id,
                 disks: (0..cfg.shards).map(|_| Arc::default()).collect(),
                 driver: None,
+                logs: Vec::new(),
+                indexes: vec![SimIndex::default(); cfg.shards as usize],
+                index_ahead: vec![0; cfg.shards as usize],
+                snapshots: None,
                 checked: vec![0; cfg.shards as usize],
                 rejoining: false,
                 incarnation: 0,
                 floors: HashMap::new(),
             })
             .collect();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let replica_log_bytes_max = [600, 1500, 4 << 30][rng.random_range(0..3)];
         let mut sim = Sim {
             seed,
-            rng: SmallRng::seed_from_u64(seed),
+            rng,
+            jobs: Arc::default(),
+            packages: BTreeMap::new(),
+            next_package: 0,
+            replica_log_bytes_max,
             nodes,
             pool,
             cut: vec![false; cfg.nodes as usize + 1],
@@ -513,14 +727,18 @@ impl Sim {
             voters: voters.clone(),
             shard_count: self.cfg.shards,
             rejoining,
+            replica_log_bytes_max: self.replica_log_bytes_max,
             ..NodeConfig::single("/nonexistent")
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let mut shards = Vec::new();
+        let mut logs = Vec::new();
         for s in 0..self.cfg.shards {
             let disk = n.disks[s as usize].clone();
             let storage = MemStorage::open(s, n.id, disk.clone(), &voters);
             let log = Arc::new(ShardLog::new(s, MemSource(disk), Arc::default()));
+            log.set_first(raft::Storage::first_index(&storage).unwrap_or(1));
+            logs.push(log.clone());
             let mut rc = raft_config(n.id, false);
             // raft-rs draws election timeouts from its own generator: fix each one from
             // the seed instead (a range of one).
@@ -536,9 +754,24 @@ impl Sim {
             incarnation: self.nodes[i].incarnation,
             pool: self.pool.clone(),
         });
-        let n = &self.nodes[i];
-        self.nodes[i].driver = Some(Driver::detached(shards, outbox, n.id));
-        self.nodes[i].checked = vec![0; self.cfg.shards as usize];
+        let driver = Driver::detached(shards, outbox, id);
+        let snapshots = Arc::new(SimSnapshots {
+            node: i,
+            incarnation: self.nodes[i].incarnation,
+            jobs: self.jobs.clone(),
+            building: Mutex::default(),
+            fetching: Mutex::default(),
+        });
+        driver.serve_snapshots(snapshots.clone());
+        let n = &mut self.nodes[i];
+        n.driver = Some(driver);
+        n.snapshots = Some(snapshots);
+        n.logs = logs;
+        n.checked = vec![0; self.cfg.shards as usize];
+        // The durable commit index may lag what was indexed before the crash.
+        for (ahead, index) in n.index_ahead.iter_mut().zip(&n.indexes) {
+            *ahead = (*ahead).max(index.checkpoint);
+        }
         Ok(())
     }
 
@@ -550,6 +783,11 @@ impl Sim {
         for d in &self.nodes[i].disks {
             *d.lock().unwrap() = MemDisk::default();
         }
+        // The index and the snapshot packages go with the data directory.
+        let shards = self.cfg.shards as usize;
+        self.nodes[i].indexes = vec![SimIndex::default(); shards];
+        self.nodes[i].index_ahead = vec![0; shards];
+        self.packages.retain(|_, p| p.node != i);
         self.report.wipes += 1;
         self.nodes[i].rejoining = true;
         self.start_as(i, true)
@@ -622,6 +860,7 @@ impl Sim {
 
     fn crash(&mut self, i: usize) {
         self.note(|| format!("node {} crashes", i + 1));
+        self.nodes[i].snapshots = None;
         if self.nodes[i].driver.take().is_some() {
             self.report.crashes += 1;
         }
@@ -658,7 +897,25 @@ impl Sim {
                 found.push(((s.id, s.raw.term()), id));
             }
             let commit = s.raw.committed();
-            let from = self.nodes[i].checked[s.id as usize] + 1;
+            let index = &self.nodes[i].indexes[s.id as usize];
+            if index.checkpoint > commit
+                && index.checkpoint > self.nodes[i].index_ahead[s.id as usize]
+            {
+                return Err(self.violation(format!(
+                    "node {id} shard {}: index checkpoint {} ahead of the commit index {commit}",
+                    s.id, index.checkpoint
+                )));
+            }
+            // What was compacted or replaced by a snapshot here was checked before (by
+            // this node, or by the leader whose snapshot replaced it).
+            let first = raft::Storage::first_index(s.raw.store()).unwrap_or(1);
+            if first > index.checkpoint + 1 {
+                return Err(self.violation(format!(
+                    "node {id} shard {}: the log starts at {first}, past the index checkpoint {}",
+                    s.id, index.checkpoint
+                )));
+            }
+            let from = (self.nodes[i].checked[s.id as usize] + 1).max(first);
             if commit >= from {
                 let entries = s.raw.entries_from(from).map_err(|e| {
                     self.violation(format!(
@@ -667,7 +924,10 @@ impl Sim {
                     ))
                 })?;
                 for e in entries.into_iter().take_while(|e| e.index <= commit) {
-                    let rec = (e.term, e.context.to_vec(), e.data.to_vec());
+                    let batch = e.get_entry_type() == EntryType::EntryNormal
+                        && !e.data.is_empty()
+                        && !codec::is_cursor(&e.context);
+                    let rec = (e.term, e.context.to_vec(), e.data.to_vec(), batch);
                     match self.committed[s.id as usize].get(&e.index) {
                         Some(old) if *old != rec => {
                             return Err(self.violation(format!(
@@ -727,15 +987,18 @@ impl Sim {
                 Some(d) => {
                     let s = &d.shards[shard as usize];
                     format!(
-                        "node {}: term {} vote {} last {}/{} commit {} term@{index}={:?} rejoining {}",
+                        "node {}: term {} vote {} leader {} first {} last {}/{} commit {} term@{index}={:?} rejoining {} replicas {:?}",
                         n.id,
                         s.raw.term(),
                         s.raw.vote(),
+                        s.raw.leader_id(),
+                        raft::Storage::first_index(s.raw.store()).unwrap_or(0),
                         s.raw.last_index(),
                         s.raw.last_term(),
                         s.raw.committed(),
                         s.raw.term_of(index),
-                        s.rejoin.is_some()
+                        s.rejoin.is_some(),
+                        if s.raw.is_leader() { s.raw.replicas().collect() } else { Vec::new() }
                     )
                 }
             })
@@ -785,15 +1048,408 @@ impl Sim {
                 .push((from, incarnation, to, shard, bytes.clone()));
         }
         let i = (to - 1) as usize;
-        let Some(d) = self.nodes[i].driver.as_mut() else {
+        if self.nodes[i].driver.is_none() {
             self.report.dropped += 1;
             return Ok(());
-        };
+        }
         let message: raft::eraftpb::Message =
             protobuf::Message::parse_from_bytes(&bytes).expect("the simulator's own encoding");
-        d.handle(Input::Step { shard, message });
         self.report.delivered += 1;
+        // As `RaftNode::step`: a snapshot goes to the node's snapshot half, which fetches
+        // and installs the package before raft sees the message.
+        let message = match route(message) {
+            Incoming::Fetch(offer) => {
+                self.note(|| {
+                    format!(
+                        "node {to} shard {shard}: snapshot at {} offered by node {from}",
+                        offer.index
+                    )
+                });
+                if let Some(h) = &self.nodes[i].snapshots {
+                    h.fetch(shard, offer);
+                }
+                return Ok(());
+            }
+            Incoming::Step(message) => message,
+        };
+        if let Some(d) = self.nodes[i].driver.as_mut() {
+            d.handle(Input::Step { shard, message });
+        }
         self.round(i)
+    }
+
+    /// The indexer of node `i`: indexes shard `s`'s committed log after its checkpoint,
+    /// at most `max` entries, through the `CommittedLog` weir-server's indexer reads.
+    fn index_step(&mut self, i: usize, s: u32, max: u64) -> Result<(), Violation> {
+        if self.nodes[i].driver.is_none() {
+            return Ok(());
+        }
+        let log = self.nodes[i].logs[s as usize].clone();
+        let from = self.nodes[i].indexes[s as usize].checkpoint + 1;
+        let to = log.watermark().min((from - 1).saturating_add(max));
+        if to < from {
+            return Ok(());
+        }
+        let entries = log.read(from, to, usize::MAX).map_err(|e| {
+            self.violation(format!(
+                "node {} shard {s}: the indexer cannot read {from}..={to} (the log was compacted past the index checkpoint?): {e}",
+                i + 1
+            ))
+        })?;
+        let index = &mut self.nodes[i].indexes[s as usize];
+        index.batches.extend(entries.into_iter().map(|e| e.data));
+        index.checkpoint = to;
+        self.check_index(i, s)
+    }
+
+    /// The index of node `i` holds exactly the client batches of the committed log up to
+    /// its checkpoint, in log order: none that was not committed, none missing, none twice
+    /// (the log holds each once: checked at the end).
+    fn check_index(&self, i: usize, s: u32) -> Result<(), Violation> {
+        let index = &self.nodes[i].indexes[s as usize];
+        let committed = &self.committed[s as usize];
+        let known = committed.range(..=index.checkpoint).count() as u64;
+        if known != index.checkpoint {
+            return Err(self.violation(format!(
+                "node {} shard {s}: the index reaches {} but only {known} of those entries were ever committed",
+                i + 1,
+                index.checkpoint
+            )));
+        }
+        let expected: Vec<&Vec<u8>> = committed
+            .range(..=index.checkpoint)
+            .filter(|(_, r)| r.3)
+            .map(|(_, r)| &r.2)
+            .collect();
+        if expected.len() != index.batches.len()
+            || expected.iter().zip(&index.batches).any(|(a, b)| *a != b)
+        {
+            let show = |v: &mut dyn Iterator<Item = &Vec<u8>>| {
+                v.map(|b| String::from_utf8_lossy(b).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            return Err(self.violation(format!(
+                "node {} shard {s}: the index at checkpoint {} holds [{}], the committed log up to it [{}]",
+                i + 1,
+                index.checkpoint,
+                show(&mut index.batches.iter()),
+                show(&mut expected.into_iter())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Node `i` compacts shard `s` behind its index checkpoint, as weir-server's indexer
+    /// asks (`RaftNode::compact(shard, checkpoint + 1)`), through the driver: the shard
+    /// clamps it (applied index, replicas cursor, what followers lack).
+    fn compact_step(&mut self, i: usize, s: u32) -> Result<(), Violation> {
+        let below = self.nodes[i].indexes[s as usize].checkpoint + 1;
+        let Some(d) = self.nodes[i].driver.as_mut() else {
+            return Ok(());
+        };
+        let first = |d: &Driver<MemStorage>| {
+            raft::Storage::first_index(d.shards[s as usize].raw.store()).unwrap_or(1)
+        };
+        let before = first(d);
+        d.handle(Input::Compact { shard: s, below });
+        let after = first(d);
+        if after > before {
+            self.note(|| format!("node {} shard {s}: compacted below {after}", i + 1));
+            self.report.compactions += 1;
+        }
+        self.round(i)
+    }
+
+    /// A follower of shard `s` (node `i`) starts copying its leader's index at the
+    /// leader's checkpoint; the copy arrives later ([`Sim::install_copy`]).
+    fn copy_start(&mut self, i: usize, s: u32) {
+        let Some(d) = self.nodes[i].driver.as_ref() else {
+            return;
+        };
+        let leader = d.shards[s as usize].raw.leader_id();
+        if leader == 0 || leader == self.nodes[i].id {
+            return;
+        }
+        let j = (leader - 1) as usize;
+        if self.nodes[j].driver.is_none() || self.cut[leader as usize] || self.cut[i + 1] {
+            return;
+        }
+        let index = self.nodes[j].indexes[s as usize].clone();
+        self.jobs.lock().unwrap().push(Job::Copy {
+            node: i,
+            incarnation: self.nodes[i].incarnation,
+            shard: s,
+            index,
+        });
+    }
+
+    /// The rule of segment transfer: a follower installs a copy of its leader's index at
+    /// checkpoint C only if C is at or above its own checkpoint (never back) and at or
+    /// below its own commit index (an index is never ahead of the log it was built for);
+    /// otherwise it ignores it.
+    fn install_copy(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        s: u32,
+        copy: SimIndex,
+    ) -> Result<(), Violation> {
+        let Some(d) = self.nodes[i].driver.as_ref() else {
+            return Ok(());
+        };
+        if self.nodes[i].incarnation != incarnation {
+            return Ok(());
+        }
+        let commit = d.shards[s as usize].raw.committed();
+        let own = self.nodes[i].indexes[s as usize].checkpoint;
+        if copy.checkpoint < own || copy.checkpoint > commit {
+            return Ok(());
+        }
+        if copy.checkpoint > own {
+            self.note(|| {
+                format!(
+                    "node {} shard {s}: index copied at {} (own {own}, commit {commit})",
+                    i + 1,
+                    copy.checkpoint
+                )
+            });
+            self.report.segment_copies += 1;
+        }
+        self.nodes[i].indexes[s as usize] = copy;
+        self.check_index(i, s)
+    }
+
+    /// Finishes one job in flight, picked at random (so they complete in any order); with
+    /// `faults`, it may fail, take longer, or crash its node.
+    fn job_step(&mut self, faults: bool) -> Result<(), Violation> {
+        let n = self.jobs.lock().unwrap().len();
+        if n == 0 {
+            return Ok(());
+        }
+        let k = self.rng.random_range(0..n);
+        let job = self.jobs.lock().unwrap().swap_remove(k);
+        match job {
+            Job::Build {
+                node,
+                incarnation,
+                shard,
+                request,
+            } => self.finish_build(node, incarnation, shard, request, faults),
+            Job::Fetch {
+                node,
+                incarnation,
+                shard,
+                offer,
+                started,
+            } => self.fetch_step(node, incarnation, shard, offer, started, faults),
+            Job::Copy {
+                node,
+                incarnation,
+                shard,
+                index,
+            } => {
+                if faults && self.rng.random_bool(0.1) {
+                    return Ok(());
+                }
+                self.install_copy(node, incarnation, shard, index)
+            }
+        }
+    }
+
+    /// Whether node `i` still runs the incarnation that started a job.
+    fn alive(&self, i: usize, incarnation: u64) -> bool {
+        self.nodes[i].driver.is_some() && self.nodes[i].incarnation == incarnation
+    }
+
+    /// A leader packages its index for the snapshot raft asked for, and tells raft
+    /// (`RaftNode::snapshot_ready`).
+    fn finish_build(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        shard: u32,
+        request: SnapshotRequest,
+        faults: bool,
+    ) -> Result<(), Violation> {
+        if !self.alive(i, incarnation) {
+            return Ok(());
+        }
+        if let Some(h) = &self.nodes[i].snapshots {
+            h.building.lock().unwrap().remove(&shard);
+        }
+        if faults && self.rng.random_bool(0.1) {
+            // The build failed (a full disk, say): raft asks again.
+            return Ok(());
+        }
+        let index = self.nodes[i].indexes[shard as usize].clone();
+        if index.checkpoint < request.index {
+            return Err(self.violation(format!(
+                "node {} shard {shard}: a snapshot at {} was asked for but the index is at {}: the log was compacted past the index checkpoint",
+                i + 1,
+                request.index,
+                index.checkpoint
+            )));
+        }
+        let id = self.next_package;
+        self.next_package += 1;
+        // A newer package supersedes every older one of the shard on that node.
+        self.packages
+            .retain(|_, p| !(p.node == i && p.shard == shard));
+        self.note(|| {
+            format!(
+                "node {} shard {shard}: package {id} at {} (index at {})",
+                i + 1,
+                request.index,
+                index.checkpoint
+            )
+        });
+        self.packages.insert(
+            id,
+            Package {
+                node: i,
+                shard,
+                index,
+                state: request.state,
+            },
+        );
+        self.report.snapshots_built += 1;
+        let data = format!("{}/{id}", i + 1).into_bytes();
+        if let Some(d) = self.nodes[i].driver.as_mut() {
+            d.handle(Input::SnapshotReady {
+                shard,
+                index: request.index,
+                term: request.term,
+                data,
+            });
+        }
+        self.round(i)
+    }
+
+    /// One step of a follower's fetch of a snapshot package, as weir-server's: a replica
+    /// that has committed the snapshot's index does not fetch it; the package comes from
+    /// the node the offer names (which must be up and reachable, and still hold it); the
+    /// index is installed first, and only when it is ahead of the one it replaces; then
+    /// raft is handed the offer and the applied state.
+    fn fetch_step(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        shard: u32,
+        offer: Box<SnapshotOffer>,
+        started: bool,
+        faults: bool,
+    ) -> Result<(), Violation> {
+        if !self.alive(i, incarnation) {
+            return Ok(());
+        }
+        let commit = self.nodes[i].driver.as_ref().expect("alive").shards[shard as usize]
+            .raw
+            .committed();
+        if !started || (faults && self.rng.random_bool(0.3)) {
+            if commit >= offer.index {
+                self.note(|| {
+                    format!(
+                        "node {} shard {shard}: snapshot at {} not fetched, commit {commit}",
+                        i + 1,
+                        offer.index
+                    )
+                });
+                self.fetch_done(i, shard);
+                return Ok(());
+            }
+            // The transfer takes a while.
+            self.jobs.lock().unwrap().push(Job::Fetch {
+                node: i,
+                incarnation,
+                shard,
+                offer,
+                started: true,
+            });
+            return Ok(());
+        }
+        let lost = faults && self.rng.random_bool(0.05);
+        let Some((index, state)) = self.package(i, shard, &offer).filter(|_| !lost) else {
+            // Failed: it resumes when the leader offers again.
+            self.note(|| format!("node {} shard {shard}: snapshot fetch failed", i + 1));
+            self.fetch_done(i, shard);
+            return Ok(());
+        };
+        if faults && self.rng.random_bool(0.05) {
+            self.note(|| format!("node {} crashes while fetching a snapshot", i + 1));
+            self.crash(i);
+            return Ok(());
+        }
+        self.install_package(i, shard, offer, index, state, faults)
+    }
+
+    /// The package `offer` names, as node `i` fetches it: from the node that built it,
+    /// which must be up, reachable, and still hold it.
+    fn package(&self, i: usize, shard: u32, offer: &SnapshotOffer) -> Option<(SimIndex, Vec<u8>)> {
+        let (node, id) = std::str::from_utf8(&offer.data).ok()?.split_once('/')?;
+        let (node, id) = (node.parse::<u64>().ok()?, id.parse::<u64>().ok()?);
+        let p = self.packages.get(&id)?;
+        let reachable =
+            self.nodes[p.node].driver.is_some() && !self.cut[p.node + 1] && !self.cut[i + 1];
+        (p.node as u64 + 1 == node && p.shard == shard && reachable)
+            .then(|| (p.index.clone(), p.state.clone()))
+    }
+
+    /// Node `i` installs a fetched package as weir-server does: the index first, unless
+    /// its own is as far already, then raft is handed the offer and the applied state.
+    fn install_package(
+        &mut self,
+        i: usize,
+        shard: u32,
+        offer: Box<SnapshotOffer>,
+        index: SimIndex,
+        state: Vec<u8>,
+        faults: bool,
+    ) -> Result<(), Violation> {
+        if self.nodes[i].indexes[shard as usize].checkpoint < index.checkpoint {
+            let n = &mut self.nodes[i];
+            n.index_ahead[shard as usize] = n.index_ahead[shard as usize].max(index.checkpoint);
+            n.indexes[shard as usize] = index;
+            self.check_index(i, shard)?;
+        }
+        if faults && self.rng.random_bool(0.05) {
+            self.note(|| {
+                format!(
+                    "node {} crashes between installing the index and the snapshot",
+                    i + 1
+                )
+            });
+            self.crash(i);
+            return Ok(());
+        }
+        let (reply, mut rx) = oneshot::channel();
+        let at = offer.index;
+        if let Some(d) = self.nodes[i].driver.as_mut() {
+            d.handle(Input::InstallSnapshot {
+                shard,
+                offer: *offer,
+                state,
+                reply,
+            });
+        }
+        self.fetch_done(i, shard);
+        let taken = matches!(rx.try_recv(), Ok(Ok(true)));
+        self.note(|| {
+            format!(
+                "node {} shard {shard}: snapshot at {at} taken: {taken}",
+                i + 1
+            )
+        });
+        if taken {
+            self.report.snapshots_installed += 1;
+        }
+        self.round(i)
+    }
+
+    fn fetch_done(&self, i: usize, shard: u32) {
+        if let Some(h) = &self.nodes[i].snapshots {
+            h.fetching.lock().unwrap().remove(&shard);
+        }
     }
 
     fn tick(&mut self, i: usize) -> Result<(), Violation> {
@@ -878,18 +1534,23 @@ impl Sim {
         let live = self.live();
         let roll = self.rng.random_range(0..1000);
         match roll {
-            0..=449 => self.deliver_one(true)?,
-            450..=749 => {
+            0..=409 => self.deliver_one(true)?,
+            410..=689 => {
                 if !live.is_empty() {
                     let i = live[self.rng.random_range(0..live.len())];
                     self.tick(i)?;
                 }
             }
-            750..=859 => self.new_batch(),
-            860..=939 => {
+            690..=789 => self.new_batch(),
+            790..=859 => {
                 for b in self.settle() {
                     self.send(b)?;
                 }
+            }
+            860..=939 if !live.is_empty() => {
+                let i = live[self.rng.random_range(0..live.len())];
+                let s = self.rng.random_range(0..self.cfg.shards);
+                self.background_step(i, s, true)?;
             }
             940..=944 => {
                 // Crash, sometimes in the middle of a flush (a torn write).
@@ -951,6 +1612,32 @@ impl Sim {
         Ok(())
     }
 
+    /// What runs beside raft on node `i`, shard `s`, picked at random: its indexer (every
+    /// leader's; a follower's now and then, as followers mostly copy their leader's
+    /// index), a compaction behind the index checkpoint, the start of a segment copy, or
+    /// one step of a snapshot build, fetch or copy in flight anywhere.
+    fn background_step(&mut self, i: usize, s: u32, faults: bool) -> Result<(), Violation> {
+        match self.rng.random_range(0..8) {
+            0..=2 => {
+                let leads = self.nodes[i]
+                    .driver
+                    .as_ref()
+                    .is_some_and(|d| d.shards[s as usize].raw.is_leader());
+                if leads || self.rng.random_bool(0.3) {
+                    let max = self.rng.random_range(1..=20);
+                    self.index_step(i, s, max)?;
+                }
+                Ok(())
+            }
+            3 => self.compact_step(i, s),
+            4 => {
+                self.copy_start(i, s);
+                Ok(())
+            }
+            _ => self.job_step(faults),
+        }
+    }
+
     /// Heals everything and runs without faults until every batch is acknowledged.
     fn heal(&mut self) -> Result<(), Violation> {
         self.cut.iter_mut().for_each(|c| *c = false);
@@ -979,6 +1666,11 @@ impl Sim {
             for _ in 0..4 {
                 self.deliver_one(false)?;
             }
+            if step % 4 == 0 {
+                let i = self.rng.random_range(0..self.nodes.len());
+                let s = self.rng.random_range(0..self.cfg.shards);
+                self.background_step(i, s, false)?;
+            }
             if step % 2000 == 1999 {
                 for i in 0..self.nodes.len() {
                     self.measure(i)?;
@@ -1001,47 +1693,134 @@ impl Sim {
         )))
     }
 
-    /// Every replica holds every acknowledged batch exactly once and no batch twice.
+    /// Every replica holds every acknowledged batch exactly once and no batch twice, and
+    /// every node's index, once it has caught up, holds the same.
     fn check_final(&mut self) -> Result<(), Violation> {
-        // Let every replica catch up to the leaders' commit.
-        for _ in 0..200 {
+        // Let every replica catch up to the leaders' commit (by snapshot where the log it
+        // needs was compacted: a failed build is asked for again only after
+        // `SNAPSHOT_REBUILD_TICKS`, a lost offer after `SNAPSHOT_TICKS`).
+        for round in 0..2000 {
+            if round >= 200 && self.caught_up() {
+                break;
+            }
             for i in 0..self.nodes.len() {
                 self.tick(i)?;
             }
             let mut budget = 100_000;
-            while budget > 0 && !self.pool.lock().unwrap().messages.is_empty() {
+            while budget > 0
+                && !(self.pool.lock().unwrap().messages.is_empty()
+                    && self.jobs.lock().unwrap().is_empty())
+            {
                 self.deliver_one(false)?;
+                self.job_step(false)?;
                 budget -= 1;
             }
         }
+        self.converge_indexes()?;
         for i in 0..self.nodes.len() {
-            let id = self.nodes[i].id;
-            let d = self.nodes[i].driver.as_ref().expect("healed");
-            for s in &d.shards {
-                let commit = s.raw.committed();
-                let entries = s.raw.entries_from(1).unwrap_or_default();
-                let mut count: HashMap<Vec<u8>, usize> = HashMap::new();
-                for e in entries.iter().filter(|e| e.index <= commit) {
-                    if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                        *count.entry(e.data.to_vec()).or_default() += 1;
-                    }
+            for s in 0..self.cfg.shards {
+                self.check_replica(i, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every node's commit index of every shard is the same, and nothing is in
+    /// flight.
+    fn caught_up(&self) -> bool {
+        self.pool.lock().unwrap().messages.is_empty()
+            && self.jobs.lock().unwrap().is_empty()
+            && (0..self.cfg.shards as usize).all(|s| {
+                let commits: BTreeSet<u64> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.driver.as_ref())
+                    .map(|d| d.shards[s].raw.committed())
+                    .collect();
+                commits.len() == 1
+            })
+    }
+
+    /// Every leader indexes its log to the end; every follower copies its leader's index
+    /// (as segment transfer does) and indexes what follows itself.
+    fn converge_indexes(&mut self) -> Result<(), Violation> {
+        for s in 0..self.cfg.shards {
+            let leader = |sim: &Sim, i: usize| {
+                sim.nodes[i]
+                    .driver
+                    .as_ref()
+                    .map_or(0, |d| d.shards[s as usize].raw.leader_id())
+            };
+            for i in 0..self.nodes.len() {
+                if leader(self, i) == self.nodes[i].id {
+                    self.index_step(i, s, u64::MAX)?;
                 }
-                if let Some((data, n)) = count.iter().find(|(_, n)| **n > 1) {
-                    return Err(self.violation(format!(
-                        "node {id} shard {}: {} stored {n} times",
-                        s.id,
-                        String::from_utf8_lossy(data)
-                    )));
+            }
+            for i in 0..self.nodes.len() {
+                let l = leader(self, i);
+                if l != 0 && l != self.nodes[i].id {
+                    let copy = self.nodes[(l - 1) as usize].indexes[s as usize].clone();
+                    let incarnation = self.nodes[i].incarnation;
+                    self.install_copy(i, incarnation, s, copy)?;
                 }
-                for b in self.batches.iter().filter(|b| b.acked && b.shard == s.id) {
-                    if !count.contains_key(&b.data) {
-                        return Err(self.violation(format!(
-                            "node {id} shard {} (commit {commit}): acknowledged {} is missing",
-                            s.id,
-                            String::from_utf8_lossy(&b.data)
-                        )));
-                    }
-                }
+                self.index_step(i, s, u64::MAX)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s replica of shard `s`: its index, then its log after the index
+    /// checkpoint up to the commit index, hold every acknowledged batch exactly once and
+    /// no batch twice; the index has caught up with what was applied.
+    fn check_replica(&self, i: usize, s: u32) -> Result<(), Violation> {
+        let id = self.nodes[i].id;
+        let d = self.nodes[i].driver.as_ref().expect("healed");
+        let shard = &d.shards[s as usize];
+        let commit = shard.raw.committed();
+        let index = &self.nodes[i].indexes[s as usize];
+        let applied = self.nodes[i].logs[s as usize].watermark();
+        if index.checkpoint < applied {
+            return Err(self.violation(format!(
+                "node {id} shard {s}: the index stays at {} behind the applied index {applied}",
+                index.checkpoint
+            )));
+        }
+        let mut count: HashMap<&[u8], usize> = HashMap::new();
+        for b in &index.batches {
+            *count.entry(b).or_default() += 1;
+        }
+        let tail = if commit > index.checkpoint {
+            shard.raw.entries_from(index.checkpoint + 1).map_err(|e| {
+                self.violation(format!(
+                    "node {id} shard {s}: cannot read the log after the index checkpoint {}: {e}",
+                    index.checkpoint
+                ))
+            })?
+        } else {
+            Vec::new()
+        };
+        for e in tail.iter().filter(|e| e.index <= commit) {
+            if e.get_entry_type() == EntryType::EntryNormal
+                && !e.data.is_empty()
+                && !codec::is_cursor(&e.context)
+            {
+                *count.entry(&e.data).or_default() += 1;
+            }
+        }
+        if let Some((data, n)) = count.iter().find(|(_, n)| **n > 1) {
+            return Err(self.violation(format!(
+                "node {id} shard {s}: {} stored {n} times",
+                String::from_utf8_lossy(data)
+            )));
+        }
+        for b in self.batches.iter().filter(|b| b.acked && b.shard == s) {
+            if !count.contains_key(b.data.as_slice()) {
+                return Err(self.violation(format!(
+                    "node {id} shard {s} (commit {commit}, index at {}): acknowledged {} is missing; {}",
+                    index.checkpoint,
+                    String::from_utf8_lossy(&b.data),
+                    self.views(s, commit)
+                )));
             }
         }
         Ok(())

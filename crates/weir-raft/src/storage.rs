@@ -253,6 +253,46 @@ impl LogStore for WalStorage {
     }
 }
 
+/// The hard state a shard opens with, from the durable one and the durable log
+/// `first..=last` (`last_term`: its last entry's term, `None` when it holds no entry).
+/// Shared by [`WalStorage`] and the simulator's storage, so that both recover alike.
+///
+/// # Panics
+/// When the commit index still falls outside `[first - 1, last]`: the log is inconsistent.
+pub(crate) fn recover_hard_state(
+    shard: u32,
+    me: u64,
+    hs: &mut HardState,
+    first: u64,
+    last: u64,
+    last_term: Option<u64>,
+) {
+    // A commit index past the durable log can only come from a torn tail: what was not
+    // durable was never acknowledged, so raft learns the commit again from its leader.
+    if hs.commit > last {
+        tracing::warn!(
+            shard,
+            commit = hs.commit,
+            last,
+            "commit index past the durable log, lowered"
+        );
+        hs.commit = last;
+    }
+    if let Some(last_term) = last_term {
+        reconcile_term(shard, hs, last_term, me);
+    }
+    // Compacted entries were applied, hence committed: raft-rs requires
+    // commit >= first_index - 1.
+    hs.commit = hs.commit.max(first - 1);
+    // A commit index is never ahead of the durable log, nor behind what was compacted.
+    assert!(
+        first - 1 <= hs.commit && hs.commit <= last,
+        "shard {shard}: commit index {} outside [{}, {last}] after recovery",
+        hs.commit,
+        first - 1
+    );
+}
+
 /// A crash can leave entries of term T durable while the hard state written in the same
 /// round (a separate frame) was torn off, so the durable term is older than the log.
 /// raft-rs assumes term >= the last entry's term (it would, for one, answer a pre-vote
@@ -291,7 +331,7 @@ pub(crate) fn within_size<'a>(entries: impl Iterator<Item = &'a Entry>, max: usi
 const TAIL_CACHE_BYTES: usize = 16 << 20;
 
 /// What an entry costs in the tail cache (payload, context, fixed overhead).
-fn entry_bytes(e: &Entry) -> usize {
+pub(crate) fn entry_bytes(e: &Entry) -> usize {
     e.data.len() + e.context.len() + 32
 }
 
@@ -365,34 +405,18 @@ impl WalStorage {
             None => VecDeque::new(),
         };
         let last = first + terms.len() as u64 - 1;
-        // A commit index past the durable log can only come from a torn tail: what was not
-        // durable was never acknowledged, so raft learns the commit again from its leader.
-        if meta.hard_state.commit > last {
-            tracing::warn!(
-                shard,
-                commit = meta.hard_state.commit,
-                last,
-                "commit index past the durable log, lowered"
-            );
-            meta.hard_state.commit = last;
-        }
         if meta.compacted_index + 1 != first && wal.first_index().is_some() {
             // The WAL dropped segments below its first index after the meta was written
             // (compaction writes the meta first, then removes).
             meta.compacted_index = first - 1;
         }
-        if let Some(&last_term) = terms.back() {
-            reconcile_term(shard, &mut meta.hard_state, last_term, me);
-        }
-        // Compacted entries were applied, hence committed: raft-rs requires
-        // commit >= first_index - 1.
-        meta.hard_state.commit = meta.hard_state.commit.max(first - 1);
-        // A commit index is never ahead of the durable log, nor behind what was compacted.
-        assert!(
-            first - 1 <= meta.hard_state.commit && meta.hard_state.commit <= last,
-            "shard {shard}: commit index {} outside [{}, {last}] after recovery",
-            meta.hard_state.commit,
-            first - 1
+        recover_hard_state(
+            shard,
+            me,
+            &mut meta.hard_state,
+            first,
+            last,
+            terms.back().copied(),
         );
         let mut s = WalStorage {
             shard,

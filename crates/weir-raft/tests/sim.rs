@@ -5,7 +5,7 @@
 //! - The longer run: `WEIR_SIM_SEEDS=10000 cargo test --release -p weir-raft --test sim`.
 //! - Replay one seed: `WEIR_SIM_SEED=1234 cargo test -p weir-raft --test sim -- --nocapture`.
 
-use weir_raft::sim::{run, SimConfig};
+use weir_raft::sim::{run, SimConfig, SimReport};
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -15,7 +15,8 @@ fn env(name: &str) -> Option<u64> {
 }
 
 #[test]
-fn every_seed_keeps_one_leader_per_term_stable_commits_and_exactly_once_after_healing() {
+fn every_seed_keeps_one_leader_per_term_stable_commits_exact_indexes_and_exactly_once_after_healing(
+) {
     let cfg = SimConfig::default();
     if let Some(seed) = env("WEIR_SIM_SEED") {
         match run(seed, &cfg) {
@@ -26,18 +27,36 @@ fn every_seed_keeps_one_leader_per_term_stable_commits_and_exactly_once_after_he
     }
     let start = env("WEIR_SIM_START").unwrap_or(0);
     let seeds = env("WEIR_SIM_SEEDS").unwrap_or(200);
-    let (mut acked, mut crashes, mut wipes, mut partitions, mut elections) = (0, 0, 0, 0, 0);
+    let mut total = SimReport::default();
     for seed in start..start + seeds {
         let r = run(seed, &cfg).unwrap_or_else(|v| panic!("{v}"));
-        acked += r.acked;
-        crashes += r.crashes;
-        wipes += r.wipes;
-        partitions += r.partitions;
-        elections += r.elections;
+        total.acked += r.acked;
+        total.crashes += r.crashes;
+        total.wipes += r.wipes;
+        total.partitions += r.partitions;
+        total.elections += r.elections;
+        total.compactions += r.compactions;
+        total.snapshots_built += r.snapshots_built;
+        total.snapshots_installed += r.snapshots_installed;
+        total.segment_copies += r.segment_copies;
     }
-    println!("{seeds} seeds from {start}: {acked} batches acknowledged, {elections} elections, {crashes} crashes, {wipes} wipes, {partitions} partitions");
+    let t = &total;
+    println!(
+        "{seeds} seeds from {start}: {} batches acknowledged, {} elections, {} crashes, {} wipes, {} partitions, {} compactions, {} snapshots built, {} installed, {} segment copies",
+        t.acked, t.elections, t.crashes, t.wipes, t.partitions, t.compactions, t.snapshots_built, t.snapshots_installed, t.segment_copies
+    );
     // The faults happened: a run that injected none would prove nothing.
-    assert!(crashes > seeds / 2 && partitions > seeds / 2 && wipes > 0 && acked > seeds * 10);
+    assert!(
+        t.crashes > seeds / 2 && t.partitions > seeds / 2 && t.wipes > 0 && t.acked > seeds * 10
+    );
+    // So did compaction, snapshots and segment transfer, or the index invariants would
+    // hold vacuously.
+    assert!(t.compactions > 0, "no log was ever compacted");
+    assert!(t.snapshots_installed > 0, "no snapshot was ever installed");
+    assert!(
+        t.segment_copies > 0,
+        "no follower ever installed a copy of its leader's index"
+    );
 }
 
 #[test]
