@@ -368,7 +368,7 @@ impl RaftNode {
                 shard,
                 reason: e.to_string(),
             })?;
-        let message = match route(message) {
+        let message = match route(message, self.commit_index(shard)) {
             Incoming::Fetch(offer) => {
                 match self.snapshots.get() {
                     Some(s) => s.fetch(shard, offer),
@@ -639,8 +639,17 @@ pub(crate) enum Incoming {
 
 /// Routes a raft message from a peer: a snapshot is an offer the node fetches before it
 /// is stepped; any other message is stepped at once.
-pub(crate) fn route(message: raft::eraftpb::Message) -> Incoming {
-    if message.get_msg_type() != MessageType::MsgSnapshot {
+///
+/// So is a snapshot at or below `commit`, this replica's commit index: raft-rs never
+/// installs one (it holds those entries already) and answers it with its commit index,
+/// which tells the leader where to resume sending entries. The node would not fetch it
+/// either, and without that answer a leader that believes this replica needs the
+/// snapshot (it compacted past what it last knew of the replica) offers it again and
+/// again, and the replica never catches up.
+pub(crate) fn route(message: raft::eraftpb::Message, commit: u64) -> Incoming {
+    if message.get_msg_type() != MessageType::MsgSnapshot
+        || message.get_snapshot().get_metadata().index <= commit
+    {
         return Incoming::Step(message);
     }
     let meta = message.get_snapshot().get_metadata();
@@ -1834,6 +1843,18 @@ impl<S: LogStore> Shard<S> {
     /// a heartbeat's commit index past this log is clamped.
     fn step(&mut self, mut message: raft::eraftpb::Message) {
         if self.refuses_while_rejoining(&message) {
+            return;
+        }
+        if message.get_msg_type() == MessageType::MsgSnapshot
+            && message.get_snapshot().get_metadata().index > self.raw.committed()
+        {
+            // Only `offer_snapshot` steps a snapshot raft may take: the node installs its
+            // part first (`route` hands over the others, which raft answers).
+            tracing::warn!(
+                shard = self.id,
+                index = message.get_snapshot().get_metadata().index,
+                "a snapshot past the commit index reached raft unfetched: ignored"
+            );
             return;
         }
         self.clamp_heartbeat_commit(&mut message);

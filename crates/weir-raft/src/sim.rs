@@ -470,6 +470,9 @@ pub struct SimReport {
     pub snapshots_built: u64,
     /// Snapshots raft took on a follower (after the index copy was installed).
     pub snapshots_installed: u64,
+    /// Snapshots offered to a replica that had committed past them, stepped into raft
+    /// (which answers with its commit index) instead of fetched.
+    pub snapshots_answered: u64,
     /// Copies of a leader's index a follower installed (moving its checkpoint forward).
     pub segment_copies: u64,
 }
@@ -1056,8 +1059,18 @@ impl Sim {
             protobuf::Message::parse_from_bytes(&bytes).expect("the simulator's own encoding");
         self.report.delivered += 1;
         // As `RaftNode::step`: a snapshot goes to the node's snapshot half, which fetches
-        // and installs the package before raft sees the message.
-        let message = match route(message) {
+        // and installs the package before raft sees the message, unless this replica has
+        // committed past it (then raft answers it with its commit index).
+        let commit = self.nodes[i]
+            .driver
+            .as_ref()
+            .map_or(0, |d| d.shards[shard as usize].raw.committed());
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
+            && message.get_snapshot().get_metadata().index <= commit
+        {
+            self.report.snapshots_answered += 1;
+        }
+        let message = match route(message, commit) {
             Incoming::Fetch(offer) => {
                 self.note(|| {
                     format!(

@@ -66,3 +66,18 @@ fn a_seed_replays_identically() {
     let b = run(7, &cfg).unwrap_or_else(|v| panic!("{v}"));
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+#[test]
+fn a_replica_offered_a_snapshot_it_has_committed_past_answers_it_and_catches_up() {
+    // Seed 9266: a leader released its log past a lagging replica (its WAL passed
+    // replica_log_bytes_max) while it still believed the replica held nothing, so it
+    // offered a snapshot the replica had already committed past. The replica declined to
+    // fetch it and raft never heard back: the leader offered the same snapshot forever
+    // and the replica never caught up. Such a snapshot is now stepped into raft, which
+    // answers with its commit index, and the leader resumes sending entries from there.
+    let r = run(9266, &SimConfig::default()).unwrap_or_else(|v| panic!("{v}"));
+    assert!(
+        r.snapshots_answered > 0,
+        "the seed no longer offers a snapshot below a replica's commit index: {r:?}"
+    );
+}
