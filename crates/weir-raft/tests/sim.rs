@@ -38,12 +38,13 @@ fn every_seed_keeps_one_leader_per_term_stable_commits_exact_indexes_and_exactly
         total.compactions += r.compactions;
         total.snapshots_built += r.snapshots_built;
         total.snapshots_installed += r.snapshots_installed;
+        total.snapshots_answered += r.snapshots_answered;
         total.segment_copies += r.segment_copies;
     }
     let t = &total;
     println!(
-        "{seeds} seeds from {start}: {} batches acknowledged, {} elections, {} crashes, {} wipes, {} partitions, {} compactions, {} snapshots built, {} installed, {} segment copies",
-        t.acked, t.elections, t.crashes, t.wipes, t.partitions, t.compactions, t.snapshots_built, t.snapshots_installed, t.segment_copies
+        "{seeds} seeds from {start}: {} batches acknowledged, {} elections, {} crashes, {} wipes, {} partitions, {} compactions, {} snapshots built, {} installed, {} answered without a fetch, {} segment copies",
+        t.acked, t.elections, t.crashes, t.wipes, t.partitions, t.compactions, t.snapshots_built, t.snapshots_installed, t.snapshots_answered, t.segment_copies
     );
     // The faults happened: a run that injected none would prove nothing.
     assert!(
