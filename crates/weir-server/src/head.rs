@@ -73,11 +73,6 @@ impl ShardHead {
             .collect()
     }
 
-    /// The bound `index.head_bytes_max`, past which appends wait.
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
-    }
-
     /// Log payload bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)

@@ -586,7 +586,6 @@ fn start_indexers(
         config.cluster.is_clustered() && config.cluster.segment_replication,
         Duration::from_millis(config.cluster.segment_sync_interval_ms),
         indexes.clone(),
-        heads.clone(),
         metrics.segments.clone(),
     );
     for (shard, index) in indexes.iter().enumerate() {

@@ -23,10 +23,10 @@
 //!   came back empty does not index the whole log again, and a new leader takes the
 //!   previous leader's last segments from whichever follower copied them.
 //! - **Who indexes.** [`SegmentReplication::indexes_locally`] tells each shard's indexer
-//!   whether to index itself: on the leader, yes; on a follower, only while replication is
-//!   not keeping up: no answer from the leader for [`stale_after`] the interval, or the
-//!   shard's head at `index.head_bytes_max` (where appends through this node would wait)
-//!   with no copy installed for as long. Records a follower has
+//!   whether to index itself: on the leader, yes; on a follower, only while the leader does
+//!   not answer (for [`stale_after`] the interval). Not when its head is full: that
+//!   happens when the leader's index is behind, and indexing on the follower too would
+//!   take the CPU the leader needs (measured: benches/RESULTS.md). Records a follower has
 //!   not received as segments yet are searched in its head meanwhile, so nothing committed
 //!   is ever unsearchable; a follower that becomes leader indexes the tail after the last
 //!   segments it installed.
@@ -46,7 +46,6 @@ use weir_proto::v1::{SegmentManifestRequest, SegmentManifestResponse};
 use weir_raft::{CommittedLog, RaftNode};
 
 use crate::cluster::PeerLinks;
-use crate::head::Heads;
 use crate::snapshot::{crc_of, remove_unlisted, safe_relative, Fetcher, FileEntry, Manifest};
 
 /// The manifest's format name (a snapshot package's is another).
@@ -104,12 +103,9 @@ struct Inner {
     interval: Duration,
     started: Instant,
     indexes: Vec<Arc<ShardIndex>>,
-    heads: Arc<Heads>,
     /// Per shard: when (ms after `started`) a sync last heard from the leader. Starts at
     /// 0: a replica that just started gives replication [`stale_after`] to answer.
     contact: Vec<AtomicU64>,
-    /// Per shard: when (ms after `started`) a copy was last installed.
-    installed: Vec<AtomicU64>,
     /// Per shard: this replica leads it and takes a copy: its indexer waits.
     paused: Vec<AtomicBool>,
     /// Per shard: the indexer last saw this replica lead it.
@@ -139,7 +135,6 @@ impl SegmentReplication {
         enabled: bool,
         interval: Duration,
         indexes: Vec<Arc<ShardIndex>>,
-        heads: Arc<Heads>,
         counters: Arc<SegmentCounters>,
     ) -> SegmentReplication {
         let n = indexes.len();
@@ -150,9 +145,7 @@ impl SegmentReplication {
             interval,
             started: Instant::now(),
             indexes,
-            heads,
             contact: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            installed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             paused: (0..n).map(|_| AtomicBool::new(false)).collect(),
             leading: (0..n).map(|_| AtomicBool::new(false)).collect(),
             check_due: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -197,14 +190,10 @@ impl SegmentReplication {
             Duration::from_millis(now.saturating_sub(at.load(Ordering::Acquire)))
                 > stale_after(inner.interval)
         };
-        if stale(&inner.contact[shard as usize]) {
-            return true;
-        }
-        stale(&inner.installed[shard as usize])
-            && inner
-                .heads
-                .shard(shard)
-                .is_some_and(|h| h.bytes() >= h.max_bytes())
+        // Not because the head is full: a follower's head fills when its leader's index
+        // falls behind, and indexing here as well would only take the CPU the leader
+        // needs to catch up.
+        stale(&inner.contact[shard as usize])
     }
 
     fn now_ms(&self) -> u64 {
@@ -506,7 +495,6 @@ impl SegmentReplication {
         match installed {
             Some(checkpoint) => {
                 inner.counters.installed.fetch_add(1, Ordering::Relaxed);
-                inner.installed[shard as usize].store(self.now_ms(), Ordering::Release);
                 // As an indexer commit would: the WAL behind the index may go.
                 raft.compact(shard, checkpoint + 1);
                 tracing::debug!(shard, checkpoint, "segments installed");
