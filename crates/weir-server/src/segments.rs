@@ -24,9 +24,11 @@
 //!   previous leader's last segments from whichever follower copied them.
 //! - **Who indexes.** [`SegmentReplication::indexes_locally`] tells each shard's indexer
 //!   whether to index itself: on the leader, yes; on a follower, only while the leader does
-//!   not answer (for [`stale_after`] the interval). Not when its head is full: that
-//!   happens when the leader's index is behind, and indexing on the follower too would
-//!   take the CPU the leader needs (measured: benches/RESULTS.md). Records a follower has
+//!   not answer (for [`stale_after`] the interval; a fetch under way is an answer, and
+//!   each shard has its own sync loop, so one shard's long fetch holds up no other). Not
+//!   when its head is full: that happens when the leader's index is behind, and indexing
+//!   on the follower too would take the CPU the leader needs (measured:
+//!   benches/RESULTS.md). Records a follower has
 //!   not received as segments yet are searched in its head meanwhile, so nothing committed
 //!   is ever unsearchable; a follower that becomes leader indexes the tail after the last
 //!   segments it installed.
@@ -113,8 +115,10 @@ struct Inner {
     /// Per shard: until when (ms after `started`; 0 = not) a replica that just became
     /// leader waits for one look at the others' copies before indexing by itself.
     check_due: Vec<AtomicU64>,
-    /// Wakes the sync loop early (a replica just became leader).
-    wake: tokio::sync::Notify,
+    /// Per shard: wakes its sync loop early (this replica just became leader).
+    wake: Vec<tokio::sync::Notify>,
+    /// Per shard: a copy is being fetched (the leader answers, chunk by chunk).
+    fetching: Vec<AtomicBool>,
     published: Vec<tokio::sync::Mutex<Option<Published>>>,
     /// CRC of each segment file published, by its path (segment files never change).
     crcs: Mutex<HashMap<String, (u64, u32)>>,
@@ -149,37 +153,32 @@ impl SegmentReplication {
             paused: (0..n).map(|_| AtomicBool::new(false)).collect(),
             leading: (0..n).map(|_| AtomicBool::new(false)).collect(),
             check_due: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            wake: tokio::sync::Notify::new(),
+            wake: (0..n).map(|_| tokio::sync::Notify::new()).collect(),
+            fetching: (0..n).map(|_| AtomicBool::new(false)).collect(),
             published: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
             crcs: Mutex::default(),
             counters,
         }))
     }
 
-    /// Its counters.
-    pub fn counters(&self) -> Arc<SegmentCounters> {
-        self.0.counters.clone()
-    }
-
     /// Whether the indexer of `shard` indexes by itself now (see the module docs): always
     /// without replication or on the shard's leader; on a follower only while replication
     /// is not keeping up.
     pub fn indexes_locally(&self, shard: u32, log: &weir_raft::ShardLog) -> bool {
-        let inner = &self.0;
+        let (inner, s) = (&self.0, shard as usize);
         if !inner.enabled {
             return true;
         }
-        if inner.paused[shard as usize].load(Ordering::Acquire) {
+        if inner.paused[s].load(Ordering::Acquire) {
             return false;
         }
-        let s = shard as usize;
         if log.is_leader() {
             if !inner.leading[s].swap(true, Ordering::AcqRel) {
                 // Just became leader: one look at the others' copies first (the sync loop
                 // runs at once), for at most as long as replication may be silent.
                 let until = self.now_ms() + stale_after(inner.interval).as_millis() as u64;
                 inner.check_due[s].store(until, Ordering::Release);
-                inner.wake.notify_one();
+                inner.wake[s].notify_one();
             }
             let due = inner.check_due[s].load(Ordering::Acquire);
             return due == 0 || self.now_ms() >= due;
@@ -193,7 +192,7 @@ impl SegmentReplication {
         // Not because the head is full: a follower's head fills when its leader's index
         // falls behind, and indexing here as well would only take the CPU the leader
         // needs to catch up.
-        stale(&inner.contact[shard as usize])
+        stale(&inner.contact[s]) && !inner.fetching[s].load(Ordering::Acquire)
     }
 
     fn now_ms(&self) -> u64 {
@@ -263,34 +262,38 @@ impl SegmentReplication {
         &self,
         raft: Arc<RaftNode>,
         links: Arc<PeerLinks>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         if !self.0.enabled {
             return None;
         }
-        let this = self.clone();
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.0.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = this.0.wake.notified() => {}
-                    _ = stop.changed() => return,
-                }
-                if *stop.borrow() {
-                    return;
-                }
-                for shard in 0..this.0.indexes.len() as u32 {
-                    match this.sync(shard, &raft, &links).await {
-                        Ok(_) => {}
-                        Err(e) => {
-                            this.0.counters.failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(shard, error = %format!("{e:#}"), "segment sync failed; retried at the next interval");
-                        }
+        // One loop per shard: a long fetch of one shard's merged segments does not keep
+        // the others waiting.
+        let mut loops = tokio::task::JoinSet::new();
+        for shard in 0..self.0.indexes.len() as u32 {
+            let (this, raft, links, mut stop) =
+                (self.clone(), raft.clone(), links.clone(), stop.clone());
+            loops.spawn(async move {
+                let mut tick = tokio::time::interval(this.0.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = this.0.wake[shard as usize].notified() => {}
+                        _ = stop.changed() => return,
+                    }
+                    if *stop.borrow() {
+                        return;
+                    }
+                    if let Err(e) = this.sync(shard, &raft, &links).await {
+                        this.0.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(shard, error = %format!("{e:#}"), "segment sync failed; retried at the next interval");
                     }
                 }
-            }
+            });
+        }
+        Some(tokio::spawn(async move {
+            while loops.join_next().await.is_some() {}
         }))
     }
 
@@ -410,6 +413,27 @@ impl SegmentReplication {
         wait_idle: bool,
     ) -> anyhow::Result<Synced> {
         let inner = &self.0;
+        inner.fetching[shard as usize].store(true, Ordering::Release);
+        let taken = self
+            .fetch_and_install(shard, raft, links, client, resp, wait_idle)
+            .await;
+        inner.fetching[shard as usize].store(false, Ordering::Release);
+        if taken.is_ok() {
+            self.touch(shard);
+        }
+        taken
+    }
+
+    async fn fetch_and_install(
+        &self,
+        shard: u32,
+        raft: &Arc<RaftNode>,
+        links: &Arc<PeerLinks>,
+        client: PeerClient<Channel>,
+        resp: SegmentManifestResponse,
+        wait_idle: bool,
+    ) -> anyhow::Result<Synced> {
+        let inner = &self.0;
         let index = inner.indexes[shard as usize].clone();
         if resp.checkpoint <= index.checkpoint() {
             return Ok(Synced::Current);
@@ -498,6 +522,14 @@ impl SegmentReplication {
                 // As an indexer commit would: the WAL behind the index may go.
                 raft.compact(shard, checkpoint + 1);
                 tracing::debug!(shard, checkpoint, "segments installed");
+                // As after an indexer commit: the new segments' body words are copied for
+                // infix lookups now, not by the first `*fragment*` search that needs them.
+                let index = index.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = index.warm_infix() {
+                        tracing::warn!(shard, error = %e, "copying body words for infix lookups failed");
+                    }
+                });
                 Ok(Synced::Installed(checkpoint))
             }
             None => Ok(Synced::Busy),
