@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Index once per shard (benches/RESULTS.md, "Three nodes: index once per shard"): all three
-# nodes and the load generator on this one machine, 4 shards, replication factor 3. For
+# nodes and the load generator on this one machine, SHARDS shards (4), replication factor 3. For
 # each value of cluster.segment_replication in MODES ("true false" by default) it starts a
 # fresh cluster, ingests as fast as acknowledgements allow for DURATION s (12 clients x
 # 1000-line batches spread over the nodes, a search probe on node 3 every 250 ms), then
@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-60}
 MODES=${MODES:-"true false"}
+SHARDS=${SHARDS:-4}
 BIN=${BIN:-target/release}
 BASE=15417
 . benches/lib.sh
@@ -39,7 +40,7 @@ for MODE in $MODES; do
       echo "data_dir = \"$DIR/node$i\""
       echo "grpc_addr = \"127.0.0.1:$G\""
       echo "http_addr = \"127.0.0.1:$H\""
-      printf '\n[storage]\nshards = 4\n\n[cluster]\nnode_id = %s\npeer_addr = "127.0.0.1:%s"\n' "$i" "$P"
+      printf '\n[storage]\nshards = %s\n\n[cluster]\nnode_id = %s\npeer_addr = "127.0.0.1:%s"\n' "$SHARDS" "$i" "$P"
       echo "segment_replication = $MODE"
       for m in 1 2 3; do
         printf '\n[[cluster.nodes]]\nid = %s\npeer = "127.0.0.1:%s"\ngrpc = "127.0.0.1:%s"\nhttp = "127.0.0.1:%s"\n' \
