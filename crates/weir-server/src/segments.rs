@@ -7,7 +7,7 @@
 //!   `<data_dir>/segments/out/shard-<n>/<checkpoint>-<8 hex>/`, with a manifest of every
 //!   file's size and CRC, and serves the files through the snapshot file stream (checksummed
 //!   chunks). A publication is reused while the checkpoint stays; older ones go after
-//!   [`PUBLICATION_KEEP`].
+//!   60 s.
 //! - **Follower.** Every `cluster.segment_sync_interval_ms`, for each shard it does not lead,
 //!   it asks the leader for its manifest. When the leader's checkpoint is past its own
 //!   index's and not past its own committed log (a replica's index is never ahead of its
@@ -24,7 +24,7 @@
 //!   previous leader's last segments from whichever follower copied them.
 //! - **Who indexes.** [`SegmentReplication::indexes_locally`] tells each shard's indexer
 //!   whether to index itself: on the leader, yes; on a follower, only while the leader does
-//!   not answer (for [`stale_after`] the interval; a fetch under way is an answer, and
+//!   not answer (for five intervals, at least 5 s; a fetch under way is an answer, and
 //!   each shard has its own sync loop, so one shard's long fetch holds up no other). Not
 //!   when its head is full: that happens when the leader's index is behind, and indexing
 //!   on the follower too would take the CPU the leader needs (measured:
