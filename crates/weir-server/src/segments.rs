@@ -64,6 +64,9 @@ const PUBLICATION_KEEP: Duration = Duration::from_secs(60);
 /// long-word marker (always the same bytes).
 const MUTABLE_FILES: [&str; 3] = ["meta.json", ".managed.json", "checkpoint.json"];
 
+/// A shard whose syncs keep failing logs one warning in this many.
+const FAILURE_LOG_EVERY: u32 = 60;
+
 /// How long a leader taking a copy waits for its own indexer to stop writing.
 const IDLE_WAIT: Duration = Duration::from_secs(3);
 
@@ -276,6 +279,7 @@ impl SegmentReplication {
             loops.spawn(async move {
                 let mut tick = tokio::time::interval(this.0.interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut failing = 0u32;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
@@ -285,9 +289,17 @@ impl SegmentReplication {
                     if *stop.borrow() {
                         return;
                     }
-                    if let Err(e) = this.sync(shard, &raft, &links).await {
-                        this.0.counters.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(shard, error = %format!("{e:#}"), "segment sync failed; retried at the next interval");
+                    match this.sync(shard, &raft, &links).await {
+                        Ok(_) => failing = 0,
+                        Err(e) => {
+                            this.0.counters.failed.fetch_add(1, Ordering::Relaxed);
+                            // Every interval while a leader is away (or runs a version
+                            // without segment replication): said once a minute or so.
+                            if failing.is_multiple_of(FAILURE_LOG_EVERY) {
+                                tracing::warn!(shard, failed_in_a_row = failing + 1, error = %format!("{e:#}"), "segment sync failed; retried at the next interval, and this shard indexes by itself while its leader does not answer");
+                            }
+                            failing = failing.saturating_add(1);
+                        }
                     }
                 }
             });
