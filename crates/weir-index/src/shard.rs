@@ -1123,29 +1123,34 @@ impl ShardIndex {
             publish_partition(&part, &dest.join(part.key.dir_name()))?;
         }
         let checkpoint = self.checkpoint();
-        write_ckpt(
-            &dest.join(CHECKPOINT_FILE),
-            &CheckpointFile {
-                format: CHECKPOINT_FORMAT.into(),
-                version: CHECKPOINT_VERSION,
-                shard: self.shard.0,
-                checkpoint,
-                dropped_before_ns: ws.dropped_before_ns,
-            },
-        )?;
+        let dropped_before_ns = ws.dropped_before_ns;
         drop(ws);
-        fsync_dir(dest)?;
+        let ckpt_path = dest.join(CHECKPOINT_FILE);
+        let ckpt = serde_json::to_vec(&CheckpointFile {
+            format: CHECKPOINT_FORMAT.into(),
+            version: CHECKPOINT_VERSION,
+            shard: self.shard.0,
+            checkpoint,
+            dropped_before_ns,
+        })
+        .map_err(|e| Error::Corrupt {
+            path: ckpt_path.clone(),
+            reason: format!("cannot serialise checkpoint: {e}"),
+        })?;
+        // Not made durable either (see `publish_partition`).
+        fs::write(&ckpt_path, ckpt).map_err(|e| Error::io(&ckpt_path, e))?;
         Ok(checkpoint)
     }
 
     /// [`ShardIndex::install`], unless this index holds records added and not committed
-    /// yet (its own indexer is writing): then nothing changes and `Ok(None)` says so, for
-    /// the caller to try again once the indexer stopped. A copy taken while this replica
-    /// was idle therefore never drops records its indexer already moved past.
+    /// yet (its own indexer is writing) or the copy is behind this index: then nothing
+    /// changes and `Ok(None)` says so, for the caller to try again later. A copy taken
+    /// while this replica was idle therefore never drops records its indexer already
+    /// moved past.
     ///
     /// # Errors
     ///
-    /// As [`ShardIndex::install`].
+    /// As [`ShardIndex::install`], but a copy behind this index is `Ok(None)`.
     pub fn install_if_idle(&self, src: &Path) -> Result<Option<u64>> {
         self.install_copy(src, true)
     }
@@ -1510,7 +1515,10 @@ fn publish_partition(part: &Partition, dest: &Path) -> Result<()> {
             }
         }
     }
-    write_atomic(&dest.join("meta.json"), &meta)?;
+    // Not made durable (here or below): a copy is rebuilt after a crash, and a replica
+    // checks every file it takes. Fewer fsyncs while the shard's writes wait.
+    let meta_copy = dest.join("meta.json");
+    fs::write(&meta_copy, &meta).map_err(|e| Error::io(&meta_copy, e))?;
     if part.long_tokens_marked {
         let marker = dest.join(LONG_TOKENS_MARKED);
         fs::hard_link(part.dir.join(LONG_TOKENS_MARKED), &marker)
@@ -1520,8 +1528,8 @@ fn publish_partition(part: &Partition, dest: &Path) -> Result<()> {
         path: dest.to_path_buf(),
         reason: format!("cannot list the published files: {e}"),
     })?;
-    write_atomic(&dest.join(".managed.json"), &managed)?;
-    fsync_dir(dest)
+    let managed_path = dest.join(".managed.json");
+    fs::write(&managed_path, &managed).map_err(|e| Error::io(&managed_path, e))
 }
 
 /// Collects `query`'s matches in `searcher` into `top` (a time sort), returning how many

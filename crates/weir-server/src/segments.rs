@@ -56,6 +56,12 @@ const MANIFEST_FORMAT: &str = "weir-segments";
 /// Where a publication holds the index (the manifest's paths begin with it).
 const INDEX_PREFIX: &str = "index/";
 
+/// The paths a publication's manifest lists.
+type FileSet = Arc<std::collections::HashSet<String>>;
+
+/// Publications of a shard whose file lists are kept in memory for serving.
+const SERVED_KEEP: usize = 4;
+
 /// A publication is kept this long (the newest one always).
 const PUBLICATION_KEEP: Duration = Duration::from_secs(60);
 
@@ -63,6 +69,10 @@ const PUBLICATION_KEEP: Duration = Duration::from_secs(60);
 /// file is a tantivy segment file (named by a random segment id, never rewritten) or the
 /// long-word marker (always the same bytes).
 const MUTABLE_FILES: [&str; 3] = ["meta.json", ".managed.json", "checkpoint.json"];
+
+/// A replica that does not lead a shard removes its old publications of it every this
+/// many sync rounds.
+const SWEEP_ROUNDS: u64 = 30;
 
 /// A shard whose syncs keep failing logs one warning in this many.
 const FAILURE_LOG_EVERY: u32 = 60;
@@ -99,6 +109,7 @@ struct Published {
     package: String,
     checkpoint: u64,
     manifest: Vec<u8>,
+    files: FileSet,
 }
 
 struct Inner {
@@ -123,8 +134,12 @@ struct Inner {
     /// Per shard: a copy is being fetched (the leader answers, chunk by chunk).
     fetching: Vec<AtomicBool>,
     published: Vec<tokio::sync::Mutex<Option<Published>>>,
+    /// Per shard: the files of its last few publications, so that serving a file does
+    /// not read and parse the manifest again.
+    served: Vec<Mutex<std::collections::VecDeque<(String, FileSet)>>>,
     /// CRC of each segment file published, by its path (segment files never change).
-    crcs: Mutex<HashMap<String, (u64, u32)>>,
+    /// Per shard (publications of one shard are made one at a time).
+    crcs: Vec<Mutex<HashMap<String, (u64, u32)>>>,
     counters: Arc<SegmentCounters>,
 }
 
@@ -159,7 +174,8 @@ impl SegmentReplication {
             wake: (0..n).map(|_| tokio::sync::Notify::new()).collect(),
             fetching: (0..n).map(|_| AtomicBool::new(false)).collect(),
             published: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
-            crcs: Mutex::default(),
+            crcs: (0..n).map(|_| Mutex::default()).collect(),
+            served: (0..n).map(|_| Mutex::default()).collect(),
             counters,
         }))
     }
@@ -227,18 +243,26 @@ impl SegmentReplication {
             return Ok(SegmentManifestResponse::default());
         }
         let mut newest = inner.published[shard as usize].lock().await;
+        let out = inner.shard_out(shard);
         if newest
             .as_ref()
-            .is_none_or(|p| p.checkpoint < index.checkpoint())
+            .is_none_or(|p| p.checkpoint < index.checkpoint() || !out.join(&p.package).is_dir())
         {
             let i = inner.clone();
-            let p = tokio::task::spawn_blocking(move || i.publish(shard, &index))
+            let keep = newest.as_ref().map(|p| p.package.clone());
+            let p = tokio::task::spawn_blocking(move || i.publish(shard, &index, keep.as_deref()))
                 .await
                 .map_err(|e| Status::internal(format!("publishing shard {shard}: {e}")))?
                 .map_err(|e| {
                     Status::internal(format!("cannot publish the index of shard {shard}: {e:#}"))
                 })?;
             inner.counters.published.fetch_add(1, Ordering::Relaxed);
+            let mut served = inner.served[shard as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            served.push_front((p.package.clone(), p.files.clone()));
+            served.truncate(SERVED_KEEP);
+            drop(served);
             *newest = Some(p);
         }
         let p = newest.as_ref().expect("published above");
@@ -256,7 +280,27 @@ impl SegmentReplication {
     /// # Errors
     /// As [`crate::snapshot::SnapshotStore::package_file`].
     pub fn package_file(&self, shard: u32, package: &str, path: &str) -> Result<PathBuf, Status> {
-        crate::snapshot::package_file(&self.0.root, shard, package, path)
+        let inner = &self.0;
+        let served = inner
+            .served
+            .get(shard as usize)
+            .ok_or_else(|| Status::invalid_argument(format!("no shard {shard} here")))?;
+        let listed = served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(p, _)| p == package)
+            .map(|(_, files)| files.clone());
+        match listed {
+            Some(files) if files.contains(path) || path == crate::snapshot::MANIFEST => {
+                Ok(inner.shard_out(shard).join(package).join(path))
+            }
+            Some(_) => Err(Status::not_found(format!(
+                "segment publication {package} of shard {shard} has no file {path:?}"
+            ))),
+            // Older than the last few: its manifest on disk says (if it is still there).
+            None => crate::snapshot::package_file(&inner.root, shard, package, path),
+        }
     }
 
     /// Follower: every interval until `stop`, copies the segments of each shard this node
@@ -280,6 +324,7 @@ impl SegmentReplication {
                 let mut tick = tokio::time::interval(this.0.interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut failing = 0u32;
+                let mut rounds = 0u64;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
@@ -288,6 +333,13 @@ impl SegmentReplication {
                     }
                     if *stop.borrow() {
                         return;
+                    }
+                    rounds += 1;
+                    if rounds.is_multiple_of(SWEEP_ROUNDS) && raft.leader_of(shard) != Some(this.0.node_id) {
+                        // Publications made while this node led the shard, or for a new
+                        // leader's look, are not superseded by any later one here.
+                        let out = this.0.shard_out(shard);
+                        let _ = tokio::task::spawn_blocking(move || remove_superseded(&out, None)).await;
                     }
                     match this.sync(shard, &raft, &links).await {
                         Ok(_) => failing = 0,
@@ -332,13 +384,20 @@ impl SegmentReplication {
             return Ok(Synced::Current);
         }
         let (client, resp) = self.ask(links, leader, shard).await?;
-        self.touch(shard);
-        self.take(shard, raft, links, client, resp, false).await
+        if resp.checkpoint > raft.committed_log(shard).watermark() {
+            // The leader's index is past this replica's log (a replica catching up): give
+            // the log one interval to get there.
+            let (log, wanted, wait) = (raft.committed_log(shard), resp.checkpoint, inner.interval);
+            tokio::task::spawn_blocking(move || log.wait_for(wanted - 1, wait)).await?;
+        }
+        self.take(shard, raft, links, leader, client, resp, false)
+            .await
     }
 
-    /// A leader whose index is far behind its log (a replica handed the shard soon after
-    /// it came back empty, say) takes a copy from the replica whose index is furthest
-    /// instead of indexing everything again; its own indexer pauses meanwhile.
+    /// A leader whose index is behind another replica's (a replica handed the shard soon
+    /// after it came back empty, or a new leader whose follower copied more of the old
+    /// leader's index) takes the furthest copy instead of indexing it all again; its own
+    /// indexer pauses only while the copy is installed.
     async fn catch_up_as_leader(
         &self,
         shard: u32,
@@ -354,6 +413,7 @@ impl SegmentReplication {
         // A replica answers with nothing unless its index is further than this one's
         // (as a follower's copy of the previous leader's can be).
         let mut best = None;
+        let mut best_node = None;
         for peer in links.all() {
             match self.ask(links, peer.id, shard).await {
                 Ok((client, resp)) if resp.checkpoint > have && resp.checkpoint <= committed => {
@@ -364,6 +424,7 @@ impl SegmentReplication {
                         })
                     {
                         best = Some((client, resp));
+                        best_node = Some(peer.id);
                     }
                 }
                 Ok(_) => {}
@@ -379,12 +440,11 @@ impl SegmentReplication {
             shard,
             index = have,
             copy = resp.checkpoint,
-            "this leader's index is far behind its log: taking a copy from a replica"
+            "this leader's index is behind a replica's: taking that copy"
         );
-        inner.paused[shard as usize].store(true, Ordering::Release);
-        let taken = self.take(shard, raft, links, client, resp, true).await;
-        inner.paused[shard as usize].store(false, Ordering::Release);
-        taken
+        let from = best_node.expect("set with best");
+        self.take(shard, raft, links, from, client, resp, true)
+            .await
     }
 
     /// Asks `node` for the manifest of its newest publication of `shard`.
@@ -415,22 +475,31 @@ impl SegmentReplication {
     /// Fetches the publication `resp` describes (from `client`) and installs it, when it
     /// is past this replica's index and not past its committed log. With `wait_idle`, the
     /// install waits up to [`IDLE_WAIT`] for the local indexer to stop writing.
+    #[allow(clippy::too_many_arguments)]
     async fn take(
         &self,
         shard: u32,
         raft: &Arc<RaftNode>,
         links: &Arc<PeerLinks>,
+        from: u64,
         client: PeerClient<Channel>,
         resp: SegmentManifestResponse,
         wait_idle: bool,
     ) -> anyhow::Result<Synced> {
         let inner = &self.0;
+        let package = resp.package.clone();
         inner.fetching[shard as usize].store(true, Ordering::Release);
         let taken = self
             .fetch_and_install(shard, raft, links, client, resp, wait_idle)
-            .await;
+            .await
+            .with_context(|| format!("publication {package} of shard {shard} from node {from}"));
         inner.fetching[shard as usize].store(false, Ordering::Release);
-        if taken.is_ok() {
+        // Only progress, or nothing left to take, is the leader keeping this replica up:
+        // a copy that fails, or one this replica's log never reaches, is not.
+        if matches!(
+            taken,
+            Ok(Synced::Current | Synced::Installed(_) | Synced::Busy)
+        ) {
             self.touch(shard);
         }
         taken
@@ -517,17 +586,35 @@ impl SegmentReplication {
             // from another publication.
             fetcher.file(f, &dest, !mutable).await?;
         }
-        let deadline = Instant::now() + if wait_idle { IDLE_WAIT } else { Duration::ZERO };
-        let installed = loop {
-            let (index, copy) = (index.clone(), copy.clone());
-            let installed = tokio::task::spawn_blocking(move || index.install_if_idle(&copy))
-                .await?
-                .with_context(|| format!("cannot install the segments of shard {shard}"))?;
-            if installed.is_some() || Instant::now() >= deadline {
-                break installed;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Partitions may hold records of entries after the copy's checkpoint (a writer
+        // evicted mid-way commits what it has): none may be past this replica's log.
+        let furthest = {
+            let copy = copy.clone();
+            tokio::task::spawn_blocking(move || furthest_payload(&copy)).await??
         };
+        if furthest > raft.committed_log(shard).watermark() {
+            return Ok(Synced::LogBehind);
+        }
+        let deadline = Instant::now() + if wait_idle { IDLE_WAIT } else { Duration::ZERO };
+        if wait_idle {
+            // A leader's indexer stops (and commits what it added) while the copy goes in.
+            inner.paused[shard as usize].store(true, Ordering::Release);
+        }
+        let installed: anyhow::Result<Option<u64>> = async {
+            loop {
+                let (index, copy) = (index.clone(), copy.clone());
+                let installed = tokio::task::spawn_blocking(move || index.install_if_idle(&copy))
+                    .await?
+                    .context("cannot install it")?;
+                if installed.is_some() || Instant::now() >= deadline {
+                    return Ok(installed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        .await;
+        inner.paused[shard as usize].store(false, Ordering::Release);
+        let installed = installed?;
         match installed {
             Some(checkpoint) => {
                 inner.counters.installed.fetch_add(1, Ordering::Relaxed);
@@ -582,21 +669,47 @@ async fn link_own(own: &Path, dest: &Path, bytes: u64) -> anyhow::Result<bool> {
 impl Inner {
     /// Publishes the last commit of `shard`'s index (blocking) and removes publications
     /// superseded more than [`PUBLICATION_KEEP`] ago.
-    fn publish(&self, shard: u32, index: &ShardIndex) -> anyhow::Result<Published> {
-        let shard_dir = self.root.join("out").join(format!("shard-{shard}"));
+    fn publish(
+        &self,
+        shard: u32,
+        index: &ShardIndex,
+        keep: Option<&str>,
+    ) -> anyhow::Result<Published> {
+        let shard_dir = self.shard_out(shard);
         std::fs::create_dir_all(&shard_dir)
             .with_context(|| format!("cannot create {}", shard_dir.display()))?;
-        remove_superseded(&shard_dir);
+        remove_superseded(&shard_dir, keep);
         let tmp = shard_dir.join(format!("{:08x}.tmp", rand::random::<u32>()));
         std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let published = self.publish_into(shard, index, &tmp, &shard_dir);
+        if published.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        published
+    }
+
+    /// Where the publications of `shard` live.
+    fn shard_out(&self, shard: u32) -> PathBuf {
+        self.root.join("out").join(format!("shard-{shard}"))
+    }
+
+    fn publish_into(
+        &self,
+        shard: u32,
+        index: &ShardIndex,
+        tmp: &Path,
+        shard_dir: &Path,
+    ) -> anyhow::Result<Published> {
         let checkpoint = index
             .publish(&tmp.join(INDEX_PREFIX.trim_end_matches('/')))
-            .with_context(|| format!("cannot publish the index of shard {shard}"))?;
+            .context("linking the files of its last commit")?;
         let package = format!("{checkpoint}-{:08x}", rand::random::<u32>());
         let mut files = Vec::new();
-        list_index_files(&tmp, &tmp, &mut files)?;
+        list_index_files(tmp, tmp, &mut files)?;
         {
-            let mut crcs = self.crcs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut crcs = self.crcs[shard as usize]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for f in &mut files {
                 let mutable = MUTABLE_FILES
                     .iter()
@@ -605,7 +718,8 @@ impl Inner {
                 f.crc32 = match known {
                     Some((_, crc)) if !mutable => crc,
                     _ => {
-                        let (bytes, crc) = crc_of(&tmp.join(&f.path))?;
+                        let (bytes, crc) = crc_of(&tmp.join(&f.path))
+                            .with_context(|| format!("reading {}", f.path))?;
                         ensure!(bytes == f.bytes, "{} changed while published", f.path);
                         if !mutable {
                             crcs.insert(f.path.clone(), (bytes, crc));
@@ -620,7 +734,8 @@ impl Inner {
             crcs.retain(|p, _| listed.contains(p.as_str()));
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        let manifest = serde_json::to_vec_pretty(&Manifest {
+        let paths = Arc::new(files.iter().map(|f| f.path.clone()).collect());
+        let manifest = serde_json::to_vec(&Manifest {
             format: MANIFEST_FORMAT.into(),
             version: 1,
             shard,
@@ -629,36 +744,45 @@ impl Inner {
             checkpoint,
             files,
         })?;
-        weir_wal::durable::atomic_write(&tmp.join(crate::snapshot::MANIFEST), &manifest)
-            .context("cannot write the manifest")?;
-        std::fs::rename(&tmp, shard_dir.join(&package))
+        // Not made durable: a publication is rebuilt after a crash, and followers check
+        // every file against the manifest they were sent.
+        let manifest_path = tmp.join(crate::snapshot::MANIFEST);
+        std::fs::write(&manifest_path, &manifest)
+            .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+        std::fs::rename(tmp, shard_dir.join(&package))
             .with_context(|| format!("cannot rename {}", tmp.display()))?;
         Ok(Published {
             package,
             checkpoint,
             manifest,
+            files: paths,
         })
     }
 }
 
 /// Every file under `dir`, with paths relative to `base` and sizes (CRCs filled later).
 fn list_index_files(base: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry?;
+    let listing = || format!("cannot list {}", dir.display());
+    for entry in std::fs::read_dir(dir).with_context(listing)? {
+        let entry = entry.with_context(listing)?;
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        if entry.file_type().with_context(listing)?.is_dir() {
             list_index_files(base, &path, out)?;
             continue;
         }
         let rel = path
-            .strip_prefix(base)?
+            .strip_prefix(base)
+            .with_context(listing)?
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
         out.push(FileEntry {
             path: rel,
-            bytes: entry.metadata()?.len(),
+            bytes: entry
+                .metadata()
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .len(),
             crc32: 0,
         });
     }
@@ -666,23 +790,54 @@ fn list_index_files(base: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> anyhow
 }
 
 /// Removes publications (and half-built ones) of one shard made more than
-/// [`PUBLICATION_KEEP`] ago, but the newest: a follower fetching one that goes resumes its
-/// segment files from the next.
-fn remove_superseded(shard_dir: &Path) {
+/// [`PUBLICATION_KEEP`] ago, but `keep` (the one this node answers with): a follower
+/// fetching one that goes resumes its segment files from the next.
+fn remove_superseded(shard_dir: &Path, keep: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(shard_dir) else {
         return;
     };
-    let mut all: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    all.sort();
-    all.pop();
-    for (modified, path) in all {
-        if modified.elapsed().is_ok_and(|age| age > PUBLICATION_KEEP) {
+    for e in entries.flatten() {
+        if keep.is_some_and(|k| e.file_name().to_str() == Some(k)) {
+            continue;
+        }
+        let (path, modified) = (e.path(), e.metadata().and_then(|m| m.modified()));
+        if modified.is_ok_and(|m| m.elapsed().is_ok_and(|age| age > PUBLICATION_KEEP)) {
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove a superseded segment publication");
             }
         }
     }
+}
+
+/// The largest commit payload (log index) of the partitions of the index copy in `dir`:
+/// each partition's `meta.json`, read as JSON.
+fn furthest_payload(dir: &Path) -> anyhow::Result<u64> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        payload: Option<String>,
+    }
+    let mut furthest = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path()
+            .join("meta.json");
+        if !path.is_file() {
+            continue;
+        }
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta: Meta = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a tantivy meta.json", path.display()))?;
+        if let Some(p) = meta.payload {
+            let p: u64 = p.parse().with_context(|| {
+                format!(
+                    "{}: commit payload {p:?} is not a log index",
+                    path.display()
+                )
+            })?;
+            furthest = furthest.max(p);
+        }
+    }
+    Ok(furthest)
 }
