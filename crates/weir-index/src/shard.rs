@@ -1180,7 +1180,10 @@ impl ShardIndex {
                 reason: "not an exported index: no checkpoint file".into(),
             });
         }
-        let (copy, _, _) = load(src, self.shard, &self.fields)?;
+        // Every partition of the copy opens (schema, files), but the ones this index shows
+        // as they are in the copy: those are not opened twice.
+        let open_now = self.read_parts().clone();
+        let (copy, _, _) = load_reusing(src, self.shard, &self.fields, &open_now)?;
         if only_if_idle && copy.checkpoint < self.checkpoint() {
             return Ok(None);
         }
@@ -1314,7 +1317,8 @@ fn load(dir: &Path, shard: ShardId, fields: &Fields) -> Result<Loaded> {
 }
 
 /// [`load`], keeping each partition of `open` whose searcher shows exactly the segments
-/// (and deletes) the partition's `meta.json` in `dir` lists, instead of opening it again.
+/// (and deletes) the partition's `meta.json` in `dir` lists, instead of opening it again
+/// (the partition is then the same files, by name: tantivy never rewrites one).
 fn load_reusing(
     dir: &Path,
     shard: ShardId,
@@ -1372,7 +1376,7 @@ fn load_reusing(
         let Some(key) = PartKey::parse(&name) else {
             continue;
         };
-        if let Some(p) = open.get(&key).filter(|p| p.dir == path && shows_meta(p)) {
+        if let Some(p) = open.get(&key).filter(|p| shows_meta(p, &path)) {
             committed.insert(key, p.visible_through.load(Ordering::Acquire));
             parts.insert(key, p.clone());
             continue;
@@ -1443,10 +1447,10 @@ struct MetaDeletes {
 }
 
 /// Whether `part`'s searcher shows exactly the segments, with as many documents each,
-/// that the `meta.json` now in its directory lists, and the commit payload it was
-/// reloaded at is the one that `meta.json` carries.
-fn shows_meta(part: &Partition) -> bool {
-    let Ok(bytes) = fs::read(part.dir.join("meta.json")) else {
+/// that the `meta.json` in `dir` lists, and the commit payload it was reloaded at is the
+/// one that `meta.json` carries.
+fn shows_meta(part: &Partition, dir: &Path) -> bool {
+    let Ok(bytes) = fs::read(dir.join("meta.json")) else {
         return false;
     };
     let Ok(meta) = serde_json::from_slice::<MetaSegments>(&bytes) else {
