@@ -1142,6 +1142,41 @@ impl ShardIndex {
         Ok(checkpoint)
     }
 
+    /// The furthest log entry any partition of the copy in `src` (a [`ShardIndex::publish`]
+    /// or [`ShardIndex::export`]) holds records of: its partitions' largest commit payload.
+    /// It can be past the copy's checkpoint (a writer evicted while an entry was added
+    /// commits what it has), so a replica that must not hold records its log has not
+    /// committed compares this, not only the checkpoint, with its log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] for a `meta.json` or payload that does not parse; I/O errors.
+    pub fn furthest_entry_of_copy(src: &Path) -> Result<u64> {
+        let mut furthest = 0;
+        for entry in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+            let entry = entry.map_err(|e| Error::io(src, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if PartKey::parse(&name).is_none() {
+                continue;
+            }
+            let path = entry.path().join("meta.json");
+            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let meta: MetaSegments =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("not a tantivy meta.json: {e}"),
+                })?;
+            if let Some(p) = meta.payload {
+                let p: u64 = p.parse().map_err(|_| Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("commit payload {p:?} is not a log index"),
+                })?;
+                furthest = furthest.max(p);
+            }
+        }
+        Ok(furthest)
+    }
+
     /// [`ShardIndex::install`], unless this index holds records added and not committed
     /// yet (its own indexer is writing) or the copy is behind this index: then nothing
     /// changes and `Ok(None)` says so, for the caller to try again later. A copy taken

@@ -856,6 +856,7 @@ fn a_published_copy_holds_the_last_commit_while_merges_run_and_an_idle_replica_t
             .collect();
         batch("acme", records)
     };
+    let mut past_checkpoint = false;
     for entry in 1..=ENTRIES {
         leader.add_batch(entry, &entry_batch(entry)).unwrap();
         if entry % 2 == 0 {
@@ -869,8 +870,18 @@ fn a_published_copy_holds_the_last_commit_while_merges_run_and_an_idle_replica_t
             entry - entry % 2,
             "a copy holds the last commit, not what was added since"
         );
+        let furthest = ShardIndex::furthest_entry_of_copy(&dest).unwrap();
+        assert!(
+            (checkpoint..=entry).contains(&furthest),
+            "copy at {checkpoint} after entry {entry}: partitions hold records up to {furthest}"
+        );
+        past_checkpoint |= furthest > checkpoint;
         published.push((dest, checkpoint));
     }
+    assert!(
+        past_checkpoint,
+        "some copy has a partition past its checkpoint (an evicted writer's commit)"
+    );
     assert!(
         leader.publish(&published[0].0).is_err(),
         "publishing over an existing directory is refused"

@@ -48,7 +48,9 @@ use weir_proto::v1::{SegmentManifestRequest, SegmentManifestResponse};
 use weir_raft::{CommittedLog, RaftNode};
 
 use crate::cluster::PeerLinks;
-use crate::snapshot::{crc_of, remove_unlisted, safe_relative, Fetcher, FileEntry, Manifest};
+use crate::snapshot::{
+    crc_of, remove_unlisted, safe_relative, walk_files, Fetcher, FileEntry, Manifest,
+};
 
 /// The manifest's format name (a snapshot package's is another).
 const MANIFEST_FORMAT: &str = "weir-segments";
@@ -69,6 +71,13 @@ const PUBLICATION_KEEP: Duration = Duration::from_secs(60);
 /// file is a tantivy segment file (named by a random segment id, never rewritten) or the
 /// long-word marker (always the same bytes).
 const MUTABLE_FILES: [&str; 3] = ["meta.json", ".managed.json", "checkpoint.json"];
+
+/// Whether the file at `path` (in a manifest) is one of [`MUTABLE_FILES`].
+fn is_mutable(path: &str) -> bool {
+    MUTABLE_FILES
+        .iter()
+        .any(|n| path.rsplit('/').next() == Some(n))
+}
 
 /// A replica that does not lead a shard removes its old publications of it every this
 /// many sync rounds.
@@ -571,9 +580,7 @@ impl SegmentReplication {
         let own = index.dir().to_path_buf();
         for f in &m.files {
             let dest = staging.join(&f.path);
-            let mutable = MUTABLE_FILES
-                .iter()
-                .any(|n| f.path.rsplit('/').next() == Some(n));
+            let mutable = is_mutable(&f.path);
             let own_file = own.join(&f.path[INDEX_PREFIX.len()..]);
             if !mutable && link_own(&own_file, &dest, f.bytes).await? {
                 inner
@@ -590,7 +597,9 @@ impl SegmentReplication {
         // evicted mid-way commits what it has): none may be past this replica's log.
         let furthest = {
             let copy = copy.clone();
-            tokio::task::spawn_blocking(move || furthest_payload(&copy)).await??
+            tokio::task::spawn_blocking(move || ShardIndex::furthest_entry_of_copy(&copy))
+                .await?
+                .context("reading the copy's partitions")?
         };
         if furthest > raft.committed_log(shard).watermark() {
             return Ok(Synced::LogBehind);
@@ -704,16 +713,22 @@ impl Inner {
             .publish(&tmp.join(INDEX_PREFIX.trim_end_matches('/')))
             .context("linking the files of its last commit")?;
         let package = format!("{checkpoint}-{:08x}", rand::random::<u32>());
-        let mut files = Vec::new();
-        list_index_files(tmp, tmp, &mut files)?;
+        let mut found = Vec::new();
+        walk_files(tmp, tmp, &mut found)?;
+        let mut files: Vec<FileEntry> = found
+            .into_iter()
+            .map(|(path, _, bytes)| FileEntry {
+                path,
+                bytes,
+                crc32: 0,
+            })
+            .collect();
         {
             let mut crcs = self.crcs[shard as usize]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for f in &mut files {
-                let mutable = MUTABLE_FILES
-                    .iter()
-                    .any(|n| f.path.rsplit('/').next() == Some(n));
+                let mutable = is_mutable(&f.path);
                 let known = crcs.get(&f.path).filter(|(b, _)| *b == f.bytes).copied();
                 f.crc32 = match known {
                     Some((_, crc)) if !mutable => crc,
@@ -760,35 +775,6 @@ impl Inner {
     }
 }
 
-/// Every file under `dir`, with paths relative to `base` and sizes (CRCs filled later).
-fn list_index_files(base: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> anyhow::Result<()> {
-    let listing = || format!("cannot list {}", dir.display());
-    for entry in std::fs::read_dir(dir).with_context(listing)? {
-        let entry = entry.with_context(listing)?;
-        let path = entry.path();
-        if entry.file_type().with_context(listing)?.is_dir() {
-            list_index_files(base, &path, out)?;
-            continue;
-        }
-        let rel = path
-            .strip_prefix(base)
-            .with_context(listing)?
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/");
-        out.push(FileEntry {
-            path: rel,
-            bytes: entry
-                .metadata()
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .len(),
-            crc32: 0,
-        });
-    }
-    Ok(())
-}
-
 /// Removes publications (and half-built ones) of one shard made more than
 /// [`PUBLICATION_KEEP`] ago, but `keep` (the one this node answers with): a follower
 /// fetching one that goes resumes its segment files from the next.
@@ -807,37 +793,4 @@ fn remove_superseded(shard_dir: &Path, keep: Option<&str>) {
             }
         }
     }
-}
-
-/// The largest commit payload (log index) of the partitions of the index copy in `dir`:
-/// each partition's `meta.json`, read as JSON.
-fn furthest_payload(dir: &Path) -> anyhow::Result<u64> {
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        payload: Option<String>,
-    }
-    let mut furthest = 0;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .path()
-            .join("meta.json");
-        if !path.is_file() {
-            continue;
-        }
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let meta: Meta = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a tantivy meta.json", path.display()))?;
-        if let Some(p) = meta.payload {
-            let p: u64 = p.parse().with_context(|| {
-                format!(
-                    "{}: commit payload {p:?} is not a log index",
-                    path.display()
-                )
-            })?;
-            furthest = furthest.max(p);
-        }
-    }
-    Ok(furthest)
 }

@@ -693,19 +693,9 @@ fn hash_file(path: &Path, limit: u64) -> anyhow::Result<(u64, crc32fast::Hasher)
 
 /// Every file under `dir`, with paths relative to `base` ('/'-separated), sizes and CRCs.
 fn list_files(base: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            list_files(base, &path, out)?;
-            continue;
-        }
-        let rel = path
-            .strip_prefix(base)?
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/");
+    let mut found = Vec::new();
+    walk_files(base, dir, &mut found)?;
+    for (rel, path, _) in found {
         if rel == MANIFEST {
             continue;
         }
@@ -715,6 +705,37 @@ fn list_files(base: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> anyhow::Resu
             bytes,
             crc32,
         });
+    }
+    Ok(())
+}
+
+/// Every file under `dir`: its path relative to `base` ('/'-separated), its path, and
+/// its size.
+pub(crate) fn walk_files(
+    base: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, PathBuf, u64)>,
+) -> anyhow::Result<()> {
+    let listing = || format!("cannot list {}", dir.display());
+    for entry in std::fs::read_dir(dir).with_context(listing)? {
+        let entry = entry.with_context(listing)?;
+        let path = entry.path();
+        if entry.file_type().with_context(listing)?.is_dir() {
+            walk_files(base, &path, out)?;
+            continue;
+        }
+        let rel = path
+            .strip_prefix(base)
+            .with_context(listing)?
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        let bytes = entry
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        out.push((rel, path, bytes));
     }
     Ok(())
 }
