@@ -24,14 +24,14 @@
 //!   previous leader's last segments from whichever follower copied them.
 //! - **Who indexes.** [`SegmentReplication::indexes_locally`] tells each shard's indexer
 //!   whether to index itself: on the leader, yes; on a follower, only while the leader does
-//!   not answer (for five intervals, at least 5 s; a fetch under way is an answer, and
-//!   each shard has its own sync loop, so one shard's long fetch holds up no other). Not
-//!   when its head is full: that happens when the leader's index is behind, and indexing
-//!   on the follower too would take the CPU the leader needs (measured:
-//!   benches/RESULTS.md). Records a follower has
-//!   not received as segments yet are searched in its head meanwhile, so nothing committed
-//!   is ever unsearchable; a follower that becomes leader indexes the tail after the last
-//!   segments it installed.
+//!   not keep it up: five intervals (at least 5 s) without a copy installed or an answer
+//!   that there is nothing to take. A fetch under way counts; a failed one does not; each
+//!   shard has its own sync loop, so one shard's long fetch holds up no other. Not when
+//!   its head is full: that happens when the leader's index is behind, and indexing on
+//!   the follower too would take the CPU the leader needs (measured:
+//!   benches/RESULTS.md). Records a follower has not received as segments yet are
+//!   searched in its head meanwhile, so nothing committed is ever unsearchable; a
+//!   follower that becomes leader indexes the tail after the last segments it installed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,11 +89,11 @@ const FAILURE_LOG_EVERY: u32 = 60;
 /// How long a leader taking a copy waits for its own indexer to stop writing.
 const IDLE_WAIT: Duration = Duration::from_secs(3);
 
-/// Replication has stopped keeping up when the leader has not answered for this many
-/// sync intervals (and at least 5 s): the follower then indexes by itself.
+/// Replication has stopped keeping up when no sync made progress for this many sync
+/// intervals (and at least 5 s): the follower then indexes by itself.
 const STALE_INTERVALS: u32 = 5;
 
-/// How long without an answer from the leader makes a follower index by itself.
+/// How long without progress from the leader makes a follower index by itself.
 fn stale_after(interval: Duration) -> Duration {
     (interval * STALE_INTERVALS).max(Duration::from_secs(5))
 }
@@ -128,28 +128,36 @@ struct Inner {
     interval: Duration,
     started: Instant,
     indexes: Vec<Arc<ShardIndex>>,
-    /// Per shard: when (ms after `started`) a sync last heard from the leader. Starts at
-    /// 0: a replica that just started gives replication [`stale_after`] to answer.
-    contact: Vec<AtomicU64>,
-    /// Per shard: this replica leads it and takes a copy: its indexer waits.
-    paused: Vec<AtomicBool>,
-    /// Per shard: the indexer last saw this replica lead it.
-    leading: Vec<AtomicBool>,
-    /// Per shard: until when (ms after `started`; 0 = not) a replica that just became
-    /// leader waits for one look at the others' copies before indexing by itself.
-    check_due: Vec<AtomicU64>,
-    /// Per shard: wakes its sync loop early (this replica just became leader).
-    wake: Vec<tokio::sync::Notify>,
-    /// Per shard: a copy is being fetched (the leader answers, chunk by chunk).
-    fetching: Vec<AtomicBool>,
-    published: Vec<tokio::sync::Mutex<Option<Published>>>,
-    /// Per shard: the files of its last few publications, so that serving a file does
-    /// not read and parse the manifest again.
-    served: Vec<Mutex<std::collections::VecDeque<(String, FileSet)>>>,
-    /// CRC of each segment file published, by its path (segment files never change).
-    /// Per shard (publications of one shard are made one at a time).
-    crcs: Vec<Mutex<HashMap<String, (u64, u32)>>>,
+    /// By shard.
+    shards: Vec<ShardSync>,
     counters: Arc<SegmentCounters>,
+}
+
+/// One shard's replication state on this node.
+#[derive(Default)]
+struct ShardSync {
+    /// When (ms after `Inner::started`) a sync last made progress: a copy installed, or
+    /// nothing to take. Starts at 0: a replica that just started gives replication
+    /// [`stale_after`] to make some.
+    contact: AtomicU64,
+    /// This replica leads the shard and installs a copy: its indexer waits.
+    paused: AtomicBool,
+    /// The indexer last saw this replica lead the shard.
+    leading: AtomicBool,
+    /// Until when (ms after `Inner::started`; 0 = not) a replica that just became leader
+    /// waits for one look at the others' copies before indexing by itself.
+    check_due: AtomicU64,
+    /// Wakes the shard's sync loop early (this replica just became leader).
+    wake: tokio::sync::Notify,
+    /// A copy is being fetched (the leader answers, chunk by chunk).
+    fetching: AtomicBool,
+    /// The newest publication (as a leader).
+    published: tokio::sync::Mutex<Option<Published>>,
+    /// The files of the last few publications, so that serving a file does not read and
+    /// parse the manifest again.
+    served: Mutex<std::collections::VecDeque<(String, FileSet)>>,
+    /// CRC of each segment file published, by its path (segment files never change).
+    crcs: Mutex<HashMap<String, (u64, u32)>>,
 }
 
 /// This node's half of segment replication; cheap to clone.
@@ -176,15 +184,7 @@ impl SegmentReplication {
             interval,
             started: Instant::now(),
             indexes,
-            contact: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            paused: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            leading: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            check_due: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            wake: (0..n).map(|_| tokio::sync::Notify::new()).collect(),
-            fetching: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            published: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
-            crcs: (0..n).map(|_| Mutex::default()).collect(),
-            served: (0..n).map(|_| Mutex::default()).collect(),
+            shards: (0..n).map(|_| ShardSync::default()).collect(),
             counters,
         }))
     }
@@ -197,21 +197,21 @@ impl SegmentReplication {
         if !inner.enabled {
             return true;
         }
-        if inner.paused[s].load(Ordering::Acquire) {
+        if inner.shards[s].paused.load(Ordering::Acquire) {
             return false;
         }
         if log.is_leader() {
-            if !inner.leading[s].swap(true, Ordering::AcqRel) {
+            if !inner.shards[s].leading.swap(true, Ordering::AcqRel) {
                 // Just became leader: one look at the others' copies first (the sync loop
                 // runs at once), for at most as long as replication may be silent.
                 let until = self.now_ms() + stale_after(inner.interval).as_millis() as u64;
-                inner.check_due[s].store(until, Ordering::Release);
-                inner.wake[s].notify_one();
+                inner.shards[s].check_due.store(until, Ordering::Release);
+                inner.shards[s].wake.notify_one();
             }
-            let due = inner.check_due[s].load(Ordering::Acquire);
+            let due = inner.shards[s].check_due.load(Ordering::Acquire);
             return due == 0 || self.now_ms() >= due;
         }
-        inner.leading[s].store(false, Ordering::Release);
+        inner.shards[s].leading.store(false, Ordering::Release);
         let stale = |at: &AtomicU64| {
             let now = inner.started.elapsed().as_millis() as u64;
             Duration::from_millis(now.saturating_sub(at.load(Ordering::Acquire)))
@@ -220,7 +220,8 @@ impl SegmentReplication {
         // Not because the head is full: a follower's head fills when its leader's index
         // falls behind, and indexing here as well would only take the CPU the leader
         // needs to catch up.
-        stale(&inner.contact[s]) && !inner.fetching[s].load(Ordering::Acquire)
+        let sync = &inner.shards[s];
+        stale(&sync.contact) && !sync.fetching.load(Ordering::Acquire)
     }
 
     fn now_ms(&self) -> u64 {
@@ -228,7 +229,9 @@ impl SegmentReplication {
     }
 
     fn touch(&self, shard: u32) {
-        self.0.contact[shard as usize].store(self.now_ms(), Ordering::Release);
+        self.0.shards[shard as usize]
+            .contact
+            .store(self.now_ms(), Ordering::Release);
     }
 
     /// Leader: the manifest of the newest publication of `shard`, published now if the
@@ -251,7 +254,7 @@ impl SegmentReplication {
         if index.checkpoint() <= req.checkpoint {
             return Ok(SegmentManifestResponse::default());
         }
-        let mut newest = inner.published[shard as usize].lock().await;
+        let mut newest = inner.shards[shard as usize].published.lock().await;
         let out = inner.shard_out(shard);
         if newest
             .as_ref()
@@ -266,7 +269,8 @@ impl SegmentReplication {
                     Status::internal(format!("cannot publish the index of shard {shard}: {e:#}"))
                 })?;
             inner.counters.published.fetch_add(1, Ordering::Relaxed);
-            let mut served = inner.served[shard as usize]
+            let mut served = inner.shards[shard as usize]
+                .served
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             served.push_front((p.package.clone(), p.files.clone()));
@@ -290,11 +294,12 @@ impl SegmentReplication {
     /// As [`crate::snapshot::SnapshotStore::package_file`].
     pub fn package_file(&self, shard: u32, package: &str, path: &str) -> Result<PathBuf, Status> {
         let inner = &self.0;
-        let served = inner
-            .served
+        let sync = inner
+            .shards
             .get(shard as usize)
             .ok_or_else(|| Status::invalid_argument(format!("no shard {shard} here")))?;
-        let listed = served
+        let listed = sync
+            .served
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -337,7 +342,7 @@ impl SegmentReplication {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
-                        _ = this.0.wake[shard as usize].notified() => {}
+                        _ = this.0.shards[shard as usize].wake.notified() => {}
                         _ = stop.changed() => return,
                     }
                     if *stop.borrow() {
@@ -383,7 +388,9 @@ impl SegmentReplication {
         };
         if leader == inner.node_id {
             let caught_up = self.catch_up_as_leader(shard, raft, links).await;
-            inner.check_due[shard as usize].store(0, Ordering::Release);
+            inner.shards[shard as usize]
+                .check_due
+                .store(0, Ordering::Release);
             return caught_up;
         }
         let index = &inner.indexes[shard as usize];
@@ -497,12 +504,16 @@ impl SegmentReplication {
     ) -> anyhow::Result<Synced> {
         let inner = &self.0;
         let package = resp.package.clone();
-        inner.fetching[shard as usize].store(true, Ordering::Release);
+        inner.shards[shard as usize]
+            .fetching
+            .store(true, Ordering::Release);
         let taken = self
             .fetch_and_install(shard, raft, links, client, resp, wait_idle)
             .await
             .with_context(|| format!("publication {package} of shard {shard} from node {from}"));
-        inner.fetching[shard as usize].store(false, Ordering::Release);
+        inner.shards[shard as usize]
+            .fetching
+            .store(false, Ordering::Release);
         // Only progress, or nothing left to take, is the leader keeping this replica up:
         // a copy that fails, or one this replica's log never reaches, is not.
         if matches!(
@@ -607,7 +618,9 @@ impl SegmentReplication {
         let deadline = Instant::now() + if wait_idle { IDLE_WAIT } else { Duration::ZERO };
         if wait_idle {
             // A leader's indexer stops (and commits what it added) while the copy goes in.
-            inner.paused[shard as usize].store(true, Ordering::Release);
+            inner.shards[shard as usize]
+                .paused
+                .store(true, Ordering::Release);
         }
         let installed: anyhow::Result<Option<u64>> = async {
             loop {
@@ -622,7 +635,9 @@ impl SegmentReplication {
             }
         }
         .await;
-        inner.paused[shard as usize].store(false, Ordering::Release);
+        inner.shards[shard as usize]
+            .paused
+            .store(false, Ordering::Release);
         let installed = installed?;
         match installed {
             Some(checkpoint) => {
@@ -724,7 +739,8 @@ impl Inner {
             })
             .collect();
         {
-            let mut crcs = self.crcs[shard as usize]
+            let mut crcs = self.shards[shard as usize]
+                .crcs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for f in &mut files {
