@@ -1159,20 +1159,8 @@ impl ShardIndex {
             if PartKey::parse(&name).is_none() {
                 continue;
             }
-            let path = entry.path().join("meta.json");
-            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let meta: MetaSegments =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!("not a tantivy meta.json: {e}"),
-                })?;
-            if let Some(p) = meta.payload {
-                let p: u64 = p.parse().map_err(|_| Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!("commit payload {p:?} is not a log index"),
-                })?;
-                furthest = furthest.max(p);
-            }
+            let (_, meta) = MetaSegments::read(&entry.path())?;
+            furthest = furthest.max(meta.payload(&entry.path())?);
         }
         Ok(furthest)
     }
@@ -1219,10 +1207,7 @@ impl ShardIndex {
         // as they are in the copy: those are not opened twice.
         let open_now = self.read_parts().clone();
         let (copy, _, _) = load_reusing(src, self.shard, &self.fields, &open_now)?;
-        if only_if_idle && copy.checkpoint < self.checkpoint() {
-            return Ok(None);
-        }
-        if copy.checkpoint < self.checkpoint() {
+        if !only_if_idle && copy.checkpoint < self.checkpoint() {
             // The indexer only moves forward: what lies between would never be indexed.
             return Err(Error::InvalidArgument(format!(
                 "the copy of shard {} is indexed up to {}, behind this index ({})",
@@ -1461,11 +1446,35 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
 /// whose file name carries an opstamp, and the temporary store of a merge in progress).
 const SEGMENT_FILE_EXTENSIONS: [&str; 6] = ["idx", "pos", "term", "store", "fast", "fieldnorm"];
 
-/// What [`publish_partition`] reads of a `meta.json`.
+/// What the copies of an index (`publish_partition`, `shows_meta`,
+/// `furthest_entry_of_copy`) read of a partition's `meta.json`.
 #[derive(Deserialize)]
 struct MetaSegments {
     segments: Vec<MetaSegment>,
     payload: Option<String>,
+}
+
+impl MetaSegments {
+    /// The `meta.json` in `dir`: its bytes and what they say.
+    fn read(dir: &Path) -> Result<(Vec<u8>, MetaSegments)> {
+        let path = dir.join("meta.json");
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let meta = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            path,
+            reason: format!("not a tantivy meta.json: {e}"),
+        })?;
+        Ok((bytes, meta))
+    }
+
+    /// The commit payload: the log index the partition is complete up to (0 = none).
+    fn payload(&self, dir: &Path) -> Result<u64> {
+        self.payload.as_deref().map_or(Ok(0), |p| {
+            p.parse().map_err(|_| Error::Corrupt {
+                path: dir.join("meta.json"),
+                reason: format!("commit payload {p:?} is not a log index"),
+            })
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -1473,6 +1482,13 @@ struct MetaSegment {
     segment_id: String,
     max_doc: u32,
     deletes: Option<MetaDeletes>,
+}
+
+impl MetaSegment {
+    /// The id its files are named by (`meta.json` holds it hyphenated).
+    fn file_id(&self) -> String {
+        self.segment_id.replace('-', "")
+    }
 }
 
 #[derive(Deserialize)]
@@ -1485,17 +1501,10 @@ struct MetaDeletes {
 /// that the `meta.json` in `dir` lists, and the commit payload it was reloaded at is the
 /// one that `meta.json` carries.
 fn shows_meta(part: &Partition, dir: &Path) -> bool {
-    let Ok(bytes) = fs::read(dir.join("meta.json")) else {
+    let Ok((_, meta)) = MetaSegments::read(dir) else {
         return false;
     };
-    let Ok(meta) = serde_json::from_slice::<MetaSegments>(&bytes) else {
-        return false;
-    };
-    let payload = meta
-        .payload
-        .as_deref()
-        .map_or(Some(0), |p| p.parse::<u64>().ok());
-    if payload != Some(part.visible_through.load(Ordering::Acquire)) {
+    if meta.payload(dir).ok() != Some(part.visible_through.load(Ordering::Acquire)) {
         return false;
     }
     let listed: BTreeSet<(String, u32)> = meta
@@ -1503,7 +1512,7 @@ fn shows_meta(part: &Partition, dir: &Path) -> bool {
         .iter()
         .map(|s| {
             let deleted = s.deletes.as_ref().map_or(0, |d| d.num_deleted_docs);
-            (s.segment_id.replace('-', ""), s.max_doc - deleted)
+            (s.file_id(), s.max_doc - deleted)
         })
         .collect();
     let shown: BTreeSet<(String, u32)> = part
@@ -1525,15 +1534,10 @@ fn publish_partition(part: &Partition, dest: &Path) -> Result<()> {
         .directory()
         .acquire_lock(&tantivy::directory::META_LOCK)
         .map_err(|e| Error::Tantivy(tantivy::TantivyError::from(e)))?;
-    let meta_path = part.dir.join("meta.json");
-    let meta = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-    let listed: MetaSegments = serde_json::from_slice(&meta).map_err(|e| Error::Corrupt {
-        path: meta_path.clone(),
-        reason: format!("not a tantivy meta.json: {e}"),
-    })?;
+    let (meta, listed) = MetaSegments::read(&part.dir)?;
     let mut files = vec!["meta.json".to_string()];
     for seg in &listed.segments {
-        let id = seg.segment_id.replace('-', "");
+        let id = seg.file_id();
         let mut names: Vec<String> = SEGMENT_FILE_EXTENSIONS
             .iter()
             .map(|ext| format!("{id}.{ext}"))
