@@ -1058,6 +1058,18 @@ impl ShardIndex {
         result.map(|()| doomed.len())
     }
 
+    /// A copy is written only into a directory that does not exist yet.
+    fn refuse_existing(&self, dest: &Path, verb: &str) -> Result<()> {
+        if dest.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot {verb} the index of shard {} into {}: it exists",
+                self.shard.0,
+                dest.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes a consistent copy of this index into `dest` (which must not exist), for
     /// another replica of the same shard, and returns its checkpoint: the copy holds every
     /// record of every entry up to it. Files are hard links where the file system allows
@@ -1070,13 +1082,7 @@ impl ShardIndex {
     ///
     /// [`Error::InvalidArgument`] when `dest` exists; tantivy and I/O errors.
     pub fn export(&self, dest: &Path) -> Result<u64> {
-        if dest.exists() {
-            return Err(Error::InvalidArgument(format!(
-                "cannot export the index of shard {} into {}: it exists",
-                self.shard.0,
-                dest.display()
-            )));
-        }
+        self.refuse_existing(dest, "export")?;
         let mut ws = self.lock_write()?;
         let closed: Result<()> = (|| {
             self.commit_locked(&mut ws)?;
@@ -1109,13 +1115,7 @@ impl ShardIndex {
     /// [`Error::InvalidArgument`] when `dest` exists; [`Error::Corrupt`] for a
     /// `meta.json` that does not parse; tantivy and I/O errors (the index is unchanged).
     pub fn publish(&self, dest: &Path) -> Result<u64> {
-        if dest.exists() {
-            return Err(Error::InvalidArgument(format!(
-                "cannot publish the index of shard {} into {}: it exists",
-                self.shard.0,
-                dest.display()
-            )));
-        }
+        self.refuse_existing(dest, "publish")?;
         let ws = self.lock_write()?;
         fs::create_dir(dest).map_err(|e| Error::io(dest, e))?;
         let parts: Vec<Arc<Partition>> = self.read_parts().values().cloned().collect();
