@@ -5,7 +5,7 @@
 //! | field | term | used for |
 //! | --- | --- | --- |
 //! | `tenant` | the value | every search's tenant filter, tenant retention |
-//! | `trace_id`, `span_id` | the id's 12-hex-digit key ([`crate::idkey`]); the whole id in documents indexed before keys | exact lookup |
+//! | `trace_id`, `span_id` | the id's 8-hex-digit key ([`crate::idkey`]); the whole id in documents indexed before keys | exact lookup |
 //! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level: its canonical name, `warn`) | `name:value` (standard fields included), the level filter, label names and values APIs, counts by label |
 //! | `label_names` | [`LONG_TOKEN_MARKER`] only (and `tenant \0 name` in documents indexed before label names were read off `labels`) | infix lookups |
 //! | `attrs` | `key \0 value` | `key:value` |
