@@ -316,6 +316,7 @@ fn read_back(dir: &std::path::Path) -> u64 {
                 limit: weir_index::MAX_LIMIT,
                 sort: weir_index::Sort::TimeDesc,
                 after: after.take(),
+                prefilter: false,
             };
             let hits = ix.search(&req).unwrap();
             let (page, _, next) =

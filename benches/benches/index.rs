@@ -178,6 +178,7 @@ fn bench_search(c: &mut Criterion) {
         limit: 100,
         sort,
         after: None,
+        prefilter: false,
     };
     let cases = vec![
         (

@@ -222,7 +222,15 @@ pub(crate) fn count(
     } in parts
     {
         let query = fields.filtered(
-            fields.translate(&req.query, tenant, *marked),
+            fields.translate(
+                &req.query,
+                tenant,
+                crate::schema::PartContext {
+                    marked: *marked,
+                    dir,
+                },
+                false,
+            ),
             tenant,
             &[],
             None,

@@ -248,7 +248,11 @@ mod tests {
     /// The bodies of the documents `q` finds.
     fn found(ix: &Index, f: &Fields, q: &str) -> Vec<String> {
         let searcher = ix.reader().unwrap().searcher();
-        let query = f.translate(&parse_query(q).unwrap(), "default", true);
+        let part = crate::schema::PartContext {
+            marked: true,
+            dir: std::path::Path::new(""),
+        };
+        let query = f.translate(&parse_query(q).unwrap(), "default", part, false);
         let mut bodies: Vec<String> = searcher
             .search(query.as_ref(), &DocSetCollector)
             .unwrap()

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use memchr::memmem;
@@ -134,11 +135,19 @@ impl InfixCache {
         self.inner.lock().map(|c| c.bytes).unwrap_or(0)
     }
 
-    /// The words of `field` in `segment`, copied on first use.
+    /// The words of `field` in `segment`, copied on first use. `dir` is the segment's
+    /// partition directory: before a copy its term file is read through once, because the
+    /// index maps its files for random access (`MADV_RANDOM`, for searches), so a pass
+    /// over the map alone would read it from disk a page at a time.
     ///
     /// # Errors
     /// tantivy and I/O errors opening or reading the term dictionary.
-    pub fn words(&self, segment: &SegmentReader, field: Field) -> tantivy::Result<Arc<BodyWords>> {
+    pub fn words(
+        &self,
+        segment: &SegmentReader,
+        field: Field,
+        dir: &Path,
+    ) -> tantivy::Result<Arc<BodyWords>> {
         let key = (segment.segment_id(), field);
         if let Ok(mut c) = self.inner.lock() {
             c.tick += 1;
@@ -149,6 +158,7 @@ impl InfixCache {
             }
         }
         // Built outside the lock: two first lookups of one segment may both build it.
+        read_ahead(&dir.join(format!("{}.term", segment.segment_id().uuid_string())));
         let words = Arc::new(BodyWords::build(segment.inverted_index(field)?.terms())?);
         let size = words.bytes();
         if size <= self.budget {
@@ -181,10 +191,11 @@ impl InfixCache {
     /// Copies the words of `field` in `segment` ahead of a lookup, unless they are kept
     /// already or would fill the cache past nine tenths of its budget (warming never
     /// evicts: a cache too small for the recent segments is left to lookups).
+    /// `dir` is the segment's partition directory ([`InfixCache::words`]).
     ///
     /// # Errors
     /// As [`InfixCache::words`].
-    pub fn warm(&self, segment: &SegmentReader, field: Field) -> tantivy::Result<Warmed> {
+    pub fn warm(&self, segment: &SegmentReader, field: Field, dir: &Path) -> tantivy::Result<Warmed> {
         let key = (segment.segment_id(), field);
         let held = match self.inner.lock() {
             Ok(c) if c.entries.contains_key(&key) => return Ok(Warmed::Held),
@@ -198,9 +209,20 @@ impl InfixCache {
         if held.saturating_add(estimate) > self.budget / 10 * 9 {
             return Ok(Warmed::Full);
         }
-        self.words(segment, field)?;
+        self.words(segment, field, dir)?;
         Ok(Warmed::Copied)
     }
+}
+
+/// Reads `path` through once, sequentially, so that the page cache holds it. A failure
+/// only leaves the pass that follows slower.
+fn read_ahead(path: &Path) {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
 }
 
 /// What [`InfixCache::warm`] did with a segment.
@@ -221,6 +243,8 @@ pub(crate) struct InfixQuery {
     pub field: Field,
     pub fragment: String,
     pub cache: Arc<InfixCache>,
+    /// The partition's directory ([`InfixCache::words`]).
+    pub dir: PathBuf,
 }
 
 impl fmt::Debug for InfixQuery {
@@ -237,7 +261,7 @@ impl Query for InfixQuery {
 
 impl Weight for InfixQuery {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
-        let words = self.cache.words(reader, self.field)?;
+        let words = self.cache.words(reader, self.field, &self.dir)?;
         let inverted = reader.inverted_index(self.field)?;
         let mut docs = BitSet::with_max_value(reader.max_doc());
         let mut failed = None;

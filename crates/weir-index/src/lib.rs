@@ -45,6 +45,7 @@
 //!     limit: 10,
 //!     sort: Sort::TimeDesc,
 //!     after: None,
+//!     prefilter: false,
 //! };
 //! let shard_hits = index.search(&req)?;
 //! let (hits, total, next) = merge(vec![shard_hits], req.sort, req.limit, req.after.as_ref());
@@ -62,6 +63,7 @@ mod idkey;
 mod infix;
 mod page;
 mod query;
+mod rarewords;
 mod schema;
 mod shard;
 

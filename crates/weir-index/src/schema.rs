@@ -22,6 +22,7 @@
 //! open all the same ([`compatible`]).
 
 use std::ops::Bound;
+use std::path::Path;
 
 use crate::exclude::Excluded;
 use prost::Message;
@@ -39,6 +40,7 @@ use weir_proto::v1::StoredRecord;
 use weir_proto::Level;
 
 use crate::idkey::{id_key, IdKind, IdQuery};
+use crate::rarewords::RareWords;
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
 
 /// How many terms a prefix may expand to. Past this the prefix matches the first terms
@@ -103,6 +105,15 @@ impl StdField {
 pub(crate) const F_TIMESTAMP: &str = "timestamp_ns";
 pub(crate) const F_LOG_INDEX: &str = "log_index";
 pub(crate) const F_OFFSET: &str = "offset";
+
+/// What translating a query needs to know of the partition it runs in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PartContext<'a> {
+    /// Its documents carry the long-token marker ([`LONG_TOKEN_MARKER`]).
+    pub marked: bool,
+    /// Its directory, where an infix lookup reads a segment's term file.
+    pub dir: &'a Path,
+}
 
 /// Handles to every field of the schema.
 #[derive(Clone, Debug)]
@@ -212,22 +223,44 @@ impl Fields {
     }
 
     /// The tantivy query for a parsed query, within `tenant` (label terms carry it), for a
-    /// partition whose documents carry the long-token marker (`marked`) or not.
-    pub fn translate(&self, q: &Query, tenant: &str, marked: bool) -> Box<dyn TQuery> {
+    /// partition `part`. With
+    /// `loose` (a caller that checks every hit itself: [`crate::SearchRequest::prefilter`])
+    /// the body words of a conjunction may match a superset ([`crate::rarewords`]); what
+    /// is under a `NOT` is always exact, or the superset would exclude too much.
+    pub fn translate(
+        &self,
+        q: &Query,
+        tenant: &str,
+        part: PartContext<'_>,
+        loose: bool,
+    ) -> Box<dyn TQuery> {
         match q {
             Query::All => Box::new(AllQuery),
-            Query::Match(m) => self.translate_match(m, tenant, marked),
+            Query::Match(m) => self.translate_match(m, tenant, part),
             Query::And(children) => {
                 let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
+                let mut words = Vec::new();
                 for c in children {
                     match c {
                         Query::Not(inner) => clauses.push((
                             Occur::MustNot,
-                            Box::new(Excluded(self.translate(inner, tenant, marked))),
+                            Box::new(Excluded(self.translate(inner, tenant, part, false))),
                         )),
                         Query::All => {}
-                        other => clauses.push((Occur::Must, self.translate(other, tenant, marked))),
+                        Query::Match(m) if loose && self.body_words(m, &mut words) => {}
+                        other => clauses.push((
+                            Occur::Must,
+                            self.translate(other, tenant, part, loose),
+                        )),
                     }
+                }
+                match words.len() {
+                    0 => {}
+                    1 => clauses.push((
+                        Occur::Must,
+                        Box::new(TermQuery::new(words.remove(0), IndexRecordOption::Basic)),
+                    )),
+                    _ => clauses.push((Occur::Must, Box::new(RareWords::new(self.body, words)))),
                 }
                 if !clauses.iter().any(|(o, _)| *o == Occur::Must) {
                     // tantivy matches nothing with only negative clauses.
@@ -242,24 +275,41 @@ impl Fields {
             Query::Or(children) => Box::new(BooleanQuery::new(
                 children
                     .iter()
-                    .map(|c| (Occur::Should, self.translate(c, tenant, marked)))
+                    .map(|c| (Occur::Should, self.translate(c, tenant, part, loose)))
                     .collect(),
             )),
             Query::Not(inner) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
                 (
                     Occur::MustNot,
-                    Box::new(Excluded(self.translate(inner, tenant, marked))),
+                    Box::new(Excluded(self.translate(inner, tenant, part, false))),
                 ),
             ])),
         }
     }
 
-    fn translate_match(&self, m: &Match, tenant: &str, marked: bool) -> Box<dyn TQuery> {
+    /// Adds the tokens of a body word or phrase to `words` (a phrase's tokens in any
+    /// order: a superset of the phrase); false, adding nothing, for any other clause.
+    fn body_words(&self, m: &Match, words: &mut Vec<Term>) -> bool {
+        if m.field.as_deref().is_some_and(|f| f != BODY_FIELD) {
+            return false;
+        }
+        let (Pattern::Word(text) | Pattern::Phrase { text, .. }) = &m.pattern else {
+            return false;
+        };
+        words.extend(
+            body_tokens(text)
+                .into_iter()
+                .map(|(_, t)| Term::from_field_text(self.body, &t)),
+        );
+        true
+    }
+
+    fn translate_match(&self, m: &Match, tenant: &str, part: PartContext<'_>) -> Box<dyn TQuery> {
         let field = m.field.as_deref().filter(|f| *f != BODY_FIELD);
         let Some(name) = field else {
             if let Pattern::Infix(fragment) = &m.pattern {
-                return self.infix_query(fragment, marked);
+                return self.infix_query(fragment, part);
             }
             return self.body_query(&m.pattern);
         };
@@ -310,14 +360,15 @@ impl Fields {
     /// leaves it): every body term containing it, plus every document whose body had a
     /// word too long to be indexed ([`LONG_TOKEN_MARKER`]), which may hold the fragment.
     /// Where documents are not marked, every document.
-    fn infix_query(&self, fragment: &str, marked: bool) -> Box<dyn TQuery> {
-        if !marked {
+    fn infix_query(&self, fragment: &str, part: PartContext<'_>) -> Box<dyn TQuery> {
+        if !part.marked {
             return Box::new(AllQuery);
         }
         let words: Box<dyn TQuery> = Box::new(crate::infix::InfixQuery {
             field: self.body,
             fragment: fragment.to_owned(),
             cache: self.infix.clone(),
+            dir: part.dir.to_path_buf(),
         });
         Box::new(BooleanQuery::new(vec![
             (Occur::Should, words),

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tantivy::directory::{Advice, MmapDirectory};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
 use weir_proto::v1::{StoredBatch, StoredRecord};
 use weir_proto::{Level, ShardId, DEFAULT_TENANT};
@@ -132,6 +133,11 @@ pub struct SearchRequest {
     pub sort: Sort,
     /// Continue after this cursor (from [`crate::merge`]); must be of the same sort.
     pub after: Option<Cursor>,
+    /// The caller checks every hit against its own filter (LogQL's line filters): a
+    /// conjunction of body words may then match records that lack some of them, which
+    /// `total` counts too, because each segment intersects only its rarest words
+    /// ([`crate::rarewords`]). The head's records are matched exactly all the same.
+    pub prefilter: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -208,6 +214,14 @@ impl Partition {
     /// show later entries, else none.
     fn cut(&self, through: Option<u64>) -> Option<u64> {
         through.filter(|t| self.visible_through.load(Ordering::Acquire) > *t)
+    }
+
+    /// What translating a query for this partition needs of it.
+    fn context(&self) -> crate::schema::PartContext<'_> {
+        crate::schema::PartContext {
+            marked: self.long_tokens_marked,
+            dir: &self.dir,
+        }
     }
 }
 
@@ -718,7 +732,7 @@ impl ShardIndex {
                 (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
             let user = self
                 .fields
-                .translate(&req.query, tenant, p.long_tokens_marked);
+                .translate(&req.query, tenant, p.context(), req.prefilter);
             let q = self
                 .fields
                 .filtered(user, tenant, &req.levels, range, p.cut(through));
@@ -1293,7 +1307,7 @@ impl ShardIndex {
             }
             let searcher = p.reader.searcher();
             for seg in searcher.segment_readers() {
-                match self.fields.infix.warm(seg, self.fields.body)? {
+                match self.fields.infix.warm(seg, self.fields.body, &p.dir)? {
                     crate::infix::Warmed::Copied => copied += 1,
                     crate::infix::Warmed::Held => {}
                     // Older segments would not fit either: stop asking after every commit.
@@ -1651,7 +1665,13 @@ fn commit_writer(w: &mut IndexWriter<TantivyDocument>, payload: u64) -> Result<(
 }
 
 fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partition> {
-    let index = Index::open_in_dir(&dir)?;
+    // Searches read term dictionaries, postings and stored blocks a few pages at a time,
+    // all over the files: without this advice every page missed from the page cache
+    // reads the device's whole read-ahead window around it (8 MiB on some VMs), so the
+    // first query after a restart read hundreds of MB (benches/RESULTS.md, cold lookups).
+    let directory = MmapDirectory::open_with_madvice(&dir, Advice::Random)
+        .map_err(tantivy::TantivyError::from)?;
+    let index = Index::open(directory)?;
     if !crate::schema::compatible(&index.schema(), &fields.schema) {
         return Err(Error::Corrupt {
             path: dir,

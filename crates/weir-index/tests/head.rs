@@ -210,6 +210,7 @@ fn request(
         limit: 1000,
         sort,
         after: None,
+        prefilter: false,
     }
 }
 

@@ -105,6 +105,7 @@ proptest! {
                 limit: 1000,
                 sort: Sort::TimeAsc,
                 after: None,
+                prefilter: false,
             })
             .unwrap();
         let keys: BTreeSet<(u64, u32)> =

@@ -50,6 +50,7 @@ fn req(q: &str) -> SearchRequest {
         limit: 100,
         sort: Sort::TimeDesc,
         after: None,
+        prefilter: false,
     }
 }
 
@@ -234,6 +235,70 @@ fn every_query_kind_finds_what_it_should() {
     for (q, want) in cases {
         assert_eq!(search(&ix, q), *want, "query {q}");
     }
+}
+
+/// LogQL checks every line against its filters, so its index query (`prefilter`) may
+/// match more than it says: a conjunction of body words intersects only each segment's
+/// three rarest words (walking common words' postings was most of a cold needle's cost).
+/// It must never miss a record holding every word, a segment lacking any word must give
+/// nothing, and what is under a NOT must stay exact (a superset there would hide records).
+#[test]
+fn a_prefilter_search_may_match_more_than_its_body_words_but_never_less() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = open(dir.path(), 0);
+    let mut records = vec![
+        rec(T0 + 1, Level::Info, "api", "w1 w2 w3 w4 common"),
+        rec(T0 + 2, Level::Info, "api", "w1 w2 w3 common"),
+    ];
+    // w4 is the commonest of the four words: the one a prefilter leaves out.
+    for i in 0..10 {
+        records.push(rec(T0 + 10 + i, Level::Info, "api", "w4 common filler"));
+    }
+    ix.add_batch(1, &batch("acme", records)).unwrap();
+    ix.commit().unwrap();
+    // A second segment with one more record holding every word.
+    ix.add_batch(
+        2,
+        &batch(
+            "acme",
+            vec![rec(T0 + 100, Level::Info, "api", "w4 w3 w2 w1 again")],
+        ),
+    )
+    .unwrap();
+    ix.commit().unwrap();
+    let run = |q: &str, prefilter: bool| {
+        let mut b = bodies(&ix.search(&SearchRequest { prefilter, ..req(q) }).unwrap());
+        b.sort();
+        b
+    };
+    assert_eq!(
+        run("w1 w2 w3 w4", false),
+        ["w1 w2 w3 w4 common", "w4 w3 w2 w1 again"],
+        "an exact search holds every word"
+    );
+    assert_eq!(
+        run("w1 w2 w3 w4", true),
+        ["w1 w2 w3 common", "w1 w2 w3 w4 common", "w4 w3 w2 w1 again"],
+        "a prefilter also matches the record lacking only the commonest word"
+    );
+    assert_eq!(
+        run("\"w3 w1\" w2 w4", true),
+        ["w1 w2 w3 common", "w1 w2 w3 w4 common", "w4 w3 w2 w1 again"],
+        "a phrase's words count as words"
+    );
+    assert!(
+        run("w1 w2 w3 nowhere", true).is_empty(),
+        "a word no segment holds leaves nothing"
+    );
+    assert!(
+        run("filler w1", true).is_empty(),
+        "two words never in one record, each rare enough to be intersected"
+    );
+    assert_eq!(
+        run("common NOT (w1 w2 w3 w4)", true).len(),
+        11,
+        "under NOT the words are exact: only the record with all four is left out"
+    );
 }
 
 #[test]

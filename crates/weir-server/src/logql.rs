@@ -422,6 +422,8 @@ impl Pages<'_> {
                 Sort::TimeDesc
             },
             after: self.cursor,
+            // The engine checks every line against the query's line filters.
+            prefilter: true,
         };
         let page = self
             .source

@@ -76,6 +76,7 @@ impl RemoteSearch {
             limit: r.limit as u32,
             sort: r.sort.as_str().to_owned(),
             cursor: r.after.map(|c| c.encode()).unwrap_or_default(),
+            prefilter: r.prefilter,
         }
     }
 
@@ -113,6 +114,7 @@ impl RemoteSearch {
                 limit: p.limit as usize,
                 sort,
                 after,
+                prefilter: p.prefilter,
             },
             query: p.query,
         })

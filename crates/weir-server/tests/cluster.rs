@@ -323,6 +323,7 @@ async fn local_total(m: &Member, q: &str) -> u64 {
         limit: 0,
         sort: weir_index::Sort::TimeDesc,
         after: None,
+        prefilter: false,
     };
     let node = m.node.as_ref().unwrap();
     node.state()

@@ -350,6 +350,7 @@ async fn dry_run(
             limit: page_size,
             sort: weir_index::Sort::TimeDesc,
             after: after.take(),
+            prefilter: false,
         };
         let page = st
             .limiter

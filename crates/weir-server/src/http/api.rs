@@ -174,6 +174,7 @@ pub fn parse_search(
             limit,
             sort,
             after,
+            prefilter: false,
         },
         notices,
     ))

@@ -424,6 +424,7 @@ impl Run<'_> {
                     limit,
                     sort,
                     after,
+                    prefilter: false,
                 },
                 query: f.text.clone(),
             })

@@ -233,6 +233,7 @@ async fn count_bucket_by_bucket(
                     limit: 0,
                     sort: Sort::TimeDesc,
                     after: None,
+                    prefilter: false,
                 },
                 query: query_text.clone(),
             };
