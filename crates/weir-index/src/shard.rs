@@ -744,7 +744,7 @@ impl ShardIndex {
                     top.push(Candidate { part: i, ..c });
                 }
             } else {
-                total += search_by_time(searcher, q.as_ref(), &collector, &mut top, i)?;
+                total += search_by_time(searcher, q.as_ref(), &collector, &mut top, i, range)?;
             }
         }
         let mut hits = Vec::new();
@@ -1600,6 +1600,7 @@ fn search_by_time(
     collector: &TopCollector,
     top: &mut TopN,
     part: usize,
+    range: Option<(i64, i64)>,
 ) -> Result<u64> {
     use tantivy::collector::Collector;
     let weight = query.weight(tantivy::query::EnableScoring::disabled_from_searcher(
@@ -1609,6 +1610,13 @@ fn search_by_time(
     let mut segments = Vec::with_capacity(searcher.segment_readers().len());
     for (ord, seg) in searcher.segment_readers().iter().enumerate() {
         let ts = seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?;
+        if range.is_some_and(|(start, end)| ts.max_value() < start || ts.min_value() >= end) {
+            // No record of the segment is in the time range `query` also holds: skipped
+            // before its terms are looked up (a windowed search, as LogQL's pages are,
+            // would otherwise read every word's postings in every segment of the
+            // partitions at the window's edges).
+            continue;
+        }
         let edge = if desc { ts.max_value() } else { ts.min_value() };
         segments.push((ord as u32, seg, edge));
     }

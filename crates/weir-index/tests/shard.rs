@@ -301,6 +301,43 @@ fn a_prefilter_search_may_match_more_than_its_body_words_but_never_less() {
     );
 }
 
+/// A time-ordered search skips the segments whose records are all outside its range
+/// before looking up any term; the range's ends must still be where they were: the
+/// start included, the end excluded, also where a segment begins or ends there.
+#[test]
+fn a_time_range_ending_or_starting_at_a_segments_edge_keeps_its_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = open(dir.path(), 0);
+    let at = |ts: i64| rec(T0 + ts, Level::Info, "api", &format!("tick {ts}"));
+    ix.add_batch(1, &batch("acme", vec![at(10), at(20)])).unwrap();
+    ix.commit().unwrap();
+    ix.add_batch(2, &batch("acme", vec![at(30), at(40)])).unwrap();
+    ix.commit().unwrap();
+    let run = |start: i64, end: i64, sort: Sort| {
+        let h = ix
+            .search(&SearchRequest {
+                start_ns: T0 + start,
+                end_ns: T0 + end,
+                sort,
+                ..req("tick")
+            })
+            .unwrap();
+        let mut b = bodies(&h);
+        b.sort();
+        (b, h.total)
+    };
+    for sort in [Sort::TimeDesc, Sort::TimeAsc] {
+        assert_eq!(run(20, 30, sort), (vec!["tick 20".to_string()], 1), "{sort:?}");
+        assert_eq!(run(21, 31, sort), (vec!["tick 30".to_string()], 1), "{sort:?}");
+        assert_eq!(
+            run(20, 31, sort),
+            (vec!["tick 20".to_string(), "tick 30".to_string()], 2),
+            "{sort:?}"
+        );
+        assert_eq!(run(41, 50, sort), (vec![], 0), "{sort:?}");
+    }
+}
+
 #[test]
 fn trace_id_and_span_id_are_exact_lookups() {
     let dir = tempfile::tempdir().unwrap();
