@@ -54,6 +54,7 @@
 //! # }
 //! ```
 
+mod advised;
 mod collect;
 mod count;
 mod durable;

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tantivy::directory::{Advice, MmapDirectory};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
 use weir_proto::v1::{StoredBatch, StoredRecord};
 use weir_proto::{Level, ShardId, DEFAULT_TENANT};
@@ -1673,13 +1672,8 @@ fn commit_writer(w: &mut IndexWriter<TantivyDocument>, payload: u64) -> Result<(
 }
 
 fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partition> {
-    // Searches read term dictionaries, postings and stored blocks a few pages at a time,
-    // all over the files: without this advice every page missed from the page cache
-    // reads the device's whole read-ahead window around it (8 MiB on some VMs), so the
-    // first query after a restart read hundreds of MB (benches/RESULTS.md, cold lookups).
-    let directory = MmapDirectory::open_with_madvice(&dir, Advice::Random)
-        .map_err(tantivy::TantivyError::from)?;
-    let index = Index::open(directory)?;
+    // Mapped for random access but for the columns (crate::advised).
+    let index = Index::open(crate::advised::AdvisedDirectory::open(&dir)?)?;
     if !crate::schema::compatible(&index.schema(), &fields.schema) {
         return Err(Error::Corrupt {
             path: dir,
