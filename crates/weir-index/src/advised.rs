@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
 use tantivy::directory::{
-    Advice, Directory, DirectoryLock, FileHandle, Lock, MmapDirectory, WatchCallback,
-    WatchHandle, WritePtr,
+    Advice, Directory, DirectoryLock, FileHandle, Lock, MmapDirectory, WatchCallback, WatchHandle,
+    WritePtr,
 };
 
 /// A partition directory: `random` maps the files searched by lookups, `scanned` the

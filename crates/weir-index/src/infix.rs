@@ -195,7 +195,12 @@ impl InfixCache {
     ///
     /// # Errors
     /// As [`InfixCache::words`].
-    pub fn warm(&self, segment: &SegmentReader, field: Field, dir: &Path) -> tantivy::Result<Warmed> {
+    pub fn warm(
+        &self,
+        segment: &SegmentReader,
+        field: Field,
+        dir: &Path,
+    ) -> tantivy::Result<Warmed> {
         let key = (segment.segment_id(), field);
         let held = match self.inner.lock() {
             Ok(c) if c.entries.contains_key(&key) => return Ok(Warmed::Held),

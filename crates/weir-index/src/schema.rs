@@ -40,8 +40,8 @@ use weir_proto::v1::StoredRecord;
 use weir_proto::Level;
 
 use crate::idkey::{id_key, IdKind, IdQuery};
-use crate::rarewords::RareWords;
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
+use crate::rarewords::RareWords;
 
 /// How many terms a prefix may expand to. Past this the prefix matches the first terms
 /// only (in byte order); a prefix this unselective is not a useful query anyway.
@@ -248,10 +248,9 @@ impl Fields {
                         )),
                         Query::All => {}
                         Query::Match(m) if loose && self.body_words(m, &mut words) => {}
-                        other => clauses.push((
-                            Occur::Must,
-                            self.translate(other, tenant, part, loose),
-                        )),
+                        other => {
+                            clauses.push((Occur::Must, self.translate(other, tenant, part, loose)))
+                        }
                     }
                 }
                 match words.len() {

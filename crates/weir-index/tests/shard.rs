@@ -267,7 +267,13 @@ fn a_prefilter_search_may_match_more_than_its_body_words_but_never_less() {
     .unwrap();
     ix.commit().unwrap();
     let run = |q: &str, prefilter: bool| {
-        let mut b = bodies(&ix.search(&SearchRequest { prefilter, ..req(q) }).unwrap());
+        let mut b = bodies(
+            &ix.search(&SearchRequest {
+                prefilter,
+                ..req(q)
+            })
+            .unwrap(),
+        );
         b.sort();
         b
     };
@@ -309,9 +315,11 @@ fn a_time_range_ending_or_starting_at_a_segments_edge_keeps_its_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let ix = open(dir.path(), 0);
     let at = |ts: i64| rec(T0 + ts, Level::Info, "api", &format!("tick {ts}"));
-    ix.add_batch(1, &batch("acme", vec![at(10), at(20)])).unwrap();
+    ix.add_batch(1, &batch("acme", vec![at(10), at(20)]))
+        .unwrap();
     ix.commit().unwrap();
-    ix.add_batch(2, &batch("acme", vec![at(30), at(40)])).unwrap();
+    ix.add_batch(2, &batch("acme", vec![at(30), at(40)]))
+        .unwrap();
     ix.commit().unwrap();
     let run = |start: i64, end: i64, sort: Sort| {
         let h = ix
@@ -327,8 +335,16 @@ fn a_time_range_ending_or_starting_at_a_segments_edge_keeps_its_bounds() {
         (b, h.total)
     };
     for sort in [Sort::TimeDesc, Sort::TimeAsc] {
-        assert_eq!(run(20, 30, sort), (vec!["tick 20".to_string()], 1), "{sort:?}");
-        assert_eq!(run(21, 31, sort), (vec!["tick 30".to_string()], 1), "{sort:?}");
+        assert_eq!(
+            run(20, 30, sort),
+            (vec!["tick 20".to_string()], 1),
+            "{sort:?}"
+        );
+        assert_eq!(
+            run(21, 31, sort),
+            (vec!["tick 30".to_string()], 1),
+            "{sort:?}"
+        );
         assert_eq!(
             run(20, 31, sort),
             (vec!["tick 20".to_string(), "tick 30".to_string()], 2),
