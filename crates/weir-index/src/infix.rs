@@ -137,7 +137,7 @@ impl InfixCache {
 
     /// The words of `field` in `segment`, copied on first use. `dir` is the segment's
     /// partition directory: before a copy its term file is read through once, because the
-    /// index maps term files for random access ([`crate::advised`]), so a pass
+    /// index maps term files for random access (`advised.rs`), so a pass
     /// over the map alone would read it from disk a page at a time.
     ///
     /// # Errors

@@ -135,7 +135,7 @@ pub struct SearchRequest {
     /// The caller checks every hit against its own filter (LogQL's line filters): a
     /// conjunction of body words may then match records that lack some of them, which
     /// `total` counts too, because each segment intersects only its rarest words
-    /// ([`crate::rarewords`]). The head's records are matched exactly all the same.
+    /// (`rarewords.rs`). The head's records are matched exactly all the same.
     pub prefilter: bool,
 }
 
