@@ -268,11 +268,16 @@ pub struct Agreement {
     pub rejoining: bool,
 }
 
+/// How long a node with data asks its members for their cluster id before it starts
+/// alone, none having answered.
+const LONE_START_GRACE: Duration = Duration::from_secs(5);
+
 /// Agrees on the cluster id before raft starts.
 ///
 /// - `local`: the id in this node's data directory, if it has one.
 /// - A node with an id checks every reachable peer has the same (or none yet) and
-///   refuses to start when one belongs to another cluster.
+///   refuses to start when one belongs to another cluster; when none answers, it asks
+///   again for [`LONE_START_GRACE`] before starting alone.
 /// - A node without one (first start, or a wiped data directory) adopts its peers' id. When
 ///   no peer has one, the cluster is new: the member with the lowest id creates it, once it
 ///   has reached every other member (so a node that lost its data while the others were
@@ -293,6 +298,7 @@ pub async fn agree_cluster_id(
         .min()
         .unwrap_or(links.me);
     let mut last_log = Instant::now() - Duration::from_secs(60);
+    let started = Instant::now();
     loop {
         let mut seen: Vec<(u64, String)> = Vec::new();
         let mut unreached: Vec<(u64, String)> = Vec::new();
@@ -333,6 +339,16 @@ pub async fn agree_cluster_id(
                 anyhow::bail!(
                     "this node's data belongs to cluster {mine}, but node {id} belongs to cluster {theirs}: this data directory is from another cluster (wipe it to join this one, or fix cluster.nodes)"
                 );
+            }
+            if reached == 0 && !links.peers.is_empty() {
+                // A member that is up but slow to answer (a loaded machine) would let a
+                // data directory of another cluster start unchecked: ask again for a while.
+                // Past that the node starts alone (every other member may be down).
+                if started.elapsed() < LONE_START_GRACE && !*stop.borrow() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                tracing::warn!(cluster_id = %mine, "no member answered within {} s: starting with this node's cluster id unconfirmed", LONE_START_GRACE.as_secs());
             }
             return Ok(Agreement {
                 cluster_id: mine.clone(),
