@@ -268,8 +268,9 @@ pub struct Agreement {
     pub rejoining: bool,
 }
 
-/// How long a node with data asks its members for their cluster id before it starts
-/// alone, none having answered.
+/// How long a node with data goes on asking its members for their cluster id, none
+/// having answered, before it starts alone (a round in progress then ends first: up to
+/// 2 s for each member that does not answer).
 const LONE_START_GRACE: Duration = Duration::from_secs(5);
 
 /// Agrees on the cluster id before raft starts.
@@ -344,7 +345,10 @@ pub async fn agree_cluster_id(
                 // A member that is up but slow to answer (a loaded machine) would let a
                 // data directory of another cluster start unchecked: ask again for a while.
                 // Past that the node starts alone (every other member may be down).
-                if started.elapsed() < LONE_START_GRACE && !*stop.borrow() {
+                if *stop.borrow() {
+                    anyhow::bail!("stopped while asking the members for their cluster id");
+                }
+                if started.elapsed() < LONE_START_GRACE {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     continue;
                 }
