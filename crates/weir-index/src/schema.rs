@@ -132,6 +132,9 @@ pub(crate) struct Fields {
     pub record: Field,
     /// Body words of searched segments, for infix lookups.
     pub infix: std::sync::Arc<crate::infix::InfixCache>,
+    /// Partitions are opened with their lookup files mapped for random access
+    /// ([`crate::IndexOptions::random_access_maps`]).
+    pub random_access_maps: bool,
 }
 
 impl Fields {
@@ -180,6 +183,7 @@ impl Fields {
             offset,
             record,
             infix,
+            random_access_maps: true,
         }
     }
 

@@ -80,6 +80,14 @@ pub struct IndexOptions {
     /// merging CPU) at the price of more segments for a search to open. Default
     /// [`DEFAULT_MERGE_FAN_IN`].
     pub merge_fan_in: usize,
+    /// Map the files lookups read (term dictionaries, postings, positions, stored blocks)
+    /// for random access (`MADV_RANDOM`, `advised.rs`): a page missed from the page cache
+    /// then reads only itself, not the device's read-ahead window around it. Default
+    /// true. What it costs: merges and long postings scans of segments no longer cached
+    /// read a page at a time, and Linux (6.4 and later) does not count accesses through
+    /// such maps as recent use, so under memory pressure their pages are reclaimed first
+    /// (the reason Elasticsearch and Lucene went back to the default advice).
+    pub random_access_maps: bool,
 }
 
 /// The default [`IndexOptions::merge_fan_in`] (tantivy's own default is 8; the
@@ -109,6 +117,7 @@ impl Default for IndexOptions {
             infix_cache: Arc::new(crate::InfixCache::new(crate::DEFAULT_INFIX_CACHE_BYTES)),
             docstore: DocStore::default(),
             merge_fan_in: DEFAULT_MERGE_FAN_IN,
+            random_access_maps: true,
         }
     }
 }
@@ -315,7 +324,8 @@ impl ShardIndex {
             fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let fields = Fields::new(opts.infix_cache.clone());
+        let mut fields = Fields::new(opts.infix_cache.clone());
+        fields.random_access_maps = opts.random_access_maps;
         let (ckpt, parts, committed) = load(dir, shard, &fields)?;
         tracing::info!(
             shard = shard.0,
@@ -1672,8 +1682,12 @@ fn commit_writer(w: &mut IndexWriter<TantivyDocument>, payload: u64) -> Result<(
 }
 
 fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partition> {
-    // Mapped for random access but for the columns (crate::advised).
-    let index = Index::open(crate::advised::AdvisedDirectory::open(&dir)?)?;
+    // Mapped for random access but for the columns (crate::advised), unless told not to.
+    let index = if fields.random_access_maps {
+        Index::open(crate::advised::AdvisedDirectory::open(&dir)?)?
+    } else {
+        Index::open_in_dir(&dir)?
+    };
     if !crate::schema::compatible(&index.schema(), &fields.schema) {
         return Err(Error::Corrupt {
             path: dir,

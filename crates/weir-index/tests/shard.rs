@@ -354,6 +354,52 @@ fn a_time_range_ending_or_starting_at_a_segments_edge_keeps_its_bounds() {
     }
 }
 
+/// A partition reads and writes the same whichever way its files are mapped
+/// (`random_access_maps`), and a node may switch between the two across restarts.
+#[test]
+fn an_index_written_with_one_file_mapping_reads_the_same_with_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |random: bool| {
+        ShardIndex::open(
+            dir.path(),
+            ShardId(0),
+            IndexOptions {
+                random_access_maps: random,
+                ..IndexOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let ix = with(false);
+    ix.add_batch(
+        1,
+        &batch(
+            "acme",
+            vec![rec(T0 + 1, Level::Info, "api", "mapped one way")],
+        ),
+    )
+    .unwrap();
+    ix.commit().unwrap();
+    assert_eq!(search(&ix, "mapped"), ["mapped one way"]);
+    ix.close().unwrap();
+    drop(ix);
+    let ix = with(true);
+    assert_eq!(search(&ix, "mapped"), ["mapped one way"]);
+    ix.add_batch(
+        2,
+        &batch(
+            "acme",
+            vec![rec(T0 + 2, Level::Info, "api", "mapped the other")],
+        ),
+    )
+    .unwrap();
+    ix.commit().unwrap();
+    assert_eq!(
+        search(&ix, "mapped"),
+        ["mapped one way", "mapped the other"]
+    );
+}
+
 #[test]
 fn trace_id_and_span_id_are_exact_lookups() {
     let dir = tempfile::tempdir().unwrap();

@@ -532,6 +532,9 @@ pub struct IndexConfig {
     pub head_bytes_max: usize,
     /// Segments of about the same size a partition gathers before merging them.
     pub merge_fan_in: usize,
+    /// Map the index files lookups read for random access
+    /// (`weir_index::IndexOptions::random_access_maps`).
+    pub random_access_maps: bool,
 }
 
 impl Default for IndexConfig {
@@ -544,6 +547,7 @@ impl Default for IndexConfig {
             docstore_compression: "zstd".into(),
             head_bytes_max: 16 << 20,
             merge_fan_in: weir_index::DEFAULT_MERGE_FAN_IN,
+            random_access_maps: true,
         }
     }
 }

@@ -162,6 +162,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "Segments of about the same size an index partition gathers before merging them into one: more means less merging CPU and more segments per search (2 to 64).",
     ),
     (
+        "index.random_access_maps",
+        "Map the index files lookups read (terms, postings, stored records) for random access: a page read from disk brings only itself, not the disk's read-ahead window around it (first queries after a restart). false keeps the kernel's read-ahead, for merges and long scans of data no longer cached; Linux 6.4+ reclaims pages of random-access maps first under memory pressure.",
+    ),
+    (
         "index.writer_memory_bytes",
         "Indexing memory per partition writer.",
     ),

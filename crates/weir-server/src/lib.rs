@@ -571,6 +571,7 @@ fn start_indexers(
             writer_memory_bytes: config.index.writer_memory_bytes,
             docstore: config.index.docstore()?,
             merge_fan_in: config.index.merge_fan_in,
+            random_access_maps: config.index.random_access_maps,
             infix_cache: infix_cache.clone(),
             ..Default::default()
         };
