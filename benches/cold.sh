@@ -2,7 +2,7 @@
 # Cold lookups (issue 16's "the first query of its kind, or after a restart, ≤ 50 ms"):
 # one node with the defaults over DATA_DIR. When DATA_DIR holds no index yet, it is
 # filled first by `weir-bench ingest` at the maximum rate for FILL_SECS (default 270 s,
-# ~11 M lines here) and the node is given SETTLE_SECS (default 60) for merges. Then, ROUNDS
+# ~14 M lines here) and the node is given SETTLE_SECS (default 60) for merges. Then, ROUNDS
 # times: the node is stopped, the page cache dropped (`sync; echo 3 >
 # /proc/sys/vm/drop_caches`, so it needs root), the node started again, and
 # `weir-bench query --iterations 1` run as soon as it answers, so every figure is one
