@@ -278,7 +278,7 @@ const LONE_START_GRACE: Duration = Duration::from_secs(5);
 /// - `local`: the id in this node's data directory, if it has one.
 /// - A node with an id checks every reachable peer has the same (or none yet) and
 ///   refuses to start when one belongs to another cluster; when none answers, it asks
-///   again for [`LONE_START_GRACE`] before starting alone.
+///   again for 5 s (`LONE_START_GRACE`) before starting alone.
 /// - A node without one (first start, or a wiped data directory) adopts its peers' id. When
 ///   no peer has one, the cluster is new: the member with the lowest id creates it, once it
 ///   has reached every other member (so a node that lost its data while the others were
