@@ -1,4 +1,6 @@
-//! How a partition's files are mapped: for random access, except the columns.
+//! How a partition's files are mapped with `index.random_access_maps` on (off by
+//! default, `IndexOptions::random_access_maps` says why): for random access, except the
+//! columns.
 //!
 //! tantivy maps every file of an index. A search reads term dictionaries, postings,
 //! positions and stored blocks a few pages at a time, all over the files, and with the

@@ -183,7 +183,7 @@ impl Fields {
             offset,
             record,
             infix,
-            random_access_maps: true,
+            random_access_maps: false,
         }
     }
 

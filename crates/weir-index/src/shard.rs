@@ -83,10 +83,12 @@ pub struct IndexOptions {
     /// Map the files lookups read (term dictionaries, postings, positions, stored blocks)
     /// for random access (`MADV_RANDOM`, `advised.rs`): a page missed from the page cache
     /// then reads only itself, not the device's read-ahead window around it. Default
-    /// true. What it costs: merges and long postings scans of segments no longer cached
-    /// read a page at a time, and Linux (6.4 and later) does not count accesses through
-    /// such maps as recent use, so under memory pressure their pages are reclaimed first
-    /// (the reason Elasticsearch and Lucene went back to the default advice).
+    /// false: it made cold trace id and term lookups about twice as fast on a disk with
+    /// 8 MiB of read-ahead, but merges and long postings scans of segments no longer
+    /// cached then read a page at a time, and Linux (6.4 and later) does not count
+    /// accesses through such maps as recent use, so under memory pressure their pages are
+    /// reclaimed first (Elasticsearch and Lucene went back to the default advice after
+    /// merge regressions from that). benches/RESULTS.md, cold lookups.
     pub random_access_maps: bool,
 }
 
@@ -117,7 +119,7 @@ impl Default for IndexOptions {
             infix_cache: Arc::new(crate::InfixCache::new(crate::DEFAULT_INFIX_CACHE_BYTES)),
             docstore: DocStore::default(),
             merge_fan_in: DEFAULT_MERGE_FAN_IN,
-            random_access_maps: true,
+            random_access_maps: false,
         }
     }
 }
@@ -1682,7 +1684,8 @@ fn commit_writer(w: &mut IndexWriter<TantivyDocument>, payload: u64) -> Result<(
 }
 
 fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partition> {
-    // Mapped for random access but for the columns (crate::advised), unless told not to.
+    // With random_access_maps, mapped for random access but for the columns
+    // (crate::advised); else with the kernel's default advice, as tantivy maps them.
     let index = if fields.random_access_maps {
         Index::open(crate::advised::AdvisedDirectory::open(&dir)?)?
     } else {

@@ -547,7 +547,7 @@ impl Default for IndexConfig {
             docstore_compression: "zstd".into(),
             head_bytes_max: 16 << 20,
             merge_fan_in: weir_index::DEFAULT_MERGE_FAN_IN,
-            random_access_maps: true,
+            random_access_maps: false,
         }
     }
 }

@@ -163,7 +163,7 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "index.random_access_maps",
-        "Map the index files lookups read (terms, postings, stored records) for random access: a page read from disk brings only itself, not the disk's read-ahead window around it (first queries after a restart). false keeps the kernel's read-ahead, for merges and long scans of data no longer cached; Linux 6.4+ reclaims pages of random-access maps first under memory pressure.",
+        "Map the index files lookups read (terms, postings, stored records) for random access: a page read from disk brings only itself, not the disk's read-ahead window around it, which speeds the first lookups after a restart on a disk with a large read-ahead. Off by default: merges and long scans of data no longer cached then read a page at a time, and Linux 6.4+ reclaims pages of random-access maps first under memory pressure.",
     ),
     (
         "index.writer_memory_bytes",
