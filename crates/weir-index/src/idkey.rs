@@ -269,7 +269,7 @@ mod tests {
     /// Three documents: one as indexed now, one as indexed before keys (the whole id as
     /// the term), and one whose key term is B's while its record holds A (a collision).
     fn index() -> (Index, Fields) {
-        let f = Fields::new(std::sync::Arc::new(crate::InfixCache::new(0)));
+        let f = Fields::new(std::sync::Arc::new(crate::InfixCache::new(0)), false);
         let ix = Index::create_in_ram(f.schema.clone());
         let mut w = ix.writer_with_num_threads(1, 15_000_000).unwrap();
         w.add_document(f.document("default", 1, 0, &record(TRACE_A, "keyed")))

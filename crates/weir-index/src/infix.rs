@@ -135,10 +135,11 @@ impl InfixCache {
         self.inner.lock().map(|c| c.bytes).unwrap_or(0)
     }
 
-    /// The words of `field` in `segment`, copied on first use. `dir` is the segment's
-    /// partition directory: before a copy its term file is read through once, because the
-    /// index maps term files for random access (`advised.rs`), so a pass
-    /// over the map alone would read it from disk a page at a time.
+    /// The words of `field` in `segment`, copied on first use. `read_ahead` is the
+    /// segment's partition directory where the index maps term files for random access
+    /// (`advised.rs`): a copy first reads the segment's term file through once there, since
+    /// a pass over such a map alone would read it from disk a page at a time. `None` where
+    /// the kernel's read-ahead serves the pass.
     ///
     /// # Errors
     /// tantivy and I/O errors opening or reading the term dictionary.
@@ -146,7 +147,7 @@ impl InfixCache {
         &self,
         segment: &SegmentReader,
         field: Field,
-        dir: &Path,
+        read_ahead: Option<&Path>,
     ) -> tantivy::Result<Arc<BodyWords>> {
         let key = (segment.segment_id(), field);
         if let Ok(mut c) = self.inner.lock() {
@@ -158,7 +159,9 @@ impl InfixCache {
             }
         }
         // Built outside the lock: two first lookups of one segment may both build it.
-        read_ahead(&dir.join(format!("{}.term", segment.segment_id().uuid_string())));
+        if let Some(dir) = read_ahead {
+            read_through(&dir.join(format!("{}.term", segment.segment_id().uuid_string())));
+        }
         let words = Arc::new(BodyWords::build(segment.inverted_index(field)?.terms())?);
         let size = words.bytes();
         if size <= self.budget {
@@ -191,7 +194,7 @@ impl InfixCache {
     /// Copies the words of `field` in `segment` ahead of a lookup, unless they are kept
     /// already or would fill the cache past nine tenths of its budget (warming never
     /// evicts: a cache too small for the recent segments is left to lookups).
-    /// `dir` is the segment's partition directory ([`InfixCache::words`]).
+    /// `read_ahead` as for [`InfixCache::words`].
     ///
     /// # Errors
     /// As [`InfixCache::words`].
@@ -199,7 +202,7 @@ impl InfixCache {
         &self,
         segment: &SegmentReader,
         field: Field,
-        dir: &Path,
+        read_ahead: Option<&Path>,
     ) -> tantivy::Result<Warmed> {
         let key = (segment.segment_id(), field);
         let held = match self.inner.lock() {
@@ -214,14 +217,14 @@ impl InfixCache {
         if held.saturating_add(estimate) > self.budget / 10 * 9 {
             return Ok(Warmed::Full);
         }
-        self.words(segment, field, dir)?;
+        self.words(segment, field, read_ahead)?;
         Ok(Warmed::Copied)
     }
 }
 
 /// Reads `path` through once, sequentially, so that the page cache holds it. A failure
 /// only leaves the pass that follows slower.
-fn read_ahead(path: &Path) {
+fn read_through(path: &Path) {
     use std::io::Read;
     let Ok(mut f) = std::fs::File::open(path) else {
         return;
@@ -248,8 +251,9 @@ pub(crate) struct InfixQuery {
     pub field: Field,
     pub fragment: String,
     pub cache: Arc<InfixCache>,
-    /// The partition's directory ([`InfixCache::words`]).
-    pub dir: PathBuf,
+    /// The partition's directory where its term files are read ahead
+    /// ([`InfixCache::words`]).
+    pub read_ahead: Option<PathBuf>,
 }
 
 impl fmt::Debug for InfixQuery {
@@ -266,7 +270,9 @@ impl Query for InfixQuery {
 
 impl Weight for InfixQuery {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
-        let words = self.cache.words(reader, self.field, &self.dir)?;
+        let words = self
+            .cache
+            .words(reader, self.field, self.read_ahead.as_deref())?;
         let inverted = reader.inverted_index(self.field)?;
         let mut docs = BitSet::with_max_value(reader.max_doc());
         let mut failed = None;

@@ -111,7 +111,7 @@ pub(crate) const F_OFFSET: &str = "offset";
 pub(crate) struct PartContext<'a> {
     /// Its documents carry the long-token marker ([`LONG_TOKEN_MARKER`]).
     pub marked: bool,
-    /// Its directory, where an infix lookup reads a segment's term file.
+    /// Its directory, where an infix lookup may read a segment's term file ahead.
     pub dir: &'a Path,
 }
 
@@ -138,8 +138,12 @@ pub(crate) struct Fields {
 }
 
 impl Fields {
-    /// The schema's fields; infix lookups keep body words in `infix`.
-    pub fn new(infix: std::sync::Arc<crate::infix::InfixCache>) -> Fields {
+    /// The schema's fields; infix lookups keep body words in `infix`; partitions are
+    /// opened with `random_access_maps` ([`crate::IndexOptions::random_access_maps`]).
+    pub fn new(
+        infix: std::sync::Arc<crate::infix::InfixCache>,
+        random_access_maps: bool,
+    ) -> Fields {
         let mut b = Schema::builder();
         // Columns only: range queries on a fast field read the column (tantivy's
         // `RangeQuery`), so terms of these would be written and never read.
@@ -183,8 +187,14 @@ impl Fields {
             offset,
             record,
             infix,
-            random_access_maps: false,
+            random_access_maps,
         }
+    }
+
+    /// Where a copy of a segment's body words reads its term file through first: in the
+    /// partition directory `dir` when the maps are random ([`crate::infix::InfixCache::words`]).
+    pub fn read_ahead<'a>(&self, dir: &'a Path) -> Option<&'a Path> {
+        self.random_access_maps.then_some(dir)
     }
 
     /// The document for one record of entry `log_index` at position `offset` in its batch.
@@ -371,7 +381,7 @@ impl Fields {
             field: self.body,
             fragment: fragment.to_owned(),
             cache: self.infix.clone(),
-            dir: part.dir.to_path_buf(),
+            read_ahead: self.read_ahead(part.dir).map(Path::to_path_buf),
         });
         Box::new(BooleanQuery::new(vec![
             (Occur::Should, words),
@@ -668,7 +678,7 @@ mod tests {
     #[test]
     fn a_schema_with_field_norms_on_exact_fields_and_indexed_columns_is_compatible() {
         use tantivy::schema::STRING;
-        let new = Fields::new(Arc::new(crate::InfixCache::new(1 << 20))).schema;
+        let new = Fields::new(Arc::new(crate::InfixCache::new(1 << 20)), false).schema;
         let rebuild = |exact: &dyn Fn() -> TextOptions, body: TextOptions| {
             let mut b = Schema::builder();
             for (_, entry) in new.fields() {

@@ -326,8 +326,7 @@ impl ShardIndex {
             fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut fields = Fields::new(opts.infix_cache.clone());
-        fields.random_access_maps = opts.random_access_maps;
+        let fields = Fields::new(opts.infix_cache.clone(), opts.random_access_maps);
         let (ckpt, parts, committed) = load(dir, shard, &fields)?;
         tracing::info!(
             shard = shard.0,
@@ -1318,7 +1317,11 @@ impl ShardIndex {
             }
             let searcher = p.reader.searcher();
             for seg in searcher.segment_readers() {
-                match self.fields.infix.warm(seg, self.fields.body, &p.dir)? {
+                match self.fields.infix.warm(
+                    seg,
+                    self.fields.body,
+                    self.fields.read_ahead(&p.dir),
+                )? {
                     crate::infix::Warmed::Copied => copied += 1,
                     crate::infix::Warmed::Held => {}
                     // Older segments would not fit either: stop asking after every commit.
