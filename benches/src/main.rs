@@ -51,6 +51,12 @@ enum Cmd {
         /// Runs of each query.
         #[arg(long, default_value_t = 50)]
         iterations: usize,
+        /// The time every query's range ends at, in Unix seconds (default: now). The
+        /// time-bounded cases (the last 5 minutes, the last hour) then read the same
+        /// records however long after the ingest they run, so that two builds can be
+        /// compared over one data directory.
+        #[arg(long)]
+        at: Option<i64>,
     },
 }
 
@@ -193,7 +199,18 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Ingest(args) => ingest(args).await,
         Cmd::Mirror(args) => mirror(args).await,
-        Cmd::Query { addr, iterations } => query(addr, iterations).await,
+        Cmd::Query {
+            addr,
+            iterations,
+            at,
+        } => {
+            query(
+                addr,
+                iterations,
+                at.map_or_else(now_ns, |s| s * 1_000_000_000),
+            )
+            .await
+        }
     }
 }
 
@@ -603,7 +620,7 @@ fn key_headers() -> reqwest::header::HeaderMap {
     h
 }
 
-async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
+async fn query(addr: String, iterations: usize, now: i64) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .default_headers(key_headers())
         .build()?;
@@ -624,7 +641,6 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
         .context("the node holds no records with a trace id: run `weir-bench ingest` first")?;
     let trace = sampled.trace_id.clone();
     println!("query: {} records in the node", sample.total);
-    let now = now_ns();
     let five_min_ago = (now - 300_000_000_000).to_string();
     let day_ago = (now - 86_400_000_000_000).to_string();
     let trace_q = format!("trace_id:{trace}");
@@ -658,16 +674,21 @@ async fn query(addr: String, iterations: usize) -> anyhow::Result<()> {
     let needle = sampled.body.clone();
     // A needle that is one fragment (no whole word): the record's trace id as a line
     // filter, which the index narrows by an infix lookup over its body terms.
-    logql_cases(&client, &addr, &needle, &trace, iterations).await?;
-    es_cases(&client, &addr, iterations).await
+    logql_cases(&client, &addr, &needle, &trace, iterations, now).await?;
+    es_cases(&client, &addr, iterations, now).await
 }
 
 /// Grafana's Elasticsearch data source over the last hour, through `_msearch` on the
 /// default tenant's index: its logs query (the newest 500 hits with a date histogram of
 /// 60 buckets) and its metric query (count per service over time).
-async fn es_cases(client: &reqwest::Client, addr: &str, iterations: usize) -> anyhow::Result<()> {
+async fn es_cases(
+    client: &reqwest::Client,
+    addr: &str,
+    iterations: usize,
+    now: i64,
+) -> anyhow::Result<()> {
     let url = format!("{}/_msearch", addr.trim_end_matches('/'));
-    let now_ms = now_ns() / 1_000_000;
+    let now_ms = now / 1_000_000;
     let hour_ago_ms = now_ms - 3_600_000;
     let range = serde_json::json!({"range": {"@timestamp": {
         "gte": hour_ago_ms, "lte": now_ms, "format": "epoch_millis"}}});
@@ -768,10 +789,10 @@ async fn logql_cases(
     needle: &str,
     fragment: &str,
     iterations: usize,
+    now: i64,
 ) -> anyhow::Result<()> {
     let base = addr.trim_end_matches('/');
     let fragment_q = format!("{{env=\"bench\"}} |= {fragment:?}");
-    let now = now_ns();
     let hour_ago = (now - 3_600_000_000_000).to_string();
     let day_ago = (now - 86_400_000_000_000).to_string();
     let now_s = now.to_string();
