@@ -81,7 +81,7 @@ pub use query::{
 };
 pub use schema::complete_body_tokens;
 pub use shard::{
-    DocStore, IndexOptions, SearchRequest, ShardIndex, DEFAULT_MERGE_FAN_IN, MAX_LIMIT,
+    DocStore, IndexOptions, SearchRequest, ShardIndex, ShardTop, DEFAULT_MERGE_FAN_IN, MAX_LIMIT,
 };
 pub use weir_proto::v1::{StoredBatch, StoredRecord};
 

@@ -700,6 +700,17 @@ impl ShardIndex {
     ///
     /// As [`ShardIndex::search`].
     pub fn search_with_head(&self, req: &SearchRequest, head: &[HeadEntry]) -> Result<ShardHits> {
+        self.top_with_head(req, head)?.into_hits()
+    }
+
+    /// Searches as [`ShardIndex::search_with_head`] does, but leaves the records of the
+    /// hits found in the index unread: a node merging several shards' answers into one
+    /// page reads only those its page keeps ([`ShardTop::read`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardIndex::search`].
+    pub fn top_with_head(&self, req: &SearchRequest, head: &[HeadEntry]) -> Result<ShardTop> {
         if let Some(c) = &req.after {
             c.check_sort(req.sort)?;
         }
@@ -709,8 +720,15 @@ impl ShardIndex {
                 req.limit
             )));
         }
+        let mut top = ShardTop {
+            hits: ShardHits::default(),
+            unread: HashMap::new(),
+            searchers: Vec::new(),
+            dirs: Vec::new(),
+            record: self.fields.record,
+        };
         if req.start_ns >= req.end_ns {
-            return Ok(ShardHits::default());
+            return Ok(top);
         }
         let tenant = tenant_or_default(&req.tenant);
         let n = match (&req.after, req.sort) {
@@ -728,7 +746,7 @@ impl ShardIndex {
             after: req.after,
             shard: self.shard.0,
         };
-        let mut top = TopN::new(req.sort, n);
+        let mut best = TopN::new(req.sort, n);
         let mut total = 0;
         // Newest partition first for a newest-first sort, so that older ones find the top
         // full and are only counted (see `search_by_time`).
@@ -751,15 +769,15 @@ impl ShardIndex {
                 let found = searcher.search(q.as_ref(), &collector)?;
                 total += found.total;
                 for c in found.top {
-                    top.push(Candidate { part: i, ..c });
+                    best.push(Candidate { part: i, ..c });
                 }
             } else {
-                total += search_by_time(searcher, q.as_ref(), &collector, &mut top, i, range)?;
+                total += search_by_time(searcher, q.as_ref(), &collector, &mut best, i, range)?;
             }
         }
         let mut hits = Vec::new();
-        for c in top.into_sorted() {
-            let record = self.fetch(&searchers[c.part], c.doc, &parts[c.part].dir)?;
+        for c in best.into_sorted() {
+            top.unread.insert(c.key, (c.part, c.doc));
             hits.push(Hit {
                 key: c.key,
                 score: if req.sort == Sort::Score {
@@ -768,16 +786,18 @@ impl ShardIndex {
                     0.0
                 },
                 tenant: tenant.to_string(),
-                record,
+                record: StoredRecord::default(),
             });
         }
-        let indexed = ShardHits {
-            hits,
-            total,
-            scanned: 0,
-        };
+        top.searchers = searchers;
+        top.dirs = parts.iter().map(|p| p.dir.clone()).collect();
         let Some(through) = through else {
-            return Ok(indexed);
+            top.hits = ShardHits {
+                hits,
+                total,
+                scanned: 0,
+            };
+            return Ok(top);
         };
         let matcher = RecordMatcher::new(&req.query, tenant, &req.levels, req.start_ns, req.end_ns);
         let scanned = crate::head::search_entries(
@@ -789,14 +809,15 @@ impl ShardIndex {
             req.after.as_ref(),
             n,
         );
-        let mut hits: Vec<Hit> = indexed.hits.into_iter().chain(scanned.hits).collect();
+        hits.extend(scanned.hits);
         hits.sort_by(|a, b| compare(req.sort, &a.key, a.score, &b.key, b.score));
         hits.truncate(n);
-        Ok(ShardHits {
+        top.hits = ShardHits {
             hits,
-            total: indexed.total + scanned.total,
+            total: total + scanned.total,
             scanned: scanned.scanned,
-        })
+        };
+        Ok(top)
     }
 
     /// The partitions overlapping `[start_ns, end_ns)` with their searchers, and, when
@@ -867,19 +888,6 @@ impl ShardIndex {
             return Err(crate::count::too_many(req));
         }
         Ok((counts, scanned))
-    }
-
-    fn fetch(
-        &self,
-        searcher: &Searcher,
-        doc: tantivy::DocAddress,
-        dir: &Path,
-    ) -> Result<StoredRecord> {
-        let d: TantivyDocument = searcher.doc(doc)?;
-        stored_record(&d, self.fields.record).map_err(|reason| Error::Corrupt {
-            path: dir.to_path_buf(),
-            reason: format!("document {doc:?}: {reason}"),
-        })
     }
 
     fn overlapping(&self, start_ns: i64, end_ns: i64) -> Vec<Arc<Partition>> {
@@ -1608,6 +1616,94 @@ fn publish_partition(part: &Partition, dest: &Path) -> Result<()> {
 /// ascending sort); once `top` is full of records newer than everything a segment holds,
 /// the segment's matches are only counted (no timestamps read, no candidates ranked). A
 /// partition's recent segments then give the page and its large merged ones are counted.
+/// One shard's answer to a search before the records of the hits found in the index are
+/// read ([`ShardIndex::top_with_head`]): reading a record decompresses its block of the
+/// document store, so a node merging its shards' answers into one page reads only the
+/// records the page keeps, where each shard's answer holds up to a page of its own.
+pub struct ShardTop {
+    /// In the request's order; the records of those in `unread` are empty.
+    hits: ShardHits,
+    /// The hits found in the index: which searched partition holds each, and where.
+    unread: HashMap<crate::HitKey, (usize, tantivy::DocAddress)>,
+    searchers: Vec<Searcher>,
+    dirs: Vec<PathBuf>,
+    record: tantivy::schema::Field,
+}
+
+impl std::fmt::Debug for ShardTop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardTop")
+            .field("hits", &self.hits.hits.len())
+            .field("total", &self.hits.total)
+            .field("unread", &self.unread.len())
+            .finish()
+    }
+}
+
+impl ShardTop {
+    /// The hits, total and head records scanned, for a merge; the records of the hits
+    /// for which [`ShardTop::is_unread`] holds are empty. Leaves none here.
+    pub fn take_hits(&mut self) -> ShardHits {
+        std::mem::take(&mut self.hits)
+    }
+
+    /// Whether the hit with `key` was found in the index and its record is still to be
+    /// read.
+    pub fn is_unread(&self, key: &crate::HitKey) -> bool {
+        self.unread.contains_key(key)
+    }
+
+    /// Reads the records of the hits `keys` names (those not [`ShardTop::is_unread`] are
+    /// skipped), in the order they lie in the index, so that each block of the document
+    /// store is decompressed once however the hits are sorted.
+    ///
+    /// # Errors
+    ///
+    /// tantivy and I/O errors; [`Error::Corrupt`] for a stored document that is not a
+    /// record.
+    pub fn read(&self, keys: &[crate::HitKey]) -> Result<Vec<(crate::HitKey, StoredRecord)>> {
+        let mut at: Vec<(usize, tantivy::DocAddress, crate::HitKey)> = keys
+            .iter()
+            .filter_map(|k| self.unread.get(k).map(|&(part, doc)| (part, doc, *k)))
+            .collect();
+        at.sort_unstable_by_key(|&(part, doc, _)| (part, doc.segment_ord, doc.doc_id));
+        at.into_iter()
+            .map(|(part, doc, key)| {
+                let d: TantivyDocument = self.searchers[part].doc(doc)?;
+                let record = stored_record(&d, self.record).map_err(|reason| Error::Corrupt {
+                    path: self.dirs[part].clone(),
+                    reason: format!("document {doc:?}: {reason}"),
+                })?;
+                Ok((key, record))
+            })
+            .collect()
+    }
+
+    /// Every hit with its record.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardTop::read`].
+    pub fn into_hits(mut self) -> Result<ShardHits> {
+        let keys: Vec<crate::HitKey> = self
+            .hits
+            .hits
+            .iter()
+            .map(|h| h.key)
+            .filter(|k| self.unread.contains_key(k))
+            .collect();
+        let mut records: HashMap<crate::HitKey, StoredRecord> =
+            self.read(&keys)?.into_iter().collect();
+        let mut hits = self.take_hits();
+        for h in &mut hits.hits {
+            if let Some(r) = records.remove(&h.key) {
+                h.record = r;
+            }
+        }
+        Ok(hits)
+    }
+}
+
 fn search_by_time(
     searcher: &Searcher,
     query: &dyn tantivy::query::Query,

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_index::{Cursor, HeadEntry, Hit, HitKey, SearchRequest, ShardHits, ShardIndex, Sort};
+use weir_index::{
+    Cursor, HeadEntry, Hit, HitKey, SearchRequest, ShardHits, ShardIndex, ShardTop, Sort,
+};
 use weir_proto::v1::{PeerHit, ShardHitsProto, ShardLabelsRequest, ShardSearchRequest};
 use weir_proto::{ApiError, ErrorKind};
 use weir_raft::{CommittedLog, RaftNode};
@@ -298,16 +300,19 @@ impl Searcher {
         let mut results: Vec<ShardHits> = Vec::with_capacity(self.indexes.len());
         let mut missing = Vec::new();
         let remote_task = self.fan_out(search.clone(), remote);
-        let local_task = self.search_shards(search.request.clone(), &local);
+        let local_task = self.top_shards(search.request.clone(), &local);
         let (local_res, (remote_hits, remote_missing)) = tokio::join!(local_task, remote_task);
-        results.extend(local_res?.into_iter().map(|(_, h)| h));
+        // The local shards' records are read after the merge: only the page's.
+        let mut tops = local_res?;
+        results.extend(tops.iter_mut().map(|(_, t)| t.take_hits()));
         results.extend(remote_hits);
         missing.extend(remote_missing);
         missing.sort_unstable();
         let scanned = results.iter().map(|r| r.scanned).sum();
         self.scanned
             .fetch_add(scanned, std::sync::atomic::Ordering::Relaxed);
-        let (hits, total, next) = weir_index::merge(results, sort, limit, after.as_ref());
+        let (mut hits, total, next) = weir_index::merge(results, sort, limit, after.as_ref());
+        Self::read_kept(tops, &mut hits).await?;
         Ok(Page {
             hits,
             total,
@@ -387,6 +392,25 @@ impl Searcher {
         req: SearchRequest,
         shards: &[u32],
     ) -> Result<Vec<(u32, ShardHits)>, ApiError> {
+        let tops = self.top_shards(req, shards).await?;
+        let mut tasks = Vec::with_capacity(tops.len());
+        for (shard, top) in tops {
+            tasks.push((shard, tokio::task::spawn_blocking(move || top.into_hits())));
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        for (shard, t) in tasks {
+            results.push((shard, t.await.map_err(join_error)?.map_err(index_error)?));
+        }
+        Ok(results)
+    }
+
+    /// Runs `req` on the given shards of this node, on the blocking pool, leaving the
+    /// records found in the index unread ([`ShardIndex::top_with_head`]).
+    async fn top_shards(
+        &self,
+        req: SearchRequest,
+        shards: &[u32],
+    ) -> Result<Vec<(u32, ShardTop)>, ApiError> {
         let req = Arc::new(req);
         let mut tasks = Vec::with_capacity(shards.len());
         for &shard in shards {
@@ -400,7 +424,7 @@ impl Searcher {
             let head = self.head_of(shard);
             tasks.push((
                 shard,
-                tokio::task::spawn_blocking(move || ix.search_with_head(&req, &head)),
+                tokio::task::spawn_blocking(move || ix.top_with_head(&req, &head)),
             ));
         }
         let mut results = Vec::with_capacity(tasks.len());
@@ -408,6 +432,32 @@ impl Searcher {
             results.push((shard, t.await.map_err(join_error)?.map_err(index_error)?));
         }
         Ok(results)
+    }
+
+    /// Reads, on the blocking pool, the records of the hits of `hits` that a local
+    /// shard's answer in `tops` left unread, and puts each in its hit.
+    async fn read_kept(tops: Vec<(u32, ShardTop)>, hits: &mut [Hit]) -> Result<(), ApiError> {
+        let mut tasks = Vec::new();
+        for (shard, top) in tops {
+            let keys: Vec<HitKey> = hits
+                .iter()
+                .filter(|h| h.key.shard == shard && top.is_unread(&h.key))
+                .map(|h| h.key)
+                .collect();
+            if !keys.is_empty() {
+                tasks.push(tokio::task::spawn_blocking(move || top.read(&keys)));
+            }
+        }
+        let mut records = HashMap::new();
+        for t in tasks {
+            records.extend(t.await.map_err(join_error)?.map_err(index_error)?);
+        }
+        for h in hits {
+            if let Some(r) = records.remove(&h.key) {
+                h.record = r;
+            }
+        }
+        Ok(())
     }
 
     /// Counts per group and time bucket over every shard, from this node's indexes
