@@ -236,7 +236,7 @@ impl RecordMatcher {
     }
 
     /// The records of `b` that match, in order.
-    fn matching<'b>(&self, b: &'b HeadBatch) -> Vec<(usize, &'b StoredRecord)> {
+    pub(crate) fn matching<'b>(&self, b: &'b HeadBatch) -> Vec<(usize, &'b StoredRecord)> {
         let check = |i: usize| {
             let r = &b.batch.records[i];
             self.matches_lowered(r, b.lowered(i)).then_some((i, r))

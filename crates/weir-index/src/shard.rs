@@ -820,6 +820,104 @@ impl ShardIndex {
         Ok(top)
     }
 
+    /// Calls `each` with every record of `req.tenant` that matches `req.query` and
+    /// `req.levels` in `[req.start_ns, req.end_ns)` (the sort, limit and cursor are not
+    /// used), in batches of at most `batch`: first the index's, in the order they lie in
+    /// it, so that each block of the document store is decompressed once, then the
+    /// head's, as [`ShardIndex::search_with_head`] divides them. Stops early when `each`
+    /// returns false. Holds one batch at a time; returns the head records read.
+    ///
+    /// For readers of every match in a range that need no order (a range aggregation
+    /// adds each record to its steps by its own time); paging through the same records
+    /// sorted by time reads the window's matches again for every page.
+    ///
+    /// # Errors
+    ///
+    /// tantivy and I/O errors; [`Error::Corrupt`] for a stored document that is not a
+    /// record.
+    pub fn scan_with_head(
+        &self,
+        req: &SearchRequest,
+        head: &[HeadEntry],
+        batch: usize,
+        each: &mut dyn FnMut(Vec<StoredRecord>) -> bool,
+    ) -> Result<u64> {
+        use tantivy::query::EnableScoring;
+        use tantivy::{DocAddress, DocSet, TERMINATED};
+        if req.start_ns >= req.end_ns {
+            return Ok(0);
+        }
+        let tenant = tenant_or_default(&req.tenant);
+        let batch = batch.max(1);
+        let (through, parts, searchers) = self.view(req.start_ns, req.end_ns, head);
+        self.partitions_searched
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(batch);
+        for (p, searcher) in parts.iter().zip(&searchers) {
+            let range =
+                (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
+            let user = self
+                .fields
+                .translate(&req.query, tenant, p.context(), req.prefilter);
+            let q = self
+                .fields
+                .filtered(user, tenant, &req.levels, range, p.cut(through));
+            let weight = q.weight(EnableScoring::disabled_from_searcher(searcher))?;
+            for (ord, seg) in searcher.segment_readers().iter().enumerate() {
+                if let Some((start, end)) = range {
+                    let ts = seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?;
+                    if ts.max_value() < start || ts.min_value() >= end {
+                        continue;
+                    }
+                }
+                let alive = seg.alive_bitset();
+                let mut scorer = weight.scorer(seg, 1.0)?;
+                let mut doc = scorer.doc();
+                while doc != TERMINATED {
+                    if alive.is_none_or(|a| a.is_alive(doc)) {
+                        let at = DocAddress::new(ord as u32, doc);
+                        let d: TantivyDocument = searcher.doc(at)?;
+                        out.push(stored_record(&d, self.fields.record).map_err(|reason| {
+                            Error::Corrupt {
+                                path: p.dir.clone(),
+                                reason: format!("document {at:?}: {reason}"),
+                            }
+                        })?);
+                        if out.len() >= batch
+                            && !each(std::mem::replace(&mut out, Vec::with_capacity(batch)))
+                        {
+                            return Ok(0);
+                        }
+                    }
+                    doc = scorer.advance();
+                }
+            }
+        }
+        let mut scanned = 0;
+        if let Some(through) = through {
+            let matcher =
+                RecordMatcher::new(&req.query, tenant, &req.levels, req.start_ns, req.end_ns);
+            for (log_index, b) in head {
+                if *log_index <= through || !matcher.tenant_matches(&b.batch) {
+                    continue;
+                }
+                scanned += b.batch.records.len() as u64;
+                for (_, r) in matcher.matching(b) {
+                    out.push(r.clone());
+                    if out.len() >= batch
+                        && !each(std::mem::replace(&mut out, Vec::with_capacity(batch)))
+                    {
+                        return Ok(scanned);
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            each(out);
+        }
+        Ok(scanned)
+    }
+
     /// The partitions overlapping `[start_ns, end_ns)` with their searchers, and, when
     /// `head` holds entries after the checkpoint, that checkpoint: the index then answers
     /// for entries up to it and the head for the rest. A partition whose reader may show

@@ -10,8 +10,9 @@
 //!   (some partitions already showing later records, committed when their writer was
 //!   evicted): the index answers up to its checkpoint and the head after it, never both.
 //!
-//! Counts per group and bucket (`count_with_head`) are checked the same way, and paging
-//! through a split shard with a cursor returns every hit exactly once.
+//! Counts per group and bucket (`count_with_head`) are checked the same way, scans
+//! (`scan_with_head`, every match in no order) find the records the searches find, and
+//! paging through a split shard with a cursor returns every hit exactly once.
 
 use std::sync::Arc;
 
@@ -243,6 +244,21 @@ proptest! {
                 // The head's records of the tenant were read (not the other tenant's).
                 prop_assert!(head_only.scanned <= records.len() as u64);
             }
+            // Every match once, in batches of at most 3, whichever way the shard holds it.
+            let req = request(q.clone(), levels.clone(), start_s, start_s + len_s, Sort::TimeAsc);
+            let want = sorted_records(t.all.search(&req).unwrap().hits.into_iter().map(|h| h.record));
+            for (how, ix, log) in [("index", &t.all, &[][..]), ("head only", &t.none, &t.log[..]), ("split", &t.half, &t.log[..])] {
+                let mut got = Vec::new();
+                let mut biggest = 0;
+                ix.scan_with_head(&req, log, 3, &mut |batch| {
+                    biggest = biggest.max(batch.len());
+                    got.extend(batch);
+                    true
+                })
+                .unwrap();
+                prop_assert!(biggest <= 3, "{}: a batch of {}", how, biggest);
+                prop_assert_eq!(sorted_records(got), want.clone(), "scan, {}: {}", how, text);
+            }
         }
     }
 
@@ -280,6 +296,74 @@ proptest! {
         let (split, _) = t.half.count_with_head(&req, &t.log).unwrap();
         prop_assert_eq!(sorted(split), want, "split: {}", &text);
     }
+}
+
+/// Records in an order of their own, to compare answers given in different orders.
+fn sorted_records(records: impl IntoIterator<Item = StoredRecord>) -> Vec<String> {
+    let mut v: Vec<String> = records.into_iter().map(|r| format!("{r:?}")).collect();
+    v.sort();
+    v
+}
+
+/// A scan stops reading when its receiver says so, and never returns records a tenant's
+/// retention deleted from the index.
+#[test]
+fn a_scan_stops_when_told_and_skips_deleted_records() {
+    let records: Vec<StoredRecord> = (0..50)
+        .map(|i| StoredRecord {
+            timestamp_ns: T0 + i * SEC,
+            body: format!("request {i} served"),
+            service: "api".into(),
+            ..Default::default()
+        })
+        .collect();
+    // Every other batch another tenant's, so that deleting one tenant's records leaves
+    // them in segments that stay, marked deleted.
+    let t = three(entries(
+        &records,
+        |i| if i % 2 == 0 { "acme" } else { "other" },
+    ));
+    let req = request(
+        parse_query("served").unwrap(),
+        vec![],
+        0,
+        100,
+        Sort::TimeAsc,
+    );
+    let mut batches = 0;
+    t.all
+        .scan_with_head(&req, &[], 7, &mut |_| {
+            batches += 1;
+            false
+        })
+        .unwrap();
+    assert_eq!(batches, 1, "the scan went on after its receiver stopped it");
+    // Partitions are 20 s wide: those ending by T0 + 40 s lose the tenant's records.
+    assert_eq!(
+        t.all.delete_tenant_before("acme", T0 + 40 * SEC).unwrap(),
+        2
+    );
+    let mut got = Vec::new();
+    t.all
+        .scan_with_head(&req, &[], 7, &mut |b| {
+            got.extend(b);
+            true
+        })
+        .unwrap();
+    let want = sorted_records(
+        t.all
+            .search(&req)
+            .unwrap()
+            .hits
+            .into_iter()
+            .map(|h| h.record),
+    );
+    assert_eq!(
+        want.len(),
+        5,
+        "records 40 to 44 are acme's and after the cutoff"
+    );
+    assert_eq!(sorted_records(got), want);
 }
 
 /// Paging with a cursor through a shard whose index holds half the log returns every

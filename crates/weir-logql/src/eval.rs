@@ -467,13 +467,17 @@ fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>, push: Option<&Pushdown<'_>>) -> Resu
     let off = ra.offset_ns;
     let lo = first_window_start(ctx.steps, off, range);
     let hi = ctx.steps.last().saturating_sub(off).saturating_add(1);
-    let iter = ctx.source.select(
-        &ra.log.selector,
-        &hints(&ra.log),
-        lo,
-        hi,
-        Direction::Forward,
-    )?;
+    let iter = if order_free(ra) {
+        ctx.source.scan(&ra.log.selector, &hints(&ra.log), lo, hi)?
+    } else {
+        ctx.source.select(
+            &ra.log.selector,
+            &hints(&ra.log),
+            lo,
+            hi,
+            Direction::Forward,
+        )?
+    };
     let mut acc = RangeAcc::new(ra, ctx.steps, range, ctx.params.limits, push.map(|p| p.op));
     for item in iter {
         let e = item?;
@@ -511,6 +515,32 @@ fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>, push: Option<&Pushdown<'_>>) -> Resu
         out.sort_by(|a, b| a.0.cmp(&b.0));
     }
     Ok(out)
+}
+
+/// Whether `ra`'s value is the same whatever order its entries come in, so that it may
+/// read them through [`Source::scan`]: `RangeAcc` places each sample by its own time, and
+/// counts, byte counts (whole numbers), minima, maxima and quantiles do not depend on
+/// order. Sums of unwrapped values (`sum_over_time`, `avg_over_time`, `rate` with
+/// `unwrap`, deviations) round differently in another order, and `first_over_time` and
+/// `last_over_time` pick among equal times by order: they read oldest first, so that
+/// the same query gives the same answer.
+fn order_free(ra: &RangeAgg) -> bool {
+    match ra.op {
+        RangeOp::CountOverTime
+        | RangeOp::BytesOverTime
+        | RangeOp::BytesRate
+        | RangeOp::AbsentOverTime
+        | RangeOp::MinOverTime
+        | RangeOp::MaxOverTime
+        | RangeOp::QuantileOverTime => true,
+        RangeOp::Rate => ra.unwrap.is_none(),
+        RangeOp::SumOverTime
+        | RangeOp::AvgOverTime
+        | RangeOp::StddevOverTime
+        | RangeOp::StdvarOverTime
+        | RangeOp::FirstOverTime
+        | RangeOp::LastOverTime => false,
+    }
 }
 
 /// The most buckets the engine asks a source to count.

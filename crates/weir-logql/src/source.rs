@@ -111,6 +111,24 @@ pub trait Source {
         direction: Direction,
     ) -> Result<EntryIter<'_>, EngineError>;
 
+    /// Every entry [`Source::select`] returns for the same arguments, in any order: what a
+    /// range aggregation whose value does not depend on order (counts, bytes, minima,
+    /// maxima, quantiles) reads, since it adds each sample to its steps by the sample's
+    /// own time. A source may read faster without an order (each shard in the order its
+    /// storage holds the entries, say). The default reads oldest first.
+    ///
+    /// # Errors
+    /// As [`Source::select`].
+    fn scan(
+        &self,
+        selector: &[Matcher],
+        hints: &Hints,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<EntryIter<'_>, EngineError> {
+        self.select(selector, hints, start_ns, end_ns, Direction::Forward)
+    }
+
     /// Counts entries per group and bucket without reading them, when the source can do
     /// so exactly: the answer must equal counting, per bucket, the entries
     /// [`Source::select`] returns that satisfy the selector, keyed by the values of the

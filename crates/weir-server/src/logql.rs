@@ -38,6 +38,15 @@ use crate::search::{RemoteSearch, Searcher};
 const PAGE: usize = 2_000;
 /// The first window's span.
 const FIRST_WINDOW_NS: i64 = 60 * 1_000_000_000;
+/// Records per batch of a scan (`Source::scan`): the unit in which shards hand records to
+/// the engine and the budget is checked.
+const SCAN_BATCH: usize = 1_000;
+/// Batches a scan's shards may read ahead of the engine; with [`SCAN_BATCH`], this bounds
+/// a scan's records in memory to `(SCAN_QUEUED + shards) * SCAN_BATCH`: a full queue
+/// stops the shards' readers until the engine takes a batch.
+const SCAN_QUEUED: usize = 4;
+/// How often a scan waiting for its shards checks its deadline and cancellation.
+const SCAN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What a query read, for the answer's statistics and its limits.
 #[derive(Debug, Default)]
@@ -95,6 +104,40 @@ impl IndexSource {
             budget,
             stats: Arc::default(),
         }
+    }
+}
+
+impl IndexSource {
+    /// An error once the query is cancelled, past its deadline or over its read budget.
+    fn check_budget(&self) -> Result<(), EngineError> {
+        let b = &self.budget;
+        if b.cancelled.load(Ordering::Relaxed) {
+            return Err(EngineError::Source("the query was cancelled".to_owned()));
+        }
+        if Instant::now() > b.deadline {
+            return Err(EngineError::Limit {
+                what: "query.timeout_ms",
+                limit: usize::try_from(b.timeout_ms).unwrap_or(usize::MAX),
+                message: format!(
+                    "the query ran past its timeout of {} ms ({}); narrow the selector or the \
+                     time range",
+                    b.timeout_ms, b.timeout_key
+                ),
+            });
+        }
+        let read = self.stats.records.load(Ordering::Relaxed);
+        if read > b.records_max {
+            return Err(EngineError::Limit {
+                what: "query.records_scanned_max",
+                limit: usize::try_from(b.records_max).unwrap_or(usize::MAX),
+                message: format!(
+                    "the query read more than {} records (query.records_scanned_max); narrow \
+                     the selector, add a line filter with whole words, or shorten the range",
+                    b.records_max
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -324,6 +367,41 @@ impl weir_logql::Source for IndexSource {
         Some(Ok(out))
     }
 
+    /// Reads every shard in the order its index holds the records, when all are live
+    /// here ([`Searcher::scan_local`]); else pages through them oldest first.
+    fn scan(
+        &self,
+        selector: &[Matcher],
+        hints: &Hints,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<EntryIter<'_>, EngineError> {
+        let request = SearchRequest {
+            query: prefilter(selector, hints),
+            tenant: self.tenant.clone(),
+            start_ns,
+            end_ns,
+            levels: Vec::new(),
+            limit: 0,
+            sort: Sort::TimeAsc,
+            after: None,
+            // The engine checks every line against the query's line filters.
+            prefilter: true,
+        };
+        match self
+            .searcher
+            .scan_local(&self.rt, request, SCAN_BATCH, SCAN_QUEUED)
+        {
+            Some(rx) => Ok(Box::new(Scan {
+                source: self,
+                rx,
+                buffer: VecDeque::new(),
+                done: false,
+            })),
+            None => self.select(selector, hints, start_ns, end_ns, Direction::Forward),
+        }
+    }
+
     fn select(
         &self,
         selector: &[Matcher],
@@ -368,40 +446,9 @@ struct Pages<'a> {
 }
 
 impl Pages<'_> {
-    fn check_budget(&self) -> Result<(), EngineError> {
-        let b = &self.source.budget;
-        if b.cancelled.load(Ordering::Relaxed) {
-            return Err(EngineError::Source("the query was cancelled".to_owned()));
-        }
-        if Instant::now() > b.deadline {
-            return Err(EngineError::Limit {
-                what: "query.timeout_ms",
-                limit: usize::try_from(b.timeout_ms).unwrap_or(usize::MAX),
-                message: format!(
-                    "the query ran past its timeout of {} ms ({}); narrow the selector or the \
-                     time range",
-                    b.timeout_ms, b.timeout_key
-                ),
-            });
-        }
-        let read = self.source.stats.records.load(Ordering::Relaxed);
-        if read > b.records_max {
-            return Err(EngineError::Limit {
-                what: "query.records_scanned_max",
-                limit: usize::try_from(b.records_max).unwrap_or(usize::MAX),
-                message: format!(
-                    "the query read more than {} records (query.records_scanned_max); narrow \
-                     the selector, add a line filter with whole words, or shorten the range",
-                    b.records_max
-                ),
-            });
-        }
-        Ok(())
-    }
-
     /// Reads the next page into the buffer; sets `done` at the end of the range.
     fn fetch(&mut self) -> Result<(), EngineError> {
-        self.check_budget()?;
+        self.source.check_budget()?;
         let (w_lo, w_hi) = match self.window_end {
             Some(edge) if self.forward => (self.lo, edge),
             Some(edge) => (edge, self.hi),
@@ -489,6 +536,65 @@ impl Iterator for Pages<'_> {
                 return None;
             }
             if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+/// The entries of one [`weir_logql::Source::scan`] over shards all live here: batches
+/// from the shards' readers, in the order they arrive.
+struct Scan<'a> {
+    source: &'a IndexSource,
+    rx: std::sync::mpsc::Receiver<Result<Vec<StoredRecord>, ApiError>>,
+    buffer: VecDeque<Entry>,
+    done: bool,
+}
+
+impl Scan<'_> {
+    /// Waits for the next batch, checking the budget at least every [`SCAN_POLL`]; sets
+    /// `done` when every shard has finished.
+    fn fetch(&mut self) -> Result<(), EngineError> {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            self.source.check_budget()?;
+            match self.rx.recv_timeout(SCAN_POLL) {
+                Ok(Ok(records)) => {
+                    let stats = &self.source.stats;
+                    stats.pages.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .records
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    let bytes: usize = records.iter().map(|r| r.body.len()).sum();
+                    stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                    self.buffer.extend(records.into_iter().map(entry_of));
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(EngineError::Source(e.message)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.done = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<Entry, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                // Dropping the receiver (with `self`) stops the shards' readers.
                 self.done = true;
                 return Some(Err(e));
             }

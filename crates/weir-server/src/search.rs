@@ -14,7 +14,9 @@ use std::time::Duration;
 use weir_index::{
     Cursor, HeadEntry, Hit, HitKey, SearchRequest, ShardHits, ShardIndex, ShardTop, Sort,
 };
-use weir_proto::v1::{PeerHit, ShardHitsProto, ShardLabelsRequest, ShardSearchRequest};
+use weir_proto::v1::{
+    PeerHit, ShardHitsProto, ShardLabelsRequest, ShardSearchRequest, StoredRecord,
+};
 use weir_proto::{ApiError, ErrorKind};
 use weir_raft::{CommittedLog, RaftNode};
 
@@ -432,6 +434,50 @@ impl Searcher {
             results.push((shard, t.await.map_err(join_error)?.map_err(index_error)?));
         }
         Ok(results)
+    }
+
+    /// Every record matching `req` (its sort, limit and cursor unused), in no particular
+    /// order, read by one task per shard on the blocking pool
+    /// ([`ShardIndex::scan_with_head`]) and sent in batches of at most `batch` records
+    /// through a queue of `queued` batches: a full queue stops the shards' reading until
+    /// the receiver takes one, and dropping the receiver stops it for good. `None` when
+    /// some shard is not live on this node (a cluster replica cut off or behind): the
+    /// caller then pages through [`Searcher::search`], which asks peers.
+    pub fn scan_local(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+        req: SearchRequest,
+        batch: usize,
+        queued: usize,
+    ) -> Option<std::sync::mpsc::Receiver<Result<Vec<StoredRecord>, ApiError>>> {
+        let (local, remote) = self.plan();
+        if !remote.is_empty() || local.len() != self.indexes.len() {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(queued.max(1));
+        let req = Arc::new(req);
+        for shard in local {
+            let ix = self.indexes[shard as usize].clone();
+            // The head is read before the index (see ShardIndex::search_with_head).
+            let head = self.head_of(shard);
+            let (tx, req, me) = (tx.clone(), req.clone(), self.clone());
+            rt.spawn_blocking(move || {
+                let sent = tx.clone();
+                match ix.scan_with_head(&req, &head, batch, &mut |records| {
+                    sent.send(Ok(records)).is_ok()
+                }) {
+                    Ok(scanned) => {
+                        me.scanned
+                            .fetch_add(scanned, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        // The receiver may be gone already; nothing else to tell.
+                        let _ = tx.send(Err(index_error(e)));
+                    }
+                }
+            });
+        }
+        Some(rx)
     }
 
     /// Reads, on the blocking pool, the records of the hits of `hits` that a local

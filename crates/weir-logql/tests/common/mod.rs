@@ -34,6 +34,11 @@ pub struct VecSource {
     pub use_counts: bool,
     /// How many counts were asked.
     pub counts: Cell<usize>,
+    /// [`Source::scan`] hands the entries out newest first, every other one first (as
+    /// an unordered source may), instead of oldest first.
+    pub scramble_scans: bool,
+    /// How many scans were asked.
+    pub scans: Cell<usize>,
 }
 
 impl VecSource {
@@ -44,6 +49,8 @@ impl VecSource {
             selects: Cell::new(0),
             use_counts: false,
             counts: Cell::new(0),
+            scramble_scans: false,
+            scans: Cell::new(0),
         }
     }
 }
@@ -71,6 +78,24 @@ impl Source for VecSource {
             out.reverse();
         }
         Ok(Box::new(out.into_iter().map(Ok)))
+    }
+
+    fn scan(
+        &self,
+        selector: &[Matcher],
+        hints: &Hints,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<EntryIter<'_>, EngineError> {
+        self.scans.set(self.scans.get() + 1);
+        let all = self.select(selector, hints, start_ns, end_ns, Direction::Backward)?;
+        if !self.scramble_scans {
+            let mut v: Vec<_> = all.collect();
+            v.reverse();
+            return Ok(Box::new(v.into_iter()));
+        }
+        let (even, odd): (Vec<_>, Vec<_>) = all.enumerate().partition(|(i, _)| i % 2 == 0);
+        Ok(Box::new(even.into_iter().chain(odd).map(|(_, e)| e)))
     }
 
     fn count(&self, req: &CountRequest<'_>) -> Option<Result<GroupCounts, EngineError>> {
