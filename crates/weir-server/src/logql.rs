@@ -32,7 +32,7 @@ use weir_index::{Cursor, Match, Pattern, Query, SearchRequest, Sort, StoredRecor
 use weir_logql::{Direction, EngineError, Entry, EntryIter, Hints, Labels, MatchOp, Matcher};
 use weir_proto::{ApiError, Level};
 
-use crate::search::{RemoteSearch, Searcher};
+use crate::search::{RemoteSearch, ScanMsg, ScanQueue, Searcher};
 
 /// Hits asked of the index per page.
 const PAGE: usize = 2_000;
@@ -55,7 +55,7 @@ pub struct ReadStats {
     pub records: AtomicU64,
     /// Their body bytes.
     pub bytes: AtomicU64,
-    /// Index pages fetched.
+    /// Index pages fetched, and batches of a scan ([`weir_logql::Source::scan`]).
     pub pages: AtomicU64,
     /// Records counted from the index without being read (metric queries that only
     /// count lines: see [`weir_logql::Source::count`]).
@@ -392,9 +392,10 @@ impl weir_logql::Source for IndexSource {
             .searcher
             .scan_local(&self.rt, request, SCAN_BATCH, SCAN_QUEUED)
         {
-            Some(rx) => Ok(Box::new(Scan {
+            Some(queue) => Ok(Box::new(Scan {
                 source: self,
-                rx,
+                queue,
+                finished: 0,
                 buffer: VecDeque::new(),
                 done: false,
             })),
@@ -547,20 +548,22 @@ impl Iterator for Pages<'_> {
 /// from the shards' readers, in the order they arrive.
 struct Scan<'a> {
     source: &'a IndexSource,
-    rx: std::sync::mpsc::Receiver<Result<Vec<StoredRecord>, ApiError>>,
+    queue: ScanQueue,
+    /// Readers that sent [`ScanMsg::Done`].
+    finished: usize,
     buffer: VecDeque<Entry>,
     done: bool,
 }
 
 impl Scan<'_> {
     /// Waits for the next batch, checking the budget at least every [`SCAN_POLL`]; sets
-    /// `done` when every shard has finished.
+    /// `done` when every shard's reader has finished.
     fn fetch(&mut self) -> Result<(), EngineError> {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
             self.source.check_budget()?;
-            match self.rx.recv_timeout(SCAN_POLL) {
-                Ok(Ok(records)) => {
+            match self.queue.rx.recv_timeout(SCAN_POLL) {
+                Ok(ScanMsg::Batch(records)) => {
                     let stats = &self.source.stats;
                     stats.pages.fetch_add(1, Ordering::Relaxed);
                     stats
@@ -571,11 +574,19 @@ impl Scan<'_> {
                     self.buffer.extend(records.into_iter().map(entry_of));
                     return Ok(());
                 }
-                Ok(Err(e)) => return Err(EngineError::Source(e.message)),
+                Ok(ScanMsg::Done) => self.finished += 1,
+                Ok(ScanMsg::Failed(e)) => return Err(EngineError::Source(e.message)),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(RecvTimeoutError::Disconnected) if self.finished == self.queue.shards => {
                     self.done = true;
                     return Ok(());
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(EngineError::Source(format!(
+                        "{} of {} shards' readers stopped before reading every match",
+                        self.queue.shards - self.finished,
+                        self.queue.shards
+                    )))
                 }
             }
         }

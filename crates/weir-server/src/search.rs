@@ -48,6 +48,26 @@ pub struct Searcher {
     scanned: std::sync::atomic::AtomicU64,
 }
 
+/// What a shard's reader of a [`Searcher::scan_local`] sends.
+#[derive(Debug)]
+pub enum ScanMsg {
+    /// Matching records, at most the scan's batch size.
+    Batch(Vec<StoredRecord>),
+    /// The shard's reader read every match.
+    Done,
+    /// The shard's reader stopped on this error.
+    Failed(ApiError),
+}
+
+/// The receiving end of a [`Searcher::scan_local`].
+#[derive(Debug)]
+pub struct ScanQueue {
+    /// Batches, then one [`ScanMsg::Done`] or [`ScanMsg::Failed`] per shard.
+    pub rx: std::sync::mpsc::Receiver<ScanMsg>,
+    /// How many shards' readers send to it.
+    pub shards: usize,
+}
+
 /// What the searcher needs to know of the cluster.
 pub struct ClusterView {
     /// The raft layer (who leads each shard, as this node knows).
@@ -439,23 +459,27 @@ impl Searcher {
     /// Every record matching `req` (its sort, limit and cursor unused), in no particular
     /// order, read by one task per shard on the blocking pool
     /// ([`ShardIndex::scan_with_head`]) and sent in batches of at most `batch` records
-    /// through a queue of `queued` batches: a full queue stops the shards' reading until
-    /// the receiver takes one, and dropping the receiver stops it for good. `None` when
-    /// some shard is not live on this node (a cluster replica cut off or behind): the
-    /// caller then pages through [`Searcher::search`], which asks peers.
+    /// through a queue of `queued` messages: a full queue stops the shards' reading until
+    /// the receiver takes one, and dropping the receiver stops each reader at its next
+    /// batch. Each reader ends with [`ScanMsg::Done`] or [`ScanMsg::Failed`]; a reader
+    /// that ends otherwise (a panic) leaves the queue disconnected short of
+    /// [`ScanQueue::shards`] of them, which the receiver must take as a failure. `None`
+    /// when some shard is not live on this node (a cluster replica cut off or behind):
+    /// the caller then pages through [`Searcher::search`], which asks peers.
     pub fn scan_local(
         self: &Arc<Self>,
         rt: &tokio::runtime::Handle,
         req: SearchRequest,
         batch: usize,
         queued: usize,
-    ) -> Option<std::sync::mpsc::Receiver<Result<Vec<StoredRecord>, ApiError>>> {
+    ) -> Option<ScanQueue> {
         let (local, remote) = self.plan();
         if !remote.is_empty() || local.len() != self.indexes.len() {
             return None;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(queued.max(1));
         let req = Arc::new(req);
+        let shards = local.len();
         for shard in local {
             let ix = self.indexes[shard as usize].clone();
             // The head is read before the index (see ShardIndex::search_with_head).
@@ -463,21 +487,21 @@ impl Searcher {
             let (tx, req, me) = (tx.clone(), req.clone(), self.clone());
             rt.spawn_blocking(move || {
                 let sent = tx.clone();
-                match ix.scan_with_head(&req, &head, batch, &mut |records| {
-                    sent.send(Ok(records)).is_ok()
+                let end = match ix.scan_with_head(&req, &head, batch, &mut |records| {
+                    sent.send(ScanMsg::Batch(records)).is_ok()
                 }) {
                     Ok(scanned) => {
                         me.scanned
                             .fetch_add(scanned, std::sync::atomic::Ordering::Relaxed);
+                        ScanMsg::Done
                     }
-                    Err(e) => {
-                        // The receiver may be gone already; nothing else to tell.
-                        let _ = tx.send(Err(index_error(e)));
-                    }
-                }
+                    Err(e) => ScanMsg::Failed(index_error(e)),
+                };
+                // The receiver may be gone already (the query ended): nothing else to tell.
+                let _ = tx.send(end);
             });
         }
-        Some(rx)
+        Some(ScanQueue { rx, shards })
     }
 
     /// Reads, on the blocking pool, the records of the hits of `hits` that a local
