@@ -509,11 +509,10 @@ fn eval_range(ra: &RangeAgg, ctx: &Ctx<'_>, push: Option<&Pushdown<'_>>) -> Resu
         acc.add(p.key(&labels), ts, value)?;
     }
     let mut out = acc.finish()?;
-    if push.is_some() {
-        // In the order `vector::aggregate` gives, which `topk` ties and binary operator
-        // errors depend on.
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-    }
+    // In label order, whatever order the entries came in (a scan's varies from run to
+    // run): `topk` ties, binary operator errors and float reductions over series depend
+    // on it. Pushed down, it is the order `vector::aggregate` gives.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
