@@ -1709,11 +1709,6 @@ fn publish_partition(part: &Partition, dest: &Path) -> Result<()> {
     fs::write(&managed_path, &managed).map_err(|e| Error::io(&managed_path, e))
 }
 
-/// Collects `query`'s matches in `searcher` into `top` (a time sort), returning how many
-/// there are. Segments are visited from the one with the newest record (oldest, for an
-/// ascending sort); once `top` is full of records newer than everything a segment holds,
-/// the segment's matches are only counted (no timestamps read, no candidates ranked). A
-/// partition's recent segments then give the page and its large merged ones are counted.
 /// One shard's answer to a search before the records of the hits found in the index are
 /// read ([`ShardIndex::top_with_head`]): reading a record decompresses its block of the
 /// document store, so a node merging its shards' answers into one page reads only the
@@ -1802,6 +1797,11 @@ impl ShardTop {
     }
 }
 
+/// Collects `query`'s matches in `searcher` into `top` (a time sort), returning how many
+/// there are. Segments are visited from the one with the newest record (oldest, for an
+/// ascending sort); once `top` is full of records newer than everything a segment holds,
+/// the segment's matches are only counted (no timestamps read, no candidates ranked). A
+/// partition's recent segments then give the page and its large merged ones are counted.
 fn search_by_time(
     searcher: &Searcher,
     query: &dyn tantivy::query::Query,
