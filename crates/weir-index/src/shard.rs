@@ -755,15 +755,7 @@ impl ShardIndex {
             order.reverse();
         }
         for i in order {
-            let p = &parts[i];
-            let range =
-                (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
-            let user = self
-                .fields
-                .translate(&req.query, tenant, p.context(), req.prefilter);
-            let q = self
-                .fields
-                .filtered(user, tenant, &req.levels, range, p.cut(through));
+            let (q, range) = self.partition_query(req, tenant, &parts[i], through);
             let searcher = &searchers[i];
             if req.sort == Sort::Score {
                 let found = searcher.search(q.as_ref(), &collector)?;
@@ -854,14 +846,7 @@ impl ShardIndex {
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
         let mut out = Vec::with_capacity(batch);
         for (p, searcher) in parts.iter().zip(&searchers) {
-            let range =
-                (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
-            let user = self
-                .fields
-                .translate(&req.query, tenant, p.context(), req.prefilter);
-            let q = self
-                .fields
-                .filtered(user, tenant, &req.levels, range, p.cut(through));
+            let (q, range) = self.partition_query(req, tenant, p, through);
             let weight = q.weight(EnableScoring::disabled_from_searcher(searcher))?;
             for (ord, seg) in searcher.segment_readers().iter().enumerate() {
                 if let Some((start, end)) = range {
@@ -916,6 +901,26 @@ impl ShardIndex {
             each(out);
         }
         Ok(scanned)
+    }
+
+    /// `req`'s query over partition `p` (`through`: the checkpoint the index answers up
+    /// to, when the head answers after it), and the time range it filters on: none when
+    /// the partition lies within the request's range.
+    fn partition_query(
+        &self,
+        req: &SearchRequest,
+        tenant: &str,
+        p: &Partition,
+        through: Option<u64>,
+    ) -> (Box<dyn tantivy::query::Query>, Option<(i64, i64)>) {
+        let range = (!p.key.within(req.start_ns, req.end_ns)).then_some((req.start_ns, req.end_ns));
+        let user = self
+            .fields
+            .translate(&req.query, tenant, p.context(), req.prefilter);
+        let q = self
+            .fields
+            .filtered(user, tenant, &req.levels, range, p.cut(through));
+        (q, range)
     }
 
     /// The partitions overlapping `[start_ns, end_ns)` with their searchers, and, when
