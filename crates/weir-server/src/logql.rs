@@ -392,13 +392,14 @@ impl weir_logql::Source for IndexSource {
             .searcher
             .scan_local(&self.rt, request, SCAN_BATCH, SCAN_QUEUED)
         {
-            Some(queue) => Ok(Box::new(Scan {
-                source: self,
-                queue,
-                finished: 0,
-                buffer: VecDeque::new(),
-                done: false,
-            })),
+            Some(queue) => Ok(Box::new(Buffered::new(
+                Scan {
+                    source: self,
+                    queue,
+                    finished: 0,
+                },
+                false,
+            ))),
             None => self.select(selector, hints, start_ns, end_ns, Direction::Forward),
         }
     }
@@ -412,19 +413,20 @@ impl weir_logql::Source for IndexSource {
         direction: Direction,
     ) -> Result<EntryIter<'_>, EngineError> {
         let query = prefilter(selector, hints);
-        Ok(Box::new(Pages {
-            source: self,
-            text: query.to_string(),
-            query,
-            lo: start_ns,
-            hi: end_ns,
-            window_ns: FIRST_WINDOW_NS,
-            forward: direction == Direction::Forward,
-            cursor: None,
-            window_end: None,
-            buffer: VecDeque::new(),
-            done: start_ns >= end_ns,
-        }))
+        Ok(Box::new(Buffered::new(
+            Pages {
+                source: self,
+                text: query.to_string(),
+                query,
+                lo: start_ns,
+                hi: end_ns,
+                window_ns: FIRST_WINDOW_NS,
+                forward: direction == Direction::Forward,
+                cursor: None,
+                window_end: None,
+            },
+            start_ns >= end_ns,
+        )))
     }
 }
 
@@ -442,13 +444,58 @@ struct Pages<'a> {
     cursor: Option<Cursor>,
     /// The far edge of the window being paged through, if one is.
     window_end: Option<i64>,
+}
+
+/// Reads entries a batch at a time, for [`Buffered`].
+trait Fill {
+    /// Appends the next entries to `buffer`; true once there are no more.
+    fn fill(&mut self, buffer: &mut VecDeque<Entry>) -> Result<bool, EngineError>;
+}
+
+/// The entries a [`Fill`] reads, then the error that stopped it, if one did.
+struct Buffered<F> {
+    fill: F,
     buffer: VecDeque<Entry>,
     done: bool,
 }
 
-impl Pages<'_> {
-    /// Reads the next page into the buffer; sets `done` at the end of the range.
-    fn fetch(&mut self) -> Result<(), EngineError> {
+impl<F: Fill> Buffered<F> {
+    fn new(fill: F, done: bool) -> Self {
+        Buffered {
+            fill,
+            buffer: VecDeque::new(),
+            done,
+        }
+    }
+}
+
+impl<F: Fill> Iterator for Buffered<F> {
+    type Item = Result<Entry, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.done {
+                return None;
+            }
+            match self.fill.fill(&mut self.buffer) {
+                Ok(done) => self.done = done,
+                Err(e) => {
+                    // Dropping `fill` with the iterator ends its reading (a scan's readers
+                    // stop at their next batch).
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Fill for Pages<'_> {
+    /// Reads the next page into the buffer; true at the end of the range.
+    fn fill(&mut self, buffer: &mut VecDeque<Entry>) -> Result<bool, EngineError> {
         self.source.check_budget()?;
         let (w_lo, w_hi) = match self.window_end {
             Some(edge) if self.forward => (self.lo, edge),
@@ -498,7 +545,7 @@ impl Pages<'_> {
             stats
                 .bytes
                 .fetch_add(hit.record.body.len() as u64, Ordering::Relaxed);
-            self.buffer.push_back(entry_of(hit.record));
+            buffer.push_back(entry_of(hit.record));
         }
         match page.next {
             Some(next) if full => {
@@ -515,32 +562,13 @@ impl Pages<'_> {
                 }
                 self.cursor = None;
                 self.window_end = None;
-                if self.buffer.len() < PAGE / 4 {
+                if buffer.len() < PAGE / 4 {
                     self.window_ns = self.window_ns.saturating_mul(2);
                 }
-                self.done = self.lo >= self.hi;
+                return Ok(self.lo >= self.hi);
             }
         }
-        Ok(())
-    }
-}
-
-impl Iterator for Pages<'_> {
-    type Item = Result<Entry, EngineError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(e) = self.buffer.pop_front() {
-                return Some(Ok(e));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.fetch() {
-                self.done = true;
-                return Some(Err(e));
-            }
-        }
+        Ok(false)
     }
 }
 
@@ -551,14 +579,12 @@ struct Scan<'a> {
     queue: ScanQueue,
     /// Readers that sent [`ScanMsg::Done`].
     finished: usize,
-    buffer: VecDeque<Entry>,
-    done: bool,
 }
 
-impl Scan<'_> {
-    /// Waits for the next batch, checking the budget at least every [`SCAN_POLL`]; sets
-    /// `done` when every shard's reader has finished.
-    fn fetch(&mut self) -> Result<(), EngineError> {
+impl Fill for Scan<'_> {
+    /// Waits for the next batch, checking the budget at least every [`SCAN_POLL`]; true
+    /// when every shard's reader has finished.
+    fn fill(&mut self, buffer: &mut VecDeque<Entry>) -> Result<bool, EngineError> {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
             self.source.check_budget()?;
@@ -571,15 +597,14 @@ impl Scan<'_> {
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
                     let bytes: usize = records.iter().map(|r| r.body.len()).sum();
                     stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    self.buffer.extend(records.into_iter().map(entry_of));
-                    return Ok(());
+                    buffer.extend(records.into_iter().map(entry_of));
+                    return Ok(false);
                 }
                 Ok(ScanMsg::Done) => self.finished += 1,
                 Ok(ScanMsg::Failed(e)) => return Err(EngineError::Source(e.message)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) if self.finished == self.queue.shards => {
-                    self.done = true;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(EngineError::Source(format!(
@@ -588,26 +613,6 @@ impl Scan<'_> {
                         self.queue.shards
                     )))
                 }
-            }
-        }
-    }
-}
-
-impl Iterator for Scan<'_> {
-    type Item = Result<Entry, EngineError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(e) = self.buffer.pop_front() {
-                return Some(Ok(e));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.fetch() {
-                // Dropping the receiver (with `self`) stops the shards' readers.
-                self.done = true;
-                return Some(Err(e));
             }
         }
     }
