@@ -845,15 +845,18 @@ impl ShardIndex {
         self.partitions_searched
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
         let mut out = Vec::with_capacity(batch);
+        // Adds a record to the batch, handing the batch over when full; false once `each`
+        // says stop.
+        let mut add = |r: StoredRecord| {
+            out.push(r);
+            out.len() < batch || each(std::mem::replace(&mut out, Vec::with_capacity(batch)))
+        };
         for (p, searcher) in parts.iter().zip(&searchers) {
             let (q, range) = self.partition_query(req, tenant, p, through);
             let weight = q.weight(EnableScoring::disabled_from_searcher(searcher))?;
             for (ord, seg) in searcher.segment_readers().iter().enumerate() {
-                if let Some((start, end)) = range {
-                    let ts = seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?;
-                    if ts.max_value() < start || ts.min_value() >= end {
-                        continue;
-                    }
+                if outside(&seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?, range) {
+                    continue;
                 }
                 let alive = seg.alive_bitset();
                 let mut scorer = weight.scorer(seg, 1.0)?;
@@ -861,16 +864,7 @@ impl ShardIndex {
                 while doc != TERMINATED {
                     if alive.is_none_or(|a| a.is_alive(doc)) {
                         let at = DocAddress::new(ord as u32, doc);
-                        let d: TantivyDocument = searcher.doc(at)?;
-                        out.push(stored_record(&d, self.fields.record).map_err(|reason| {
-                            Error::Corrupt {
-                                path: p.dir.clone(),
-                                reason: format!("document {at:?}: {reason}"),
-                            }
-                        })?);
-                        if out.len() >= batch
-                            && !each(std::mem::replace(&mut out, Vec::with_capacity(batch)))
-                        {
+                        if !add(read_record(searcher, at, self.fields.record, &p.dir)?) {
                             return Ok(0);
                         }
                     }
@@ -888,10 +882,7 @@ impl ShardIndex {
                 }
                 scanned += b.batch.records.len() as u64;
                 for (_, r) in matcher.matching(b) {
-                    out.push(r.clone());
-                    if out.len() >= batch
-                        && !each(std::mem::replace(&mut out, Vec::with_capacity(batch)))
-                    {
+                    if !add(r.clone()) {
                         return Ok(scanned);
                     }
                 }
@@ -1767,11 +1758,8 @@ impl ShardTop {
         at.sort_unstable_by_key(|&(part, doc, _)| (part, doc.segment_ord, doc.doc_id));
         at.into_iter()
             .map(|(part, doc, key)| {
-                let d: TantivyDocument = self.searchers[part].doc(doc)?;
-                let record = stored_record(&d, self.record).map_err(|reason| Error::Corrupt {
-                    path: self.dirs[part].clone(),
-                    reason: format!("document {doc:?}: {reason}"),
-                })?;
+                let record =
+                    read_record(&self.searchers[part], doc, self.record, &self.dirs[part])?;
                 Ok((key, record))
             })
             .collect()
@@ -1802,6 +1790,26 @@ impl ShardTop {
     }
 }
 
+/// The stored record of document `at`; [`Error::Corrupt`] naming the partition `dir` when
+/// the stored document is not one.
+fn read_record(
+    searcher: &Searcher,
+    at: tantivy::DocAddress,
+    record: tantivy::schema::Field,
+    dir: &Path,
+) -> Result<StoredRecord> {
+    let d: TantivyDocument = searcher.doc(at)?;
+    stored_record(&d, record).map_err(|reason| Error::Corrupt {
+        path: dir.to_path_buf(),
+        reason: format!("document {at:?}: {reason}"),
+    })
+}
+
+/// Whether a segment whose timestamp column is `ts` holds no record in `range`.
+fn outside(ts: &tantivy::columnar::Column<i64>, range: Option<(i64, i64)>) -> bool {
+    range.is_some_and(|(start, end)| ts.max_value() < start || ts.min_value() >= end)
+}
+
 /// Collects `query`'s matches in `searcher` into `top` (a time sort), returning how many
 /// there are. Segments are visited from the one with the newest record (oldest, for an
 /// ascending sort); once `top` is full of records newer than everything a segment holds,
@@ -1823,7 +1831,7 @@ fn search_by_time(
     let mut segments = Vec::with_capacity(searcher.segment_readers().len());
     for (ord, seg) in searcher.segment_readers().iter().enumerate() {
         let ts = seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?;
-        if range.is_some_and(|(start, end)| ts.max_value() < start || ts.min_value() >= end) {
+        if outside(&ts, range) {
             // No record of the segment is in the time range `query` also holds: skipped
             // before its terms are looked up (a windowed search, as LogQL's pages are,
             // would otherwise read every word's postings in every segment of the
