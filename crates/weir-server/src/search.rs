@@ -414,16 +414,8 @@ impl Searcher {
         req: SearchRequest,
         shards: &[u32],
     ) -> Result<Vec<(u32, ShardHits)>, ApiError> {
-        let tops = self.top_shards(req, shards).await?;
-        let mut tasks = Vec::with_capacity(tops.len());
-        for (shard, top) in tops {
-            tasks.push((shard, tokio::task::spawn_blocking(move || top.into_hits())));
-        }
-        let mut results = Vec::with_capacity(tasks.len());
-        for (shard, t) in tasks {
-            results.push((shard, t.await.map_err(join_error)?.map_err(index_error)?));
-        }
-        Ok(results)
+        self.on_shards(req, shards, ShardIndex::search_with_head)
+            .await
     }
 
     /// Runs `req` on the given shards of this node, on the blocking pool, leaving the
@@ -433,6 +425,17 @@ impl Searcher {
         req: SearchRequest,
         shards: &[u32],
     ) -> Result<Vec<(u32, ShardTop)>, ApiError> {
+        self.on_shards(req, shards, ShardIndex::top_with_head).await
+    }
+
+    /// Runs `search` over each of `shards` with its head, one task each on the blocking
+    /// pool.
+    async fn on_shards<T: Send + 'static>(
+        &self,
+        req: SearchRequest,
+        shards: &[u32],
+        search: fn(&ShardIndex, &SearchRequest, &[HeadEntry]) -> weir_index::Result<T>,
+    ) -> Result<Vec<(u32, T)>, ApiError> {
         let req = Arc::new(req);
         let mut tasks = Vec::with_capacity(shards.len());
         for &shard in shards {
@@ -446,7 +449,7 @@ impl Searcher {
             let head = self.head_of(shard);
             tasks.push((
                 shard,
-                tokio::task::spawn_blocking(move || ix.top_with_head(&req, &head)),
+                tokio::task::spawn_blocking(move || search(&ix, &req, &head)),
             ));
         }
         let mut results = Vec::with_capacity(tasks.len());
