@@ -105,9 +105,27 @@ impl IndexSource {
             stats: Arc::default(),
         }
     }
-}
 
-impl IndexSource {
+    /// Hands `records` to the engine through `buffer`, counting them (a page or a scan's
+    /// batch) in the query's statistics and against its read budget.
+    fn hand_over(
+        &self,
+        records: impl ExactSizeIterator<Item = StoredRecord>,
+        buffer: &mut VecDeque<Entry>,
+    ) {
+        let stats = &self.stats;
+        stats.pages.fetch_add(1, Ordering::Relaxed);
+        stats
+            .records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let mut bytes = 0;
+        buffer.extend(records.map(|r| {
+            bytes += r.body.len() as u64;
+            entry_of(r)
+        }));
+        stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// An error once the query is cancelled, past its deadline or over its read budget.
     fn check_budget(&self) -> Result<(), EngineError> {
         let b = &self.budget;
@@ -528,10 +546,10 @@ impl Fill for Pages<'_> {
                 query: self.text.clone(),
             }))
             .map_err(|e: ApiError| EngineError::Source(e.message))?;
-        let stats = &self.source.stats;
-        stats.pages.fetch_add(1, Ordering::Relaxed);
         if !page.missing_shards.is_empty() {
-            let mut missing = stats
+            let mut missing = self
+                .source
+                .stats
                 .missing_shards
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
@@ -540,13 +558,8 @@ impl Fill for Pages<'_> {
             missing.dedup();
         }
         let full = page.hits.len() >= PAGE;
-        for hit in page.hits {
-            stats.records.fetch_add(1, Ordering::Relaxed);
-            stats
-                .bytes
-                .fetch_add(hit.record.body.len() as u64, Ordering::Relaxed);
-            buffer.push_back(entry_of(hit.record));
-        }
+        self.source
+            .hand_over(page.hits.into_iter().map(|h| h.record), buffer);
         match page.next {
             Some(next) if full => {
                 // The window holds more than a page: go on in it, and try a smaller one next.
@@ -590,14 +603,7 @@ impl Fill for Scan<'_> {
             self.source.check_budget()?;
             match self.queue.rx.recv_timeout(SCAN_POLL) {
                 Ok(ScanMsg::Batch(records)) => {
-                    let stats = &self.source.stats;
-                    stats.pages.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .records
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    let bytes: usize = records.iter().map(|r| r.body.len()).sum();
-                    stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    buffer.extend(records.into_iter().map(entry_of));
+                    self.source.hand_over(records.into_iter(), buffer);
                     return Ok(false);
                 }
                 Ok(ScanMsg::Done) => self.finished += 1,

@@ -88,12 +88,10 @@ impl Source for VecSource {
         end_ns: i64,
     ) -> Result<EntryIter<'_>, EngineError> {
         self.scans.set(self.scans.get() + 1);
-        let all = self.select(selector, hints, start_ns, end_ns, Direction::Backward)?;
         if !self.scramble_scans {
-            let mut v: Vec<_> = all.collect();
-            v.reverse();
-            return Ok(Box::new(v.into_iter()));
+            return self.select(selector, hints, start_ns, end_ns, Direction::Forward);
         }
+        let all = self.select(selector, hints, start_ns, end_ns, Direction::Backward)?;
         let (even, odd): (Vec<_>, Vec<_>) = all.enumerate().partition(|(i, _)| i % 2 == 0);
         Ok(Box::new(even.into_iter().chain(odd).map(|(_, e)| e)))
     }
