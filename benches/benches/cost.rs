@@ -68,8 +68,8 @@ fn main() {
                         namespace: s.namespace,
                         pod: s.pod,
                         cluster: s.cluster,
-                        labels: s.labels,
-                        attributes: s.attributes,
+                        labels: s.labels.into_iter().collect(),
+                        attributes: s.attributes.into_iter().collect(),
                         trace_id: s.trace_id,
                         span_id: s.span_id,
                     }

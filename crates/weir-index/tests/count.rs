@@ -98,7 +98,7 @@ fn source(name: &str) -> LabelSource {
 /// What the queries of the test match, written out on the record.
 fn query_matches(kind: u8, r: &StoredRecord) -> bool {
     let app1 =
-        |m: &std::collections::HashMap<String, String>| m.get("app").is_some_and(|v| v == "app1");
+        |m: &std::collections::BTreeMap<String, String>| m.get("app").is_some_and(|v| v == "app1");
     match kind {
         0 => true,
         1 => r.level == Level::Warn as u32 || r.level == Level::Error as u32,

@@ -271,8 +271,8 @@ pub fn normalize_record(
         namespace: record.namespace,
         pod: record.pod,
         cluster: record.cluster,
-        labels: record.labels,
-        attributes: record.attributes,
+        labels: record.labels.into_iter().collect(),
+        attributes: record.attributes.into_iter().collect(),
         trace_id,
         span_id,
     };

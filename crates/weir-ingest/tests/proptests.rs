@@ -156,8 +156,8 @@ fn to_record(s: &StoredRecord) -> Record {
         namespace: s.namespace.clone(),
         pod: s.pod.clone(),
         cluster: s.cluster.clone(),
-        labels: s.labels.clone(),
-        attributes: s.attributes.clone(),
+        labels: s.labels.clone().into_iter().collect(),
+        attributes: s.attributes.clone().into_iter().collect(),
         trace_id: s.trace_id.clone(),
         span_id: s.span_id.clone(),
     }
@@ -222,8 +222,8 @@ proptest! {
         for (k, v) in &forward {
             backward.insert(k.clone(), v.clone());
         }
-        let a = StoredRecord { service: "s".into(), labels: forward, ..Default::default() };
-        let b = StoredRecord { service: "s".into(), labels: backward, body, level, ..Default::default() };
+        let a = StoredRecord { service: "s".into(), labels: forward.into_iter().collect(), ..Default::default() };
+        let b = StoredRecord { service: "s".into(), labels: backward.into_iter().collect(), body, level, ..Default::default() };
         prop_assert_eq!(stream_hash("t", &a), stream_hash("t", &b));
         prop_assert_eq!(shard_for("t", &a, 7), shard_for("t", &b, 7));
     }

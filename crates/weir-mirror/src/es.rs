@@ -166,10 +166,10 @@ pub fn encode_item(out: &mut Vec<u8>, item: &Item, pattern: &IndexPattern, clust
         span_id: &'a str,
         #[serde(skip_serializing_if = "str::is_empty")]
         tenant: &'a str,
-        #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
-        labels: &'a std::collections::HashMap<String, String>,
-        #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
-        attributes: &'a std::collections::HashMap<String, String>,
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        labels: &'a std::collections::BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        attributes: &'a std::collections::BTreeMap<String, String>,
     }
     let r = &item.record;
     let index = pattern.render(&item.tenant, r.timestamp_ns);

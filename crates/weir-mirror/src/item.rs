@@ -58,7 +58,7 @@ impl Item {
     /// Rough encoded size, for batching.
     pub fn approx_bytes(&self) -> usize {
         let r = &self.record;
-        let kv = |m: &std::collections::HashMap<String, String>| {
+        let kv = |m: &BTreeMap<String, String>| {
             m.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
         };
         200 + r.body.len()
@@ -108,16 +108,11 @@ pub fn field<'a>(r: &'a StoredRecord, name: &str) -> Option<&'a str> {
 /// The record with every field kept, as a dead letter shows it (in the API and the
 /// dead-letter log; read back with [`record_from_json`]).
 pub fn record_to_api(r: &StoredRecord) -> DeadLetterRecord {
-    let map = |m: &std::collections::HashMap<String, String>| {
-        m.iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<BTreeMap<_, _>>()
-    };
     DeadLetterRecord {
-        attributes: map(&r.attributes),
+        attributes: r.attributes.clone(),
         body: r.body.clone(),
         cluster: r.cluster.clone(),
-        labels: map(&r.labels),
+        labels: r.labels.clone(),
         level: r.level,
         namespace: r.namespace.clone(),
         pod: r.pod.clone(),
@@ -139,7 +134,7 @@ pub fn record_from_json(v: &Value) -> Result<StoredRecord, String> {
             .map(str::to_owned)
             .ok_or_else(|| format!("record field {k:?} is missing or not a string"))
     };
-    let m = |k: &str| -> Result<std::collections::HashMap<String, String>, String> {
+    let m = |k: &str| -> Result<BTreeMap<String, String>, String> {
         let o = v
             .get(k)
             .and_then(Value::as_object)

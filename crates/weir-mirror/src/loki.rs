@@ -424,8 +424,8 @@ mod tests {
             0u32..4,
             prop_oneof![".{0,12}", ".{100,300}"],
             (value.clone(), value.clone(), value.clone()),
-            prop::collection::hash_map("[a-c.1/_-]{0,3}", value.clone(), 0..4),
-            prop::collection::hash_map("[a-c]{1,2}", value.clone(), 0..3),
+            prop::collection::btree_map("[a-c.1/_-]{0,3}", value.clone(), 0..4),
+            prop::collection::btree_map("[a-c]{1,2}", value.clone(), 0..3),
             (value.clone(), value, 0u32..8),
         )
             .prop_map(

@@ -509,7 +509,7 @@ impl TenantLimiter {
 
 /// The bytes a record counts for against a byte rate: body, labels and attributes.
 pub fn record_bytes(r: &StoredRecord) -> u64 {
-    let kv = |m: &std::collections::HashMap<String, String>| {
+    let kv = |m: &std::collections::BTreeMap<String, String>| {
         m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     };
     (r.body.len() + kv(&r.labels) + kv(&r.attributes)) as u64
