@@ -185,6 +185,7 @@ fn main() {
 
     // The whole record, once per document store compression, then every record read back.
     let mut stores = Vec::new();
+    let mut by_field = std::collections::BTreeMap::new();
     for (name, docstore) in [("zstd", DocStore::Zstd), ("lz4", DocStore::Lz4)] {
         let index_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let ((), cpu) = stage(|| {
@@ -235,6 +236,7 @@ fn main() {
                 "merge (zstd store): every record rewritten once".into(),
                 cpu,
             ));
+            by_field = space_by_field(index_dir.path());
         }
     }
 
@@ -292,6 +294,51 @@ fn main() {
             kinds.join(", ")
         );
     }
+    // Where the fully merged zstd index's bytes are, by structure and field, so that a
+    // change to the schema names the bytes it moves.
+    let fields: Vec<String> = by_field
+        .iter()
+        .filter(|(_, b)| **b as f64 / n >= 0.5)
+        .map(|((kind, field), b)| format!("{kind} {field} {:.1}", *b as f64 / n))
+        .collect();
+    println!(
+        "zstd store, merged: bytes a record by structure and field: {}",
+        fields.join(", ")
+    );
+}
+
+/// Bytes of every partition under `dir` (one level of shard directories, then partition
+/// directories) by tantivy structure and field: `(structure, field) -> bytes`, read off
+/// tantivy's own space accounting.
+fn space_by_field(dir: &std::path::Path) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in 0..SHARDS {
+        for part in std::fs::read_dir(dir.join(format!("shard-{s}"))).unwrap().flatten() {
+            if !part.path().is_dir() {
+                continue;
+            }
+            let index = tantivy::Index::open_in_dir(part.path()).unwrap();
+            let searcher = index.reader().unwrap().searcher();
+            for seg in searcher.space_usage().unwrap().segments() {
+                let per_field = [
+                    ("term", seg.termdict()),
+                    ("idx", seg.postings()),
+                    ("pos", seg.positions()),
+                    ("fast", seg.fast_fields()),
+                    ("fieldnorm", seg.fieldnorms()),
+                ];
+                for (kind, usage) in per_field {
+                    for f in usage.fields() {
+                        *out.entry((kind.to_owned(), f.field_name().to_owned()))
+                            .or_default() += f.total().get_bytes();
+                    }
+                }
+                *out.entry(("store".to_owned(), "record".to_owned()))
+                    .or_default() += seg.store().total().get_bytes();
+            }
+        }
+    }
+    out
 }
 
 /// Reads every record of every shard index under `dir` back, newest first, in pages of
