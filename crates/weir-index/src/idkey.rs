@@ -185,7 +185,8 @@ impl IdScorer {
 
     fn holds(&self, doc: DocId) -> tantivy::Result<bool> {
         let d: TantivyDocument = self.store.get(doc)?;
-        let r = stored_record(&d, self.record)
+        // Only the id is compared: the timestamp is not needed.
+        let r = stored_record(&d, self.record, 0)
             .map_err(|e| tantivy::TantivyError::InternalError(format!("document {doc}: {e}")))?;
         Ok(self.kind.of(&r) == self.id)
     }
@@ -259,7 +260,7 @@ mod tests {
             .into_iter()
             .map(|a| {
                 let d: TantivyDocument = searcher.doc(a).unwrap();
-                stored_record(&d, f.record).unwrap().body
+                stored_record(&d, f.record, 0).unwrap().body
             })
             .collect();
         bodies.sort();

@@ -855,7 +855,8 @@ impl ShardIndex {
             let (q, range) = self.partition_query(req, tenant, p, through);
             let weight = q.weight(EnableScoring::disabled_from_searcher(searcher))?;
             for (ord, seg) in searcher.segment_readers().iter().enumerate() {
-                if outside(&seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?, range) {
+                let ts = seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?;
+                if outside(&ts, range) {
                     continue;
                 }
                 let alive = seg.alive_bitset();
@@ -864,7 +865,8 @@ impl ShardIndex {
                 while doc != TERMINATED {
                     if alive.is_none_or(|a| a.is_alive(doc)) {
                         let at = DocAddress::new(ord as u32, doc);
-                        if !add(read_record(searcher, at, self.fields.record, &p.dir)?) {
+                        let t = ts.first(doc).unwrap_or_default();
+                        if !add(read_record(searcher, at, t, self.fields.record, &p.dir)?) {
                             return Ok(0);
                         }
                     }
@@ -1758,8 +1760,13 @@ impl ShardTop {
         at.sort_unstable_by_key(|&(part, doc, _)| (part, doc.segment_ord, doc.doc_id));
         at.into_iter()
             .map(|(part, doc, key)| {
-                let record =
-                    read_record(&self.searchers[part], doc, self.record, &self.dirs[part])?;
+                let record = read_record(
+                    &self.searchers[part],
+                    doc,
+                    key.timestamp_ns,
+                    self.record,
+                    &self.dirs[part],
+                )?;
                 Ok((key, record))
             })
             .collect()
@@ -1790,16 +1797,17 @@ impl ShardTop {
     }
 }
 
-/// The stored record of document `at`; [`Error::Corrupt`] naming the partition `dir` when
-/// the stored document is not one.
+/// The stored record of document `at`, whose timestamp column holds `timestamp_ns`;
+/// [`Error::Corrupt`] naming the partition `dir` when the stored document is not one.
 fn read_record(
     searcher: &Searcher,
     at: tantivy::DocAddress,
+    timestamp_ns: i64,
     record: tantivy::schema::Field,
     dir: &Path,
 ) -> Result<StoredRecord> {
     let d: TantivyDocument = searcher.doc(at)?;
-    stored_record(&d, record).map_err(|reason| Error::Corrupt {
+    stored_record(&d, record, timestamp_ns).map_err(|reason| Error::Corrupt {
         path: dir.to_path_buf(),
         reason: format!("document {at:?}: {reason}"),
     })

@@ -425,18 +425,33 @@ fn trace_id_and_span_id_are_exact_lookups() {
     assert_eq!(search(&ix, "span_id:00f067aa0ba902b7").len(), 1);
 }
 
+/// The document store keeps a record without its timestamp (the column holds it): every
+/// reader, a page of hits and a scan, puts it back, to the nanosecond.
 #[test]
 fn hits_return_the_stored_record_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let ix = open(dir.path(), 0);
-    let mut r = rec(T0, Level::Fatal, "api", "boom");
+    let mut r = rec(T0 + 123_456_789, Level::Fatal, "api", "boom");
+    r.labels.insert("z".into(), "y".into());
     r.labels.insert("a".into(), "b".into());
     r.attributes.insert("k".into(), "v".into());
     r.trace_id = "t".into();
-    ix.add_batch(7, &batch("acme", vec![r.clone()])).unwrap();
+    let mut second = rec(T0 + 1, Level::Info, "api", "boom again");
+    second.span_id = "s".into();
+    ix.add_batch(7, &batch("acme", vec![r.clone(), second.clone()]))
+        .unwrap();
     ix.commit().unwrap();
     let h = ix.search(&req("boom")).unwrap();
     assert_eq!(h.hits[0].record, r);
+    assert_eq!(h.hits[1].record, second);
+    let mut scanned = Vec::new();
+    ix.scan_with_head(&req("boom"), &[], 10, &mut |batch| {
+        scanned.extend(batch);
+        true
+    })
+    .unwrap();
+    scanned.sort_by_key(|r| r.timestamp_ns);
+    assert_eq!(scanned, [second, r]);
 }
 
 #[test]
