@@ -8,21 +8,24 @@
 //! seconds of the whole run, merges included): 112 s with whole ids against 72-82 s with
 //! keys (benches/RESULTS.md).
 //!
-//! So an id is indexed as its key: 8 hex digits (the top 32 bits) of the id's 64-bit
+//! So an id is indexed as its key: 6 hex digits (the top 24 bits) of the id's 64-bit
 //! FNV-1a hash. A lookup finds the documents with the key, and [`IdQuery`] drops those
 //! whose stored record carries another id: in a partition of N distinct ids, about
-//! N / 2^32 other ids share the key (0.02 for 10^8 ids), and their records are read and
-//! dropped, never shown. A longer key costs more to index (12 digits ran slower than 8 in
-//! single wall-clock runs, not an interleaved A/B) and saves almost nothing. Partitions written before keys hold the whole id as
-//! the term; a lookup asks for both, so they answer as before.
+//! N / 2^24 other ids share the key (0.16 for a segment of 2.7 M records, one more
+//! document-store block read), and their records are read and dropped, never shown.
+//! Partitions written before hold 8-digit keys (the top 32 bits), and before those the
+//! whole id as the term; a lookup asks for all three, so they answer as before. Six digits
+//! instead of eight took 1.4 bytes a record off each id's term dictionary in the cost
+//! model's partitions (benches/RESULTS.md, "Disk"); a longer key costs more to index
+//! (12 digits ran slower than 8 in single wall-clock runs) and saves almost nothing.
 //!
 //! What this costs: a prefix of an id (`trace_id:4bf9*`) has no term to expand, so the
 //! query language refuses it with a message (ids are looked up whole).
 
 use std::fmt;
 
-use tantivy::query::{EnableScoring, Explanation, Query, Scorer, TermQuery, Weight};
-use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::query::{EnableScoring, Explanation, Query, Scorer, TermSetQuery, Weight};
+use tantivy::schema::Field;
 use tantivy::store::StoreReader;
 use tantivy::{DocId, DocSet, Score, SegmentReader, TantivyDocument, Term, TERMINATED};
 use weir_proto::v1::StoredRecord;
@@ -30,16 +33,23 @@ use weir_proto::v1::StoredRecord;
 use crate::schema::stored_record;
 
 /// Length of a key in hex digits.
-const KEY_HEX: usize = 8;
+const KEY_HEX: usize = 6;
+/// Length of the keys of partitions indexed before keys were shortened to [`KEY_HEX`].
+const OLD_KEY_HEX: usize = 8;
 
 /// The index term of an id: [`KEY_HEX`] hex digits of the id's 64-bit FNV-1a hash.
 pub(crate) fn id_key(id: &str) -> String {
+    key_of(id, KEY_HEX)
+}
+
+/// The top `digits` hex digits of `id`'s 64-bit FNV-1a hash.
+fn key_of(id: &str, digits: usize) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{:0width$x}", h >> (64 - 4 * KEY_HEX), width = KEY_HEX)
+    format!("{:0width$x}", h >> (64 - 4 * digits), width = digits)
 }
 
 /// Which id of a record a query is about.
@@ -58,10 +68,11 @@ impl IdKind {
     }
 }
 
-/// Documents whose key term is `key` and whose stored record's id is `id`.
+/// Documents whose key term is one of `keys` and whose stored record's id is `id`.
 #[derive(Clone)]
 pub(crate) struct IdQuery {
-    key: Term,
+    /// The key of each layout: [`KEY_HEX`] digits, then [`OLD_KEY_HEX`].
+    keys: [Term; 2],
     id: String,
     kind: IdKind,
     record: Field,
@@ -72,7 +83,7 @@ impl IdQuery {
     /// stored field with the encoded record.
     pub fn new(field: Field, kind: IdKind, id: &str, record: Field) -> IdQuery {
         IdQuery {
-            key: Term::from_field_text(field, &id_key(id)),
+            keys: [KEY_HEX, OLD_KEY_HEX].map(|d| Term::from_field_text(field, &key_of(id, d))),
             id: id.to_string(),
             kind,
             record,
@@ -84,15 +95,16 @@ impl fmt::Debug for IdQuery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "IdQuery({:?} = {:?}, key {:?})",
-            self.kind, self.id, self.key
+            "IdQuery({:?} = {:?}, keys {:?})",
+            self.kind, self.id, self.keys
         )
     }
 }
 
 impl Query for IdQuery {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        let inner = TermQuery::new(self.key.clone(), IndexRecordOption::Basic).weight(scoring)?;
+        // A document holds one key of one length, so the union never counts one twice.
+        let inner = TermSetQuery::new(self.keys.clone()).weight(scoring)?;
         Ok(Box::new(IdWeight {
             inner,
             id: self.id.clone(),
@@ -102,7 +114,9 @@ impl Query for IdQuery {
     }
 
     fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
-        visitor(&self.key, false);
+        for key in &self.keys {
+            visitor(key, false);
+        }
     }
 }
 
@@ -267,7 +281,8 @@ mod tests {
         bodies
     }
 
-    /// Three documents: one as indexed now, one as indexed before keys (the whole id as
+    /// Four documents: one as indexed now, one with the 8-digit key of partitions
+    /// indexed before keys were shortened, one as indexed before keys (the whole id as
     /// the term), and one whose key term is B's while its record holds A (a collision).
     fn index() -> (Index, Fields) {
         let f = Fields::new(std::sync::Arc::new(crate::InfixCache::new(0)), false);
@@ -275,6 +290,14 @@ mod tests {
         let mut w = ix.writer_with_num_threads(1, 15_000_000).unwrap();
         w.add_document(f.document("default", 1, 0, &record(TRACE_A, "keyed")))
             .unwrap();
+        let mut eight = TantivyDocument::new();
+        eight.add_text(f.trace_id, key_of(TRACE_A, OLD_KEY_HEX));
+        eight.add_text(f.tenant, "default");
+        eight.add_bytes(
+            f.record,
+            &prost::Message::encode_to_vec(&record(TRACE_A, "eight-digit key")),
+        );
+        w.add_document(eight).unwrap();
         let mut legacy = TantivyDocument::new();
         legacy.add_text(f.trace_id, TRACE_A);
         legacy.add_text(f.tenant, "default");
@@ -300,11 +323,11 @@ mod tests {
         let (ix, f) = index();
         assert_eq!(
             found(&ix, &f, &format!("trace_id:{TRACE_A}")),
-            ["keyed", "legacy"]
+            ["eight-digit key", "keyed", "legacy"]
         );
         assert_eq!(
             found(&ix, &f, &format!("trace_id:{}", TRACE_A.to_uppercase())),
-            ["keyed", "legacy"]
+            ["eight-digit key", "keyed", "legacy"]
         );
         assert_eq!(found(&ix, &f, &format!("span_id:{SPAN}")), ["keyed"]);
     }
@@ -316,7 +339,7 @@ mod tests {
         // The check holds under negation and inside boolean queries too.
         assert_eq!(
             found(&ix, &f, &format!("* -trace_id:{TRACE_B}")),
-            ["collides with b", "keyed", "legacy"]
+            ["collides with b", "eight-digit key", "keyed", "legacy"]
         );
         assert_eq!(
             found(&ix, &f, &format!("trace_id:{TRACE_B} OR keyed")),
@@ -325,11 +348,13 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_eight_hex_digits_of_fnv1a_stable_across_releases() {
+    fn keys_are_six_hex_digits_of_fnv1a_stable_across_releases() {
         // Changing the function would orphan every key already indexed: these values are
-        // the format.
-        assert_eq!(id_key(""), "cbf29ce4");
-        assert_eq!(id_key("a"), "af63dc4c");
+        // the format, and the older partitions' eight digits extend the same hash.
+        assert_eq!(id_key(""), "cbf29c");
+        assert_eq!(id_key("a"), "af63dc");
+        assert_eq!(key_of("", OLD_KEY_HEX), "cbf29ce4");
+        assert_eq!(key_of("a", OLD_KEY_HEX), "af63dc4c");
         assert_eq!(id_key("4bf92f3577b34da6").len(), KEY_HEX);
         assert_ne!(id_key("4bf92f3577b34da6"), id_key("4bf92f3577b34da7"));
     }

@@ -5,7 +5,7 @@
 //! | field | term | used for |
 //! | --- | --- | --- |
 //! | `tenant` | the value | every search's tenant filter, tenant retention |
-//! | `trace_id`, `span_id` | the id's 8-hex-digit key ([`crate::idkey`]); the whole id in documents indexed before keys | exact lookup |
+//! | `trace_id`, `span_id` | the id's 6-hex-digit key ([`crate::idkey`]); 8 digits, or the whole id, in documents indexed earlier | exact lookup |
 //! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level: its canonical name, `warn`) | `name:value` (standard fields included), the level filter, label names and values APIs, counts by label |
 //! | `label_names` | [`LONG_TOKEN_MARKER`] only (and `tenant \0 name` in documents indexed before label names were read off `labels`) | infix lookups |
 //! | `attrs` | `key \0 value` | `key:value` |
@@ -346,7 +346,7 @@ impl Fields {
         ]))
     }
 
-    /// A trace or span id lookup: the id's key, checked against the stored record, or,
+    /// A trace or span id lookup: the id's keys, checked against the stored record, or,
     /// in documents indexed before keys, the whole id ([`crate::idkey`]). Ids are stored
     /// in lower case. The parser refuses prefixes of ids.
     fn id_query(&self, field: Field, kind: IdKind, p: &Pattern) -> Box<dyn TQuery> {
