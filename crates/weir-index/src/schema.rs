@@ -624,9 +624,9 @@ pub(crate) fn body_tokens(text: &str) -> Vec<(usize, String)> {
 
 /// The record as the document store keeps it: encoded without its timestamp, which the
 /// timestamp column holds already. A nanosecond timestamp's low bytes differ in every
-/// record, so the document store's compression kept ~7 bytes a record of it (a fifth of
-/// the gap to the disk target; benches/RESULTS.md, "Disk"). Readers put the column's
-/// value back ([`stored_record`]).
+/// record, so the document store's compression kept 6.4 bytes a record of it in the cost
+/// model (benches/RESULTS.md, "Disk"). Readers put the column's value back
+/// ([`stored_record`]).
 pub(crate) fn stored_bytes(r: &StoredRecord) -> Vec<u8> {
     let mut buf = r.encode_to_vec();
     if r.timestamp_ns != 0 {
