@@ -313,7 +313,10 @@ fn main() {
 fn space_by_field(dir: &std::path::Path) -> std::collections::BTreeMap<(String, String), u64> {
     let mut out = std::collections::BTreeMap::new();
     for s in 0..SHARDS {
-        for part in std::fs::read_dir(dir.join(format!("shard-{s}"))).unwrap().flatten() {
+        for part in std::fs::read_dir(dir.join(format!("shard-{s}")))
+            .unwrap()
+            .flatten()
+        {
             if !part.path().is_dir() {
                 continue;
             }
