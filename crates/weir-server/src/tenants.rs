@@ -520,9 +520,8 @@ pub fn stream_hash(r: &StoredRecord) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (&r.service, &r.namespace, &r.pod, &r.cluster).hash(&mut h);
     if !r.labels.is_empty() {
-        let mut labels: Vec<_> = r.labels.iter().collect();
-        labels.sort_unstable();
-        labels.hash(&mut h);
+        // An ordered map: the labels hash in name order.
+        r.labels.hash(&mut h);
     }
     h.finish()
 }
