@@ -200,7 +200,7 @@ impl IdScorer {
     fn holds(&self, doc: DocId) -> tantivy::Result<bool> {
         let d: TantivyDocument = self.store.get(doc)?;
         // Only the id is compared: the timestamp is not needed.
-        let r = stored_record(&d, self.record, 0)
+        let r = stored_record(&d, self.record, 0, None)
             .map_err(|e| tantivy::TantivyError::InternalError(format!("document {doc}: {e}")))?;
         Ok(self.kind.of(&r) == self.id)
     }
@@ -274,7 +274,7 @@ mod tests {
             .into_iter()
             .map(|a| {
                 let d: TantivyDocument = searcher.doc(a).unwrap();
-                stored_record(&d, f.record, 0).unwrap().body
+                stored_record(&d, f.record, 0, None).unwrap().body
             })
             .collect();
         bodies.sort();
@@ -288,7 +288,7 @@ mod tests {
         let f = Fields::new(std::sync::Arc::new(crate::InfixCache::new(0)), false);
         let ix = Index::create_in_ram(f.schema.clone());
         let mut w = ix.writer_with_num_threads(1, 15_000_000).unwrap();
-        w.add_document(f.document("default", 1, 0, &record(TRACE_A, "keyed")))
+        w.add_document(f.document("default", 1, 0, &record(TRACE_A, "keyed"), true))
             .unwrap();
         let mut eight = TantivyDocument::new();
         eight.add_text(f.trace_id, key_of(TRACE_A, OLD_KEY_HEX));

@@ -105,6 +105,7 @@ impl StdField {
 pub(crate) const F_TIMESTAMP: &str = "timestamp_ns";
 pub(crate) const F_LOG_INDEX: &str = "log_index";
 pub(crate) const F_OFFSET: &str = "offset";
+pub(crate) const F_STREAM: &str = "stream";
 
 /// What translating a query needs to know of the partition it runs in.
 #[derive(Clone, Copy, Debug)]
@@ -130,6 +131,9 @@ pub(crate) struct Fields {
     pub log_index: Field,
     pub offset: Field,
     pub record: Field,
+    /// The record's stream (service, namespace, pod, cluster, labels) as a dictionary-
+    /// encoded column ([`stored_parts`]); partitions created before it lack the field.
+    pub stream: Field,
     /// Body words of searched segments, for infix lookups.
     pub infix: std::sync::Arc<crate::infix::InfixCache>,
     /// Partitions are opened with their lookup files mapped for random access
@@ -173,6 +177,9 @@ impl Fields {
         let log_index = b.add_u64_field(F_LOG_INDEX, num_fast);
         let offset = b.add_u64_field(F_OFFSET, FAST);
         let record = b.add_bytes_field("record", BytesOptions::from(STORED));
+        // Last, so that the schemas of partitions created before it are this one's prefix
+        // ([`compatible`]).
+        let stream = b.add_bytes_field(F_STREAM, BytesOptions::default().set_fast());
         Fields {
             schema: b.build(),
             timestamp,
@@ -186,6 +193,7 @@ impl Fields {
             log_index,
             offset,
             record,
+            stream,
             infix,
             random_access_maps,
         }
@@ -197,13 +205,16 @@ impl Fields {
         self.random_access_maps.then_some(dir)
     }
 
-    /// The document for one record of entry `log_index` at position `offset` in its batch.
+    /// The document for one record of entry `log_index` at position `offset` in its batch,
+    /// for a partition whose schema has the stream column (`streams`: its stream is kept
+    /// there, [`stored_parts`]) or not (the whole record is stored, [`stored_bytes`]).
     pub fn document(
         &self,
         tenant: &str,
         log_index: u64,
         offset: u32,
         r: &StoredRecord,
+        streams: bool,
     ) -> TantivyDocument {
         let mut d = TantivyDocument::new();
         d.add_i64(self.timestamp, r.timestamp_ns);
@@ -232,7 +243,13 @@ impl Fields {
         }
         d.add_u64(self.log_index, log_index);
         d.add_u64(self.offset, u64::from(offset));
-        d.add_bytes(self.record, &stored_bytes(r));
+        if streams {
+            let (rest, stream) = stored_parts(r);
+            d.add_bytes(self.record, &rest);
+            d.add_bytes(self.stream, &stream);
+        } else {
+            d.add_bytes(self.record, &stored_bytes(r));
+        }
         d
     }
 
@@ -501,6 +518,9 @@ impl Fields {
 /// - field norms of an exact field (only scoring reads them, and an exact term scores
 ///   the same in every document);
 /// - terms of a numeric fast field (range queries read the column).
+///
+/// And partitions created before the stream column, the schema's last field, lack it:
+/// their documents store the whole record, and new documents of theirs do too.
 pub(crate) fn compatible(old: &Schema, new: &Schema) -> bool {
     let unread_dropped = |s: &Schema| -> Vec<serde_json::Value> {
         s.fields()
@@ -524,7 +544,20 @@ pub(crate) fn compatible(old: &Schema, new: &Schema) -> bool {
             })
             .collect()
     };
-    old == new || unread_dropped(old) == unread_dropped(new)
+    if old == new {
+        return true;
+    }
+    let (old, new) = (unread_dropped(old), unread_dropped(new));
+    // Partitions created before the stream column lack it, last field of the schema: their
+    // documents store the whole record.
+    old == new
+        || (old.len() + 1 == new.len()
+            && new
+                .last()
+                .and_then(|f| f.get("name"))
+                .and_then(|n| n.as_str())
+                == Some(F_STREAM)
+            && old[..] == new[..old.len()])
 }
 
 /// An exact (or prefix) match on a raw field whose terms are `prefix ++ value`.
@@ -639,13 +672,83 @@ pub(crate) fn stored_bytes(r: &StoredRecord) -> Vec<u8> {
     buf
 }
 
+/// The record as the document store keeps it in a partition with the stream column, and
+/// its stream as that column keeps it: both encoded as a [`StoredRecord`] (prost's
+/// encoding, fields in tag order), the first without the timestamp ([`stored_bytes`]) and
+/// without the stream's fields (service, namespace, pod, cluster, labels), the second with
+/// those only. Decoding the first and merging the second gives the record back
+/// ([`stored_record`]).
+///
+/// Why: a partition holds a few hundred streams, and every record repeats its stream's
+/// ~60 bytes, which the document store's compression kept at 6.3 bytes a record in the
+/// cost model (benches/RESULTS.md, "Disk"); the column keeps each distinct stream once
+/// and a record's ordinal in a few bits.
+pub(crate) fn stored_parts(r: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
+    use prost::encoding::{btree_map, string, uint32};
+    // Every field named, so that a field added to the message fails to compile here
+    // rather than go unstored.
+    let StoredRecord {
+        timestamp_ns: _,
+        level,
+        body,
+        service,
+        namespace,
+        pod,
+        cluster,
+        labels,
+        attributes,
+        trace_id,
+        span_id,
+    } = r;
+    let mut rest = Vec::with_capacity(r.encoded_len());
+    if *level != 0 {
+        uint32::encode(2, level, &mut rest);
+    }
+    if !body.is_empty() {
+        string::encode(3, body, &mut rest);
+    }
+    btree_map::encode(
+        string::encode,
+        string::encoded_len,
+        string::encode,
+        string::encoded_len,
+        9,
+        attributes,
+        &mut rest,
+    );
+    if !trace_id.is_empty() {
+        string::encode(10, trace_id, &mut rest);
+    }
+    if !span_id.is_empty() {
+        string::encode(11, span_id, &mut rest);
+    }
+    let mut stream = Vec::new();
+    for (tag, v) in [(4, service), (5, namespace), (6, pod), (7, cluster)] {
+        if !v.is_empty() {
+            string::encode(tag, v, &mut stream);
+        }
+    }
+    btree_map::encode(
+        string::encode,
+        string::encoded_len,
+        string::encode,
+        string::encoded_len,
+        8,
+        labels,
+        &mut stream,
+    );
+    (rest, stream)
+}
+
 /// The record stored in document `d` (its `record` field), whose timestamp column holds
-/// `timestamp_ns`. Documents indexed before the stored record left its timestamp out
-/// hold it in both places, alike.
+/// `timestamp_ns` and stream column `stream` (none in partitions created before the
+/// column: their documents store the whole record). Documents indexed before the stored
+/// record left its timestamp out hold it in both places, alike.
 pub(crate) fn stored_record(
     d: &TantivyDocument,
     record: Field,
     timestamp_ns: i64,
+    stream: Option<&[u8]>,
 ) -> Result<StoredRecord, String> {
     let bytes = d
         .get_first(record)
@@ -653,6 +756,10 @@ pub(crate) fn stored_record(
         .ok_or("no stored record")?;
     let mut r =
         StoredRecord::decode(bytes).map_err(|e| format!("stored record does not decode: {e}"))?;
+    if let Some(stream) = stream {
+        r.merge(stream)
+            .map_err(|e| format!("stored stream does not decode: {e}"))?;
+    }
     r.timestamp_ns = timestamp_ns;
     Ok(r)
 }
@@ -711,8 +818,71 @@ mod tests {
             for stored in [bytes, r.encode_to_vec()] {
                 let mut d = TantivyDocument::new();
                 d.add_bytes(f.record, &stored);
-                assert_eq!(stored_record(&d, f.record, ts).unwrap(), r, "{ts}");
+                assert_eq!(stored_record(&d, f.record, ts, None).unwrap(), r, "{ts}");
             }
+        }
+    }
+
+    /// The stored record and its stream split a record's fields between them, each field
+    /// in exactly one, and merge back into the record; a record without a stream has an
+    /// empty one.
+    #[test]
+    fn stored_parts_split_the_stream_off_and_merge_back() {
+        let f = Fields::new(Arc::new(crate::InfixCache::new(0)), false);
+        let mut full = StoredRecord {
+            timestamp_ns: 1_700_000_000_123_456_789,
+            level: 5,
+            body: "boom".into(),
+            service: "api".into(),
+            namespace: "prod".into(),
+            pod: "api-7f9c".into(),
+            cluster: "eu-1".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            ..Default::default()
+        };
+        full.labels.insert("env".into(), "live".into());
+        full.labels.insert("app".into(), "shop".into());
+        full.attributes.insert("user".into(), "u1".into());
+        full.attributes.insert("http.status".into(), "500".into());
+        let bare = StoredRecord {
+            timestamp_ns: -3,
+            body: "no stream".into(),
+            ..Default::default()
+        };
+        let stream_only = StoredRecord {
+            pod: "p".into(),
+            labels: [("a".into(), "".into())].into(),
+            ..Default::default()
+        };
+        for r in [full, bare, stream_only, StoredRecord::default()] {
+            let (rest, stream) = stored_parts(&r);
+            let rest_r = StoredRecord::decode(rest.as_slice()).unwrap();
+            let stream_r = StoredRecord::decode(stream.as_slice()).unwrap();
+            let want_rest = StoredRecord {
+                timestamp_ns: 0,
+                service: String::new(),
+                namespace: String::new(),
+                pod: String::new(),
+                cluster: String::new(),
+                labels: Default::default(),
+                ..r.clone()
+            };
+            assert_eq!(rest_r, want_rest, "{r:?}");
+            assert_eq!(rest, want_rest.encode_to_vec(), "prost's own encoding");
+            let want_stream = StoredRecord {
+                service: r.service.clone(),
+                namespace: r.namespace.clone(),
+                pod: r.pod.clone(),
+                cluster: r.cluster.clone(),
+                labels: r.labels.clone(),
+                ..Default::default()
+            };
+            assert_eq!(stream_r, want_stream, "{r:?}");
+            let mut d = TantivyDocument::new();
+            d.add_bytes(f.record, &rest);
+            let back = stored_record(&d, f.record, r.timestamp_ns, Some(&stream)).unwrap();
+            assert_eq!(back, r);
         }
     }
 
@@ -761,6 +931,15 @@ mod tests {
         // A body without positions (not a norms difference) is not compatible.
         let no_positions = rebuild(&|| STRING, tantivy::schema::STRING);
         assert!(!compatible(&no_positions, &new));
+        // Partitions created before the stream column lack it: compatible. Without any
+        // other field, not.
+        for (missing, ok) in [(F_STREAM, true), ("record", false), ("attrs", false)] {
+            let mut b = Schema::builder();
+            for (_, entry) in new.fields().filter(|(_, e)| e.name() != missing) {
+                b.add_field(entry.clone());
+            }
+            assert_eq!(compatible(&b.build(), &new), ok, "without {missing}");
+        }
         // Nor is a missing field.
         let mut b = Schema::builder();
         b.add_text_field(BODY_FIELD, TEXT);

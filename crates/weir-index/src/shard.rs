@@ -213,6 +213,10 @@ struct Partition {
     /// a word the index dropped ([`crate::schema::LONG_TOKEN_MARKER`]): body-word infix
     /// lookups are sound here. Partitions created before the marker existed lack it.
     long_tokens_marked: bool,
+    /// Its schema has the stream column: its documents keep their stream there
+    /// ([`crate::schema::stored_parts`]). Partitions created before the column lack it, and
+    /// store whole records.
+    streams: bool,
     /// The commit payload (last log index added) its reader was last reloaded at: no
     /// searchable document of it comes from a later entry.
     visible_through: AtomicU64,
@@ -247,6 +251,8 @@ const LONG_TOKENS_MARKED: &str = "weir-long-tokens-marked";
 
 struct OpenWriter {
     writer: IndexWriter<TantivyDocument>,
+    /// Its partition's [`Partition::streams`].
+    streams: bool,
     pending: bool,
     last_used: u64,
 }
@@ -476,8 +482,10 @@ impl ShardIndex {
                 }
                 let w = self.writer_for(&mut ws, key, log_index, &remaining)?;
                 for (offset, r) in records {
-                    w.writer
-                        .add_document(self.fields.document(tenant, log_index, offset, r))?;
+                    let d = self
+                        .fields
+                        .document(tenant, log_index, offset, r, w.streams);
+                    w.writer.add_document(d)?;
                 }
                 w.pending = true;
                 remaining.remove(&key);
@@ -542,6 +550,7 @@ impl ShardIndex {
                 key,
                 OpenWriter {
                     writer,
+                    streams: part.streams,
                     pending: false,
                     last_used: tick,
                 },
@@ -854,6 +863,7 @@ impl ShardIndex {
         for (p, searcher) in parts.iter().zip(&searchers) {
             let (q, range) = self.partition_query(req, tenant, p, through);
             let weight = q.weight(EnableScoring::disabled_from_searcher(searcher))?;
+            let mut streams = Streams::new(searcher);
             for (ord, seg) in searcher.segment_readers().iter().enumerate() {
                 let ts = seg.fast_fields().i64(crate::schema::F_TIMESTAMP)?;
                 if outside(&ts, range) {
@@ -866,7 +876,8 @@ impl ShardIndex {
                     if alive.is_none_or(|a| a.is_alive(doc)) {
                         let at = DocAddress::new(ord as u32, doc);
                         let t = ts.first(doc).unwrap_or_default();
-                        if !add(read_record(searcher, at, t, self.fields.record, &p.dir)?) {
+                        let r = read_record(&mut streams, at, t, self.fields.record, &p.dir)?;
+                        if !add(r) {
                             return Ok(0);
                         }
                     }
@@ -1758,10 +1769,15 @@ impl ShardTop {
             .filter_map(|k| self.unread.get(k).map(|&(part, doc)| (part, doc, *k)))
             .collect();
         at.sort_unstable_by_key(|&(part, doc, _)| (part, doc.segment_ord, doc.doc_id));
+        let mut streams: Option<(usize, Streams<'_>)> = None;
         at.into_iter()
             .map(|(part, doc, key)| {
+                if streams.as_ref().is_none_or(|(p, _)| *p != part) {
+                    streams = Some((part, Streams::new(&self.searchers[part])));
+                }
+                let (_, streams) = streams.as_mut().expect("set above");
                 let record = read_record(
-                    &self.searchers[part],
+                    streams,
                     doc,
                     key.timestamp_ns,
                     self.record,
@@ -1797,17 +1813,79 @@ impl ShardTop {
     }
 }
 
-/// The stored record of document `at`, whose timestamp column holds `timestamp_ns`;
-/// [`Error::Corrupt`] naming the partition `dir` when the stored document is not one.
+/// The stream columns of one searcher's segments ([`crate::schema::stored_parts`]),
+/// opened as its records are read, and the streams last read from them.
+struct Streams<'s> {
+    searcher: &'s Searcher,
+    /// By segment ordinal; `None` for a segment without the column (created before it).
+    columns: HashMap<u32, Option<tantivy::columnar::BytesColumn>>,
+    /// By segment ordinal and term ordinal: a segment holds a few hundred streams, and a
+    /// scan reads each of them many times.
+    read: HashMap<(u32, u64), Vec<u8>>,
+}
+
+impl<'s> Streams<'s> {
+    /// At most this many streams are kept decoded; past it the cache starts over.
+    const KEEP: usize = 4096;
+
+    fn new(searcher: &'s Searcher) -> Streams<'s> {
+        Streams {
+            searcher,
+            columns: HashMap::new(),
+            read: HashMap::new(),
+        }
+    }
+
+    /// The stream of document `at`; `None` where its segment has no stream column.
+    fn of(&mut self, at: tantivy::DocAddress) -> tantivy::Result<Option<&[u8]>> {
+        let column = match self.columns.entry(at.segment_ord) {
+            std::collections::hash_map::Entry::Occupied(c) => c.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                self.searcher
+                    .segment_reader(at.segment_ord)
+                    .fast_fields()
+                    .bytes(crate::schema::F_STREAM)?,
+            ),
+        };
+        let Some(column) = column else {
+            return Ok(None);
+        };
+        let Some(ord) = column.ords().first(at.doc_id) else {
+            return Ok(None);
+        };
+        if self.read.len() >= Self::KEEP && !self.read.contains_key(&(at.segment_ord, ord)) {
+            self.read.clear();
+        }
+        let bytes = match self.read.entry((at.segment_ord, ord)) {
+            std::collections::hash_map::Entry::Occupied(b) => b.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mut bytes = Vec::new();
+                if !column.ord_to_bytes(ord, &mut bytes)? {
+                    return Err(tantivy::TantivyError::InternalError(format!(
+                        "stream ordinal {ord} of segment {} is not in its dictionary",
+                        at.segment_ord
+                    )));
+                }
+                v.insert(bytes)
+            }
+        };
+        Ok(Some(bytes.as_slice()))
+    }
+}
+
+/// The stored record of document `at` of `streams`' searcher, whose timestamp column holds
+/// `timestamp_ns`; [`Error::Corrupt`] naming the partition `dir` when the stored document
+/// is not one.
 fn read_record(
-    searcher: &Searcher,
+    streams: &mut Streams<'_>,
     at: tantivy::DocAddress,
     timestamp_ns: i64,
     record: tantivy::schema::Field,
     dir: &Path,
 ) -> Result<StoredRecord> {
-    let d: TantivyDocument = searcher.doc(at)?;
-    stored_record(&d, record, timestamp_ns).map_err(|reason| Error::Corrupt {
+    let d: TantivyDocument = streams.searcher.doc(at)?;
+    let stream = streams.of(at)?;
+    stored_record(&d, record, timestamp_ns, stream).map_err(|reason| Error::Corrupt {
         path: dir.to_path_buf(),
         reason: format!("document {at:?}: {reason}"),
     })
@@ -1919,9 +1997,11 @@ fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partiti
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
+    let streams = index.schema().get_field(crate::schema::F_STREAM).is_ok();
     Ok(Partition {
         key,
         long_tokens_marked: dir.join(LONG_TOKENS_MARKED).exists(),
+        streams,
         dir,
         index,
         reader,
@@ -1937,5 +2017,187 @@ fn partition_payload(p: &Partition) -> Result<u64> {
             path: p.dir.join("meta.json"),
             reason: format!("commit payload {s:?} is not a log index"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::parse_query;
+    use crate::SearchRequest;
+
+    const T0: i64 = 1_700_000_000_000_000_000;
+    const HOUR: i64 = 3_600_000_000_000;
+
+    fn rec(ts: i64, pod: &str, body: &str) -> StoredRecord {
+        let mut r = StoredRecord {
+            timestamp_ns: ts,
+            level: 3,
+            body: body.into(),
+            service: "api".into(),
+            namespace: "prod".into(),
+            pod: pod.into(),
+            cluster: "eu-1".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            ..Default::default()
+        };
+        r.labels.insert("env".into(), "live".into());
+        r.attributes.insert("user".into(), body.len().to_string());
+        r
+    }
+
+    fn batch(records: Vec<StoredRecord>) -> StoredBatch {
+        StoredBatch {
+            tenant: "acme".into(),
+            records,
+            received_ns: 0,
+        }
+    }
+
+    fn all() -> SearchRequest {
+        SearchRequest {
+            query: parse_query("*").unwrap(),
+            tenant: "acme".into(),
+            start_ns: i64::MIN,
+            end_ns: i64::MAX,
+            levels: vec![],
+            limit: 1000,
+            sort: Sort::TimeAsc,
+            after: None,
+            prefilter: false,
+        }
+    }
+
+    /// Every record `ix` holds, by page and by scan, which must agree, oldest first.
+    fn records(ix: &ShardIndex) -> Vec<StoredRecord> {
+        let page: Vec<StoredRecord> = ix
+            .search(&all())
+            .unwrap()
+            .hits
+            .into_iter()
+            .map(|h| h.record)
+            .collect();
+        let mut scanned = Vec::new();
+        ix.scan_with_head(&all(), &[], 7, &mut |b| {
+            scanned.extend(b);
+            true
+        })
+        .unwrap();
+        scanned.sort_by_key(|r| r.timestamp_ns);
+        assert_eq!(scanned, page, "a scan reads what a page reads");
+        page
+    }
+
+    /// Rewrites partition `key` of the index in `dir` as a release before the stream
+    /// column wrote it: the schema without the column, whole records in the document
+    /// store, the same records and commit payload.
+    fn rewrite_without_streams(dir: &Path, key: PartKey, records: &[StoredRecord], entry: u64) {
+        let fields = Fields::new(Arc::new(crate::InfixCache::new(0)), false);
+        let mut b = tantivy::schema::Schema::builder();
+        for (_, e) in fields.schema.fields() {
+            if e.name() != crate::schema::F_STREAM {
+                b.add_field(e.clone());
+            }
+        }
+        let old = b.build();
+        assert!(crate::schema::compatible(&old, &fields.schema));
+        let part = dir.join(key.dir_name());
+        fs::remove_dir_all(&part).unwrap();
+        fs::create_dir(&part).unwrap();
+        fs::write(part.join(LONG_TOKENS_MARKED), b"").unwrap();
+        let index = Index::builder()
+            .schema(old)
+            .settings(tantivy::IndexSettings {
+                docstore_blocksize: DOCSTORE_BLOCK_BYTES,
+                ..Default::default()
+            })
+            .create_in_dir(&part)
+            .unwrap();
+        let mut w: IndexWriter<TantivyDocument> =
+            index.writer_with_num_threads(1, 15 << 20).unwrap();
+        for (offset, r) in records.iter().enumerate() {
+            w.add_document(fields.document("acme", entry, offset as u32, r, false))
+                .unwrap();
+        }
+        commit_writer(&mut w, entry).unwrap();
+    }
+
+    /// Partitions created before the stream column open, read back their whole stored
+    /// records exactly, and go on taking (whole) records; partitions created now keep each
+    /// distinct stream once in the column and read back the same records.
+    #[test]
+    fn partitions_before_the_stream_column_read_and_take_records_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = vec![
+            rec(T0 + 1, "api-1", "first one"),
+            rec(T0 + 2, "api-2", "first two"),
+        ];
+        let key = PartKey::for_timestamp(T0, 3600);
+        {
+            let ix = ShardIndex::open(dir.path(), ShardId(0), IndexOptions::default()).unwrap();
+            ix.add_batch(1, &batch(first.clone())).unwrap();
+            ix.commit().unwrap();
+        }
+        rewrite_without_streams(dir.path(), key, &first, 1);
+        let ix = ShardIndex::open(dir.path(), ShardId(0), IndexOptions::default()).unwrap();
+        assert_eq!(records(&ix), first, "whole stored records read back");
+
+        // More records into the old partition, and some into a new one an hour later.
+        let later = vec![
+            rec(T0 + 3, "api-1", "second one"),
+            rec(T0 + HOUR, "api-1", "next hour"),
+        ];
+        ix.add_batch(2, &batch(later.clone())).unwrap();
+        ix.commit().unwrap();
+        let mut want = first.clone();
+        want.extend(later);
+        assert_eq!(records(&ix), want);
+
+        let schema_of = |key: PartKey| {
+            Index::open_in_dir(dir.path().join(key.dir_name()))
+                .unwrap()
+                .schema()
+        };
+        assert!(
+            schema_of(key).get_field(crate::schema::F_STREAM).is_err(),
+            "an old partition keeps its schema"
+        );
+        let new_key = PartKey::for_timestamp(T0 + HOUR, 3600);
+        assert!(schema_of(new_key)
+            .get_field(crate::schema::F_STREAM)
+            .is_ok());
+
+        // The new partition's streams: one distinct value per stream, not per record.
+        let many: Vec<StoredRecord> = (0..50)
+            .map(|i| {
+                rec(
+                    T0 + HOUR + 10 + i,
+                    ["api-1", "api-2"][i as usize % 2],
+                    "many",
+                )
+            })
+            .collect();
+        ix.add_batch(3, &batch(many.clone())).unwrap();
+        ix.commit().unwrap();
+        want.extend(many);
+        assert_eq!(records(&ix), want);
+        let part = Index::open_in_dir(dir.path().join(new_key.dir_name())).unwrap();
+        let searcher = part.reader().unwrap().searcher();
+        let streams: usize = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| {
+                s.fast_fields()
+                    .bytes(crate::schema::F_STREAM)
+                    .unwrap()
+                    .expect("a stream column")
+                    .num_terms()
+            })
+            .sum();
+        assert!(
+            streams <= 2 * searcher.segment_readers().len(),
+            "{streams} streams in {} segments",
+            searcher.segment_readers().len()
+        );
     }
 }
