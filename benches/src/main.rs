@@ -672,10 +672,26 @@ async fn query(addr: String, iterations: usize, now: i64) -> anyhow::Result<()> 
     ];
     search_cases(&client, &url, cases, iterations).await?;
     let needle = sampled.body.clone();
-    // A needle that is one fragment (no whole word): the record's trace id as a line
-    // filter, which the index narrows by an infix lookup over its body terms.
-    logql_cases(&client, &addr, &needle, &trace, iterations, now).await?;
+    // A needle that is one fragment (no whole word): the middle 12 of a cache-miss line's
+    // 16 hex digits of session key, as someone pasting part of an id searches. The index
+    // narrows it by an infix lookup over its body terms.
+    let fragment = sample
+        .hits
+        .iter()
+        .find_map(|h| session_fragment(&h.body))
+        .context("none of the newest 100 records is a cache miss with a session key")?;
+    logql_cases(&client, &addr, &needle, &fragment, iterations, now).await?;
     es_cases(&client, &addr, iterations, now).await
+}
+
+/// Digits 2..14 of the session key in a `make_record` cache-miss line (`session:<16 hex>`):
+/// a fragment of one body word, neither its start nor its end.
+fn session_fragment(body: &str) -> Option<String> {
+    let at = body.find("session:")? + "session:".len();
+    let key = body.get(at..at + 16)?;
+    key.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| key[2..14].to_owned())
 }
 
 /// Grafana's Elasticsearch data source over the last hour, through `_msearch` on the
