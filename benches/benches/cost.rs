@@ -25,6 +25,10 @@
 //!
 //! Raft's own work (messages, the Ready loop) is not a stage here: the node's total CPU per
 //! record under `weir-bench ingest` less these stages bounds it.
+//!
+//! With `WEIR_BENCH_COST_NODE_DIR=<a stopped node's data directory>` it measures nothing
+//! else: it prints that node's index bytes by structure and field, merges every partition
+//! into one segment (as the cost model's own index is measured) and prints them again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +53,9 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(400_000);
+    if let Some(data) = std::env::var_os("WEIR_BENCH_COST_NODE_DIR") {
+        return node_merged(std::path::Path::new(&data));
+    }
     let now = weir_proto::now_ns();
     let mut gen = Gen(0x9e37_79b9_7f4a_7c15);
     // The records as an agent sends them, stamped now (1 µs apart) so that none is too old.
@@ -231,12 +238,13 @@ fn main() {
         if docstore == DocStore::Zstd {
             // What one merge level costs: every partition's segments merged into one, so
             // that every record is rewritten once. A node pays this once per level.
-            let ((), cpu) = stage(|| merge_everything(index_dir.path()));
+            let shards = shard_dirs(index_dir.path());
+            let ((), cpu) = stage(|| merge_everything(&shards));
             rows.push((
                 "merge (zstd store): every record rewritten once".into(),
                 cpu,
             ));
-            by_field = space_by_field(index_dir.path());
+            by_field = space_by_field(&shards);
         }
     }
 
@@ -310,13 +318,60 @@ fn main() {
 /// Bytes of every partition under `dir` (one level of shard directories, then partition
 /// directories) by tantivy structure and field: `(structure, field) -> bytes`, read off
 /// tantivy's own space accounting.
-fn space_by_field(dir: &std::path::Path) -> std::collections::BTreeMap<(String, String), u64> {
+/// The shard index directories of the cost model's index in `dir`.
+fn shard_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    (0..SHARDS)
+        .map(|s| dir.join(format!("shard-{s}")))
+        .collect()
+}
+
+/// A stopped node's index under data directory `data`, by structure and field, before and
+/// after every partition is merged into one segment.
+fn node_merged(data: &std::path::Path) {
+    let shards: Vec<std::path::PathBuf> = std::fs::read_dir(data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("index"))
+        .filter(|p| p.is_dir())
+        .collect();
+    let docs: u64 = shards
+        .iter()
+        .flat_map(|s| std::fs::read_dir(s).unwrap().flatten())
+        .filter(|p| p.path().is_dir())
+        .map(|p| {
+            let index = tantivy::Index::open_in_dir(p.path()).unwrap();
+            index.reader().unwrap().searcher().num_docs()
+        })
+        .sum();
+    for when in [
+        "as the node left it",
+        "every partition merged into one segment",
+    ] {
+        if when != "as the node left it" {
+            merge_everything(&shards);
+        }
+        let by_field = space_by_field(&shards);
+        let total: u64 = by_field.values().sum();
+        println!(
+            "{} records, {when}: {:.1} bytes a record; {}",
+            docs,
+            total as f64 / docs as f64,
+            by_field
+                .iter()
+                .filter(|(_, b)| **b as f64 / docs as f64 >= 0.05)
+                .map(|((kind, field), b)| format!("{kind} {field} {:.1}", *b as f64 / docs as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+fn space_by_field(
+    shards: &[std::path::PathBuf],
+) -> std::collections::BTreeMap<(String, String), u64> {
     let mut out = std::collections::BTreeMap::new();
-    for s in 0..SHARDS {
-        for part in std::fs::read_dir(dir.join(format!("shard-{s}")))
-            .unwrap()
-            .flatten()
-        {
+    for shard in shards {
+        for part in std::fs::read_dir(shard).unwrap().flatten() {
             if !part.path().is_dir() {
                 continue;
             }
@@ -432,10 +487,11 @@ fn tiered_rules() -> Vec<Arc<weir_server::rules::Compiled>> {
 
 /// Merges the segments of every partition of every shard index under `dir` into one
 /// segment, one thread a shard, with tantivy's writer as the node's (one thread, 64 MiB).
-fn merge_everything(dir: &std::path::Path) {
-    let parts: Vec<std::path::PathBuf> = (0..SHARDS)
+fn merge_everything(shards: &[std::path::PathBuf]) {
+    let parts: Vec<std::path::PathBuf> = shards
+        .iter()
         .flat_map(|s| {
-            std::fs::read_dir(dir.join(format!("shard-{s}")))
+            std::fs::read_dir(s)
                 .unwrap()
                 .flatten()
                 .map(|e| e.path())

@@ -450,6 +450,17 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         errors.load(Ordering::Relaxed),
         &acks.lock().unwrap(),
     );
+    // The raw size a record's index and log bytes are compared with (benches/RESULTS.md,
+    // "Disk"): the record as an agent sends it, over a sample of the same generator.
+    let mut sample = SmallRng::seed_from_u64(seed);
+    let now = now_ns();
+    let sampled: usize = (0..10_000)
+        .map(|_| prost::Message::encoded_len(&make_record(&mut sample, now)))
+        .sum();
+    println!(
+        "  avg record   {:.0} bytes (protobuf Record as sent, 10,000 generated)",
+        sampled as f64 / 10_000.0
+    );
     if let Some((h, within_1s, lost)) = probed {
         println!(
             "  searchable   ack to found: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} probes; {} of them within 1 s; {} not found within 30 s",
