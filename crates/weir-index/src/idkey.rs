@@ -21,10 +21,19 @@
 //!
 //! What this costs: a prefix of an id (`trace_id:4bf9*`) has no term to expand, so the
 //! query language refuses it with a message (ids are looked up whole).
+//!
+//! Attribute values that look like ids ([`id_like`]: 16 to 64 hex digits, dashes allowed,
+//! such as request ids and UUIDs) are keyed the same way, as the `attrs` term
+//! `key \0 \x01 <6 hex digits>` ([`attr_key_term`]): indexed whole they were the
+//! largest term dictionary of a node's index (18 bytes a record for one random 16-digit
+//! `request_id`, benches/RESULTS.md "Disk"). `key:value` with such a value asks for the
+//! key, checked against the stored record, and for the whole value (documents indexed
+//! before); a prefix `key:val*` also reads every document with a keyed value of `key`
+//! and keeps those whose value starts with it: correct, and as slow as a scan of them.
 
 use std::fmt;
 
-use tantivy::query::{EnableScoring, Explanation, Query, Scorer, TermSetQuery, Weight};
+use tantivy::query::{EnableScoring, Explanation, Query, RangeQuery, Scorer, TermSetQuery, Weight};
 use tantivy::schema::Field;
 use tantivy::store::StoreReader;
 use tantivy::{DocId, DocSet, Score, SegmentReader, TantivyDocument, Term, TERMINATED};
@@ -53,39 +62,117 @@ fn key_of(id: &str, digits: usize) -> String {
 }
 
 /// Which id of a record a query is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum IdKind {
     Trace,
     Span,
+    /// The value of the attribute of this name.
+    Attr(String),
+}
+
+/// Whether an attribute value is indexed by its key ([`attr_key_term`]) rather than
+/// whole: 16 to 64 characters, hex digits and dashes, at least one digit (request ids,
+/// UUIDs, hex-encoded hashes). Such values are all but unique to their record, and a term
+/// per record is the most expensive thing an index holds.
+pub(crate) fn id_like(v: &str) -> bool {
+    (16..=64).contains(&v.len())
+        && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        && v.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// The `attrs` term of attribute `key` with the id-like `value`: the attribute's prefix,
+/// `\x01` and the value's key. No id-like value starts with `\x01`, so these terms are
+/// apart from the whole values of such attributes; a lookup of a keyed value checks the
+/// record, so a whole value that does start with it is never taken for one.
+pub(crate) fn attr_key_term(key: &str, value: &str) -> String {
+    format!("{key}\0\x01{}", id_key(value))
+}
+
+/// The range of every keyed `attrs` term of attribute `key`: `[key \0 \x01, key \0 \x02)`.
+fn attr_key_range(key: &str) -> (String, String) {
+    (format!("{key}\0\x01"), format!("{key}\0\x02"))
+}
+
+/// Every document with a keyed value of attribute `key` in `attrs`.
+pub(crate) fn keyed_values(attrs: Field, key: &str) -> RangeQuery {
+    let (lo, hi) = attr_key_range(key);
+    RangeQuery::new(
+        std::ops::Bound::Included(Term::from_field_text(attrs, &lo)),
+        std::ops::Bound::Excluded(Term::from_field_text(attrs, &hi)),
+    )
 }
 
 impl IdKind {
-    fn of(self, r: &StoredRecord) -> &str {
+    fn of<'r>(&self, r: &'r StoredRecord) -> Option<&'r str> {
         match self {
-            IdKind::Trace => &r.trace_id,
-            IdKind::Span => &r.span_id,
+            IdKind::Trace => Some(&r.trace_id),
+            IdKind::Span => Some(&r.span_id),
+            IdKind::Attr(name) => r.attributes.get(name).map(String::as_str),
         }
     }
 }
 
-/// Documents whose key term is one of `keys` and whose stored record's id is `id`.
+/// Which documents an [`IdQuery`] reads the records of.
+#[derive(Clone, Debug)]
+enum Candidates {
+    /// Those with one of these key terms.
+    Keys(Vec<Term>),
+    /// Those with a keyed value of this attribute in `attrs` ([`keyed_values`]).
+    Range(Field, String),
+}
+
+/// Documents with one of the candidate terms whose stored record's id is `id` (or, for
+/// a prefix, starts with it).
 #[derive(Clone)]
 pub(crate) struct IdQuery {
-    /// The key of each layout: [`KEY_HEX`] digits, then [`OLD_KEY_HEX`].
-    keys: [Term; 2],
+    candidates: Candidates,
     id: String,
+    prefix: bool,
     kind: IdKind,
     record: Field,
 }
 
 impl IdQuery {
     /// Matches documents of `field` (trace_id or span_id) holding `id`; `record` is the
-    /// stored field with the encoded record.
+    /// stored field with the encoded record. The key of each layout is asked for:
+    /// [`KEY_HEX`] digits, then [`OLD_KEY_HEX`] (a document holds one).
     pub fn new(field: Field, kind: IdKind, id: &str, record: Field) -> IdQuery {
         IdQuery {
-            keys: [KEY_HEX, OLD_KEY_HEX].map(|d| Term::from_field_text(field, &key_of(id, d))),
+            candidates: Candidates::Keys(
+                [KEY_HEX, OLD_KEY_HEX]
+                    .map(|d| Term::from_field_text(field, &key_of(id, d)))
+                    .into(),
+            ),
             id: id.to_string(),
+            prefix: false,
             kind,
+            record,
+        }
+    }
+
+    /// Matches documents whose attribute `name` holds the id-like `value` ([`id_like`]),
+    /// indexed by its key in `attrs`.
+    pub fn attr(attrs: Field, name: &str, value: &str, record: Field) -> IdQuery {
+        IdQuery {
+            candidates: Candidates::Keys(vec![Term::from_field_text(
+                attrs,
+                &attr_key_term(name, value),
+            )]),
+            id: value.to_string(),
+            prefix: false,
+            kind: IdKind::Attr(name.to_string()),
+            record,
+        }
+    }
+
+    /// Matches documents whose attribute `name` has a keyed value starting with `prefix`:
+    /// reads the record of every document with a keyed value of `name`.
+    pub fn attr_prefix(attrs: Field, name: &str, prefix: &str, record: Field) -> IdQuery {
+        IdQuery {
+            candidates: Candidates::Range(attrs, name.to_string()),
+            id: prefix.to_string(),
+            prefix: true,
+            kind: IdKind::Attr(name.to_string()),
             record,
         }
     }
@@ -95,27 +182,36 @@ impl fmt::Debug for IdQuery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "IdQuery({:?} = {:?}, keys {:?})",
-            self.kind, self.id, self.keys
+            "IdQuery({:?} {} {:?}, {:?})",
+            self.kind,
+            if self.prefix { "starts with" } else { "=" },
+            self.id,
+            self.candidates
         )
     }
 }
 
 impl Query for IdQuery {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        // A document holds one key of one length, so the union never counts one twice.
-        let inner = TermSetQuery::new(self.keys.clone()).weight(scoring)?;
+        let inner = match &self.candidates {
+            // A document holds one key of one length, so the union never counts one twice.
+            Candidates::Keys(keys) => TermSetQuery::new(keys.clone()).weight(scoring)?,
+            Candidates::Range(attrs, key) => keyed_values(*attrs, key).weight(scoring)?,
+        };
         Ok(Box::new(IdWeight {
             inner,
             id: self.id.clone(),
-            kind: self.kind,
+            prefix: self.prefix,
+            kind: self.kind.clone(),
             record: self.record,
         }))
     }
 
     fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
-        for key in &self.keys {
-            visitor(key, false);
+        if let Candidates::Keys(keys) = &self.candidates {
+            for key in keys {
+                visitor(key, false);
+            }
         }
     }
 }
@@ -123,6 +219,7 @@ impl Query for IdQuery {
 struct IdWeight {
     inner: Box<dyn Weight>,
     id: String,
+    prefix: bool,
     kind: IdKind,
     record: Field,
 }
@@ -135,7 +232,8 @@ impl IdWeight {
             // One cached block: the documents of one trace usually sit close together.
             store: reader.get_store_reader(1)?,
             id: self.id.clone(),
-            kind: self.kind,
+            prefix: self.prefix,
+            kind: self.kind.clone(),
             record: self.record,
             failed: None,
         };
@@ -169,6 +267,7 @@ struct IdScorer {
     inner: Box<dyn Scorer>,
     store: StoreReader,
     id: String,
+    prefix: bool,
     kind: IdKind,
     record: Field,
     /// A stored document that could not be read. `DocSet` cannot return errors, so the
@@ -202,7 +301,13 @@ impl IdScorer {
         // Only the id is compared: the timestamp is not needed.
         let r = stored_record(&d, self.record, 0, None)
             .map_err(|e| tantivy::TantivyError::InternalError(format!("document {doc}: {e}")))?;
-        Ok(self.kind.of(&r) == self.id)
+        Ok(self.kind.of(&r).is_some_and(|v| {
+            if self.prefix {
+                v.starts_with(&self.id)
+            } else {
+                v == self.id
+            }
+        }))
     }
 }
 
@@ -357,5 +462,126 @@ mod tests {
         assert_eq!(key_of("a", OLD_KEY_HEX), "af63dc4c");
         assert_eq!(id_key("4bf92f3577b34da6").len(), KEY_HEX);
         assert_ne!(id_key("4bf92f3577b34da6"), id_key("4bf92f3577b34da7"));
+    }
+
+    #[test]
+    fn id_like_values_are_long_hex_or_uuids_with_a_digit() {
+        for v in [
+            "00f067aa0ba902b7",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "123e4567-e89b-12d3-a456-426614174000",
+            "1234567890123456",
+        ] {
+            assert!(id_like(v), "{v}");
+        }
+        for v in [
+            "00f067aa0ba902b",  // 15 characters
+            "deadbeefdeadbeef", // no digit: could be a word
+            "u123456789012345z",
+            "GET /api/v1/orders",
+            "",
+            &"a1".repeat(33), // 66 characters
+        ] {
+            assert!(!id_like(v), "{v}");
+        }
+    }
+
+    /// Attribute values: a request id indexed by key now, one indexed whole (before keyed
+    /// values), one whose key term is another id's (a collision), one short value and one
+    /// id-like value of another attribute.
+    fn attr_index() -> (Index, Fields) {
+        let f = Fields::new(std::sync::Arc::new(crate::InfixCache::new(0)), false);
+        let ix = Index::create_in_ram(f.schema.clone());
+        let mut w = ix.writer_with_num_threads(1, 15_000_000).unwrap();
+        let with = |body: &str, attrs: &[(&str, &str)]| StoredRecord {
+            body: body.into(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        w.add_document(f.document(
+            "default",
+            1,
+            0,
+            &with("keyed", &[("request_id", SPAN), ("user", "u1")]),
+            true,
+        ))
+        .unwrap();
+        w.add_document(f.document(
+            "default",
+            1,
+            1,
+            &with("other attribute", &[("session", SPAN)]),
+            true,
+        ))
+        .unwrap();
+        let mut whole = TantivyDocument::new();
+        whole.add_text(f.tenant, "default");
+        whole.add_text(f.attrs, format!("request_id\0{SPAN}"));
+        whole.add_bytes(
+            f.record,
+            &prost::Message::encode_to_vec(&with("whole", &[("request_id", SPAN)])),
+        );
+        w.add_document(whole).unwrap();
+        let mut collision = TantivyDocument::new();
+        collision.add_text(f.tenant, "default");
+        collision.add_text(f.attrs, attr_key_term("request_id", TRACE_B));
+        collision.add_bytes(
+            f.record,
+            &prost::Message::encode_to_vec(&with("collides with b", &[("request_id", SPAN)])),
+        );
+        w.add_document(collision).unwrap();
+        w.commit().unwrap();
+        (ix, f)
+    }
+
+    #[test]
+    fn id_like_attribute_values_are_keyed_and_found_as_before() {
+        let (ix, f) = attr_index();
+        // The keyed document's term is the key, not the value.
+        let searcher = ix.reader().unwrap().searcher();
+        let terms = searcher.segment_reader(0).inverted_index(f.attrs).unwrap();
+        let has = |t: &str| terms.terms().get(t.as_bytes()).unwrap().is_some();
+        assert!(has(&attr_key_term("request_id", SPAN)));
+        assert!(has("user\0u1"), "short values stay whole");
+        assert_eq!(
+            found(&ix, &f, &format!("request_id:{SPAN}")),
+            ["keyed", "whole"]
+        );
+        assert_eq!(
+            found(&ix, &f, &format!("request_id:\"{SPAN}\"")),
+            ["keyed", "whole"]
+        );
+        assert_eq!(
+            found(&ix, &f, &format!("session:{SPAN}")),
+            ["other attribute"]
+        );
+        assert_eq!(found(&ix, &f, "user:u1"), ["keyed"]);
+        // Another value with the same key is checked against the record and dropped;
+        // so is a key shared by two ids.
+        assert!(found(&ix, &f, &format!("request_id:{TRACE_B}")).is_empty());
+        assert!(found(&ix, &f, &format!("request_id:{}", SPAN.to_uppercase())).is_empty());
+        assert_eq!(
+            found(&ix, &f, &format!("* -request_id:{SPAN}")),
+            ["collides with b", "other attribute"]
+        );
+    }
+
+    #[test]
+    fn a_prefix_of_an_attribute_finds_keyed_values_by_their_records() {
+        let (ix, f) = attr_index();
+        let prefix = &SPAN[..6];
+        assert_eq!(
+            found(&ix, &f, &format!("request_id:{prefix}*")),
+            ["collides with b", "keyed", "whole"]
+        );
+        assert!(found(&ix, &f, "request_id:ffff*").is_empty());
+        assert_eq!(found(&ix, &f, "user:u*"), ["keyed"]);
+        assert_eq!(
+            found(&ix, &f, &format!("session:{prefix}*")),
+            ["other attribute"]
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! | `trace_id`, `span_id` | the id's 6-hex-digit key ([`crate::idkey`]); 8 digits, or the whole id, in documents indexed earlier | exact lookup |
 //! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level: its canonical name, `warn`) | `name:value` (standard fields included), the level filter, label names and values APIs, counts by label |
 //! | `label_names` | [`LONG_TOKEN_MARKER`] only (and `tenant \0 name` in documents indexed before label names were read off `labels`) | infix lookups |
-//! | `attrs` | `key \0 value` | `key:value` |
+//! | `attrs` | `key \0 value`; for id-like values `key \0 \x01` and the value's 6-hex-digit key ([`crate::idkey`]) | `key:value` |
 //! | `service`, `namespace`, `pod`, `cluster`, `level` | nothing (the value, in documents indexed before they were read off `labels`) | kept so that old partitions' schemas still match |
 //!
 //! Every record's standard fields are in `labels` anyway (the label APIs need them there),
@@ -39,7 +39,7 @@ use tantivy::{TantivyDocument, Term};
 use weir_proto::v1::StoredRecord;
 use weir_proto::Level;
 
-use crate::idkey::{id_key, IdKind, IdQuery};
+use crate::idkey::{attr_key_term, id_key, id_like, keyed_values, IdKind, IdQuery};
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
 use crate::rarewords::RareWords;
 
@@ -235,7 +235,11 @@ impl Fields {
             d.add_text(self.labels, label_term(tenant, k, v));
         }
         for (k, v) in &r.attributes {
-            d.add_text(self.attrs, attr_term(k, v));
+            if id_like(v) {
+                d.add_text(self.attrs, attr_key_term(k, v));
+            } else {
+                d.add_text(self.attrs, attr_term(k, v));
+            }
         }
         d.add_text(self.body, &r.body);
         if has_long_word(&r.body) {
@@ -357,10 +361,32 @@ impl Fields {
         // A stream label or an attribute.
         let label = exact_query(self.labels, &label_prefix(tenant, name), &m.pattern);
         let attr = exact_query(self.attrs, &attr_prefix(name), &m.pattern);
-        Box::new(BooleanQuery::new(vec![
-            (Occur::Should, label),
-            (Occur::Should, attr),
-        ]))
+        let mut clauses = vec![(Occur::Should, label), (Occur::Should, attr)];
+        // Id-like values are indexed by key ([`crate::idkey`]): their lookup, or for a
+        // prefix, every keyed value of the attribute, checked against the record.
+        let keyed: Option<Box<dyn TQuery>> = match &m.pattern {
+            Pattern::Word(v) | Pattern::Phrase { text: v, .. } if id_like(v) => {
+                Some(Box::new(IdQuery::attr(self.attrs, name, v, self.record)))
+            }
+            // Every keyed value has the attribute: no record to read.
+            Pattern::Prefix(v) | Pattern::PhrasePrefix(v) if v.is_empty() => {
+                Some(Box::new(keyed_values(self.attrs, name)))
+            }
+            // Only a prefix of hex digits and dashes may start an id-like value.
+            Pattern::Prefix(v) | Pattern::PhrasePrefix(v)
+                if v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+            {
+                Some(Box::new(IdQuery::attr_prefix(
+                    self.attrs,
+                    name,
+                    v,
+                    self.record,
+                )))
+            }
+            _ => None,
+        };
+        clauses.extend(keyed.map(|q| (Occur::Should, q)));
+        Box::new(BooleanQuery::new(clauses))
     }
 
     /// A trace or span id lookup: the id's keys, checked against the stored record, or,

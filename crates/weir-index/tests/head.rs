@@ -83,6 +83,11 @@ fn record(raw: &RawRecord) -> StoredRecord {
     }
     if let Some(a) = attr {
         r.attributes.insert("user".into(), format!("u{a}"));
+        // An id-like value: indexed by its key (weir_index's idkey module).
+        r.attributes.insert(
+            "req".into(),
+            format!("{:016x}", u64::from(*a) * 0x1111_2222_3333),
+        );
     }
     r
 }
@@ -108,6 +113,9 @@ fn query_text() -> impl Strategy<Value = String> {
         Just("level:warn".to_string()),
         Just("app:app1".to_string()),
         Just("user:u2".to_string()),
+        Just("req:0000222244446666".to_string()),
+        Just("req:00002*".to_string()),
+        Just("req:0000*".to_string()),
         Just("app:app*".to_string()),
         Just(format!("trace_id:{:032X}", 2u128 * 0x1234_5678_9abc)),
         Just("/api/v1/orders".to_string()),
