@@ -24,12 +24,15 @@
 //!
 //! Attribute values that look like ids ([`id_like`]: 16 to 64 hex digits, dashes allowed,
 //! such as request ids and UUIDs) are keyed the same way, as the `attrs` term
-//! `key \0 \x01 <6 hex digits>` ([`attr_key_term`]): indexed whole they were the
-//! largest term dictionary of a node's index (18 bytes a record for one random 16-digit
-//! `request_id`, benches/RESULTS.md "Disk"). `key:value` with such a value asks for the
-//! key, checked against the stored record, and for the whole value (documents indexed
-//! before); a prefix `key:val*` also reads every document with a keyed value of `key`
-//! and keeps those whose value starts with it: correct, and as slow as a scan of them.
+//! `key \0 \x01 <6 hex digits>` ([`attr_key_term`]), and with their first
+//! [`HEAD_CHARS`] characters as `key \0 \x02 <head>` ([`attr_head_term`], shared by many
+//! records) for prefixes. Indexed whole they were the largest term dictionary of a node's
+//! index (18 bytes a record for one random 16-digit `request_id`, benches/RESULTS.md
+//! "Disk"). `key:value` with such a value asks for the key, checked against the stored
+//! record, and for the whole value (documents indexed before). A prefix `key:abc*` of at
+//! most [`HEAD_CHARS`] characters expands over the heads, exactly; a longer one reads the
+//! records with its head (about one in 4,096 for random hex) and keeps those that start
+//! with it.
 
 use std::fmt;
 
@@ -88,17 +91,29 @@ pub(crate) fn attr_key_term(key: &str, value: &str) -> String {
     format!("{key}\0\x01{}", id_key(value))
 }
 
-/// The range of every keyed `attrs` term of attribute `key`: `[key \0 \x01, key \0 \x02)`.
-fn attr_key_range(key: &str) -> (String, String) {
-    (format!("{key}\0\x01"), format!("{key}\0\x02"))
+/// How many leading characters of an id-like attribute value its head term holds.
+pub(crate) const HEAD_CHARS: usize = 3;
+
+/// The prefix of the head terms of attribute `key`: `key \0 \x02`.
+pub(crate) fn attr_head_prefix(key: &str) -> String {
+    format!("{key}\0\x02")
 }
 
-/// Every document with a keyed value of attribute `key` in `attrs`.
+/// The head term of attribute `key` with the id-like `value`: its first [`HEAD_CHARS`]
+/// characters (id-like values are ASCII).
+pub(crate) fn attr_head_term(key: &str, value: &str) -> String {
+    format!(
+        "{}{}",
+        attr_head_prefix(key),
+        &value[..HEAD_CHARS.min(value.len())]
+    )
+}
+
+/// Every document with a keyed value of attribute `key` in `attrs`: each has a head term.
 pub(crate) fn keyed_values(attrs: Field, key: &str) -> RangeQuery {
-    let (lo, hi) = attr_key_range(key);
     RangeQuery::new(
-        std::ops::Bound::Included(Term::from_field_text(attrs, &lo)),
-        std::ops::Bound::Excluded(Term::from_field_text(attrs, &hi)),
+        std::ops::Bound::Included(Term::from_field_text(attrs, &attr_head_prefix(key))),
+        std::ops::Bound::Excluded(Term::from_field_text(attrs, &format!("{key}\0\x03"))),
     )
 }
 
@@ -112,20 +127,12 @@ impl IdKind {
     }
 }
 
-/// Which documents an [`IdQuery`] reads the records of.
-#[derive(Clone, Debug)]
-enum Candidates {
-    /// Those with one of these key terms.
-    Keys(Vec<Term>),
-    /// Those with a keyed value of this attribute in `attrs` ([`keyed_values`]).
-    Range(Field, String),
-}
-
 /// Documents with one of the candidate terms whose stored record's id is `id` (or, for
 /// a prefix, starts with it).
 #[derive(Clone)]
 pub(crate) struct IdQuery {
-    candidates: Candidates,
+    /// The documents whose records are read: those with one of these terms.
+    candidates: Vec<Term>,
     id: String,
     prefix: bool,
     kind: IdKind,
@@ -138,11 +145,9 @@ impl IdQuery {
     /// [`KEY_HEX`] digits, then [`OLD_KEY_HEX`] (a document holds one).
     pub fn new(field: Field, kind: IdKind, id: &str, record: Field) -> IdQuery {
         IdQuery {
-            candidates: Candidates::Keys(
-                [KEY_HEX, OLD_KEY_HEX]
-                    .map(|d| Term::from_field_text(field, &key_of(id, d)))
-                    .into(),
-            ),
+            candidates: [KEY_HEX, OLD_KEY_HEX]
+                .map(|d| Term::from_field_text(field, &key_of(id, d)))
+                .into(),
             id: id.to_string(),
             prefix: false,
             kind,
@@ -154,10 +159,7 @@ impl IdQuery {
     /// indexed by its key in `attrs`.
     pub fn attr(attrs: Field, name: &str, value: &str, record: Field) -> IdQuery {
         IdQuery {
-            candidates: Candidates::Keys(vec![Term::from_field_text(
-                attrs,
-                &attr_key_term(name, value),
-            )]),
+            candidates: vec![Term::from_field_text(attrs, &attr_key_term(name, value))],
             id: value.to_string(),
             prefix: false,
             kind: IdKind::Attr(name.to_string()),
@@ -165,11 +167,11 @@ impl IdQuery {
         }
     }
 
-    /// Matches documents whose attribute `name` has a keyed value starting with `prefix`:
-    /// reads the record of every document with a keyed value of `name`.
+    /// Matches documents whose attribute `name` has a keyed value starting with `prefix`,
+    /// longer than [`HEAD_CHARS`]: reads the records of those with its head term.
     pub fn attr_prefix(attrs: Field, name: &str, prefix: &str, record: Field) -> IdQuery {
         IdQuery {
-            candidates: Candidates::Range(attrs, name.to_string()),
+            candidates: vec![Term::from_field_text(attrs, &attr_head_term(name, prefix))],
             id: prefix.to_string(),
             prefix: true,
             kind: IdKind::Attr(name.to_string()),
@@ -193,11 +195,8 @@ impl fmt::Debug for IdQuery {
 
 impl Query for IdQuery {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        let inner = match &self.candidates {
-            // A document holds one key of one length, so the union never counts one twice.
-            Candidates::Keys(keys) => TermSetQuery::new(keys.clone()).weight(scoring)?,
-            Candidates::Range(attrs, key) => keyed_values(*attrs, key).weight(scoring)?,
-        };
+        // A document holds one key of one length, so the union never counts one twice.
+        let inner = TermSetQuery::new(self.candidates.clone()).weight(scoring)?;
         Ok(Box::new(IdWeight {
             inner,
             id: self.id.clone(),
@@ -208,10 +207,8 @@ impl Query for IdQuery {
     }
 
     fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
-        if let Candidates::Keys(keys) = &self.candidates {
-            for key in keys {
-                visitor(key, false);
-            }
+        for key in &self.candidates {
+            visitor(key, false);
         }
     }
 }
@@ -486,9 +483,12 @@ mod tests {
         }
     }
 
+    /// An id-like value with [`SPAN`]'s first three characters.
+    const SAME_HEAD: &str = "00fabcdef0123456";
+
     /// Attribute values: a request id indexed by key now, one indexed whole (before keyed
-    /// values), one whose key term is another id's (a collision), one short value and one
-    /// id-like value of another attribute.
+    /// values), one whose key term is another id's (a collision), one short value, one
+    /// id-like value of another attribute and one that shares the first's head.
     fn attr_index() -> (Index, Fields) {
         let f = Fields::new(std::sync::Arc::new(crate::InfixCache::new(0)), false);
         let ix = Index::create_in_ram(f.schema.clone());
@@ -514,6 +514,14 @@ mod tests {
             1,
             1,
             &with("other attribute", &[("session", SPAN)]),
+            true,
+        ))
+        .unwrap();
+        w.add_document(f.document(
+            "default",
+            1,
+            2,
+            &with("same head", &[("request_id", SAME_HEAD)]),
             true,
         ))
         .unwrap();
@@ -565,19 +573,31 @@ mod tests {
         assert!(found(&ix, &f, &format!("request_id:{}", SPAN.to_uppercase())).is_empty());
         assert_eq!(
             found(&ix, &f, &format!("* -request_id:{SPAN}")),
-            ["collides with b", "other attribute"]
+            ["collides with b", "other attribute", "same head"]
         );
     }
 
     #[test]
-    fn a_prefix_of_an_attribute_finds_keyed_values_by_their_records() {
+    fn a_prefix_of_an_id_like_attribute_value_finds_it_by_its_head() {
         let (ix, f) = attr_index();
+        // Longer than a head: the records with its head are read and checked.
         let prefix = &SPAN[..6];
         assert_eq!(
             found(&ix, &f, &format!("request_id:{prefix}*")),
-            ["collides with b", "keyed", "whole"]
+            ["keyed", "whole"]
+        );
+        assert_eq!(found(&ix, &f, "request_id:00fa*"), ["same head"]);
+        // A head or shorter: the heads expand, no record read.
+        assert_eq!(
+            found(&ix, &f, "request_id:00f*"),
+            ["keyed", "same head", "whole"]
+        );
+        assert_eq!(
+            found(&ix, &f, "request_id:0*"),
+            ["keyed", "same head", "whole"]
         );
         assert!(found(&ix, &f, "request_id:ffff*").is_empty());
+        assert!(found(&ix, &f, "request_id:f*").is_empty());
         assert_eq!(found(&ix, &f, "user:u*"), ["keyed"]);
         assert_eq!(
             found(&ix, &f, &format!("session:{prefix}*")),

@@ -8,7 +8,7 @@
 //! | `trace_id`, `span_id` | the id's 6-hex-digit key ([`crate::idkey`]); 8 digits, or the whole id, in documents indexed earlier | exact lookup |
 //! | `labels` | `tenant \0 name \0 value` for stream labels and the non-empty standard label fields (service, namespace, pod, cluster, level: its canonical name, `warn`) | `name:value` (standard fields included), the level filter, label names and values APIs, counts by label |
 //! | `label_names` | [`LONG_TOKEN_MARKER`] only (and `tenant \0 name` in documents indexed before label names were read off `labels`) | infix lookups |
-//! | `attrs` | `key \0 value`; for id-like values `key \0 \x01` and the value's 6-hex-digit key ([`crate::idkey`]) | `key:value` |
+//! | `attrs` | `key \0 value`; for id-like values `key \0 \x01` and the value's 6-hex-digit key, and `key \0 \x02` and its first 3 characters ([`crate::idkey`]) | `key:value`, `key:prefix*` |
 //! | `service`, `namespace`, `pod`, `cluster`, `level` | nothing (the value, in documents indexed before they were read off `labels`) | kept so that old partitions' schemas still match |
 //!
 //! Every record's standard fields are in `labels` anyway (the label APIs need them there),
@@ -39,7 +39,10 @@ use tantivy::{TantivyDocument, Term};
 use weir_proto::v1::StoredRecord;
 use weir_proto::Level;
 
-use crate::idkey::{attr_key_term, id_key, id_like, keyed_values, IdKind, IdQuery};
+use crate::idkey::{
+    attr_head_prefix, attr_head_term, attr_key_term, id_key, id_like, keyed_values, IdKind,
+    IdQuery, HEAD_CHARS,
+};
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
 use crate::rarewords::RareWords;
 
@@ -237,6 +240,7 @@ impl Fields {
         for (k, v) in &r.attributes {
             if id_like(v) {
                 d.add_text(self.attrs, attr_key_term(k, v));
+                d.add_text(self.attrs, attr_head_term(k, v));
             } else {
                 d.add_text(self.attrs, attr_term(k, v));
             }
@@ -372,16 +376,20 @@ impl Fields {
             Pattern::Prefix(v) | Pattern::PhrasePrefix(v) if v.is_empty() => {
                 Some(Box::new(keyed_values(self.attrs, name)))
             }
-            // Only a prefix of hex digits and dashes may start an id-like value.
+            // Only a prefix of hex digits and dashes may start an id-like value: a short one
+            // is a prefix of heads, a longer one checks the records with its head.
             Pattern::Prefix(v) | Pattern::PhrasePrefix(v)
                 if v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
             {
-                Some(Box::new(IdQuery::attr_prefix(
-                    self.attrs,
-                    name,
-                    v,
-                    self.record,
-                )))
+                Some(if v.len() <= HEAD_CHARS {
+                    exact_query(
+                        self.attrs,
+                        &attr_head_prefix(name),
+                        &Pattern::Prefix(v.clone()),
+                    )
+                } else {
+                    Box::new(IdQuery::attr_prefix(self.attrs, name, v, self.record))
+                })
             }
             _ => None,
         };

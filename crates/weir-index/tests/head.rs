@@ -116,6 +116,7 @@ fn query_text() -> impl Strategy<Value = String> {
         Just("req:0000222244446666".to_string()),
         Just("req:00002*".to_string()),
         Just("req:0000*".to_string()),
+        Just("req:000*".to_string()),
         Just("app:app*".to_string()),
         Just(format!("trace_id:{:032X}", 2u128 * 0x1234_5678_9abc)),
         Just("/api/v1/orders".to_string()),
