@@ -292,8 +292,9 @@ fn main() {
             .map(|(k, b)| format!("{k} {:.0}", *b as f64 / n))
             .collect();
         println!(
-            "{name} store: index {:.0} bytes a record ({:.2} of the stored record's {:.0} \
-             bytes, {:.2} of the {:.0} bytes on the wire); by file kind: {}",
+            "{name} store: index {:.0} bytes a record as indexed, every file of its \
+             segments ({:.2} of the stored record's {:.0} bytes, {:.2} of the {:.0} bytes \
+             on the wire); by file kind: {}",
             *bytes as f64 / n,
             *bytes as f64 / stored_bytes as f64,
             stored_bytes as f64 / n,
@@ -309,8 +310,13 @@ fn main() {
         .filter(|(_, b)| **b as f64 / n >= 0.5)
         .map(|((kind, field), b)| format!("{kind} {field} {:.1}", *b as f64 / n))
         .collect();
+    let merged = by_field.values().sum::<u64>() as f64;
     println!(
-        "zstd store, merged: bytes a record by structure and field: {}",
+        "zstd store, every partition merged into one segment: {:.1} bytes a record ({:.3} of \
+         the stored record, {:.3} of the wire bytes); by structure and field: {}",
+        merged / n,
+        merged / stored_bytes as f64,
+        merged / raw_bytes as f64,
         fields.join(", ")
     );
 }
