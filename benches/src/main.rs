@@ -655,10 +655,29 @@ async fn query(addr: String, iterations: usize, now: i64) -> anyhow::Result<()> 
     let five_min_ago = (now - 300_000_000_000).to_string();
     let day_ago = (now - 86_400_000_000_000).to_string();
     let trace_q = format!("trace_id:{trace}");
+    // An id-like attribute value (indexed by key, as trace ids are), whole and by a prefix
+    // longer than its 3-character head (the records with that head read and checked).
+    let request_id = sampled
+        .attributes
+        .get("request_id")
+        .context("the sampled record has no request_id attribute")?;
+    let request_q = format!("request_id:{request_id}");
+    let request_prefix_q = format!("request_id:{}*", &request_id[..10.min(request_id.len())]);
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         (
             "trace_id lookup",
             vec![("q", trace_q.as_str()), ("start", day_ago.as_str())],
+        ),
+        (
+            "request_id lookup",
+            vec![("q", request_q.as_str()), ("start", day_ago.as_str())],
+        ),
+        (
+            "request_id prefix",
+            vec![
+                ("q", request_prefix_q.as_str()),
+                ("start", day_ago.as_str()),
+            ],
         ),
         (
             "term",
