@@ -23,7 +23,9 @@
 //! query language refuses it with a message (ids are looked up whole).
 //!
 //! Attribute values that look like ids ([`id_like`]: 16 to 64 hex digits, dashes allowed,
-//! such as request ids and UUIDs) are keyed the same way, as the `attrs` term
+//! such as request ids and UUIDs), held by one record of their batch (a value several
+//! records share stays whole, [`crate::schema::Layout`]), are keyed the same way, as the
+//! `attrs` term
 //! `key \0 \x01 <6 hex digits>` ([`attr_key_term`]), and with their first
 //! [`HEAD_CHARS`] characters as `key \0 \x02 <head>` ([`attr_head_term`], shared by many
 //! records) for prefixes. Indexed whole they were the largest term dictionary of a node's
@@ -73,10 +75,11 @@ pub(crate) enum IdKind {
     Attr(String),
 }
 
-/// Whether an attribute value is indexed by its key ([`attr_key_term`]) rather than
+/// Whether an attribute value may be indexed by its key ([`attr_key_term`]) rather than
 /// whole: 16 to 64 characters, hex digits and dashes, at least one digit (request ids,
-/// UUIDs, hex-encoded hashes). Such values are all but unique to their record, and a term
-/// per record is the most expensive thing an index holds.
+/// UUIDs, hex-encoded hashes). Those of them unique to their record are a term per record,
+/// the most expensive thing an index holds; those many records share are kept whole
+/// ([`crate::schema::Layout::keys`]).
 pub(crate) fn id_like(v: &str) -> bool {
     (16..=64).contains(&v.len())
         && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
@@ -348,6 +351,11 @@ mod tests {
     use tantivy::collector::DocSetCollector;
     use tantivy::Index;
 
+    /// A partition created now, with nothing repeated in the batch.
+    const NEW: crate::schema::Layout<'static> = crate::schema::Layout {
+        streams: true,
+        repeated: None,
+    };
     const TRACE_A: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const TRACE_B: &str = "00f067aa0ba902b7a3ce929d0e0e4736";
     const SPAN: &str = "00f067aa0ba902b7";
@@ -390,7 +398,7 @@ mod tests {
         let f = Fields::new(std::sync::Arc::new(crate::InfixCache::new(0)), false);
         let ix = Index::create_in_ram(f.schema.clone());
         let mut w = ix.writer_with_num_threads(1, 15_000_000).unwrap();
-        w.add_document(f.document("default", 1, 0, &record(TRACE_A, "keyed"), true))
+        w.add_document(f.document("default", 1, 0, &record(TRACE_A, "keyed"), &NEW))
             .unwrap();
         let mut eight = TantivyDocument::new();
         eight.add_text(f.trace_id, key_of(TRACE_A, OLD_KEY_HEX));
@@ -506,7 +514,7 @@ mod tests {
             1,
             0,
             &with("keyed", &[("request_id", SPAN), ("user", "u1")]),
-            true,
+            &NEW,
         ))
         .unwrap();
         w.add_document(f.document(
@@ -514,7 +522,7 @@ mod tests {
             1,
             1,
             &with("other attribute", &[("session", SPAN)]),
-            true,
+            &NEW,
         ))
         .unwrap();
         w.add_document(f.document(
@@ -522,7 +530,7 @@ mod tests {
             1,
             2,
             &with("same head", &[("request_id", SAME_HEAD)]),
-            true,
+            &NEW,
         ))
         .unwrap();
         let mut whole = TantivyDocument::new();

@@ -209,15 +209,14 @@ impl Fields {
     }
 
     /// The document for one record of entry `log_index` at position `offset` in its batch,
-    /// for a partition whose schema has the stream column (`streams`: its stream is kept
-    /// there, [`stored_parts`]) or not (the whole record is stored, [`stored_bytes`]).
+    /// laid out as `layout` says.
     pub fn document(
         &self,
         tenant: &str,
         log_index: u64,
         offset: u32,
         r: &StoredRecord,
-        streams: bool,
+        layout: &Layout<'_>,
     ) -> TantivyDocument {
         let mut d = TantivyDocument::new();
         d.add_i64(self.timestamp, r.timestamp_ns);
@@ -238,7 +237,7 @@ impl Fields {
             d.add_text(self.labels, label_term(tenant, k, v));
         }
         for (k, v) in &r.attributes {
-            if id_like(v) {
+            if layout.keys(k, v) {
                 d.add_text(self.attrs, attr_key_term(k, v));
                 d.add_text(self.attrs, attr_head_term(k, v));
             } else {
@@ -251,7 +250,7 @@ impl Fields {
         }
         d.add_u64(self.log_index, log_index);
         d.add_u64(self.offset, u64::from(offset));
-        if streams {
+        if layout.streams {
             let (rest, stream) = stored_parts(r);
             d.add_bytes(self.record, &rest);
             d.add_bytes(self.stream, &stream);
@@ -542,6 +541,43 @@ impl Fields {
         }
         Box::new(BooleanQuery::new(clauses))
     }
+}
+
+/// How a partition takes the records of one batch ([`Fields::document`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout<'b> {
+    /// The partition's schema has the stream column: a record's stream is kept there
+    /// ([`stored_parts`]) and its id-like attribute values are keyed ([`crate::idkey`]).
+    /// Partitions created before the column store whole records and index whole values,
+    /// as the release that created them did, so that a replica of that release which
+    /// accepts a copy of them also finds every value in it.
+    pub streams: bool,
+    /// Id-like attribute values, `(name, value)`, that more than one record of the batch
+    /// holds ([`repeated_ids`]): indexed whole. Such values (a pod's uid, a container id, a
+    /// commit) are shared by many records, and a keyed lookup reads the record of every
+    /// document with the key; a whole term answers them from its postings.
+    pub repeated: Option<&'b std::collections::HashSet<(&'b str, &'b str)>>,
+}
+
+impl Layout<'_> {
+    /// Whether attribute `name`'s `value` is indexed by its key rather than whole.
+    pub fn keys(&self, name: &str, value: &str) -> bool {
+        self.streams && id_like(value) && !self.repeated.is_some_and(|r| r.contains(&(name, value)))
+    }
+}
+
+/// The id-like attribute values that more than one of `records` holds ([`Layout::repeated`]).
+pub(crate) fn repeated_ids(records: &[StoredRecord]) -> std::collections::HashSet<(&str, &str)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut repeated = std::collections::HashSet::new();
+    for r in records {
+        for (k, v) in &r.attributes {
+            if id_like(v) && !seen.insert((k.as_str(), v.as_str())) {
+                repeated.insert((k.as_str(), v.as_str()));
+            }
+        }
+    }
+    repeated
 }
 
 /// Whether a partition written with schema `old` reads and takes documents as `new`

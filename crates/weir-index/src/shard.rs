@@ -473,6 +473,7 @@ impl ShardIndex {
             })?;
             by_part.entry(key).or_default().push((offset, r));
         }
+        let repeated = crate::schema::repeated_ids(&batch.records);
         let mut remaining: BTreeSet<PartKey> = by_part.keys().copied().collect();
         let result = (|| {
             for (key, records) in by_part {
@@ -481,10 +482,12 @@ impl ShardIndex {
                     continue;
                 }
                 let w = self.writer_for(&mut ws, key, log_index, &remaining)?;
+                let layout = crate::schema::Layout {
+                    streams: w.streams,
+                    repeated: Some(&repeated),
+                };
                 for (offset, r) in records {
-                    let d = self
-                        .fields
-                        .document(tenant, log_index, offset, r, w.streams);
+                    let d = self.fields.document(tenant, log_index, offset, r, &layout);
                     w.writer.add_document(d)?;
                 }
                 w.pending = true;
@@ -2116,7 +2119,11 @@ mod tests {
         let mut w: IndexWriter<TantivyDocument> =
             index.writer_with_num_threads(1, 15 << 20).unwrap();
         for (offset, r) in records.iter().enumerate() {
-            w.add_document(fields.document("acme", entry, offset as u32, r, false))
+            let layout = crate::schema::Layout {
+                streams: false,
+                repeated: None,
+            };
+            w.add_document(fields.document("acme", entry, offset as u32, r, &layout))
                 .unwrap();
         }
         commit_writer(&mut w, entry).unwrap();
@@ -2199,5 +2206,87 @@ mod tests {
             "{streams} streams in {} segments",
             searcher.segment_readers().len()
         );
+    }
+
+    /// Every `attrs` term of partition `key` of the index in `dir`.
+    fn attr_terms(dir: &Path, key: PartKey) -> BTreeSet<String> {
+        let index = Index::open_in_dir(dir.join(key.dir_name())).unwrap();
+        let attrs = index.schema().get_field("attrs").unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let mut out = BTreeSet::new();
+        for seg in searcher.segment_readers() {
+            let inverted = seg.inverted_index(attrs).unwrap();
+            let mut terms = inverted.terms().stream().unwrap();
+            while terms.advance() {
+                out.insert(String::from_utf8_lossy(terms.key()).into_owned());
+            }
+        }
+        out
+    }
+
+    /// An id-like value held by one record of its batch is indexed by key; one that several
+    /// records of the batch hold (a pod's uid) whole, so that its lookup reads no records;
+    /// a partition created before the stream column indexes every value whole. Each is
+    /// found by its lookup.
+    #[test]
+    fn id_like_values_are_keyed_when_unique_in_their_batch_in_partitions_with_streams() {
+        const POD_UID: &str = "123e4567-e89b-12d3-a456-426614174000";
+        let dir = tempfile::tempdir().unwrap();
+        let old_key = PartKey::for_timestamp(T0, 3600);
+        {
+            let ix = ShardIndex::open(dir.path(), ShardId(0), IndexOptions::default()).unwrap();
+            ix.add_batch(1, &batch(vec![rec(T0, "api-1", "seed")]))
+                .unwrap();
+            ix.commit().unwrap();
+        }
+        rewrite_without_streams(dir.path(), old_key, &[rec(T0, "api-1", "seed")], 1);
+        let ix = ShardIndex::open(dir.path(), ShardId(0), IndexOptions::default()).unwrap();
+        let with = |ts: i64, request: &str| {
+            let mut r = rec(ts, "api-1", "work");
+            r.attributes.insert("request_id".into(), request.into());
+            r.attributes.insert("pod_uid".into(), POD_UID.into());
+            r
+        };
+        let requests = ["00f067aa0ba902b7", "4bf92f3577b34da6"];
+        ix.add_batch(
+            2,
+            &batch(vec![
+                with(T0 + 1, requests[0]),
+                with(T0 + HOUR, requests[0]),
+                with(T0 + HOUR + 1, requests[1]),
+            ]),
+        )
+        .unwrap();
+        ix.commit().unwrap();
+        let new_key = PartKey::for_timestamp(T0 + HOUR, 3600);
+        let new_terms = attr_terms(dir.path(), new_key);
+        // Repeated in the batch (across partitions too): whole.
+        assert!(
+            new_terms.contains(&format!("pod_uid\0{POD_UID}")),
+            "{new_terms:?}"
+        );
+        assert!(new_terms.contains(&format!("request_id\0{}", requests[0])));
+        // Once in the batch: keyed.
+        assert!(new_terms.contains(&crate::idkey::attr_key_term("request_id", requests[1])));
+        assert!(!new_terms.contains(&format!("request_id\0{}", requests[1])));
+        // The old partition: whole values only, as its release indexed them.
+        let old_terms = attr_terms(dir.path(), old_key);
+        assert!(
+            old_terms
+                .iter()
+                .all(|t| !t.contains('\x01') && !t.contains('\x02')),
+            "{old_terms:?}"
+        );
+        for (q, n) in [
+            (format!("pod_uid:{POD_UID}"), 3),
+            (format!("request_id:{}", requests[0]), 2),
+            (format!("request_id:{}", requests[1]), 1),
+            ("request_id:4bf92f*".to_string(), 1),
+            ("request_id:00f*".to_string(), 2),
+        ] {
+            let mut r = all();
+            r.query = parse_query(&q).unwrap();
+            assert_eq!(ix.search(&r).unwrap().total, n, "{q}");
+        }
     }
 }
