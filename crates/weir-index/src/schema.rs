@@ -365,8 +365,8 @@ impl Fields {
         let label = exact_query(self.labels, &label_prefix(tenant, name), &m.pattern);
         let attr = exact_query(self.attrs, &attr_prefix(name), &m.pattern);
         let mut clauses = vec![(Occur::Should, label), (Occur::Should, attr)];
-        // Id-like values are indexed by key ([`crate::idkey`]): their lookup, or for a
-        // prefix, every keyed value of the attribute, checked against the record.
+        // Id-like values may be indexed by key ([`crate::idkey`]): a value is also looked
+        // up by its key, checked against the record; a prefix also by the heads.
         let keyed: Option<Box<dyn TQuery>> = match &m.pattern {
             Pattern::Word(v) | Pattern::Phrase { text: v, .. } if id_like(v) => {
                 Some(Box::new(IdQuery::attr(self.attrs, name, v, self.record)))
@@ -750,9 +750,9 @@ pub(crate) fn stored_bytes(r: &StoredRecord) -> Vec<u8> {
 /// ([`stored_record`]).
 ///
 /// Why: a partition holds a few hundred streams, and every record repeats its stream's
-/// ~60 bytes, which the document store's compression kept at 6.3 bytes a record in the
-/// cost model (benches/RESULTS.md, "Disk"); the column keeps each distinct stream once
-/// and a record's ordinal in a few bits.
+/// ~60 bytes, which the document store's compression kept at 5.5 bytes a record in the
+/// cost model and 9.4 on a node (benches/RESULTS.md, "Disk: streams in a column"); the
+/// column keeps each distinct stream once and a record's ordinal in a few bits.
 pub(crate) fn stored_parts(r: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
     use prost::encoding::{btree_map, string, uint32};
     // Every field named, so that a field added to the message fails to compile here
