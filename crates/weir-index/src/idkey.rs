@@ -38,7 +38,7 @@
 
 use std::fmt;
 
-use tantivy::query::{EnableScoring, Explanation, Query, RangeQuery, Scorer, TermSetQuery, Weight};
+use tantivy::query::{EnableScoring, Explanation, Query, Scorer, TermSetQuery, Weight};
 use tantivy::schema::Field;
 use tantivy::store::StoreReader;
 use tantivy::{DocId, DocSet, Score, SegmentReader, TantivyDocument, Term, TERMINATED};
@@ -109,14 +109,6 @@ pub(crate) fn attr_head_term(key: &str, value: &str) -> String {
         "{}{}",
         attr_head_prefix(key),
         &value[..HEAD_CHARS.min(value.len())]
-    )
-}
-
-/// Every document with a keyed value of attribute `key` in `attrs`: each has a head term.
-pub(crate) fn keyed_values(attrs: Field, key: &str) -> RangeQuery {
-    RangeQuery::new(
-        std::ops::Bound::Included(Term::from_field_text(attrs, &attr_head_prefix(key))),
-        std::ops::Bound::Excluded(Term::from_field_text(attrs, &format!("{key}\0\x03"))),
     )
 }
 

@@ -40,8 +40,7 @@ use weir_proto::v1::StoredRecord;
 use weir_proto::Level;
 
 use crate::idkey::{
-    attr_head_prefix, attr_head_term, attr_key_term, id_key, id_like, keyed_values, IdKind,
-    IdQuery, HEAD_CHARS,
+    attr_head_prefix, attr_head_term, attr_key_term, id_key, id_like, IdKind, IdQuery, HEAD_CHARS,
 };
 use crate::query::{Match, Pattern, Query, BODY_FIELD};
 use crate::rarewords::RareWords;
@@ -371,14 +370,12 @@ impl Fields {
             Pattern::Word(v) | Pattern::Phrase { text: v, .. } if id_like(v) => {
                 Some(Box::new(IdQuery::attr(self.attrs, name, v, self.record)))
             }
-            // Every keyed value has the attribute: no record to read.
-            Pattern::Prefix(v) | Pattern::PhrasePrefix(v) if v.is_empty() => {
-                Some(Box::new(keyed_values(self.attrs, name)))
-            }
             // Only a prefix of hex digits and dashes may start an id-like value: a short one
-            // is a prefix of heads, a longer one checks the records with its head.
+            // is a prefix of heads, a longer one checks the records with its head. (The
+            // parser refuses an empty prefix; the whole-value clause would expand over the
+            // keyed terms too.)
             Pattern::Prefix(v) | Pattern::PhrasePrefix(v)
-                if v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
             {
                 Some(if v.len() <= HEAD_CHARS {
                     exact_query(
