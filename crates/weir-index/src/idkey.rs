@@ -37,6 +37,7 @@
 //! with it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use tantivy::query::{EnableScoring, Explanation, Query, Scorer, TermSetQuery, Weight};
 use tantivy::schema::Field;
@@ -122,16 +123,47 @@ impl IdKind {
     }
 }
 
-/// Documents with one of the candidate terms whose stored record's id is `id` (or, for
-/// a prefix, starts with it).
+/// What a candidate's stored record must hold: its `kind` of id is `id`, or, for a
+/// `prefix`, starts with it.
+#[derive(Debug)]
+struct IdCheck {
+    kind: IdKind,
+    id: String,
+    prefix: bool,
+    /// The stored field with the encoded record.
+    record: Field,
+}
+
+impl IdCheck {
+    /// Whether document `doc` of `store` holds the id.
+    fn holds(&self, store: &StoreReader, doc: DocId) -> tantivy::Result<bool> {
+        let d: TantivyDocument = store.get(doc)?;
+        // Only the id is compared: the timestamp and stream are not needed.
+        let r = stored_record(&d, self.record, 0, None)
+            .map_err(|e| tantivy::TantivyError::InternalError(format!("document {doc}: {e}")))?;
+        Ok(self.kind.of(&r).is_some_and(|v| {
+            if self.prefix {
+                v.starts_with(&self.id)
+            } else {
+                v == self.id
+            }
+        }))
+    }
+}
+
+impl fmt::Display for IdCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = if self.prefix { "starts with" } else { "=" };
+        write!(f, "{:?} {op} {:?}", self.kind, self.id)
+    }
+}
+
+/// Documents with one of the candidate terms whose stored record passes the check.
 #[derive(Clone)]
 pub(crate) struct IdQuery {
     /// The documents whose records are read: those with one of these terms.
     candidates: Vec<Term>,
-    id: String,
-    prefix: bool,
-    kind: IdKind,
-    record: Field,
+    check: Arc<IdCheck>,
 }
 
 impl IdQuery {
@@ -143,10 +175,12 @@ impl IdQuery {
             candidates: [KEY_HEX, OLD_KEY_HEX]
                 .map(|d| Term::from_field_text(field, &key_of(id, d)))
                 .into(),
-            id: id.to_string(),
-            prefix: false,
-            kind,
-            record,
+            check: Arc::new(IdCheck {
+                kind,
+                id: id.to_string(),
+                prefix: false,
+                record,
+            }),
         }
     }
 
@@ -155,10 +189,12 @@ impl IdQuery {
     pub fn attr(attrs: Field, name: &str, value: &str, record: Field) -> IdQuery {
         IdQuery {
             candidates: vec![Term::from_field_text(attrs, &attr_key_term(name, value))],
-            id: value.to_string(),
-            prefix: false,
-            kind: IdKind::Attr(name.to_string()),
-            record,
+            check: Arc::new(IdCheck {
+                kind: IdKind::Attr(name.to_string()),
+                id: value.to_string(),
+                prefix: false,
+                record,
+            }),
         }
     }
 
@@ -167,24 +203,19 @@ impl IdQuery {
     pub fn attr_prefix(attrs: Field, name: &str, prefix: &str, record: Field) -> IdQuery {
         IdQuery {
             candidates: vec![Term::from_field_text(attrs, &attr_head_term(name, prefix))],
-            id: prefix.to_string(),
-            prefix: true,
-            kind: IdKind::Attr(name.to_string()),
-            record,
+            check: Arc::new(IdCheck {
+                kind: IdKind::Attr(name.to_string()),
+                id: prefix.to_string(),
+                prefix: true,
+                record,
+            }),
         }
     }
 }
 
 impl fmt::Debug for IdQuery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "IdQuery({:?} {} {:?}, {:?})",
-            self.kind,
-            if self.prefix { "starts with" } else { "=" },
-            self.id,
-            self.candidates
-        )
+        write!(f, "IdQuery({}, {:?})", self.check, self.candidates)
     }
 }
 
@@ -194,10 +225,7 @@ impl Query for IdQuery {
         let inner = TermSetQuery::new(self.candidates.clone()).weight(scoring)?;
         Ok(Box::new(IdWeight {
             inner,
-            id: self.id.clone(),
-            prefix: self.prefix,
-            kind: self.kind.clone(),
-            record: self.record,
+            check: self.check.clone(),
         }))
     }
 
@@ -210,10 +238,7 @@ impl Query for IdQuery {
 
 struct IdWeight {
     inner: Box<dyn Weight>,
-    id: String,
-    prefix: bool,
-    kind: IdKind,
-    record: Field,
+    check: Arc<IdCheck>,
 }
 
 impl IdWeight {
@@ -223,10 +248,7 @@ impl IdWeight {
             inner,
             // One cached block: the documents of one trace usually sit close together.
             store: reader.get_store_reader(1)?,
-            id: self.id.clone(),
-            prefix: self.prefix,
-            kind: self.kind.clone(),
-            record: self.record,
+            check: self.check.clone(),
             failed: None,
         };
         s.settle();
@@ -246,8 +268,8 @@ impl Weight for IdWeight {
         let mut s = self.id_scorer(reader, 1.0)?;
         if s.seek(doc) != doc {
             return Err(tantivy::TantivyError::InvalidArgument(format!(
-                "document {doc} does not hold {:?} {}",
-                self.kind, self.id
+                "document {doc} does not hold {}",
+                self.check
             )));
         }
         self.inner.explain(reader, doc)
@@ -258,10 +280,7 @@ impl Weight for IdWeight {
 struct IdScorer {
     inner: Box<dyn Scorer>,
     store: StoreReader,
-    id: String,
-    prefix: bool,
-    kind: IdKind,
-    record: Field,
+    check: Arc<IdCheck>,
     /// A stored document that could not be read. `DocSet` cannot return errors, so the
     /// scorer ends and the error is reported by `IdWeight::scorer` when it happens on
     /// the first document; later ones are logged.
@@ -274,7 +293,7 @@ impl IdScorer {
     fn settle(&mut self) -> DocId {
         let mut doc = self.inner.doc();
         while doc != TERMINATED {
-            match self.holds(doc) {
+            match self.check.holds(&self.store, doc) {
                 Ok(true) => return doc,
                 Ok(false) => doc = self.inner.advance(),
                 Err(e) => {
@@ -286,20 +305,6 @@ impl IdScorer {
             }
         }
         TERMINATED
-    }
-
-    fn holds(&self, doc: DocId) -> tantivy::Result<bool> {
-        let d: TantivyDocument = self.store.get(doc)?;
-        // Only the id is compared: the timestamp is not needed.
-        let r = stored_record(&d, self.record, 0, None)
-            .map_err(|e| tantivy::TantivyError::InternalError(format!("document {doc}: {e}")))?;
-        Ok(self.kind.of(&r).is_some_and(|v| {
-            if self.prefix {
-                v.starts_with(&self.id)
-            } else {
-                v == self.id
-            }
-        }))
     }
 }
 

@@ -563,6 +563,11 @@ impl Layout<'_> {
     }
 }
 
+/// Whether a partition of schema `schema` has the stream column ([`Layout::streams`]).
+pub(crate) fn has_streams(schema: &Schema) -> bool {
+    schema.get_field(F_STREAM).is_ok()
+}
+
 /// The id-like attribute values that more than one of `records` holds ([`Layout::repeated`]).
 pub(crate) fn repeated_ids(records: &[StoredRecord]) -> std::collections::HashSet<(&str, &str)> {
     let mut seen = std::collections::HashSet::new();
@@ -752,6 +757,17 @@ pub(crate) fn stored_bytes(r: &StoredRecord) -> Vec<u8> {
 /// column keeps each distinct stream once and a record's ordinal in a few bits.
 pub(crate) fn stored_parts(r: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
     use prost::encoding::{btree_map, string, uint32};
+    let map = |tag, m, buf: &mut Vec<u8>| {
+        btree_map::encode(
+            string::encode,
+            string::encoded_len,
+            string::encode,
+            string::encoded_len,
+            tag,
+            m,
+            buf,
+        );
+    };
     // Every field named, so that a field added to the message fails to compile here
     // rather than go unstored.
     let StoredRecord {
@@ -774,15 +790,7 @@ pub(crate) fn stored_parts(r: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
     if !body.is_empty() {
         string::encode(3, body, &mut rest);
     }
-    btree_map::encode(
-        string::encode,
-        string::encoded_len,
-        string::encode,
-        string::encoded_len,
-        9,
-        attributes,
-        &mut rest,
-    );
+    map(9, attributes, &mut rest);
     if !trace_id.is_empty() {
         string::encode(10, trace_id, &mut rest);
     }
@@ -795,15 +803,7 @@ pub(crate) fn stored_parts(r: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
             string::encode(tag, v, &mut stream);
         }
     }
-    btree_map::encode(
-        string::encode,
-        string::encoded_len,
-        string::encode,
-        string::encoded_len,
-        8,
-        labels,
-        &mut stream,
-    );
+    map(8, labels, &mut stream);
     (rest, stream)
 }
 

@@ -213,10 +213,6 @@ struct Partition {
     /// a word the index dropped ([`crate::schema::LONG_TOKEN_MARKER`]): body-word infix
     /// lookups are sound here. Partitions created before the marker existed lack it.
     long_tokens_marked: bool,
-    /// Its schema has the stream column: its documents keep their stream there
-    /// ([`crate::schema::stored_parts`]). Partitions created before the column lack it, and
-    /// store whole records.
-    streams: bool,
     /// The commit payload (last log index added) its reader was last reloaded at: no
     /// searchable document of it comes from a later entry.
     visible_through: AtomicU64,
@@ -251,7 +247,7 @@ const LONG_TOKENS_MARKED: &str = "weir-long-tokens-marked";
 
 struct OpenWriter {
     writer: IndexWriter<TantivyDocument>,
-    /// Its partition's [`Partition::streams`].
+    /// Its partition's schema has the stream column ([`crate::schema::Layout::streams`]).
     streams: bool,
     pending: bool,
     last_used: u64,
@@ -553,7 +549,7 @@ impl ShardIndex {
                 key,
                 OpenWriter {
                     writer,
-                    streams: part.streams,
+                    streams: crate::schema::has_streams(&part.index.schema()),
                     pending: false,
                     last_used: tick,
                 },
@@ -2000,11 +1996,9 @@ fn open_partition(key: PartKey, dir: PathBuf, fields: &Fields) -> Result<Partiti
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
-    let streams = index.schema().get_field(crate::schema::F_STREAM).is_ok();
     Ok(Partition {
         key,
         long_tokens_marked: dir.join(LONG_TOKENS_MARKED).exists(),
-        streams,
         dir,
         index,
         reader,
