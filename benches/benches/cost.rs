@@ -305,11 +305,6 @@ fn main() {
     }
     // Where the fully merged zstd index's bytes are, by structure and field, so that a
     // change to the schema names the bytes it moves.
-    let fields: Vec<String> = by_field
-        .iter()
-        .filter(|(_, b)| **b as f64 / n >= 0.5)
-        .map(|((kind, field), b)| format!("{kind} {field} {:.1}", *b as f64 / n))
-        .collect();
     let merged = by_field.values().sum::<u64>() as f64;
     println!(
         "zstd store, every partition merged into one segment: {:.1} bytes a record ({:.3} of \
@@ -317,13 +312,25 @@ fn main() {
         merged / n,
         merged / stored_bytes as f64,
         merged / raw_bytes as f64,
-        fields.join(", ")
+        per_record(&by_field, n, 0.5)
     );
 }
 
-/// Bytes of every partition under `dir` (one level of shard directories, then partition
-/// directories) by tantivy structure and field: `(structure, field) -> bytes`, read off
-/// tantivy's own space accounting.
+/// `by_field`'s entries of at least `min` bytes a record over `n` records, as
+/// `structure field bytes` separated by commas.
+fn per_record(
+    by_field: &std::collections::BTreeMap<(String, String), u64>,
+    n: f64,
+    min: f64,
+) -> String {
+    by_field
+        .iter()
+        .filter(|(_, b)| **b as f64 / n >= min)
+        .map(|((kind, field), b)| format!("{kind} {field} {:.1}", *b as f64 / n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The shard index directories of the cost model's index in `dir`.
 fn shard_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     (0..SHARDS)
@@ -340,7 +347,7 @@ fn node_merged(data: &std::path::Path) {
         .map(|e| e.path().join("index"))
         .filter(|p| p.is_dir())
         .collect();
-    let docs: u64 = shards
+    let docs = shards
         .iter()
         .flat_map(|s| std::fs::read_dir(s).unwrap().flatten())
         .filter(|p| p.path().is_dir())
@@ -348,30 +355,24 @@ fn node_merged(data: &std::path::Path) {
             let index = tantivy::Index::open_in_dir(p.path()).unwrap();
             index.reader().unwrap().searcher().num_docs()
         })
-        .sum();
-    for when in [
-        "as the node left it",
-        "every partition merged into one segment",
-    ] {
-        if when != "as the node left it" {
-            merge_everything(&shards);
-        }
+        .sum::<u64>() as f64;
+    let report = |when: &str| {
         let by_field = space_by_field(&shards);
-        let total: u64 = by_field.values().sum();
+        let total = by_field.values().sum::<u64>() as f64;
         println!(
-            "{} records, {when}: {:.1} bytes a record; {}",
-            docs,
-            total as f64 / docs as f64,
-            by_field
-                .iter()
-                .filter(|(_, b)| **b as f64 / docs as f64 >= 0.05)
-                .map(|((kind, field), b)| format!("{kind} {field} {:.1}", *b as f64 / docs as f64))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "{docs} records, {when}: {:.1} bytes a record; {}",
+            total / docs,
+            per_record(&by_field, docs, 0.05)
         );
-    }
+    };
+    report("as the node left it");
+    merge_everything(&shards);
+    report("every partition merged into one segment");
 }
 
+/// Bytes of every partition under the shard index directories `shards` (each holding
+/// partition directories) by tantivy structure and field: `(structure, field) -> bytes`,
+/// read off tantivy's own space accounting.
 fn space_by_field(
     shards: &[std::path::PathBuf],
 ) -> std::collections::BTreeMap<(String, String), u64> {

@@ -662,7 +662,7 @@ async fn query(addr: String, iterations: usize, now: i64) -> anyhow::Result<()> 
         .get("request_id")
         .context("the sampled record has no request_id attribute")?;
     let request_q = format!("request_id:{request_id}");
-    let request_prefix_q = format!("request_id:{}*", &request_id[..10.min(request_id.len())]);
+    let request_prefix_q = format!("request_id:{}*", request_id.get(..10).unwrap_or(request_id));
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         (
             "trace_id lookup",
