@@ -171,42 +171,51 @@ impl IdQuery {
     /// stored field with the encoded record. The key of each layout is asked for:
     /// [`KEY_HEX`] digits, then [`OLD_KEY_HEX`] (a document holds one).
     pub fn new(field: Field, kind: IdKind, id: &str, record: Field) -> IdQuery {
-        IdQuery {
-            candidates: [KEY_HEX, OLD_KEY_HEX]
-                .map(|d| Term::from_field_text(field, &key_of(id, d)))
-                .into(),
-            check: Arc::new(IdCheck {
-                kind,
-                id: id.to_string(),
-                prefix: false,
-                record,
-            }),
-        }
+        let candidates = [KEY_HEX, OLD_KEY_HEX]
+            .map(|d| Term::from_field_text(field, &key_of(id, d)))
+            .into();
+        IdQuery::checked(candidates, kind, id, false, record)
     }
 
     /// Matches documents whose attribute `name` holds the id-like `value` ([`id_like`]),
     /// indexed by its key in `attrs`.
     pub fn attr(attrs: Field, name: &str, value: &str, record: Field) -> IdQuery {
-        IdQuery {
-            candidates: vec![Term::from_field_text(attrs, &attr_key_term(name, value))],
-            check: Arc::new(IdCheck {
-                kind: IdKind::Attr(name.to_string()),
-                id: value.to_string(),
-                prefix: false,
-                record,
-            }),
-        }
+        let key = Term::from_field_text(attrs, &attr_key_term(name, value));
+        IdQuery::checked(
+            vec![key],
+            IdKind::Attr(name.to_string()),
+            value,
+            false,
+            record,
+        )
     }
 
     /// Matches documents whose attribute `name` has a keyed value starting with `prefix`,
     /// longer than [`HEAD_CHARS`]: reads the records of those with its head term.
     pub fn attr_prefix(attrs: Field, name: &str, prefix: &str, record: Field) -> IdQuery {
+        let head = Term::from_field_text(attrs, &attr_head_term(name, prefix));
+        IdQuery::checked(
+            vec![head],
+            IdKind::Attr(name.to_string()),
+            prefix,
+            true,
+            record,
+        )
+    }
+
+    fn checked(
+        candidates: Vec<Term>,
+        kind: IdKind,
+        id: &str,
+        prefix: bool,
+        record: Field,
+    ) -> IdQuery {
         IdQuery {
-            candidates: vec![Term::from_field_text(attrs, &attr_head_term(name, prefix))],
+            candidates,
             check: Arc::new(IdCheck {
-                kind: IdKind::Attr(name.to_string()),
-                id: prefix.to_string(),
-                prefix: true,
+                kind,
+                id: id.to_string(),
+                prefix,
                 record,
             }),
         }
