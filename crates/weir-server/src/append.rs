@@ -171,28 +171,32 @@ impl Appender {
         if accepted == 0 {
             return Ok(response);
         }
-        let pieces = weir_ingest::split_by_shard(normalized, self.raft.shard_count(), now);
+        let pieces: Vec<(u32, Vec<u8>, u64)> =
+            weir_ingest::split_by_shard(normalized, self.raft.shard_count(), now)
+                .into_iter()
+                .map(|(shard, batch, _positions)| {
+                    (shard.0, batch.encode_to_vec(), batch.records.len() as u64)
+                })
+                .collect();
         let deadline = tokio::time::Instant::now() + self.commit_timeout;
         if let Some(heads) = &self.heads {
             // Backpressure: the index must keep up within the head's bound.
-            let shards: Vec<u32> = pieces.iter().map(|(s, _, _)| s.0).collect();
-            heads.wait_for_room(&shards, deadline).await?;
+            let sizes: Vec<(u32, usize)> = pieces.iter().map(|(s, d, _)| (*s, d.len())).collect();
+            heads.wait_for_room(&sizes, deadline).await?;
         }
         let mut placed = Vec::with_capacity(pieces.len());
-        for (shard, batch, _positions) in pieces {
+        for (shard, data, records) in pieces {
             let key = producer
                 .clone()
                 .map(|producer| DedupKey { producer, sequence });
-            let records = batch.records.len() as u64;
-            let data = batch.encode_to_vec();
             let task = match &self.links {
                 // A single node leads every shard: propose here, no task needed.
-                None => Placed::Here(self.raft.propose(shard.0, key, data).map_err(raft_error)?),
+                None => Placed::Here(self.raft.propose(shard, key, data).map_err(raft_error)?),
                 // Pieces may go to other nodes: each runs on its own, concurrently.
                 Some(links) => Placed::Elsewhere(tokio::spawn(place(
                     self.raft.clone(),
                     links.clone(),
-                    shard.0,
+                    shard,
                     key,
                     data,
                     deadline,

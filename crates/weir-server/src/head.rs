@@ -14,12 +14,20 @@
 //! to twice the bound; there the follower stops reading until the indexer catches up,
 //! and [`ShardHead::complete`] turns false: searches then leave the shard to a replica
 //! that has it all (on a cluster) or say how many committed entries they could not see.
+//!
+//! The indexer frees the head only when it commits (every `index.commit_interval_ms`), so a
+//! sustained overload against the bound alone stops every append until the next commit,
+//! for as long as a commit interval and more. Past half the bound, appends are therefore
+//! paced instead ([`Pacer`], as RocksDB delays writes before it stops them): each is
+//! admitted at about the rate the indexer drained the head over the last seconds, a
+//! little faster while the head is near half full and slower as it nears the bound, so
+//! that a steady overload settles between the two with acknowledgements flowing evenly.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use weir_index::{HeadBatch, HeadEntry, ShardIndex};
@@ -31,6 +39,12 @@ use weir_raft::{CommittedLog, RaftNode};
 const READ_BYTES_MAX: usize = 4 << 20;
 /// How often a waiting append looks at the head again.
 const ROOM_POLL: Duration = Duration::from_millis(5);
+/// The shortest span of the head's recent drain rate, which paced appends are admitted at
+/// (at least three commit intervals, so that the steps in which commits free the head
+/// average out).
+const RATE_WINDOW_MIN: Duration = Duration::from_secs(10);
+/// Pacing starts once the drain rate spans this much history.
+const RATE_SPAN_MIN: Duration = Duration::from_secs(1);
 
 /// One shard's head.
 pub struct ShardHead {
@@ -39,6 +53,73 @@ pub struct ShardHead {
     /// The follower has stopped reading at twice the bound.
     stalled: AtomicBool,
     max_bytes: usize,
+    pacer: Mutex<Pacer>,
+}
+
+/// Admits appends to a head over half its bound at about the rate the indexer drains it.
+#[derive(Debug)]
+struct Pacer {
+    /// (when, bytes freed by then): at each prune that freed any, and when the head
+    /// turned from empty to holding something (the indexer has had work since), over the
+    /// last `window`.
+    samples: VecDeque<(Instant, u64)>,
+    freed: u64,
+    window: Duration,
+    /// When the next paced append may go.
+    next_slot: Instant,
+}
+
+impl Pacer {
+    fn new(window: Duration, now: Instant) -> Pacer {
+        Pacer {
+            samples: VecDeque::new(),
+            freed: 0,
+            window,
+            next_slot: now,
+        }
+    }
+
+    /// The indexer's commit freed `bytes` of the head (0: the head had been empty and
+    /// now holds work).
+    fn freed(&mut self, bytes: usize, now: Instant) {
+        self.freed += bytes as u64;
+        self.samples.push_back((now, self.freed));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.window)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes a second freed since the oldest sample of the window up to `now` (so a
+    /// stuck indexer's rate falls); `None` before [`RATE_SPAN_MIN`] of history or when
+    /// nothing was freed in it.
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let &(t0, b0) = self
+            .samples
+            .iter()
+            .find(|(t, _)| now.saturating_duration_since(*t) <= self.window)?;
+        let span = now.saturating_duration_since(t0);
+        let freed = self.freed - b0;
+        (span >= RATE_SPAN_MIN && freed > 0).then(|| freed as f64 / span.as_secs_f64())
+    }
+
+    /// When an append of `bytes` may go, given the head holds `held` of `max`: at once
+    /// under half the bound; past it, after the appends admitted before it, at the drain
+    /// rate times 1.5 at half the bound falling to 0.5 at the bound (the head settles
+    /// where admissions match the drain). Without a drain rate yet, at once: the bound
+    /// itself still holds.
+    fn slot(&self, bytes: usize, held: usize, max: usize, now: Instant) -> Instant {
+        let soft = max / 2;
+        let Some(rate) = self.rate(now).filter(|_| held >= soft) else {
+            return now;
+        };
+        let fill = ((held - soft) as f64 / (max - soft).max(1) as f64).min(1.0);
+        let admit = rate * (1.5 - fill);
+        self.next_slot.max(now) + Duration::from_secs_f64(bytes as f64 / admit)
+    }
 }
 
 /// What a head holds, under one lock so that readers see the entries and how far they
@@ -51,7 +132,7 @@ struct Held {
 }
 
 impl ShardHead {
-    fn new(max_bytes: usize, next: u64) -> ShardHead {
+    fn new(max_bytes: usize, next: u64, rate_window: Duration) -> ShardHead {
         ShardHead {
             held: Mutex::new(Held {
                 entries: VecDeque::new(),
@@ -61,7 +142,12 @@ impl ShardHead {
             bytes: AtomicUsize::new(0),
             stalled: AtomicBool::new(false),
             max_bytes,
+            pacer: Mutex::new(Pacer::new(rate_window, Instant::now())),
         }
+    }
+
+    fn pacer(&self) -> std::sync::MutexGuard<'_, Pacer> {
+        self.pacer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The entries held, oldest first (cheap: the batches are shared).
@@ -71,6 +157,21 @@ impl ShardHead {
             .iter()
             .map(|(i, b, _)| (*i, b.clone()))
             .collect()
+    }
+
+    /// The refusal of an append to `shard` that cannot wait for room.
+    fn full(&self, shard: u32) -> ApiError {
+        ApiError::new(
+            ErrorKind::ResourceExhausted,
+            format!(
+                "shard {shard}'s index is {} bytes of log behind, with the bound \
+                 index.head_bytes_max = {}: ingest is faster than indexing; \
+                 retry, or raise the bound (searches scan the head)",
+                self.bytes(),
+                self.max_bytes
+            ),
+        )
+        .retry_after(Duration::from_secs(1))
     }
 
     /// Log payload bytes held.
@@ -116,18 +217,28 @@ impl ShardHead {
     /// Drops the entries the index holds.
     fn prune(&self, checkpoint: u64) {
         let mut held = self.lock();
+        let mut freed = 0;
         while let Some((i, _, bytes)) = held.entries.front() {
             if *i > checkpoint {
                 break;
             }
+            freed += *bytes;
             self.bytes.fetch_sub(*bytes, Ordering::AcqRel);
             held.entries.pop_front();
+        }
+        drop(held);
+        if freed > 0 {
+            self.pacer().freed(freed, Instant::now());
         }
     }
 
     /// Appends decoded entries read up to (not including) `next`.
     fn push(&self, entries: Vec<(u64, StoredBatch, usize)>, next: u64) {
         let mut held = self.lock();
+        if held.entries.is_empty() && !entries.is_empty() {
+            // The indexer has work from now on: what it frees next is measured from here.
+            self.pacer().freed(0, Instant::now());
+        }
         for (index, batch, bytes) in entries {
             held.entries
                 .push_back((index, Arc::new(HeadBatch::new(batch)), bytes));
@@ -156,7 +267,8 @@ pub struct Heads {
 
 impl Heads {
     /// Starts following each shard's committed log of `raft` from its index's checkpoint,
-    /// holding at most about `max_bytes` per shard.
+    /// holding at most about `max_bytes` per shard; the indexers commit every
+    /// `commit_interval` (which the drain rate is averaged over).
     ///
     /// # Errors
     /// A thread cannot be started.
@@ -164,12 +276,18 @@ impl Heads {
         raft: &Arc<RaftNode>,
         indexes: &[Arc<ShardIndex>],
         max_bytes: usize,
+        commit_interval: Duration,
     ) -> anyhow::Result<Arc<Heads>> {
+        let rate_window = RATE_WINDOW_MIN.max(commit_interval * 3);
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();
         let mut threads = Vec::new();
         for (shard, index) in indexes.iter().enumerate() {
-            let head = Arc::new(ShardHead::new(max_bytes, index.checkpoint() + 1));
+            let head = Arc::new(ShardHead::new(
+                max_bytes,
+                index.checkpoint() + 1,
+                rate_window,
+            ));
             let log = raft.committed_log(shard as u32);
             let (h, ix, s) = (head.clone(), index.clone(), stop.clone());
             threads.push(
@@ -194,33 +312,47 @@ impl Heads {
         self.shards.get(shard as usize)
     }
 
-    /// Waits until the head of every shard in `shards` is under the bound, or `deadline`.
+    /// Waits until every shard in `pieces` (shard, log bytes of its piece) may take its
+    /// piece: paced past half a shard's bound ([`Pacer`]), and under the bound.
     ///
     /// # Errors
     /// ResourceExhausted (429, retry after 1 s) naming the shard, its head and the bound
-    /// `index.head_bytes_max`, when the deadline passes first.
+    /// `index.head_bytes_max`, when the deadline would pass first.
     pub async fn wait_for_room(
         &self,
-        shards: &[u32],
+        pieces: &[(u32, usize)],
         deadline: tokio::time::Instant,
     ) -> Result<(), ApiError> {
-        for &shard in shards {
+        let now = Instant::now();
+        let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut go = now;
+        let mut slots = Vec::with_capacity(pieces.len());
+        for &(shard, bytes) in pieces {
+            let Some(head) = self.shard(shard) else {
+                continue;
+            };
+            let slot = head.pacer().slot(bytes, head.bytes(), head.max_bytes, now);
+            if slot.duration_since(now) > budget {
+                return Err(head.full(shard));
+            }
+            go = go.max(slot);
+            slots.push((head, slot));
+        }
+        // Each shard's next append queues behind this one's slot there.
+        for (head, slot) in slots {
+            let mut pacer = head.pacer();
+            pacer.next_slot = pacer.next_slot.max(slot);
+        }
+        if go > now {
+            tokio::time::sleep(go - now).await;
+        }
+        for &(shard, _) in pieces {
             let Some(head) = self.shard(shard) else {
                 continue;
             };
             while head.bytes() >= head.max_bytes {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(ApiError::new(
-                        ErrorKind::ResourceExhausted,
-                        format!(
-                            "shard {shard}'s index is {} bytes of log behind, at the bound \
-                             index.head_bytes_max = {}: ingest is faster than indexing; \
-                             retry, or raise the bound (searches scan the head)",
-                            head.bytes(),
-                            head.max_bytes
-                        ),
-                    )
-                    .retry_after(Duration::from_secs(1)));
+                    return Err(head.full(shard));
                 }
                 tokio::time::sleep(ROOM_POLL).await;
             }
@@ -294,9 +426,144 @@ fn follow(log: &dyn CommittedLog, index: &ShardIndex, head: &ShardHead, stop: &A
 mod tests {
     use super::*;
 
+    /// A pacer whose indexer freed 1 MB a second over the last second.
+    fn draining_a_megabyte_a_second(t0: Instant) -> Pacer {
+        let mut p = Pacer::new(RATE_WINDOW_MIN, t0);
+        p.freed(1_000, t0);
+        p.freed(500_000, t0 + Duration::from_millis(500));
+        p.freed(500_000, t0 + Duration::from_secs(1));
+        p
+    }
+
+    fn ms(from: Instant, to: Instant) -> u128 {
+        to.duration_since(from).as_millis()
+    }
+
+    #[test]
+    fn appends_past_half_the_bound_are_admitted_at_the_drain_rate() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(1);
+        let p = draining_a_megabyte_a_second(t0);
+        assert_eq!(p.rate(now), Some(1_000_000.0));
+        let max = 100 << 20;
+        assert_eq!(
+            p.slot(100_000, max / 2 - 1, max, now),
+            now,
+            "under half the bound"
+        );
+        // 100 kB at 1.5 MB/s at half the bound, at 0.5 MB/s at the bound and past it.
+        assert_eq!(ms(now, p.slot(150_000, max / 2, max, now)), 100);
+        assert_eq!(ms(now, p.slot(100_000, max, max, now)), 200);
+        assert_eq!(ms(now, p.slot(100_000, 2 * max, max, now)), 200);
+        assert_eq!(ms(now, p.slot(100_000, max / 4 * 3, max, now)), 100);
+    }
+
+    #[test]
+    fn paced_appends_queue_behind_those_admitted_before_them() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(1);
+        let mut p = draining_a_megabyte_a_second(t0);
+        p.next_slot = now + Duration::from_millis(300);
+        let max = 100 << 20;
+        assert_eq!(ms(now, p.slot(100_000, max, max, now)), 500);
+        assert_eq!(
+            p.slot(100_000, 0, max, now),
+            now,
+            "under half the bound nothing waits"
+        );
+    }
+
+    #[test]
+    fn without_a_drain_rate_appends_are_left_to_the_bound() {
+        let t0 = Instant::now();
+        let max = 1 << 20;
+        let mut p = Pacer::new(RATE_WINDOW_MIN, t0);
+        assert_eq!(p.rate(t0), None, "nothing freed yet");
+        assert_eq!(p.slot(1_000, max, max, t0), t0);
+        p.freed(0, t0);
+        p.freed(1_000, t0 + Duration::from_millis(100));
+        assert_eq!(
+            p.rate(t0 + Duration::from_millis(500)),
+            None,
+            "under a second of history"
+        );
+        assert_eq!(p.rate(t0 + Duration::from_secs(2)), Some(500.0));
+    }
+
+    #[test]
+    fn the_first_commit_after_the_head_filled_gives_a_rate() {
+        // Idle for a minute, then the head turns non-empty and the first commit, three
+        // seconds on, frees 3 MB: the indexer drained 1 MB a second since it had work.
+        let t0 = Instant::now();
+        let mut p = Pacer::new(RATE_WINDOW_MIN, t0);
+        p.freed(10, t0);
+        let busy = t0 + Duration::from_secs(60);
+        p.freed(0, busy);
+        p.freed(3_000_000, busy + Duration::from_secs(3));
+        assert_eq!(p.rate(busy + Duration::from_secs(3)), Some(1_000_000.0));
+    }
+
+    #[test]
+    fn a_stalled_indexer_slows_admissions_and_old_drains_age_out() {
+        let t0 = Instant::now();
+        let mut p = draining_a_megabyte_a_second(t0);
+        // Nothing freed for nine more seconds: the rate over the ten is a tenth.
+        assert_eq!(p.rate(t0 + Duration::from_secs(10)), Some(100_000.0));
+        assert_eq!(
+            p.rate(t0 + Duration::from_secs(10) + Duration::from_millis(500)),
+            Some(50_000.0),
+            "the window's oldest sample anchors the rate"
+        );
+        assert_eq!(
+            p.rate(t0 + Duration::from_secs(12)),
+            None,
+            "the window is empty"
+        );
+        p.freed(1_000, t0 + Duration::from_secs(20));
+        assert_eq!(
+            p.samples.len(),
+            1,
+            "samples older than the window are dropped"
+        );
+        assert_eq!(p.rate(t0 + Duration::from_secs(21)), None, "one sample");
+    }
+
+    #[tokio::test]
+    async fn an_append_that_pacing_would_hold_past_its_deadline_is_refused_at_once() {
+        let head = Arc::new(ShardHead::new(1 << 20, 1, RATE_WINDOW_MIN));
+        {
+            let t0 = Instant::now() - Duration::from_secs(2);
+            let mut p = head.pacer();
+            p.freed(1, t0);
+            p.freed(1_000, t0 + Duration::from_millis(10));
+        }
+        head.push(vec![(1, StoredBatch::default(), 1 << 20)], 2);
+        let heads = Heads {
+            shards: vec![head],
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Vec::new()),
+        };
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let err = heads
+            .wait_for_room(&[(0, 100_000)], deadline)
+            .await
+            .expect_err("100 kB at ~500 B/s is minutes away");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused before the deadline"
+        );
+        assert_eq!(err.kind, ErrorKind::ResourceExhausted);
+        assert!(
+            err.message.contains("index.head_bytes_max = 1048576"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn prune_drops_what_the_index_holds_and_counts_bytes() {
-        let h = ShardHead::new(100, 1);
+        let h = ShardHead::new(100, 1, RATE_WINDOW_MIN);
         h.push(
             (1..=4).map(|i| (i, StoredBatch::default(), 10)).collect(),
             6,
@@ -312,7 +579,7 @@ mod tests {
 
     #[test]
     fn the_indexer_takes_batches_only_where_the_head_vouches_for_them() {
-        let h = ShardHead::new(100, 5);
+        let h = ShardHead::new(100, 5, RATE_WINDOW_MIN);
         // Entry 7 was a raft no-op: not a payload, nothing to hold.
         h.push(
             [5, 6, 8, 9]

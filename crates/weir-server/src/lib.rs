@@ -580,7 +580,12 @@ fn start_indexers(
                 .with_context(|| format!("cannot open index {}", dir.display()))?,
         ));
     }
-    let heads = head::Heads::start(raft, &indexes, config.index.head_bytes_max)?;
+    let heads = head::Heads::start(
+        raft,
+        &indexes,
+        config.index.head_bytes_max,
+        Duration::from_millis(config.index.commit_interval_ms),
+    )?;
     let segments = segments::SegmentReplication::new(
         &config.data_dir,
         config.cluster.node_id,
