@@ -270,14 +270,18 @@ fn kept_since(settings: &IndexerSettings, batch: &StoredBatch) -> i64 {
 }
 
 /// Indexing is the node's largest CPU consumer and can catch up later; acknowledgements
-/// cannot wait. The indexer thread lowers its own scheduling priority (nice 10), and the
-/// tantivy writer and merge threads it creates inherit it (Linux: nice is per thread and
-/// inherited on thread creation).
+/// cannot wait. The indexer thread lowers its own scheduling priority to the lowest nice
+/// value (19), and the tantivy writer and merge threads it creates inherit it (Linux: nice
+/// is per thread and inherited on thread creation). At nice 10 an append now and then
+/// waited behind a merge (ack max 61–124 ms at half the maximum rate, against 32 ms at
+/// 19: benches/RESULTS.md, "Backpressure paced"). `SCHED_IDLE` did about as well but
+/// leaves indexing ~0.3% of a core while other threads keep both cores busy, and the
+/// head's backpressure then all but stops ingest; nice 19 leaves it ~1.5%.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: setpriority with who = 0 changes only the calling thread's nice value.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
         if rc != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the indexer's priority");
         }
