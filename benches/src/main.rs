@@ -375,15 +375,23 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(w as u64));
             let mut sent_lines = 0u64;
-            let t0 = Instant::now();
+            // Clients at a target rate start a fraction of a batch interval apart: in
+            // step, every client's batch would arrive at the same instant and each ack
+            // would wait for the others' (agents are not in phase).
+            let phase = if per_worker_rate > 0.0 {
+                Duration::from_secs_f64(
+                    batch as f64 / per_worker_rate * w as f64 / concurrency as f64,
+                )
+            } else {
+                Duration::ZERO
+            };
+            let t0 = Instant::now() + phase;
             let producer_id = format!("weir-bench-{seed}-{w}-{}", rand::random::<u32>());
             let mut sequence = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if per_worker_rate > 0.0 {
-                    let due = Duration::from_secs_f64(sent_lines as f64 / per_worker_rate);
-                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
+                    let due = t0 + Duration::from_secs_f64(sent_lines as f64 / per_worker_rate);
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let now = now_ns();
                 let records: Vec<Record> = (0..batch).map(|_| make_record(&mut rng, now)).collect();
