@@ -39,6 +39,9 @@ use weir_raft::{CommittedLog, RaftNode};
 const READ_BYTES_MAX: usize = 4 << 20;
 /// How often a waiting append looks at the head again.
 const ROOM_POLL: Duration = Duration::from_millis(5);
+/// How often a paced append, waiting for its turn, looks whether the heads are back under
+/// half their bound.
+const PACE_POLL: Duration = Duration::from_millis(20);
 /// The shortest span of the head's recent drain rate, which paced appends are admitted at
 /// (at least three commit intervals, so that the steps in which commits free the head
 /// average out).
@@ -59,13 +62,14 @@ pub struct ShardHead {
 /// Admits appends to a head over half its bound at about the rate the indexer drains it.
 #[derive(Debug)]
 struct Pacer {
-    /// (when, bytes freed by then): at each prune that freed any, and when the head
-    /// turned from empty to holding something (the indexer has had work since), over the
-    /// last `window`.
+    /// (when, bytes freed by then): at each prune that freed any, over the last `window`,
+    /// and since the head last turned from empty to holding something (the time before,
+    /// when the indexer had nothing to do, says nothing of its rate).
     samples: VecDeque<(Instant, u64)>,
     freed: u64,
     window: Duration,
-    /// When the next paced append may go.
+    /// When the next paced append may go: each admitted one moves it by its bytes at the
+    /// admission rate.
     next_slot: Instant,
 }
 
@@ -79,8 +83,7 @@ impl Pacer {
         }
     }
 
-    /// The indexer's commit freed `bytes` of the head (0: the head had been empty and
-    /// now holds work).
+    /// The indexer's commit freed `bytes` of the head.
     fn freed(&mut self, bytes: usize, now: Instant) {
         self.freed += bytes as u64;
         self.samples.push_back((now, self.freed));
@@ -91,6 +94,13 @@ impl Pacer {
         {
             self.samples.pop_front();
         }
+    }
+
+    /// The head turned from empty to holding something: the indexer has work from `now`
+    /// on, and its rate is measured from here.
+    fn restart(&mut self, now: Instant) {
+        self.samples.clear();
+        self.samples.push_back((now, self.freed));
     }
 
     /// Bytes a second freed since the oldest sample of the window up to `now` (so a
@@ -106,19 +116,62 @@ impl Pacer {
         (span >= RATE_SPAN_MIN && freed > 0).then(|| freed as f64 / span.as_secs_f64())
     }
 
-    /// When an append of `bytes` may go, given the head holds `held` of `max`: at once
-    /// under half the bound; past it, after the appends admitted before it, at the drain
-    /// rate times 1.5 at half the bound falling to 0.5 at the bound (the head settles
-    /// where admissions match the drain). Without a drain rate yet, at once: the bound
-    /// itself still holds.
-    fn slot(&self, bytes: usize, held: usize, max: usize, now: Instant) -> Instant {
+    /// Takes a turn for an append of `bytes`, given the head holds `held` of `max`, if the
+    /// turn comes within `patience`: when the append may go, and how far it moved the next
+    /// append's turn; `None` (nothing taken) past `patience`.
+    ///
+    /// Under half the bound, or without a drain rate yet, the append goes at once and the
+    /// queue is forgotten (the bound itself still holds). Past half, it goes after the
+    /// appends admitted before it, and moves the next one's turn by its bytes at the drain
+    /// rate times 1.5 at half the bound, falling to 0.5 at the bound: the head settles
+    /// where admissions match the drain. An append's own bytes delay the next append, not
+    /// itself, so a large one is not refused for its size alone.
+    fn take_turn(
+        &mut self,
+        bytes: usize,
+        held: usize,
+        max: usize,
+        now: Instant,
+        patience: Duration,
+    ) -> Option<(Instant, Duration)> {
         let soft = max / 2;
         let Some(rate) = self.rate(now).filter(|_| held >= soft) else {
-            return now;
+            self.next_slot = now;
+            return Some((now, Duration::ZERO));
         };
+        let go = self.next_slot.max(now);
+        if go.duration_since(now) > patience {
+            return None;
+        }
         let fill = ((held - soft) as f64 / (max - soft).max(1) as f64).min(1.0);
-        let admit = rate * (1.5 - fill);
-        self.next_slot.max(now) + Duration::from_secs_f64(bytes as f64 / admit)
+        let cost = Duration::from_secs_f64(bytes as f64 / (rate * (1.5 - fill)));
+        self.next_slot = go + cost;
+        Some((go, cost))
+    }
+
+    /// Gives back a turn that moved the next one by `cost` and was not used (its append
+    /// was refused at another shard, or its request dropped while waiting): the turns
+    /// after it come that much sooner.
+    fn give_back(&mut self, cost: Duration, now: Instant) {
+        self.next_slot = self.next_slot.checked_sub(cost).map_or(now, |t| t.max(now));
+    }
+}
+
+/// The turns one append took; given back when dropped before [`Turns::used`].
+struct Turns(Vec<(Arc<ShardHead>, Duration)>);
+
+impl Turns {
+    fn used(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Turns {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        for (head, cost) in self.0.drain(..) {
+            head.pacer().give_back(cost, now);
+        }
     }
 }
 
@@ -236,8 +289,7 @@ impl ShardHead {
     fn push(&self, entries: Vec<(u64, StoredBatch, usize)>, next: u64) {
         let mut held = self.lock();
         if held.entries.is_empty() && !entries.is_empty() {
-            // The indexer has work from now on: what it frees next is measured from here.
-            self.pacer().freed(0, Instant::now());
+            self.pacer().restart(Instant::now());
         }
         for (index, batch, bytes) in entries {
             held.entries
@@ -313,39 +365,44 @@ impl Heads {
     }
 
     /// Waits until every shard in `pieces` (shard, log bytes of its piece) may take its
-    /// piece: paced past half a shard's bound ([`Pacer`]), and under the bound.
+    /// piece: its turn past half a shard's bound ([`Pacer`]), and under the bound.
     ///
     /// # Errors
     /// ResourceExhausted (429, retry after 1 s) naming the shard, its head and the bound
-    /// `index.head_bytes_max`, when the deadline would pass first.
+    /// `index.head_bytes_max`: at once when a shard's turn would come after half the time
+    /// left to `deadline` (the rest is the commit's), or when the deadline passes while a
+    /// head is over the bound.
     pub async fn wait_for_room(
         &self,
         pieces: &[(u32, usize)],
         deadline: tokio::time::Instant,
     ) -> Result<(), ApiError> {
         let now = Instant::now();
-        let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let patience = deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
+        let mut turns = Turns(Vec::with_capacity(pieces.len()));
         let mut go = now;
-        let mut slots = Vec::with_capacity(pieces.len());
         for &(shard, bytes) in pieces {
             let Some(head) = self.shard(shard) else {
                 continue;
             };
-            let slot = head.pacer().slot(bytes, head.bytes(), head.max_bytes, now);
-            if slot.duration_since(now) > budget {
-                return Err(head.full(shard));
+            let turn = head
+                .pacer()
+                .take_turn(bytes, head.bytes(), head.max_bytes, now, patience);
+            // Refused: dropping `turns` gives back the turns taken at the other shards.
+            let (at, cost) = turn.ok_or_else(|| head.full(shard))?;
+            go = go.max(at);
+            turns.0.push((head.clone(), cost));
+        }
+        // Until the turn, unless every head is back under half its bound before it (a
+        // commit freed them; appends after that go at once, so this one need not wait).
+        loop {
+            let now = Instant::now();
+            if now >= go || turns.0.iter().all(|(h, _)| h.bytes() < h.max_bytes / 2) {
+                break;
             }
-            go = go.max(slot);
-            slots.push((head, slot));
+            tokio::time::sleep((go - now).min(PACE_POLL)).await;
         }
-        // Each shard's next append queues behind this one's slot there.
-        for (head, slot) in slots {
-            let mut pacer = head.pacer();
-            pacer.next_slot = pacer.next_slot.max(slot);
-        }
-        if go > now {
-            tokio::time::sleep(go - now).await;
-        }
+        turns.used();
         for &(shard, _) in pieces {
             let Some(head) = self.shard(shard) else {
                 continue;
@@ -429,7 +486,7 @@ mod tests {
     /// A pacer whose indexer freed 1 MB a second over the last second.
     fn draining_a_megabyte_a_second(t0: Instant) -> Pacer {
         let mut p = Pacer::new(RATE_WINDOW_MIN, t0);
-        p.freed(1_000, t0);
+        p.restart(t0);
         p.freed(500_000, t0 + Duration::from_millis(500));
         p.freed(500_000, t0 + Duration::from_secs(1));
         p
@@ -439,38 +496,73 @@ mod tests {
         to.duration_since(from).as_millis()
     }
 
+    const PATIENT: Duration = Duration::from_secs(60);
+
     #[test]
-    fn appends_past_half_the_bound_are_admitted_at_the_drain_rate() {
+    fn appends_past_half_the_bound_take_turns_at_the_drain_rate() {
         let t0 = Instant::now();
         let now = t0 + Duration::from_secs(1);
-        let p = draining_a_megabyte_a_second(t0);
+        let mut p = draining_a_megabyte_a_second(t0);
         assert_eq!(p.rate(now), Some(1_000_000.0));
         let max = 100 << 20;
-        assert_eq!(
-            p.slot(100_000, max / 2 - 1, max, now),
-            now,
-            "under half the bound"
-        );
-        // 100 kB at 1.5 MB/s at half the bound, at 0.5 MB/s at the bound and past it.
-        assert_eq!(ms(now, p.slot(150_000, max / 2, max, now)), 100);
-        assert_eq!(ms(now, p.slot(100_000, max, max, now)), 200);
-        assert_eq!(ms(now, p.slot(100_000, 2 * max, max, now)), 200);
-        assert_eq!(ms(now, p.slot(100_000, max / 4 * 3, max, now)), 100);
+        // Each goes at the previous one's turn and moves the next by its bytes at 1.5 MB/s
+        // at half the bound, 0.5 MB/s at the bound and past it, 1 MB/s at three quarters.
+        let mut turn = |bytes, held| {
+            let (go, cost) = p.take_turn(bytes, held, max, now, PATIENT).unwrap();
+            (ms(now, go), cost.as_millis())
+        };
+        assert_eq!(turn(150_000, max / 2), (0, 100));
+        assert_eq!(turn(100_000, max), (100, 200));
+        assert_eq!(turn(100_000, 2 * max), (300, 200));
+        assert_eq!(turn(100_000, max / 4 * 3), (500, 100));
+        assert_eq!(ms(now, p.next_slot), 600);
     }
 
     #[test]
-    fn paced_appends_queue_behind_those_admitted_before_them() {
+    fn under_half_the_bound_appends_go_at_once_and_the_queue_is_forgotten() {
         let t0 = Instant::now();
         let now = t0 + Duration::from_secs(1);
         let mut p = draining_a_megabyte_a_second(t0);
         p.next_slot = now + Duration::from_millis(300);
         let max = 100 << 20;
-        assert_eq!(ms(now, p.slot(100_000, max, max, now)), 500);
         assert_eq!(
-            p.slot(100_000, 0, max, now),
-            now,
-            "under half the bound nothing waits"
+            p.take_turn(100_000, max / 2 - 1, max, now, PATIENT),
+            Some((now, Duration::ZERO))
         );
+        assert_eq!(p.next_slot, now);
+    }
+
+    #[test]
+    fn a_turn_past_the_patience_is_not_taken() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(1);
+        let mut p = draining_a_megabyte_a_second(t0);
+        let queued = now + Duration::from_millis(300);
+        p.next_slot = queued;
+        let max = 100 << 20;
+        let patience = Duration::from_millis(299);
+        assert_eq!(p.take_turn(1, max, max, now, patience), None);
+        assert_eq!(p.next_slot, queued, "nothing reserved");
+        let (go, _) = p
+            .take_turn(1, max, max, now, Duration::from_millis(300))
+            .unwrap();
+        assert_eq!(go, queued);
+    }
+
+    #[test]
+    fn a_turn_given_back_brings_the_next_ones_forward() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(1);
+        let mut p = draining_a_megabyte_a_second(t0);
+        let max = 100 << 20;
+        let (_, first) = p.take_turn(100_000, max, max, now, PATIENT).unwrap();
+        let (_, second) = p.take_turn(100_000, max, max, now, PATIENT).unwrap();
+        assert_eq!(ms(now, p.next_slot), 400);
+        p.give_back(first, now);
+        assert_eq!(ms(now, p.next_slot), 200);
+        p.give_back(second, now);
+        p.give_back(second, now);
+        assert_eq!(p.next_slot, now, "never before now");
     }
 
     #[test]
@@ -479,8 +571,11 @@ mod tests {
         let max = 1 << 20;
         let mut p = Pacer::new(RATE_WINDOW_MIN, t0);
         assert_eq!(p.rate(t0), None, "nothing freed yet");
-        assert_eq!(p.slot(1_000, max, max, t0), t0);
-        p.freed(0, t0);
+        assert_eq!(
+            p.take_turn(1_000, max, max, t0, PATIENT),
+            Some((t0, Duration::ZERO))
+        );
+        p.restart(t0);
         p.freed(1_000, t0 + Duration::from_millis(100));
         assert_eq!(
             p.rate(t0 + Duration::from_millis(500)),
@@ -491,14 +586,18 @@ mod tests {
     }
 
     #[test]
-    fn the_first_commit_after_the_head_filled_gives_a_rate() {
-        // Idle for a minute, then the head turns non-empty and the first commit, three
-        // seconds on, frees 3 MB: the indexer drained 1 MB a second since it had work.
+    fn the_rate_is_measured_from_when_the_head_last_had_work() {
+        // Three seconds of light load (the head emptied at each commit), then the head
+        // fills and the first commit, three seconds on, frees 3 MB: the indexer drained
+        // 1 MB a second since it had that work, whatever it freed before.
         let t0 = Instant::now();
         let mut p = Pacer::new(RATE_WINDOW_MIN, t0);
-        p.freed(10, t0);
-        let busy = t0 + Duration::from_secs(60);
-        p.freed(0, busy);
+        for i in 0..3 {
+            p.restart(t0 + Duration::from_secs(i));
+            p.freed(10, t0 + Duration::from_secs(i) + Duration::from_millis(900));
+        }
+        let busy = t0 + Duration::from_secs(3);
+        p.restart(busy);
         p.freed(3_000_000, busy + Duration::from_secs(3));
         assert_eq!(p.rate(busy + Duration::from_secs(3)), Some(1_000_000.0));
     }
@@ -528,30 +627,48 @@ mod tests {
         assert_eq!(p.rate(t0 + Duration::from_secs(21)), None, "one sample");
     }
 
-    #[tokio::test]
-    async fn an_append_that_pacing_would_hold_past_its_deadline_is_refused_at_once() {
-        let head = Arc::new(ShardHead::new(1 << 20, 1, RATE_WINDOW_MIN));
-        {
-            let t0 = Instant::now() - Duration::from_secs(2);
-            let mut p = head.pacer();
-            p.freed(1, t0);
-            p.freed(1_000, t0 + Duration::from_millis(10));
-        }
-        head.push(vec![(1, StoredBatch::default(), 1 << 20)], 2);
-        let heads = Heads {
-            shards: vec![head],
+    /// Heads of `max` bytes each holding `held`, whose indexers freed `rate` bytes a
+    /// second over the last two seconds.
+    fn paced_heads(n: usize, max: usize, held: usize, rate: u64) -> Heads {
+        let shards = (0..n)
+            .map(|_| {
+                let head = Arc::new(ShardHead::new(max, 1, RATE_WINDOW_MIN));
+                head.push(vec![(1, StoredBatch::default(), held)], 2);
+                let t0 = Instant::now() - Duration::from_secs(2);
+                let mut p = head.pacer();
+                p.restart(t0);
+                p.freed(2 * rate as usize, t0 + Duration::from_millis(10));
+                drop(p);
+                head
+            })
+            .collect();
+        Heads {
+            shards,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
-        };
+        }
+    }
+
+    fn in_secs(secs: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(secs)
+    }
+
+    #[tokio::test]
+    async fn an_append_whose_turn_is_past_half_its_deadline_is_refused_at_once() {
+        // 600 kB of a 1 MiB head, drained at ~500 bytes a second.
+        let heads = paced_heads(1, 1 << 20, 600_000, 500);
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let err = heads
-            .wait_for_room(&[(0, 100_000)], deadline)
+        heads
+            .wait_for_room(&[(0, 100_000)], in_secs(5))
             .await
-            .expect_err("100 kB at ~500 B/s is minutes away");
+            .expect("the first in the queue goes at once, however large");
+        let err = heads
+            .wait_for_room(&[(0, 100_000)], in_secs(5))
+            .await
+            .expect_err("the next turn is minutes away");
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "refused before the deadline"
+            started.elapsed() < Duration::from_secs(2),
+            "refused at once"
         );
         assert_eq!(err.kind, ErrorKind::ResourceExhausted);
         assert!(
@@ -559,6 +676,40 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[tokio::test]
+    async fn an_append_dropped_while_waiting_gives_its_turn_back() {
+        // 1 MB pieces at ~1 MB a second: the second append waits about a second.
+        let heads = paced_heads(1, 4 << 20, 3 << 20, 1_000_000);
+        heads
+            .wait_for_room(&[(0, 1_000_000)], in_secs(10))
+            .await
+            .unwrap();
+        let after_first = heads.shards[0].pacer().next_slot;
+        let waited = tokio::time::timeout(
+            Duration::from_millis(20),
+            heads.wait_for_room(&[(0, 1_000_000)], in_secs(10)),
+        )
+        .await;
+        assert!(waited.is_err(), "still waiting for its turn when dropped");
+        assert_eq!(heads.shards[0].pacer().next_slot, after_first);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_at_one_shard_gives_back_the_turns_taken_at_the_others() {
+        let heads = paced_heads(2, 1 << 20, 600_000, 500);
+        let queued = Instant::now() + Duration::from_secs(3600);
+        heads.shards[1].pacer().next_slot = queued;
+        heads
+            .wait_for_room(&[(0, 100_000), (1, 100_000)], in_secs(5))
+            .await
+            .expect_err("shard 1's turn is an hour away");
+        assert!(
+            heads.shards[0].pacer().next_slot <= Instant::now(),
+            "shard 0's turn was given back"
+        );
+        assert_eq!(heads.shards[1].pacer().next_slot, queued);
     }
 
     #[test]
