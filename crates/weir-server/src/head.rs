@@ -103,16 +103,20 @@ impl Pacer {
         self.samples.push_back((now, self.freed));
     }
 
-    /// Bytes a second freed since the oldest sample of the window up to `now` (so a
-    /// stuck indexer's rate falls); `None` before [`RATE_SPAN_MIN`] of history or when
-    /// nothing was freed in it.
+    /// Bytes a second freed from the oldest sample of the window to the newest: from
+    /// commit to commit, so that the rate neither sags between commits nor, right after
+    /// a start whose first commit took a single batch, reads as that batch over a second.
+    /// `None` until the samples span [`RATE_SPAN_MIN`] or when nothing was freed between
+    /// them; so also once a stuck indexer's commits have left the window (the bound then
+    /// holds alone).
     fn rate(&self, now: Instant) -> Option<f64> {
         let &(t0, b0) = self
             .samples
             .iter()
             .find(|(t, _)| now.saturating_duration_since(*t) <= self.window)?;
-        let span = now.saturating_duration_since(t0);
-        let freed = self.freed - b0;
+        let &(t1, b1) = self.samples.back()?;
+        let span = t1.saturating_duration_since(t0);
+        let freed = b1 - b0;
         (span >= RATE_SPAN_MIN && freed > 0).then(|| freed as f64 / span.as_secs_f64())
     }
 
@@ -578,11 +582,12 @@ mod tests {
         p.restart(t0);
         p.freed(1_000, t0 + Duration::from_millis(100));
         assert_eq!(
-            p.rate(t0 + Duration::from_millis(500)),
+            p.rate(t0 + Duration::from_secs(2)),
             None,
-            "under a second of history"
+            "the commits span under a second, however long ago the first was"
         );
-        assert_eq!(p.rate(t0 + Duration::from_secs(2)), Some(500.0));
+        p.freed(1_000, t0 + Duration::from_secs(2));
+        assert_eq!(p.rate(t0 + Duration::from_secs(3)), Some(1_000.0));
     }
 
     #[test]
@@ -603,32 +608,23 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_indexer_slows_admissions_and_old_drains_age_out() {
+    fn a_stalled_indexer_keeps_its_last_rate_until_its_commits_leave_the_window() {
         let t0 = Instant::now();
         let mut p = draining_a_megabyte_a_second(t0);
-        // Nothing freed for nine more seconds: the rate over the ten is a tenth.
-        assert_eq!(p.rate(t0 + Duration::from_secs(10)), Some(100_000.0));
+        assert_eq!(p.rate(t0 + Duration::from_secs(10)), Some(1_000_000.0));
         assert_eq!(
             p.rate(t0 + Duration::from_secs(10) + Duration::from_millis(500)),
-            Some(50_000.0),
-            "the window's oldest sample anchors the rate"
-        );
-        assert_eq!(
-            p.rate(t0 + Duration::from_secs(12)),
             None,
-            "the window is empty"
+            "the commits left in the window span half a second"
         );
+        assert_eq!(p.rate(t0 + Duration::from_secs(12)), None, "the window is empty");
         p.freed(1_000, t0 + Duration::from_secs(20));
-        assert_eq!(
-            p.samples.len(),
-            1,
-            "samples older than the window are dropped"
-        );
+        assert_eq!(p.samples.len(), 1, "samples older than the window are dropped");
         assert_eq!(p.rate(t0 + Duration::from_secs(21)), None, "one sample");
     }
 
     /// Heads of `max` bytes each holding `held`, whose indexers freed `rate` bytes a
-    /// second over the last two seconds.
+    /// second over the two seconds up to now.
     fn paced_heads(n: usize, max: usize, held: usize, rate: u64) -> Heads {
         let shards = (0..n)
             .map(|_| {
@@ -637,7 +633,7 @@ mod tests {
                 let t0 = Instant::now() - Duration::from_secs(2);
                 let mut p = head.pacer();
                 p.restart(t0);
-                p.freed(2 * rate as usize, t0 + Duration::from_millis(10));
+                p.freed(2 * rate as usize, t0 + Duration::from_secs(2));
                 drop(p);
                 head
             })
