@@ -18,10 +18,11 @@
 //! The indexer frees the head only when it commits (every `index.commit_interval_ms`), so a
 //! sustained overload against the bound alone stops every append until the next commit,
 //! for as long as a commit interval and more. Past half the bound, appends are therefore
-//! paced instead ([`Pacer`], as RocksDB delays writes before it stops them): each is
-//! admitted at about the rate the indexer drained the head over the last seconds, a
-//! little faster while the head is near half full and slower as it nears the bound, so
-//! that a steady overload settles between the two with acknowledgements flowing evenly.
+//! paced instead (`Pacer`, as RocksDB delays writes before it stops them): they take
+//! turns at about the rate the indexer drained the head from commit to commit over the
+//! last seconds, a little faster while the head is near half full and slower as it nears
+//! the bound, so that a steady overload settles between the two with acknowledgements
+//! flowing evenly.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -369,7 +370,7 @@ impl Heads {
     }
 
     /// Waits until every shard in `pieces` (shard, log bytes of its piece) may take its
-    /// piece: its turn past half a shard's bound ([`Pacer`]), and under the bound.
+    /// piece: its turn past half a shard's bound (`Pacer`), and under the bound.
     ///
     /// # Errors
     /// ResourceExhausted (429, retry after 1 s) naming the shard, its head and the bound
@@ -617,9 +618,17 @@ mod tests {
             None,
             "the commits left in the window span half a second"
         );
-        assert_eq!(p.rate(t0 + Duration::from_secs(12)), None, "the window is empty");
+        assert_eq!(
+            p.rate(t0 + Duration::from_secs(12)),
+            None,
+            "the window is empty"
+        );
         p.freed(1_000, t0 + Duration::from_secs(20));
-        assert_eq!(p.samples.len(), 1, "samples older than the window are dropped");
+        assert_eq!(
+            p.samples.len(),
+            1,
+            "samples older than the window are dropped"
+        );
         assert_eq!(p.rate(t0 + Duration::from_secs(21)), None, "one sample");
     }
 
