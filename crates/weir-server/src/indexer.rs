@@ -273,8 +273,8 @@ fn kept_since(settings: &IndexerSettings, batch: &StoredBatch) -> i64 {
 /// cannot wait. The indexer thread lowers its own scheduling priority to the lowest nice
 /// value (19), and the tantivy writer and merge threads it creates inherit it (Linux: nice
 /// is per thread and inherited on thread creation). At nice 10 an append now and then
-/// waited behind a merge (ack max 61–124 ms at half the maximum rate, against 32 ms at
-/// 19: benches/RESULTS.md, "Backpressure paced"). `SCHED_IDLE` did about as well but
+/// waited behind a merge (ack max 61–124 ms at half the maximum rate, against 26–36 ms
+/// at 19: benches/RESULTS.md, "Backpressure paced"). `SCHED_IDLE` did about as well but
 /// leaves indexing ~0.3% of a core while other threads keep both cores busy, and the
 /// head's backpressure then all but stops ingest; nice 19 leaves it ~1.5%.
 fn lower_priority() {
