@@ -23,7 +23,7 @@
 //! No stream labels come from documents (as with OTLP): the stream is the tenant and
 //! service, namespace, pod, cluster.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -482,7 +482,7 @@ pub fn es_doc_to_record(
     let trace_id = lower(text(take(Slot::TraceId)));
     let span_id = lower(text(take(Slot::SpanId)));
 
-    let mut attributes: HashMap<String, String> = HashMap::with_capacity(fields.len() + 2);
+    let mut attributes: BTreeMap<String, String> = BTreeMap::new();
     attributes.extend(
         fields
             .into_iter()
@@ -508,7 +508,7 @@ pub fn es_doc_to_record(
         namespace,
         pod,
         cluster,
-        labels: HashMap::new(),
+        labels: BTreeMap::new(),
         attributes,
         trace_id,
         span_id,

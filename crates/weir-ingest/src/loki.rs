@@ -32,7 +32,7 @@
 //! rest of each record, are then checked by [`crate::normalize`] like any append (a label
 //! name such as `my-label` is refused there, as Loki itself refuses it).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use prost::Message;
 use serde_json::Value;
@@ -507,8 +507,8 @@ struct StreamFields {
     cluster: String,
     /// The level text from the labels, if any label gave one.
     level: Option<String>,
-    labels: HashMap<String, String>,
-    attributes: HashMap<String, String>,
+    labels: BTreeMap<String, String>,
+    attributes: BTreeMap<String, String>,
 }
 
 impl StreamFields {

@@ -212,16 +212,12 @@ pub fn normalize_record(
             limits.attributes_per_record_max
         )));
     }
-    // Check in sorted order so that the reported failure does not depend on the map's
-    // iteration order (the same bad record always gets the same reason).
-    let mut labels: Vec<(&String, &String)> = record.labels.iter().collect();
-    labels.sort_unstable();
-    for (name, value) in labels {
+    // The maps iterate in name order, so the reported failure is always the same one for
+    // the same bad record.
+    for (name, value) in &record.labels {
         check_label(name, value, limits).map_err(kind("label"))?;
     }
-    let mut attribute_names: Vec<&String> = record.attributes.keys().collect();
-    attribute_names.sort_unstable();
-    for name in attribute_names {
+    for name in record.attributes.keys() {
         check_attribute_name(name, limits).map_err(kind("attribute"))?;
     }
     for (field, value) in [
@@ -241,8 +237,8 @@ pub fn normalize_record(
     let level = parse_level(&record.level).map_err(kind("level"))?;
     let timestamp_ns =
         check_timestamp(record.timestamp_ns, now_ns, limits).map_err(kind("timestamp"))?;
-    let trace_id = normalize_id("trace_id", &record.trace_id, 32).map_err(kind("id"))?;
-    let span_id = normalize_id("span_id", &record.span_id, 16).map_err(kind("id"))?;
+    let trace_id = normalize_id("trace_id", record.trace_id, 32).map_err(kind("id"))?;
+    let span_id = normalize_id("span_id", record.span_id, 16).map_err(kind("id"))?;
 
     let names_and_values: usize = record
         .labels
@@ -271,8 +267,8 @@ pub fn normalize_record(
         namespace: record.namespace,
         pod: record.pod,
         cluster: record.cluster,
-        labels: record.labels.into_iter().collect(),
-        attributes: record.attributes.into_iter().collect(),
+        labels: record.labels,
+        attributes: record.attributes,
         trace_id,
         span_id,
     };
@@ -385,26 +381,28 @@ fn check_timestamp(ts: i64, now_ns: i64, limits: &Limits) -> std::result::Result
 
 /// `id` lower-cased if it is `digits` hex digits; empty stays empty, all zeros becomes
 /// empty (W3C trace context: an all-zero id is invalid, i.e. "no id").
-fn normalize_id(field: &str, id: &str, digits: usize) -> std::result::Result<String, String> {
+fn normalize_id(field: &str, mut id: String, digits: usize) -> std::result::Result<String, String> {
     if id.is_empty() {
-        return Ok(String::new());
+        return Ok(id);
     }
     if id.len() != digits || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
             "{field} {} is not {digits} hex digits (or empty)",
-            quote(id)
+            quote(&id)
         ));
     }
     if id.bytes().all(|b| b == b'0') {
         return Ok(String::new());
     }
-    Ok(id.to_ascii_lowercase())
+    // In place: the id is the request's own string, most often lower case already.
+    id.make_ascii_lowercase();
+    Ok(id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
     use weir_proto::Level;
 
     const NOW: i64 = 1_700_000_000_000_000_000;
@@ -415,8 +413,8 @@ mod tests {
             level: "info".into(),
             body: b"hello".to_vec(),
             service: "api".into(),
-            labels: HashMap::from([("app".into(), "web".into())]),
-            attributes: HashMap::from([("user.id".into(), "42".into())]),
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            attributes: BTreeMap::from([("user.id".into(), "42".into())]),
             ..Default::default()
         }
     }
@@ -583,13 +581,13 @@ mod tests {
     fn label_name_syntax_is_checked() {
         for bad in ["9app", "app-name", "", "a b", "é", ".x"] {
             let mut r = ok_record();
-            r.labels = HashMap::from([(bad.to_owned(), "v".to_owned())]);
+            r.labels = BTreeMap::from([(bad.to_owned(), "v".to_owned())]);
             let e = reason(r);
             assert!(e.contains("[a-zA-Z_][a-zA-Z0-9_.]*"), "{bad}: {e}");
         }
         for good in ["_x", "app.kubernetes.io", "A9_."] {
             let mut r = ok_record();
-            r.labels = HashMap::from([(good.to_owned(), "v".to_owned())]);
+            r.labels = BTreeMap::from([(good.to_owned(), "v".to_owned())]);
             normalize_record(r, NOW, &Limits::default()).unwrap();
         }
     }
@@ -597,7 +595,7 @@ mod tests {
     #[test]
     fn double_underscore_label_names_are_reserved() {
         let mut r = ok_record();
-        r.labels = HashMap::from([("__name__".into(), "v".into())]);
+        r.labels = BTreeMap::from([("__name__".into(), "v".into())]);
         assert!(reason(r).contains("reserved"));
     }
 
@@ -605,7 +603,7 @@ mod tests {
     fn label_named_like_a_standard_field_points_to_the_field() {
         for field in STANDARD_FIELDS {
             let mut r = ok_record();
-            r.labels = HashMap::from([(field.to_uppercase(), "v".into())]);
+            r.labels = BTreeMap::from([(field.to_uppercase(), "v".into())]);
             let e = reason(r);
             assert!(e.contains("is a standard field"), "{e}");
             assert!(
@@ -618,7 +616,7 @@ mod tests {
     #[test]
     fn long_label_name_names_max_label_name_bytes() {
         let mut r = ok_record();
-        r.labels = HashMap::from([("a".repeat(129), "v".into())]);
+        r.labels = BTreeMap::from([("a".repeat(129), "v".into())]);
         let e = reason(r);
         assert!(
             e.contains("is 129 bytes, limit 128 (limits.label_name_bytes_max)"),
@@ -631,7 +629,7 @@ mod tests {
     #[test]
     fn empty_label_value_is_refused() {
         let mut r = ok_record();
-        r.labels = HashMap::from([("app".into(), String::new())]);
+        r.labels = BTreeMap::from([("app".into(), String::new())]);
         assert_eq!(
             reason(r),
             "label \"app\" value is empty; omit the label instead"
@@ -641,7 +639,7 @@ mod tests {
     #[test]
     fn long_label_value_names_max_label_value_bytes() {
         let mut r = ok_record();
-        r.labels = HashMap::from([("app".into(), "v".repeat(2048))]);
+        r.labels = BTreeMap::from([("app".into(), "v".repeat(2048))]);
         assert_eq!(
             reason(r),
             "label \"app\" value is 2048 bytes, limit 1024 (limits.label_value_bytes_max)"
@@ -651,14 +649,14 @@ mod tests {
     #[test]
     fn attribute_names_must_be_non_empty_and_short() {
         let mut r = ok_record();
-        r.attributes = HashMap::from([(String::new(), "v".into())]);
+        r.attributes = BTreeMap::from([(String::new(), "v".into())]);
         assert_eq!(reason(r), "attribute name is empty");
         let mut r = ok_record();
-        r.attributes = HashMap::from([("a".repeat(200), "v".into())]);
+        r.attributes = BTreeMap::from([("a".repeat(200), "v".into())]);
         assert!(reason(r).contains("limit 128 (limits.label_name_bytes_max)"));
         // Attribute values may be empty; names need not follow the label syntax.
         let mut r = ok_record();
-        r.attributes = HashMap::from([("http.status-code".into(), String::new())]);
+        r.attributes = BTreeMap::from([("http.status-code".into(), String::new())]);
         normalize_record(r, NOW, &Limits::default()).unwrap();
     }
 

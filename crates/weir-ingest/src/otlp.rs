@@ -1,6 +1,6 @@
 //! OTLP logs to Weir records.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use weir_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
@@ -33,7 +33,7 @@ struct Common {
     namespace: String,
     pod: String,
     cluster: String,
-    attributes: HashMap<String, String>,
+    attributes: BTreeMap<String, String>,
 }
 
 /// Maps an OTLP logs export to one [`AppendRequest`] for `tenant` (from the caller's
@@ -241,14 +241,14 @@ fn map_record(lr: LogRecord, common: &Common) -> Result<Record, crate::normalize
         namespace: common.namespace.clone(),
         pod: common.pod.clone(),
         cluster: common.cluster.clone(),
-        labels: HashMap::new(),
+        labels: BTreeMap::new(),
         attributes,
         trace_id,
         span_id,
     })
 }
 
-fn insert_all(into: &mut HashMap<String, String>, prefix: &str, kvs: Vec<KeyValue>) {
+fn insert_all(into: &mut BTreeMap<String, String>, prefix: &str, kvs: Vec<KeyValue>) {
     for kv in kvs {
         let text = render_any_value(kv.value.as_ref());
         into.insert(format!("{prefix}{}", kv.key), text);

@@ -18,7 +18,7 @@
 //! A message that does not parse is kept whole as the body, with attribute `syslog.error`
 //! naming what was wrong and where (and the level and facility when the PRI was readable).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use weir_proto::v1::Record;
 
@@ -211,7 +211,7 @@ fn rfc5424(msg: &[u8], start: usize, received_ns: i64) -> Parsed<Record> {
     let app = nil_or_text(c.field("APP-NAME")?);
     let procid = nil_or_text(c.field("PROCID")?);
     let msgid = nil_or_text(c.field("MSGID")?);
-    let mut attributes = HashMap::new();
+    let mut attributes = BTreeMap::new();
     structured_data(&mut c, &mut attributes)?;
     let body = match c.peek() {
         None => &[][..],
@@ -240,10 +240,10 @@ fn record(
     timestamp_ns: i64,
     host: String,
     service: String,
-    attributes: HashMap<String, String>,
+    attributes: BTreeMap<String, String>,
     body: &[u8],
 ) -> Record {
-    let mut labels = HashMap::new();
+    let mut labels = BTreeMap::new();
     if !host.is_empty() {
         labels.insert("host".to_owned(), host);
     }
@@ -258,7 +258,7 @@ fn record(
 }
 
 /// `-` or one or more `[SD-ID *(SP PARAM-NAME="PARAM-VALUE")]`, into `sd.*` attributes.
-fn structured_data(c: &mut Cursor<'_>, attributes: &mut HashMap<String, String>) -> Parsed<()> {
+fn structured_data(c: &mut Cursor<'_>, attributes: &mut BTreeMap<String, String>) -> Parsed<()> {
     match c.peek() {
         Some(b'-') => {
             c.at += 1;
@@ -376,7 +376,7 @@ fn rfc3164(msg: &[u8], start: usize, received_ns: i64) -> Parsed<Record> {
     } else {
         String::new()
     };
-    let mut attributes = HashMap::new();
+    let mut attributes = BTreeMap::new();
     let (service, body) = match tag(c.rest()) {
         Some((tag, pid, rest)) => {
             if let Some(pid) = pid {
@@ -702,7 +702,7 @@ mod tests {
         assert_eq!(r.service, "myapp");
         assert_eq!(
             r.labels,
-            HashMap::from([("host".to_owned(), "vm".to_owned())])
+            BTreeMap::from([("host".to_owned(), "vm".to_owned())])
         );
         assert_eq!(r.body, b"hello world");
         assert_eq!(

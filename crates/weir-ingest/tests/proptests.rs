@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use proptest::collection::{hash_map, vec};
+use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use prost::Message;
 use weir_ingest::{
@@ -59,8 +59,8 @@ fn record() -> impl Strategy<Value = Record> {
             ".{0,40}".prop_map(String::into_bytes)
         ],
         ("[a-z]{0,6}", ".{0,6}", "[a-z0-9-]{0,8}", ".{0,4}"),
-        hash_map(label_name(), ".{0,8}", 0..4),
-        hash_map(".{0,10}", ".{0,16}", 0..6),
+        btree_map(label_name(), ".{0,8}", 0..4),
+        btree_map(".{0,10}", ".{0,16}", 0..6),
         id(32),
         id(16),
     )
@@ -102,8 +102,8 @@ fn valid_record() -> impl Strategy<Value = Record> {
         ],
         prop::sample::select(vec!["", "info", "WARNING", "err", "7", "crit", "Fatal"]),
         vec(any::<u8>(), 0..64),
-        hash_map("l_[a-zA-Z0-9_.]{0,8}", ".{1,8}", 0..4),
-        hash_map(".{1,10}", ".{0,16}", 0..4),
+        btree_map("l_[a-zA-Z0-9_.]{0,8}", ".{1,8}", 0..4),
+        btree_map(".{1,10}", ".{0,16}", 0..4),
         (
             prop_oneof![Just(String::new()), "[0-9a-fA-F]{32}"],
             prop_oneof![Just(String::new()), "[0-9a-fA-F]{16}"],

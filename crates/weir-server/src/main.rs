@@ -1541,7 +1541,7 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::stdin().lock()),
     };
-    let labels: std::collections::HashMap<String, String> = labels.into_iter().collect();
+    let labels: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
     // Every run is its own producer: its batches are numbered from 1, so reusing the
     // plain id across runs would make the second run's batches look like retries.
     let producer_id = producer_id.map(|p| format!("{p}/{}", weir_server::append::now_ns()));

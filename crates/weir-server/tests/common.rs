@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use weir_proto::v1::ingest_client::IngestClient;
@@ -137,7 +137,7 @@ pub fn record(body: &str) -> Record {
     }
 }
 
-pub fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
     kv.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
