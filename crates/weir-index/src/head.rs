@@ -66,8 +66,11 @@ impl HeadBatch {
         for (i, r) in batch.records.iter().enumerate() {
             let fits = lowered.len() + r.body.len() < u32::MAX as usize;
             if r.body.is_ascii() && fits {
-                let start = lowered.len() as u32;
-                lowered.extend(r.body.chars().map(|c| c.to_ascii_lowercase()));
+                let start = lowered.len();
+                lowered.push_str(&r.body);
+                // Bytewise: the body is ASCII.
+                lowered[start..].make_ascii_lowercase();
+                let start = start as u32;
                 spans.push(Some((start, lowered.len() as u32)));
                 ascii.push((start, i as u32));
                 lowered.push('\n');
